@@ -1,0 +1,77 @@
+/**
+ * Builds the HTTP app from its dependencies. No listen here: processes call listen, tests use
+ * app.inject().
+ */
+import type { FastifyBaseLogger } from 'fastify';
+import type { Config } from './config.js';
+import { registerEventRoutes } from './events/routes.js';
+import { registerLedgerRoutes } from './ledger/routes.js';
+import { createAuthenticator } from './merchants/service.js';
+import { registerPaymentRoutes } from './payments/routes.js';
+import type { Pool } from './platform/db/pool.js';
+import { ApiError } from './platform/http/errors.js';
+import { createHttpServer, type HttpServer } from './platform/http/server.js';
+import { createMetrics, type Metrics } from './platform/observability/metrics.js';
+import type { PaymentProvider } from './providers/provider.js';
+import { VERSION } from './version.js';
+
+export interface AppDeps {
+  config: Config;
+  pool: Pool;
+  provider: PaymentProvider;
+  logger?: FastifyBaseLogger | false;
+  metrics?: Metrics;
+}
+
+// A readiness probe must answer well within a balancer's check interval (HAProxy: 2 s).
+const READINESS_TIMEOUT_MS = 1_000;
+
+export async function buildApp(deps: AppDeps): Promise<HttpServer> {
+  const metrics = deps.metrics ?? createMetrics({ defaultMetrics: false });
+  const app = await createHttpServer({
+    logger: deps.logger ?? false,
+    bodyLimitBytes: deps.config.bodyLimitBytes,
+    metrics,
+    version: VERSION,
+  });
+  const authenticate = createAuthenticator(deps.pool, deps.config.apiKeyCacheTtlMs);
+
+  app.addHook('onRequest', async (request) => {
+    if (!request.url.startsWith('/v1/')) return;
+    const result = await authenticate(request.headers.authorization);
+    if (result.kind === 'missing') {
+      throw new ApiError('api_key_missing', 'No API key provided. Send Authorization: Bearer sk_test_...');
+    }
+    if (result.kind === 'invalid') throw new ApiError('api_key_invalid', 'The API key is invalid, unknown or revoked.');
+    if (result.principal.keyKind !== 'secret') {
+      throw new ApiError('secret_key_required', 'This endpoint needs a secret key (sk_test_...), not a publishable one.');
+    }
+    request.principal = result.principal;
+  });
+
+  app.get('/livez', { schema: { hide: true } }, async () => ({ status: 'ok' }));
+  app.get('/readyz', { schema: { hide: true } }, async (_request, reply) => {
+    try {
+      await Promise.race([
+        deps.pool.query('select 1'),
+        new Promise((_, reject) => setTimeout(() => reject(new Error('database check timed out')), READINESS_TIMEOUT_MS).unref()),
+      ]);
+      return { status: 'ready' };
+    } catch (error) {
+      return reply.code(503).send({ status: 'unavailable', reason: (error as Error).message });
+    }
+  });
+  app.get('/metrics', { schema: { hide: true } }, async (_request, reply) =>
+    reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),
+  );
+
+  const paymentDeps = {
+    pool: deps.pool,
+    provider: deps.provider,
+    idempotency: { ttlHours: deps.config.idempotencyKeyTtlHours, lockTimeoutMs: deps.config.idempotencyLockTimeoutMs },
+  };
+  registerPaymentRoutes(app, paymentDeps);
+  registerEventRoutes(app, deps.pool);
+  registerLedgerRoutes(app, deps.pool);
+  return app;
+}

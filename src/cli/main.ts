@@ -1,0 +1,61 @@
+/**
+ * `floodgate <command>`: one entry point, each role a thin function over the shared wiring.
+ */
+import { parseArgs } from 'node:util';
+import { ConfigError, loadConfig } from '../config.js';
+import { ROLES } from './commands.js';
+
+const USAGE = `Usage: floodgate <command> [options]
+
+Commands:
+  start                          everything in one process: API, provider simulator, embedded
+                                 PostgreSQL when DATABASE_URL is unset; creates a demo merchant
+  api                            a stateless API node (needs DATABASE_URL and FLOODGATE_PROVIDER_URL)
+  simulator                      the card provider simulator on FLOODGATE_SIMULATOR_PORT
+  migrate                        apply pending migrations and exit
+  merchants create NAME [--json] create a merchant and print its keys (shown once)
+  keys create --merchant ID [--kind secret|publishable] [--json]
+  keys list --merchant ID [--json]
+  keys revoke KEY_ID             revoke a key (by its key_... id)
+  audit [--json]                 check the money invariants; exit 1 on any violation
+  help                           this text
+
+Configuration is read from the environment; see README.md.`;
+
+async function main(argv: string[]): Promise<number> {
+  const { positionals, values } = parseArgs({
+    args: argv,
+    allowPositionals: true,
+    options: {
+      json: { type: 'boolean', default: false },
+      merchant: { type: 'string' },
+      kind: { type: 'string', default: 'secret' },
+      help: { type: 'boolean', short: 'h', default: false },
+    },
+  });
+  const [command, ...rest] = positionals;
+  if (!command || command === 'help' || values.help) {
+    console.log(USAGE);
+    return command || values.help ? 0 : 2;
+  }
+  const role = ROLES[command];
+  if (!role) {
+    console.error(`floodgate: unknown command "${command}"\n\n${USAGE}`);
+    return 2;
+  }
+  const config = loadConfig();
+  return role(config, rest, values);
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    if (code !== undefined && code !== -1) process.exit(code);
+  },
+  (error: unknown) => {
+    if (error instanceof ConfigError) console.error(error.message);
+    else if (error instanceof TypeError && (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
+      console.error(`floodgate: ${error.message}\n\n${USAGE}`);
+    } else console.error(`floodgate: ${(error as Error).message}`);
+    process.exit(error instanceof ConfigError ? 78 : 1);
+  },
+);

@@ -1,0 +1,121 @@
+/**
+ * Wiring shared by the process roles: the database (embedded or DATABASE_URL), migrations,
+ * the provider (in-process simulator or FLOODGATE_PROVIDER_URL), logging and shutdown.
+ */
+import { pino } from 'pino';
+import type { Config } from '../config.js';
+import { startEmbeddedPostgres } from '../platform/db/embedded.js';
+import { migrate } from '../platform/db/migrate.js';
+import { createPool, type Pool } from '../platform/db/pool.js';
+import { HttpProvider } from '../providers/http-provider.js';
+import { buildSimulatorApp, ProviderSimulator } from '../providers/simulator/server.js';
+
+export type Logger = pino.Logger;
+
+export function createLogger(config: Config): Logger {
+  return pino({ level: config.logLevel, base: { service: 'floodgate' } });
+}
+
+export interface Database {
+  pool: Pool;
+  connectionString: string;
+  embedded: boolean;
+  close(): Promise<void>;
+}
+
+/** Connects to DATABASE_URL, or starts the embedded PostgreSQL; applies migrations either way. */
+export async function openDatabase(config: Config, log: Logger, options: { migrate: boolean }): Promise<Database> {
+  let connectionString = config.databaseUrl;
+  let stopEmbedded: (() => Promise<void>) | undefined;
+  if (!connectionString) {
+    log.info({ dataDir: config.dataDir, port: config.embeddedPostgresPort }, 'DATABASE_URL not set: starting embedded PostgreSQL');
+    const embedded = await startEmbeddedPostgres({
+      dataDir: config.dataDir,
+      port: config.embeddedPostgresPort,
+      log: (message) => log.warn({ postgres: message }, 'embedded PostgreSQL'),
+    });
+    connectionString = embedded.connectionString;
+    stopEmbedded = embedded.stop;
+  }
+  const pool = createPool({ connectionString, max: config.dbPoolMax, statementTimeoutMs: config.dbStatementTimeoutMs });
+  try {
+    if (options.migrate) {
+      const applied = await migrate(pool);
+      if (applied.length > 0) log.info({ applied }, 'migrations applied');
+    }
+  } catch (error) {
+    await pool.end();
+    await stopEmbedded?.();
+    throw error;
+  }
+  return {
+    pool,
+    connectionString,
+    embedded: stopEmbedded !== undefined,
+    async close() {
+      await pool.end();
+      await stopEmbedded?.();
+    },
+  };
+}
+
+export interface ProviderHandle {
+  provider: HttpProvider;
+  simulatorUrl?: string;
+  close(): Promise<void>;
+}
+
+/** The provider connector; without FLOODGATE_PROVIDER_URL, a simulator runs in this process. */
+export async function openProvider(config: Config, log: Logger): Promise<ProviderHandle> {
+  let baseUrl = config.providerUrl;
+  let close = async () => {};
+  if (!baseUrl) {
+    const simulator = await startSimulator(config);
+    baseUrl = simulator.url;
+    close = simulator.close;
+    log.info({ url: baseUrl }, 'provider simulator running in-process');
+  }
+  const provider = new HttpProvider({
+    baseUrl,
+    timeoutMs: config.providerTimeoutMs,
+    breakerThreshold: config.providerBreakerThreshold,
+    halfOpenMs: config.providerBreakerHalfOpenMs,
+  });
+  return { provider, simulatorUrl: config.providerUrl ? undefined : baseUrl, close };
+}
+
+export async function startSimulator(config: Config, host = '127.0.0.1') {
+  const simulator = new ProviderSimulator({ latencyMs: config.simulatorLatencyMs, errorRate: config.simulatorErrorRate });
+  const app = buildSimulatorApp(simulator);
+  await app.listen({ host, port: config.simulatorPort });
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : config.simulatorPort;
+  return {
+    simulator,
+    url: `http://${host}:${port}`,
+    close: async () => {
+      simulator.releaseHeld();
+      app.server.closeAllConnections();
+      await app.close();
+    },
+  };
+}
+
+/** Runs cleanup once on SIGINT or SIGTERM, then exits. */
+export function onShutdown(log: Logger, cleanup: () => Promise<void>): void {
+  let stopping = false;
+  const stop = async (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down');
+    try {
+      await cleanup();
+      process.exit(0);
+    } catch (error) {
+      log.error({ err: error }, 'shutdown failed');
+      process.exit(1);
+    }
+  };
+  process.once('SIGINT', () => void stop('SIGINT'));
+  process.once('SIGTERM', () => void stop('SIGTERM'));
+}

@@ -1,0 +1,136 @@
+/**
+ * The one configuration module: read from the environment once at start, validated with
+ * messages that say what to fix, typed and frozen. Secrets are masked whenever the config
+ * is printed. Call sites receive the parts they need explicitly; nothing else reads
+ * process.env.
+ */
+import path from 'node:path';
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface Config {
+  /** Absent means: start the embedded PostgreSQL under dataDir. */
+  readonly databaseUrl: string | undefined;
+  readonly host: string;
+  readonly port: number;
+  readonly dataDir: string;
+  readonly logLevel: LogLevel;
+  readonly dbPoolMax: number;
+  readonly dbStatementTimeoutMs: number;
+  readonly bodyLimitBytes: number;
+  readonly apiKeyCacheTtlMs: number;
+  readonly idempotencyKeyTtlHours: number;
+  readonly idempotencyLockTimeoutMs: number;
+  /** Absent means: run the provider simulator in-process and point at it. */
+  readonly providerUrl: string | undefined;
+  readonly providerTimeoutMs: number;
+  readonly providerBreakerThreshold: number;
+  readonly providerBreakerHalfOpenMs: number;
+  readonly simulatorPort: number;
+  readonly simulatorLatencyMs: number;
+  readonly simulatorErrorRate: number;
+  readonly embeddedPostgresPort: number;
+}
+
+export class ConfigError extends Error {
+  constructor(readonly problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  - ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+  }
+}
+
+const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'];
+
+type Env = Record<string, string | undefined>;
+
+/** Parses and validates the environment; throws ConfigError listing every problem at once. */
+export function loadConfig(env: Env = process.env, overrides: Partial<Config> = {}): Config {
+  const problems: string[] = [];
+  const int = (name: string, fallback: number, min: number, max: number): number => {
+    const raw = env[name];
+    if (raw === undefined || raw === '') return fallback;
+    const value = Number(raw);
+    if (!Number.isInteger(value) || value < min || value > max) {
+      problems.push(`${name} must be a whole number from ${min} to ${max}; got "${raw}"`);
+      return fallback;
+    }
+    return value;
+  };
+  const fraction = (name: string, fallback: number): number => {
+    const raw = env[name];
+    if (raw === undefined || raw === '') return fallback;
+    const value = Number(raw);
+    if (!Number.isFinite(value) || value < 0 || value > 1) {
+      problems.push(`${name} must be a number from 0 to 1; got "${raw}"`);
+      return fallback;
+    }
+    return value;
+  };
+  const url = (name: string, protocols: string[]): string | undefined => {
+    const raw = env[name];
+    if (raw === undefined || raw === '') return undefined;
+    try {
+      const parsed = new URL(raw);
+      if (!protocols.includes(parsed.protocol)) {
+        problems.push(`${name} must start with ${protocols.map((p) => `${p}//`).join(' or ')}`);
+      }
+    } catch {
+      problems.push(`${name} is not a valid URL`);
+    }
+    return raw;
+  };
+
+  const logLevel = (env.FLOODGATE_LOG_LEVEL ?? 'info') as LogLevel;
+  if (!LOG_LEVELS.includes(logLevel)) {
+    problems.push(`FLOODGATE_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}; got "${logLevel}"`);
+  }
+
+  const config: Config = {
+    databaseUrl: url('DATABASE_URL', ['postgres:', 'postgresql:']),
+    host: env.FLOODGATE_HOST || '127.0.0.1',
+    port: int('FLOODGATE_PORT', 4000, 0, 65535),
+    dataDir: path.resolve(env.FLOODGATE_DATA_DIR || '.floodgate'),
+    logLevel,
+    // PostgreSQL's default max_connections is 100; 20 per node leaves room for several nodes.
+    dbPoolMax: int('FLOODGATE_DB_POOL_MAX', 20, 1, 500),
+    // A payment request never needs more than a few seconds of SQL; a stuck query must not
+    // hold a pooled connection forever.
+    dbStatementTimeoutMs: int('FLOODGATE_DB_STATEMENT_TIMEOUT_MS', 10_000, 100, 600_000),
+    // Payment bodies are small; 64 KiB leaves room for metadata and refuses abuse early.
+    bodyLimitBytes: int('FLOODGATE_BODY_LIMIT_BYTES', 65_536, 1024, 10_485_760),
+    // How long a node may keep trusting a key it looked up: the bound on revocation delay.
+    apiKeyCacheTtlMs: int('FLOODGATE_API_KEY_CACHE_TTL_MS', 5_000, 0, 300_000),
+    // The idempotency draft asks for at least 24 hours.
+    idempotencyKeyTtlHours: int('FLOODGATE_IDEMPOTENCY_KEY_TTL_HOURS', 24, 24, 24 * 30),
+    // Longer than any request can run (provider timeout plus SQL), so a live request is never
+    // taken over; after it, a retry resumes the work of a request whose process died.
+    idempotencyLockTimeoutMs: int('FLOODGATE_IDEMPOTENCY_LOCK_TIMEOUT_MS', 60_000, 0, 3_600_000),
+    providerUrl: url('FLOODGATE_PROVIDER_URL', ['http:', 'https:']),
+    providerTimeoutMs: int('FLOODGATE_PROVIDER_TIMEOUT_MS', 10_000, 50, 120_000),
+    providerBreakerThreshold: int('FLOODGATE_PROVIDER_BREAKER_THRESHOLD', 5, 1, 1000),
+    providerBreakerHalfOpenMs: int('FLOODGATE_PROVIDER_BREAKER_HALF_OPEN_MS', 10_000, 100, 600_000),
+    simulatorPort: int('FLOODGATE_SIMULATOR_PORT', 4010, 0, 65535),
+    simulatorLatencyMs: int('FLOODGATE_SIMULATOR_LATENCY_MS', 0, 0, 60_000),
+    simulatorErrorRate: fraction('FLOODGATE_SIMULATOR_ERROR_RATE', 0),
+    embeddedPostgresPort: int('FLOODGATE_EMBEDDED_PG_PORT', 5488, 1024, 65535),
+    ...overrides,
+  };
+  if (problems.length > 0) throw new ConfigError(problems);
+  return Object.freeze(config);
+}
+
+/** Replaces the password in a connection URL so a config can be printed or logged. */
+export function maskUrl(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  try {
+    const parsed = new URL(value);
+    if (parsed.password) parsed.password = '*****';
+    return parsed.toString();
+  } catch {
+    return '*****';
+  }
+}
+
+export function describeConfig(config: Config): Record<string, unknown> {
+  return { ...config, databaseUrl: maskUrl(config.databaseUrl) ?? '(embedded)' };
+}

@@ -1,0 +1,43 @@
+import type { Queryable } from '../platform/db/pool.js';
+
+export interface EventRow {
+  id: string;
+  type: string;
+  object_id: string;
+  data: { object: Record<string, unknown> };
+  created_at: Date;
+}
+
+export async function insertEvent(
+  db: Queryable,
+  event: { merchantId: string; id: string; type: string; objectId: string; data: unknown; createdAt: Date },
+): Promise<void> {
+  await db.query({
+    name: 'events_insert',
+    text: `insert into events (merchant_id, id, type, object_id, data, created_at) values ($1, $2, $3, $4, $5, $6)`,
+    values: [event.merchantId, event.id, event.type, event.objectId, JSON.stringify(event.data), event.createdAt],
+  });
+}
+
+/** Newest first, paging by id (ids are time-ordered). */
+export async function selectEvents(
+  db: Queryable,
+  query: { merchantId: string; limit: number; startingAfter?: string; type?: string; objectId?: string },
+): Promise<EventRow[]> {
+  const { rows } = await db.query<EventRow>(
+    `select id, type, object_id, data, created_at from events
+     where merchant_id = $1 and ($2::text is null or id < $2) and ($3::text is null or type = $3)
+       and ($4::text is null or object_id = $4)
+     order by id desc limit $5`,
+    [query.merchantId, query.startingAfter ?? null, query.type ?? null, query.objectId ?? null, query.limit],
+  );
+  return rows;
+}
+
+export async function selectEvent(db: Queryable, merchantId: string, id: string): Promise<EventRow | undefined> {
+  const { rows } = await db.query<EventRow>('select id, type, object_id, data, created_at from events where merchant_id = $1 and id = $2', [
+    merchantId,
+    id,
+  ]);
+  return rows[0];
+}

@@ -1,0 +1,82 @@
+import { LRUCache } from 'lru-cache';
+import type { Pool } from '../platform/db/pool.js';
+import { withTransaction } from '../platform/db/pool.js';
+import type { Principal } from '../platform/http/context.js';
+import { newId } from '../platform/ids.js';
+import { generateKey, type KeyKind, parseKey } from './domain.js';
+import * as sql from './sql.js';
+
+export interface CreatedMerchant {
+  merchant: { id: string; name: string; created: number };
+  secret_key: string;
+  publishable_key: string;
+}
+
+export async function createMerchant(pool: Pool, name: string): Promise<CreatedMerchant> {
+  return withTransaction(pool, async (client) => {
+    const merchant = await sql.insertMerchant(client, newId('mch'), name);
+    const secret = generateKey('secret');
+    const publishable = generateKey('publishable');
+    await sql.insertApiKey(client, { merchantId: merchant.merchant_id, keyId: newId('key'), kind: 'secret', ...secret });
+    await sql.insertApiKey(client, {
+      merchantId: merchant.merchant_id,
+      keyId: newId('key'),
+      kind: 'publishable',
+      ...publishable,
+    });
+    return {
+      merchant: { id: merchant.merchant_id, name: merchant.name, created: toUnix(merchant.created_at) },
+      secret_key: secret.key,
+      publishable_key: publishable.key,
+    };
+  });
+}
+
+export type CreateKeyResult = { kind: 'created'; key: string; keyId: string; displayPrefix: string } | { kind: 'merchant_missing' };
+
+export async function createKey(pool: Pool, merchantId: string, keyKind: KeyKind): Promise<CreateKeyResult> {
+  if (!(await sql.selectMerchant(pool, merchantId))) return { kind: 'merchant_missing' };
+  const generated = generateKey(keyKind);
+  const row = await sql.insertApiKey(pool, { merchantId, keyId: newId('key'), kind: keyKind, ...generated });
+  return { kind: 'created', key: generated.key, keyId: row.key_id, displayPrefix: row.display_prefix };
+}
+
+export function revokeKey(pool: Pool, keyId: string): Promise<sql.ApiKeyRow | undefined> {
+  return sql.revokeApiKey(pool, keyId);
+}
+
+export const listKeys = sql.selectApiKeys;
+export const findMerchantNamed = sql.selectFirstMerchantNamed;
+
+export type Authentication = { kind: 'authenticated'; principal: Principal } | { kind: 'missing' } | { kind: 'invalid' };
+
+// Enough entries for every active key of a large deployment; older ones fall out.
+const KEY_CACHE_ENTRIES_MAX = 10_000;
+
+/**
+ * Resolves `Authorization: Bearer <key>` to a merchant. Found keys are cached per node for
+ * ttlMs, which bounds how long a revoked key keeps working; unknown keys are not cached, so a
+ * key created a moment ago works at once.
+ */
+export function createAuthenticator(pool: Pool, ttlMs: number) {
+  const cache = new LRUCache<string, Principal>({ max: KEY_CACHE_ENTRIES_MAX, ttl: Math.max(ttlMs, 1) });
+  return async function authenticate(authorization: string | undefined): Promise<Authentication> {
+    if (!authorization) return { kind: 'missing' };
+    const match = /^Bearer ([^\s]+)$/i.exec(authorization.trim());
+    if (!match) return { kind: 'invalid' };
+    const parsed = parseKey(match[1] as string);
+    if (!parsed.ok) return { kind: 'invalid' };
+    const cacheKey = parsed.hash.toString('base64');
+    const cached = ttlMs > 0 ? cache.get(cacheKey) : undefined;
+    if (cached) return { kind: 'authenticated', principal: cached };
+    const row = await sql.selectActiveKeyByHash(pool, parsed.hash);
+    if (!row) return { kind: 'invalid' };
+    const principal: Principal = { merchantId: row.merchant_id, keyId: row.key_id, keyKind: row.kind };
+    if (ttlMs > 0) cache.set(cacheKey, principal);
+    return { kind: 'authenticated', principal };
+  };
+}
+
+export function toUnix(date: Date): number {
+  return Math.floor(date.getTime() / 1000);
+}

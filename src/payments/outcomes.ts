@@ -1,0 +1,146 @@
+/**
+ * Applying what the provider answered to an attempt and its intent, inside one transaction:
+ * attempt settled, intent moved by a guarded transition, ledger posted and event recorded
+ * together. Used by the request path now and by reconciliation later, so a payment completes
+ * the same way whoever learns its outcome.
+ */
+import assert from 'node:assert/strict';
+import * as events from '../events/service.js';
+import * as ledger from '../ledger/service.js';
+import type { Client } from '../platform/db/pool.js';
+import { ApiError } from '../platform/http/errors.js';
+import type { Reply } from '../platform/idempotency/service.js';
+import type { ProviderCharge, ProviderOutcome } from '../providers/provider.js';
+import { toApiIntent } from './domain.js';
+import * as sql from './sql.js';
+
+export type OpenOperation = 'authorize' | 'capture' | 'cancel';
+
+export interface SettledCall {
+  intent: sql.PaymentIntentRow;
+  attempt: sql.AttemptRow;
+  outcome: ProviderOutcome<ProviderCharge>;
+}
+
+// A provider that is down usually recovers within seconds; ask clients to wait at least this.
+const RETRY_AFTER_SECONDS_MIN = 1;
+
+export function unavailableReply(retryAfterSeconds: number): Reply {
+  const seconds = String(Math.max(RETRY_AFTER_SECONDS_MIN, retryAfterSeconds));
+  const error = new ApiError('provider_unavailable', 'The payment provider is unavailable; nothing was charged. Retry later.', undefined, {
+    'retry-after': seconds,
+  });
+  return { status: error.status, body: error.toBody(), headers: error.headers };
+}
+
+/** Where an intent returns when a call certainly did not take effect: retryable as before. */
+function statusBefore(attempt: sql.AttemptRow, intent: sql.PaymentIntentRow) {
+  if (attempt.operation === 'authorize') return intent.payment_method ? 'requires_confirmation' : 'requires_payment_method';
+  return 'requires_capture';
+}
+
+export async function applyOutcome(client: Client, call: SettledCall): Promise<Reply> {
+  const { intent, attempt, outcome } = call;
+  const where = { merchantId: intent.merchant_id, id: intent.id, from: ['processing'] as const };
+  switch (outcome.kind) {
+    case 'unknown': {
+      // The call may have taken effect: leave the intent processing for reconciliation to settle.
+      await sql.settleAttempt(client, intent.merchant_id, attempt.id, { status: 'unknown', errorCode: 'outcome_unknown' });
+      return current(client, intent);
+    }
+    case 'unavailable': {
+      if (await sql.settleAttempt(client, intent.merchant_id, attempt.id, { status: 'failed', errorCode: 'provider_unavailable' })) {
+        await sql.transitionIntent(client, { ...where, to: statusBefore(attempt, intent), set: { cancellation_reason: null } });
+      }
+      return unavailableReply(outcome.retryAfterSeconds);
+    }
+    case 'declined':
+      return applyDecline(client, call, outcome);
+    case 'succeeded':
+      break;
+  }
+  const charge = outcome.value;
+  if (!(await sql.settleAttempt(client, intent.merchant_id, attempt.id, { status: 'succeeded', providerReference: charge.reference }))) {
+    return current(client, intent);
+  }
+  switch (attempt.operation) {
+    case 'authorize':
+      if (charge.status === 'captured') return succeed(client, intent, charge.amountCaptured, charge.reference);
+      return transitionAndRecord(client, intent, 'requires_capture', 'payment_intent.amount_capturable_updated', {
+        provider_reference: charge.reference,
+        amount_capturable: charge.amount,
+      });
+    case 'capture':
+      return succeed(client, intent, charge.amountCaptured, charge.reference);
+    case 'cancel':
+      return transitionAndRecord(client, intent, 'canceled', 'payment_intent.canceled', {
+        amount_capturable: 0,
+        canceled_at: new Date(),
+      });
+    case 'refund':
+      return assert.fail('refund outcomes are applied by the refunds module');
+  }
+}
+
+async function applyDecline(client: Client, call: SettledCall, outcome: { code: string; message: string }): Promise<Reply> {
+  const { intent, attempt } = call;
+  if (!(await sql.settleAttempt(client, intent.merchant_id, attempt.id, { status: 'failed', errorCode: outcome.code }))) {
+    return current(client, intent);
+  }
+  if (attempt.operation !== 'authorize') {
+    // The provider refused to capture or release the authorization; it is still held.
+    await sql.transitionIntent(client, { merchantId: intent.merchant_id, id: intent.id, from: ['processing'], to: 'requires_capture' });
+    const error = new ApiError('provider_declined', `The provider refused the ${attempt.operation}: ${outcome.message}`);
+    return { status: error.status, body: error.toBody() };
+  }
+  const lastPaymentError = { type: 'card_error', code: 'card_declined', decline_code: outcome.code, message: outcome.message };
+  const updated = await sql.transitionIntent(client, {
+    merchantId: intent.merchant_id,
+    id: intent.id,
+    from: ['processing'],
+    to: 'requires_payment_method',
+    set: { last_payment_error: lastPaymentError, payment_method: null },
+  });
+  assert.ok(updated, 'an intent with an open attempt is processing');
+  const view = toApiIntent(updated);
+  await events.record(client, intent.merchant_id, 'payment_intent.payment_failed', view);
+  const error = new ApiError('card_declined', outcome.message);
+  return { status: error.status, body: { error: { ...error.toBody().error, decline_code: outcome.code, payment_intent: view } } };
+}
+
+/** Marks the intent succeeded with `received` captured, and posts the capture to the ledger. */
+async function succeed(client: Client, intent: sql.PaymentIntentRow, received: number, reference: string): Promise<Reply> {
+  const reply = await transitionAndRecord(client, intent, 'succeeded', 'payment_intent.succeeded', {
+    provider_reference: reference,
+    amount_received: received,
+    amount_capturable: 0,
+  });
+  await ledger.post(client, {
+    merchantId: intent.merchant_id,
+    kind: 'capture',
+    currency: intent.currency,
+    amount: received,
+    paymentIntentId: intent.id,
+  });
+  return reply;
+}
+
+async function transitionAndRecord(
+  client: Client,
+  intent: sql.PaymentIntentRow,
+  to: 'succeeded' | 'requires_capture' | 'canceled',
+  eventType: events.EventType,
+  set: sql.IntentChanges,
+): Promise<Reply> {
+  const updated = await sql.transitionIntent(client, { merchantId: intent.merchant_id, id: intent.id, from: ['processing'], to, set });
+  assert.ok(updated, 'an intent with an open attempt is processing');
+  const view = toApiIntent(updated);
+  await events.record(client, intent.merchant_id, eventType, view);
+  return { status: 200, body: view };
+}
+
+async function current(client: Client, intent: sql.PaymentIntentRow): Promise<Reply> {
+  const latest = await sql.selectIntent(client, intent.merchant_id, intent.id);
+  assert.ok(latest);
+  return { status: 200, body: toApiIntent(latest) };
+}

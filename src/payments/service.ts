@@ -1,0 +1,358 @@
+/**
+ * PaymentIntent use cases. Each POST runs as a sequence of atomic phases under its idempotency
+ * key (see platform/idempotency). The rule of the money path holds throughout: the attempt is
+ * committed before the provider is called, and no transaction is open during the call.
+ *
+ * Recovery points:
+ *   create:  started → intent_created → authorization_started → finished
+ *   confirm: started → authorization_started → finished
+ *   capture: started → capture_started → finished
+ *   cancel:  started → cancel_started → finished
+ */
+import assert from 'node:assert/strict';
+import * as events from '../events/service.js';
+import type { Client, Pool } from '../platform/db/pool.js';
+import { withTransaction } from '../platform/db/pool.js';
+import type { RequestContext } from '../platform/http/context.js';
+import { ApiError } from '../platform/http/errors.js';
+import { page } from '../platform/http/pagination.js';
+import type { HeldKey, IdempotencyOptions, PhaseResult, Reply } from '../platform/idempotency/service.js';
+import * as idempotency from '../platform/idempotency/service.js';
+import { newId } from '../platform/ids.js';
+import type { PaymentProvider } from '../providers/provider.js';
+import { CANCELABLE, CONFIRMABLE, initialStatus, providerKeyFor, toApiIntent } from './domain.js';
+import { applyOutcome, type OpenOperation, unavailableReply } from './outcomes.js';
+import * as sql from './sql.js';
+
+export interface PaymentDeps {
+  pool: Pool;
+  provider: PaymentProvider;
+  idempotency: IdempotencyOptions;
+}
+
+export interface CreateIntentParams {
+  amount: number;
+  currency: string;
+  capture_method?: 'automatic' | 'manual';
+  payment_method?: string;
+  confirm?: boolean;
+  description?: string;
+  metadata?: Record<string, string>;
+}
+
+export type { RequestContext };
+
+export const ok = (body: unknown): Reply => ({ status: 200, body });
+export const errorReply = (error: ApiError): Reply => ({ status: error.status, body: error.toBody(), headers: error.headers });
+
+export function refusedReply(refusal: idempotency.Refusal): Reply {
+  return refusal.kind === 'in_use'
+    ? errorReply(new ApiError('idempotency_key_in_use', 'A request with this Idempotency-Key is still being processed; retry later.'))
+    : errorReply(
+        new ApiError('idempotency_key_reused', 'This Idempotency-Key was used with a different request; use a new key for a new request.'),
+      );
+}
+
+const missing = (id: string) => errorReply(new ApiError('resource_missing', `No such payment_intent: '${id}'`, 'id'));
+const unexpectedState = (intent: sql.PaymentIntentRow, action: string) =>
+  errorReply(
+    new ApiError('payment_intent_unexpected_state', `This PaymentIntent's status is ${intent.status}; it cannot be ${action} now.`),
+  );
+
+const request = (ctx: RequestContext): idempotency.IdempotencyRequest => ({
+  merchantId: ctx.merchantId,
+  key: ctx.idempotencyKey,
+  method: ctx.method,
+  path: ctx.path,
+  fingerprint: ctx.fingerprint,
+});
+
+function newIntent(ctx: RequestContext, params: CreateIntentParams): sql.NewIntent {
+  return {
+    merchantId: ctx.merchantId,
+    id: newId('pi'),
+    amount: params.amount,
+    currency: params.currency,
+    status: initialStatus(params.payment_method),
+    captureMethod: params.capture_method ?? 'automatic',
+    paymentMethod: params.payment_method ?? null,
+    description: params.description ?? null,
+    metadata: params.metadata ?? {},
+    createdAt: new Date(),
+  };
+}
+
+export async function createPaymentIntent(deps: PaymentDeps, ctx: RequestContext, params: CreateIntentParams): Promise<Reply> {
+  if (!params.confirm) return createUnconfirmed(deps, ctx, params);
+  return idempotency.run(deps.pool, request(ctx), deps.idempotency, (held) => createAndConfirm(deps, held, params), refusedReply);
+}
+
+/** One round trip: intent, event and finished key in a single statement. */
+async function createUnconfirmed(deps: PaymentDeps, ctx: RequestContext, params: CreateIntentParams): Promise<Reply> {
+  const intent = newIntent(ctx, params);
+  const body = toApiIntent({
+    ...intent,
+    capture_method: intent.captureMethod,
+    payment_method: intent.paymentMethod,
+    amount_capturable: 0,
+    amount_received: 0,
+    amount_refunded: 0,
+    last_payment_error: null,
+    cancellation_reason: null,
+    canceled_at: null,
+    created_at: intent.createdAt,
+  });
+  const created = await sql.insertIntentWithFinishedKey(deps.pool, intent, {
+    key: ctx.idempotencyKey,
+    fingerprint: ctx.fingerprint,
+    ttlHours: deps.idempotency.ttlHours,
+    eventId: newId('evt'),
+    responseBody: body,
+  });
+  if (created) return ok(body);
+  // The key exists: replay it or refuse it. (This path stores finished keys only, so a key
+  // without a response belongs to a different request and is refused as a mismatch.)
+  const begun = await idempotency.resolveExisting(deps.pool, request(ctx), deps.idempotency);
+  return idempotency.continueWith(deps.pool, begun, (held) => createAndConfirm(deps, held, params), refusedReply);
+}
+
+async function createAndConfirm(deps: PaymentDeps, held: HeldKey, params: CreateIntentParams): Promise<Reply> {
+  for (;;) {
+    switch (held.recoveryPoint) {
+      case 'started': {
+        await idempotency.atomicPhase(deps.pool, held, async (client) => {
+          const intent = await sql.insertIntent(client, newIntent({ merchantId: held.merchantId } as RequestContext, params));
+          await events.record(client, held.merchantId, 'payment_intent.created', toApiIntent(intent));
+          return { kind: 'recoveryPoint', name: 'intent_created', resourceId: intent.id };
+        });
+        break;
+      }
+      case 'intent_created': {
+        const result = await idempotency.atomicPhase(deps.pool, held, (client) => startAuthorization(client, held, params.payment_method));
+        if (result.kind === 'response') return result;
+        break;
+      }
+      case 'authorization_started':
+        return callProvider(deps, held, 'authorize', 'intent_created');
+      default:
+        assert.fail(`unknown recovery point ${held.recoveryPoint} for payment creation`);
+    }
+  }
+}
+
+/** The answer for a request whose work is done but whose key missed its response. */
+async function replayCurrent(deps: PaymentDeps, held: HeldKey): Promise<Reply> {
+  return idempotency.atomicPhase(deps.pool, held, async (client) => {
+    const intent = await sql.selectIntent(client, held.merchantId, held.resourceId as string);
+    assert.ok(intent, 'the intent a key points at exists');
+    return { kind: 'response', status: 200, body: toApiIntent(intent) };
+  }) as Promise<Reply>;
+}
+
+export async function confirmPaymentIntent(
+  deps: PaymentDeps,
+  ctx: RequestContext,
+  id: string,
+  params: { payment_method?: string },
+): Promise<Reply> {
+  return idempotency.run(
+    deps.pool,
+    request(ctx),
+    deps.idempotency,
+    async (held) => {
+      if (held.recoveryPoint === 'started') {
+        held.resourceId = id;
+        const result = await idempotency.atomicPhase(deps.pool, held, (client) => startAuthorization(client, held, params.payment_method));
+        if (result.kind === 'response') return result;
+      }
+      assert.equal(held.recoveryPoint, 'authorization_started');
+      return callProvider(deps, held, 'authorize', 'started');
+    },
+    refusedReply,
+  );
+}
+
+/** Phase: commit an authorization attempt and move the intent to processing. */
+async function startAuthorization(client: Client, held: HeldKey, paymentMethod: string | undefined): Promise<PhaseResult> {
+  const id = held.resourceId as string;
+  const intent = await sql.selectIntent(client, held.merchantId, id, true);
+  if (!intent) return response(missing(id));
+  if (!CONFIRMABLE.includes(intent.status)) return response(unexpectedState(intent, 'confirmed'));
+  const method = paymentMethod ?? intent.payment_method;
+  if (!method) {
+    return response(
+      errorReply(new ApiError('parameter_missing', 'A payment_method is required to confirm this PaymentIntent.', 'payment_method')),
+    );
+  }
+  await sql.transitionIntent(client, {
+    merchantId: held.merchantId,
+    id,
+    from: CONFIRMABLE,
+    to: 'processing',
+    set: { payment_method: method, last_payment_error: null },
+  });
+  await insertAttempt(client, held.merchantId, id, 'authorize', intent.amount);
+  return { kind: 'recoveryPoint', name: 'authorization_started', resourceId: id };
+}
+
+export async function capturePaymentIntent(
+  deps: PaymentDeps,
+  ctx: RequestContext,
+  id: string,
+  params: { amount_to_capture?: number },
+): Promise<Reply> {
+  return idempotency.run(
+    deps.pool,
+    request(ctx),
+    deps.idempotency,
+    async (held) => {
+      if (held.recoveryPoint === 'started') {
+        held.resourceId = id;
+        const result = await idempotency.atomicPhase(deps.pool, held, async (client) => {
+          const intent = await sql.selectIntent(client, held.merchantId, id, true);
+          if (!intent) return response(missing(id));
+          if (intent.status !== 'requires_capture') return response(unexpectedState(intent, 'captured'));
+          const amount = params.amount_to_capture ?? intent.amount_capturable;
+          if (amount > intent.amount_capturable) {
+            return response(
+              errorReply(
+                new ApiError(
+                  'amount_too_large',
+                  `amount_to_capture (${amount}) is more than the amount_capturable (${intent.amount_capturable}).`,
+                  'amount_to_capture',
+                ),
+              ),
+            );
+          }
+          await sql.transitionIntent(client, { merchantId: held.merchantId, id, from: ['requires_capture'], to: 'processing' });
+          await insertAttempt(client, held.merchantId, id, 'capture', amount);
+          return { kind: 'recoveryPoint', name: 'capture_started', resourceId: id };
+        });
+        if (result.kind === 'response') return result;
+      }
+      assert.equal(held.recoveryPoint, 'capture_started');
+      return callProvider(deps, held, 'capture', 'started');
+    },
+    refusedReply,
+  );
+}
+
+export async function cancelPaymentIntent(
+  deps: PaymentDeps,
+  ctx: RequestContext,
+  id: string,
+  params: { cancellation_reason?: string },
+): Promise<Reply> {
+  return idempotency.run(
+    deps.pool,
+    request(ctx),
+    deps.idempotency,
+    async (held) => {
+      if (held.recoveryPoint === 'started') {
+        held.resourceId = id;
+        const result = await idempotency.atomicPhase(deps.pool, held, async (client) => {
+          const intent = await sql.selectIntent(client, held.merchantId, id, true);
+          if (!intent) return response(missing(id));
+          if (!CANCELABLE.includes(intent.status)) return response(unexpectedState(intent, 'canceled'));
+          const reason = params.cancellation_reason ?? null;
+          if (intent.status !== 'requires_capture') {
+            // Nothing was authorized, so nothing at the provider needs releasing.
+            const canceled = await sql.transitionIntent(client, {
+              merchantId: held.merchantId,
+              id,
+              from: CANCELABLE,
+              to: 'canceled',
+              set: { cancellation_reason: reason, canceled_at: new Date() },
+            });
+            assert.ok(canceled, 'the locked intent is cancelable');
+            await events.record(client, held.merchantId, 'payment_intent.canceled', toApiIntent(canceled));
+            return response(ok(toApiIntent(canceled)));
+          }
+          await sql.transitionIntent(client, {
+            merchantId: held.merchantId,
+            id,
+            from: ['requires_capture'],
+            to: 'processing',
+            set: { cancellation_reason: reason },
+          });
+          await insertAttempt(client, held.merchantId, id, 'cancel', intent.amount_capturable);
+          return { kind: 'recoveryPoint', name: 'cancel_started', resourceId: id };
+        });
+        if (result.kind === 'response') return result;
+      }
+      assert.equal(held.recoveryPoint, 'cancel_started');
+      return callProvider(deps, held, 'cancel', 'started');
+    },
+    refusedReply,
+  );
+}
+
+async function insertAttempt(client: Client, merchantId: string, intentId: string, operation: OpenOperation, amount: number) {
+  const attemptId = newId('pa');
+  await sql.insertAttempt(client, {
+    merchantId,
+    id: attemptId,
+    paymentIntentId: intentId,
+    operation,
+    amount,
+    providerIdempotencyKey: providerKeyFor(attemptId),
+  });
+}
+
+/**
+ * Phase: call the provider for the open attempt (outside any transaction), then apply the
+ * outcome and store the response in one transaction. Resuming here after a crash calls the
+ * provider again with the same key, which the provider deduplicates: no second charge.
+ */
+async function callProvider(deps: PaymentDeps, held: HeldKey, operation: OpenOperation, retryPoint: string): Promise<Reply> {
+  const id = held.resourceId as string;
+  const [intent, attempt] = await Promise.all([
+    sql.selectIntent(deps.pool, held.merchantId, id),
+    sql.selectOpenAttempt(deps.pool, held.merchantId, id, operation),
+  ]);
+  assert.ok(intent, 'an intent with a started attempt exists');
+  if (!attempt) return replayCurrent(deps, held);
+  const outcome = await send(deps.provider, operation, intent, attempt);
+  if (outcome.kind === 'unavailable') {
+    return withTransaction(deps.pool, async (client) => {
+      await applyOutcome(client, { intent, attempt, outcome });
+      await idempotency.release(client, held, retryPoint);
+      return unavailableReply(outcome.retryAfterSeconds);
+    });
+  }
+  return idempotency.atomicPhase(deps.pool, held, async (client) =>
+    response(await applyOutcome(client, { intent, attempt, outcome })),
+  ) as Promise<Reply>;
+}
+
+function send(provider: PaymentProvider, operation: OpenOperation, intent: sql.PaymentIntentRow, attempt: sql.AttemptRow) {
+  const idempotencyKey = attempt.provider_idempotency_key;
+  switch (operation) {
+    case 'authorize':
+      return provider.authorize({
+        idempotencyKey,
+        amount: intent.amount,
+        currency: intent.currency,
+        paymentMethod: intent.payment_method as string,
+        capture: intent.capture_method === 'automatic',
+      });
+    case 'capture':
+      return provider.capture({ idempotencyKey, reference: intent.provider_reference as string, amount: attempt.amount });
+    case 'cancel':
+      return provider.cancel({ idempotencyKey, reference: intent.provider_reference as string });
+  }
+}
+
+function response(reply: Reply): PhaseResult & { kind: 'response' } {
+  return { kind: 'response', status: reply.status, body: reply.body };
+}
+
+export async function retrievePaymentIntent(pool: Pool, merchantId: string, id: string) {
+  const intent = await sql.selectIntent(pool, merchantId, id);
+  return intent ? toApiIntent(intent) : undefined;
+}
+
+export async function listPaymentIntents(pool: Pool, merchantId: string, limit: number, startingAfter?: string) {
+  const rows = await sql.selectIntents(pool, merchantId, limit + 1, startingAfter);
+  return page(rows.map(toApiIntent), limit, '/v1/payment_intents');
+}

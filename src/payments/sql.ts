@@ -1,0 +1,365 @@
+import type { Queryable } from '../platform/db/pool.js';
+import type { PaymentIntentStatus } from './domain.js';
+
+export interface PaymentIntentRow {
+  merchant_id: string;
+  id: string;
+  amount: number;
+  currency: string;
+  status: PaymentIntentStatus;
+  capture_method: 'automatic' | 'manual';
+  payment_method: string | null;
+  provider_reference: string | null;
+  description: string | null;
+  metadata: Record<string, string>;
+  amount_capturable: number;
+  amount_received: number;
+  amount_refunded: number;
+  last_payment_error: Record<string, string> | null;
+  cancellation_reason: string | null;
+  canceled_at: Date | null;
+  created_at: Date;
+  updated_at: Date;
+}
+
+export interface AttemptRow {
+  merchant_id: string;
+  id: string;
+  payment_intent_id: string;
+  refund_id: string | null;
+  operation: 'authorize' | 'capture' | 'cancel' | 'refund';
+  amount: number;
+  provider_idempotency_key: string;
+  status: 'started' | 'succeeded' | 'failed' | 'unknown';
+  provider_reference: string | null;
+  error_code: string | null;
+}
+
+export interface RefundRow {
+  merchant_id: string;
+  id: string;
+  payment_intent_id: string;
+  amount: number;
+  currency: string;
+  status: 'pending' | 'succeeded' | 'failed';
+  reason: string | null;
+  metadata: Record<string, string>;
+  failure_reason: string | null;
+  created_at: Date;
+  updated_at: Date;
+}
+
+export interface NewIntent {
+  merchantId: string;
+  id: string;
+  amount: number;
+  currency: string;
+  status: PaymentIntentStatus;
+  captureMethod: 'automatic' | 'manual';
+  paymentMethod: string | null;
+  description: string | null;
+  metadata: Record<string, string>;
+  createdAt: Date;
+}
+
+const INTENT_COLUMNS = `merchant_id, id, amount, currency, status, capture_method, payment_method, provider_reference,
+  description, metadata, amount_capturable, amount_received, amount_refunded, last_payment_error,
+  cancellation_reason, canceled_at, created_at, updated_at`;
+
+/**
+ * The hot path of a surge: create a PaymentIntent, its `payment_intent.created` event and the
+ * finished idempotency key in one statement, so one round trip both does the work and records
+ * the response a retry will replay. When the key already exists nothing is written and the
+ * result is false; the caller then resolves the existing key.
+ */
+export async function insertIntentWithFinishedKey(
+  db: Queryable,
+  intent: NewIntent,
+  key: { key: string; fingerprint: Buffer; ttlHours: number; eventId: string; responseBody: unknown },
+): Promise<boolean> {
+  const { rows } = await db.query<{ created: boolean }>({
+    name: 'payments_insert_intent_with_finished_key',
+    text: `with key as (
+             insert into idempotency_keys (merchant_id, idempotency_key, request_method, request_path,
+               request_fingerprint, locked_at, recovery_point, resource_id, response_status, response_body, expires_at)
+             values ($1, $2, 'POST', '/v1/payment_intents', $3, null, 'finished', $4, 200, $5::jsonb,
+               $11::timestamptz + make_interval(hours => $6))
+             on conflict do nothing
+             returning 1),
+           intent as (
+             insert into payment_intents (merchant_id, id, amount, currency, status, capture_method, payment_method,
+               description, metadata, created_at, updated_at)
+             select $1, $4, $7, $8, $9, $10, $12, $13, $14, $11, $11 from key
+             returning id),
+           event as (
+             insert into events (merchant_id, id, type, object_id, data, created_at)
+             select $1, $15, 'payment_intent.created', intent.id, jsonb_build_object('object', $5::jsonb), $11
+             from intent
+             returning 1)
+           select exists (select 1 from event) as created`,
+    values: [
+      intent.merchantId,
+      key.key,
+      key.fingerprint,
+      intent.id,
+      JSON.stringify(key.responseBody),
+      key.ttlHours,
+      intent.amount,
+      intent.currency,
+      intent.status,
+      intent.captureMethod,
+      intent.createdAt,
+      intent.paymentMethod,
+      intent.description,
+      JSON.stringify(intent.metadata),
+      key.eventId,
+    ],
+  });
+  return rows[0]?.created === true;
+}
+
+export async function insertIntent(db: Queryable, intent: NewIntent): Promise<PaymentIntentRow> {
+  const { rows } = await db.query<PaymentIntentRow>({
+    name: 'payments_insert_intent',
+    text: `insert into payment_intents (merchant_id, id, amount, currency, status, capture_method, payment_method,
+             description, metadata, created_at, updated_at)
+           values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10)
+           returning ${INTENT_COLUMNS}`,
+    values: [
+      intent.merchantId,
+      intent.id,
+      intent.amount,
+      intent.currency,
+      intent.status,
+      intent.captureMethod,
+      intent.paymentMethod,
+      intent.description,
+      JSON.stringify(intent.metadata),
+      intent.createdAt,
+    ],
+  });
+  return rows[0] as PaymentIntentRow;
+}
+
+export async function selectIntent(
+  db: Queryable,
+  merchantId: string,
+  id: string,
+  forUpdate = false,
+): Promise<PaymentIntentRow | undefined> {
+  const { rows } = await db.query<PaymentIntentRow>({
+    name: forUpdate ? 'payments_select_intent_for_update' : 'payments_select_intent',
+    text: `select ${INTENT_COLUMNS} from payment_intents where merchant_id = $1 and id = $2${forUpdate ? ' for update' : ''}`,
+    values: [merchantId, id],
+  });
+  return rows[0];
+}
+
+export async function selectIntents(db: Queryable, merchantId: string, limit: number, startingAfter?: string): Promise<PaymentIntentRow[]> {
+  const { rows } = await db.query<PaymentIntentRow>({
+    name: 'payments_select_intents',
+    text: `select ${INTENT_COLUMNS} from payment_intents
+           where merchant_id = $1 and ($2::text is null or id < $2)
+           order by id desc limit $3`,
+    values: [merchantId, startingAfter ?? null, limit],
+  });
+  return rows;
+}
+
+/** Columns a status change may set; anything else about an intent is fixed at creation. */
+export interface IntentChanges {
+  payment_method?: string | null;
+  provider_reference?: string | null;
+  amount_capturable?: number;
+  amount_received?: number;
+  amount_refunded?: number;
+  last_payment_error?: Record<string, string> | null;
+  cancellation_reason?: string | null;
+  canceled_at?: Date | null;
+}
+
+const CHANGEABLE: ReadonlySet<string> = new Set<keyof IntentChanges>([
+  'payment_method',
+  'provider_reference',
+  'amount_capturable',
+  'amount_received',
+  'amount_refunded',
+  'last_payment_error',
+  'cancellation_reason',
+  'canceled_at',
+]);
+
+/**
+ * Moves an intent to `to` only if it is still in one of `from`: the guard that keeps a final
+ * state from ever being overwritten, whatever races. Returns the updated row, or undefined
+ * when the guard refused.
+ */
+export async function transitionIntent(
+  db: Queryable,
+  change: { merchantId: string; id: string; from: readonly PaymentIntentStatus[]; to: PaymentIntentStatus; set?: IntentChanges },
+): Promise<PaymentIntentRow | undefined> {
+  const entries = Object.entries(change.set ?? {}).filter(([, value]) => value !== undefined);
+  const values: unknown[] = [change.merchantId, change.id, change.from, change.to];
+  const assignments = entries.map(([column, value]) => {
+    if (!CHANGEABLE.has(column)) throw new Error(`column ${column} cannot be changed`);
+    values.push(column === 'last_payment_error' && value !== null ? JSON.stringify(value) : value);
+    return `${column} = $${values.length}`;
+  });
+  const { rows } = await db.query<PaymentIntentRow>(
+    `update payment_intents set status = $4, updated_at = now()${assignments.map((a) => `, ${a}`).join('')}
+     where merchant_id = $1 and id = $2 and status = any($3::text[])
+     returning ${INTENT_COLUMNS}`,
+    values,
+  );
+  return rows[0];
+}
+
+export async function insertAttempt(
+  db: Queryable,
+  attempt: {
+    merchantId: string;
+    id: string;
+    paymentIntentId: string;
+    refundId?: string;
+    operation: AttemptRow['operation'];
+    amount: number;
+    providerIdempotencyKey: string;
+  },
+): Promise<void> {
+  await db.query({
+    name: 'payments_insert_attempt',
+    text: `insert into payment_attempts (merchant_id, id, payment_intent_id, refund_id, operation, amount,
+             provider_idempotency_key, status)
+           values ($1, $2, $3, $4, $5, $6, $7, 'started')`,
+    values: [
+      attempt.merchantId,
+      attempt.id,
+      attempt.paymentIntentId,
+      attempt.refundId ?? null,
+      attempt.operation,
+      attempt.amount,
+      attempt.providerIdempotencyKey,
+    ],
+  });
+}
+
+/** The attempt in flight for an intent (or refund): at most one exists while it is processing. */
+export async function selectOpenAttempt(
+  db: Queryable,
+  merchantId: string,
+  paymentIntentId: string,
+  operation: AttemptRow['operation'],
+): Promise<AttemptRow | undefined> {
+  const { rows } = await db.query<AttemptRow>({
+    name: 'payments_select_open_attempt',
+    text: `select merchant_id, id, payment_intent_id, refund_id, operation, amount, provider_idempotency_key, status,
+             provider_reference, error_code
+           from payment_attempts
+           where merchant_id = $1 and payment_intent_id = $2 and operation = $3 and status in ('started', 'unknown')
+           order by id desc limit 1`,
+    values: [merchantId, paymentIntentId, operation],
+  });
+  return rows[0];
+}
+
+/** Settles an attempt; refused (false) when it was already settled by someone else. */
+export async function settleAttempt(
+  db: Queryable,
+  merchantId: string,
+  id: string,
+  outcome: { status: 'succeeded' | 'failed' | 'unknown'; providerReference?: string | null; errorCode?: string | null },
+): Promise<boolean> {
+  const { rowCount } = await db.query({
+    name: 'payments_settle_attempt',
+    text: `update payment_attempts set status = $3, provider_reference = coalesce($4, provider_reference),
+             error_code = $5, updated_at = now()
+           where merchant_id = $1 and id = $2 and status in ('started', 'unknown')`,
+    values: [merchantId, id, outcome.status, outcome.providerReference ?? null, outcome.errorCode ?? null],
+  });
+  return rowCount === 1;
+}
+
+const REFUND_COLUMNS = `merchant_id, id, payment_intent_id, amount, currency, status, reason, metadata, failure_reason,
+  created_at, updated_at`;
+
+export async function insertRefund(
+  db: Queryable,
+  refund: {
+    merchantId: string;
+    id: string;
+    paymentIntentId: string;
+    amount: number;
+    currency: string;
+    reason: string | null;
+    metadata: Record<string, string>;
+  },
+): Promise<RefundRow> {
+  const { rows } = await db.query<RefundRow>({
+    name: 'payments_insert_refund',
+    text: `insert into refunds (merchant_id, id, payment_intent_id, amount, currency, status, reason, metadata,
+             created_at, updated_at)
+           values ($1, $2, $3, $4, $5, 'pending', $6, $7, now(), now())
+           returning ${REFUND_COLUMNS}`,
+    values: [
+      refund.merchantId,
+      refund.id,
+      refund.paymentIntentId,
+      refund.amount,
+      refund.currency,
+      refund.reason,
+      JSON.stringify(refund.metadata),
+    ],
+  });
+  return rows[0] as RefundRow;
+}
+
+export async function selectRefund(db: Queryable, merchantId: string, id: string): Promise<RefundRow | undefined> {
+  const { rows } = await db.query<RefundRow>({
+    name: 'payments_select_refund',
+    text: `select ${REFUND_COLUMNS} from refunds where merchant_id = $1 and id = $2`,
+    values: [merchantId, id],
+  });
+  return rows[0];
+}
+
+export async function selectRefunds(
+  db: Queryable,
+  query: { merchantId: string; limit: number; startingAfter?: string; paymentIntentId?: string },
+): Promise<RefundRow[]> {
+  const { rows } = await db.query<RefundRow>(
+    `select ${REFUND_COLUMNS} from refunds
+     where merchant_id = $1 and ($2::text is null or id < $2) and ($3::text is null or payment_intent_id = $3)
+     order by id desc limit $4`,
+    [query.merchantId, query.startingAfter ?? null, query.paymentIntentId ?? null, query.limit],
+  );
+  return rows;
+}
+
+/** Settles a pending refund; refused (undefined) when it was already settled. */
+export async function settleRefund(
+  db: Queryable,
+  merchantId: string,
+  id: string,
+  status: 'succeeded' | 'failed',
+  failureReason: string | null,
+): Promise<RefundRow | undefined> {
+  const { rows } = await db.query<RefundRow>({
+    name: 'payments_settle_refund',
+    text: `update refunds set status = $3, failure_reason = $4, updated_at = now()
+           where merchant_id = $1 and id = $2 and status = 'pending'
+           returning ${REFUND_COLUMNS}`,
+    values: [merchantId, id, status, failureReason],
+  });
+  return rows[0];
+}
+
+/** Reserves (positive delta) or releases (negative) refunded amount within what was received. */
+export async function adjustAmountRefunded(db: Queryable, merchantId: string, id: string, delta: number): Promise<boolean> {
+  const { rowCount } = await db.query({
+    name: 'payments_adjust_amount_refunded',
+    text: `update payment_intents set amount_refunded = amount_refunded + $3, updated_at = now()
+           where merchant_id = $1 and id = $2 and amount_refunded + $3 between 0 and amount_received`,
+    values: [merchantId, id, delta],
+  });
+  return rowCount === 1;
+}

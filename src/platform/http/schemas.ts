@@ -1,0 +1,60 @@
+/** Schemas shared by every capability's routes. */
+import { type TSchema, Type } from '@sinclair/typebox';
+import { LIST_LIMIT_DEFAULT, LIST_LIMIT_MAX } from './pagination.js';
+
+export const ErrorResponse = Type.Object(
+  {
+    error: Type.Object(
+      {
+        type: Type.String(),
+        code: Type.String(),
+        message: Type.String(),
+        param: Type.Optional(Type.String()),
+      },
+      { additionalProperties: true },
+    ),
+  },
+  { $id: 'ErrorResponse', description: 'Every error has this shape; `code` is stable and `param` names the parameter to fix.' },
+);
+
+export const errorResponses = {
+  400: ErrorResponse,
+  401: ErrorResponse,
+  404: ErrorResponse,
+  409: ErrorResponse,
+  422: ErrorResponse,
+  503: ErrorResponse,
+};
+
+export const IdempotencyHeaders = Type.Object({
+  'idempotency-key': Type.Optional(
+    Type.String({ description: 'Makes a retry of this request safe: it replays the first response. 1–255 characters.' }),
+  ),
+});
+
+export const ListQuery = Type.Object(
+  {
+    limit: Type.Integer({ minimum: 1, maximum: LIST_LIMIT_MAX, default: LIST_LIMIT_DEFAULT }),
+    starting_after: Type.Optional(Type.String({ maxLength: 64, description: 'The last id of the previous page.' })),
+  },
+  { additionalProperties: false },
+);
+
+export function ListOf<T extends TSchema>(item: T) {
+  return Type.Object({
+    object: Type.Literal('list'),
+    url: Type.String(),
+    has_more: Type.Boolean(),
+    data: Type.Array(item),
+  });
+}
+
+export const IdParams = (pattern: string) =>
+  Type.Object({ id: Type.String({ pattern, description: 'The object id.' }) }, { additionalProperties: false });
+
+// Metadata limits follow Stripe's, which integrators already know.
+export const Metadata = Type.Record(Type.String(), Type.String({ maxLength: 500 }), {
+  maxProperties: 50,
+  propertyNames: { minLength: 1, maxLength: 40 },
+  description: 'Up to 50 keys of up to 40 characters, values up to 500 characters.',
+});

@@ -1,0 +1,110 @@
+/**
+ * The Fastify instance every Floodgate HTTP node uses: strict validation, one error shape,
+ * request-duration metrics by route, and OpenAPI generated from the route schemas.
+ */
+import swagger from '@fastify/swagger';
+import swaggerUi from '@fastify/swagger-ui';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, LogController } from 'fastify';
+import type { Metrics } from '../observability/metrics.js';
+import { ApiError, errorBody } from './errors.js';
+import { validatorCompiler } from './validation.js';
+
+export interface HttpOptions {
+  logger: FastifyBaseLogger | false;
+  bodyLimitBytes: number;
+  metrics: Metrics;
+  version: string;
+}
+
+export type HttpServer = FastifyInstance<
+  import('node:http').Server,
+  import('node:http').IncomingMessage,
+  import('node:http').ServerResponse,
+  FastifyBaseLogger,
+  TypeBoxTypeProvider
+>;
+
+export async function createHttpServer(options: HttpOptions): Promise<HttpServer> {
+  const app = Fastify({
+    loggerInstance: options.logger || undefined,
+    logger: options.logger ? undefined : false,
+    bodyLimit: options.bodyLimitBytes,
+    // A line per request is too much at surge rates; errors are still logged, and request
+    // rates and latencies are in /metrics.
+    logController: new LogController({ disableRequestLogging: true }),
+    // Ids in our URLs are short; anything longer is not ours.
+    routerOptions: { maxParamLength: 200 },
+    return503OnClosing: true,
+  }).withTypeProvider<TypeBoxTypeProvider>();
+  app.setValidatorCompiler(validatorCompiler);
+  app.decorateRequest('principal', null);
+
+  app.setErrorHandler((error: FastifyError | ApiError, request, reply) => {
+    if (error instanceof ApiError) {
+      return reply.code(error.status).headers(error.headers).send(error.toBody());
+    }
+    const mapped = mapFrameworkError(error);
+    if (mapped) return reply.code(mapped.status).send(mapped.toBody());
+    request.log.error({ err: error }, 'unhandled error');
+    return reply.code(500).send(errorBody('internal_error', 'Something went wrong on our side; it has been logged. Retry later.'));
+  });
+  app.setNotFoundHandler((request, reply) =>
+    reply.code(404).send(errorBody('route_not_found', `No route ${request.method} ${request.url.split('?')[0]}; see /docs.`)),
+  );
+
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched';
+    options.metrics.httpDuration.observe(
+      { method: request.method, route, status_class: `${Math.floor(reply.statusCode / 100)}xx` },
+      reply.elapsedTime / 1000,
+    );
+  });
+
+  await app.register(swagger, {
+    openapi: {
+      openapi: '3.1.0',
+      info: {
+        title: 'Floodgate API',
+        version: options.version,
+        description:
+          'Payments for sales that arrive as a surge. Authenticate with `Authorization: Bearer sk_test_...`. ' +
+          'Every POST accepts an `Idempotency-Key` header; a retry with the same key replays the first response.',
+      },
+      components: {
+        securitySchemes: { secretKey: { type: 'http', scheme: 'bearer', description: 'A secret key, sk_test_...' } },
+      },
+      security: [{ secretKey: [] }],
+    },
+  });
+  await app.register(swaggerUi, { routePrefix: '/docs' });
+  app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
+  return app;
+}
+
+function mapFrameworkError(error: FastifyError): ApiError | undefined {
+  if ('validation' in error && error.validation) {
+    // Our validator compiler returns ApiErrors; Fastify wraps them. Unwrap to keep the code.
+    const cause = (error as { cause?: unknown }).cause;
+    if (cause instanceof ApiError) return cause;
+    return new ApiError('parameter_invalid', error.message);
+  }
+  switch (error.code) {
+    case 'FST_ERR_CTP_BODY_TOO_LARGE':
+      return new ApiError('body_too_large', 'The request body is too large.');
+    case 'FST_ERR_CTP_INVALID_MEDIA_TYPE':
+      return new ApiError('unsupported_media_type', 'Send the request body as application/json.');
+    case 'FST_ERR_CTP_EMPTY_JSON_BODY':
+    case 'FST_ERR_CTP_INVALID_JSON_BODY':
+      return new ApiError('body_invalid_json', 'The request body is not valid JSON.');
+    case 'FST_ERR_BAD_URL':
+    case 'FST_ERR_ASYNC_CONSTRAINT':
+      return new ApiError('parameter_invalid', 'The request URL is malformed.');
+  }
+  if (error instanceof SyntaxError || error.statusCode === 400) {
+    return new ApiError('body_invalid_json', 'The request body is not valid JSON.');
+  }
+  if (error.statusCode === 413) return new ApiError('body_too_large', 'The request body is too large.');
+  if (error.statusCode === 415) return new ApiError('unsupported_media_type', 'Send the request body as application/json.');
+  return undefined;
+}

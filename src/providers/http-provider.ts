@@ -1,0 +1,176 @@
+/**
+ * The connector to a provider that speaks the simulator's HTTP API. Every call has a timeout
+ * and goes through a circuit breaker: after `breakerThreshold` consecutive transport failures
+ * the breaker opens and calls fail fast as `unavailable` (nothing was sent) until a trial call
+ * after `halfOpenMs` succeeds.
+ *
+ * Timeouts do not count toward the breaker: a slow answer for one card says little about the
+ * provider's health, and a timed-out call may still have taken effect, so it is reported as
+ * `unknown` for reconciliation to resolve by key.
+ */
+import { BrokenCircuitError, CircuitState, ConsecutiveBreaker, circuitBreaker, handleType } from 'cockatiel';
+import type { AuthorizeRequest, PaymentProvider, ProviderCharge, ProviderOperation, ProviderOutcome, ProviderRefund } from './provider.js';
+
+export interface HttpProviderOptions {
+  baseUrl: string;
+  timeoutMs: number;
+  breakerThreshold: number;
+  halfOpenMs: number;
+}
+
+/** The provider could not be reached or answered with a server error. */
+class TransportError extends Error {
+  constructor(
+    message: string,
+    /** True when the request certainly never reached the provider (connection refused). */
+    readonly notSent: boolean,
+  ) {
+    super(message);
+  }
+}
+
+type RawResponse = { status: number; body: Record<string, unknown> };
+
+interface ChargeBody {
+  id: string;
+  status: ProviderCharge['status'];
+  amount: number;
+  amount_captured: number;
+  amount_refunded: number;
+}
+
+const toCharge = (body: ChargeBody): ProviderCharge => ({
+  reference: body.id,
+  status: body.status,
+  amount: body.amount,
+  amountCaptured: body.amount_captured,
+  amountRefunded: body.amount_refunded,
+});
+
+const toRefund = (body: { id: string; charge: string; amount: number }): ProviderRefund => ({
+  reference: body.id,
+  chargeReference: body.charge,
+  amount: body.amount,
+});
+
+export class HttpProvider implements PaymentProvider {
+  private readonly breaker;
+  private readonly halfOpenSeconds: number;
+
+  constructor(private readonly options: HttpProviderOptions) {
+    this.breaker = circuitBreaker(handleType(TransportError), {
+      halfOpenAfter: options.halfOpenMs,
+      breaker: new ConsecutiveBreaker(options.breakerThreshold),
+    });
+    this.halfOpenSeconds = Math.max(1, Math.ceil(options.halfOpenMs / 1000));
+  }
+
+  get breakerState(): 'closed' | 'open' | 'half_open' {
+    const state = this.breaker.state;
+    return state === CircuitState.Closed ? 'closed' : state === CircuitState.HalfOpen ? 'half_open' : 'open';
+  }
+
+  authorize(request: AuthorizeRequest): Promise<ProviderOutcome<ProviderCharge>> {
+    const body = { amount: request.amount, currency: request.currency, payment_method: request.paymentMethod, capture: request.capture };
+    return this.call('POST', '/v1/charges', request.idempotencyKey, body, toCharge);
+  }
+
+  capture(request: { idempotencyKey: string; reference: string; amount: number }) {
+    const path = `/v1/charges/${encodeURIComponent(request.reference)}/capture`;
+    return this.call('POST', path, request.idempotencyKey, { amount: request.amount }, toCharge);
+  }
+
+  cancel(request: { idempotencyKey: string; reference: string }) {
+    return this.call('POST', `/v1/charges/${encodeURIComponent(request.reference)}/cancel`, request.idempotencyKey, {}, toCharge);
+  }
+
+  refund(request: { idempotencyKey: string; reference: string; amount: number }) {
+    const path = `/v1/charges/${encodeURIComponent(request.reference)}/refunds`;
+    return this.call('POST', path, request.idempotencyKey, { amount: request.amount }, toRefund);
+  }
+
+  async retrieve(idempotencyKey: string): Promise<ProviderOutcome<ProviderOperation | null>> {
+    const outcome = await this.send('GET', `/v1/operations/${encodeURIComponent(idempotencyKey)}`, undefined, undefined);
+    if (outcome.kind !== 'answered') return outcome;
+    const { status, body } = outcome.response;
+    if (status === 404) return { kind: 'succeeded', value: null };
+    if (status !== 200) return { kind: 'unknown', reason: `provider answered ${status} to a look-up` };
+    const recorded = body as { status: number; body: Record<string, unknown> };
+    if (recorded.status !== 200) {
+      const error = (recorded.body.error ?? {}) as { code?: string; message?: string };
+      return { kind: 'succeeded', value: { kind: 'declined', code: error.code ?? 'declined', message: error.message ?? '' } };
+    }
+    const value: ProviderOperation =
+      recorded.body.object === 'refund'
+        ? { kind: 'refund', refund: toRefund(recorded.body as never) }
+        : { kind: 'charge', charge: toCharge(recorded.body as never) };
+    return { kind: 'succeeded', value };
+  }
+
+  private async call<T>(
+    method: string,
+    path: string,
+    idempotencyKey: string,
+    body: unknown,
+    parse: (body: never) => T,
+  ): Promise<ProviderOutcome<T>> {
+    const outcome = await this.send(method, path, idempotencyKey, body);
+    if (outcome.kind !== 'answered') return outcome;
+    const { status, body: responseBody } = outcome.response;
+    if (status >= 200 && status < 300) return { kind: 'succeeded', value: parse(responseBody as never) };
+    const error = (responseBody.error ?? {}) as { code?: string; message?: string };
+    return { kind: 'declined', code: error.code ?? `http_${status}`, message: error.message ?? `provider answered ${status}` };
+  }
+
+  private async send(
+    method: string,
+    path: string,
+    idempotencyKey: string | undefined,
+    body: unknown,
+  ): Promise<{ kind: 'answered'; response: RawResponse } | ProviderOutcome<never>> {
+    try {
+      const response = await this.breaker.execute(() => this.fetchOnce(method, path, idempotencyKey, body));
+      return { kind: 'answered', response };
+    } catch (error) {
+      if (error instanceof BrokenCircuitError) {
+        return { kind: 'unavailable', reason: 'circuit breaker open', retryAfterSeconds: this.halfOpenSeconds };
+      }
+      if (error instanceof TransportError && error.notSent) {
+        return { kind: 'unavailable', reason: error.message, retryAfterSeconds: this.halfOpenSeconds };
+      }
+      return { kind: 'unknown', reason: (error as Error).message };
+    }
+  }
+
+  private async fetchOnce(method: string, path: string, idempotencyKey: string | undefined, body: unknown): Promise<RawResponse> {
+    const headers: Record<string, string> = { accept: 'application/json' };
+    if (idempotencyKey) headers['idempotency-key'] = idempotencyKey;
+    if (body !== undefined) headers['content-type'] = 'application/json';
+    let response: Response;
+    try {
+      response = await fetch(new URL(path, this.options.baseUrl), {
+        method,
+        headers,
+        body: body === undefined ? undefined : JSON.stringify(body),
+        signal: AbortSignal.timeout(this.options.timeoutMs),
+        redirect: 'error',
+      });
+    } catch (error) {
+      const name = (error as Error).name;
+      if (name === 'TimeoutError' || name === 'AbortError') throw new Error(`provider timed out after ${this.options.timeoutMs} ms`);
+      const code = ((error as { cause?: { code?: string } }).cause?.code ?? '') as string;
+      throw new TransportError(`provider unreachable (${code || (error as Error).message})`, NOT_SENT_CODES.has(code));
+    }
+    let parsed: Record<string, unknown>;
+    try {
+      parsed = (await response.json()) as Record<string, unknown>;
+    } catch {
+      throw new TransportError(`provider answered ${response.status} with a body that is not JSON`, false);
+    }
+    if (response.status >= 500) throw new TransportError(`provider answered ${response.status}`, false);
+    return { status: response.status, body: parsed };
+  }
+}
+
+// Connection errors that prove the request never reached the provider.
+const NOT_SENT_CODES = new Set(['ECONNREFUSED', 'ENOTFOUND', 'EAI_AGAIN', 'EHOSTUNREACH', 'ENETUNREACH']);

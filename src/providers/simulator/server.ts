@@ -1,0 +1,226 @@
+/**
+ * The card provider simulator: a real HTTP service with the shape of a card acquirer's API.
+ * It keeps charges in memory, honours our Idempotency-Key (the same key never charges twice,
+ * even when requests race), and offers test payment methods:
+ *
+ *   pm_card_visa                succeeds
+ *   pm_card_declined            declined, card_declined
+ *   pm_card_insufficient_funds  declined, insufficient_funds
+ *   pm_card_timeout             the charge is recorded, but the answer comes too late
+ *
+ * Latency and a random error rate (503 before anything is recorded) are configurable.
+ */
+import { randomBytes } from 'node:crypto';
+import Fastify, { type FastifyInstance } from 'fastify';
+
+export interface SimulatorOptions {
+  latencyMs?: number;
+  errorRate?: number;
+  /** How long pm_card_timeout holds its answer: longer than any client waits. */
+  timeoutHoldMs?: number;
+}
+
+interface StoredResponse {
+  status: number;
+  body: unknown;
+}
+
+interface Charge {
+  id: string;
+  status: 'authorized' | 'captured' | 'canceled';
+  amount: number;
+  currency: string;
+  payment_method: string;
+  amount_captured: number;
+  amount_refunded: number;
+}
+
+const DECLINES: Record<string, { code: string; message: string }> = {
+  pm_card_declined: { code: 'card_declined', message: 'The card was declined.' },
+  pm_card_insufficient_funds: { code: 'insufficient_funds', message: 'The card has insufficient funds.' },
+};
+const KNOWN_METHODS = new Set(['pm_card_visa', 'pm_card_timeout', ...Object.keys(DECLINES)]);
+// Caps memory for long simulator runs (benchmarks); the oldest records are dropped first.
+const RECORDS_MAX = 1_000_000;
+
+export class ProviderSimulator {
+  readonly charges = new Map<string, Charge>();
+  /** Our idempotency key → the response it produced (or is producing). */
+  readonly operations = new Map<string, Promise<StoredResponse>>();
+  /** How many times each idempotency key caused a new charge: a test checks it is never 2. */
+  readonly chargesByKey = new Map<string, number>();
+  latencyMs: number;
+  errorRate: number;
+  timeoutHoldMs: number;
+  private readonly pendingTimers = new Set<NodeJS.Timeout>();
+
+  constructor(options: SimulatorOptions = {}) {
+    this.latencyMs = options.latencyMs ?? 0;
+    this.errorRate = options.errorRate ?? 0;
+    this.timeoutHoldMs = options.timeoutHoldMs ?? 120_000;
+  }
+
+  /** Runs op once per idempotency key; concurrent and later requests with the key share its answer. */
+  async once(key: string, op: () => StoredResponse): Promise<StoredResponse> {
+    const existing = this.operations.get(key);
+    if (existing) return existing;
+    const result = Promise.resolve().then(op);
+    this.operations.set(key, result);
+    if (this.operations.size > RECORDS_MAX) {
+      const oldest = this.operations.keys().next().value;
+      if (oldest !== undefined) this.operations.delete(oldest);
+    }
+    return result;
+  }
+
+  createCharge(key: string, body: { amount: number; currency: string; payment_method: string; capture: boolean }): StoredResponse {
+    if (!KNOWN_METHODS.has(body.payment_method)) {
+      return {
+        status: 402,
+        body: { error: { code: 'payment_method_invalid', message: `No such payment method: ${body.payment_method}` } },
+      };
+    }
+    const decline = DECLINES[body.payment_method];
+    if (decline) return { status: 402, body: { error: decline } };
+    const charge: Charge = {
+      id: `ch_${randomBytes(10).toString('hex')}`,
+      status: body.capture ? 'captured' : 'authorized',
+      amount: body.amount,
+      currency: body.currency,
+      payment_method: body.payment_method,
+      amount_captured: body.capture ? body.amount : 0,
+      amount_refunded: 0,
+    };
+    this.charges.set(charge.id, charge);
+    this.chargesByKey.set(key, (this.chargesByKey.get(key) ?? 0) + 1);
+    return { status: 200, body: { object: 'charge', ...charge } };
+  }
+
+  capture(id: string, amount: number): StoredResponse {
+    const charge = this.charges.get(id);
+    if (!charge) return notFound(id);
+    if (charge.status !== 'authorized' || amount > charge.amount || amount < 1) {
+      return { status: 400, body: { error: { code: 'charge_not_capturable', message: `Charge ${id} cannot capture ${amount}.` } } };
+    }
+    charge.status = 'captured';
+    charge.amount_captured = amount;
+    return { status: 200, body: { object: 'charge', ...charge } };
+  }
+
+  cancel(id: string): StoredResponse {
+    const charge = this.charges.get(id);
+    if (!charge) return notFound(id);
+    if (charge.status !== 'authorized') {
+      return { status: 400, body: { error: { code: 'charge_not_cancelable', message: `Charge ${id} is ${charge.status}.` } } };
+    }
+    charge.status = 'canceled';
+    return { status: 200, body: { object: 'charge', ...charge } };
+  }
+
+  refund(id: string, amount: number): StoredResponse {
+    const charge = this.charges.get(id);
+    if (!charge) return notFound(id);
+    if (charge.status !== 'captured' || amount < 1 || charge.amount_refunded + amount > charge.amount_captured) {
+      return { status: 400, body: { error: { code: 'refund_not_allowed', message: `Charge ${id} cannot refund ${amount}.` } } };
+    }
+    charge.amount_refunded += amount;
+    return { status: 200, body: { object: 'refund', id: `sre_${randomBytes(10).toString('hex')}`, charge: id, amount } };
+  }
+
+  /** Holds a pm_card_timeout answer past the client's patience, cancelled when the server closes. */
+  hold(): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.pendingTimers.delete(timer);
+        resolve();
+      }, this.timeoutHoldMs);
+      this.pendingTimers.add(timer);
+    });
+  }
+
+  releaseHeld(): void {
+    for (const timer of this.pendingTimers) clearTimeout(timer);
+    this.pendingTimers.clear();
+  }
+}
+
+function notFound(id: string): StoredResponse {
+  return { status: 404, body: { error: { code: 'resource_missing', message: `No such charge: ${id}` } } };
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+const amountBody = {
+  type: 'object',
+  required: ['amount'],
+  properties: { amount: { type: 'integer', minimum: 1 } },
+} as const;
+
+export function buildSimulatorApp(simulator: ProviderSimulator): FastifyInstance {
+  const app = Fastify({ logger: false });
+
+  app.addHook('onRequest', async (request, reply) => {
+    if (simulator.latencyMs > 0) await sleep(simulator.latencyMs);
+    if (request.method === 'POST' && simulator.errorRate > 0 && Math.random() < simulator.errorRate) {
+      return reply.code(503).send({ error: { code: 'simulated_outage', message: 'Simulated provider error.' } });
+    }
+  });
+  app.addHook('onClose', async () => simulator.releaseHeld());
+
+  const keyOf = (headers: Record<string, unknown>): string | undefined => {
+    const key = headers['idempotency-key'];
+    return typeof key === 'string' && key.length > 0 ? key : undefined;
+  };
+
+  app.post<{ Body: { amount: number; currency: string; payment_method: string; capture: boolean } }>(
+    '/v1/charges',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          required: ['amount', 'currency', 'payment_method', 'capture'],
+          properties: {
+            amount: { type: 'integer', minimum: 1 },
+            currency: { type: 'string', pattern: '^[a-z]{3}$' },
+            payment_method: { type: 'string' },
+            capture: { type: 'boolean' },
+          },
+        },
+      },
+    },
+    async (request, reply) => {
+      const key = keyOf(request.headers);
+      if (!key) return reply.code(400).send({ error: { code: 'idempotency_key_required', message: 'Idempotency-Key is required.' } });
+      const response = await simulator.once(key, () => simulator.createCharge(key, request.body));
+      if (request.body.payment_method === 'pm_card_timeout') await simulator.hold();
+      return reply.code(response.status).send(response.body);
+    },
+  );
+
+  for (const action of ['capture', 'cancel', 'refunds'] as const) {
+    app.post<{ Params: { id: string }; Body: { amount?: number } }>(
+      `/v1/charges/:id/${action}`,
+      { schema: action === 'cancel' ? {} : { body: amountBody } },
+      async (request, reply) => {
+        const key = keyOf(request.headers);
+        if (!key) return reply.code(400).send({ error: { code: 'idempotency_key_required', message: 'Idempotency-Key is required.' } });
+        const { id } = request.params;
+        const amount = request.body?.amount ?? 0;
+        const response = await simulator.once(key, () =>
+          action === 'capture' ? simulator.capture(id, amount) : action === 'cancel' ? simulator.cancel(id) : simulator.refund(id, amount),
+        );
+        return reply.code(response.status).send(response.body);
+      },
+    );
+  }
+
+  app.get<{ Params: { key: string } }>('/v1/operations/:key', async (request, reply) => {
+    const stored = simulator.operations.get(request.params.key);
+    if (!stored) return reply.code(404).send({ error: { code: 'resource_missing', message: 'No operation with that key.' } });
+    const response = await stored;
+    return { status: response.status, body: response.body };
+  });
+
+  app.get('/healthz', async () => ({ ok: true }));
+  return app;
+}
