@@ -14,6 +14,7 @@ import pg from 'pg';
 import { startEmbeddedPostgres } from '../src/platform/db/embedded.js';
 import { migrate } from '../src/platform/db/migrate.js';
 import { createPool } from '../src/platform/db/pool.js';
+import { migrateJobs } from '../src/platform/jobs/runner.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const TEMPLATE = `floodgate_test_template_${process.pid}`;
@@ -75,18 +76,15 @@ async function main(): Promise<number> {
     const templateUrl = withDatabase(server.adminUrl, TEMPLATE);
     const pool = createPool({ connectionString: templateUrl, max: 1, statementTimeoutMs: 60_000 });
     await migrate(pool);
+    await migrateJobs(pool);
     await pool.end();
 
     const code = await new Promise<number>((resolve) => {
-      const child = spawn(
-        process.execPath,
-        ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=300000', ...files],
-        {
-          cwd: ROOT,
-          stdio: 'inherit',
-          env: { ...process.env, FLOODGATE_TEST_ADMIN_URL: server.adminUrl, FLOODGATE_TEST_TEMPLATE: TEMPLATE },
-        },
-      );
+      const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=300000', ...files], {
+        cwd: ROOT,
+        stdio: 'inherit',
+        env: { ...process.env, FLOODGATE_TEST_ADMIN_URL: server.adminUrl, FLOODGATE_TEST_TEMPLATE: TEMPLATE },
+      });
       child.on('exit', (exitCode, signal) => resolve(exitCode ?? (signal ? 1 : 0)));
     });
     return code;

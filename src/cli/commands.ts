@@ -114,6 +114,8 @@ export const ROLES: Record<string, Role> = {
     try {
       const { migrate } = await import('../platform/db/migrate.js');
       const applied = await migrate(db.pool);
+      const { migrateJobs } = await import('../platform/jobs/runner.js');
+      await migrateJobs(db.pool);
       console.log(applied.length ? `applied: ${applied.join(', ')}` : 'database is up to date');
       return 0;
     } finally {

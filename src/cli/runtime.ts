@@ -7,6 +7,7 @@ import type { Config } from '../config.js';
 import { startEmbeddedPostgres } from '../platform/db/embedded.js';
 import { migrate } from '../platform/db/migrate.js';
 import { createPool, type Pool } from '../platform/db/pool.js';
+import { migrateJobs } from '../platform/jobs/runner.js';
 import { HttpProvider } from '../providers/http-provider.js';
 import { buildSimulatorApp, ProviderSimulator } from '../providers/simulator/server.js';
 
@@ -42,6 +43,7 @@ export async function openDatabase(config: Config, log: Logger, options: { migra
     if (options.migrate) {
       const applied = await migrate(pool);
       if (applied.length > 0) log.info({ applied }, 'migrations applied');
+      await migrateJobs(pool);
     }
   } catch (error) {
     await pool.end();

@@ -1,11 +1,17 @@
-import { collectDefaultMetrics, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
 
 // Buckets from 1 ms to 10 s: a payment API's p50 sits near the bottom, provider calls near the top.
 const HTTP_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
+// Jobs run from milliseconds (bookkeeping) to the 10 s webhook timeout.
+const JOB_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
+
 export interface Metrics {
   registry: Registry;
   httpDuration: Histogram<'method' | 'route' | 'status_class'>;
+  jobDuration: Histogram<'task' | 'outcome'>;
+  jobFailures: Counter<'task'>;
+  jobRetries: Counter<'task'>;
 }
 
 /** A registry per app instance, so tests can build many apps in one process. */
@@ -19,5 +25,24 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     buckets: HTTP_BUCKETS_SECONDS,
     registers: [registry],
   });
-  return { registry, httpDuration };
+  const jobDuration = new Histogram({
+    name: 'floodgate_job_duration_seconds',
+    help: 'Job run time by task and outcome',
+    labelNames: ['task', 'outcome'] as const,
+    buckets: JOB_BUCKETS_SECONDS,
+    registers: [registry],
+  });
+  const jobFailures = new Counter({
+    name: 'floodgate_job_failures_total',
+    help: 'Job runs that threw, by task',
+    labelNames: ['task'] as const,
+    registers: [registry],
+  });
+  const jobRetries = new Counter({
+    name: 'floodgate_job_retries_total',
+    help: 'Failed job runs that will be retried, by task',
+    labelNames: ['task'] as const,
+    registers: [registry],
+  });
+  return { registry, httpDuration, jobDuration, jobFailures, jobRetries };
 }

@@ -1,0 +1,62 @@
+/**
+ * Adding jobs. Always inside the transaction of the change that causes the job, so a job
+ * exists exactly when its cause committed (graphile-worker keeps jobs in PostgreSQL).
+ */
+import type { Queryable } from '../db/pool.js';
+
+export interface JobOptions {
+  runAt?: Date;
+  maxAttempts?: number;
+  /** A job with the same key replaces the waiting one instead of doubling it. */
+  jobKey?: string;
+  queueName?: string;
+  priority?: number;
+}
+
+export async function addJob(db: Queryable, task: string, payload: Record<string, unknown>, options: JobOptions = {}): Promise<void> {
+  await db.query({
+    name: 'jobs_add_job',
+    text: `select graphile_worker.add_job($1, $2::json, queue_name => $3, run_at => $4, max_attempts => $5,
+             job_key => $6, priority => $7)`,
+    values: [
+      task,
+      JSON.stringify(payload),
+      options.queueName ?? null,
+      options.runAt ?? null,
+      options.maxAttempts ?? null,
+      options.jobKey ?? null,
+      options.priority ?? null,
+    ],
+  });
+}
+
+export interface QueueRow {
+  task: string;
+  waiting: number;
+  scheduled: number;
+  running: number;
+  retrying: number;
+  failed: number;
+  oldest_waiting_seconds: number | null;
+}
+
+/**
+ * The queue by task: waiting (due, unlocked), scheduled (due later), running (locked),
+ * retrying (failed at least once, will run again) and failed (out of attempts, kept for replay).
+ */
+export async function selectQueue(db: Queryable): Promise<QueueRow[]> {
+  const { rows } = await db.query<QueueRow>(
+    `select task_identifier as task,
+            count(*) filter (where locked_at is null and run_at <= now() and attempts < max_attempts)::int as waiting,
+            count(*) filter (where locked_at is null and run_at > now() and attempts < max_attempts)::int as scheduled,
+            count(*) filter (where locked_at is not null)::int as running,
+            count(*) filter (where attempts > 0 and attempts < max_attempts)::int as retrying,
+            count(*) filter (where attempts >= max_attempts)::int as failed,
+            extract(epoch from now() - min(run_at) filter (where locked_at is null and run_at <= now()
+              and attempts < max_attempts))::float8 as oldest_waiting_seconds
+     from graphile_worker.jobs
+     group by task_identifier
+     order by task_identifier`,
+  );
+  return rows;
+}
