@@ -70,7 +70,7 @@ create table payment_attempts (
   foreign key (merchant_id, payment_intent_id) references payment_intents (merchant_id, id)
 );
 create index payment_attempts_by_intent on payment_attempts (merchant_id, payment_intent_id);
-create index payment_attempts_unresolved on payment_attempts (created_at) where status in ('started', 'unknown');
+create index payment_attempts_unresolved on payment_attempts (updated_at) where status in ('started', 'unknown');
 
 create table refunds (
   merchant_id text collate "C" not null,
@@ -118,6 +118,17 @@ create table idempotency_keys (
   primary key (merchant_id, idempotency_key)
 );
 create index idempotency_keys_expiry on idempotency_keys (expires_at);
+-- Housekeeping finds keys whose request died holding the lock.
+create index idempotency_keys_locked on idempotency_keys (locked_at) where locked_at is not null;
+
+-- Provider webhook events already applied: a provider sends each at least once, often more.
+create table provider_events (
+  merchant_id text collate "C" not null references merchants (merchant_id),
+  provider text not null,
+  event_id text not null,
+  received_at timestamptz not null default now(),
+  primary key (merchant_id, provider, event_id)
+);
 
 -- Double-entry ledger: a transaction is a set of entries whose signed amounts sum to zero
 -- (debits positive, credits negative). The database itself refuses an unbalanced transaction.

@@ -7,6 +7,7 @@ import type { Config } from './config.js';
 import { registerEventRoutes } from './events/routes.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
 import { createAuthenticator } from './merchants/service.js';
+import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
 import { registerPaymentRoutes } from './payments/routes.js';
 import type { Pool } from './platform/db/pool.js';
 import { ApiError } from './platform/http/errors.js';
@@ -37,7 +38,8 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   const authenticate = createAuthenticator(deps.pool, deps.config.apiKeyCacheTtlMs);
 
   app.addHook('onRequest', async (request) => {
-    if (!request.url.startsWith('/v1/')) return;
+    // Provider webhooks authenticate by signature, in their own route.
+    if (!request.url.startsWith('/v1/') || request.url.startsWith('/v1/providers/')) return;
     const result = await authenticate(request.headers.authorization);
     if (result.kind === 'missing') {
       throw new ApiError('api_key_missing', 'No API key provided. Send Authorization: Bearer sk_test_...');
@@ -73,5 +75,6 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   registerPaymentRoutes(app, paymentDeps);
   registerEventRoutes(app, deps.pool);
   registerLedgerRoutes(app, deps.pool);
+  registerProviderWebhookRoutes(app, { pool: deps.pool, secret: deps.config.providerWebhookSecret });
   return app;
 }

@@ -30,6 +30,16 @@ export interface Config {
   readonly simulatorLatencyMs: number;
   readonly simulatorErrorRate: number;
   readonly embeddedPostgresPort: number;
+  /** Shared with the provider; signs its webhooks to us. Unset: `start` makes one up. */
+  readonly providerWebhookSecret: string | undefined;
+  /** Where a standalone simulator sends its webhooks. */
+  readonly simulatorWebhookUrl: string | undefined;
+  readonly workerConcurrency: number;
+  readonly jobLockTimeoutMs: number;
+  readonly jobPollIntervalMs: number;
+  readonly reconcileBaseDelayMs: number;
+  readonly reconcileMaxDelayMs: number;
+  readonly reconcileMaxAttempts: number;
 }
 
 export class ConfigError extends Error {
@@ -80,6 +90,14 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     return raw;
   };
 
+  const secret = (name: string): string | undefined => {
+    const raw = env[name];
+    if (raw === undefined || raw === '') return undefined;
+    // 32 characters is the least that makes an HMAC key worth its name.
+    if (raw.length < 32) problems.push(`${name} must be at least 32 characters`);
+    return raw;
+  };
+
   const logLevel = (env.FLOODGATE_LOG_LEVEL ?? 'info') as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) {
     problems.push(`FLOODGATE_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}; got "${logLevel}"`);
@@ -113,6 +131,20 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     simulatorLatencyMs: int('FLOODGATE_SIMULATOR_LATENCY_MS', 0, 0, 60_000),
     simulatorErrorRate: fraction('FLOODGATE_SIMULATOR_ERROR_RATE', 0),
     embeddedPostgresPort: int('FLOODGATE_EMBEDDED_PG_PORT', 5488, 1024, 65535),
+    providerWebhookSecret: secret('FLOODGATE_PROVIDER_WEBHOOK_SECRET'),
+    simulatorWebhookUrl: url('FLOODGATE_SIMULATOR_WEBHOOK_URL', ['http:', 'https:']),
+    // Webhook deliveries wait on the network, so a worker runs many at once.
+    workerConcurrency: int('FLOODGATE_WORKER_CONCURRENCY', 10, 1, 1000),
+    // A job locked longer than this belongs to a dead worker and is run again. It must exceed
+    // the longest job (a 10 s webhook delivery) plus the 30 s a job may wait in a local queue.
+    jobLockTimeoutMs: int('FLOODGATE_JOB_LOCK_TIMEOUT_MS', 120_000, 1_000, 14_400_000),
+    // Polling only finds jobs scheduled for later; new jobs arrive by LISTEN/NOTIFY at once.
+    jobPollIntervalMs: int('FLOODGATE_JOB_POLL_INTERVAL_MS', 1_000, 10, 60_000),
+    // Reconciliation asks again after 2 s, 4 s, 8 s ... up to 5 min, for 20 rounds: an
+    // unknown outcome is settled, or reported to an operator, within about 70 minutes.
+    reconcileBaseDelayMs: int('FLOODGATE_RECONCILE_BASE_DELAY_MS', 2_000, 1, 3_600_000),
+    reconcileMaxDelayMs: int('FLOODGATE_RECONCILE_MAX_DELAY_MS', 300_000, 1, 86_400_000),
+    reconcileMaxAttempts: int('FLOODGATE_RECONCILE_MAX_ATTEMPTS', 20, 1, 1000),
     ...overrides,
   };
   if (problems.length > 0) throw new ConfigError(problems);
@@ -132,5 +164,9 @@ export function maskUrl(value: string | undefined): string | undefined {
 }
 
 export function describeConfig(config: Config): Record<string, unknown> {
-  return { ...config, databaseUrl: maskUrl(config.databaseUrl) ?? '(embedded)' };
+  return {
+    ...config,
+    databaseUrl: maskUrl(config.databaseUrl) ?? '(embedded)',
+    providerWebhookSecret: config.providerWebhookSecret ? '*****' : undefined,
+  };
 }

@@ -2,14 +2,19 @@
  * The roles and admin commands. A role returns -1 when it keeps running (a server), or the
  * exit code when done.
  */
+import { randomBytes } from 'node:crypto';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { buildApp } from '../app.js';
 import { audit, formatReport } from '../audit/service.js';
 import { type Config, describeConfig } from '../config.js';
 import * as merchants from '../merchants/service.js';
+import { PROVIDER_WEBHOOK_PATH } from '../payments/provider-webhooks.js';
+import { registerQueueMetrics } from '../platform/jobs/metrics.js';
+import { formatQueue, selectQueue } from '../platform/jobs/queue.js';
 import { createMetrics } from '../platform/observability/metrics.js';
 import { createLogger, type Logger, onShutdown, openDatabase, openProvider, startSimulator } from './runtime.js';
+import { runWorker } from './worker.js';
 
 type Options = { json?: boolean; merchant?: string; kind?: string };
 type Role = (config: Config, args: string[], options: Options) => Promise<number>;
@@ -28,18 +33,17 @@ async function withDatabase(config: Config, fn: (db: Awaited<ReturnType<typeof o
   }
 }
 
-async function serve(config: Config, log: Logger, options: { demo: boolean }): Promise<number> {
+async function serve(config: Config, log: Logger, options: { demo: boolean; worker: boolean }): Promise<number> {
   const db = await openDatabase(config, log, { migrate: true });
-  const provider = await openProvider(config, log);
-  const app = await buildApp({
-    config,
-    pool: db.pool,
-    provider: provider.provider,
-    logger: log,
-    metrics: createMetrics({ defaultMetrics: true }),
-  });
+  const webhookUrl = `http://127.0.0.1:${config.port}${PROVIDER_WEBHOOK_PATH}`;
+  const provider = await openProvider(config, log, webhookUrl);
+  const metrics = createMetrics({ defaultMetrics: true });
+  registerQueueMetrics(metrics, db.pool);
+  const app = await buildApp({ config, pool: db.pool, provider: provider.provider, logger: log, metrics });
+  const worker = options.worker ? await runWorker({ config, pool: db.pool, provider: provider.provider, metrics, log }) : undefined;
   onShutdown(log, async () => {
     await app.close();
+    await worker?.stop();
     await provider.close();
     await db.close();
   });
@@ -87,7 +91,36 @@ Try:
 
 export const ROLES: Record<string, Role> = {
   async start(config) {
-    return serve(config, createLogger(config), { demo: true });
+    // One process: the in-process simulator and our webhook route share a secret made up here
+    // unless one is configured.
+    const secret = config.providerWebhookSecret ?? randomBytes(32).toString('base64url');
+    return serve(Object.freeze({ ...config, providerWebhookSecret: secret }), createLogger(config), { demo: true, worker: true });
+  },
+
+  async worker(config) {
+    if (!config.databaseUrl || !config.providerUrl) {
+      console.error('floodgate worker needs DATABASE_URL and FLOODGATE_PROVIDER_URL. Use `floodgate start` for a single process.');
+      return 78;
+    }
+    const log = createLogger(config);
+    const db = await openDatabase(config, log, { migrate: true });
+    const provider = await openProvider(config, log);
+    const worker = await runWorker({ config, pool: db.pool, provider: provider.provider, log });
+    log.info({ concurrency: config.workerConcurrency }, 'worker running');
+    onShutdown(log, async () => {
+      await worker.stop();
+      await db.close();
+    });
+    return RUNNING;
+  },
+
+  async jobs(config, _args, options) {
+    return withDatabase(config, async (db) => {
+      const queue = await selectQueue(db.pool);
+      if (options.json) console.log(JSON.stringify(queue));
+      else console.log(formatQueue(queue));
+      return 0;
+    });
   },
 
   async api(config) {
@@ -97,7 +130,7 @@ export const ROLES: Record<string, Role> = {
       );
       return 78;
     }
-    return serve(config, createLogger(config), { demo: false });
+    return serve(config, createLogger(config), { demo: false, worker: false });
   },
 
   async simulator(config) {

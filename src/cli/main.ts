@@ -11,6 +11,9 @@ Commands:
   start                          everything in one process: API, provider simulator, embedded
                                  PostgreSQL when DATABASE_URL is unset; creates a demo merchant
   api                            a stateless API node (needs DATABASE_URL and FLOODGATE_PROVIDER_URL)
+  worker                         run jobs: reconciliation, housekeeping, webhook deliveries
+                                 (needs DATABASE_URL and FLOODGATE_PROVIDER_URL)
+  jobs [--json]                  the job queue by task: waiting, scheduled, running, failed
   simulator                      the card provider simulator on FLOODGATE_SIMULATOR_PORT
   migrate                        apply pending migrations and exit
   merchants create NAME [--json] create a merchant and print its keys (shown once)
@@ -55,7 +58,7 @@ main(process.argv.slice(2)).then(
     if (error instanceof ConfigError) console.error(error.message);
     else if (error instanceof TypeError && (error as { code?: string }).code?.startsWith('ERR_PARSE_ARGS')) {
       console.error(`floodgate: ${error.message}\n\n${USAGE}`);
-    } else console.error(`floodgate: ${(error as Error).message}`);
+    } else console.error(`floodgate: ${error instanceof Error ? error.message : String(error)}`);
     process.exit(error instanceof ConfigError ? 78 : 1);
   },
 );

@@ -67,12 +67,15 @@ export interface ProviderHandle {
   close(): Promise<void>;
 }
 
-/** The provider connector; without FLOODGATE_PROVIDER_URL, a simulator runs in this process. */
-export async function openProvider(config: Config, log: Logger): Promise<ProviderHandle> {
+/**
+ * The provider connector; without FLOODGATE_PROVIDER_URL, a simulator runs in this process and
+ * sends its webhooks to `webhookUrl` (our own API), signed with the config's secret.
+ */
+export async function openProvider(config: Config, log: Logger, webhookUrl?: string): Promise<ProviderHandle> {
   let baseUrl = config.providerUrl;
   let close = async () => {};
   if (!baseUrl) {
-    const simulator = await startSimulator(config);
+    const simulator = await startSimulator({ ...config, simulatorWebhookUrl: webhookUrl ?? config.simulatorWebhookUrl });
     baseUrl = simulator.url;
     close = simulator.close;
     log.info({ url: baseUrl }, 'provider simulator running in-process');
@@ -87,7 +90,12 @@ export async function openProvider(config: Config, log: Logger): Promise<Provide
 }
 
 export async function startSimulator(config: Config, host = '127.0.0.1') {
-  const simulator = new ProviderSimulator({ latencyMs: config.simulatorLatencyMs, errorRate: config.simulatorErrorRate });
+  const simulator = new ProviderSimulator({
+    latencyMs: config.simulatorLatencyMs,
+    errorRate: config.simulatorErrorRate,
+    webhookUrl: config.simulatorWebhookUrl,
+    webhookSecret: config.providerWebhookSecret,
+  });
   const app = buildSimulatorApp(simulator);
   await app.listen({ host, port: config.simulatorPort });
   const address = app.server.address();

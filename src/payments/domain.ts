@@ -126,7 +126,16 @@ export function toUnixSeconds(date: Date): number {
   return Math.floor(date.getTime() / 1000);
 }
 
-/** Our idempotency key at the provider, derived from the attempt committed before the call. */
-export function providerKeyFor(attemptId: string): string {
-  return `floodgate_${attemptId}`;
+/**
+ * Our idempotency key at the provider, derived from the attempt committed before the call. It
+ * names the merchant too, so a provider webhook or a look-up by key leads back to the attempt
+ * without a cross-merchant index.
+ */
+export function providerKeyFor(merchantId: string, attemptId: string): string {
+  return `floodgate.${merchantId}.${attemptId}`;
+}
+
+export function parseProviderKey(key: string): { merchantId: string; attemptId: string } | undefined {
+  const match = /^floodgate\.(mch_[0-9A-Za-z]+)\.(pa_[0-9A-Za-z]+)$/.exec(key);
+  return match ? { merchantId: match[1] as string, attemptId: match[2] as string } : undefined;
 }

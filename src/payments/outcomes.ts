@@ -12,6 +12,7 @@ import { ApiError } from '../platform/http/errors.js';
 import type { Reply } from '../platform/idempotency/service.js';
 import type { ProviderCharge, ProviderOutcome } from '../providers/provider.js';
 import { toApiIntent } from './domain.js';
+import { scheduleReconciliation } from './reconciliation.js';
 import * as sql from './sql.js';
 
 export type OpenOperation = 'authorize' | 'capture' | 'cancel';
@@ -45,7 +46,9 @@ export async function applyOutcome(client: Client, call: SettledCall): Promise<R
   switch (outcome.kind) {
     case 'unknown': {
       // The call may have taken effect: leave the intent processing for reconciliation to settle.
-      await sql.settleAttempt(client, intent.merchant_id, attempt.id, { status: 'unknown', errorCode: 'outcome_unknown' });
+      if (await sql.settleAttempt(client, intent.merchant_id, attempt.id, { status: 'unknown', errorCode: 'outcome_unknown' })) {
+        await scheduleReconciliation(client, attempt);
+      }
       return current(client, intent);
     }
     case 'unavailable': {
@@ -78,7 +81,7 @@ export async function applyOutcome(client: Client, call: SettledCall): Promise<R
         canceled_at: new Date(),
       });
     case 'refund':
-      return assert.fail('refund outcomes are applied by the refunds module');
+      return assert.fail('refund outcomes are applied by refund-outcomes.ts');
   }
 }
 

@@ -8,16 +8,14 @@
  */
 import assert from 'node:assert/strict';
 import * as events from '../events/service.js';
-import * as ledger from '../ledger/service.js';
-import { type Client, type Pool, withTransaction } from '../platform/db/pool.js';
+import type { Client, Pool } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';
 import { page } from '../platform/http/pagination.js';
 import type { HeldKey, PhaseResult, Reply } from '../platform/idempotency/service.js';
 import * as idempotency from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
-import type { ProviderOutcome, ProviderRefund } from '../providers/provider.js';
+import { callAndComplete } from './calls.js';
 import { providerKeyFor, toApiRefund } from './domain.js';
-import { unavailableReply } from './outcomes.js';
 import { errorReply, ok, type PaymentDeps, type RequestContext, refusedReply } from './service.js';
 import * as sql from './sql.js';
 
@@ -99,7 +97,7 @@ async function startRefund(client: Client, merchantId: string, params: CreateRef
     refundId: refund.id,
     operation: 'refund',
     amount,
-    providerIdempotencyKey: providerKeyFor(attemptId),
+    providerIdempotencyKey: providerKeyFor(merchantId, attemptId),
   });
   await events.record(client, merchantId, 'refund.created', toApiRefund(refund));
   return { kind: 'recoveryPoint', name: 'refund_started', resourceId: refund.id };
@@ -108,73 +106,15 @@ async function startRefund(client: Client, merchantId: string, params: CreateRef
 async function callProvider(deps: PaymentDeps, held: HeldKey): Promise<Reply> {
   const refund = await sql.selectRefund(deps.pool, held.merchantId, held.resourceId as string);
   assert.ok(refund, 'the refund a key points at exists');
-  const [intent, attempt] = await Promise.all([
-    sql.selectIntent(deps.pool, held.merchantId, refund.payment_intent_id),
-    sql.selectOpenAttempt(deps.pool, held.merchantId, refund.payment_intent_id, 'refund'),
-  ]);
-  assert.ok(intent);
+  const attempt = await sql.selectOpenAttempt(deps.pool, held.merchantId, refund.payment_intent_id, 'refund');
   if (!attempt || attempt.refund_id !== refund.id) {
-    return idempotency.atomicPhase(deps.pool, held, async () => phaseResponse(ok(toApiRefund(refund)))) as Promise<Reply>;
+    // Settled meanwhile (by the provider's webhook or the reconciler): answer with its state.
+    const latest = (await sql.selectRefund(deps.pool, held.merchantId, refund.id)) ?? refund;
+    return idempotency.atomicPhase(deps.pool, held, async () => phaseResponse(ok(toApiRefund(latest)))) as Promise<Reply>;
   }
-  const outcome = await deps.provider.refund({
-    idempotencyKey: attempt.provider_idempotency_key,
-    reference: intent.provider_reference as string,
-    amount: refund.amount,
-  });
-  if (outcome.kind === 'unavailable') {
-    // Nothing reached the provider: fail this refund, release its amount, and let a retry with
-    // the same key start a new one.
-    return withTransaction(deps.pool, async (client) => {
-      await applyRefundOutcome(client, refund, attempt, outcome);
-      await idempotency.release(client, held, 'started');
-      return unavailableReply(outcome.retryAfterSeconds);
-    });
-  }
-  return idempotency.atomicPhase(deps.pool, held, async (client) =>
-    phaseResponse(await applyRefundOutcome(client, refund, attempt, outcome)),
-  ) as Promise<Reply>;
-}
-
-export async function applyRefundOutcome(
-  client: Client,
-  refund: sql.RefundRow,
-  attempt: sql.AttemptRow,
-  outcome: ProviderOutcome<ProviderRefund>,
-): Promise<Reply> {
-  const { merchant_id: merchantId } = refund;
-  if (outcome.kind === 'unknown') {
-    await sql.settleAttempt(client, merchantId, attempt.id, { status: 'unknown', errorCode: 'outcome_unknown' });
-    return ok(toApiRefund(refund));
-  }
-  const succeeded = outcome.kind === 'succeeded';
-  const settledAttempt = await sql.settleAttempt(client, merchantId, attempt.id, {
-    status: succeeded ? 'succeeded' : 'failed',
-    providerReference: succeeded ? outcome.value.reference : null,
-    errorCode: succeeded ? null : outcome.kind === 'declined' ? outcome.code : 'provider_unavailable',
-  });
-  const settled = settledAttempt
-    ? await sql.settleRefund(client, merchantId, refund.id, succeeded ? 'succeeded' : 'failed', succeeded ? null : failureReason(outcome))
-    : undefined;
-  if (!settled) return ok(toApiRefund((await sql.selectRefund(client, merchantId, refund.id)) ?? refund));
-  if (succeeded) {
-    await ledger.post(client, {
-      merchantId,
-      kind: 'refund',
-      currency: refund.currency,
-      amount: refund.amount,
-      paymentIntentId: refund.payment_intent_id,
-      refundId: refund.id,
-    });
-    await events.record(client, merchantId, 'refund.updated', toApiRefund(settled));
-  } else {
-    assert.ok(await sql.adjustAmountRefunded(client, merchantId, refund.payment_intent_id, -refund.amount));
-    await events.record(client, merchantId, 'refund.failed', toApiRefund(settled));
-  }
-  return ok(toApiRefund(settled));
-}
-
-function failureReason(outcome: ProviderOutcome<ProviderRefund>): string {
-  return outcome.kind === 'declined' ? outcome.code : 'provider_unavailable';
+  // Nothing reached the provider when it is unavailable: the refund fails, its amount is
+  // released, and a retry with the same key starts a new one.
+  return callAndComplete(deps, held, attempt, 'started');
 }
 
 export async function retrieveRefund(pool: Pool, merchantId: string, id: string) {

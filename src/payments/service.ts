@@ -12,7 +12,6 @@
 import assert from 'node:assert/strict';
 import * as events from '../events/service.js';
 import type { Client, Pool } from '../platform/db/pool.js';
-import { withTransaction } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
 import { ApiError } from '../platform/http/errors.js';
 import { page } from '../platform/http/pagination.js';
@@ -20,8 +19,9 @@ import type { HeldKey, IdempotencyOptions, PhaseResult, Reply } from '../platfor
 import * as idempotency from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
 import type { PaymentProvider } from '../providers/provider.js';
+import { callAndComplete } from './calls.js';
 import { CANCELABLE, CONFIRMABLE, initialStatus, providerKeyFor, toApiIntent } from './domain.js';
-import { applyOutcome, type OpenOperation, unavailableReply } from './outcomes.js';
+import type { OpenOperation } from './outcomes.js';
 import * as sql from './sql.js';
 
 export interface PaymentDeps {
@@ -295,52 +295,15 @@ async function insertAttempt(client: Client, merchantId: string, intentId: strin
     paymentIntentId: intentId,
     operation,
     amount,
-    providerIdempotencyKey: providerKeyFor(attemptId),
+    providerIdempotencyKey: providerKeyFor(merchantId, attemptId),
   });
 }
 
-/**
- * Phase: call the provider for the open attempt (outside any transaction), then apply the
- * outcome and store the response in one transaction. Resuming here after a crash calls the
- * provider again with the same key, which the provider deduplicates: no second charge.
- */
+/** Phase: send the open attempt and complete it; answer with the current state if it is settled. */
 async function callProvider(deps: PaymentDeps, held: HeldKey, operation: OpenOperation, retryPoint: string): Promise<Reply> {
-  const id = held.resourceId as string;
-  const [intent, attempt] = await Promise.all([
-    sql.selectIntent(deps.pool, held.merchantId, id),
-    sql.selectOpenAttempt(deps.pool, held.merchantId, id, operation),
-  ]);
-  assert.ok(intent, 'an intent with a started attempt exists');
+  const attempt = await sql.selectOpenAttempt(deps.pool, held.merchantId, held.resourceId as string, operation);
   if (!attempt) return replayCurrent(deps, held);
-  const outcome = await send(deps.provider, operation, intent, attempt);
-  if (outcome.kind === 'unavailable') {
-    return withTransaction(deps.pool, async (client) => {
-      await applyOutcome(client, { intent, attempt, outcome });
-      await idempotency.release(client, held, retryPoint);
-      return unavailableReply(outcome.retryAfterSeconds);
-    });
-  }
-  return idempotency.atomicPhase(deps.pool, held, async (client) =>
-    response(await applyOutcome(client, { intent, attempt, outcome })),
-  ) as Promise<Reply>;
-}
-
-function send(provider: PaymentProvider, operation: OpenOperation, intent: sql.PaymentIntentRow, attempt: sql.AttemptRow) {
-  const idempotencyKey = attempt.provider_idempotency_key;
-  switch (operation) {
-    case 'authorize':
-      return provider.authorize({
-        idempotencyKey,
-        amount: intent.amount,
-        currency: intent.currency,
-        paymentMethod: intent.payment_method as string,
-        capture: intent.capture_method === 'automatic',
-      });
-    case 'capture':
-      return provider.capture({ idempotencyKey, reference: intent.provider_reference as string, amount: attempt.amount });
-    case 'cancel':
-      return provider.cancel({ idempotencyKey, reference: intent.provider_reference as string });
-  }
+  return callAndComplete(deps, held, attempt, retryPoint);
 }
 
 function response(reply: Reply): PhaseResult & { kind: 'response' } {

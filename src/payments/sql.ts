@@ -33,6 +33,7 @@ export interface AttemptRow {
   status: 'started' | 'succeeded' | 'failed' | 'unknown';
   provider_reference: string | null;
   error_code: string | null;
+  created_at?: Date;
 }
 
 export interface RefundRow {
@@ -361,5 +362,52 @@ export async function adjustAmountRefunded(db: Queryable, merchantId: string, id
            where merchant_id = $1 and id = $2 and amount_refunded + $3 between 0 and amount_received`,
     values: [merchantId, id, delta],
   });
+  return rowCount === 1;
+}
+
+export async function selectAttempt(db: Queryable, merchantId: string, id: string): Promise<AttemptRow | undefined> {
+  const { rows } = await db.query<AttemptRow>({
+    name: 'payments_select_attempt',
+    text: `select merchant_id, id, payment_intent_id, refund_id, operation, amount, provider_idempotency_key, status,
+             provider_reference, error_code, created_at
+           from payment_attempts where merchant_id = $1 and id = $2`,
+    values: [merchantId, id],
+  });
+  return rows[0];
+}
+
+/**
+ * Attempts still open (started or unknown) that were last touched before `olderThanMs` ago:
+ * their request has certainly ended, so the reconciler may settle them.
+ */
+export async function selectStaleOpenAttempts(db: Queryable, olderThanMs: number, limit: number): Promise<AttemptRow[]> {
+  const { rows } = await db.query<AttemptRow>(
+    `select merchant_id, id, payment_intent_id, refund_id, operation, amount, provider_idempotency_key, status,
+            provider_reference, error_code, created_at
+     from payment_attempts
+     where status in ('started', 'unknown') and updated_at < now() - make_interval(secs => $1::float8 / 1000)
+       and error_code is distinct from 'reconciliation_exhausted'
+       and not exists (select 1 from graphile_worker.jobs j where j.key = 'reconcile:' || payment_attempts.id)
+     order by updated_at limit $2`,
+    [olderThanMs, limit],
+  );
+  return rows;
+}
+
+/** Marks an attempt the reconciler gave up on, so sweeps leave it to an operator. */
+export async function markReconciliationExhausted(db: Queryable, merchantId: string, id: string): Promise<void> {
+  await db.query(
+    `update payment_attempts set error_code = 'reconciliation_exhausted', updated_at = now()
+     where merchant_id = $1 and id = $2 and status in ('started', 'unknown')`,
+    [merchantId, id],
+  );
+}
+
+/** Records a provider event as applied; false when it was applied before. */
+export async function insertProviderEvent(db: Queryable, merchantId: string, provider: string, eventId: string): Promise<boolean> {
+  const { rowCount } = await db.query(
+    'insert into provider_events (merchant_id, provider, event_id) values ($1, $2, $3) on conflict do nothing',
+    [merchantId, provider, eventId],
+  );
   return rowCount === 1;
 }

@@ -95,16 +95,7 @@ export class HttpProvider implements PaymentProvider {
     const { status, body } = outcome.response;
     if (status === 404) return { kind: 'succeeded', value: null };
     if (status !== 200) return { kind: 'unknown', reason: `provider answered ${status} to a look-up` };
-    const recorded = body as { status: number; body: Record<string, unknown> };
-    if (recorded.status !== 200) {
-      const error = (recorded.body.error ?? {}) as { code?: string; message?: string };
-      return { kind: 'succeeded', value: { kind: 'declined', code: error.code ?? 'declined', message: error.message ?? '' } };
-    }
-    const value: ProviderOperation =
-      recorded.body.object === 'refund'
-        ? { kind: 'refund', refund: toRefund(recorded.body as never) }
-        : { kind: 'charge', charge: toCharge(recorded.body as never) };
-    return { kind: 'succeeded', value };
+    return { kind: 'succeeded', value: operationFromRecorded(body as unknown as RecordedResponse) };
   }
 
   private async call<T>(
@@ -170,6 +161,22 @@ export class HttpProvider implements PaymentProvider {
     if (response.status >= 500) throw new TransportError(`provider answered ${response.status}`, false);
     return { status: response.status, body: parsed };
   }
+}
+
+/** A response the provider recorded for one of our keys, as its look-up and webhooks carry it. */
+export interface RecordedResponse {
+  status: number;
+  body: Record<string, unknown>;
+}
+
+export function operationFromRecorded(recorded: RecordedResponse): ProviderOperation {
+  if (recorded.status !== 200) {
+    const error = (recorded.body.error ?? {}) as { code?: string; message?: string };
+    return { kind: 'declined', code: error.code ?? 'declined', message: error.message ?? '' };
+  }
+  return recorded.body.object === 'refund'
+    ? { kind: 'refund', refund: toRefund(recorded.body as never) }
+    : { kind: 'charge', charge: toCharge(recorded.body as never) };
 }
 
 // Connection errors that prove the request never reached the provider.

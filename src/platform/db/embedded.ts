@@ -32,6 +32,12 @@ export async function startEmbeddedPostgres(options: {
   await mkdir(options.dataDir, { recursive: true });
   // The password only guards a server bound to localhost inside the user's own data dir.
   const password = 'floodgate';
+  const connectionString = `postgres://postgres:${password}@127.0.0.1:${options.port}/${DATABASE_NAME}`;
+  // Another command (a running `floodgate start`) already serves this data directory: use its
+  // server rather than starting a second one, and leave stopping it to its owner.
+  if (existsSync(path.join(databaseDir, 'postmaster.pid')) && (await answers(connectionString))) {
+    return { connectionString, stop: async () => {} };
+  }
   const server = new EmbeddedPostgres({
     databaseDir,
     port: options.port,
@@ -55,8 +61,18 @@ export async function startEmbeddedPostgres(options: {
   } finally {
     await admin.end();
   }
-  return {
-    connectionString: `postgres://postgres:${password}@127.0.0.1:${options.port}/${DATABASE_NAME}`,
-    stop: () => server.stop(),
-  };
+  return { connectionString, stop: () => server.stop() };
+}
+
+async function answers(connectionString: string): Promise<boolean> {
+  const { default: pg } = await import('pg');
+  const client = new pg.Client({ connectionString, connectionTimeoutMillis: 1_000 });
+  try {
+    await client.connect();
+    return true;
+  } catch {
+    return false;
+  } finally {
+    await client.end().catch(() => {});
+  }
 }

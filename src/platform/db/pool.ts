@@ -25,8 +25,10 @@ export function createPool(options: PoolOptions): Pool {
     connectionTimeoutMillis: 5_000,
     application_name: options.applicationName ?? 'floodgate',
   });
-  // An idle client losing its connection must not crash the process; the pool replaces it.
+  // A client losing its connection must not crash the process: the pool replaces idle ones,
+  // and a query in flight fails with its own error.
   pool.on('error', () => {});
+  pool.on('connect', (client) => client.on('error', () => {}));
   return pool;
 }
 

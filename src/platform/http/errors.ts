@@ -13,6 +13,7 @@ export const API_ERRORS = {
   idempotency_key_invalid: { status: 400, type: 'invalid_request_error' },
   api_key_missing: { status: 401, type: 'authentication_error' },
   api_key_invalid: { status: 401, type: 'authentication_error' },
+  signature_invalid: { status: 401, type: 'authentication_error' },
   secret_key_required: { status: 403, type: 'permission_error' },
   resource_missing: { status: 404, type: 'invalid_request_error' },
   route_not_found: { status: 404, type: 'invalid_request_error' },

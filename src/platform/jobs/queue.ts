@@ -9,6 +9,8 @@ export interface JobOptions {
   maxAttempts?: number;
   /** A job with the same key replaces the waiting one instead of doubling it. */
   jobKey?: string;
+  /** `replace` (default) moves the waiting job to the new run_at; `preserve_run_at` keeps its time. */
+  jobKeyMode?: 'replace' | 'preserve_run_at';
   queueName?: string;
   priority?: number;
 }
@@ -17,7 +19,7 @@ export async function addJob(db: Queryable, task: string, payload: Record<string
   await db.query({
     name: 'jobs_add_job',
     text: `select graphile_worker.add_job($1, $2::json, queue_name => $3, run_at => $4, max_attempts => $5,
-             job_key => $6, priority => $7)`,
+             job_key => $6, priority => $7, job_key_mode => $8)`,
     values: [
       task,
       JSON.stringify(payload),
@@ -26,6 +28,7 @@ export async function addJob(db: Queryable, task: string, payload: Record<string
       options.maxAttempts ?? null,
       options.jobKey ?? null,
       options.priority ?? null,
+      options.jobKeyMode ?? 'replace',
     ],
   });
 }
@@ -59,4 +62,24 @@ export async function selectQueue(db: Queryable): Promise<QueueRow[]> {
      order by task_identifier`,
   );
   return rows;
+}
+
+export function formatQueue(rows: QueueRow[]): string {
+  if (rows.length === 0) return 'no jobs';
+  const header = ['task', 'waiting', 'scheduled', 'running', 'retrying', 'failed', 'oldest waiting'];
+  const lines = rows.map((row) => [
+    row.task,
+    String(row.waiting),
+    String(row.scheduled),
+    String(row.running),
+    String(row.retrying),
+    String(row.failed),
+    row.oldest_waiting_seconds === null ? '-' : `${row.oldest_waiting_seconds.toFixed(1)} s`,
+  ]);
+  const widths = header.map((title, column) => Math.max(title.length, ...lines.map((line) => (line[column] as string).length)));
+  const format = (cells: string[]) =>
+    cells
+      .map((cell, column) => (column === 0 ? cell.padEnd(widths[column] as number) : cell.padStart(widths[column] as number)))
+      .join('  ');
+  return [format(header), ...lines.map(format)].join('\n');
 }

@@ -9,8 +9,12 @@
  *   pm_card_timeout             the charge is recorded, but the answer comes too late
  *
  * Latency and a random error rate (503 before anything is recorded) are configurable.
+ *
+ * Like a real acquirer it also reports each operation by webhook (when `webhookUrl` is set),
+ * signed `simulator-signature: t=<unix seconds>,v1=<hex HMAC-SHA256 of "t.body">`. The event
+ * carries our idempotency key and the operation's recorded response.
  */
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
 import Fastify, { type FastifyInstance } from 'fastify';
 
 export interface SimulatorOptions {
@@ -18,9 +22,29 @@ export interface SimulatorOptions {
   errorRate?: number;
   /** How long pm_card_timeout holds its answer: longer than any client waits. */
   timeoutHoldMs?: number;
+  /** Where to send operation webhooks, and the secret that signs them. */
+  webhookUrl?: string;
+  webhookSecret?: string;
 }
 
-interface StoredResponse {
+export interface SimulatorWebhook {
+  id: string;
+  type: string;
+  created: number;
+  idempotency_key: string;
+  response: StoredResponse;
+}
+
+// A webhook is sent a few times with a short pause; the reconciler covers any that never arrive.
+const WEBHOOK_SEND_ATTEMPTS_MAX = 3;
+const WEBHOOK_RETRY_DELAY_MS = 500;
+const WEBHOOK_TIMEOUT_MS = 5_000;
+
+export function signSimulatorWebhook(secret: string, timestamp: number, body: string): string {
+  return `t=${timestamp},v1=${createHmac('sha256', secret).update(`${timestamp}.${body}`).digest('hex')}`;
+}
+
+export interface StoredResponse {
   status: number;
   body: unknown;
 }
@@ -49,15 +73,62 @@ export class ProviderSimulator {
   readonly operations = new Map<string, Promise<StoredResponse>>();
   /** How many times each idempotency key caused a new charge: a test checks it is never 2. */
   readonly chargesByKey = new Map<string, number>();
+  /** Every webhook sent, so tests can send them again (duplicated, out of order). */
+  readonly webhooksSent: SimulatorWebhook[] = [];
   latencyMs: number;
   errorRate: number;
   timeoutHoldMs: number;
+  webhookUrl: string | undefined;
+  private readonly webhookSecret: string | undefined;
   private readonly pendingTimers = new Set<NodeJS.Timeout>();
 
   constructor(options: SimulatorOptions = {}) {
     this.latencyMs = options.latencyMs ?? 0;
     this.errorRate = options.errorRate ?? 0;
     this.timeoutHoldMs = options.timeoutHoldMs ?? 120_000;
+    this.webhookUrl = options.webhookUrl;
+    this.webhookSecret = options.webhookSecret;
+  }
+
+  /** Reports an operation's result by webhook, without delaying the operation's own answer. */
+  notify(key: string, operation: string, response: StoredResponse): void {
+    if (!this.webhookUrl || !this.webhookSecret) return;
+    const type = response.status === 200 ? `${operation}.succeeded` : `${operation}.failed`;
+    const event: SimulatorWebhook = {
+      id: `sevt_${randomBytes(10).toString('hex')}`,
+      type,
+      created: Math.floor(Date.now() / 1000),
+      idempotency_key: key,
+      response,
+    };
+    if (this.webhooksSent.length < RECORDS_MAX) this.webhooksSent.push(event);
+    void this.sendWebhook(event);
+  }
+
+  /** Sends one webhook, retrying briefly; returns the receiver's last status (0: unreachable). */
+  async sendWebhook(event: SimulatorWebhook): Promise<number> {
+    let status = 0;
+    for (let attempt = 1; attempt <= WEBHOOK_SEND_ATTEMPTS_MAX; attempt++) {
+      const body = JSON.stringify(event);
+      try {
+        const response = await fetch(this.webhookUrl as string, {
+          method: 'POST',
+          headers: {
+            'content-type': 'application/json',
+            'simulator-signature': signSimulatorWebhook(this.webhookSecret as string, Math.floor(Date.now() / 1000), body),
+          },
+          body,
+          signal: AbortSignal.timeout(WEBHOOK_TIMEOUT_MS),
+        });
+        status = response.status;
+        await response.arrayBuffer();
+        if (status < 500) return status;
+      } catch {
+        status = 0;
+      }
+      await sleep(WEBHOOK_RETRY_DELAY_MS * attempt);
+    }
+    return status;
   }
 
   /** Runs op once per idempotency key; concurrent and later requests with the key share its answer. */
@@ -191,7 +262,11 @@ export function buildSimulatorApp(simulator: ProviderSimulator): FastifyInstance
     async (request, reply) => {
       const key = keyOf(request.headers);
       if (!key) return reply.code(400).send({ error: { code: 'idempotency_key_required', message: 'Idempotency-Key is required.' } });
-      const response = await simulator.once(key, () => simulator.createCharge(key, request.body));
+      const response = await simulator.once(key, () => {
+        const result = simulator.createCharge(key, request.body);
+        simulator.notify(key, 'charge', result);
+        return result;
+      });
       if (request.body.payment_method === 'pm_card_timeout') await simulator.hold();
       return reply.code(response.status).send(response.body);
     },
@@ -206,9 +281,16 @@ export function buildSimulatorApp(simulator: ProviderSimulator): FastifyInstance
         if (!key) return reply.code(400).send({ error: { code: 'idempotency_key_required', message: 'Idempotency-Key is required.' } });
         const { id } = request.params;
         const amount = request.body?.amount ?? 0;
-        const response = await simulator.once(key, () =>
-          action === 'capture' ? simulator.capture(id, amount) : action === 'cancel' ? simulator.cancel(id) : simulator.refund(id, amount),
-        );
+        const response = await simulator.once(key, () => {
+          const result =
+            action === 'capture'
+              ? simulator.capture(id, amount)
+              : action === 'cancel'
+                ? simulator.cancel(id)
+                : simulator.refund(id, amount);
+          simulator.notify(key, action === 'refunds' ? 'refund' : `charge.${action}`, result);
+          return result;
+        });
         return reply.code(response.status).send(response.body);
       },
     );

@@ -1,0 +1,32 @@
+/**
+ * The request path's provider call: send the open attempt (outside any transaction), then
+ * complete it and store the response with the idempotency key in one transaction. Resuming
+ * here after a crash sends again under the same key, which the provider deduplicates.
+ */
+import assert from 'node:assert/strict';
+import { withTransaction } from '../platform/db/pool.js';
+import type { HeldKey, Reply } from '../platform/idempotency/service.js';
+import * as idempotency from '../platform/idempotency/service.js';
+import { completeAttempt, sendAttempt } from './completion.js';
+import type { PaymentDeps } from './service.js';
+import type * as sql from './sql.js';
+import { selectIntent } from './sql.js';
+
+export async function callAndComplete(deps: PaymentDeps, held: HeldKey, attempt: sql.AttemptRow, retryPoint: string): Promise<Reply> {
+  const intent = await selectIntent(deps.pool, held.merchantId, attempt.payment_intent_id);
+  assert.ok(intent, 'an attempt belongs to an intent');
+  const outcome = await sendAttempt(deps.provider, intent, attempt);
+  if (outcome.kind === 'unavailable') {
+    // The call certainly did not take effect: settle the attempt as failed and give the key up
+    // at `retryPoint`, so a retry with the same key tries again from there.
+    return withTransaction(deps.pool, async (client) => {
+      const reply = await completeAttempt(client, held.merchantId, attempt.id, outcome);
+      await idempotency.release(client, held, retryPoint);
+      return reply;
+    });
+  }
+  return idempotency.atomicPhase(deps.pool, held, async (client) => {
+    const reply = await completeAttempt(client, held.merchantId, attempt.id, outcome);
+    return { kind: 'response', status: reply.status, body: reply.body };
+  }) as Promise<Reply>;
+}

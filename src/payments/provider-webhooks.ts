@@ -1,0 +1,91 @@
+/**
+ * Inbound webhooks from the provider: `POST /v1/providers/simulator/webhooks`. Authenticated
+ * by signature (not an API key), refused outside a five-minute window against replays, and
+ * deduplicated by the provider's event id in the same transaction that applies the outcome
+ * through the completion command.
+ */
+import { createHmac, timingSafeEqual } from 'node:crypto';
+import type { Pool } from '../platform/db/pool.js';
+import { withTransaction } from '../platform/db/pool.js';
+import { ApiError } from '../platform/http/errors.js';
+import type { HttpServer } from '../platform/http/server.js';
+import { operationFromRecorded, type RecordedResponse } from '../providers/http-provider.js';
+import { completeAttempt, outcomeFromOperation } from './completion.js';
+import { parseProviderKey } from './domain.js';
+import * as sql from './sql.js';
+
+export const PROVIDER_WEBHOOK_PATH = '/v1/providers/simulator/webhooks';
+// Stripe's and Standard Webhooks' tolerance: long enough for clock skew and a retry, short
+// enough that a captured request cannot be replayed later.
+export const WEBHOOK_TOLERANCE_SECONDS = 300;
+const PROVIDER = 'simulator';
+
+interface ProviderEvent {
+  id: string;
+  type: string;
+  idempotency_key: string;
+  response: RecordedResponse;
+}
+
+export type SignatureCheck = { ok: true } | { ok: false; reason: string };
+
+export function verifySignature(secret: string, header: string | undefined, body: string, nowSeconds: number): SignatureCheck {
+  if (!header) return { ok: false, reason: 'missing simulator-signature header' };
+  const parts = new Map(header.split(',').map((part) => part.split('=', 2) as [string, string]));
+  const timestamp = Number(parts.get('t'));
+  const signature = parts.get('v1') ?? '';
+  if (!Number.isInteger(timestamp)) return { ok: false, reason: 'malformed signature header' };
+  if (Math.abs(nowSeconds - timestamp) > WEBHOOK_TOLERANCE_SECONDS) return { ok: false, reason: 'timestamp outside the tolerance window' };
+  const expected = createHmac('sha256', secret).update(`${timestamp}.${body}`).digest();
+  const given = Buffer.from(signature, 'hex');
+  if (given.length !== expected.length || !timingSafeEqual(given, expected)) return { ok: false, reason: 'signature does not match' };
+  return { ok: true };
+}
+
+function parseEvent(body: string): ProviderEvent | undefined {
+  try {
+    const event = JSON.parse(body) as ProviderEvent;
+    const valid =
+      typeof event?.id === 'string' &&
+      typeof event.idempotency_key === 'string' &&
+      typeof event.response?.status === 'number' &&
+      typeof event.response.body === 'object' &&
+      event.response.body !== null;
+    return valid ? event : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+export type WebhookResult = 'applied' | 'duplicate' | 'not_ours';
+
+/** Applies one verified provider event, once. */
+export async function handleProviderEvent(pool: Pool, event: ProviderEvent): Promise<WebhookResult> {
+  const key = parseProviderKey(event.idempotency_key);
+  if (!key) return 'not_ours';
+  return withTransaction(pool, async (client) => {
+    const attempt = await sql.selectAttempt(client, key.merchantId, key.attemptId);
+    if (!attempt || attempt.provider_idempotency_key !== event.idempotency_key) return 'not_ours';
+    if (!(await sql.insertProviderEvent(client, key.merchantId, PROVIDER, event.id))) return 'duplicate';
+    await completeAttempt(client, key.merchantId, key.attemptId, outcomeFromOperation(operationFromRecorded(event.response)));
+    return 'applied';
+  });
+}
+
+export function registerProviderWebhookRoutes(app: HttpServer, deps: { pool: Pool; secret: string | undefined }): void {
+  app.register(async (scope) => {
+    // The signature covers the exact bytes sent, so this route reads the body as text.
+    scope.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => done(null, body));
+    scope.post(PROVIDER_WEBHOOK_PATH, { schema: { hide: true } }, async (request) => {
+      if (!deps.secret)
+        throw new ApiError('signature_invalid', 'Provider webhooks are not configured: set FLOODGATE_PROVIDER_WEBHOOK_SECRET.');
+      const body = typeof request.body === 'string' ? request.body : '';
+      const header = request.headers['simulator-signature'];
+      const check = verifySignature(deps.secret, Array.isArray(header) ? header[0] : header, body, Math.floor(Date.now() / 1000));
+      if (!check.ok) throw new ApiError('signature_invalid', `Webhook refused: ${check.reason}.`);
+      const event = parseEvent(body);
+      if (!event) throw new ApiError('body_invalid_json', 'The webhook body is not a provider event.');
+      return { received: true, result: await handleProviderEvent(deps.pool, event) };
+    });
+  });
+}
