@@ -11,6 +11,7 @@ import pg from 'pg';
 import { buildApp } from '../src/app.js';
 import { type Config, loadConfig } from '../src/config.js';
 import { createMerchant } from '../src/merchants/service.js';
+import { PROVIDER_WEBHOOK_PATH } from '../src/payments/provider-webhooks.js';
 import { createPool, type Pool } from '../src/platform/db/pool.js';
 import type { HttpServer } from '../src/platform/http/server.js';
 import { HttpProvider } from '../src/providers/http-provider.js';
@@ -68,6 +69,8 @@ export async function startTestSimulator(options: SimulatorOptions = {}): Promis
 export interface TestContext {
   pool: Pool;
   app: HttpServer;
+  /** The app's base URL when it listens. */
+  url: string | undefined;
   config: Config;
   sim: TestSimulator;
   provider: HttpProvider;
@@ -76,12 +79,30 @@ export interface TestContext {
   auth(extra?: Record<string, string>): Record<string, string>;
 }
 
+/** Shared by the test simulator and the app, so provider webhooks verify. */
+export const TEST_PROVIDER_WEBHOOK_SECRET = 'test_provider_webhook_secret_0123456789abcdef';
+
 export async function setupTestContext(
-  options: { config?: Partial<Config>; simulator?: SimulatorOptions; pool?: Pool } = {},
+  options: {
+    config?: Partial<Config>;
+    simulator?: SimulatorOptions;
+    pool?: Pool;
+    /** Listen on a real port and let the simulator send its webhooks there. */
+    listen?: boolean;
+  } = {},
 ): Promise<TestContext> {
   const pool = options.pool ?? (await createTestDatabase()).pool;
-  const sim = await startTestSimulator(options.simulator);
-  const config = loadConfig({}, { providerUrl: sim.url, providerTimeoutMs: 1_000, apiKeyCacheTtlMs: 0, ...options.config });
+  const sim = await startTestSimulator({ webhookSecret: TEST_PROVIDER_WEBHOOK_SECRET, ...options.simulator });
+  const config = loadConfig(
+    {},
+    {
+      providerUrl: sim.url,
+      providerTimeoutMs: 1_000,
+      apiKeyCacheTtlMs: 0,
+      providerWebhookSecret: TEST_PROVIDER_WEBHOOK_SECRET,
+      ...options.config,
+    },
+  );
   const provider = new HttpProvider({
     baseUrl: sim.url,
     timeoutMs: config.providerTimeoutMs,
@@ -90,11 +111,19 @@ export async function setupTestContext(
   });
   const app = await buildApp({ config, pool, provider });
   after(() => app.close());
+  let url: string | undefined;
+  if (options.listen) {
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    const address = app.server.address();
+    url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
+    sim.simulator.webhookUrl = `${url}${PROVIDER_WEBHOOK_PATH}`;
+  }
   const created = await createMerchant(pool, `Test merchant ${randomBytes(3).toString('hex')}`);
   const merchant = { id: created.merchant.id, secretKey: created.secret_key, publishableKey: created.publishable_key };
   return {
     pool,
     app,
+    url,
     config,
     sim,
     provider,

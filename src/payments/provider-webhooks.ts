@@ -75,6 +75,7 @@ export async function handleProviderEvent(pool: Pool, event: ProviderEvent): Pro
 export function registerProviderWebhookRoutes(app: HttpServer, deps: { pool: Pool; secret: string | undefined }): void {
   app.register(async (scope) => {
     // The signature covers the exact bytes sent, so this route reads the body as text.
+    scope.removeContentTypeParser('application/json');
     scope.addContentTypeParser('application/json', { parseAs: 'string' }, (_request, body, done) => done(null, body));
     scope.post(PROVIDER_WEBHOOK_PATH, { schema: { hide: true } }, async (request) => {
       if (!deps.secret)

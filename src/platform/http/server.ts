@@ -38,6 +38,14 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     return503OnClosing: true,
   }).withTypeProvider<TypeBoxTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
+  // POSTs such as /confirm have only optional fields: an empty body, with or without a JSON
+  // content type, means "no parameters" rather than a parse error.
+  const parseJson = app.getDefaultJsonParser('error', 'error');
+  app.removeContentTypeParser('application/json');
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    if (body === '' || (typeof body === 'string' && body.trim() === '')) return done(null, undefined);
+    return parseJson(request, body as string, done);
+  });
   app.decorateRequest('principal', null);
 
   app.setErrorHandler((error: FastifyError | ApiError, request, reply) => {

@@ -19,7 +19,11 @@ const textAjv = makeAjv(true);
 
 export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, httpPart }) => {
   const validate = (httpPart === 'body' ? bodyAjv : textAjv).compile(schema as object);
-  return (data: unknown) => (validate(data) ? { value: data } : { error: toApiError(validate.errors ?? [], httpPart ?? 'body') });
+  return (data: unknown) => {
+    // No body at all is checked as an empty object: required fields are still reported missing.
+    const value = httpPart === 'body' && (data === undefined || data === null) ? {} : data;
+    return validate(value) ? { value } : { error: toApiError(validate.errors ?? [], httpPart ?? 'body') };
+  };
 };
 
 /** Turns the first schema violation into an error that names the parameter to fix. */

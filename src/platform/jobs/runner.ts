@@ -47,7 +47,8 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   const runner = await run({
     pgPool: options.pool,
     taskList: options.tasks,
-    crontab: options.crontab ?? '',
+    // An empty crontab would make graphile-worker look for a crontab file.
+    crontab: options.crontab || '# no periodic tasks',
     concurrency: options.concurrency,
     pollInterval: options.pollIntervalMs,
     noHandleSignals: true,

@@ -79,8 +79,8 @@ export class ProviderSimulator {
   errorRate: number;
   timeoutHoldMs: number;
   webhookUrl: string | undefined;
-  private readonly webhookSecret: string | undefined;
-  private readonly pendingTimers = new Set<NodeJS.Timeout>();
+  webhookSecret: string | undefined;
+  private readonly held = new Map<NodeJS.Timeout, () => void>();
 
   constructor(options: SimulatorOptions = {}) {
     this.latencyMs = options.latencyMs ?? 0;
@@ -92,7 +92,8 @@ export class ProviderSimulator {
 
   /** Reports an operation's result by webhook, without delaying the operation's own answer. */
   notify(key: string, operation: string, response: StoredResponse): void {
-    if (!this.webhookUrl || !this.webhookSecret) return;
+    // Without a secret there are no webhooks; without a URL they are recorded, not sent.
+    if (!this.webhookSecret) return;
     const type = response.status === 200 ? `${operation}.succeeded` : `${operation}.failed`;
     const event: SimulatorWebhook = {
       id: `sevt_${randomBytes(10).toString('hex')}`,
@@ -102,11 +103,12 @@ export class ProviderSimulator {
       response,
     };
     if (this.webhooksSent.length < RECORDS_MAX) this.webhooksSent.push(event);
-    void this.sendWebhook(event);
+    if (this.webhookUrl) void this.sendWebhook(event);
   }
 
   /** Sends one webhook, retrying briefly; returns the receiver's last status (0: unreachable). */
   async sendWebhook(event: SimulatorWebhook): Promise<number> {
+    if (!this.webhookUrl || !this.webhookSecret) return 0;
     let status = 0;
     for (let attempt = 1; attempt <= WEBHOOK_SEND_ATTEMPTS_MAX; attempt++) {
       const body = JSON.stringify(event);
@@ -202,16 +204,20 @@ export class ProviderSimulator {
   hold(): Promise<void> {
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
-        this.pendingTimers.delete(timer);
+        this.held.delete(timer);
         resolve();
       }, this.timeoutHoldMs);
-      this.pendingTimers.add(timer);
+      this.held.set(timer, resolve);
     });
   }
 
+  /** Answers every held request now, so the server can close without waiting for them. */
   releaseHeld(): void {
-    for (const timer of this.pendingTimers) clearTimeout(timer);
-    this.pendingTimers.clear();
+    for (const [timer, resolve] of this.held) {
+      clearTimeout(timer);
+      resolve();
+    }
+    this.held.clear();
   }
 }
 
