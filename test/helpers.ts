@@ -23,13 +23,14 @@ function testEnv(name: string): string {
 }
 
 /** A new database cloned from the migrated template, dropped when the file's tests end. */
-export async function createTestDatabase(): Promise<{ pool: Pool; url: string }> {
+export async function createTestDatabase(options: { empty?: boolean } = {}): Promise<{ pool: Pool; url: string }> {
   const adminUrl = testEnv('FLOODGATE_TEST_ADMIN_URL');
   const template = testEnv('FLOODGATE_TEST_TEMPLATE');
   const name = `floodgate_test_${randomBytes(6).toString('hex')}`;
   const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();
-  await admin.query(`create database ${name} template ${template}`);
+  // An empty database (no migrations applied) is for testing the migrations themselves.
+  await admin.query(options.empty ? `create database ${name}` : `create database ${name} template ${template}`);
   await admin.end();
   const url = new URL(adminUrl);
   url.pathname = `/${name}`;
