@@ -48,33 +48,81 @@ export async function createTestDatabase(options: { empty?: boolean } = {}): Pro
 export interface TestSimulator {
   simulator: ProviderSimulator;
   url: string;
+  /** How many HTTP requests reached this server. */
+  readonly requests: number;
   close(): Promise<void>;
 }
 
-export async function startTestSimulator(options: SimulatorOptions = {}): Promise<TestSimulator> {
-  const simulator = new ProviderSimulator({ timeoutHoldMs: 5_000, ...options });
-  const app = buildSimulatorApp(simulator);
+/**
+ * The simulator on a real port. Pass `simulator` to serve an existing one (its charges kept)
+ * on a new port, as a provider that comes back after an outage.
+ */
+export async function startTestSimulator(options: SimulatorOptions = {}, simulator?: ProviderSimulator): Promise<TestSimulator> {
+  const served = simulator ?? new ProviderSimulator({ timeoutHoldMs: 5_000, ...options });
+  const app = buildSimulatorApp(served);
+  let requests = 0;
+  app.server.on('request', () => {
+    requests += 1;
+  });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : 0;
+  let closed = false;
   const close = async () => {
-    simulator.releaseHeld();
+    if (closed) return;
+    closed = true;
+    served.releaseHeld();
     app.server.closeAllConnections();
     await app.close();
   };
   after(close);
-  return { simulator, url: `http://127.0.0.1:${port}`, close };
+  return {
+    simulator: served,
+    url: `http://127.0.0.1:${port}`,
+    get requests() {
+      return requests;
+    },
+    close,
+  };
 }
 
-export interface TestContext {
-  pool: Pool;
+export interface TestApp {
   app: HttpServer;
   config: Config;
-  sim: TestSimulator;
   provider: HttpProvider;
-  merchant: { id: string; secretKey: string; publishableKey: string };
+}
+
+/** The app as a process builds it, on `pool`, calling the provider at `providerUrl`. */
+export async function buildTestApp(pool: Pool, providerUrl: string, overrides: Partial<Config> = {}): Promise<TestApp> {
+  const config = loadConfig({}, { providerUrl, providerTimeoutMs: 1_000, apiKeyCacheTtlMs: 0, ...overrides });
+  const provider = new HttpProvider({
+    baseUrl: providerUrl,
+    timeoutMs: config.providerTimeoutMs,
+    breakerThreshold: config.providerBreakerThreshold,
+    halfOpenMs: config.providerBreakerHalfOpenMs,
+  });
+  const app = await buildApp({ config, pool, provider });
+  after(() => app.close());
+  return { app, config, provider };
+}
+
+export interface TestContext extends TestApp {
+  pool: Pool;
+  sim: TestSimulator;
+  merchant: TestMerchant;
   /** Headers for the merchant's secret key, plus any extra. */
   auth(extra?: Record<string, string>): Record<string, string>;
+}
+
+export interface TestMerchant {
+  id: string;
+  secretKey: string;
+  publishableKey: string;
+}
+
+export async function createTestMerchant(pool: Pool): Promise<TestMerchant> {
+  const created = await createMerchant(pool, `Test merchant ${randomBytes(3).toString('hex')}`);
+  return { id: created.merchant.id, secretKey: created.secret_key, publishableKey: created.publishable_key };
 }
 
 export async function setupTestContext(
@@ -82,17 +130,8 @@ export async function setupTestContext(
 ): Promise<TestContext> {
   const pool = options.pool ?? (await createTestDatabase()).pool;
   const sim = await startTestSimulator(options.simulator);
-  const config = loadConfig({}, { providerUrl: sim.url, providerTimeoutMs: 1_000, apiKeyCacheTtlMs: 0, ...options.config });
-  const provider = new HttpProvider({
-    baseUrl: sim.url,
-    timeoutMs: config.providerTimeoutMs,
-    breakerThreshold: config.providerBreakerThreshold,
-    halfOpenMs: config.providerBreakerHalfOpenMs,
-  });
-  const app = await buildApp({ config, pool, provider });
-  after(() => app.close());
-  const created = await createMerchant(pool, `Test merchant ${randomBytes(3).toString('hex')}`);
-  const merchant = { id: created.merchant.id, secretKey: created.secret_key, publishableKey: created.publishable_key };
+  const { app, config, provider } = await buildTestApp(pool, sim.url, options.config);
+  const merchant = await createTestMerchant(pool);
   return {
     pool,
     app,
