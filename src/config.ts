@@ -53,13 +53,17 @@ const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debu
 
 type Env = Record<string, string | undefined>;
 
+const DECIMAL_INTEGER = /^-?\d+$/;
+const DECIMAL_FRACTION = /^-?(\d+(\.\d*)?|\.\d+)$/;
+
 /** Parses and validates the environment; throws ConfigError listing every problem at once. */
 export function loadConfig(env: Env = process.env, overrides: Partial<Config> = {}): Config {
   const problems: string[] = [];
   const int = (name: string, fallback: number, min: number, max: number): number => {
     const raw = env[name];
     if (raw === undefined || raw === '') return fallback;
-    const value = Number(raw);
+    // Number() reads " " as 0 and "0x10" as 16; only plain decimal digits are a whole number here.
+    const value = DECIMAL_INTEGER.test(raw) ? Number(raw) : Number.NaN;
     if (!Number.isInteger(value) || value < min || value > max) {
       problems.push(`${name} must be a whole number from ${min} to ${max}; got "${raw}"`);
       return fallback;
@@ -69,7 +73,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
   const fraction = (name: string, fallback: number): number => {
     const raw = env[name];
     if (raw === undefined || raw === '') return fallback;
-    const value = Number(raw);
+    const value = DECIMAL_FRACTION.test(raw) ? Number(raw) : Number.NaN;
     if (!Number.isFinite(value) || value < 0 || value > 1) {
       problems.push(`${name} must be a number from 0 to 1; got "${raw}"`);
       return fallback;
@@ -98,7 +102,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     return raw;
   };
 
-  const logLevel = (env.FLOODGATE_LOG_LEVEL ?? 'info') as LogLevel;
+  const logLevel = (env.FLOODGATE_LOG_LEVEL || 'info') as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) {
     problems.push(`FLOODGATE_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}; got "${logLevel}"`);
   }

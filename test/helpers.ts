@@ -24,13 +24,14 @@ function testEnv(name: string): string {
 }
 
 /** A new database cloned from the migrated template, dropped when the file's tests end. */
-export async function createTestDatabase(): Promise<{ pool: Pool; url: string }> {
+export async function createTestDatabase(options: { empty?: boolean } = {}): Promise<{ pool: Pool; url: string }> {
   const adminUrl = testEnv('FLOODGATE_TEST_ADMIN_URL');
   const template = testEnv('FLOODGATE_TEST_TEMPLATE');
   const name = `floodgate_test_${randomBytes(6).toString('hex')}`;
   const admin = new pg.Client({ connectionString: adminUrl });
   await admin.connect();
-  await admin.query(`create database ${name} template ${template}`);
+  // An empty database (no migrations applied) is for testing the migrations themselves.
+  await admin.query(options.empty ? `create database ${name}` : `create database ${name} template ${template}`);
   await admin.end();
   const url = new URL(adminUrl);
   url.pathname = `/${name}`;
@@ -48,39 +49,90 @@ export async function createTestDatabase(): Promise<{ pool: Pool; url: string }>
 export interface TestSimulator {
   simulator: ProviderSimulator;
   url: string;
+  /** How many HTTP requests reached this server. */
+  readonly requests: number;
   close(): Promise<void>;
 }
 
-export async function startTestSimulator(options: SimulatorOptions = {}): Promise<TestSimulator> {
-  const simulator = new ProviderSimulator({ timeoutHoldMs: 5_000, ...options });
-  const app = buildSimulatorApp(simulator);
+/**
+ * The simulator on a real port. Pass `simulator` to serve an existing one (its charges kept)
+ * on a new port, as a provider that comes back after an outage.
+ */
+export async function startTestSimulator(options: SimulatorOptions = {}, simulator?: ProviderSimulator): Promise<TestSimulator> {
+  const served = simulator ?? new ProviderSimulator({ timeoutHoldMs: 5_000, ...options });
+  const app = buildSimulatorApp(served);
+  let requests = 0;
+  app.server.on('request', () => {
+    requests += 1;
+  });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const address = app.server.address();
   const port = typeof address === 'object' && address ? address.port : 0;
+  let closed = false;
   const close = async () => {
-    simulator.releaseHeld();
+    if (closed) return;
+    closed = true;
+    served.releaseHeld();
     app.server.closeAllConnections();
     await app.close();
   };
   after(close);
-  return { simulator, url: `http://127.0.0.1:${port}`, close };
+  return {
+    simulator: served,
+    url: `http://127.0.0.1:${port}`,
+    get requests() {
+      return requests;
+    },
+    close,
+  };
 }
 
-export interface TestContext {
-  pool: Pool;
+export interface TestApp {
   app: HttpServer;
+  config: Config;
+  provider: HttpProvider;
+}
+
+/** The app as a process builds it, on `pool`, calling the provider at `providerUrl`. */
+export async function buildTestApp(pool: Pool, providerUrl: string, overrides: Partial<Config> = {}): Promise<TestApp> {
+  const config = loadConfig(
+    {},
+    { providerUrl, providerTimeoutMs: 1_000, apiKeyCacheTtlMs: 0, providerWebhookSecret: TEST_PROVIDER_WEBHOOK_SECRET, ...overrides },
+  );
+  const provider = new HttpProvider({
+    baseUrl: providerUrl,
+    timeoutMs: config.providerTimeoutMs,
+    breakerThreshold: config.providerBreakerThreshold,
+    halfOpenMs: config.providerBreakerHalfOpenMs,
+  });
+  const app = await buildApp({ config, pool, provider });
+  after(() => app.close());
+  return { app, config, provider };
+}
+
+export interface TestContext extends TestApp {
+  pool: Pool;
   /** The app's base URL when it listens. */
   url: string | undefined;
-  config: Config;
   sim: TestSimulator;
-  provider: HttpProvider;
-  merchant: { id: string; secretKey: string; publishableKey: string };
+  merchant: TestMerchant;
   /** Headers for the merchant's secret key, plus any extra. */
   auth(extra?: Record<string, string>): Record<string, string>;
 }
 
 /** Shared by the test simulator and the app, so provider webhooks verify. */
 export const TEST_PROVIDER_WEBHOOK_SECRET = 'test_provider_webhook_secret_0123456789abcdef';
+
+export interface TestMerchant {
+  id: string;
+  secretKey: string;
+  publishableKey: string;
+}
+
+export async function createTestMerchant(pool: Pool): Promise<TestMerchant> {
+  const created = await createMerchant(pool, `Test merchant ${randomBytes(3).toString('hex')}`);
+  return { id: created.merchant.id, secretKey: created.secret_key, publishableKey: created.publishable_key };
+}
 
 export async function setupTestContext(
   options: {
@@ -93,24 +145,7 @@ export async function setupTestContext(
 ): Promise<TestContext> {
   const pool = options.pool ?? (await createTestDatabase()).pool;
   const sim = await startTestSimulator({ webhookSecret: TEST_PROVIDER_WEBHOOK_SECRET, ...options.simulator });
-  const config = loadConfig(
-    {},
-    {
-      providerUrl: sim.url,
-      providerTimeoutMs: 1_000,
-      apiKeyCacheTtlMs: 0,
-      providerWebhookSecret: TEST_PROVIDER_WEBHOOK_SECRET,
-      ...options.config,
-    },
-  );
-  const provider = new HttpProvider({
-    baseUrl: sim.url,
-    timeoutMs: config.providerTimeoutMs,
-    breakerThreshold: config.providerBreakerThreshold,
-    halfOpenMs: config.providerBreakerHalfOpenMs,
-  });
-  const app = await buildApp({ config, pool, provider });
-  after(() => app.close());
+  const { app, config, provider } = await buildTestApp(pool, sim.url, options.config);
   let url: string | undefined;
   if (options.listen) {
     await app.listen({ host: '127.0.0.1', port: 0 });
@@ -118,8 +153,7 @@ export async function setupTestContext(
     url = `http://127.0.0.1:${typeof address === 'object' && address ? address.port : 0}`;
     sim.simulator.webhookUrl = `${url}${PROVIDER_WEBHOOK_PATH}`;
   }
-  const created = await createMerchant(pool, `Test merchant ${randomBytes(3).toString('hex')}`);
-  const merchant = { id: created.merchant.id, secretKey: created.secret_key, publishableKey: created.publishable_key };
+  const merchant = await createTestMerchant(pool);
   return {
     pool,
     app,

@@ -8,6 +8,7 @@ import { withTransaction } from '../platform/db/pool.js';
 import type { HeldKey, Reply } from '../platform/idempotency/service.js';
 import * as idempotency from '../platform/idempotency/service.js';
 import { completeAttempt, sendAttempt } from './completion.js';
+import { unavailableReply } from './outcomes.js';
 import type { PaymentDeps } from './service.js';
 import type * as sql from './sql.js';
 import { selectIntent } from './sql.js';
@@ -20,9 +21,9 @@ export async function callAndComplete(deps: PaymentDeps, held: HeldKey, attempt:
     // The call certainly did not take effect: settle the attempt as failed and give the key up
     // at `retryPoint`, so a retry with the same key tries again from there.
     return withTransaction(deps.pool, async (client) => {
-      const reply = await completeAttempt(client, held.merchantId, attempt.id, outcome);
+      await completeAttempt(client, held.merchantId, attempt.id, outcome);
       await idempotency.release(client, held, retryPoint);
-      return reply;
+      return unavailableReply(outcome.retryAfterSeconds);
     });
   }
   return idempotency.atomicPhase(deps.pool, held, async (client) => {

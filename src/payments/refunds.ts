@@ -106,8 +106,8 @@ async function startRefund(client: Client, merchantId: string, params: CreateRef
 async function callProvider(deps: PaymentDeps, held: HeldKey): Promise<Reply> {
   const refund = await sql.selectRefund(deps.pool, held.merchantId, held.resourceId as string);
   assert.ok(refund, 'the refund a key points at exists');
-  const attempt = await sql.selectOpenAttempt(deps.pool, held.merchantId, refund.payment_intent_id, 'refund');
-  if (!attempt || attempt.refund_id !== refund.id) {
+  const attempt = await sql.selectOpenRefundAttempt(deps.pool, held.merchantId, refund.payment_intent_id, refund.id);
+  if (!attempt) {
     // Settled meanwhile (by the provider's webhook or the reconciler): answer with its state.
     const latest = (await sql.selectRefund(deps.pool, held.merchantId, refund.id)) ?? refund;
     return idempotency.atomicPhase(deps.pool, held, async () => phaseResponse(ok(toApiRefund(latest)))) as Promise<Reply>;

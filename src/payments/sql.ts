@@ -244,7 +244,7 @@ export async function insertAttempt(
   });
 }
 
-/** The attempt in flight for an intent (or refund): at most one exists while it is processing. */
+/** The attempt in flight for an intent: at most one exists while it is processing. (Refunds: selectOpenRefundAttempt.) */
 export async function selectOpenAttempt(
   db: Queryable,
   merchantId: string,
@@ -259,6 +259,29 @@ export async function selectOpenAttempt(
            where merchant_id = $1 and payment_intent_id = $2 and operation = $3 and status in ('started', 'unknown')
            order by id desc limit 1`,
     values: [merchantId, paymentIntentId, operation],
+  });
+  return rows[0];
+}
+
+/**
+ * The attempt in flight for one refund. Several refunds of a payment may be in flight at once,
+ * so a refund must find its own attempt, not the payment's latest.
+ */
+export async function selectOpenRefundAttempt(
+  db: Queryable,
+  merchantId: string,
+  paymentIntentId: string,
+  refundId: string,
+): Promise<AttemptRow | undefined> {
+  const { rows } = await db.query<AttemptRow>({
+    name: 'payments_select_open_refund_attempt',
+    text: `select merchant_id, id, payment_intent_id, refund_id, operation, amount, provider_idempotency_key, status,
+             provider_reference, error_code
+           from payment_attempts
+           where merchant_id = $1 and payment_intent_id = $2 and refund_id = $3 and operation = 'refund'
+             and status in ('started', 'unknown')
+           order by id desc limit 1`,
+    values: [merchantId, paymentIntentId, refundId],
   });
   return rows[0];
 }

@@ -1,0 +1,397 @@
+/**
+ * Random sequences of API calls against the real app, database and simulator. Whatever the
+ * sequence, the service never answers 5xx, every intent moves only along TRANSITIONS (final
+ * states never change), the audit finds nothing, and the balance, the intents, the refunds and
+ * the provider's charges all tell the same story.
+ *
+ * A provider wrapper looks at the database at the moment of every provider call. That shows
+ * the `processing` status a single request passes through, and checks "record, then call":
+ * the attempt is committed before the provider hears of it.
+ */
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import fc from 'fast-check';
+import { createTestDatabase, createTestMerchant, key, startTestSimulator } from '../../test/helpers.js';
+import { buildApp } from '../app.js';
+import { audit } from '../audit/service.js';
+import { loadConfig } from '../config.js';
+import { ApiError } from '../platform/http/errors.js';
+import { HttpProvider } from '../providers/http-provider.js';
+import type { PaymentProvider } from '../providers/provider.js';
+import { canTransition, type PaymentIntentStatus } from './domain.js';
+
+// Enough runs and steps to reach partial captures, refunds of refunds and replays of each,
+// few enough that the file runs in seconds.
+const RUNS = 30;
+const STEPS_MAX = 15;
+
+const { pool } = await createTestDatabase();
+const sim = await startTestSimulator();
+
+/** What one run has seen so far; the provider wrapper reports into the current run. */
+interface Run {
+  histories: Map<string, PaymentIntentStatus[]>;
+  problems: string[];
+}
+let run: Run = { histories: new Map(), problems: [] };
+
+const FIRST_STATUSES: readonly PaymentIntentStatus[] = ['requires_payment_method', 'requires_confirmation', 'processing'];
+
+function observe(id: string, status: PaymentIntentStatus, where: string) {
+  const history = run.histories.get(id);
+  if (!history) {
+    if (!FIRST_STATUSES.includes(status)) run.problems.push(`${id} was first seen ${status} (${where})`);
+    run.histories.set(id, [status]);
+    return;
+  }
+  const last = history.at(-1) as PaymentIntentStatus;
+  if (last === status) return;
+  history.push(status);
+  if (!canTransition(last, status)) run.problems.push(`${id} went ${last} → ${status} (${where}); history ${history.join(' → ')}`);
+}
+
+/** Called just before each provider call, with our key for it. */
+async function checkRecordedBeforeCall(operation: string, providerKey: string) {
+  const { rows } = await pool.query(
+    `select a.payment_intent_id, a.status as attempt_status, p.status, r.status as refund_status
+     from payment_attempts a
+     join payment_intents p on p.merchant_id = a.merchant_id and p.id = a.payment_intent_id
+     left join refunds r on r.merchant_id = a.merchant_id and r.id = a.refund_id
+     where a.provider_idempotency_key = $1`,
+    [providerKey],
+  );
+  const [row] = rows;
+  if (rows.length !== 1 || row.attempt_status !== 'started') {
+    run.problems.push(`${operation} ${providerKey} called without one committed started attempt: ${JSON.stringify(rows)}`);
+    return;
+  }
+  if (operation === 'refund') {
+    if (row.status !== 'succeeded' || row.refund_status !== 'pending') run.problems.push(`refund called with ${JSON.stringify(row)}`);
+    return;
+  }
+  observe(row.payment_intent_id, row.status, `during ${operation}`);
+  if (row.status !== 'processing') run.problems.push(`${operation} called while ${row.payment_intent_id} is ${row.status}`);
+}
+
+/** Wraps a provider call with the check above. */
+function observed<R extends { idempotencyKey: string }, T>(operation: string, call: (request: R) => Promise<T>) {
+  return async (request: R) => {
+    await checkRecordedBeforeCall(operation, request.idempotencyKey);
+    return call(request);
+  };
+}
+
+const config = loadConfig({}, { providerUrl: sim.url, providerTimeoutMs: 5_000, apiKeyCacheTtlMs: 0 });
+const provider = new HttpProvider({ baseUrl: sim.url, timeoutMs: 5_000, breakerThreshold: 5, halfOpenMs: 10_000 });
+const observing: PaymentProvider = {
+  authorize: observed('authorize', (request) => provider.authorize(request)),
+  capture: observed('capture', (request) => provider.capture(request)),
+  cancel: observed('cancel', (request) => provider.cancel(request)),
+  refund: observed('refund', (request) => provider.refund(request)),
+  retrieve: (idempotencyKey) => provider.retrieve(idempotencyKey),
+};
+const app = await buildApp({ config, pool, provider: observing });
+after(() => app.close());
+// An error that is not an expected API error becomes a bare 500; keep its stack for the report.
+app.addHook('onError', async (request, _reply, error) => {
+  if (!(error instanceof ApiError) && !((error.statusCode ?? 500) < 500)) {
+    run.problems.push(`${request.method} ${request.url} threw ${error.stack}`);
+  }
+});
+
+// ── The commands ────────────────────────────────────────────────────────────────────────────
+
+const paymentMethod = fc.oneof(
+  { weight: 4, arbitrary: fc.constant('pm_card_visa') },
+  { weight: 1, arbitrary: fc.constantFrom('pm_card_declined', 'pm_card_insufficient_funds') },
+);
+/** An amount relative to what the target allows, or an absolute one (often too large). */
+const amountChoice = fc.option(
+  fc.oneof(
+    { weight: 3, arbitrary: fc.constantFrom('half', 'all', 'one_over') },
+    { weight: 1, arbitrary: fc.integer({ min: 1, max: 6_000 }) },
+  ),
+  { nil: undefined },
+);
+type AmountChoice = typeof amountChoice extends fc.Arbitrary<infer T> ? T : never;
+/** Which intent a command goes to: `aimed` picks among those whose status suits the command. */
+const target = fc.record({
+  index: fc.nat({ max: 30 }),
+  aimed: fc.oneof({ weight: 3, arbitrary: fc.constant(true) }, { weight: 1, arbitrary: fc.constant(false) }),
+});
+const optional = <T>(arbitrary: fc.Arbitrary<T>) => fc.option(arbitrary, { nil: undefined });
+
+const create = fc.record({
+  kind: fc.constant('create' as const),
+  amount: fc.integer({ min: 1, max: 5_000 }),
+  currency: fc.constantFrom('usd', 'eur', 'jpy'),
+  capture_method: fc.constantFrom('automatic', 'manual'),
+  payment_method: optional(paymentMethod),
+  confirm: fc.boolean(),
+});
+const command = fc.oneof(
+  { weight: 2, arbitrary: create },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('confirm' as const), target, payment_method: optional(paymentMethod) }) },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('capture' as const), target, amount: amountChoice }) },
+  { weight: 1, arbitrary: fc.record({ kind: fc.constant('cancel' as const), target }) },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('refund' as const), target, amount: amountChoice }) },
+  { weight: 2, arbitrary: fc.record({ kind: fc.constant('replay' as const), which: fc.nat() }) },
+);
+// A sequence opens with a few creates, so that most commands have an intent to act on.
+const sequence = fc
+  .tuple(fc.array(create, { minLength: 1, maxLength: 3 }), fc.array(command, { maxLength: STEPS_MAX - 3, size: 'max' }))
+  .map(([creates, rest]): Command[] => [...creates, ...rest]);
+type Command = typeof command extends fc.Arbitrary<infer T> ? T : never;
+
+interface ApiIntent {
+  id: string;
+  amount: number;
+  currency: string;
+  status: PaymentIntentStatus;
+  capture_method: 'automatic' | 'manual';
+  payment_method: string | null;
+  amount_capturable: number;
+  amount_received: number;
+  amount_refunded: number;
+}
+interface ApiRefund {
+  id: string;
+  payment_intent: string;
+  amount: number;
+  currency: string;
+  status: string;
+}
+interface Sent {
+  url: string;
+  body: Record<string, unknown>;
+  key: string;
+  status: number;
+  response: unknown;
+}
+
+// An id of the right shape that names nothing, for commands sent while no intent exists.
+const MISSING_INTENT = 'pi_0000000000000000000000';
+
+const SUITS: Record<Exclude<Command['kind'], 'create' | 'replay'>, (intent: ApiIntent) => boolean> = {
+  confirm: (intent) => intent.status === 'requires_payment_method' || intent.status === 'requires_confirmation',
+  capture: (intent) => intent.status === 'requires_capture',
+  cancel: (intent) => ['requires_payment_method', 'requires_confirmation', 'requires_capture'].includes(intent.status),
+  refund: (intent) => intent.status === 'succeeded' && intent.amount_refunded < intent.amount_received,
+};
+
+function resolveAmount(choice: AmountChoice, room: number): number | undefined {
+  if (choice === undefined || typeof choice === 'number') return choice;
+  const base = Math.max(room, 1);
+  return choice === 'half' ? Math.max(1, Math.floor(base / 2)) : choice === 'all' ? base : base + 1;
+}
+
+type Request = { url: string; body: Record<string, unknown>; intent?: ApiIntent };
+
+/** The request a command makes, given the intents as last listed (oldest first). */
+function requestFor(cmd: Exclude<Command, { kind: 'replay' }>, intents: ApiIntent[]): Request {
+  if (cmd.kind === 'create') {
+    const { kind: _, ...body } = cmd;
+    return { url: '/v1/payment_intents', body };
+  }
+  const suitable = intents.filter((candidate) => SUITS[cmd.kind](candidate));
+  const candidates = cmd.target.aimed && suitable.length > 0 ? suitable : intents;
+  const intent = candidates.length > 0 ? candidates[cmd.target.index % candidates.length] : undefined;
+  const id = intent?.id ?? MISSING_INTENT;
+  switch (cmd.kind) {
+    case 'confirm':
+      return { intent, url: `/v1/payment_intents/${id}/confirm`, body: { payment_method: cmd.payment_method } };
+    case 'capture':
+      return {
+        intent,
+        url: `/v1/payment_intents/${id}/capture`,
+        body: { amount_to_capture: resolveAmount(cmd.amount, intent?.amount_capturable ?? 0) },
+      };
+    case 'cancel':
+      return { intent, url: `/v1/payment_intents/${id}/cancel`, body: {} };
+    case 'refund': {
+      const room = intent ? intent.amount_received - intent.amount_refunded : 0;
+      return { intent, url: '/v1/refunds', body: { payment_intent: id, amount: resolveAmount(cmd.amount, room) } };
+    }
+  }
+}
+
+const UNEXPECTED_STATE: Outcome = [409, 'payment_intent_unexpected_state'];
+/** HTTP status; the resulting status or the error code; for a success, the amount moved. */
+type Outcome = [number, string, number?];
+
+const charge = (method: string, captureMethod: string, amount: number): Outcome =>
+  method !== 'pm_card_visa'
+    ? [402, 'card_declined']
+    : captureMethod === 'automatic'
+      ? [200, 'succeeded', amount]
+      : [200, 'requires_capture'];
+
+/** The answer a command must get, predicted from the intent as it was before the command. */
+function expectedOutcome(cmd: Exclude<Command, { kind: 'replay' }>, { intent, body }: Request): Outcome {
+  if (cmd.kind === 'create') {
+    if (!cmd.confirm) return [200, cmd.payment_method ? 'requires_confirmation' : 'requires_payment_method'];
+    return cmd.payment_method ? charge(cmd.payment_method, cmd.capture_method, cmd.amount) : [400, 'parameter_missing'];
+  }
+  if (!intent) return [404, 'resource_missing'];
+  switch (cmd.kind) {
+    case 'confirm': {
+      if (!SUITS.confirm(intent)) return UNEXPECTED_STATE;
+      const method = cmd.payment_method ?? intent.payment_method;
+      return method ? charge(method, intent.capture_method, intent.amount) : [400, 'parameter_missing'];
+    }
+    case 'capture': {
+      if (!SUITS.capture(intent)) return UNEXPECTED_STATE;
+      const amount = (body.amount_to_capture as number | undefined) ?? intent.amount_capturable;
+      return amount > intent.amount_capturable ? [400, 'amount_too_large'] : [200, 'succeeded', amount];
+    }
+    case 'cancel':
+      return SUITS.cancel(intent) ? [200, 'canceled'] : UNEXPECTED_STATE;
+    case 'refund': {
+      if (intent.status !== 'succeeded') return UNEXPECTED_STATE;
+      const room = intent.amount_received - intent.amount_refunded;
+      const amount = (body.amount as number | undefined) ?? room;
+      if (room === 0) return [400, 'charge_already_refunded'];
+      return amount > room ? [400, 'refund_exceeds_received'] : [200, 'succeeded', amount];
+    }
+  }
+}
+
+/** The answer as an Outcome, to compare with the prediction. */
+function outcomeOf(cmd: Command, statusCode: number, json: Record<string, unknown> & { error?: { code: string } }): Outcome {
+  const label = (json.error?.code ?? json.status) as string;
+  if (json.error || json.status !== 'succeeded') return [statusCode, label];
+  return [statusCode, label, (cmd.kind === 'refund' ? json.amount : json.amount_received) as number];
+}
+
+// ── One run ─────────────────────────────────────────────────────────────────────────────────
+
+async function runSequence(commands: Command[]): Promise<void> {
+  run = { histories: new Map(), problems: [] };
+  const merchant = await createTestMerchant(pool);
+  const headers = (extra: Record<string, string> = {}) => ({ authorization: `Bearer ${merchant.secretKey}`, ...extra });
+  const get = async <T>(url: string): Promise<T> => {
+    const response = await app.inject({ method: 'GET', url, headers: headers() });
+    assert.equal(response.statusCode, 200, `GET ${url}: ${response.body}`);
+    return response.json() as T;
+  };
+  const listAll = async <T>(url: string): Promise<T[]> => {
+    const page = await get<{ data: T[]; has_more: boolean }>(url);
+    assert.equal(page.has_more, false, 'a run never makes more than a page of objects');
+    return page.data.reverse();
+  };
+  const post = (url: string, body: Record<string, unknown>, idempotencyKey: string) =>
+    app.inject({ method: 'POST', url, headers: headers({ 'idempotency-key': idempotencyKey }), payload: body });
+
+  const sent: Sent[] = [];
+  let intents: ApiIntent[] = [];
+  for (const [step, cmd] of commands.entries()) {
+    const where = `step ${step} ${JSON.stringify(cmd)}`;
+    if (cmd.kind === 'replay') {
+      if (sent.length === 0) continue;
+      const original = sent[cmd.which % sent.length] as Sent;
+      const again = await post(original.url, original.body, original.key);
+      assert.ok(again.statusCode < 500, `${where}: ${again.statusCode} ${again.body}\n${run.problems.join('\n')}`);
+      assert.notEqual(original.status, 503, 'the provider never fails in this test');
+      assert.equal(again.statusCode, original.status, `${where}: a replay answers as the first time`);
+      assert.deepEqual(again.json(), original.response, `${where}: a replay answers as the first time`);
+    } else {
+      const request = requestFor(cmd, intents);
+      const idempotencyKey = key('prop');
+      const response = await post(request.url, request.body, idempotencyKey);
+      assert.ok(response.statusCode < 500, `${where}: ${response.statusCode} ${response.body}\n${run.problems.join('\n')}`);
+      const outcome = outcomeOf(cmd, response.statusCode, response.json());
+      assert.deepEqual(outcome, expectedOutcome(cmd, request), `${where}: ${response.body}`);
+      sent.push({ url: request.url, body: request.body, key: idempotencyKey, status: response.statusCode, response: response.json() });
+    }
+
+    // Kept in the order first seen, so a command's target does not move when ids tie on time.
+    const listed = new Map((await listAll<ApiIntent>('/v1/payment_intents?limit=100')).map((intent) => [intent.id, intent]));
+    const known = intents.map((intent) => listed.get(intent.id));
+    assert.ok(
+      known.every((intent) => intent !== undefined),
+      `${where}: intents never disappear`,
+    );
+    intents = [...(known as ApiIntent[]), ...[...listed.values()].filter((intent) => !intents.some((k) => k.id === intent.id))];
+    for (const intent of intents) {
+      observe(intent.id, intent.status, `after ${where}`);
+      assert.notEqual(intent.status, 'processing', `${where}: ${intent.id} left processing with a provider that always answers`);
+    }
+    assert.deepEqual(run.problems, [], where);
+  }
+  await checkTotals(merchant.id, intents, await listAll<ApiRefund>('/v1/refunds?limit=100'), await get('/v1/balance'));
+}
+
+/** The audit, the balance, the intents, the refunds and the provider's charges agree. */
+async function checkTotals(merchantId: string, intents: ApiIntent[], refunds: ApiRefund[], balance: { available: unknown }) {
+  // This run's own merchant only, so that a failing run shrinks to itself (earlier runs were
+  // checked when they ran, and the whole database is checked once more at the end).
+  const violations = (await audit(pool)).violations.filter((violation) => violation.merchant_id === merchantId);
+  assert.deepEqual(violations, []);
+
+  const expected = new Map<string, number>();
+  const add = (currency: string, amount: number) => expected.set(currency, (expected.get(currency) ?? 0) + amount);
+  for (const intent of intents) add(intent.currency, intent.amount_received);
+  for (const refund of refunds) if (refund.status === 'succeeded') add(refund.currency, -refund.amount);
+  const nonZero = (entries: Array<[string, number]>) => entries.filter(([, amount]) => amount !== 0).sort();
+  const available = (balance.available as Array<{ currency: string; amount: number }>).map((b): [string, number] => [b.currency, b.amount]);
+  assert.deepEqual(nonZero(available), nonZero([...expected]), 'balance = received − succeeded refunds, per currency');
+
+  const { rows } = await pool.query<{ id: string; provider_reference: string | null }>(
+    'select id, provider_reference from payment_intents where merchant_id = $1',
+    [merchantId],
+  );
+  const references = new Map(rows.map((row) => [row.id, row.provider_reference]));
+  for (const intent of intents) {
+    const total = (statuses: string[]) =>
+      refunds.filter((r) => r.payment_intent === intent.id && statuses.includes(r.status)).reduce((sum, r) => sum + r.amount, 0);
+    const refunded = total(['succeeded']);
+    assert.equal(
+      intent.amount_refunded,
+      total(['pending', 'succeeded']),
+      `${intent.id}: amount_refunded is its pending and succeeded refunds`,
+    );
+    const reference = references.get(intent.id);
+    const charge = reference ? sim.simulator.charges.get(reference) : undefined;
+    const seen = { status: intent.status, charge: charge && [charge.status, charge.amount_captured, charge.amount_refunded] };
+    switch (intent.status) {
+      case 'succeeded':
+        assert.deepEqual(seen, { status: intent.status, charge: ['captured', intent.amount_received, refunded] }, intent.id);
+        break;
+      case 'requires_capture':
+        assert.deepEqual(seen, { status: intent.status, charge: ['authorized', 0, 0] }, intent.id);
+        assert.equal(charge?.amount, intent.amount_capturable);
+        break;
+      case 'canceled':
+        // Canceled after an authorization, the provider released it; canceled before, there is no charge.
+        if (charge) assert.equal(charge.status, 'canceled', intent.id);
+        break;
+      default:
+        assert.equal(charge, undefined, `${intent.id} is ${intent.status} yet has a charge at the provider`);
+    }
+  }
+}
+
+describe('payment API properties', () => {
+  test(`random call sequences keep every invariant (${RUNS} runs of up to ${STEPS_MAX} calls)`, async () => {
+    await fc.assert(fc.asyncProperty(sequence, runSequence), {
+      numRuns: RUNS,
+      includeErrorInReport: true,
+    });
+  });
+
+  test('after all the runs, the audit finds nothing anywhere', async () => {
+    assert.deepEqual((await audit(pool)).violations, []);
+  });
+
+  test('the observer can tell an illegal transition', () => {
+    // The property above is only as good as this check: make sure it objects when it should.
+    run = { histories: new Map(), problems: [] };
+    observe('pi_a', 'requires_confirmation', 'test');
+    observe('pi_a', 'processing', 'test');
+    observe('pi_a', 'succeeded', 'test');
+    assert.deepEqual(run.problems, []);
+    observe('pi_a', 'requires_capture', 'test');
+    observe('pi_b', 'succeeded', 'test');
+    assert.equal(run.problems.length, 2, run.problems.join('\n'));
+  });
+});
