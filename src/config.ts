@@ -171,6 +171,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
   return {
     ...config,
     databaseUrl: maskUrl(config.databaseUrl) ?? '(embedded)',
+    providerUrl: maskUrl(config.providerUrl) ?? '(in-process simulator)',
     providerWebhookSecret: config.providerWebhookSecret ? '*****' : undefined,
   };
 }

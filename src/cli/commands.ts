@@ -230,10 +230,16 @@ export const ROLES: Record<string, Role> = {
   },
 
   async audit(config, _args, options) {
-    return withDatabase(config, async (db) => {
-      const report = await audit(db.pool);
-      console.log(options.json ? JSON.stringify(report) : formatReport(report));
-      return report.violations.length === 0 ? 0 : 1;
-    });
+    try {
+      return await withDatabase(config, async (db) => {
+        const report = await audit(db.pool);
+        console.log(options.json ? JSON.stringify(report) : formatReport(report));
+        return report.violations.length === 0 ? 0 : 1;
+      });
+    } catch (error) {
+      // 1 means violations found; 2 means the audit could not run, so they are not confused.
+      console.error(`floodgate audit could not run: ${error instanceof Error ? error.message : String(error)}`);
+      return 2;
+    }
   },
 };

@@ -20,7 +20,8 @@ Commands:
   keys create --merchant ID [--kind secret|publishable] [--json]
   keys list --merchant ID [--json]
   keys revoke KEY_ID             revoke a key (by its key_... id)
-  audit [--json]                 check the money invariants; exit 1 on any violation
+  audit [--json]                 check the money invariants; exit 1 on any violation,
+                                 2 when the audit cannot run
   help                           this text
 
 Configuration is read from the environment; see README.md.`;

@@ -40,6 +40,9 @@ export async function migrate(pool: Pool, dir = MIGRATIONS_DIR): Promise<string[
   const migrations = await readMigrations(dir);
   const client = await pool.connect();
   try {
+    // A migration may rebuild an index for minutes, and a node may wait that long for another
+    // node's migrations: neither is bound by the pool's statement timeout.
+    await client.query('set statement_timeout = 0');
     await client.query('select pg_advisory_lock($1)', [MIGRATION_LOCK_KEY]);
     await client.query(`create table if not exists schema_migrations (
       version integer primary key,
@@ -64,6 +67,7 @@ export async function migrate(pool: Pool, dir = MIGRATIONS_DIR): Promise<string[
     return done;
   } finally {
     await client.query('select pg_advisory_unlock($1)', [MIGRATION_LOCK_KEY]).catch(() => {});
+    await client.query('reset statement_timeout').catch(() => {});
     client.release();
   }
 }
