@@ -12,6 +12,7 @@ import { ApiError } from '../platform/http/errors.js';
 import type { Reply } from '../platform/idempotency/service.js';
 import type { ProviderCharge, ProviderOutcome } from '../providers/provider.js';
 import { toApiIntent } from './domain.js';
+import { notifySucceeded } from './hooks.js';
 import { scheduleReconciliation } from './reconciliation.js';
 import * as sql from './sql.js';
 
@@ -125,6 +126,7 @@ async function succeed(client: Client, intent: sql.PaymentIntentRow, received: n
     amount: received,
     paymentIntentId: intent.id,
   });
+  await notifySucceeded(client, intent);
   return reply;
 }
 

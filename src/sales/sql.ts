@@ -1,0 +1,295 @@
+import type { Queryable } from '../platform/db/pool.js';
+import type { HoldLine, HoldStatus, OrderStatus } from './domain.js';
+
+export interface SaleRow {
+  merchant_id: string;
+  id: string;
+  name: string;
+  currency: string;
+  opens_at: Date;
+  closes_at: Date | null;
+  per_buyer_limit: number;
+  hold_seconds: number;
+  created_at: Date;
+  updated_at: Date;
+}
+
+export interface ItemRow {
+  merchant_id: string;
+  id: string;
+  sale_id: string;
+  name: string;
+  price: number;
+  stock_total: number;
+  stock_available: number;
+  stock_held: number;
+  stock_sold: number;
+}
+
+export interface HoldRow {
+  merchant_id: string;
+  id: string;
+  sale_id: string;
+  buyer_reference: string;
+  status: HoldStatus;
+  amount: number;
+  currency: string;
+  expires_at: Date;
+  created_at: Date;
+}
+
+export interface OrderRow {
+  merchant_id: string;
+  id: string;
+  sale_id: string;
+  hold_id: string;
+  payment_intent_id: string;
+  amount: number;
+  currency: string;
+  status: OrderStatus;
+  paid_at: Date | null;
+  created_at: Date;
+}
+
+const SALE_COLUMNS = 'merchant_id, id, name, currency, opens_at, closes_at, per_buyer_limit, hold_seconds, created_at, updated_at';
+const ITEM_COLUMNS = 'merchant_id, id, sale_id, name, price, stock_total, stock_available, stock_held, stock_sold';
+const HOLD_COLUMNS = 'merchant_id, id, sale_id, buyer_reference, status, amount, currency, expires_at, created_at';
+const ORDER_COLUMNS = 'merchant_id, id, sale_id, hold_id, payment_intent_id, amount, currency, status, paid_at, created_at';
+
+export async function insertSale(db: Queryable, sale: Omit<SaleRow, 'created_at' | 'updated_at'>): Promise<SaleRow> {
+  const { rows } = await db.query<SaleRow>(
+    `insert into sales (merchant_id, id, name, currency, opens_at, closes_at, per_buyer_limit, hold_seconds)
+     values ($1, $2, $3, $4, $5, $6, $7, $8) returning ${SALE_COLUMNS}`,
+    [sale.merchant_id, sale.id, sale.name, sale.currency, sale.opens_at, sale.closes_at, sale.per_buyer_limit, sale.hold_seconds],
+  );
+  return rows[0] as SaleRow;
+}
+
+export async function updateSale(
+  db: Queryable,
+  merchantId: string,
+  id: string,
+  changes: Partial<Pick<SaleRow, 'name' | 'opens_at' | 'closes_at' | 'per_buyer_limit' | 'hold_seconds'>>,
+): Promise<SaleRow | undefined> {
+  const { rows } = await db.query<SaleRow>(
+    `update sales set name = coalesce($3, name), opens_at = coalesce($4, opens_at),
+       closes_at = case when $5::boolean then $6 else closes_at end,
+       per_buyer_limit = coalesce($7, per_buyer_limit), hold_seconds = coalesce($8, hold_seconds), updated_at = now()
+     where merchant_id = $1 and id = $2 returning ${SALE_COLUMNS}`,
+    [
+      merchantId,
+      id,
+      changes.name ?? null,
+      changes.opens_at ?? null,
+      'closes_at' in changes,
+      changes.closes_at ?? null,
+      changes.per_buyer_limit ?? null,
+      changes.hold_seconds ?? null,
+    ],
+  );
+  return rows[0];
+}
+
+export async function selectSale(db: Queryable, merchantId: string, id: string): Promise<SaleRow | undefined> {
+  const { rows } = await db.query<SaleRow>({
+    name: 'sales_select_sale',
+    text: `select ${SALE_COLUMNS} from sales where merchant_id = $1 and id = $2`,
+    values: [merchantId, id],
+  });
+  return rows[0];
+}
+
+export async function selectSales(db: Queryable, merchantId: string, limit: number, startingAfter?: string): Promise<SaleRow[]> {
+  const { rows } = await db.query<SaleRow>(
+    `select ${SALE_COLUMNS} from sales where merchant_id = $1 and ($2::text is null or id < $2) order by id desc limit $3`,
+    [merchantId, startingAfter ?? null, limit],
+  );
+  return rows;
+}
+
+export async function insertItem(db: Queryable, item: Pick<ItemRow, 'merchant_id' | 'id' | 'sale_id' | 'name' | 'price' | 'stock_total'>) {
+  const { rows } = await db.query<ItemRow>(
+    `insert into items (merchant_id, id, sale_id, name, price, stock_total, stock_available)
+     values ($1, $2, $3, $4, $5, $6, $6) returning ${ITEM_COLUMNS}`,
+    [item.merchant_id, item.id, item.sale_id, item.name, item.price, item.stock_total],
+  );
+  return rows[0] as ItemRow;
+}
+
+export async function selectItems(db: Queryable, merchantId: string, saleIds: string[]): Promise<ItemRow[]> {
+  const { rows } = await db.query<ItemRow>({
+    name: 'sales_select_items',
+    text: `select ${ITEM_COLUMNS} from items where merchant_id = $1 and sale_id = any($2::text[]) order by id`,
+    values: [merchantId, saleIds],
+  });
+  return rows;
+}
+
+/**
+ * Takes `quantity` units of an item into holds if that many are available: the guard in the
+ * WHERE clause is what keeps stock from ever going below zero. Returns false when too few.
+ */
+export async function takeStock(db: Queryable, merchantId: string, saleId: string, line: HoldLine): Promise<boolean> {
+  const { rowCount } = await db.query({
+    name: 'sales_take_stock',
+    text: `update items set stock_available = stock_available - $4, stock_held = stock_held + $4
+           where merchant_id = $1 and id = $2 and sale_id = $3 and stock_available >= $4`,
+    values: [merchantId, line.item_id, saleId, line.quantity],
+  });
+  return rowCount === 1;
+}
+
+/** Returns held units to available (a hold expired or was released). */
+export async function returnStock(db: Queryable, merchantId: string, line: HoldLine): Promise<void> {
+  await db.query({
+    name: 'sales_return_stock',
+    text: `update items set stock_available = stock_available + $3, stock_held = stock_held - $3 where merchant_id = $1 and id = $2`,
+    values: [merchantId, line.item_id, line.quantity],
+  });
+}
+
+/** Moves held units to sold (the hold's payment succeeded). */
+export async function sellStock(db: Queryable, merchantId: string, line: HoldLine): Promise<void> {
+  await db.query({
+    name: 'sales_sell_stock',
+    text: `update items set stock_held = stock_held - $3, stock_sold = stock_sold + $3 where merchant_id = $1 and id = $2`,
+    values: [merchantId, line.item_id, line.quantity],
+  });
+}
+
+/** Units a buyer holds or bought in a sale: what the per-buyer limit counts. */
+export async function selectBuyerQuantity(db: Queryable, merchantId: string, saleId: string, buyerReference: string): Promise<number> {
+  const { rows } = await db.query<{ quantity: number }>({
+    name: 'sales_select_buyer_quantity',
+    text: `select coalesce(sum(l.quantity), 0)::int as quantity
+           from holds h join hold_lines l on l.merchant_id = h.merchant_id and l.hold_id = h.id
+           where h.merchant_id = $1 and h.sale_id = $2 and h.buyer_reference = $3 and h.status in ('active', 'converted')`,
+    values: [merchantId, saleId, buyerReference],
+  });
+  return rows[0]?.quantity ?? 0;
+}
+
+/** Serializes one buyer's holds in one sale, so two at once cannot both pass the limit. */
+export async function lockBuyer(db: Queryable, merchantId: string, saleId: string, buyerReference: string): Promise<void> {
+  await db.query({
+    name: 'sales_lock_buyer',
+    text: `select pg_advisory_xact_lock(hashtextextended($1 || '/' || $2 || '/' || $3, 0))`,
+    values: [merchantId, saleId, buyerReference],
+  });
+}
+
+export async function insertHold(db: Queryable, hold: Omit<HoldRow, 'created_at' | 'status'>, lines: HoldLine[]): Promise<HoldRow> {
+  const { rows } = await db.query<HoldRow>({
+    name: 'sales_insert_hold',
+    text: `with hold as (
+             insert into holds (merchant_id, id, sale_id, buyer_reference, status, amount, currency, expires_at)
+             values ($1, $2, $3, $4, 'active', $5, $6, $7) returning ${HOLD_COLUMNS}),
+           lines as (
+             insert into hold_lines (merchant_id, hold_id, item_id, quantity)
+             select $1, $2, l.item_id, l.quantity from unnest($8::text[], $9::int[]) as l(item_id, quantity))
+           select * from hold`,
+    values: [
+      hold.merchant_id,
+      hold.id,
+      hold.sale_id,
+      hold.buyer_reference,
+      hold.amount,
+      hold.currency,
+      hold.expires_at,
+      lines.map((line) => line.item_id),
+      lines.map((line) => line.quantity),
+    ],
+  });
+  return rows[0] as HoldRow;
+}
+
+export async function selectHold(db: Queryable, merchantId: string, id: string, forUpdate = false): Promise<HoldRow | undefined> {
+  const { rows } = await db.query<HoldRow>({
+    name: forUpdate ? 'sales_select_hold_for_update' : 'sales_select_hold',
+    text: `select ${HOLD_COLUMNS} from holds where merchant_id = $1 and id = $2${forUpdate ? ' for update' : ''}`,
+    values: [merchantId, id],
+  });
+  return rows[0];
+}
+
+export async function selectHoldLines(db: Queryable, merchantId: string, holdId: string): Promise<HoldLine[]> {
+  const { rows } = await db.query<HoldLine>({
+    name: 'sales_select_hold_lines',
+    text: 'select item_id, quantity from hold_lines where merchant_id = $1 and hold_id = $2 order by item_id',
+    values: [merchantId, holdId],
+  });
+  return rows;
+}
+
+/** Moves a hold out of `active`; false when it had already left (expired, released, paid). */
+export async function finishHold(db: Queryable, merchantId: string, id: string, status: Exclude<HoldStatus, 'active'>): Promise<boolean> {
+  const { rowCount } = await db.query({
+    name: 'sales_finish_hold',
+    text: `update holds set status = $3, updated_at = now() where merchant_id = $1 and id = $2 and status = 'active'`,
+    values: [merchantId, id, status],
+  });
+  return rowCount === 1;
+}
+
+export async function extendHold(db: Queryable, merchantId: string, id: string, expiresAt: Date): Promise<void> {
+  await db.query('update holds set expires_at = $3, updated_at = now() where merchant_id = $1 and id = $2 and status = $4', [
+    merchantId,
+    id,
+    expiresAt,
+    'active',
+  ]);
+}
+
+export async function insertOrder(db: Queryable, order: Omit<OrderRow, 'created_at' | 'paid_at' | 'status'>): Promise<OrderRow> {
+  const { rows } = await db.query<OrderRow>(
+    `insert into orders (merchant_id, id, sale_id, hold_id, payment_intent_id, amount, currency, status)
+     values ($1, $2, $3, $4, $5, $6, $7, 'awaiting_payment') returning ${ORDER_COLUMNS}`,
+    [order.merchant_id, order.id, order.sale_id, order.hold_id, order.payment_intent_id, order.amount, order.currency],
+  );
+  return rows[0] as OrderRow;
+}
+
+export async function selectOrderByHold(db: Queryable, merchantId: string, holdId: string): Promise<OrderRow | undefined> {
+  const { rows } = await db.query<OrderRow>(`select ${ORDER_COLUMNS} from orders where merchant_id = $1 and hold_id = $2`, [
+    merchantId,
+    holdId,
+  ]);
+  return rows[0];
+}
+
+export async function selectOrder(db: Queryable, merchantId: string, id: string): Promise<OrderRow | undefined> {
+  const { rows } = await db.query<OrderRow>(`select ${ORDER_COLUMNS} from orders where merchant_id = $1 and id = $2`, [merchantId, id]);
+  return rows[0];
+}
+
+export async function selectOrders(
+  db: Queryable,
+  query: { merchantId: string; limit: number; startingAfter?: string; saleId?: string },
+): Promise<OrderRow[]> {
+  const { rows } = await db.query<OrderRow>(
+    `select ${ORDER_COLUMNS} from orders
+     where merchant_id = $1 and ($2::text is null or id < $2) and ($3::text is null or sale_id = $3)
+     order by id desc limit $4`,
+    [query.merchantId, query.startingAfter ?? null, query.saleId ?? null, query.limit],
+  );
+  return rows;
+}
+
+/** Marks the order of a payment paid, once; returns it, or undefined if there is none to mark. */
+export async function markOrderPaid(db: Queryable, merchantId: string, paymentIntentId: string): Promise<OrderRow | undefined> {
+  const { rows } = await db.query<OrderRow>({
+    name: 'sales_mark_order_paid',
+    text: `update orders set status = 'paid', paid_at = now(), updated_at = now()
+           where merchant_id = $1 and payment_intent_id = $2 and status = 'awaiting_payment'
+           returning ${ORDER_COLUMNS}`,
+    values: [merchantId, paymentIntentId],
+  });
+  return rows[0];
+}
+
+export async function expireOrderOfHold(db: Queryable, merchantId: string, holdId: string): Promise<void> {
+  await db.query(
+    `update orders set status = 'expired', updated_at = now() where merchant_id = $1 and hold_id = $2 and status = 'awaiting_payment'`,
+    [merchantId, holdId],
+  );
+}
