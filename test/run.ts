@@ -78,15 +78,11 @@ async function main(): Promise<number> {
     await pool.end();
 
     const code = await new Promise<number>((resolve) => {
-      const child = spawn(
-        process.execPath,
-        ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=300000', ...files],
-        {
-          cwd: ROOT,
-          stdio: 'inherit',
-          env: { ...process.env, FLOODGATE_TEST_ADMIN_URL: server.adminUrl, FLOODGATE_TEST_TEMPLATE: TEMPLATE },
-        },
-      );
+      const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=300000', ...files], {
+        cwd: ROOT,
+        stdio: 'inherit',
+        env: { ...process.env, FLOODGATE_TEST_ADMIN_URL: server.adminUrl, FLOODGATE_TEST_TEMPLATE: TEMPLATE },
+      });
       child.on('exit', (exitCode, signal) => resolve(exitCode ?? (signal ? 1 : 0)));
     });
     return code;

@@ -43,7 +43,12 @@ describe('payment intents', () => {
   });
 
   test('a declined card returns the intent to requires_payment_method with last_payment_error', async () => {
-    const created = await post('/v1/payment_intents', { amount: 500, currency: 'eur', payment_method: 'pm_card_insufficient_funds', confirm: true });
+    const created = await post('/v1/payment_intents', {
+      amount: 500,
+      currency: 'eur',
+      payment_method: 'pm_card_insufficient_funds',
+      confirm: true,
+    });
     assert.equal(created.statusCode, 402);
     const error = created.json().error;
     assert.equal(error.code, 'card_declined');
