@@ -37,6 +37,9 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
   }).withTypeProvider<TypeBoxTypeProvider>();
+  // Bodies are JSON only. Fastify also parses text/plain by default, which turned a JSON body
+  // sent as text into a 400 "must be a JSON object" instead of the 415 that says what to fix.
+  app.removeContentTypeParser('text/plain');
   app.setValidatorCompiler(validatorCompiler);
   app.decorateRequest('principal', null);
 
