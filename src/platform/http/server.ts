@@ -5,7 +5,7 @@
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, LogController } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, LogController } from 'fastify';
 import type { Metrics } from '../observability/metrics.js';
 import { ApiError, errorBody } from './errors.js';
 import { validatorCompiler } from './validation.js';
@@ -36,6 +36,12 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     // Ids in our URLs are short; anything longer is not ours.
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
+    // The router's own errors (a badly encoded path, an over-long parameter) never reach the
+    // error handler; without this they were answered in Fastify's shape, not ours.
+    frameworkErrors: (error, _request, reply) => {
+      const mapped = mapFrameworkError(error) ?? new ApiError('parameter_invalid', 'The request URL is malformed.');
+      return (reply as FastifyReply).code(mapped.status).send(mapped.toBody());
+    },
   }).withTypeProvider<TypeBoxTypeProvider>();
   // Bodies are JSON only. Fastify also parses text/plain by default, which turned a JSON body
   // sent as text into a 400 "must be a JSON object" instead of the 415 that says what to fix.
@@ -103,6 +109,9 @@ function mapFrameworkError(error: FastifyError): ApiError | undefined {
     case 'FST_ERR_BAD_URL':
     case 'FST_ERR_ASYNC_CONSTRAINT':
       return new ApiError('parameter_invalid', 'The request URL is malformed.');
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      // As for any malformed id in a path: it names nothing that exists.
+      return new ApiError('resource_missing', 'No such object: the id in the URL is not a valid id.', 'id');
   }
   if (error instanceof SyntaxError || error.statusCode === 400) {
     return new ApiError('body_invalid_json', 'The request body is not valid JSON.');
