@@ -110,10 +110,10 @@ async function callProvider(deps: PaymentDeps, held: HeldKey): Promise<Reply> {
   assert.ok(refund, 'the refund a key points at exists');
   const [intent, attempt] = await Promise.all([
     sql.selectIntent(deps.pool, held.merchantId, refund.payment_intent_id),
-    sql.selectOpenAttempt(deps.pool, held.merchantId, refund.payment_intent_id, 'refund'),
+    sql.selectOpenRefundAttempt(deps.pool, held.merchantId, refund.payment_intent_id, refund.id),
   ]);
   assert.ok(intent);
-  if (!attempt || attempt.refund_id !== refund.id) {
+  if (!attempt) {
     return idempotency.atomicPhase(deps.pool, held, async () => phaseResponse(ok(toApiRefund(refund)))) as Promise<Reply>;
   }
   const outcome = await deps.provider.refund({

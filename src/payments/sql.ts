@@ -262,6 +262,28 @@ export async function selectOpenAttempt(
   return rows[0];
 }
 
+/**
+ * The refund's own attempt while it is in flight. Several refunds of one intent can be in
+ * flight at once, so the intent's latest open refund attempt may belong to another refund.
+ */
+export async function selectOpenRefundAttempt(
+  db: Queryable,
+  merchantId: string,
+  paymentIntentId: string,
+  refundId: string,
+): Promise<AttemptRow | undefined> {
+  const { rows } = await db.query<AttemptRow>({
+    name: 'payments_select_open_refund_attempt',
+    text: `select merchant_id, id, payment_intent_id, refund_id, operation, amount, provider_idempotency_key, status,
+             provider_reference, error_code
+           from payment_attempts
+           where merchant_id = $1 and payment_intent_id = $2 and refund_id = $3 and operation = 'refund'
+             and status in ('started', 'unknown')`,
+    values: [merchantId, paymentIntentId, refundId],
+  });
+  return rows[0];
+}
+
 /** Settles an attempt; refused (false) when it was already settled by someone else. */
 export async function settleAttempt(
   db: Queryable,
