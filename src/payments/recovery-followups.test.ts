@@ -193,3 +193,39 @@ describe('refund: a process dies, a retry resumes', () => {
     });
   }
 });
+
+describe('refund: two refunds of one payment die, each resumes its own', () => {
+  for (const order of ['older first', 'newer first'] as const) {
+    test(`both die before calling the provider; resumed ${order}`, async () => {
+      const m = await r.newMerchant();
+      const paid = await paidIntent(m, 'automatic');
+      const plan = { afterCommitOf: committedRecoveryPoint('refund_started') };
+      const older = { url: '/v1/refunds', payload: { payment_intent: paid.id, amount: 300 } };
+      const newer = { url: '/v1/refunds', payload: { payment_intent: paid.id, amount: 200 } };
+      const olderKey = await r.crash(m, older, plan, { recoveryPoint: 'refund_started' });
+      const newerKey = await r.crash(m, newer, plan, { recoveryPoint: 'refund_started' });
+      const resumes: Array<[PostRequest, string, number]> = [
+        [older, olderKey, 300],
+        [newer, newerKey, 200],
+      ];
+      if (order === 'newer first') resumes.reverse();
+
+      for (const [request, k, amount] of resumes) {
+        const refunded = await resume(m, request, k);
+        assert.equal(refunded.amount, amount);
+        assert.equal(refunded.status, 'succeeded', `the ${amount} refund was sent to the provider, not left pending`);
+      }
+      assert.equal(paid.charge.amount_refunded, 500);
+      const { rows } = await t.pool.query<{ status: string; n: number }>(
+        `select status, count(*)::int as n from payment_attempts where merchant_id = $1 and operation = 'refund' group by status`,
+        [m.id],
+      );
+      assert.deepEqual(rows, [{ status: 'succeeded', n: 2 }]);
+      const counts = await r.counts(m.id);
+      assert.deepEqual(counts.ledger, { capture: 1, refund: 2 });
+      assert.equal(counts.events['refund.updated'], 2);
+      assert.equal((await intent(m, paid.id)).amount_refunded, 500);
+      await r.assertAuditClean();
+    });
+  }
+});
