@@ -47,6 +47,12 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
   // sent as text into a 400 "must be a JSON object" instead of the 415 that says what to fix.
   app.removeContentTypeParser('text/plain');
   app.setValidatorCompiler(validatorCompiler);
+  // A POST sent without a body is a request with no parameters, which confirm, capture and
+  // cancel accept (theirs are all optional); validated as undefined it failed as "must be a
+  // JSON object". A body that is present must still be a JSON object.
+  app.addHook('preValidation', async (request) => {
+    if (request.body === undefined && request.routeOptions.schema?.body) request.body = {};
+  });
   app.decorateRequest('principal', null);
 
   app.setErrorHandler((error: FastifyError | ApiError, request, reply) => {

@@ -89,7 +89,7 @@ const CASES: Case[] = [
   invalid('body an array', [valid], null, 'body_invalid_json'),
   invalid('body a string', 'amount=100', null, 'body_invalid_json'),
   invalid('body null', null, null, 'body_invalid_json'),
-  { name: 'no body at all', status: 400, code: 'body_invalid_json', param: null },
+  { name: 'no body at all', status: 400, code: 'parameter_missing', param: 'amount' },
   {
     name: 'body larger than the limit',
     body: withBody({ description: 'd'.repeat(70_000) }),
