@@ -38,8 +38,11 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   const authenticate = createAuthenticator(deps.pool, deps.config.apiKeyCacheTtlMs);
 
   app.addHook('onRequest', async (request) => {
+    // Decide by the route the router matched, not the raw URL: the router decodes the path, so
+    // '/%761/payment_intents' reaches the '/v1/payment_intents' route without starting with '/v1/'.
     // Provider webhooks authenticate by signature, in their own route.
-    if (!request.url.startsWith('/v1/') || request.url.startsWith('/v1/providers/')) return;
+    const path = request.routeOptions.url ?? request.url;
+    if (!path.startsWith('/v1/') || path.startsWith('/v1/providers/')) return;
     const result = await authenticate(request.headers.authorization);
     if (result.kind === 'missing') {
       throw new ApiError('api_key_missing', 'No API key provided. Send Authorization: Bearer sk_test_...');

@@ -114,4 +114,25 @@ describe('payment intents', () => {
     const { rows } = await t.pool.query('select status from payment_attempts where payment_intent_id = $1', [created.json().id]);
     assert.deepEqual(rows, [{ status: 'unknown' }]);
   });
+
+  test('confirm, capture and cancel need no body: their parameters are all optional', async () => {
+    const bare = (url: string) => t.app.inject({ method: 'POST', url, headers: t.auth({ 'idempotency-key': key() }) });
+    const created = await post('/v1/payment_intents', {
+      amount: 800,
+      currency: 'usd',
+      capture_method: 'manual',
+      payment_method: 'pm_card_visa',
+    });
+    const id = created.json().id;
+    const confirmed = await bare(`/v1/payment_intents/${id}/confirm`);
+    assert.equal(confirmed.statusCode, 200, confirmed.body);
+    assert.equal(confirmed.json().status, 'requires_capture');
+    const captured = await bare(`/v1/payment_intents/${id}/capture`);
+    assert.equal(captured.statusCode, 200, captured.body);
+    assert.equal(captured.json().amount_received, 800);
+    const other = await post('/v1/payment_intents', { amount: 300, currency: 'usd' });
+    const canceled = await bare(`/v1/payment_intents/${other.json().id}/cancel`);
+    assert.equal(canceled.statusCode, 200, canceled.body);
+    assert.equal(canceled.json().status, 'canceled');
+  });
 });

@@ -115,7 +115,8 @@ export async function expireHold(
 ): Promise<ReleaseResult | 'extended' | 'not_due'> {
   return withTransaction(pool, async (client) => {
     const hold = await sql.selectHold(client, payload.merchant_id, payload.hold_id, true);
-    if (!hold || hold.status !== 'active') return 'not_active';
+    if (!hold) return 'missing';
+    if (hold.status !== 'active') return 'not_active';
     if (hold.expires_at > now) {
       await scheduleExpiry(client, hold);
       return 'not_due';

@@ -5,7 +5,7 @@
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, LogController } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, LogController } from 'fastify';
 import type { Metrics } from '../observability/metrics.js';
 import { ApiError, errorBody } from './errors.js';
 import { validatorCompiler } from './validation.js';
@@ -36,15 +36,29 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     // Ids in our URLs are short; anything longer is not ours.
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
+    // The router's own errors (a badly encoded path, an over-long parameter) never reach the
+    // error handler; without this they were answered in Fastify's shape, not ours.
+    frameworkErrors: (error, _request, reply) => {
+      const mapped = mapFrameworkError(error) ?? new ApiError('parameter_invalid', 'The request URL is malformed.');
+      return (reply as FastifyReply).code(mapped.status).send(mapped.toBody());
+    },
   }).withTypeProvider<TypeBoxTypeProvider>();
+  // Bodies are JSON only. Fastify also parses text/plain by default, which turned a JSON body
+  // sent as text into a 400 "must be a JSON object" instead of the 415 that says what to fix.
+  app.removeContentTypeParser('text/plain');
   app.setValidatorCompiler(validatorCompiler);
-  // POSTs such as /confirm have only optional fields: an empty body, with or without a JSON
-  // content type, means "no parameters" rather than a parse error.
+  // An empty body sent with a JSON content type means "no parameters", like no body at all.
   const parseJson = app.getDefaultJsonParser('error', 'error');
   app.removeContentTypeParser('application/json');
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
-    if (body === '' || (typeof body === 'string' && body.trim() === '')) return done(null, undefined);
+    if (typeof body === 'string' && body.trim() === '') return done(null, undefined);
     return parseJson(request, body as string, done);
+  });
+  // A POST sent without a body is a request with no parameters, which confirm, capture and
+  // cancel accept (theirs are all optional); validated as undefined it failed as "must be a
+  // JSON object". A body that is present must still be a JSON object.
+  app.addHook('preValidation', async (request) => {
+    if (request.body === undefined && request.routeOptions.schema?.body) request.body = {};
   });
   app.decorateRequest('principal', null);
 
@@ -108,6 +122,9 @@ function mapFrameworkError(error: FastifyError): ApiError | undefined {
     case 'FST_ERR_BAD_URL':
     case 'FST_ERR_ASYNC_CONSTRAINT':
       return new ApiError('parameter_invalid', 'The request URL is malformed.');
+    case 'FST_ERR_MAX_PARAM_LENGTH':
+      // As for any malformed id in a path: it names nothing that exists.
+      return new ApiError('resource_missing', 'No such object: the id in the URL is not a valid id.', 'id');
   }
   if (error instanceof SyntaxError || error.statusCode === 400) {
     return new ApiError('body_invalid_json', 'The request body is not valid JSON.');

@@ -20,11 +20,32 @@ const textAjv = makeAjv(true);
 export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, httpPart }) => {
   const validate = (httpPart === 'body' ? bodyAjv : textAjv).compile(schema as object);
   return (data: unknown) => {
-    // No body at all is checked as an empty object: required fields are still reported missing.
-    const value = httpPart === 'body' && (data === undefined || data === null) ? {} : data;
-    return validate(value) ? { value } : { error: toApiError(validate.errors ?? [], httpPart ?? 'body') };
+    if (!validate(data)) return { error: toApiError(validate.errors ?? [], httpPart ?? 'body') };
+    const param = httpPart === 'body' || httpPart === 'querystring' ? nulParam(data, '') : undefined;
+    if (param !== undefined) {
+      return {
+        error: new ApiError('parameter_invalid', `Invalid ${param || httpPart}: must not contain the NUL character.`, param || undefined),
+      };
+    }
+    return { value: data };
   };
 };
+
+/**
+ * The parameter whose text (or, for objects, whose key) holds U+0000, which PostgreSQL cannot
+ * store in text or jsonb: refused here, it is a 400 naming the parameter instead of a failed
+ * query. Undefined when there is none.
+ */
+function nulParam(value: unknown, path: string): string | undefined {
+  if (typeof value === 'string') return value.includes('\u0000') ? path : undefined;
+  if (value === null || typeof value !== 'object') return undefined;
+  for (const [name, item] of Object.entries(value)) {
+    if (name.includes('\u0000')) return path;
+    const found = nulParam(item, join(path, name));
+    if (found !== undefined) return found;
+  }
+  return undefined;
+}
 
 /** Turns the first schema violation into an error that names the parameter to fix. */
 export function toApiError(errors: ErrorObject[], httpPart: string): ApiError {

@@ -1,0 +1,351 @@
+/**
+ * Malformed input, table-driven: every bad request gets its 4xx with a stable code and the
+ * parameter to fix, in the one error shape, and never a 500 or a stack trace. A few valid
+ * requests at the limits show the limits are where they say.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { key, setupTestContext } from '../../../test/helpers.js';
+import { newId } from '../ids.js';
+import { API_ERRORS, type ApiErrorCode } from './errors.js';
+
+const t = await setupTestContext();
+
+interface Case {
+  name: string;
+  method?: 'GET' | 'POST';
+  url?: string;
+  /** A JSON body; `raw` sends text as is. */
+  body?: unknown;
+  raw?: string;
+  headers?: Record<string, string | string[]>;
+  status: number;
+  code?: ApiErrorCode;
+  /** The parameter the error names; null when it names none. */
+  param?: string | null;
+}
+
+const INTENTS = '/v1/payment_intents';
+const valid = { amount: 1000, currency: 'usd' };
+const withBody = (body: Record<string, unknown>) => ({ ...valid, ...body });
+const manyKeys = (count: number, keyLength = 3, valueLength = 1) =>
+  Object.fromEntries(Array.from({ length: count }, (_, i) => [String(i).padStart(keyLength, 'k'), 'v'.repeat(valueLength)]));
+const somePi = newId('pi');
+
+const invalid = (name: string, body: unknown, param: string | null, code: ApiErrorCode = 'parameter_invalid'): Case => ({
+  name,
+  body,
+  status: API_ERRORS[code].status,
+  code,
+  param,
+});
+
+const CASES: Case[] = [
+  // Types of the create body: no coercion.
+  invalid('amount as a string', withBody({ amount: '100' }), 'amount'),
+  invalid('amount with a fraction', withBody({ amount: 1.5 }), 'amount'),
+  invalid('negative amount', withBody({ amount: -1 }), 'amount'),
+  invalid('zero amount', withBody({ amount: 0 }), 'amount'),
+  invalid('null amount', withBody({ amount: null }), 'amount'),
+  invalid('confirm as a string', withBody({ confirm: 'yes' }), 'confirm'),
+  invalid('capture_method not one of its values', withBody({ capture_method: 'sometimes' }), 'capture_method'),
+  invalid('empty payment_method', withBody({ payment_method: '' }), 'payment_method'),
+  invalid('description too long', withBody({ description: 'd'.repeat(1001) }), 'description'),
+  invalid('unknown field', withBody({ colour: 'red' }), 'colour', 'parameter_unknown'),
+  invalid('misspelt field', withBody({ ammount: 100 }), 'ammount', 'parameter_unknown'),
+  invalid('missing amount', { currency: 'usd' }, 'amount', 'parameter_missing'),
+  invalid('missing currency', { amount: 100 }, 'currency', 'parameter_missing'),
+  invalid('unsupported currency', withBody({ currency: 'xyz' }), 'currency'),
+  invalid('currency of four letters', withBody({ currency: 'usdd' }), 'currency'),
+  invalid('currency as a number', withBody({ currency: 840 }), 'currency'),
+  invalid('confirm without payment_method', withBody({ confirm: true }), 'payment_method', 'parameter_missing'),
+  // Amount limits follow the currency's exponent: 99,999,999 major units.
+  invalid('usd amount above its maximum', withBody({ amount: 9_999_999_901 }), 'amount', 'amount_too_large'),
+  invalid('jpy amount above its maximum', { amount: 100_000_000, currency: 'jpy' }, 'amount', 'amount_too_large'),
+  invalid('bhd amount above its maximum', { amount: 99_999_999_001, currency: 'bhd' }, 'amount', 'amount_too_large'),
+  invalid('amount beyond 2^53', withBody({ amount: 2 ** 60 }), 'amount', 'amount_too_large'),
+  { name: 'usd amount at its maximum', body: withBody({ amount: 9_999_999_900 }), status: 200 },
+  { name: 'jpy amount at its maximum', body: { amount: 99_999_999, currency: 'jpy' }, status: 200 },
+  { name: 'the same number of usd minor units', body: { amount: 100_000_000, currency: 'usd' }, status: 200 },
+  { name: 'bhd amount at its maximum', body: { amount: 99_999_999_000, currency: 'bhd' }, status: 200 },
+  // Metadata limits.
+  invalid('metadata with 51 keys', withBody({ metadata: manyKeys(51) }), 'metadata'),
+  invalid('metadata key of 41 characters', withBody({ metadata: { ['k'.repeat(41)]: 'v' } }), 'metadata'),
+  invalid('metadata key empty', withBody({ metadata: { '': 'v' } }), 'metadata'),
+  invalid('metadata value of 501 characters', withBody({ metadata: { note: 'v'.repeat(501) } }), 'metadata[note]'),
+  invalid('metadata value a number', withBody({ metadata: { n: 1 } }), 'metadata[n]'),
+  invalid('metadata value an object', withBody({ metadata: { n: { deep: 'x' } } }), 'metadata[n]'),
+  invalid('metadata value null', withBody({ metadata: { n: null } }), 'metadata[n]'),
+  invalid('metadata an array', withBody({ metadata: ['a'] }), 'metadata'),
+  { name: 'metadata at every limit', body: withBody({ metadata: manyKeys(50, 40, 500) }), status: 200 },
+  // PostgreSQL text cannot hold U+0000; it must be refused at the edge, not fail in SQL.
+  invalid('NUL in description', withBody({ description: 'a\u0000b' }), 'description'),
+  invalid('NUL in a metadata value', withBody({ metadata: { note: 'a\u0000' } }), 'metadata[note]'),
+  invalid('NUL in a metadata key', withBody({ metadata: { 'a\u0000': 'v' } }), 'metadata'),
+  invalid('NUL in payment_method', withBody({ payment_method: 'pm_\u0000', confirm: true }), 'payment_method'),
+  // The body itself.
+  { name: 'body not JSON', raw: '{"amount": 100,', status: 400, code: 'body_invalid_json', param: null },
+  // An empty body with a JSON content type means no parameters, like no body at all.
+  { name: 'empty JSON body', raw: '', status: 400, code: 'parameter_missing', param: 'amount' },
+  invalid('body an array', [valid], null, 'body_invalid_json'),
+  invalid('body a string', 'amount=100', null, 'body_invalid_json'),
+  invalid('body null', null, null, 'body_invalid_json'),
+  { name: 'no body at all', status: 400, code: 'parameter_missing', param: 'amount' },
+  {
+    name: 'body larger than the limit',
+    body: withBody({ description: 'd'.repeat(70_000) }),
+    status: 413,
+    code: 'body_too_large',
+    param: null,
+  },
+  ...['text/plain', 'application/xml', 'application/x-www-form-urlencoded', 'multipart/form-data; boundary=x'].map(
+    (type): Case => ({
+      name: `content-type ${type}`,
+      raw: JSON.stringify(valid),
+      headers: { 'content-type': type },
+      status: 415,
+      code: 'unsupported_media_type',
+      param: null,
+    }),
+  ),
+  // Idempotency-Key syntax.
+  {
+    name: 'idempotency key of 256 characters',
+    body: valid,
+    headers: { 'idempotency-key': 'k'.repeat(256) },
+    status: 400,
+    code: 'idempotency_key_invalid',
+  },
+  {
+    name: 'idempotency key of 255 characters',
+    body: valid,
+    headers: { 'idempotency-key': `${key()}${'k'.repeat(200)}`.slice(0, 255) },
+    status: 200,
+  },
+  {
+    name: 'idempotency key with a space',
+    body: valid,
+    headers: { 'idempotency-key': 'two words' },
+    status: 400,
+    code: 'idempotency_key_invalid',
+  },
+  { name: 'empty idempotency key', body: valid, headers: { 'idempotency-key': '' }, status: 400, code: 'idempotency_key_invalid' },
+  {
+    name: 'two idempotency keys',
+    body: valid,
+    headers: { 'idempotency-key': [key(), key()] },
+    status: 400,
+    code: 'idempotency_key_invalid',
+  },
+  // Query strings of lists.
+  ...['0', '101', 'abc', '-1', '1.5', ''].map(
+    (limit): Case => ({
+      name: `limit=${limit}`,
+      method: 'GET',
+      url: `${INTENTS}?limit=${limit}`,
+      status: 400,
+      code: 'parameter_invalid',
+      param: 'limit',
+    }),
+  ),
+  { name: 'limit=100', method: 'GET', url: `${INTENTS}?limit=100`, status: 200 },
+  { name: 'unknown query parameter', method: 'GET', url: `${INTENTS}?colour=red`, status: 400, code: 'parameter_unknown', param: 'colour' },
+  {
+    name: 'unknown query parameter on refunds',
+    method: 'GET',
+    url: '/v1/refunds?limit=5&x=1',
+    status: 400,
+    code: 'parameter_unknown',
+    param: 'x',
+  },
+  {
+    name: 'starting_after too long',
+    method: 'GET',
+    url: `${INTENTS}?starting_after=${'p'.repeat(65)}`,
+    status: 400,
+    code: 'parameter_invalid',
+    param: 'starting_after',
+  },
+  {
+    name: 'NUL in starting_after',
+    method: 'GET',
+    url: `${INTENTS}?starting_after=pi_%00`,
+    status: 400,
+    code: 'parameter_invalid',
+    param: 'starting_after',
+  },
+  {
+    name: 'NUL in a refunds filter',
+    method: 'GET',
+    url: '/v1/refunds?payment_intent=%00',
+    status: 400,
+    code: 'parameter_invalid',
+    param: 'payment_intent',
+  },
+  {
+    name: 'NUL in an events filter',
+    method: 'GET',
+    url: '/v1/events?object_id=%00',
+    status: 400,
+    code: 'parameter_invalid',
+    param: 'object_id',
+  },
+  {
+    name: 'unknown event type',
+    method: 'GET',
+    url: '/v1/events?type=payment_intent.exploded',
+    status: 400,
+    code: 'parameter_invalid',
+    param: 'type',
+  },
+  // Ids in paths: a malformed id names nothing, as an unknown one.
+  ...[
+    `${INTENTS}/nope`,
+    `${INTENTS}/${somePi}x`,
+    `${INTENTS}/${newId('re')}`,
+    `/v1/refunds/${somePi}`,
+    '/v1/events/evt_short',
+    `${INTENTS}/pi_${'0'.repeat(150)}`,
+    // Longer than the router's parameter limit.
+    `${INTENTS}/pi_${'0'.repeat(250)}`,
+    `/v1/refunds/${'r'.repeat(250)}`,
+  ].map((url): Case => ({ name: `GET ${url.slice(0, 50)}`, method: 'GET', url, status: 404, code: 'resource_missing', param: 'id' })),
+  { name: 'GET an unknown well-formed id', method: 'GET', url: `${INTENTS}/${somePi}`, status: 404, code: 'resource_missing', param: 'id' },
+  ...['confirm', 'capture', 'cancel'].map(
+    (action): Case => ({
+      name: `POST ${action} on a malformed id`,
+      url: `${INTENTS}/pi_bad/${action}`,
+      body: {},
+      status: 404,
+      code: 'resource_missing',
+      param: 'id',
+    }),
+  ),
+  { name: 'a badly percent-encoded path', method: 'GET', url: `${INTENTS}/%E0%A4%A`, status: 400, code: 'parameter_invalid', param: null },
+  // The other POST bodies.
+  {
+    name: 'confirm with an unknown field',
+    url: `${INTENTS}/${somePi}/confirm`,
+    body: { payment_method: 'pm_card_visa', save: true },
+    status: 400,
+    code: 'parameter_unknown',
+    param: 'save',
+  },
+  {
+    name: 'confirm with payment_method a number',
+    url: `${INTENTS}/${somePi}/confirm`,
+    body: { payment_method: 4242 },
+    status: 400,
+    code: 'parameter_invalid',
+    param: 'payment_method',
+  },
+  {
+    name: 'capture of zero',
+    url: `${INTENTS}/${somePi}/capture`,
+    body: { amount_to_capture: 0 },
+    status: 400,
+    code: 'parameter_invalid',
+    param: 'amount_to_capture',
+  },
+  {
+    name: 'capture of a string',
+    url: `${INTENTS}/${somePi}/capture`,
+    body: { amount_to_capture: '5' },
+    status: 400,
+    code: 'parameter_invalid',
+    param: 'amount_to_capture',
+  },
+  {
+    name: 'cancel with an unknown reason',
+    url: `${INTENTS}/${somePi}/cancel`,
+    body: { cancellation_reason: 'bored' },
+    status: 400,
+    code: 'parameter_invalid',
+    param: 'cancellation_reason',
+  },
+  {
+    name: 'refund of a malformed intent id',
+    url: '/v1/refunds',
+    body: { payment_intent: 'pi_bad' },
+    status: 400,
+    code: 'parameter_invalid',
+    param: 'payment_intent',
+  },
+  {
+    name: 'refund without an intent',
+    url: '/v1/refunds',
+    body: { amount: 5 },
+    status: 400,
+    code: 'parameter_missing',
+    param: 'payment_intent',
+  },
+  {
+    name: 'refund amount as a string',
+    url: '/v1/refunds',
+    body: { payment_intent: somePi, amount: '5' },
+    status: 400,
+    code: 'parameter_invalid',
+    param: 'amount',
+  },
+  {
+    name: 'refund with an unknown reason',
+    url: '/v1/refunds',
+    body: { payment_intent: somePi, reason: 'whim' },
+    status: 400,
+    code: 'parameter_invalid',
+    param: 'reason',
+  },
+  {
+    name: 'refund of an unknown intent',
+    url: '/v1/refunds',
+    body: { payment_intent: somePi },
+    status: 404,
+    code: 'resource_missing',
+    param: 'payment_intent',
+  },
+];
+
+function request(c: Case) {
+  const headers: Record<string, string | string[]> = { ...t.auth({ 'idempotency-key': key() }), ...c.headers };
+  const method = c.method ?? 'POST';
+  const url = c.url ?? INTENTS;
+  if (c.raw !== undefined) {
+    headers['content-type'] ??= 'application/json';
+    return t.app.inject({ method, url, headers, payload: c.raw });
+  }
+  if (c.body === undefined) return t.app.inject({ method, url, headers });
+  headers['content-type'] ??= 'application/json';
+  return t.app.inject({ method, url, headers, payload: JSON.stringify(c.body) });
+}
+
+async function intentCount(): Promise<number> {
+  const { rows } = await t.pool.query<{ n: number }>('select count(*)::int as n from payment_intents where merchant_id = $1', [
+    t.merchant.id,
+  ]);
+  return rows[0]?.n ?? -1;
+}
+
+const intentsBefore = await intentCount();
+
+describe('malformed input', () => {
+  for (const c of CASES) {
+    test(`${c.name} → ${c.status}${c.code ? ` ${c.code}` : ''}`, async () => {
+      const response = await request(c);
+      assert.equal(response.statusCode, c.status, response.body);
+      assert.doesNotMatch(response.body, /\bat .+:\d+:\d+|node_modules|\.ts\b|"stack"/, 'no stack trace or source path in the answer');
+      if (c.status === 200) return;
+      const body = response.json();
+      assert.deepEqual(Object.keys(body), ['error']);
+      assert.equal(body.error.code, c.code);
+      assert.equal(API_ERRORS[body.error.code as ApiErrorCode].status, c.status);
+      assert.equal(body.error.type, API_ERRORS[body.error.code as ApiErrorCode].type);
+      assert.equal(typeof body.error.message, 'string');
+      if (c.param !== undefined) assert.equal(body.error.param, c.param ?? undefined);
+    });
+  }
+
+  test('only the valid requests created intents', async () => {
+    const creating = CASES.filter((c) => c.status === 200 && (c.method ?? 'POST') === 'POST').length;
+    assert.equal(await intentCount(), intentsBefore + creating);
+  });
+});
