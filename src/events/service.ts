@@ -5,7 +5,6 @@ import * as sql from './sql.js';
 
 export const EVENT_TYPES = [
   'payment_intent.created',
-  'payment_intent.processing',
   'payment_intent.amount_capturable_updated',
   'payment_intent.succeeded',
   'payment_intent.payment_failed',

@@ -47,7 +47,12 @@ export const errorReply = (error: ApiError): Reply => ({ status: error.status, b
 
 export function refusedReply(refusal: idempotency.Refusal): Reply {
   return refusal.kind === 'in_use'
-    ? errorReply(new ApiError('idempotency_key_in_use', 'A request with this Idempotency-Key is still being processed; retry later.'))
+    ? errorReply(
+        new ApiError('idempotency_key_in_use', 'A request with this Idempotency-Key is still being processed; retry later.', undefined, {
+          // The first request usually finishes within a second; its response is replayed then.
+          'retry-after': '1',
+        }),
+      )
     : errorReply(
         new ApiError('idempotency_key_reused', 'This Idempotency-Key was used with a different request; use a new key for a new request.'),
       );
