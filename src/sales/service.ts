@@ -1,0 +1,275 @@
+/**
+ * Sales, items, holds and orders: the use cases behind the routes. Every POST runs in one
+ * atomic phase under its idempotency key, so a retry replays the first answer.
+ */
+
+import { createIntentInTransaction } from '../payments/hooks.js';
+import { errorReply, refusedReply } from '../payments/service.js';
+import type { Client, Pool } from '../platform/db/pool.js';
+import { withTransaction } from '../platform/db/pool.js';
+import type { RequestContext } from '../platform/http/context.js';
+import { ApiError } from '../platform/http/errors.js';
+import { page } from '../platform/http/pagination.js';
+import type { IdempotencyOptions, Reply } from '../platform/idempotency/service.js';
+import * as idempotency from '../platform/idempotency/service.js';
+import { newId } from '../platform/ids.js';
+import { HOLD_SECONDS_DEFAULT, type HoldLine, PER_BUYER_LIMIT_DEFAULT, salePhase } from './domain.js';
+import { endHold, takeHold } from './holds.js';
+import * as sql from './sql.js';
+
+export interface SalesDeps {
+  pool: Pool;
+  idempotency: IdempotencyOptions;
+  /** Checks and spends an admission token from the waiting room. */
+  admit: (token: string, saleId: string, buyerReference: string) => Promise<{ ok: true } | { ok: false; reason: string }>;
+}
+
+export interface CreateSaleParams {
+  name: string;
+  currency: string;
+  opens_at: Date;
+  closes_at?: Date | null;
+  per_buyer_limit?: number;
+  hold_seconds?: number;
+  items: { name: string; price: number; stock: number }[];
+}
+
+/** Runs `fn` as the one atomic phase of an idempotent request: its reply is stored with the key. */
+function singlePhase(deps: { pool: Pool; idempotency: IdempotencyOptions }, ctx: RequestContext, fn: (client: Client) => Promise<Reply>) {
+  return idempotency.run(
+    deps.pool,
+    { merchantId: ctx.merchantId, key: ctx.idempotencyKey, method: ctx.method, path: ctx.path, fingerprint: ctx.fingerprint },
+    deps.idempotency,
+    async (held) =>
+      (await idempotency.atomicPhase(deps.pool, held, async (client) => {
+        const reply = await fn(client);
+        return { kind: 'response', status: reply.status, body: reply.body };
+      })) as Reply,
+    refusedReply,
+  );
+}
+
+export function toApiSale(sale: sql.SaleRow, items: sql.ItemRow[], now = new Date()) {
+  return {
+    id: sale.id,
+    object: 'sale' as const,
+    name: sale.name,
+    currency: sale.currency,
+    opens_at: sale.opens_at.toISOString(),
+    closes_at: sale.closes_at ? sale.closes_at.toISOString() : null,
+    status: salePhase(sale, now),
+    per_buyer_limit: sale.per_buyer_limit,
+    hold_seconds: sale.hold_seconds,
+    items: items.filter((item) => item.sale_id === sale.id).map(toApiItem),
+    created: Math.floor(sale.created_at.getTime() / 1000),
+  };
+}
+
+function toApiItem(item: sql.ItemRow) {
+  return {
+    id: item.id,
+    object: 'item' as const,
+    name: item.name,
+    price: item.price,
+    stock: { total: item.stock_total, available: item.stock_available, held: item.stock_held, sold: item.stock_sold },
+  };
+}
+
+export function toApiHold(hold: sql.HoldRow, lines: HoldLine[]) {
+  return {
+    id: hold.id,
+    object: 'hold' as const,
+    sale: hold.sale_id,
+    buyer_reference: hold.buyer_reference,
+    status: hold.status,
+    amount: hold.amount,
+    currency: hold.currency,
+    items: lines.map((line) => ({ item: line.item_id, quantity: line.quantity })),
+    expires_at: hold.expires_at.toISOString(),
+    created: Math.floor(hold.created_at.getTime() / 1000),
+  };
+}
+
+export function toApiOrder(order: sql.OrderRow) {
+  return {
+    id: order.id,
+    object: 'order' as const,
+    sale: order.sale_id,
+    hold: order.hold_id,
+    payment_intent: order.payment_intent_id,
+    amount: order.amount,
+    currency: order.currency,
+    status: order.status,
+    paid_at: order.paid_at ? Math.floor(order.paid_at.getTime() / 1000) : null,
+    created: Math.floor(order.created_at.getTime() / 1000),
+  };
+}
+
+const ok = (body: unknown): Reply => ({ status: 200, body });
+
+export function createSale(deps: SalesDeps, ctx: RequestContext, params: CreateSaleParams): Promise<Reply> {
+  return singlePhase(deps, ctx, async (client) => {
+    const sale = await sql.insertSale(client, {
+      merchant_id: ctx.merchantId,
+      id: newId('sale'),
+      name: params.name,
+      currency: params.currency,
+      opens_at: params.opens_at,
+      closes_at: params.closes_at ?? null,
+      per_buyer_limit: params.per_buyer_limit ?? PER_BUYER_LIMIT_DEFAULT,
+      hold_seconds: params.hold_seconds ?? HOLD_SECONDS_DEFAULT,
+    });
+    const items: sql.ItemRow[] = [];
+    for (const item of params.items) {
+      items.push(
+        await sql.insertItem(client, {
+          merchant_id: ctx.merchantId,
+          id: newId('item'),
+          sale_id: sale.id,
+          name: item.name,
+          price: item.price,
+          stock_total: item.stock,
+        }),
+      );
+    }
+    return ok(toApiSale(sale, items));
+  });
+}
+
+export function updateSale(
+  deps: SalesDeps,
+  ctx: RequestContext,
+  id: string,
+  changes: Partial<Pick<sql.SaleRow, 'name' | 'opens_at' | 'closes_at' | 'per_buyer_limit' | 'hold_seconds'>>,
+): Promise<Reply> {
+  return singlePhase(deps, ctx, async (client) => {
+    const current = await sql.selectSale(client, ctx.merchantId, id);
+    if (!current) return errorReply(new ApiError('resource_missing', `No such sale: '${id}'`, 'id'));
+    const closesAt = 'closes_at' in changes ? changes.closes_at : current.closes_at;
+    const opensAt = changes.opens_at ?? current.opens_at;
+    if (closesAt && closesAt <= opensAt)
+      return errorReply(new ApiError('parameter_invalid', 'closes_at must be after opens_at.', 'closes_at'));
+    const sale = await sql.updateSale(client, ctx.merchantId, id, changes);
+    if (!sale) return errorReply(new ApiError('resource_missing', `No such sale: '${id}'`, 'id'));
+    return ok(toApiSale(sale, await sql.selectItems(client, ctx.merchantId, [id])));
+  });
+}
+
+export async function retrieveSale(pool: Pool, merchantId: string, id: string) {
+  const sale = await sql.selectSale(pool, merchantId, id);
+  if (!sale) return undefined;
+  return toApiSale(sale, await sql.selectItems(pool, merchantId, [id]));
+}
+
+export async function listSales(pool: Pool, merchantId: string, limit: number, startingAfter?: string) {
+  const sales = await sql.selectSales(pool, merchantId, limit + 1, startingAfter);
+  const items = sales.length
+    ? await sql.selectItems(
+        pool,
+        merchantId,
+        sales.map((sale) => sale.id),
+      )
+    : [];
+  return page(
+    sales.map((sale) => toApiSale(sale, items)),
+    limit,
+    '/v1/sales',
+  );
+}
+
+export function createHold(
+  deps: SalesDeps,
+  ctx: RequestContext,
+  params: { sale: string; buyer_reference: string; admission_token: string; items: { item: string; quantity: number }[] },
+): Promise<Reply> {
+  return idempotency.run(
+    deps.pool,
+    { merchantId: ctx.merchantId, key: ctx.idempotencyKey, method: ctx.method, path: ctx.path, fingerprint: ctx.fingerprint },
+    deps.idempotency,
+    async (held) => {
+      // Spent before the stock is taken, and only by a new request (a replay returns the stored
+      // answer without spending again). A token is single-use even when the hold is refused.
+      const admission = await deps.admit(params.admission_token, params.sale, params.buyer_reference);
+      return (await idempotency.atomicPhase(deps.pool, held, async (client) => {
+        const reply = admission.ok
+          ? await holdReply(client, ctx.merchantId, params)
+          : errorReply(new ApiError('admission_invalid', `Admission refused: ${admission.reason}.`, 'admission_token'));
+        return { kind: 'response', status: reply.status, body: reply.body };
+      })) as Reply;
+    },
+    refusedReply,
+  );
+}
+
+async function holdReply(
+  client: Client,
+  merchantId: string,
+  params: { sale: string; buyer_reference: string; items: { item: string; quantity: number }[] },
+): Promise<Reply> {
+  const result = await takeHold(client, {
+    merchantId,
+    saleId: params.sale,
+    buyerReference: params.buyer_reference,
+    lines: params.items.map((line) => ({ item_id: line.item, quantity: line.quantity })),
+    now: new Date(),
+  });
+  if (result.kind === 'refused') return errorReply(result.error);
+  return ok(toApiHold(result.hold, result.lines));
+}
+
+export async function retrieveHold(pool: Pool, merchantId: string, id: string) {
+  const hold = await sql.selectHold(pool, merchantId, id);
+  return hold ? toApiHold(hold, await sql.selectHoldLines(pool, merchantId, id)) : undefined;
+}
+
+export async function releaseHold(pool: Pool, merchantId: string, id: string): Promise<Reply> {
+  return withTransaction(pool, async (client) => {
+    const result = await endHold(client, merchantId, id, 'released');
+    if (result === 'missing') return errorReply(new ApiError('resource_missing', `No such hold: '${id}'`, 'id'));
+    if (result === 'not_active') return errorReply(new ApiError('hold_not_active', 'This hold has already ended.'));
+    if (result === 'payment_in_progress') {
+      return errorReply(new ApiError('hold_payment_in_progress', "The hold's payment is in progress; it cannot be released now."));
+    }
+    const hold = await sql.selectHold(client, merchantId, id);
+    return ok(toApiHold(hold as sql.HoldRow, await sql.selectHoldLines(client, merchantId, id)));
+  });
+}
+
+export function createOrder(deps: SalesDeps, ctx: RequestContext, params: { hold: string }): Promise<Reply> {
+  return singlePhase(deps, ctx, async (client) => {
+    const hold = await sql.selectHold(client, ctx.merchantId, params.hold, true);
+    if (!hold) return errorReply(new ApiError('resource_missing', `No such hold: '${params.hold}'`, 'hold'));
+    const existing = await sql.selectOrderByHold(client, ctx.merchantId, hold.id);
+    if (existing) return ok(toApiOrder(existing));
+    if (hold.status !== 'active' || hold.expires_at <= new Date()) {
+      return errorReply(new ApiError('hold_not_active', 'This hold has ended; place a new hold.', 'hold'));
+    }
+    const orderId = newId('ord');
+    const intent = await createIntentInTransaction(client, ctx.merchantId, {
+      amount: hold.amount,
+      currency: hold.currency,
+      description: `Order ${orderId}`,
+      metadata: { order_id: orderId, hold_id: hold.id, sale_id: hold.sale_id },
+    });
+    const order = await sql.insertOrder(client, {
+      merchant_id: ctx.merchantId,
+      id: orderId,
+      sale_id: hold.sale_id,
+      hold_id: hold.id,
+      payment_intent_id: intent.id,
+      amount: hold.amount,
+      currency: hold.currency,
+    });
+    return ok({ ...toApiOrder(order), payment_intent_object: intent });
+  });
+}
+
+export async function retrieveOrder(pool: Pool, merchantId: string, id: string) {
+  const order = await sql.selectOrder(pool, merchantId, id);
+  return order ? toApiOrder(order) : undefined;
+}
+
+export async function listOrders(pool: Pool, query: { merchantId: string; limit: number; startingAfter?: string; saleId?: string }) {
+  const orders = await sql.selectOrders(pool, { ...query, limit: query.limit + 1 });
+  return page(orders.map(toApiOrder), query.limit, '/v1/orders');
+}
