@@ -135,8 +135,7 @@ export function toApiEndpoint(row: EndpointRow, secret?: string) {
     status: row.status,
     disabled_reason: row.disabled_reason,
     // While a rotation overlaps, the previous secret also signs until this time.
-    previous_secret_expires_at:
-      row.previous_secret_expires_at && row.previous_secret_expires_at > new Date() ? unix(row.previous_secret_expires_at) : null,
+    previous_secret_expires_at: unix(row.previous_secret_expires_at),
     created: unix(row.created_at) as number,
     ...(secret === undefined ? {} : { secret }),
   };

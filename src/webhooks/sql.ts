@@ -54,8 +54,10 @@ export interface DeliveryTarget {
   secrets: string[];
 }
 
+// An overlap that has ended reads as none, by the database's clock: the one that decides
+// which secrets sign (selectDeliveryTarget).
 const ENDPOINT_COLUMNS = `merchant_id, id, url, enabled_events, description, status, disabled_reason,
-  previous_secret_expires_at, created_at`;
+  case when previous_secret_expires_at > now() then previous_secret_expires_at end as previous_secret_expires_at, created_at`;
 const DELIVERY_COLUMNS = `id, endpoint_id, event_id, status, round, attempts, next_attempt_at, last_attempt_at,
   last_status_code, last_error, last_duration_ms, created_at`;
 
