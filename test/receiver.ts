@@ -23,17 +23,23 @@ export interface Receiver {
   received: Received[];
   /** Decides each answer; replace it to change the receiver's behaviour. */
   answer: (request: Received) => Answer;
+  /**
+   * While true the receiver is down: it drops every connection at once, so senders see a
+   * connection error. (It keeps its port, which a closed server could lose to another test.)
+   */
+  down: boolean;
   close(): Promise<void>;
 }
 
 /** Starts a receiver (on `port`, or a free one) and closes it when the file's tests end. */
-export async function startReceiver(options: { port?: number; answer?: (request: Received) => Answer } = {}): Promise<Receiver> {
+export async function startReceiver(options: { down?: boolean; answer?: (request: Received) => Answer } = {}): Promise<Receiver> {
   const held: http.ServerResponse[] = [];
   const receiver: Receiver = {
     url: '',
     port: 0,
     received: [],
     answer: options.answer ?? (() => 200),
+    down: options.down ?? false,
     close: async () => {
       for (const response of held) response.destroy();
       server.closeAllConnections();
@@ -56,9 +62,12 @@ export async function startReceiver(options: { port?: number; answer?: (request:
         });
     });
   });
+  server.on('connection', (socket) => {
+    if (receiver.down) socket.destroy();
+  });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(options.port ?? 0, '127.0.0.1', () => resolve());
+    server.listen(0, '127.0.0.1', () => resolve());
   });
   receiver.port = (server.address() as AddressInfo).port;
   receiver.url = `http://127.0.0.1:${receiver.port}/hooks`;
@@ -71,15 +80,6 @@ export async function startReceiver(options: { port?: number; answer?: (request:
   };
   after(() => receiver.close());
   return receiver;
-}
-
-/** A port nothing listens on right now: a receiver that is down. */
-export async function unusedPort(): Promise<number> {
-  const server = http.createServer();
-  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', () => resolve()));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 /** Polls `condition` until it holds; fails with `what` after `timeoutMs`. Never measures time. */
