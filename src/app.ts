@@ -15,6 +15,7 @@ import { createHttpServer, type HttpServer } from './platform/http/server.js';
 import { createMetrics, type Metrics } from './platform/observability/metrics.js';
 import type { PaymentProvider } from './providers/provider.js';
 import { VERSION } from './version.js';
+import { registerWebhookRoutes } from './webhooks/routes.js';
 
 export interface AppDeps {
   config: Config;
@@ -79,5 +80,6 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   registerEventRoutes(app, deps.pool);
   registerLedgerRoutes(app, deps.pool);
   registerProviderWebhookRoutes(app, { pool: deps.pool, secret: deps.config.providerWebhookSecret });
+  registerWebhookRoutes(app, { pool: deps.pool, idempotency: paymentDeps.idempotency, allowPrivate: deps.config.webhookAllowPrivate });
   return app;
 }

@@ -40,6 +40,12 @@ export interface Config {
   readonly reconcileBaseDelayMs: number;
   readonly reconcileMaxDelayMs: number;
   readonly reconcileMaxAttempts: number;
+  readonly webhookTimeoutMs: number;
+  readonly webhookRetryBaseMs: number;
+  readonly webhookRetryMaxMs: number;
+  readonly webhookMaxAttempts: number;
+  /** Lets webhook endpoints point at loopback and private addresses: local development and tests only. */
+  readonly webhookAllowPrivate: boolean;
 }
 
 export class ConfigError extends Error {
@@ -79,6 +85,14 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
       return fallback;
     }
     return value;
+  };
+  const bool = (name: string, fallback: boolean): boolean => {
+    const raw = env[name];
+    if (raw === undefined || raw === '') return fallback;
+    if (raw === '1' || raw === 'true') return true;
+    if (raw === '0' || raw === 'false') return false;
+    problems.push(`${name} must be 1 or 0 (true or false); got "${raw}"`);
+    return fallback;
   };
   const url = (name: string, protocols: string[]): string | undefined => {
     const raw = env[name];
@@ -149,8 +163,20 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     reconcileBaseDelayMs: int('FLOODGATE_RECONCILE_BASE_DELAY_MS', 2_000, 1, 3_600_000),
     reconcileMaxDelayMs: int('FLOODGATE_RECONCILE_MAX_DELAY_MS', 300_000, 1, 86_400_000),
     reconcileMaxAttempts: int('FLOODGATE_RECONCILE_MAX_ATTEMPTS', 20, 1, 1000),
+    // The issue's 10 s: long enough for a receiver that does its work before answering,
+    // short enough that a hung receiver holds a worker slot only briefly.
+    webhookTimeoutMs: int('FLOODGATE_WEBHOOK_TIMEOUT_MS', 10_000, 50, 60_000),
+    // Retries wait a random time up to base * 2^(n-1), capped at max; with 19 attempts the caps
+    // sum to about three days (see src/webhooks/domain.ts and the README).
+    webhookRetryBaseMs: int('FLOODGATE_WEBHOOK_RETRY_BASE_MS', 30_000, 1, 3_600_000),
+    webhookRetryMaxMs: int('FLOODGATE_WEBHOOK_RETRY_MAX_MS', 8 * 3_600_000, 1, 24 * 3_600_000),
+    webhookMaxAttempts: int('FLOODGATE_WEBHOOK_MAX_ATTEMPTS', 19, 1, 50),
+    webhookAllowPrivate: bool('FLOODGATE_WEBHOOK_ALLOW_PRIVATE', false),
     ...overrides,
   };
+  if (config.webhookRetryBaseMs > config.webhookRetryMaxMs) {
+    problems.push('FLOODGATE_WEBHOOK_RETRY_BASE_MS must not exceed FLOODGATE_WEBHOOK_RETRY_MAX_MS');
+  }
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
 }

@@ -13,6 +13,7 @@ const Event = Type.Object(
     object: Type.Literal('event'),
     type: Type.String(),
     created: Type.Integer(),
+    sequence: Type.Integer({ description: 'The position of this event among the events of its object: 1, 2, 3, ...' }),
     data: Type.Object({ object: Type.Object({}, { additionalProperties: true }) }),
   },
   { $id: 'Event' },

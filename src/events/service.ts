@@ -15,7 +15,12 @@ export const EVENT_TYPES = [
 ] as const;
 export type EventType = (typeof EVENT_TYPES)[number];
 
-/** Records an event in the caller's transaction: it exists exactly when the change it describes committed. */
+/**
+ * Records an event in the caller's transaction: it exists exactly when the change it describes
+ * committed. Hold the object's row lock (or have created it in this transaction): the event
+ * takes the object's next sequence number. Inserting it also fans it out to the merchant's
+ * webhook endpoints, in this transaction (a trigger, see migrations/002_webhooks.sql).
+ */
 export async function record(
   db: Queryable,
   merchantId: string,
@@ -32,6 +37,7 @@ export function toApiEvent(row: sql.EventRow) {
     object: 'event' as const,
     type: row.type,
     created: Math.floor(row.created_at.getTime() / 1000),
+    sequence: row.sequence,
     data: row.data,
   };
 }

@@ -4,17 +4,24 @@ export interface EventRow {
   id: string;
   type: string;
   object_id: string;
+  sequence: number;
   data: { object: Record<string, unknown> };
   created_at: Date;
 }
 
+/**
+ * The event takes the next sequence number of its object. The caller holds the object's row
+ * lock (or created the object in this transaction), so no other writer numbers concurrently;
+ * the unique (merchant_id, object_id, sequence) refuses a caller that did not.
+ */
 export async function insertEvent(
   db: Queryable,
   event: { merchantId: string; id: string; type: string; objectId: string; data: unknown; createdAt: Date },
 ): Promise<void> {
   await db.query({
     name: 'events_insert',
-    text: `insert into events (merchant_id, id, type, object_id, data, created_at) values ($1, $2, $3, $4, $5, $6)`,
+    text: `insert into events (merchant_id, id, type, object_id, sequence, data, created_at)
+           select $1, $2, $3, $4, coalesce(max(sequence), 0) + 1, $5, $6 from events where merchant_id = $1 and object_id = $4`,
     values: [event.merchantId, event.id, event.type, event.objectId, JSON.stringify(event.data), event.createdAt],
   });
 }
@@ -25,7 +32,7 @@ export async function selectEvents(
   query: { merchantId: string; limit: number; startingAfter?: string; type?: string; objectId?: string },
 ): Promise<EventRow[]> {
   const { rows } = await db.query<EventRow>(
-    `select id, type, object_id, data, created_at from events
+    `select id, type, object_id, sequence, data, created_at from events
      where merchant_id = $1 and ($2::text is null or id < $2) and ($3::text is null or type = $3)
        and ($4::text is null or object_id = $4)
      order by id desc limit $5`,
@@ -35,9 +42,9 @@ export async function selectEvents(
 }
 
 export async function selectEvent(db: Queryable, merchantId: string, id: string): Promise<EventRow | undefined> {
-  const { rows } = await db.query<EventRow>('select id, type, object_id, data, created_at from events where merchant_id = $1 and id = $2', [
-    merchantId,
-    id,
-  ]);
+  const { rows } = await db.query<EventRow>(
+    'select id, type, object_id, sequence, data, created_at from events where merchant_id = $1 and id = $2',
+    [merchantId, id],
+  );
   return rows[0];
 }

@@ -71,7 +71,8 @@ const INTENT_COLUMNS = `merchant_id, id, amount, currency, status, capture_metho
  * The hot path of a surge: create a PaymentIntent, its `payment_intent.created` event and the
  * finished idempotency key in one statement, so one round trip both does the work and records
  * the response a retry will replay. When the key already exists nothing is written and the
- * result is false; the caller then resolves the existing key.
+ * result is false; the caller then resolves the existing key. The event is the new intent's
+ * first (sequence 1); inserting it fans it out to webhook endpoints (migrations/002_webhooks.sql).
  */
 export async function insertIntentWithFinishedKey(
   db: Queryable,
@@ -93,8 +94,8 @@ export async function insertIntentWithFinishedKey(
              select $1, $4, $7, $8, $9, $10, $12, $13, $14, $11, $11 from key
              returning id),
            event as (
-             insert into events (merchant_id, id, type, object_id, data, created_at)
-             select $1, $15, 'payment_intent.created', intent.id, jsonb_build_object('object', $5::jsonb), $11
+             insert into events (merchant_id, id, type, object_id, sequence, data, created_at)
+             select $1, $15, 'payment_intent.created', intent.id, 1, jsonb_build_object('object', $5::jsonb), $11
              from intent
              returning 1)
            select exists (select 1 from event) as created`,

@@ -30,6 +30,8 @@ export const API_ERRORS = {
   amount_too_large: { status: 400, type: 'invalid_request_error' },
   refund_exceeds_received: { status: 400, type: 'invalid_request_error' },
   charge_already_refunded: { status: 400, type: 'invalid_request_error' },
+  url_not_allowed: { status: 400, type: 'invalid_request_error' },
+  webhook_endpoint_limit_reached: { status: 400, type: 'invalid_request_error' },
   card_declined: { status: 402, type: 'card_error' },
   provider_declined: { status: 402, type: 'api_error' },
   provider_unavailable: { status: 503, type: 'api_error' },

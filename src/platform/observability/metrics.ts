@@ -6,12 +6,17 @@ const HTTP_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25
 // Jobs run from milliseconds (bookkeeping) to the 10 s webhook timeout.
 const JOB_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
+// Webhook receivers answer in milliseconds to the 10 s timeout.
+const WEBHOOK_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
 export interface Metrics {
   registry: Registry;
   httpDuration: Histogram<'method' | 'route' | 'status_class'>;
   jobDuration: Histogram<'task' | 'outcome'>;
   jobFailures: Counter<'task'>;
   jobRetries: Counter<'task'>;
+  webhookDeliveryDuration: Histogram<'result'>;
+  webhookDeliveries: Counter<'outcome'>;
 }
 
 /** A registry per app instance, so tests can build many apps in one process. */
@@ -44,5 +49,18 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     labelNames: ['task'] as const,
     registers: [registry],
   });
-  return { registry, httpDuration, jobDuration, jobFailures, jobRetries };
+  const webhookDeliveryDuration = new Histogram({
+    name: 'floodgate_webhook_delivery_duration_seconds',
+    help: 'Webhook delivery attempt latency by result (2xx, 3xx, 4xx, 5xx, timeout, error)',
+    labelNames: ['result'] as const,
+    buckets: WEBHOOK_BUCKETS_SECONDS,
+    registers: [registry],
+  });
+  const webhookDeliveries = new Counter({
+    name: 'floodgate_webhook_delivery_attempts_total',
+    help: 'Webhook delivery attempts by what followed: succeeded, retry_scheduled, dead, endpoint_disabled',
+    labelNames: ['outcome'] as const,
+    registers: [registry],
+  });
+  return { registry, httpDuration, jobDuration, jobFailures, jobRetries, webhookDeliveryDuration, webhookDeliveries };
 }

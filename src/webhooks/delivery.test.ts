@@ -1,0 +1,229 @@
+/**
+ * Deliveries end to end: events made through the API, a worker running the webhook tasks with
+ * a compressed schedule, and real receivers on 127.0.0.1. Signatures are checked with the
+ * standardwebhooks library, never with our own code.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { Webhook } from 'standardwebhooks';
+import { key, setupTestContext } from '../../test/helpers.js';
+import { type Received, startReceiver, waitUntil } from '../../test/receiver.js';
+import { COMPRESSED, merchantWithEndpoint, type WebhookMerchant, workerSlot } from '../../test/webhooks-helpers.js';
+import { createMetrics } from '../platform/observability/metrics.js';
+
+const startWorkerOnce = workerSlot();
+const t = await setupTestContext({ config: { webhookAllowPrivate: true } });
+const metrics = createMetrics({ defaultMetrics: false });
+await startWorkerOnce(t.pool, { metrics });
+
+async function createIntent(merchant: WebhookMerchant, body: Record<string, unknown> = {}): Promise<string> {
+  const response = await merchant.post('/v1/payment_intents', { amount: 1000, currency: 'usd', ...body });
+  assert.ok(response.statusCode === 200, response.body);
+  return response.json().id;
+}
+
+async function deliveriesOf(merchant: WebhookMerchant, query = '') {
+  return (await merchant.get(`/v1/webhook_deliveries?limit=100${query}`)).data as {
+    id: string;
+    event: string;
+    status: string;
+    round: number;
+    attempts: number;
+  }[];
+}
+
+const eventIdOf = (request: Received) => JSON.parse(request.body).id as string;
+
+describe('webhook deliveries', () => {
+  test('signed so that standardwebhooks verifies them, and refuses a tampered body, a stale timestamp or a wrong secret', async (context) => {
+    const receiver = await startReceiver();
+    const merchant = await merchantWithEndpoint(t, receiver.url);
+    const intentId = await createIntent(merchant);
+    await waitUntil('the event arrives', () => receiver.received.length === 1);
+
+    const [request] = receiver.received as [Received];
+    const event = new Webhook(merchant.endpoint.secret).verify(request.body, request.headers) as Record<string, unknown>;
+    assert.equal(event.type, 'payment_intent.created');
+    assert.equal(event.object, 'event');
+    assert.equal(event.sequence, 1);
+    assert.equal((event.data as { object: { id: string } }).object.id, intentId);
+    assert.equal(request.headers['webhook-id'], event.id);
+    assert.equal(request.headers['content-type'], 'application/json');
+    assert.match(request.headers['user-agent'] ?? '', /^Floodgate-Webhooks\//);
+
+    const verifier = new Webhook(merchant.endpoint.secret);
+    assert.throws(() => verifier.verify(request.body.replace('"amount":1000', '"amount":1'), request.headers), /No matching signature/);
+    assert.throws(() => new Webhook(`whsec_${Buffer.alloc(32, 7).toString('base64')}`).verify(request.body, request.headers));
+    const sixMinutesLater = Date.now() + 6 * 60 * 1000;
+    context.mock.method(Date, 'now', () => sixMinutesLater);
+    assert.throws(() => verifier.verify(request.body, request.headers), /too old/);
+    context.mock.restoreAll();
+
+    await waitUntil('the delivery is recorded', async () => (await deliveriesOf(merchant))[0]?.status === 'succeeded');
+    // Counted just after the attempt's transaction commits.
+    await waitUntil('the attempt is counted', async () =>
+      /outcome="succeeded"} [1-9]/.test(await metrics.registry.getSingleMetricAsString('floodgate_webhook_delivery_attempts_total')),
+    );
+    const latency = await metrics.registry.getSingleMetricAsString('floodgate_webhook_delivery_duration_seconds');
+    assert.match(latency, /_count{result="2xx"} [1-9]/);
+  });
+
+  test('during a rotation both secrets sign; after it only the new one does', async () => {
+    const receiver = await startReceiver();
+    const merchant = await merchantWithEndpoint(t, receiver.url);
+    const original = merchant.endpoint.secret;
+    const rotated = (
+      await merchant.post(`/v1/webhook_endpoints/${merchant.endpoint.id}/rotate_secret`, { expires_in_seconds: 3600 })
+    ).json();
+    await createIntent(merchant);
+    await waitUntil('the first event arrives', () => receiver.received.length === 1);
+    const during = receiver.received[0] as Received;
+    assert.equal(during.headers['webhook-signature']?.split(' ').length, 2);
+    new Webhook(original).verify(during.body, during.headers);
+    new Webhook(rotated.secret).verify(during.body, during.headers);
+
+    const again = (await merchant.post(`/v1/webhook_endpoints/${merchant.endpoint.id}/rotate_secret`, { expires_in_seconds: 0 })).json();
+    await createIntent(merchant);
+    await waitUntil('the second event arrives', () => receiver.received.length === 2);
+    const afterwards = receiver.received[1] as Received;
+    new Webhook(again.secret).verify(afterwards.body, afterwards.headers);
+    assert.throws(() => new Webhook(rotated.secret).verify(afterwards.body, afterwards.headers), /No matching signature/);
+    assert.throws(() => new Webhook(original).verify(afterwards.body, afterwards.headers), /No matching signature/);
+  });
+
+  test('receiver down, then up: every event is delivered', async () => {
+    const receiver = await startReceiver({ down: true });
+    const merchant = await merchantWithEndpoint(t, receiver.url);
+    const intents: string[] = [];
+    for (let i = 0; i < 5; i++) intents.push(await createIntent(merchant));
+    await waitUntil('every delivery has failed once', async () => {
+      const deliveries = await deliveriesOf(merchant);
+      return deliveries.length === 5 && deliveries.every((delivery) => delivery.attempts >= 1 && delivery.status === 'pending');
+    });
+    receiver.down = false;
+    await waitUntil('every delivery succeeded', async () => (await deliveriesOf(merchant)).every((d) => d.status === 'succeeded'));
+    const delivered = new Set(receiver.received.map((request) => JSON.parse(request.body).data.object.id));
+    assert.deepEqual([...delivered].sort(), [...intents].sort());
+    const delivery = (await deliveriesOf(merchant))[0] as { id: string };
+    const detail = await merchant.get(`/v1/webhook_deliveries/${delivery.id}`);
+    assert.match(detail.attempt_log.at(-1).error, /ECONNRESET|socket hang up/);
+    assert.equal(detail.attempt_log[0].status_code, 200);
+  });
+
+  test('attempts exhausted: the delivery is dead, listed, and redelivered on request', async () => {
+    const receiver = await startReceiver({ answer: () => 500 });
+    const merchant = await merchantWithEndpoint(t, receiver.url);
+    await createIntent(merchant);
+    await waitUntil('the delivery is dead', async () => (await deliveriesOf(merchant))[0]?.status === 'dead');
+    assert.equal(receiver.received.length, COMPRESSED.maxAttempts);
+    assert.equal(new Set(receiver.received.map((request) => request.headers['webhook-id'])).size, 1);
+
+    const dead = await merchant.get(`/v1/webhook_deliveries?status=dead&endpoint=${merchant.endpoint.id}`);
+    assert.equal(dead.data.length, 1);
+    const [delivery] = dead.data;
+    assert.equal(delivery.attempts, COMPRESSED.maxAttempts);
+    assert.equal(delivery.last_attempt.status_code, 500);
+    assert.equal(delivery.next_attempt_at, null);
+    assert.deepEqual((await merchant.get(`/v1/webhook_deliveries?status=dead&event=${delivery.event}`)).data, dead.data);
+    assert.deepEqual((await merchant.get('/v1/webhook_deliveries?status=succeeded')).data, []);
+
+    receiver.answer = () => 200;
+    const idempotencyKey = key('redeliver');
+    const redelivered = await merchant.post(`/v1/events/${delivery.event}/redeliver`, undefined, idempotencyKey);
+    assert.equal(redelivered.statusCode, 200, redelivered.body);
+    assert.deepEqual(
+      redelivered.json().data.map((row: { id: string; status: string; round: number }) => [row.id, row.status, row.round]),
+      [[delivery.id, 'pending', 2]],
+    );
+    await waitUntil('the redelivery succeeded', async () => (await deliveriesOf(merchant))[0]?.status === 'succeeded');
+    const last = receiver.received.at(-1) as Received;
+    assert.equal(new Webhook(merchant.endpoint.secret).verify(last.body, last.headers) !== undefined, true);
+    assert.equal(last.headers['webhook-id'], delivery.event);
+
+    // A retry of the same request replays; it does not send the event a third time.
+    const replayed = await merchant.post(`/v1/events/${delivery.event}/redeliver`, undefined, idempotencyKey);
+    assert.equal(replayed.headers['idempotent-replayed'], 'true');
+    assert.equal((await deliveriesOf(merchant))[0]?.round, 2);
+    const detail = await merchant.get(`/v1/webhook_deliveries/${delivery.id}`);
+    assert.equal(detail.attempt_log.length, COMPRESSED.maxAttempts + 1);
+    assert.ok(detail.attempt_log.every((attempt: { duration_ms: number }) => attempt.duration_ms >= 0));
+
+    const missing = await merchant.post('/v1/events/evt_0000000000000000000000/redeliver', undefined);
+    assert.equal(missing.statusCode, 404);
+  });
+
+  test('410 Gone disables the endpoint and stops its deliveries', async () => {
+    // Both deliveries exist before the first answer, so one of them is pending when the 410 comes.
+    let open = () => {};
+    const gate = new Promise<number>((resolve) => {
+      open = () => resolve(410);
+    });
+    const receiver = await startReceiver({ answer: () => gate });
+    const merchant = await merchantWithEndpoint(t, receiver.url);
+    await createIntent(merchant);
+    await createIntent(merchant);
+    open();
+    await waitUntil(
+      'the endpoint is disabled',
+      async () => (await merchant.get(`/v1/webhook_endpoints/${merchant.endpoint.id}`)).status === 'disabled',
+    );
+    await waitUntil('no delivery job is left', async () => {
+      const { rows } = await t.pool.query(
+        `select count(*)::int as jobs from graphile_worker._private_jobs job
+         join graphile_worker._private_tasks task on task.id = job.task_id
+         where task.identifier = 'deliver_webhook' and job.payload->>'merchant_id' = $1`,
+        [merchant.merchantId],
+      );
+      return rows[0].jobs === 0;
+    });
+    const deliveries = await deliveriesOf(merchant);
+    assert.deepEqual(
+      deliveries.map((d) => d.status),
+      ['canceled', 'canceled'],
+    );
+    assert.ok(deliveries.every((d) => d.attempts <= 1));
+    assert.ok(receiver.received.length <= 2);
+    const endpoint = await merchant.get(`/v1/webhook_endpoints/${merchant.endpoint.id}`);
+    assert.match(endpoint.disabled_reason, /410/);
+
+    // A disabled endpoint gets no new deliveries, nor redeliveries.
+    const later = await createIntent(merchant);
+    const event = (await merchant.get(`/v1/events?object_id=${later}`)).data[0];
+    assert.deepEqual(await deliveriesOf(merchant, `&event=${event.id}`), []);
+    assert.deepEqual((await merchant.post(`/v1/events/${event.id}/redeliver`, {})).json().data, []);
+  });
+
+  test('each event carries its object sequence number', async () => {
+    const receiver = await startReceiver();
+    const merchant = await merchantWithEndpoint(t, receiver.url);
+    const intent = await merchant.post('/v1/payment_intents', {
+      amount: 2000,
+      currency: 'usd',
+      capture_method: 'manual',
+      payment_method: 'pm_card_visa',
+      confirm: true,
+    });
+    const intentId = intent.json().id;
+    await merchant.post(`/v1/payment_intents/${intentId}/capture`, {});
+    const refund = (await merchant.post('/v1/refunds', { payment_intent: intentId, amount: 500 })).json();
+    await waitUntil('five events arrive', () => receiver.received.length === 5);
+
+    const byObject = new Map<string, { id: string; type: string; sequence: number }[]>();
+    for (const request of receiver.received) {
+      const event = JSON.parse(request.body);
+      byObject.set(event.data.object.id, [...(byObject.get(event.data.object.id) ?? []), event]);
+    }
+    const ordered = (objectId: string) =>
+      (byObject.get(objectId) ?? []).sort((a, b) => a.sequence - b.sequence).map((event) => [event.sequence, event.type]);
+    assert.deepEqual(ordered(intentId), [
+      [1, 'payment_intent.created'],
+      [2, 'payment_intent.amount_capturable_updated'],
+      [3, 'payment_intent.succeeded'],
+    ]);
+    assert.deepEqual(ordered(refund.id), [
+      [1, 'refund.created'],
+      [2, 'refund.updated'],
+    ]);
+    assert.deepEqual(receiver.received.map(eventIdOf).sort(), [...new Set(receiver.received.map(eventIdOf))].sort());
+  });
+});

@@ -1,0 +1,46 @@
+/**
+ * The jobs webhooks define, for the worker role to run. Deliveries schedule their own retries
+ * (a new job per attempt, with its run_at, in the transaction that records the failed one), so
+ * graphile-worker's own retries only cover a task that threw: the database was unreachable.
+ * Those keep graphile-worker's default of 25 attempts with its exponential backoff, longer than
+ * any database outage we plan for.
+ */
+import { type Static, Type } from '@sinclair/typebox';
+import { Value } from '@sinclair/typebox/value';
+import type { TaskList } from 'graphile-worker';
+import type { Logger } from 'pino';
+import type { Pool } from '../platform/db/pool.js';
+import type { Metrics } from '../platform/observability/metrics.js';
+import { VERSION } from '../version.js';
+import { DELIVER_TASK, deliver, type WebhookSettings } from './service.js';
+import { createTransport } from './transport.js';
+
+const DeliveryJobPayload = Type.Object({
+  merchant_id: Type.String(),
+  delivery_id: Type.String(),
+  round: Type.Integer({ minimum: 1 }),
+  attempt: Type.Integer({ minimum: 1 }),
+});
+
+export interface WebhookWorkerDeps {
+  pool: Pool;
+  settings: WebhookSettings;
+  metrics?: Metrics;
+  log?: Logger;
+}
+
+export function webhookTasks(deps: WebhookWorkerDeps): TaskList {
+  const transport = createTransport({
+    timeoutMs: deps.settings.timeoutMs,
+    allowPrivate: deps.settings.allowPrivate,
+    userAgent: `Floodgate-Webhooks/${VERSION}`,
+  });
+  return {
+    [DELIVER_TASK]: async (payload) => {
+      // A payload that does not parse was not written by us; failing loudly beats guessing.
+      if (!Value.Check(DeliveryJobPayload, payload)) throw new Error(`${DELIVER_TASK}: malformed payload ${JSON.stringify(payload)}`);
+      const job: Static<typeof DeliveryJobPayload> = payload;
+      await deliver({ ...deps, transport }, job);
+    },
+  };
+}

@@ -1,0 +1,276 @@
+/**
+ * Webhook use cases: managing endpoints, listing deliveries, redelivering an event, and
+ * delivering (the job). POSTs run under their idempotency key like every other POST.
+ *
+ * A delivery attempt follows the money path's rule: nothing is held open across the network.
+ * The job reads what to send, sends it outside any transaction, then records the attempt and
+ * schedules the next one (a new job with its run_at) in one transaction, guarded so that a job
+ * run twice records once. At-least-once: a worker killed after sending but before recording
+ * leaves the job to run again, and the receiver gets the same message (same `webhook-id`) twice.
+ */
+import type { Logger } from 'pino';
+import type { Config } from '../config.js';
+import * as events from '../events/service.js';
+import { type Client, type Pool, withTransaction } from '../platform/db/pool.js';
+import type { RequestContext } from '../platform/http/context.js';
+import { ApiError } from '../platform/http/errors.js';
+import { page } from '../platform/http/pagination.js';
+import type { IdempotencyOptions, Refusal, Reply } from '../platform/idempotency/service.js';
+import * as idempotency from '../platform/idempotency/service.js';
+import { newId } from '../platform/ids.js';
+import { addJob } from '../platform/jobs/queue.js';
+import type { Metrics } from '../platform/observability/metrics.js';
+import {
+  ENDPOINTS_PER_MERCHANT_MAX,
+  newSecret,
+  outcomeOf,
+  type RetrySchedule,
+  resultLabel,
+  retryDelayMs,
+  signatureHeader,
+  statusAfter,
+  toApiDelivery,
+  toApiEndpoint,
+} from './domain.js';
+import * as sql from './sql.js';
+import type { Transport } from './transport.js';
+
+/** The task that delivers; the fan-out trigger in migrations/002_webhooks.sql names it too. */
+export const DELIVER_TASK = 'deliver_webhook';
+
+export interface WebhookSettings extends RetrySchedule {
+  timeoutMs: number;
+  allowPrivate: boolean;
+}
+
+export function webhookSettings(config: Config): WebhookSettings {
+  return {
+    timeoutMs: config.webhookTimeoutMs,
+    retryBaseMs: config.webhookRetryBaseMs,
+    retryMaxMs: config.webhookRetryMaxMs,
+    maxAttempts: config.webhookMaxAttempts,
+    allowPrivate: config.webhookAllowPrivate,
+  };
+}
+
+export interface WebhookDeps {
+  pool: Pool;
+  idempotency: IdempotencyOptions;
+}
+
+// A delivery's own page shows at most this many attempts: every attempt of a few rounds.
+const ATTEMPTS_SHOWN_MAX = 100;
+
+const ok = (body: unknown): Reply => ({ status: 200, body });
+const errorReply = (error: ApiError): Reply => ({ status: error.status, body: error.toBody() });
+
+function refused(refusal: Refusal): Reply {
+  return refusal.kind === 'in_use'
+    ? errorReply(new ApiError('idempotency_key_in_use', 'A request with this Idempotency-Key is still being processed; retry later.'))
+    : errorReply(
+        new ApiError('idempotency_key_reused', 'This Idempotency-Key was used with a different request; use a new key for a new request.'),
+      );
+}
+
+const missingEndpoint = (id: string) => new ApiError('resource_missing', `No such webhook_endpoint: '${id}'`, 'id');
+
+/** Runs `work` as the one atomic phase of a POST: its writes and the stored response commit together. */
+function runOnce(deps: WebhookDeps, ctx: RequestContext, work: (client: Client) => Promise<Reply>) {
+  const request = { merchantId: ctx.merchantId, key: ctx.idempotencyKey, method: ctx.method, path: ctx.path, fingerprint: ctx.fingerprint };
+  return idempotency.run(
+    deps.pool,
+    request,
+    deps.idempotency,
+    async (held) => {
+      const result = await idempotency.atomicPhase(deps.pool, held, async (client) => ({ kind: 'response', ...(await work(client)) }));
+      return result as Reply;
+    },
+    refused,
+  );
+}
+
+export interface CreateEndpointParams {
+  url: string;
+  enabled_events: string[];
+  description?: string;
+}
+
+/** Creates an endpoint; its secret is in this response and never again. The URL is checked by the caller. */
+export function createEndpoint(deps: WebhookDeps, ctx: RequestContext, params: CreateEndpointParams): Promise<Reply> {
+  return runOnce(deps, ctx, async (client) => {
+    const secret = newSecret();
+    const row = await sql.insertEndpoint(
+      client,
+      {
+        merchantId: ctx.merchantId,
+        id: newId('we'),
+        url: params.url,
+        enabledEvents: params.enabled_events,
+        description: params.description ?? null,
+        secret,
+      },
+      ENDPOINTS_PER_MERCHANT_MAX,
+    );
+    if (!row) {
+      return errorReply(
+        new ApiError(
+          'webhook_endpoint_limit_reached',
+          `An account has at most ${ENDPOINTS_PER_MERCHANT_MAX} webhook endpoints; delete one first.`,
+        ),
+      );
+    }
+    return ok(toApiEndpoint(row, secret));
+  });
+}
+
+/**
+ * Replaces an endpoint's secret; the new one is in this response and never again. The old one
+ * keeps signing for `overlapSeconds` (0: stops at once), so receivers can switch without a gap.
+ */
+export function rotateSecret(deps: WebhookDeps, ctx: RequestContext, id: string, overlapSeconds: number): Promise<Reply> {
+  return runOnce(deps, ctx, async (client) => {
+    const secret = newSecret();
+    const previousExpiresAt = overlapSeconds > 0 ? new Date(Date.now() + overlapSeconds * 1000) : null;
+    const row = await sql.rotateSecret(client, ctx.merchantId, id, secret, previousExpiresAt);
+    return row ? ok(toApiEndpoint(row, secret)) : errorReply(missingEndpoint(id));
+  });
+}
+
+export async function retrieveEndpoint(pool: Pool, merchantId: string, id: string) {
+  const row = await sql.selectEndpoint(pool, merchantId, id);
+  if (!row) throw missingEndpoint(id);
+  return toApiEndpoint(row);
+}
+
+export async function listEndpoints(pool: Pool, merchantId: string, limit: number, startingAfter?: string) {
+  const rows = await sql.selectEndpoints(pool, merchantId, limit + 1, startingAfter);
+  return page(
+    rows.map((row) => toApiEndpoint(row)),
+    limit,
+    '/v1/webhook_endpoints',
+  );
+}
+
+export async function deleteEndpoint(pool: Pool, merchantId: string, id: string) {
+  if (!(await sql.deleteEndpoint(pool, merchantId, id))) throw missingEndpoint(id);
+  return { id, object: 'webhook_endpoint' as const, deleted: true as const };
+}
+
+export async function listDeliveries(
+  pool: Pool,
+  query: { merchantId: string; limit: number; startingAfter?: string; status?: string; endpointId?: string; eventId?: string },
+) {
+  const rows = await sql.selectDeliveries(pool, { ...query, limit: query.limit + 1 });
+  return page(rows.map(toApiDelivery), query.limit, '/v1/webhook_deliveries');
+}
+
+export async function retrieveDelivery(pool: Pool, merchantId: string, id: string) {
+  const row = await sql.selectDelivery(pool, merchantId, id);
+  if (!row) throw new ApiError('resource_missing', `No such webhook_delivery: '${id}'`, 'id');
+  const attempts = await sql.selectAttempts(pool, merchantId, id, ATTEMPTS_SHOWN_MAX);
+  return {
+    ...toApiDelivery(row),
+    attempt_log: attempts.map((attempt) => ({
+      round: attempt.round,
+      attempt: attempt.attempt,
+      attempted_at: Math.floor(attempt.attempted_at.getTime() / 1000),
+      status_code: attempt.status_code,
+      error: attempt.error,
+      duration_ms: attempt.duration_ms,
+    })),
+  };
+}
+
+/**
+ * Sends an event again to the merchant's enabled endpoints subscribed to its type (see
+ * sql.requeueEvent), each delivery with a fresh set of attempts. Answers with the event's
+ * deliveries.
+ */
+export function redeliverEvent(deps: WebhookDeps, ctx: RequestContext, eventId: string): Promise<Reply> {
+  return runOnce(deps, ctx, async (client) => {
+    const event = await events.retrieve(client, ctx.merchantId, eventId);
+    if (!event) return errorReply(new ApiError('resource_missing', `No such event: '${eventId}'`, 'id'));
+    const queued = await sql.requeueEvent(client, { merchantId: ctx.merchantId, id: event.id, type: event.type });
+    for (const delivery of queued) {
+      await addJob(client, DELIVER_TASK, { merchant_id: ctx.merchantId, delivery_id: delivery.id, round: delivery.round, attempt: 1 });
+    }
+    const rows = await sql.selectDeliveries(client, { merchantId: ctx.merchantId, limit: ENDPOINTS_PER_MERCHANT_MAX + 1, eventId });
+    return ok(page(rows.map(toApiDelivery), ENDPOINTS_PER_MERCHANT_MAX, '/v1/webhook_deliveries'));
+  });
+}
+
+/** A delivery job's payload: which delivery, and which attempt of which round it is for. */
+export interface DeliveryJob {
+  merchant_id: string;
+  delivery_id: string;
+  round: number;
+  attempt: number;
+}
+
+export interface DeliverDeps {
+  pool: Pool;
+  settings: WebhookSettings;
+  transport: Transport;
+  metrics?: Metrics;
+  log?: Logger;
+}
+
+export type DeliverResult = { kind: 'skipped'; reason: string } | { kind: 'attempted'; outcome: string };
+
+/** One attempt of one delivery: the job's body. */
+export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<DeliverResult> {
+  const target = await sql.selectDeliveryTarget(deps.pool, job.merchant_id, job.delivery_id);
+  // Deleted endpoint, finished or canceled delivery, or a job overtaken by a later one: nothing to do.
+  if (!target) return { kind: 'skipped', reason: 'delivery_missing' };
+  if (target.status !== 'pending' || target.round !== job.round || target.attempts !== job.attempt - 1) {
+    return { kind: 'skipped', reason: 'not_waiting_for_this_attempt' };
+  }
+  if (target.endpoint_status !== 'enabled') return { kind: 'skipped', reason: 'endpoint_disabled' };
+  const event = await events.retrieve(deps.pool, job.merchant_id, target.event_id);
+  if (!event) throw new Error(`event ${target.event_id} of delivery ${job.delivery_id} is missing`);
+
+  const body = JSON.stringify(event);
+  const timestamp = Math.floor(Date.now() / 1000);
+  const headers = {
+    // The event id: the same for every attempt and redelivery of this event, which is what
+    // receivers deduplicate on.
+    'webhook-id': event.id,
+    'webhook-timestamp': String(timestamp),
+    'webhook-signature': signatureHeader(target.secrets, event.id, timestamp, body),
+  };
+  const attemptedAt = new Date();
+  const result = await deps.transport.post(target.url, headers, body);
+  const outcome = outcomeOf(result, job.attempt, deps.settings.maxAttempts);
+  const nextAttemptAt = outcome === 'retry_scheduled' ? new Date(Date.now() + retryDelayMs(job.attempt, deps.settings)) : null;
+
+  const recorded = await withTransaction(deps.pool, async (client) => {
+    const done = await sql.recordAttempt(client, {
+      merchantId: job.merchant_id,
+      deliveryId: job.delivery_id,
+      round: job.round,
+      attempt: job.attempt,
+      status: statusAfter(outcome),
+      nextAttemptAt,
+      statusCode: result.kind === 'response' ? result.statusCode : null,
+      error: result.kind === 'error' ? result.error : null,
+      durationMs: result.durationMs,
+      attemptedAt,
+    });
+    if (!done) return false;
+    if (outcome === 'retry_scheduled') {
+      const next: DeliveryJob = { ...job, attempt: job.attempt + 1 };
+      await addJob(client, DELIVER_TASK, { ...next }, { runAt: nextAttemptAt as Date });
+    }
+    if (outcome === 'endpoint_disabled') {
+      await sql.disableEndpoint(client, job.merchant_id, target.endpoint_id, 'The endpoint answered 410 Gone.');
+    }
+    return true;
+  });
+  deps.metrics?.webhookDeliveryDuration.observe({ result: resultLabel(result) }, result.durationMs / 1000);
+  if (!recorded) return { kind: 'skipped', reason: 'recorded_by_another_run' };
+  deps.metrics?.webhookDeliveries.inc({ outcome });
+  if (outcome === 'dead' || outcome === 'endpoint_disabled') {
+    deps.log?.warn({ deliveryId: job.delivery_id, endpointId: target.endpoint_id, outcome }, 'webhook delivery stopped');
+  }
+  return { kind: 'attempted', outcome };
+}
