@@ -8,6 +8,8 @@ import { IDEMPOTENCY_CRONTAB, idempotencyTasks } from '../platform/idempotency/j
 import { startWorker, type Worker } from '../platform/jobs/runner.js';
 import type { Metrics } from '../platform/observability/metrics.js';
 import type { PaymentProvider } from '../providers/provider.js';
+import { webhookTasks } from '../webhooks/jobs.js';
+import { webhookSettings } from '../webhooks/service.js';
 import type { Logger } from './runtime.js';
 
 export function reconcileOptions(config: Config) {
@@ -31,6 +33,7 @@ export function runWorker(deps: {
   const tasks = {
     ...paymentTasks({ pool, provider, options: reconcileOptions(config) }),
     ...idempotencyTasks({ pool, lockTimeoutMs: config.idempotencyLockTimeoutMs }),
+    ...webhookTasks({ pool, settings: webhookSettings(config), metrics: deps.metrics, log: deps.log }),
   };
   return startWorker({
     pool,
