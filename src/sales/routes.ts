@@ -1,0 +1,303 @@
+/**
+ * The HTTP edge of sales: sales and their items, holds, orders.
+ */
+import { Type } from '@sinclair/typebox';
+import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../payments/currency.js';
+import { principalOf, requestContext, sendReply } from '../platform/http/context.js';
+import { ApiError } from '../platform/http/errors.js';
+import { errorResponses, IdempotencyHeaders, IdParams, ListOf, ListQuery } from '../platform/http/schemas.js';
+import type { HttpServer } from '../platform/http/server.js';
+import { ID_PATTERN } from '../platform/ids.js';
+import { HOLD_SECONDS_DEFAULT, ITEMS_PER_SALE_MAX, LINES_PER_HOLD_MAX, PER_BUYER_LIMIT_DEFAULT, STOCK_MAX } from './domain.js';
+import * as sales from './service.js';
+
+const Item = Type.Object({
+  id: Type.String(),
+  object: Type.Literal('item'),
+  name: Type.String(),
+  price: Type.Integer(),
+  stock: Type.Object({ total: Type.Integer(), available: Type.Integer(), held: Type.Integer(), sold: Type.Integer() }),
+});
+
+const Sale = Type.Object(
+  {
+    id: Type.String(),
+    object: Type.Literal('sale'),
+    name: Type.String(),
+    currency: Type.String(),
+    opens_at: Type.String(),
+    closes_at: Type.Union([Type.String(), Type.Null()]),
+    status: Type.Union([Type.Literal('scheduled'), Type.Literal('open'), Type.Literal('closed')]),
+    per_buyer_limit: Type.Integer(),
+    hold_seconds: Type.Integer(),
+    items: Type.Array(Item),
+    created: Type.Integer(),
+  },
+  { $id: 'Sale' },
+);
+
+const Hold = Type.Object(
+  {
+    id: Type.String(),
+    object: Type.Literal('hold'),
+    sale: Type.String(),
+    buyer_reference: Type.String(),
+    status: Type.String(),
+    amount: Type.Integer(),
+    currency: Type.String(),
+    items: Type.Array(Type.Object({ item: Type.String(), quantity: Type.Integer() })),
+    expires_at: Type.String(),
+    created: Type.Integer(),
+  },
+  { $id: 'Hold' },
+);
+
+const Order = Type.Object(
+  {
+    id: Type.String(),
+    object: Type.Literal('order'),
+    sale: Type.String(),
+    hold: Type.String(),
+    payment_intent: Type.String(),
+    amount: Type.Integer(),
+    currency: Type.String(),
+    status: Type.String(),
+    paid_at: Type.Union([Type.Integer(), Type.Null()]),
+    created: Type.Integer(),
+    payment_intent_object: Type.Optional(Type.Object({}, { additionalProperties: true })),
+  },
+  { $id: 'Order' },
+);
+
+const Name = Type.String({ minLength: 1, maxLength: 200 });
+const Timestamp = Type.String({ format: 'date-time', description: 'ISO 8601 with a time zone, e.g. 2026-12-01T10:00:00Z.' });
+const PerBuyerLimit = Type.Integer({
+  minimum: 1,
+  maximum: 100,
+  description: `Units one buyer may hold or buy; default ${PER_BUYER_LIMIT_DEFAULT}.`,
+});
+const HoldSeconds = Type.Integer({
+  minimum: 30,
+  maximum: 3600,
+  description: `How long a hold keeps its stock; default ${HOLD_SECONDS_DEFAULT}.`,
+});
+
+const CreateSaleBody = Type.Object(
+  {
+    name: Name,
+    currency: Type.String({ minLength: 3, maxLength: 3 }),
+    opens_at: Timestamp,
+    closes_at: Type.Optional(Type.Union([Timestamp, Type.Null()])),
+    per_buyer_limit: Type.Optional(PerBuyerLimit),
+    hold_seconds: Type.Optional(HoldSeconds),
+    items: Type.Array(
+      Type.Object(
+        { name: Name, price: Type.Integer({ minimum: 1 }), stock: Type.Integer({ minimum: 0, maximum: STOCK_MAX }) },
+        { additionalProperties: false },
+      ),
+      { minItems: 1, maxItems: ITEMS_PER_SALE_MAX },
+    ),
+  },
+  { additionalProperties: false },
+);
+
+const saleId = IdParams(ID_PATTERN('sale'));
+const holdId = IdParams(ID_PATTERN('hold'));
+const orderId = IdParams(ID_PATTERN('ord'));
+
+function parseTimes(opensAt: string | undefined, closesAt: string | null | undefined) {
+  const opens = opensAt === undefined ? undefined : new Date(opensAt);
+  const closes = closesAt === undefined ? undefined : closesAt === null ? null : new Date(closesAt);
+  if (opens && closes && closes <= opens) throw new ApiError('parameter_invalid', 'closes_at must be after opens_at.', 'closes_at');
+  return { opens, closes };
+}
+
+export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps): void {
+  app.post(
+    '/v1/sales',
+    {
+      schema: {
+        tags: ['sales'],
+        summary: 'Create a sale with its items',
+        headers: IdempotencyHeaders,
+        body: CreateSaleBody,
+        response: { 200: Sale, ...errorResponses },
+      },
+    },
+    async (request, reply) => {
+      const body = request.body;
+      const currency = body.currency.toLowerCase();
+      if (!isCurrency(currency)) {
+        throw new ApiError(
+          'parameter_invalid',
+          `Unsupported currency "${body.currency}". Supported: ${SUPPORTED_CURRENCIES.join(', ')}.`,
+          'currency',
+        );
+      }
+      body.items.forEach((item, index) => {
+        if (item.price > maxAmount(currency)) {
+          throw new ApiError(
+            'amount_too_large',
+            `price must be at most ${maxAmount(currency)} ${currency} minor units.`,
+            `items[${index}][price]`,
+          );
+        }
+      });
+      const { opens, closes } = parseTimes(body.opens_at, body.closes_at);
+      const params = { ...body, currency, opens_at: opens as Date, closes_at: closes };
+      return sendReply(reply, await sales.createSale(deps, requestContext(request), params));
+    },
+  );
+
+  app.get(
+    '/v1/sales',
+    {
+      schema: {
+        tags: ['sales'],
+        summary: 'List sales, newest first',
+        querystring: ListQuery,
+        response: { 200: ListOf(Sale), ...errorResponses },
+      },
+    },
+    async (request) => sales.listSales(deps.pool, principalOf(request).merchantId, request.query.limit, request.query.starting_after),
+  );
+
+  app.get(
+    '/v1/sales/:id',
+    { schema: { tags: ['sales'], summary: 'Retrieve a sale with live stock', params: saleId, response: { 200: Sale, ...errorResponses } } },
+    async (request) => {
+      const sale = await sales.retrieveSale(deps.pool, principalOf(request).merchantId, request.params.id);
+      if (!sale) throw new ApiError('resource_missing', `No such sale: '${request.params.id}'`, 'id');
+      return sale;
+    },
+  );
+
+  app.patch(
+    '/v1/sales/:id',
+    {
+      schema: {
+        tags: ['sales'],
+        summary: "Change a sale's name, times, per-buyer limit or hold time",
+        headers: IdempotencyHeaders,
+        params: saleId,
+        body: Type.Object(
+          {
+            name: Type.Optional(Name),
+            opens_at: Type.Optional(Timestamp),
+            closes_at: Type.Optional(Type.Union([Timestamp, Type.Null()])),
+            per_buyer_limit: Type.Optional(PerBuyerLimit),
+            hold_seconds: Type.Optional(HoldSeconds),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: Sale, ...errorResponses },
+      },
+    },
+    async (request, reply) => {
+      const { opens, closes } = parseTimes(request.body.opens_at, request.body.closes_at);
+      const changes: Parameters<typeof sales.updateSale>[3] = {};
+      if (request.body.name !== undefined) changes.name = request.body.name;
+      if (opens) changes.opens_at = opens;
+      if (closes !== undefined) changes.closes_at = closes;
+      if (request.body.per_buyer_limit !== undefined) changes.per_buyer_limit = request.body.per_buyer_limit;
+      if (request.body.hold_seconds !== undefined) changes.hold_seconds = request.body.hold_seconds;
+      return sendReply(reply, await sales.updateSale(deps, requestContext(request), request.params.id, changes));
+    },
+  );
+
+  app.post(
+    '/v1/holds',
+    {
+      schema: {
+        tags: ['holds'],
+        summary: 'Hold stock for an admitted buyer',
+        headers: IdempotencyHeaders,
+        body: Type.Object(
+          {
+            sale: Type.String({ pattern: ID_PATTERN('sale') }),
+            buyer_reference: Type.String({ minLength: 1, maxLength: 200 }),
+            admission_token: Type.String({ minLength: 1, maxLength: 2000 }),
+            items: Type.Array(
+              Type.Object(
+                { item: Type.String({ pattern: ID_PATTERN('item') }), quantity: Type.Integer({ minimum: 1, maximum: 100 }) },
+                { additionalProperties: false },
+              ),
+              { minItems: 1, maxItems: LINES_PER_HOLD_MAX },
+            ),
+          },
+          { additionalProperties: false },
+        ),
+        response: { 200: Hold, ...errorResponses },
+      },
+    },
+    async (request, reply) => sendReply(reply, await sales.createHold(deps, requestContext(request), request.body)),
+  );
+
+  app.get(
+    '/v1/holds/:id',
+    { schema: { tags: ['holds'], summary: 'Retrieve a hold', params: holdId, response: { 200: Hold, ...errorResponses } } },
+    async (request) => {
+      const hold = await sales.retrieveHold(deps.pool, principalOf(request).merchantId, request.params.id);
+      if (!hold) throw new ApiError('resource_missing', `No such hold: '${request.params.id}'`, 'id');
+      return hold;
+    },
+  );
+
+  app.delete(
+    '/v1/holds/:id',
+    {
+      schema: {
+        tags: ['holds'],
+        summary: 'Release a hold and return its stock',
+        params: holdId,
+        response: { 200: Hold, ...errorResponses },
+      },
+    },
+    async (request, reply) => sendReply(reply, await sales.releaseHold(deps.pool, principalOf(request).merchantId, request.params.id)),
+  );
+
+  app.post(
+    '/v1/orders',
+    {
+      schema: {
+        tags: ['orders'],
+        summary: 'Turn a hold into an order with a PaymentIntent to confirm',
+        headers: IdempotencyHeaders,
+        body: Type.Object({ hold: Type.String({ pattern: ID_PATTERN('hold') }) }, { additionalProperties: false }),
+        response: { 200: Order, ...errorResponses },
+      },
+    },
+    async (request, reply) => sendReply(reply, await sales.createOrder(deps, requestContext(request), request.body)),
+  );
+
+  app.get(
+    '/v1/orders',
+    {
+      schema: {
+        tags: ['orders'],
+        summary: 'List orders, newest first',
+        querystring: Type.Composite([ListQuery, Type.Object({ sale: Type.Optional(Type.String({ pattern: ID_PATTERN('sale') })) })], {
+          additionalProperties: false,
+        }),
+        response: { 200: ListOf(Order), ...errorResponses },
+      },
+    },
+    async (request) =>
+      sales.listOrders(deps.pool, {
+        merchantId: principalOf(request).merchantId,
+        limit: request.query.limit,
+        startingAfter: request.query.starting_after,
+        saleId: request.query.sale,
+      }),
+  );
+
+  app.get(
+    '/v1/orders/:id',
+    { schema: { tags: ['orders'], summary: 'Retrieve an order', params: orderId, response: { 200: Order, ...errorResponses } } },
+    async (request) => {
+      const order = await sales.retrieveOrder(deps.pool, principalOf(request).merchantId, request.params.id);
+      if (!order) throw new ApiError('resource_missing', `No such order: '${request.params.id}'`, 'id');
+      return order;
+    },
+  );
+}
