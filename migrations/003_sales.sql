@@ -50,6 +50,8 @@ create table holds (
 );
 -- The per-buyer limit counts a buyer's live and converted holds in a sale.
 create index holds_by_buyer on holds (merchant_id, sale_id, buyer_reference) where status in ('active', 'converted');
+-- Metrics count active holds per sale.
+create index holds_active on holds (sale_id) where status = 'active';
 
 create table hold_lines (
   merchant_id text collate "C" not null,

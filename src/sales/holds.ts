@@ -20,6 +20,8 @@ export const EXPIRE_HOLD_TASK = 'expire_hold';
 export type HoldResult = { kind: 'created'; hold: sql.HoldRow; lines: HoldLine[] } | { kind: 'refused'; error: ApiError };
 
 const refused = (error: ApiError): HoldResult => ({ kind: 'refused', error });
+const soldOut = (item: sql.ItemRow, line: HoldLine) =>
+  new ApiError('sold_out', `Item '${item.id}' (${item.name}) has fewer than ${line.quantity} left.`, 'items');
 
 /** Takes the stock of `lines` for a buyer, in the caller's transaction. */
 export async function takeHold(
@@ -35,7 +37,11 @@ export async function takeHold(
   const lines = normalizeLines(request.lines);
   const items = new Map((await sql.selectItems(client, merchantId, [saleId])).map((item) => [item.id, item]));
   for (const line of lines) {
-    if (!items.has(line.item_id)) return refused(new ApiError('parameter_invalid', `No item '${line.item_id}' in this sale.`, 'items'));
+    const item = items.get(line.item_id);
+    if (!item) return refused(new ApiError('parameter_invalid', `No item '${line.item_id}' in this sale.`, 'items'));
+    // Read without a lock: once an item sells out, the crowd behind it is answered here instead
+    // of queueing for its row lock. The guarded UPDATE below stays the authority.
+    if (item.stock_available < line.quantity) return refused(soldOut(item, line));
   }
   await sql.lockBuyer(client, merchantId, saleId, buyerReference);
   const already = await sql.selectBuyerQuantity(client, merchantId, saleId, buyerReference);
@@ -54,8 +60,7 @@ export async function takeHold(
   for (const line of lines) {
     if (!(await sql.takeStock(client, merchantId, saleId, line))) {
       await client.query('rollback to savepoint take_stock');
-      const item = items.get(line.item_id);
-      return refused(new ApiError('sold_out', `Item '${line.item_id}' (${item?.name}) has fewer than ${line.quantity} left.`, 'items'));
+      return refused(soldOut(items.get(line.item_id) as sql.ItemRow, line));
     }
   }
   const amount = lines.reduce((sum, line) => sum + (items.get(line.item_id)?.price ?? 0) * line.quantity, 0);

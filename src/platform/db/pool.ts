@@ -13,6 +13,8 @@ export interface PoolOptions {
   connectionString: string;
   max: number;
   statementTimeoutMs: number;
+  /** How long a caller waits for a free connection before giving up (default 5 s). */
+  connectionTimeoutMs?: number;
   applicationName?: string;
 }
 
@@ -21,8 +23,9 @@ export function createPool(options: PoolOptions): Pool {
     connectionString: options.connectionString,
     max: options.max,
     statement_timeout: options.statementTimeoutMs,
-    // Fail fast when the database is unreachable instead of queueing requests behind it.
-    connectionTimeoutMillis: 5_000,
+    // Fail fast when the database is unreachable or the pool is saturated, instead of queueing
+    // requests behind it without bound; the HTTP edge answers 503 with Retry-After.
+    connectionTimeoutMillis: options.connectionTimeoutMs ?? 5_000,
     application_name: options.applicationName ?? 'floodgate',
   });
   // A client losing its connection must not crash the process: the pool replaces idle ones,

@@ -68,6 +68,10 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     }
     const mapped = mapFrameworkError(error);
     if (mapped) return reply.code(mapped.status).send(mapped.toBody());
+    if (isSaturation(error)) {
+      const busy = new ApiError('service_unavailable', 'The service is busy; retry shortly.', undefined, { 'retry-after': '1' });
+      return reply.code(busy.status).headers(busy.headers).send(busy.toBody());
+    }
     request.log.error({ err: error }, 'unhandled error');
     return reply.code(500).send(errorBody('internal_error', 'Something went wrong on our side; it has been logged. Retry later.'));
   });
@@ -132,4 +136,13 @@ function mapFrameworkError(error: FastifyError): ApiError | undefined {
   if (error.statusCode === 413) return new ApiError('body_too_large', 'The request body is too large.');
   if (error.statusCode === 415) return new ApiError('unsupported_media_type', 'Send the request body as application/json.');
   return undefined;
+}
+
+/**
+ * The database pool had no free connection within its timeout, or the database refused a new
+ * one: the service is saturated, not broken. The caller should retry after a pause.
+ */
+function isSaturation(error: Error): boolean {
+  const code = (error as { code?: string }).code;
+  return error.message === 'timeout exceeded when trying to connect' || code === '53300' || code === '57P03';
 }
