@@ -7,6 +7,7 @@ import type { Config } from './config.js';
 import { registerEventRoutes } from './events/routes.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
 import { createAuthenticator } from './merchants/service.js';
+import { onPaymentSucceeded } from './payments/hooks.js';
 import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
 import { registerPaymentRoutes } from './payments/routes.js';
 import type { Pool } from './platform/db/pool.js';
@@ -14,6 +15,7 @@ import { ApiError } from './platform/http/errors.js';
 import { createHttpServer, type HttpServer } from './platform/http/server.js';
 import { createMetrics, type Metrics } from './platform/observability/metrics.js';
 import type { PaymentProvider } from './providers/provider.js';
+import { convertPaidHold } from './sales/holds.js';
 import { VERSION } from './version.js';
 import { registerWebhookRoutes } from './webhooks/routes.js';
 
@@ -37,6 +39,9 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     version: VERSION,
   });
   const authenticate = createAuthenticator(deps.pool, deps.config.apiKeyCacheTtlMs);
+  // Payments completed by this node (the confirm call, provider webhooks) mark their orders paid
+  // in the completion command's transaction.
+  onPaymentSucceeded(convertPaidHold);
 
   app.addHook('onRequest', async (request) => {
     // Decide by the route the router matched, not the raw URL: the router decodes the path, so

@@ -2,12 +2,15 @@
  * The worker's task list and schedule, composed from the capabilities' jobs.
  */
 import type { Config } from '../config.js';
+import { onPaymentSucceeded } from '../payments/hooks.js';
 import { PAYMENT_CRONTAB, paymentTasks } from '../payments/jobs.js';
 import type { Pool } from '../platform/db/pool.js';
 import { IDEMPOTENCY_CRONTAB, idempotencyTasks } from '../platform/idempotency/jobs.js';
 import { startWorker, type Worker } from '../platform/jobs/runner.js';
 import type { Metrics } from '../platform/observability/metrics.js';
 import type { PaymentProvider } from '../providers/provider.js';
+import { convertPaidHold } from '../sales/holds.js';
+import { salesTasks } from '../sales/jobs.js';
 import { webhookTasks } from '../webhooks/jobs.js';
 import { webhookSettings } from '../webhooks/service.js';
 import type { Logger } from './runtime.js';
@@ -30,9 +33,12 @@ export function runWorker(deps: {
   log: Logger;
 }): Promise<Worker> {
   const { config, pool, provider } = deps;
+  // The reconciler completes payments here: their orders are marked paid in the same transaction.
+  onPaymentSucceeded(convertPaidHold);
   const tasks = {
     ...paymentTasks({ pool, provider, options: reconcileOptions(config) }),
     ...idempotencyTasks({ pool, lockTimeoutMs: config.idempotencyLockTimeoutMs }),
+    ...salesTasks({ pool }),
     ...webhookTasks({ pool, settings: webhookSettings(config), metrics: deps.metrics, log: deps.log }),
   };
   return startWorker({
