@@ -40,6 +40,10 @@ export interface Config {
   readonly reconcileBaseDelayMs: number;
   readonly reconcileMaxDelayMs: number;
   readonly reconcileMaxAttempts: number;
+  /** Signs waiting-room admission tokens; every API node needs the same. Unset: `start` makes one up. */
+  readonly admissionSecret: string | undefined;
+  readonly admissionTokenTtlSeconds: number;
+  readonly admissionShoppingMaxSeconds: number;
 }
 
 export class ConfigError extends Error {
@@ -149,6 +153,13 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     reconcileBaseDelayMs: int('FLOODGATE_RECONCILE_BASE_DELAY_MS', 2_000, 1, 3_600_000),
     reconcileMaxDelayMs: int('FLOODGATE_RECONCILE_MAX_DELAY_MS', 300_000, 1, 86_400_000),
     reconcileMaxAttempts: int('FLOODGATE_RECONCILE_MAX_ATTEMPTS', 20, 1, 1000),
+    admissionSecret: secret('FLOODGATE_ADMISSION_SECRET'),
+    // Five minutes from admission to a hold: enough to pick items, short enough that a buyer
+    // who walked away gives their slot back soon.
+    admissionTokenTtlSeconds: int('FLOODGATE_ADMISSION_TOKEN_TTL_SECONDS', 300, 10, 3_600),
+    // A buyer holding stock keeps their shopper slot until released, or this long at most:
+    // longer than a hold plus its payment, so only a buyer who left without a release loses it.
+    admissionShoppingMaxSeconds: int('FLOODGATE_ADMISSION_SHOPPING_MAX_SECONDS', 1_800, 60, 86_400),
     ...overrides,
   };
   if (problems.length > 0) throw new ConfigError(problems);
@@ -173,5 +184,6 @@ export function describeConfig(config: Config): Record<string, unknown> {
     databaseUrl: maskUrl(config.databaseUrl) ?? '(embedded)',
     providerUrl: maskUrl(config.providerUrl) ?? '(in-process simulator)',
     providerWebhookSecret: config.providerWebhookSecret ? '*****' : undefined,
+    admissionSecret: config.admissionSecret ? '*****' : undefined,
   };
 }
