@@ -54,7 +54,9 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
       throw new ApiError('api_key_missing', 'No API key provided. Send Authorization: Bearer sk_test_...');
     }
     if (result.kind === 'invalid') throw new ApiError('api_key_invalid', 'The API key is invalid, unknown or revoked.');
-    if (result.principal.keyKind !== 'secret') {
+    // A route opens itself to publishable keys explicitly (config.auth); every other route
+    // needs a secret key.
+    if (result.principal.keyKind !== 'secret' && request.routeOptions.config.auth !== 'publishable') {
       throw new ApiError('secret_key_required', 'This endpoint needs a secret key (sk_test_...), not a publishable one.');
     }
     request.principal = result.principal;

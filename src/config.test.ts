@@ -42,6 +42,10 @@ const REJECTED: Array<[name: string, value: string]> = [
   ['DATABASE_URL', 'mysql://root@localhost/floodgate'],
   ['FLOODGATE_PROVIDER_URL', 'ftp://provider.example'],
   ['FLOODGATE_PROVIDER_URL', '://'],
+  ['FLOODGATE_ADMISSION_TOKEN_TTL_SECONDS', '9'],
+  ['FLOODGATE_ADMISSION_TOKEN_TTL_SECONDS', '3601'],
+  ['FLOODGATE_ADMISSION_SHOPPING_MAX_SECONDS', '59'],
+  ['FLOODGATE_ADMISSION_SHOPPING_MAX_SECONDS', '86401'],
 ];
 
 const EVERY_VARIABLE = [
@@ -64,6 +68,9 @@ const EVERY_VARIABLE = [
   'FLOODGATE_SIMULATOR_LATENCY_MS',
   'FLOODGATE_SIMULATOR_ERROR_RATE',
   'FLOODGATE_EMBEDDED_PG_PORT',
+  'FLOODGATE_ADMISSION_SECRET',
+  'FLOODGATE_ADMISSION_TOKEN_TTL_SECONDS',
+  'FLOODGATE_ADMISSION_SHOPPING_MAX_SECONDS',
 ];
 
 describe('loadConfig', () => {
@@ -76,6 +83,11 @@ describe('loadConfig', () => {
       if (!name.endsWith('_URL')) assert.ok(problems[0]?.includes(JSON.stringify(value)), problems[0]);
     });
   }
+
+  test('rejects an admission secret under 32 characters without repeating it', () => {
+    const problems = problemsOf({ FLOODGATE_ADMISSION_SECRET: 'short-secret-31-characters-long' });
+    assert.deepEqual(problems, ['FLOODGATE_ADMISSION_SECRET must be at least 32 characters']);
+  });
 
   test('reports every problem at once', () => {
     const problems = problemsOf({ FLOODGATE_PORT: 'x', FLOODGATE_DB_POOL_MAX: '0', FLOODGATE_SIMULATOR_ERROR_RATE: '2' });
@@ -120,6 +132,13 @@ describe('describeConfig', () => {
     assert.ok(!JSON.stringify(described).includes('s3cret-pa55'));
     // The config itself still holds the real URL for the pool to use.
     assert.equal(config.databaseUrl, 'postgres://app:s3cret-pa55@db.example:5432/floodgate');
+  });
+
+  test('masks the admission secret', () => {
+    const secret = 'admission-secret-0123456789abcdef-XYZ';
+    const described = describeConfig(loadConfig({ FLOODGATE_ADMISSION_SECRET: secret }));
+    assert.equal(described.admissionSecret, '*****');
+    assert.ok(!JSON.stringify(described).includes(secret));
   });
 
   test('says when the database is embedded', () => {

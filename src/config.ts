@@ -46,6 +46,10 @@ export interface Config {
   readonly webhookMaxAttempts: number;
   /** Lets webhook endpoints point at loopback and private addresses: local development and tests only. */
   readonly webhookAllowPrivate: boolean;
+  /** Signs waiting-room admission tokens; every API node needs the same. Unset: `start` makes one up. */
+  readonly admissionSecret: string | undefined;
+  readonly admissionTokenTtlSeconds: number;
+  readonly admissionShoppingMaxSeconds: number;
 }
 
 export class ConfigError extends Error {
@@ -172,6 +176,13 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     webhookRetryMaxMs: int('FLOODGATE_WEBHOOK_RETRY_MAX_MS', 8 * 3_600_000, 1, 24 * 3_600_000),
     webhookMaxAttempts: int('FLOODGATE_WEBHOOK_MAX_ATTEMPTS', 19, 1, 50),
     webhookAllowPrivate: bool('FLOODGATE_WEBHOOK_ALLOW_PRIVATE', false),
+    admissionSecret: secret('FLOODGATE_ADMISSION_SECRET'),
+    // Five minutes from admission to a hold: enough to pick items, short enough that a buyer
+    // who walked away gives their slot back soon.
+    admissionTokenTtlSeconds: int('FLOODGATE_ADMISSION_TOKEN_TTL_SECONDS', 300, 10, 3_600),
+    // A buyer holding stock keeps their shopper slot until released, or this long at most:
+    // longer than a hold plus its payment, so only a buyer who left without a release loses it.
+    admissionShoppingMaxSeconds: int('FLOODGATE_ADMISSION_SHOPPING_MAX_SECONDS', 1_800, 60, 86_400),
     ...overrides,
   };
   if (config.webhookRetryBaseMs > config.webhookRetryMaxMs) {
@@ -199,5 +210,6 @@ export function describeConfig(config: Config): Record<string, unknown> {
     databaseUrl: maskUrl(config.databaseUrl) ?? '(embedded)',
     providerUrl: maskUrl(config.providerUrl) ?? '(in-process simulator)',
     providerWebhookSecret: config.providerWebhookSecret ? '*****' : undefined,
+    admissionSecret: config.admissionSecret ? '*****' : undefined,
   };
 }

@@ -12,9 +12,18 @@ export interface Principal {
   keyKind: 'secret' | 'publishable';
 }
 
+/**
+ * Which API keys a route accepts, set per route as `config: { auth: 'publishable' }`: secret
+ * keys only (the default), or publishable keys as well, for calls from a buyer's browser.
+ */
+export type AuthScope = 'secret' | 'publishable';
+
 declare module 'fastify' {
   interface FastifyRequest {
     principal: Principal | null;
+  }
+  interface FastifyContextConfig {
+    auth?: AuthScope;
   }
 }
 

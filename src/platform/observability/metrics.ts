@@ -1,4 +1,4 @@
-import { Counter, collectDefaultMetrics, Histogram, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
 
 // Buckets from 1 ms to 10 s: a payment API's p50 sits near the bottom, provider calls near the top.
 const HTTP_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -8,6 +8,8 @@ const JOB_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5
 
 // Webhook receivers answer in milliseconds to the 10 s timeout.
 const WEBHOOK_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+// A surge's waiting room is passed in seconds when quiet and in up to an hour or two at peak.
+const WAIT_BUCKETS_SECONDS = [1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200];
 
 export interface Metrics {
   registry: Registry;
@@ -17,6 +19,9 @@ export interface Metrics {
   jobRetries: Counter<'task'>;
   webhookDeliveryDuration: Histogram<'result'>;
   webhookDeliveries: Counter<'outcome'>;
+  waitingRoomLength: Gauge<'sale'>;
+  waitingRoomAdmissions: Counter<'sale'>;
+  waitingRoomWaitSeconds: Histogram<'sale'>;
 }
 
 /** A registry per app instance, so tests can build many apps in one process. */
@@ -62,5 +67,36 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     labelNames: ['outcome'] as const,
     registers: [registry],
   });
-  return { registry, httpDuration, jobDuration, jobFailures, jobRetries, webhookDeliveryDuration, webhookDeliveries };
+  // Every node sets the length it last saw of the shared line: aggregate with max, not sum.
+  const waitingRoomLength = new Gauge({
+    name: 'floodgate_waiting_room_length',
+    help: "Buyers waiting in the sale's line, as last seen by this node",
+    labelNames: ['sale'] as const,
+    registers: [registry],
+  });
+  const waitingRoomAdmissions = new Counter({
+    name: 'floodgate_waiting_room_admissions_total',
+    help: "Buyers admitted from the sale's line by this node; rate() gives the admission rate",
+    labelNames: ['sale'] as const,
+    registers: [registry],
+  });
+  const waitingRoomWaitSeconds = new Histogram({
+    name: 'floodgate_waiting_room_wait_seconds',
+    help: 'Time admitted buyers waited in line, counted from joining or from opening if they joined before',
+    labelNames: ['sale'] as const,
+    buckets: WAIT_BUCKETS_SECONDS,
+    registers: [registry],
+  });
+  return {
+    registry,
+    httpDuration,
+    jobDuration,
+    jobFailures,
+    jobRetries,
+    webhookDeliveryDuration,
+    webhookDeliveries,
+    waitingRoomLength,
+    waitingRoomAdmissions,
+    waitingRoomWaitSeconds,
+  };
 }

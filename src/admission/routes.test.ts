@@ -1,0 +1,138 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { createTestMerchant, setupTestContext } from '../../test/helpers.js';
+import { MemoryQueueStore } from './memory-store.js';
+import { registerQueueRoutes, type SaleLookup } from './routes.js';
+import { roomOn, type TestSale, testSale } from './testing.js';
+
+const t = await setupTestContext();
+const room = roomOn(new MemoryQueueStore());
+// The sales capability owns sales; this lookup stands in for it at the seam the routes take.
+const sales = new Map<string, TestSale>();
+const lookup: SaleLookup = async (merchantId, saleId) => (merchantId === t.merchant.id ? sales.get(saleId) : undefined);
+registerQueueRoutes(t.app, { room, lookup });
+
+function openSale(overrides: Partial<TestSale> = {}): TestSale {
+  const sale = testSale({ opensAt: new Date(Date.now() - 60_000), ...overrides });
+  sales.set(sale.id, sale);
+  return sale;
+}
+
+const publishable = () => ({ authorization: `Bearer ${t.merchant.publishableKey}` });
+
+function join(saleId: string, body: unknown, headers: Record<string, string> = publishable()) {
+  return t.app.inject({ method: 'POST', url: `/v1/sales/${saleId}/queue`, headers, payload: body as object });
+}
+
+function poll(saleId: string, ticket: string, headers: Record<string, string> = publishable()) {
+  return t.app.inject({ method: 'GET', url: `/v1/sales/${saleId}/queue/${ticket}`, headers });
+}
+
+describe('waiting room routes', () => {
+  test('a publishable key joins and polls; Retry-After says when to poll again', async () => {
+    const sale = openSale({ maxShoppers: 1 });
+    const first = await join(sale.id, { buyer_reference: 'cust_1' });
+    assert.equal(first.statusCode, 200);
+    assert.equal(first.json().status, 'admitted');
+    assert.match(first.json().admission_token, /^adm_/);
+    assert.equal(first.headers['retry-after'], undefined, 'an admitted buyer has nothing to poll for');
+    assert.equal(first.headers['cache-control'], 'no-store');
+
+    const second = await join(sale.id, { buyer_reference: 'cust_2' });
+    assert.deepEqual(second.json(), {
+      object: 'queue_ticket',
+      ticket: second.json().ticket,
+      sale: sale.id,
+      status: 'waiting',
+      position: 1,
+      estimated_wait_seconds: 1,
+    });
+    assert.equal(second.headers['retry-after'], '1');
+    const again = await join(sale.id, { buyer_reference: 'cust_2' });
+    assert.equal(again.json().ticket, second.json().ticket, 'the same buyer gets the same ticket');
+
+    const polled = await poll(sale.id, second.json().ticket);
+    assert.equal(polled.statusCode, 200);
+    assert.equal(polled.json().position, 1);
+    assert.ok(Number(polled.headers['retry-after']) >= 1);
+
+    const used = await room.consumeAdmission(first.json().admission_token, sale.id, 'cust_1');
+    assert.deepEqual(used, { kind: 'ok', ticketId: first.json().ticket });
+  });
+
+  test('a secret key is accepted too: a merchant server may queue on a buyer’s behalf', async () => {
+    const sale = openSale({ maxShoppers: 0 });
+    const joined = await join(sale.id, { buyer_reference: 'server-side' }, t.auth());
+    assert.equal(joined.statusCode, 200);
+    assert.equal((await poll(sale.id, joined.json().ticket, t.auth())).statusCode, 200);
+  });
+
+  test('other routes still refuse a publishable key, and every route needs a key', async () => {
+    const intents = await t.app.inject({ method: 'GET', url: '/v1/payment_intents', headers: publishable() });
+    assert.equal(intents.statusCode, 403);
+    assert.equal(intents.json().error.code, 'secret_key_required');
+    const sale = openSale();
+    const anonymous = await join(sale.id, { buyer_reference: 'x' }, {});
+    assert.equal(anonymous.statusCode, 401);
+    assert.equal(anonymous.json().error.code, 'api_key_missing');
+  });
+
+  test('bad input is a 400 naming the parameter', async () => {
+    const sale = openSale();
+    const cases: Array<[body: unknown, code: string]> = [
+      [{}, 'parameter_missing'],
+      [undefined, 'parameter_missing'],
+      [{ buyer_reference: '' }, 'parameter_invalid'],
+      [{ buyer_reference: 'x'.repeat(201) }, 'parameter_invalid'],
+      [{ buyer_reference: 42 }, 'parameter_invalid'],
+      [{ buyer_reference: 'ok', priority: 'me first' }, 'parameter_unknown'],
+    ];
+    for (const [body, code] of cases) {
+      const response = await join(sale.id, body);
+      assert.equal(response.statusCode, 400, JSON.stringify(body));
+      assert.equal(response.json().error.code, code, JSON.stringify(body));
+      assert.equal(response.json().error.param, code === 'parameter_unknown' ? 'priority' : 'buyer_reference');
+    }
+  });
+
+  test('unknown sales, other merchants’ sales and unknown tickets are 404', async () => {
+    const other = await createTestMerchant(t.pool);
+    const sale = openSale();
+    const joined = await join(sale.id, { buyer_reference: 'b' });
+    const responses = [
+      [await join('sale_missing', { buyer_reference: 'b' }), 'id'],
+      [await join(sale.id, { buyer_reference: 'b' }, { authorization: `Bearer ${other.publishableKey}` }), 'id'],
+      [await poll(sale.id, joined.json().ticket, { authorization: `Bearer ${other.publishableKey}` }), 'id'],
+      [await join('bad{id}', { buyer_reference: 'b' }), 'id'],
+      [await poll(sale.id, 'qt_0000000000000000000000'), 'ticket'],
+      [await poll(sale.id, 'not-a-ticket'), 'ticket'],
+    ] as const;
+    for (const [response, param] of responses) {
+      assert.equal(response.statusCode, 404, response.body);
+      assert.equal(response.json().error.code, 'resource_missing');
+      assert.equal(response.json().error.param, param);
+    }
+  });
+
+  test('before opening: no position yet, and Retry-After points at the opening', async () => {
+    const sale = openSale({ opensAt: new Date(Date.now() + 120_000) });
+    const joined = await join(sale.id, { buyer_reference: 'early' });
+    assert.deepEqual([joined.json().status, joined.json().position], ['waiting', null]);
+    assert.ok(joined.json().estimated_wait_seconds >= 119);
+    assert.ok(Number(joined.headers['retry-after']) >= 119);
+  });
+
+  test('the routes are in the OpenAPI document', async () => {
+    const doc = (await t.app.inject({ method: 'GET', url: '/openapi.json' })).json();
+    assert.ok(doc.paths['/v1/sales/{id}/queue']?.post);
+    assert.ok(doc.paths['/v1/sales/{id}/queue/{ticket}']?.get);
+  });
+
+  test('a closed sale answers closed, with no ticket and no Retry-After', async () => {
+    const sale = openSale({ closesAt: new Date(Date.now() - 1) });
+    const joined = await join(sale.id, { buyer_reference: 'late' });
+    assert.equal(joined.statusCode, 200);
+    assert.deepEqual([joined.json().status, joined.json().ticket], ['closed', null]);
+    assert.equal(joined.headers['retry-after'], undefined);
+  });
+});

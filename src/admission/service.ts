@@ -1,0 +1,241 @@
+/**
+ * The waiting room's use cases: join, poll, step, release, and consuming an admission token.
+ * One WaitingRoom over one of two stores (Redis for many nodes, memory for one), so everything
+ * above the stored state — closing, views, tokens, metrics — is the same code in both modes.
+ *
+ * Admission happens inside join and poll (and step), so a sale needs no background loop: the
+ * buyers' own polls drive it. AdmissionLoop exists for quiet moments, when few buyers poll.
+ */
+import assert from 'node:assert/strict';
+import type { Cluster, Redis } from 'ioredis';
+import type { Config } from '../config.js';
+import { newId } from '../platform/ids.js';
+import type { Metrics } from '../platform/observability/metrics.js';
+import {
+  assertSaleForQueue,
+  CLOCK_SKEW_MARGIN_MS,
+  closedView,
+  describeTicket,
+  isClosed,
+  QUEUE_LIMITS,
+  type QueueView,
+  type SaleForQueue,
+  type StepOutcome,
+  stateTtlMs,
+  type TicketState,
+} from './domain.js';
+import { MemoryQueueStore } from './memory-store.js';
+import { DEFAULT_KEY_PREFIX, RedisQueueStore } from './redis-store.js';
+import type { QueueStore, StepInput } from './store.js';
+import {
+  type AdmissionKeys,
+  buyerDigest,
+  type ConsumeResult,
+  checkClaims,
+  deriveAdmissionKeys,
+  readAdmissionToken,
+  shuffleSeed,
+  signAdmissionToken,
+} from './token.js';
+
+export type { QueueStatus, QueueView, SaleForQueue } from './domain.js';
+export type { ConsumeResult } from './token.js';
+
+export const TICKET_PREFIX = 'qt';
+
+export interface WaitingRoomOptions {
+  /** At least 32 characters, the same on every node. */
+  secret: string;
+  tokenTtlSeconds: number;
+  shoppingMaxSeconds: number;
+  metrics?: Metrics;
+}
+
+export class WaitingRoom {
+  private readonly keys: AdmissionKeys;
+
+  constructor(
+    private readonly store: QueueStore,
+    private readonly options: WaitingRoomOptions,
+  ) {
+    // Configuration checks the environment; this catches a caller that skipped it.
+    assert.ok(options.secret.length >= 32, 'the admission secret has at least 32 characters');
+    this.keys = deriveAdmissionKeys(options.secret);
+  }
+
+  /** Joins the line, or (same buyer again) answers as a poll of the ticket they already have. */
+  async join(sale: SaleForQueue, buyerRef: string, now = new Date()): Promise<QueueView> {
+    assertSaleForQueue(sale);
+    assert.ok(buyerRef.length >= 1 && buyerRef.length <= QUEUE_LIMITS.buyerReferenceLengthMax, 'buyer reference length');
+    const nowMs = now.getTime();
+    if (isClosed(sale, nowMs)) return closedView(null);
+    const input = await this.stepInput(sale, nowMs);
+    const digest = buyerDigest(this.keys, buyerRef);
+    const answer = await this.store.join({ ...input, ticketId: newId(TICKET_PREFIX, nowMs), buyerDigest: digest });
+    this.observe(sale, answer.outcome, nowMs);
+    const view = this.view(sale, answer.ticketId, answer.state, answer.outcome, nowMs);
+    assert.ok(view, 'a ticket just joined is known');
+    return view;
+  }
+
+  /** The ticket's status now; undefined when the ticket is unknown (never issued, released or reclaimed). */
+  async poll(sale: SaleForQueue, ticketId: string, now = new Date()): Promise<QueueView | undefined> {
+    assertSaleForQueue(sale);
+    const nowMs = now.getTime();
+    if (isClosed(sale, nowMs)) return closedView(ticketId);
+    const answer = await this.store.poll({ ...(await this.stepInput(sale, nowMs)), ticketId });
+    this.observe(sale, answer.outcome, nowMs);
+    return this.view(sale, ticketId, answer.state, answer.outcome, nowMs);
+  }
+
+  /** Opens, reclaims and admits without a buyer's request: the loop's step, and the tests'. */
+  async step(sale: SaleForQueue, now = new Date()): Promise<StepOutcome> {
+    assertSaleForQueue(sale);
+    const nowMs = now.getTime();
+    if (isClosed(sale, nowMs)) return { opened: true, waiting: 0, pending: 0, shopping: 0, soldOut: false, admitted: [] };
+    const outcome = await this.store.step(await this.stepInput(sale, nowMs));
+    this.observe(sale, outcome, nowMs);
+    return outcome;
+  }
+
+  /**
+   * Frees the buyer's place or shopper slot: call it when their hold is paid, released or
+   * expired, or when they leave the line. False when the ticket was not there (already released).
+   */
+  releaseAdmission(saleId: string, ticketId: string): Promise<boolean> {
+    return this.store.release(saleId, ticketId);
+  }
+
+  /**
+   * Accepts an admission token once, for the sale and buyer it was issued to. `ok` names the
+   * ticket, to pass to releaseAdmission later. `expired` also covers an admission that was
+   * released or lapsed before its token was used.
+   */
+  async consumeAdmission(token: string, saleId: string, buyerRef: string, now = new Date()): Promise<ConsumeResult> {
+    const claims = readAdmissionToken(this.keys, token);
+    if (!claims) return { kind: 'invalid' };
+    const nowMs = now.getTime();
+    const checked = checkClaims(claims, saleId, buyerDigest(this.keys, buyerRef), nowMs);
+    if (checked !== 'ok') return { kind: checked };
+    const claimed = await this.store.claim({
+      saleId,
+      ticketId: claims.ticketId,
+      nowMs,
+      usedTtlMs: claims.expiresAtMs - nowMs + CLOCK_SKEW_MARGIN_MS,
+      shoppingMaxMs: this.options.shoppingMaxSeconds * 1000,
+    });
+    if (claimed === 'ok') return { kind: 'ok', ticketId: claims.ticketId };
+    return { kind: claimed === 'replayed' ? 'replayed' : 'expired' };
+  }
+
+  private async stepInput(sale: SaleForQueue, nowMs: number): Promise<StepInput> {
+    const availableUnits = await sale.remainingStock();
+    assert.ok(Number.isSafeInteger(availableUnits) && availableUnits >= 0, `remainingStock() is a whole number ≥ 0, got ${availableUnits}`);
+    const opensAtMs = sale.opensAt.getTime();
+    return {
+      saleId: sale.id,
+      nowMs,
+      opensAtMs,
+      admitPerSecond: sale.admitPerSecond,
+      maxShoppers: sale.maxShoppers,
+      graceMs: sale.graceSeconds * 1000,
+      availableUnits,
+      tokenTtlMs: this.options.tokenTtlSeconds * 1000,
+      stateTtlMs: stateTtlMs(nowMs, opensAtMs),
+      shuffleSeed: shuffleSeed(this.keys, sale.id),
+    };
+  }
+
+  private view(sale: SaleForQueue, ticketId: string, state: TicketState, outcome: StepOutcome, nowMs: number): QueueView | undefined {
+    const view = describeTicket(sale, ticketId, state, outcome, nowMs);
+    if (view?.status !== 'admitted' || state.kind !== 'admitted') return view;
+    const claims = { saleId: sale.id, ticketId, buyerDigest: state.buyerDigest, expiresAtMs: state.tokenExpiresAtMs };
+    return { ...view, admissionToken: signAdmissionToken(this.keys, claims) };
+  }
+
+  private observe(sale: SaleForQueue, outcome: StepOutcome, nowMs: number): void {
+    const metrics = this.options.metrics;
+    if (!metrics) return;
+    const labels = { sale: sale.id };
+    metrics.waitingRoomLength.set(labels, outcome.waiting);
+    if (outcome.admitted.length === 0) return;
+    metrics.waitingRoomAdmissions.inc(labels, outcome.admitted.length);
+    const opensAtMs = sale.opensAt.getTime();
+    for (const { joinedAtMs } of outcome.admitted) {
+      metrics.waitingRoomWaitSeconds.observe(labels, Math.max(0, nowMs - Math.max(joinedAtMs, opensAtMs)) / 1000);
+    }
+  }
+}
+
+export interface CreateWaitingRoomOptions {
+  config: Pick<Config, 'admissionSecret' | 'admissionTokenTtlSeconds' | 'admissionShoppingMaxSeconds'>;
+  /** Absent: single-node mode, state in this process's memory. */
+  redis?: Redis | Cluster;
+  /** Prefix of every Redis key; tests use their own. */
+  keyPrefix?: string;
+  metrics?: Metrics;
+}
+
+/** The waiting room as a process builds it: on Redis when there is one, in memory otherwise. */
+export function createWaitingRoom(options: CreateWaitingRoomOptions): WaitingRoom {
+  const { config } = options;
+  assert.ok(config.admissionSecret, 'FLOODGATE_ADMISSION_SECRET is set (floodgate start makes one up for its single process)');
+  const store = options.redis ? new RedisQueueStore(options.redis, options.keyPrefix ?? DEFAULT_KEY_PREFIX) : new MemoryQueueStore();
+  return new WaitingRoom(store, {
+    secret: config.admissionSecret,
+    tokenTtlSeconds: config.admissionTokenTtlSeconds,
+    shoppingMaxSeconds: config.admissionShoppingMaxSeconds,
+    metrics: options.metrics,
+  });
+}
+
+// Four steps a second keep admissions smooth: credit builds up for at most a second, so a
+// step at least every second loses none of the configured rate.
+export const ADMISSION_LOOP_INTERVAL_MS = 250;
+// Sales stepped per round; more active sales than this at once is not a surge but a mistake.
+export const ADMISSION_LOOP_SALES_MAX = 100;
+
+/**
+ * Steps every active sale's line on a timer, so admissions continue when few buyers poll.
+ * `activeSales` is the sales capability's: the sales open now or opening soon.
+ */
+export class AdmissionLoop {
+  constructor(
+    private readonly room: WaitingRoom,
+    private readonly activeSales: () => Promise<SaleForQueue[]>,
+  ) {}
+
+  /** One round over the active sales; returns how many buyers it admitted. */
+  async runOnce(now = new Date()): Promise<number> {
+    let admitted = 0;
+    for (const sale of (await this.activeSales()).slice(0, ADMISSION_LOOP_SALES_MAX)) {
+      admitted += (await this.room.step(sale, now)).admitted.length;
+    }
+    return admitted;
+  }
+
+  /** Runs rounds until stopped; a failed round is reported and the next one runs as usual. */
+  run(onError: (error: unknown) => void, intervalMs = ADMISSION_LOOP_INTERVAL_MS): { stop(): Promise<void> } {
+    let stopped = false;
+    let timer: NodeJS.Timeout | undefined;
+    let round: Promise<void> = Promise.resolve();
+    const tick = () => {
+      round = this.runOnce()
+        .then(
+          () => {},
+          (error) => onError(error),
+        )
+        .finally(() => {
+          if (!stopped) timer = setTimeout(tick, intervalMs).unref();
+        });
+    };
+    timer = setTimeout(tick, 0).unref();
+    return {
+      async stop() {
+        stopped = true;
+        clearTimeout(timer);
+        await round;
+      },
+    };
+  }
+}
