@@ -101,6 +101,12 @@ class Connection {
     this.socket.destroy();
   }
 
+  /** Gives up on the request in flight without reporting it (the caller counts it). */
+  abandon(): void {
+    this.done = null;
+    this.socket.destroy();
+  }
+
   private onData(chunk: Buffer): void {
     const data = this.buffered ? Buffer.concat([this.buffered, chunk]) : chunk;
     const headerEnd = data.indexOf(HEADER_END);
@@ -226,7 +232,11 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
 
     // The hard bound: whatever the server does, the run ends drainTimeoutMs after its duration.
     const giveUp = setTimeout(() => {
-      for (const connection of connections) if (connection.busy) connection.destroy();
+      for (const connection of connections) {
+        if (!connection.busy) continue;
+        errors.timeout = (errors.timeout ?? 0) + 1;
+        connection.abandon();
+      }
       const unsent = queue.length - queueHead;
       if (unsent > 0) errors.not_sent = (errors.not_sent ?? 0) + unsent;
       finish();
@@ -237,7 +247,7 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
       finished = true;
       clearTimeout(giveUp);
       for (const connection of connections) connection.destroy();
-      const elapsedMs = Math.max(lastAnswerAt - startedAt, 1);
+      const elapsedMs = Math.max((lastAnswerAt || performance.now()) - startedAt, 1);
       const cpu = process.cpuUsage(cpuBefore);
       resolve({
         mode: job.mode,

@@ -153,7 +153,7 @@ export function formatPhase(phase: PhaseResult): string {
     .map(([name, count]) => `${name}=${count}`)
     .join(' ');
   return (
-    `  round ${phase.round} ${pad(phase.side, 7)} ${pad(phase.kind, 6)} c=${pad(String(phase.clients), 3)}` +
+    `  ${phase.round === 0 ? 'warm-up' : `round ${phase.round}`} ${pad(phase.side, 7)} ${pad(phase.kind, 6)} c=${pad(String(phase.clients), 3)}` +
     `${phase.rate ? ` rate=${phase.rate}` : ''} ${phase.throughput}/s p50=${num(phase.latency.p50Ms)} ` +
     `p99=${num(phase.latency.p99Ms)} ms | cpu µs/tx: client ${phase.cpu.clientUsPerTx} server ${phase.cpu.serverUsPerTx} ` +
     `db ${phase.cpu.backendsUsPerTx} | machine ${Math.round(phase.cpu.machineBusy * 100)}% busy, others ${phase.cpu.otherCores} cores` +
