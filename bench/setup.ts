@@ -15,6 +15,8 @@ const ROOT = path.resolve(import.meta.dirname, '..');
 // The server answers /livez well within this once its modules are loaded; tsx's first
 // compile of the sources takes a few seconds on a busy machine.
 const SERVER_START_TIMEOUT_MS = 30_000;
+// Terminated backends exit within milliseconds; this only bounds the wait.
+const SERVER_DISCONNECT_TIMEOUT_MS = 5_000;
 
 export interface BenchDatabase {
   name: string;
@@ -24,6 +26,8 @@ export interface BenchDatabase {
   postgresVersion: string;
   /** Empties the tables the statement writes and checkpoints, so every phase starts alike. */
   reset(): Promise<void>;
+  /** Closes the API server's idle pooled connections; its pool opens new ones when next used. */
+  closeServerConnections(): Promise<void>;
   drop(): Promise<void>;
 }
 
@@ -68,6 +72,17 @@ export async function createBenchDatabase(adminUrl: string): Promise<BenchDataba
         // A checkpoint now means neither side inherits the other's dirty pages or pays for a
         // checkpoint the other triggered (all phases start with the same WAL debt: none).
         await pool.query('checkpoint');
+      },
+      async closeServerConnections() {
+        // The server's pool names its connections 'floodgate' (createPool's default).
+        const serverBackends = `from pg_stat_activity where datname = $1 and application_name = 'floodgate'`;
+        await pool.query(`select pg_terminate_backend(pid) ${serverBackends}`, [name]);
+        const deadline = Date.now() + SERVER_DISCONNECT_TIMEOUT_MS;
+        while (Date.now() < deadline) {
+          const { rows } = await pool.query<{ count: number }>(`select count(*)::int as count ${serverBackends}`, [name]);
+          if (rows[0]?.count === 0) return;
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
       },
       drop,
     };
