@@ -96,7 +96,8 @@ export function summarize(phases: PhaseResult[], rounds: number): Summary {
     ],
     cpuRows: [
       metric('client (generator | pgbench)', 'max', (phase) => phase.cpu.clientUsPerTx),
-      metric('API server', 'max', (phase) => phase.cpu.serverUsPerTx),
+      // pgbench has no server in between: its column stays empty rather than showing 0.
+      { ...metric('API server', 'max', (phase) => phase.cpu.serverUsPerTx), pgbench: Number.NaN, ratio: Number.NaN },
       metric('PostgreSQL backends', 'max', (phase) => phase.cpu.backendsUsPerTx),
       metric('total', 'max', totalCpu),
       // At the same rate the backends' work must match; at max, pgbench's higher rate lets more
@@ -110,8 +111,10 @@ export function summarize(phases: PhaseResult[], rounds: number): Summary {
 }
 
 const pad = (text: string, width: number) => text.padEnd(width);
-const num = (value: number) => (Number.isFinite(value) ? (value >= 100 ? String(Math.round(value)) : value.toFixed(2)) : '-');
-const line = (row: SummaryRow) => `${pad(row.metric, 30)} ${pad(num(row.api), 10)} ${pad(num(row.pgbench), 10)} ${num(row.ratio)}`;
+const num = (value: number) =>
+  Number.isFinite(value) ? (value >= 100 || Number.isInteger(value) ? String(Math.round(value)) : value.toFixed(2)) : '-';
+const ratio = (value: number) => (Number.isFinite(value) ? value.toFixed(2) : '-');
+const line = (row: SummaryRow) => `${pad(row.metric, 30)} ${pad(num(row.api), 10)} ${pad(num(row.pgbench), 10)} ${ratio(row.ratio)}`;
 
 export function formatTable(summary: Summary, machine: MachineInfo, options: RunOptions, phases: PhaseResult[]): string {
   const rates = phases.filter((phase) => phase.side === 'api' && phase.kind === 'rate').map((phase) => phase.rate);
@@ -128,12 +131,11 @@ export function formatTable(summary: Summary, machine: MachineInfo, options: Run
     '',
     `${pad('CPU per transaction @ max (µs)', 30)} ${pad('api', 10)} ${pad('pgbench', 10)} ratio`,
     ...summary.cpuRows.map(line),
-    `${pad('throughput ratio if CPU-bound', 52)} ${num(summary.cpuBoundRatio)}`,
+    `${pad('throughput ratio if CPU-bound', 52)} ${ratio(summary.cpuBoundRatio)}`,
     '',
     `ratio = api / pgbench. Throughput: higher is better, goal >= ${summary.goalRatio.toFixed(2)}. Latency: lower is better;`,
-    'api - pgbench is what the HTTP layer adds to the same SQL. PostgreSQL backends @ 60% rate ~1.00: both sides did the',
-    'same SQL work.',
-    'CPU-bound ratio = pgbench total / api total: what the throughput ratio is when the cores are the only limit.',
+    'api - pgbench is what the HTTP layer adds. PostgreSQL backends @ 60% rate near 1.00: both did the same SQL work.',
+    'CPU-bound ratio = pgbench total / api total: the throughput ratio when the cores are the only limit.',
   ];
   const throughput = summary.rows[0];
   if (throughput && throughput.ratio < summary.goalRatio) {
