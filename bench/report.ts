@@ -137,14 +137,18 @@ export function formatTable(summary: Summary, machine: MachineInfo, options: Run
     'api - pgbench is what the HTTP layer adds. PostgreSQL backends @ 60% rate near 1.00: both did the same SQL work.',
     'CPU-bound ratio = pgbench total / api total: the throughput ratio when the cores are the only limit.',
   ];
-  const throughput = summary.rows[0];
-  if (throughput && throughput.ratio < summary.goalRatio) {
-    lines.push(`throughput ratio ${throughput.ratio.toFixed(2)} is below the goal of ${summary.goalRatio.toFixed(2)}`);
-  }
+  // Other processes' load moves the measured throughput ratio either way (it read 0.46 and 0.80
+  // for the same code), so a noisy run judges the goal by the CPU-bound ratio instead.
+  const goal = summary.goalRatio.toFixed(2);
+  const verdict = (value: number) => (value >= summary.goalRatio ? 'meets' : 'is below');
   if (summary.otherCores > NOISY_OTHER_CORES) {
     lines.push(
-      `noisy: other processes used ${summary.otherCores} cores (median over phases); trust the CPU rows more than throughput and latency`,
+      `noisy: other processes used ${summary.otherCores} cores (median over phases), so the throughput ratio and the latencies`,
+      `are not reliable; the CPU-bound ratio ${ratio(summary.cpuBoundRatio)} ${verdict(summary.cpuBoundRatio)} the goal of ${goal}`,
     );
+  } else {
+    const throughput = summary.rows[0]?.ratio ?? Number.NaN;
+    lines.push(`throughput ratio ${ratio(throughput)} ${verdict(throughput)} the goal of ${goal}`);
   }
   return lines.join('\n');
 }
