@@ -1,0 +1,153 @@
+/**
+ * The benchmark's own database and API server: created for the run, reset before every
+ * measured phase, removed at the end.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import path from 'node:path';
+import pg from 'pg';
+import { createMerchant } from '../src/merchants/service.js';
+import { migrate } from '../src/platform/db/migrate.js';
+import { createPool } from '../src/platform/db/pool.js';
+import { freePort } from './machine.js';
+
+const ROOT = path.resolve(import.meta.dirname, '..');
+// The server answers /livez well within this once its modules are loaded; tsx's first
+// compile of the sources takes a few seconds on a busy machine.
+const SERVER_START_TIMEOUT_MS = 30_000;
+// Terminated backends exit within milliseconds; this only bounds the wait.
+const SERVER_DISCONNECT_TIMEOUT_MS = 5_000;
+
+export interface BenchDatabase {
+  name: string;
+  url: string;
+  merchantId: string;
+  secretKey: string;
+  postgresVersion: string;
+  /** Empties the tables the statement writes and checkpoints, so every phase starts alike. */
+  reset(): Promise<void>;
+  /** Closes the API server's idle pooled connections; its pool opens new ones when next used. */
+  closeServerConnections(): Promise<void>;
+  drop(): Promise<void>;
+}
+
+function withDatabase(url: string, database: string): string {
+  const parsed = new URL(url);
+  parsed.pathname = `/${database}`;
+  return parsed.toString();
+}
+
+async function adminQuery(adminUrl: string, text: string): Promise<pg.QueryResult> {
+  const client = new pg.Client({ connectionString: adminUrl });
+  await client.connect();
+  try {
+    return await client.query(text);
+  } finally {
+    await client.end();
+  }
+}
+
+export async function createBenchDatabase(adminUrl: string): Promise<BenchDatabase> {
+  const name = `floodgate_bench_${randomBytes(4).toString('hex')}`;
+  await adminQuery(adminUrl, `create database ${name}`);
+  const url = withDatabase(adminUrl, name);
+  const pool = createPool({ connectionString: url, max: 1, statementTimeoutMs: 120_000, applicationName: 'floodgate-bench' });
+  const drop = async () => {
+    await pool.end().catch(() => {});
+    await adminQuery(adminUrl, `drop database if exists ${name} with (force)`);
+  };
+  try {
+    await migrate(pool);
+    const merchant = await createMerchant(pool, 'Bench merchant');
+    const { rows } = await pool.query<{ server_version: string }>('show server_version');
+    return {
+      name,
+      url,
+      merchantId: merchant.merchant.id,
+      secretKey: merchant.secret_key,
+      postgresVersion: rows[0]?.server_version ?? 'unknown',
+      async reset() {
+        // Truncating is only safe because nothing else writes these tables during a run.
+        await pool.query('truncate idempotency_keys, events, payment_intents cascade');
+        // A checkpoint now means neither side inherits the other's dirty pages or pays for a
+        // checkpoint the other triggered (all phases start with the same WAL debt: none).
+        await pool.query('checkpoint');
+      },
+      async closeServerConnections() {
+        // The server's pool names its connections 'floodgate' (createPool's default).
+        const serverBackends = `from pg_stat_activity where datname = $1 and application_name = 'floodgate'`;
+        await pool.query(`select pg_terminate_backend(pid) ${serverBackends}`, [name]);
+        const deadline = Date.now() + SERVER_DISCONNECT_TIMEOUT_MS;
+        while (Date.now() < deadline) {
+          const { rows } = await pool.query<{ count: number }>(`select count(*)::int as count ${serverBackends}`, [name]);
+          if (rows[0]?.count === 0) return;
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+      },
+      drop,
+    };
+  } catch (error) {
+    await drop();
+    throw error;
+  }
+}
+
+export interface ApiServer {
+  port: number;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `floodgate api` as its own process, exactly as it is deployed (the same entry point,
+ * logger and metrics), and waits until it answers /livez.
+ */
+export async function startApiServer(options: { databaseUrl: string; poolMax: number; nodeArgs?: string[] }): Promise<ApiServer> {
+  const port = await freePort();
+  const args = [...(options.nodeArgs ?? []), '--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'api'];
+  const child = spawn(process.execPath, args, {
+    cwd: ROOT,
+    stdio: ['ignore', 'inherit', 'inherit'],
+    env: {
+      ...process.env,
+      DATABASE_URL: options.databaseUrl,
+      // The unconfirmed create never calls the provider; the URL only satisfies the api role.
+      // Nothing listens on the discard port, so a stray call would fail at once and locally.
+      FLOODGATE_PROVIDER_URL: 'http://127.0.0.1:9',
+      FLOODGATE_HOST: '127.0.0.1',
+      FLOODGATE_PORT: String(port),
+      FLOODGATE_LOG_LEVEL: 'warn',
+      FLOODGATE_DB_POOL_MAX: String(options.poolMax),
+    },
+  });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const stop = async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    child.kill('SIGTERM');
+    const killer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+    await exited;
+    clearTimeout(killer);
+  };
+  try {
+    await waitUntilLive(child, port);
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { port, pid: child.pid as number, stop };
+}
+
+async function waitUntilLive(child: ChildProcess, port: number): Promise<void> {
+  const deadline = Date.now() + SERVER_START_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (child.exitCode !== null) throw new Error(`floodgate api exited with ${child.exitCode} before it was ready`);
+    try {
+      const response = await fetch(`http://127.0.0.1:${port}/livez`, { signal: AbortSignal.timeout(1_000) });
+      if (response.ok) return;
+    } catch {
+      // Not listening yet.
+    }
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  throw new Error(`floodgate api did not answer /livez within ${SERVER_START_TIMEOUT_MS} ms`);
+}
