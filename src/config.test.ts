@@ -42,6 +42,20 @@ const REJECTED: Array<[name: string, value: string]> = [
   ['DATABASE_URL', 'mysql://root@localhost/floodgate'],
   ['FLOODGATE_PROVIDER_URL', 'ftp://provider.example'],
   ['FLOODGATE_PROVIDER_URL', '://'],
+  ['REDIS_URL', 'http://127.0.0.1:6379'],
+  ['REDIS_URL', 'not a url'],
+  ['FLOODGATE_REDIS_KEY_PREFIX', 'has space:'],
+  ['FLOODGATE_REDIS_KEY_PREFIX', 'glob*:'],
+  ['FLOODGATE_CACHE_STALE_MS', '0'],
+  ['FLOODGATE_RATE_LIMIT_KEY_PER_SECOND', '-1'],
+  ['FLOODGATE_RATE_LIMIT_IP_PER_SECOND', 'lots'],
+  ['FLOODGATE_RATE_LIMIT_WINDOW_SECONDS', '0'],
+  ['FLOODGATE_TRUST_PROXY', 'true'],
+  ['FLOODGATE_TRUST_PROXY', '0'],
+  ['FLOODGATE_TRUST_PROXY', '10.0.0.0/33'],
+  ['FLOODGATE_TRUST_PROXY', '127.0.0.1,proxy.example'],
+  ['FLOODGATE_SHED_EVENT_LOOP_DELAY_MS', '0'],
+  ['FLOODGATE_SHED_IN_FLIGHT_MAX', '0'],
 ];
 
 const EVERY_VARIABLE = [
@@ -64,6 +78,15 @@ const EVERY_VARIABLE = [
   'FLOODGATE_SIMULATOR_LATENCY_MS',
   'FLOODGATE_SIMULATOR_ERROR_RATE',
   'FLOODGATE_EMBEDDED_PG_PORT',
+  'REDIS_URL',
+  'FLOODGATE_REDIS_KEY_PREFIX',
+  'FLOODGATE_CACHE_STALE_MS',
+  'FLOODGATE_RATE_LIMIT_KEY_PER_SECOND',
+  'FLOODGATE_RATE_LIMIT_IP_PER_SECOND',
+  'FLOODGATE_RATE_LIMIT_WINDOW_SECONDS',
+  'FLOODGATE_TRUST_PROXY',
+  'FLOODGATE_SHED_EVENT_LOOP_DELAY_MS',
+  'FLOODGATE_SHED_IN_FLIGHT_MAX',
 ];
 
 describe('loadConfig', () => {
@@ -102,6 +125,23 @@ describe('loadConfig', () => {
     assert.equal(config.providerUrl, 'https://provider.example');
     assert.equal(config.logLevel, 'debug');
     assert.ok(Object.isFrozen(config));
+  });
+
+  test('reads Redis, the trusted proxies and the surge limits', () => {
+    const config = loadConfig({
+      REDIS_URL: 'rediss://:pw@redis.example:6380/2',
+      FLOODGATE_REDIS_KEY_PREFIX: 'shop{1}:',
+      FLOODGATE_TRUST_PROXY: '10.0.0.0/8, 127.0.0.1,loopback,::1',
+      FLOODGATE_RATE_LIMIT_IP_PER_SECOND: '0',
+    });
+    assert.equal(config.redisUrl, 'rediss://:pw@redis.example:6380/2');
+    assert.equal(config.redisKeyPrefix, 'shop{1}:');
+    assert.equal(config.trustProxy, '10.0.0.0/8,127.0.0.1,loopback,::1');
+    assert.equal(config.rateLimitIpPerSecond, 0);
+    assert.equal(loadConfig({ FLOODGATE_TRUST_PROXY: '2' }).trustProxy, 2);
+    assert.equal(loadConfig({}).trustProxy, false);
+    assert.equal(loadConfig({}).redisKeyPrefix, 'floodgate:');
+    assert.equal(describeConfig(config).redisUrl, 'rediss://:*****@redis.example:6380/2');
   });
 
   test('an empty variable means its default, for every variable', () => {
