@@ -26,6 +26,7 @@ export const API_ERRORS = {
   charge_already_refunded: { status: 400, type: 'invalid_request_error' },
   card_declined: { status: 402, type: 'card_error' },
   provider_declined: { status: 402, type: 'api_error' },
+  rate_limited: { status: 429, type: 'rate_limit_error' },
   provider_unavailable: { status: 503, type: 'api_error' },
   service_unavailable: { status: 503, type: 'api_error' },
   internal_error: { status: 500, type: 'api_error' },

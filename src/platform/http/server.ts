@@ -15,6 +15,8 @@ export interface HttpOptions {
   bodyLimitBytes: number;
   metrics: Metrics;
   version: string;
+  /** Whose X-Forwarded-For sets request.ip: none, the nearest N hops, or listed addresses. */
+  trustProxy?: false | number | string;
 }
 
 export type HttpServer = FastifyInstance<
@@ -36,6 +38,8 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     // Ids in our URLs are short; anything longer is not ours.
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
+    // Fastify accepts a hop count at run time but its types do not; this is what it does with one.
+    trustProxy: typeof options.trustProxy === 'number' ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
   }).withTypeProvider<TypeBoxTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   // POSTs such as /confirm have only optional fields: an empty body, with or without a JSON
@@ -88,6 +92,10 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
   await app.register(swaggerUi, { routePrefix: '/docs' });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
+}
+
+function trustHops(hops: number) {
+  return (_address: string, hop: number) => hop < hops;
 }
 
 function mapFrameworkError(error: FastifyError): ApiError | undefined {
