@@ -32,14 +32,14 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     loggerInstance: options.logger || undefined,
     logger: options.logger ? undefined : false,
     bodyLimit: options.bodyLimitBytes,
+    // Fastify accepts a hop count at run time but its types do not; this is what it does with one.
+    trustProxy: typeof options.trustProxy === 'number' ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
     // A line per request is too much at surge rates; errors are still logged, and request
     // rates and latencies are in /metrics.
     logController: new LogController({ disableRequestLogging: true }),
     // Ids in our URLs are short; anything longer is not ours.
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
-    // Fastify accepts a hop count at run time but its types do not; this is what it does with one.
-    trustProxy: typeof options.trustProxy === 'number' ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
   }).withTypeProvider<TypeBoxTypeProvider>();
   app.setValidatorCompiler(validatorCompiler);
   // POSTs such as /confirm have only optional fields: an empty body, with or without a JSON
