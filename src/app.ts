@@ -12,8 +12,12 @@ import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
 import { registerPaymentRoutes } from './payments/routes.js';
 import type { Pool } from './platform/db/pool.js';
 import { ApiError } from './platform/http/errors.js';
+import { createRateLimit } from './platform/http/rate-limit.js';
+import { checkReadiness, type ReadinessCheck } from './platform/http/readiness.js';
 import { createHttpServer, type HttpServer } from './platform/http/server.js';
+import { createShedder, type Shedder } from './platform/http/shedding.js';
 import { createMetrics, type Metrics } from './platform/observability/metrics.js';
+import type { RedisConnections } from './platform/redis/client.js';
 import type { PaymentProvider } from './providers/provider.js';
 import { convertPaidHold } from './sales/holds.js';
 import { VERSION } from './version.js';
@@ -25,6 +29,12 @@ export interface AppDeps {
   provider: PaymentProvider;
   logger?: FastifyBaseLogger | false;
   metrics?: Metrics;
+  /** Absent: single-node mode, shared state (cache, rate limits) in this process's memory. */
+  redis?: RedisConnections;
+  /** Checked by /readyz besides the database (and Redis, when given). */
+  readinessChecks?: ReadinessCheck[];
+  /** Tests pass one with their own delay source and step it; otherwise made from config. */
+  shedder?: Shedder;
 }
 
 // A readiness probe must answer well within a balancer's check interval (HAProxy: 2 s).
@@ -37,11 +47,36 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     bodyLimitBytes: deps.config.bodyLimitBytes,
     metrics,
     version: VERSION,
+    trustProxy: deps.config.trustProxy,
   });
   const authenticate = createAuthenticator(deps.pool, deps.config.apiKeyCacheTtlMs);
   // Payments completed by this node (the confirm call, provider webhooks) mark their orders paid
   // in the completion command's transaction.
   onPaymentSucceeded(convertPaidHold);
+
+  // Shedding first: a refused request must cost nothing, not even an API key lookup.
+  const shedder =
+    deps.shedder ??
+    createShedder({
+      eventLoopDelayMaxMs: deps.config.shedEventLoopDelayMs,
+      inFlightMax: deps.config.shedInFlightMax,
+      registry: metrics.registry,
+    });
+  if (!deps.shedder) {
+    // Sampling starts when the app is ready to serve, not while the process is still starting.
+    app.addHook('onReady', async () => shedder.start());
+    app.addHook('onClose', async () => shedder.stop());
+  }
+  app.addHook('onRequest', shedder.onRequest);
+  const rateLimit = createRateLimit({
+    keyPoints: deps.config.rateLimitKeyPerSecond * deps.config.rateLimitWindowSeconds,
+    ipPoints: deps.config.rateLimitIpPerSecond * deps.config.rateLimitWindowSeconds,
+    windowSeconds: deps.config.rateLimitWindowSeconds,
+    log: app.log,
+    registry: metrics.registry,
+    redis: deps.redis,
+  });
+  app.addHook('onRequest', rateLimit.byIp);
 
   app.addHook('onRequest', async (request) => {
     // Decide by the route the router matched, not the raw URL: the router decodes the path, so
@@ -61,18 +96,20 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     }
     request.principal = result.principal;
   });
+  app.addHook('onRequest', rateLimit.byKey);
+
+  const redis = deps.redis;
+  const readinessChecks: ReadinessCheck[] = [
+    { name: 'database', check: () => deps.pool.query('select 1') },
+    ...(redis ? [{ name: 'redis', check: () => redis.ping() }] : []),
+    ...(deps.readinessChecks ?? []),
+  ];
 
   app.get('/livez', { schema: { hide: true } }, async () => ({ status: 'ok' }));
   app.get('/readyz', { schema: { hide: true } }, async (_request, reply) => {
-    try {
-      await Promise.race([
-        deps.pool.query('select 1'),
-        new Promise((_, reject) => setTimeout(() => reject(new Error('database check timed out')), READINESS_TIMEOUT_MS).unref()),
-      ]);
-      return { status: 'ready' };
-    } catch (error) {
-      return reply.code(503).send({ status: 'unavailable', reason: (error as Error).message });
-    }
+    const readiness = await checkReadiness(readinessChecks, READINESS_TIMEOUT_MS);
+    if (readiness.ready) return { status: 'ready' };
+    return reply.code(503).send({ status: 'unavailable', reason: readiness.reason });
   });
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) =>
     reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),

@@ -25,6 +25,20 @@ const REJECTED: Array<[name: string, value: string]> = [
   ['FLOODGATE_DB_STATEMENT_TIMEOUT_MS', '99'],
   ['FLOODGATE_BODY_LIMIT_BYTES', '1023'],
   ['FLOODGATE_API_KEY_CACHE_TTL_MS', '300001'],
+  ['REDIS_URL', 'http://127.0.0.1:6379'],
+  ['REDIS_URL', 'not a url'],
+  ['FLOODGATE_REDIS_KEY_PREFIX', 'has space:'],
+  ['FLOODGATE_REDIS_KEY_PREFIX', 'glob*:'],
+  ['FLOODGATE_CACHE_STALE_MS', '0'],
+  ['FLOODGATE_RATE_LIMIT_KEY_PER_SECOND', '-1'],
+  ['FLOODGATE_RATE_LIMIT_IP_PER_SECOND', 'lots'],
+  ['FLOODGATE_RATE_LIMIT_WINDOW_SECONDS', '0'],
+  ['FLOODGATE_TRUST_PROXY', 'true'],
+  ['FLOODGATE_TRUST_PROXY', '0'],
+  ['FLOODGATE_TRUST_PROXY', '10.0.0.0/33'],
+  ['FLOODGATE_TRUST_PROXY', '127.0.0.1,proxy.example'],
+  ['FLOODGATE_SHED_EVENT_LOOP_DELAY_MS', '0'],
+  ['FLOODGATE_SHED_IN_FLIGHT_MAX', '0'],
   ['FLOODGATE_IDEMPOTENCY_KEY_TTL_HOURS', '23'],
   ['FLOODGATE_IDEMPOTENCY_LOCK_TIMEOUT_MS', '1e9'],
   ['FLOODGATE_PROVIDER_TIMEOUT_MS', '49'],
@@ -58,6 +72,15 @@ const EVERY_VARIABLE = [
   'FLOODGATE_DB_STATEMENT_TIMEOUT_MS',
   'FLOODGATE_BODY_LIMIT_BYTES',
   'FLOODGATE_API_KEY_CACHE_TTL_MS',
+  'REDIS_URL',
+  'FLOODGATE_REDIS_KEY_PREFIX',
+  'FLOODGATE_CACHE_STALE_MS',
+  'FLOODGATE_RATE_LIMIT_KEY_PER_SECOND',
+  'FLOODGATE_RATE_LIMIT_IP_PER_SECOND',
+  'FLOODGATE_RATE_LIMIT_WINDOW_SECONDS',
+  'FLOODGATE_TRUST_PROXY',
+  'FLOODGATE_SHED_EVENT_LOOP_DELAY_MS',
+  'FLOODGATE_SHED_IN_FLIGHT_MAX',
   'FLOODGATE_IDEMPOTENCY_KEY_TTL_HOURS',
   'FLOODGATE_IDEMPOTENCY_LOCK_TIMEOUT_MS',
   'FLOODGATE_PROVIDER_URL',
@@ -114,6 +137,23 @@ describe('loadConfig', () => {
     assert.equal(config.providerUrl, 'https://provider.example');
     assert.equal(config.logLevel, 'debug');
     assert.ok(Object.isFrozen(config));
+  });
+
+  test('reads Redis, the trusted proxies and the surge limits', () => {
+    const config = loadConfig({
+      REDIS_URL: 'rediss://:pw@redis.example:6380/2',
+      FLOODGATE_REDIS_KEY_PREFIX: 'shop{1}:',
+      FLOODGATE_TRUST_PROXY: '10.0.0.0/8, 127.0.0.1,loopback,::1',
+      FLOODGATE_RATE_LIMIT_IP_PER_SECOND: '0',
+    });
+    assert.equal(config.redisUrl, 'rediss://:pw@redis.example:6380/2');
+    assert.equal(config.redisKeyPrefix, 'shop{1}:');
+    assert.equal(config.trustProxy, '10.0.0.0/8,127.0.0.1,loopback,::1');
+    assert.equal(config.rateLimitIpPerSecond, 0);
+    assert.equal(loadConfig({ FLOODGATE_TRUST_PROXY: '2' }).trustProxy, 2);
+    assert.equal(loadConfig({}).trustProxy, false);
+    assert.equal(loadConfig({}).redisKeyPrefix, 'floodgate:');
+    assert.equal(describeConfig(config).redisUrl, 'rediss://:*****@redis.example:6380/2');
   });
 
   test('an empty variable means its default, for every variable', () => {

@@ -4,9 +4,11 @@
  * is printed. Call sites receive the parts they need explicitly; nothing else reads
  * process.env.
  */
+import { isIP } from 'node:net';
 import path from 'node:path';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+export type TrustProxy = false | number | string;
 
 export interface Config {
   /** Absent means: start the embedded PostgreSQL under dataDir. */
@@ -19,6 +21,19 @@ export interface Config {
   readonly dbStatementTimeoutMs: number;
   readonly bodyLimitBytes: number;
   readonly apiKeyCacheTtlMs: number;
+  /** Absent means single-node mode: shared state (cache, rate limits, waiting room) in process memory. */
+  readonly redisUrl: string | undefined;
+  readonly redisKeyPrefix: string;
+  readonly cacheStaleMs: number;
+  /** 0 turns the limit off. */
+  readonly rateLimitKeyPerSecond: number;
+  /** 0 turns the limit off. */
+  readonly rateLimitIpPerSecond: number;
+  readonly rateLimitWindowSeconds: number;
+  /** false, a number of proxy hops, or a comma-separated list of proxy addresses and CIDRs. */
+  readonly trustProxy: TrustProxy;
+  readonly shedEventLoopDelayMs: number;
+  readonly shedInFlightMax: number;
   readonly idempotencyKeyTtlHours: number;
   readonly idempotencyLockTimeoutMs: number;
   /** Absent means: run the provider simulator in-process and point at it. */
@@ -65,6 +80,10 @@ type Env = Record<string, string | undefined>;
 
 const DECIMAL_INTEGER = /^-?\d+$/;
 const DECIMAL_FRACTION = /^-?(\d+(\.\d*)?|\.\d+)$/;
+// Printable, no spaces or glob characters: the prefix also names pub/sub channels and SCAN patterns.
+const REDIS_KEY_PREFIX = /^[A-Za-z0-9_.:{}-]{1,64}$/;
+// proxy-addr's names for address ranges, accepted besides addresses and CIDRs.
+const PROXY_RANGE_NAMES = ['loopback', 'linklocal', 'uniquelocal'];
 
 /** Parses and validates the environment; throws ConfigError listing every problem at once. */
 export function loadConfig(env: Env = process.env, overrides: Partial<Config> = {}): Config {
@@ -120,6 +139,11 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     return raw;
   };
 
+  const redisKeyPrefix = env.FLOODGATE_REDIS_KEY_PREFIX || 'floodgate:';
+  if (!REDIS_KEY_PREFIX.test(redisKeyPrefix)) {
+    problems.push(`FLOODGATE_REDIS_KEY_PREFIX must be 1 to 64 letters, digits or _ . : { } -; got ${JSON.stringify(redisKeyPrefix)}`);
+  }
+
   const logLevel = (env.FLOODGATE_LOG_LEVEL || 'info') as LogLevel;
   if (!LOG_LEVELS.includes(logLevel)) {
     problems.push(`FLOODGATE_LOG_LEVEL must be one of ${LOG_LEVELS.join(', ')}; got "${logLevel}"`);
@@ -140,6 +164,27 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     bodyLimitBytes: int('FLOODGATE_BODY_LIMIT_BYTES', 65_536, 1024, 10_485_760),
     // How long a node may keep trusting a key it looked up: the bound on revocation delay.
     apiKeyCacheTtlMs: int('FLOODGATE_API_KEY_CACHE_TTL_MS', 5_000, 0, 300_000),
+    redisUrl: url('REDIS_URL', ['redis:', 'rediss:']),
+    redisKeyPrefix,
+    // The issue's bound on how stale public availability may be; also the lifetime of every
+    // cached copy, so it bounds staleness even when an invalidation message is lost.
+    cacheStaleMs: int('FLOODGATE_CACHE_STALE_MS', 1_000, 1, 300_000),
+    // Above what one node serves, so on one node capacity and shedding bind first; in a
+    // cluster it stops one key (a buggy integration) from taking all nodes' capacity. A
+    // publishable key carries every buyer of a sale, hence far more than one client needs.
+    rateLimitKeyPerSecond: int('FLOODGATE_RATE_LIMIT_KEY_PER_SECOND', 10_000, 0, 1_000_000),
+    // A buyer's page makes a few requests a second; 100 leaves room for dozens of buyers
+    // behind one NAT (an office, a campus, a mobile carrier).
+    rateLimitIpPerSecond: int('FLOODGATE_RATE_LIMIT_IP_PER_SECOND', 100, 0, 1_000_000),
+    // One second: a client over its rate learns it at once and waits at most a second.
+    rateLimitWindowSeconds: int('FLOODGATE_RATE_LIMIT_WINDOW_SECONDS', 1, 1, 3_600),
+    trustProxy: trustProxy(env.FLOODGATE_TRUST_PROXY, problems),
+    // Sustained mean delay of 100 ms means every callback waits a tenth of a second before it
+    // runs: the node is saturated and a balancer should send new work elsewhere.
+    shedEventLoopDelayMs: int('FLOODGATE_SHED_EVENT_LOOP_DELAY_MS', 100, 1, 60_000),
+    // About half a second of queued work at the rate one node serves; a request arriving
+    // behind more would wait longer than a retry on another node.
+    shedInFlightMax: int('FLOODGATE_SHED_IN_FLIGHT_MAX', 1_000, 1, 1_000_000),
     // The idempotency draft asks for at least 24 hours.
     idempotencyKeyTtlHours: int('FLOODGATE_IDEMPOTENCY_KEY_TTL_HOURS', 24, 24, 24 * 30),
     // Longer than any request can run (provider timeout plus SQL), so a live request is never
@@ -192,6 +237,34 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
   return Object.freeze(config);
 }
 
+/**
+ * X-Forwarded-For is trusted only from the proxies named here: trusting it from anyone would
+ * let every client pick the address its rate limit is counted against.
+ */
+function trustProxy(raw: string | undefined, problems: string[]): TrustProxy {
+  if (raw === undefined || raw === '' || raw === 'false') return false;
+  if (DECIMAL_INTEGER.test(raw)) {
+    const hops = Number(raw);
+    if (hops >= 1 && hops <= 10) return hops;
+  } else {
+    const entries = raw.split(',').map((entry) => entry.trim());
+    const valid = (entry: string) => {
+      const [address, bits, ...rest] = entry.split('/');
+      if (rest.length > 0 || !address) return false;
+      if (PROXY_RANGE_NAMES.includes(entry)) return true;
+      const family = isIP(address);
+      if (family === 0) return false;
+      if (bits === undefined) return true;
+      return DECIMAL_INTEGER.test(bits) && Number(bits) >= 0 && Number(bits) <= (family === 4 ? 32 : 128);
+    };
+    if (entries.every(valid)) return entries.join(',');
+  }
+  problems.push(
+    `FLOODGATE_TRUST_PROXY must be a number of proxy hops from 1 to 10 or a comma-separated list of proxy addresses or CIDRs; got "${raw}"`,
+  );
+  return false;
+}
+
 /** Replaces the password in a connection URL so a config can be printed or logged. */
 export function maskUrl(value: string | undefined): string | undefined {
   if (value === undefined) return undefined;
@@ -209,6 +282,7 @@ export function describeConfig(config: Config): Record<string, unknown> {
     ...config,
     databaseUrl: maskUrl(config.databaseUrl) ?? '(embedded)',
     providerUrl: maskUrl(config.providerUrl) ?? '(in-process simulator)',
+    redisUrl: maskUrl(config.redisUrl) ?? '(single-node mode: shared state in process memory)',
     providerWebhookSecret: config.providerWebhookSecret ? '*****' : undefined,
     admissionSecret: config.admissionSecret ? '*****' : undefined,
   };

@@ -93,11 +93,29 @@ export interface TestApp {
   provider: HttpProvider;
 }
 
+/**
+ * Tests send bursts from one address as fast as the machine allows; rate limits and load
+ * shedding would refuse them. Their own tests set limits; everything else runs without.
+ */
+export const TEST_TRAFFIC_LIMITS_OFF = {
+  rateLimitKeyPerSecond: 0,
+  rateLimitIpPerSecond: 0,
+  shedInFlightMax: 1_000_000,
+  shedEventLoopDelayMs: 60_000,
+} as const satisfies Partial<Config>;
+
 /** The app as a process builds it, on `pool`, calling the provider at `providerUrl`. */
 export async function buildTestApp(pool: Pool, providerUrl: string, overrides: Partial<Config> = {}): Promise<TestApp> {
   const config = loadConfig(
     {},
-    { providerUrl, providerTimeoutMs: 1_000, apiKeyCacheTtlMs: 0, providerWebhookSecret: TEST_PROVIDER_WEBHOOK_SECRET, ...overrides },
+    {
+      providerUrl,
+      providerTimeoutMs: 1_000,
+      apiKeyCacheTtlMs: 0,
+      providerWebhookSecret: TEST_PROVIDER_WEBHOOK_SECRET,
+      ...TEST_TRAFFIC_LIMITS_OFF,
+      ...overrides,
+    },
   );
   const provider = new HttpProvider({
     baseUrl: providerUrl,

@@ -13,7 +13,7 @@ import { PROVIDER_WEBHOOK_PATH } from '../payments/provider-webhooks.js';
 import { registerQueueMetrics } from '../platform/jobs/metrics.js';
 import { formatQueue, selectQueue } from '../platform/jobs/queue.js';
 import { createMetrics } from '../platform/observability/metrics.js';
-import { createLogger, type Logger, onShutdown, openDatabase, openProvider, startSimulator } from './runtime.js';
+import { createLogger, type Logger, onShutdown, openDatabase, openProvider, openSharedState, startSimulator } from './runtime.js';
 import { runWorker } from './worker.js';
 
 type Options = { json?: boolean; merchant?: string; kind?: string };
@@ -34,17 +34,20 @@ async function withDatabase(config: Config, fn: (db: Awaited<ReturnType<typeof o
 }
 
 async function serve(config: Config, log: Logger, options: { demo: boolean; worker: boolean }): Promise<number> {
+  // Redis first: a REDIS_URL that does not answer stops the process before anything starts.
+  const redis = await openSharedState(config, log);
   const db = await openDatabase(config, log, { migrate: true });
   const webhookUrl = `http://127.0.0.1:${config.port}${PROVIDER_WEBHOOK_PATH}`;
   const provider = await openProvider(config, log, webhookUrl);
   const metrics = createMetrics({ defaultMetrics: true });
   registerQueueMetrics(metrics, db.pool);
-  const app = await buildApp({ config, pool: db.pool, provider: provider.provider, logger: log, metrics });
+  const app = await buildApp({ config, pool: db.pool, provider: provider.provider, logger: log, metrics, redis });
   const worker = options.worker ? await runWorker({ config, pool: db.pool, provider: provider.provider, metrics, log }) : undefined;
   onShutdown(log, async () => {
     await app.close();
     await worker?.stop();
     await provider.close();
+    await redis?.close();
     await db.close();
   });
   await app.listen({ host: config.host, port: config.port });

@@ -1,13 +1,15 @@
 /**
  * Wiring shared by the process roles: the database (embedded or DATABASE_URL), migrations,
- * the provider (in-process simulator or FLOODGATE_PROVIDER_URL), logging and shutdown.
+ * the provider (in-process simulator or FLOODGATE_PROVIDER_URL), Redis (REDIS_URL, else
+ * single-node mode), logging and shutdown.
  */
 import { pino } from 'pino';
-import type { Config } from '../config.js';
+import { type Config, maskUrl } from '../config.js';
 import { startEmbeddedPostgres } from '../platform/db/embedded.js';
 import { migrate } from '../platform/db/migrate.js';
 import { createPool, type Pool } from '../platform/db/pool.js';
 import { migrateJobs } from '../platform/jobs/runner.js';
+import { openRedis, type RedisConnections } from '../platform/redis/client.js';
 import { HttpProvider } from '../providers/http-provider.js';
 import { buildSimulatorApp, ProviderSimulator } from '../providers/simulator/server.js';
 
@@ -59,6 +61,25 @@ export async function openDatabase(config: Config, log: Logger, options: { migra
       await stopEmbedded?.();
     },
   };
+}
+
+/**
+ * Connects to REDIS_URL; without it, says plainly that shared state stays in this process
+ * (single-node mode) and returns undefined.
+ */
+export async function openSharedState(config: Config, log: Logger): Promise<RedisConnections | undefined> {
+  if (!config.redisUrl) {
+    log.info(
+      "REDIS_URL not set: single-node mode. The cache, rate limits and waiting room are kept in this process's memory; run one API node only, or set REDIS_URL.",
+    );
+    return undefined;
+  }
+  const redis = await openRedis({ url: config.redisUrl, keyPrefix: config.redisKeyPrefix, log });
+  log.info(
+    { url: maskUrl(config.redisUrl), keyPrefix: config.redisKeyPrefix },
+    'Redis connected: cache, rate limits and waiting room are shared with every node on it',
+  );
+  return redis;
 }
 
 export interface ProviderHandle {

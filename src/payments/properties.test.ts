@@ -11,7 +11,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import fc from 'fast-check';
-import { createTestDatabase, createTestMerchant, key, startTestSimulator } from '../../test/helpers.js';
+import { createTestDatabase, createTestMerchant, key, startTestSimulator, TEST_TRAFFIC_LIMITS_OFF } from '../../test/helpers.js';
 import { buildApp } from '../app.js';
 import { audit } from '../audit/service.js';
 import { loadConfig } from '../config.js';
@@ -81,7 +81,7 @@ function observed<R extends { idempotencyKey: string }, T>(operation: string, ca
   };
 }
 
-const config = loadConfig({}, { providerUrl: sim.url, providerTimeoutMs: 5_000, apiKeyCacheTtlMs: 0 });
+const config = loadConfig({}, { providerUrl: sim.url, providerTimeoutMs: 5_000, apiKeyCacheTtlMs: 0, ...TEST_TRAFFIC_LIMITS_OFF });
 const provider = new HttpProvider({ baseUrl: sim.url, timeoutMs: 5_000, breakerThreshold: 5, halfOpenMs: 10_000 });
 const observing: PaymentProvider = {
   authorize: observed('authorize', (request) => provider.authorize(request)),

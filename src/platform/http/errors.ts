@@ -34,7 +34,9 @@ export const API_ERRORS = {
   webhook_endpoint_limit_reached: { status: 400, type: 'invalid_request_error' },
   card_declined: { status: 402, type: 'card_error' },
   provider_declined: { status: 402, type: 'api_error' },
+  rate_limited: { status: 429, type: 'rate_limit_error' },
   provider_unavailable: { status: 503, type: 'api_error' },
+  overloaded: { status: 503, type: 'api_error' },
   service_unavailable: { status: 503, type: 'api_error' },
   internal_error: { status: 500, type: 'api_error' },
 } as const satisfies Record<string, { status: number; type: string }>;

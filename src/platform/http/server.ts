@@ -15,6 +15,8 @@ export interface HttpOptions {
   bodyLimitBytes: number;
   metrics: Metrics;
   version: string;
+  /** Whose X-Forwarded-For sets request.ip: none, the nearest N hops, or listed addresses. */
+  trustProxy?: false | number | string;
 }
 
 export type HttpServer = FastifyInstance<
@@ -30,6 +32,8 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     loggerInstance: options.logger || undefined,
     logger: options.logger ? undefined : false,
     bodyLimit: options.bodyLimitBytes,
+    // Fastify accepts a hop count at run time but its types do not; this is what it does with one.
+    trustProxy: typeof options.trustProxy === 'number' ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
     // A line per request is too much at surge rates; errors are still logged, and request
     // rates and latencies are in /metrics.
     logController: new LogController({ disableRequestLogging: true }),
@@ -106,6 +110,10 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
   await app.register(swaggerUi, { routePrefix: '/docs' });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
+}
+
+function trustHops(hops: number) {
+  return (_address: string, hop: number) => hop < hops;
 }
 
 function mapFrameworkError(error: FastifyError): ApiError | undefined {

@@ -1,0 +1,229 @@
+/**
+ * Rate limits on /v1: per client IP for every request, per API key for authenticated ones.
+ * Counters live in Redis so every node enforces one limit, or in memory in single-node mode.
+ * Allowed responses carry RateLimit-Limit, -Remaining and -Reset (IETF httpapi ratelimit
+ * headers draft, the three-field form) for the tighter of the two limits; a refusal is 429
+ * `rate_limited` with Retry-After as well.
+ */
+import { isIP } from 'node:net';
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
+import type { Registry } from 'prom-client';
+import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
+import { registeredCounter } from '../observability/registered.js';
+import type { RedisConnections } from '../redis/client.js';
+import { ApiError } from './errors.js';
+
+type Log = Pick<FastifyBaseLogger, 'warn'>;
+
+// Falling back repeats on every request while Redis is down; one warning per interval.
+const FALLBACK_LOG_INTERVAL_MS = 10_000;
+
+export interface RateDecision {
+  allowed: boolean;
+  limit: number;
+  remaining: number;
+  /** Seconds until the window ends and the full limit is available again. */
+  resetSeconds: number;
+}
+
+export interface Limiter {
+  readonly name: string;
+  readonly points: number;
+  /** Takes one point for key. Never rejects: a broken store allows the request (see below). */
+  consume(key: string): Promise<RateDecision>;
+}
+
+export interface LimiterOptions {
+  /** Names the limit in Redis keys, logs and metrics: "ip", "key", or a capability's own. */
+  name: string;
+  points: number;
+  windowSeconds: number;
+  log: Log;
+  registry: Registry;
+  /** Absent: single-node mode, counted in this process. */
+  redis?: RedisConnections;
+}
+
+/**
+ * A fixed-window limiter of `points` per `windowSeconds`, the window starting at a key's first
+ * request. Exported so capabilities can limit their own things (joins per buyer, say).
+ */
+export function createLimiter(options: LimiterOptions): Limiter {
+  const base = { points: options.points, duration: options.windowSeconds, keyPrefix: `ratelimit:${options.name}` };
+  const fallbacks = registeredCounter(options.registry, {
+    name: 'floodgate_rate_limit_fallbacks_total',
+    help: 'Rate-limit decisions made without the shared store (counted in this process, or allowed), by limit',
+    labelNames: ['limit'] as const,
+  });
+  let warnedAt = Number.NEGATIVE_INFINITY;
+  const fellBack = (message: string, error?: unknown) => {
+    fallbacks.inc({ limit: options.name });
+    const now = performance.now();
+    if (now - warnedAt < FALLBACK_LOG_INTERVAL_MS) return;
+    warnedAt = now;
+    options.log.warn({ limit: options.name, err: error }, message);
+  };
+  // Failing open, in two steps. When Redis cannot answer, the insurance limiter counts in this
+  // process: each node still holds every client to the limit, only no longer summed across
+  // nodes. Should even that fail, the request is allowed. A rate limit protects capacity; it
+  // must not turn a Redis outage into an outage of the payment API, and overload is still
+  // caught by load shedding.
+  const limiter: RateLimiterAbstract = options.redis
+    ? new RateLimiterRedis({
+        ...base,
+        storeClient: options.redis.client,
+        // Disconnected: straight to the insurance limiter, without a doomed round trip.
+        rejectIfRedisNotReady: true,
+        insuranceLimiter: new InsuranceLimiter(base, () =>
+          fellBack('rate limit store unavailable: counting in this process, so each node allows the full limit until it is back'),
+        ),
+      })
+    : new RateLimiterMemory(base);
+
+  return {
+    name: options.name,
+    points: options.points,
+    async consume(key) {
+      try {
+        return decision(options.points, await limiter.consume(key), true);
+      } catch (result) {
+        if (result instanceof RateLimiterRes) return decision(options.points, result, false);
+        fellBack('rate limit could not be decided: request allowed', result);
+        return { allowed: true, limit: options.points, remaining: options.points, resetSeconds: options.windowSeconds };
+      }
+    },
+  };
+}
+
+/** The memory limiter Redis falls back to, reporting each use. */
+class InsuranceLimiter extends RateLimiterMemory {
+  constructor(
+    options: ConstructorParameters<typeof RateLimiterMemory>[0],
+    private readonly onUse: () => void,
+  ) {
+    super(options);
+  }
+
+  override consume(key: string | number, points?: number, options?: { [key: string]: unknown }): Promise<RateLimiterRes> {
+    this.onUse();
+    return super.consume(key, points, options);
+  }
+}
+
+function decision(points: number, result: RateLimiterRes, allowed: boolean): RateDecision {
+  return {
+    allowed,
+    limit: points,
+    remaining: Math.max(0, result.remainingPoints),
+    resetSeconds: Math.max(0, Math.ceil(result.msBeforeNext / 1000)),
+  };
+}
+
+export function rateLimitHeaders(decision: RateDecision): Record<string, string> {
+  return {
+    'ratelimit-limit': String(decision.limit),
+    'ratelimit-remaining': String(decision.remaining),
+    'ratelimit-reset': String(decision.resetSeconds),
+  };
+}
+
+/**
+ * The bucket an address is counted in. An IPv6 client usually holds a whole /64 and could
+ * rotate through it, so IPv6 counts per /64; IPv4 (also when mapped into IPv6) per address.
+ */
+export function clientBucket(ip: string): string {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(ip);
+  if (mapped) return mapped[1] as string;
+  if (isIP(ip) !== 6) return ip;
+  const address = ip.toLowerCase().split('%')[0] as string;
+  const [head = '', tail] = address.includes('::') ? address.split('::') : [address, undefined];
+  const left = head ? head.split(':') : [];
+  const right = tail ? tail.split(':') : [];
+  // A dotted IPv4 tail stands for two groups.
+  const width = (groups: string[]) => groups.reduce((sum, group) => sum + (group.includes('.') ? 2 : 1), 0);
+  const missing = tail === undefined ? 0 : 8 - width(left) - width(right);
+  const groups = [...left, ...Array<string>(missing).fill('0'), ...right];
+  const prefix = groups.slice(0, 4).map((group) => group.replace(/^0+(?=.)/, ''));
+  return `${prefix.join(':')}::/64`;
+}
+
+export interface RateLimitOptions {
+  /** Requests per window per API key; 0 is no limit. */
+  keyPoints: number;
+  /** Requests per window per client address (IPv6: per /64); 0 is no limit. */
+  ipPoints: number;
+  windowSeconds: number;
+  log: Log;
+  registry: Registry;
+  redis?: RedisConnections;
+}
+
+export interface RateLimitHooks {
+  /** Before authentication: an unknown key costs a database lookup, so floods of them count too. */
+  byIp(request: FastifyRequest, reply: FastifyReply): Promise<void>;
+  /** After authentication, on request.principal. */
+  byKey(request: FastifyRequest, reply: FastifyReply): Promise<void>;
+}
+
+/** The /v1 limits as onRequest hooks. */
+export function createRateLimit(options: RateLimitOptions): RateLimitHooks {
+  const make = (name: string, points: number) =>
+    points > 0
+      ? createLimiter({
+          name,
+          points,
+          windowSeconds: options.windowSeconds,
+          log: options.log,
+          registry: options.registry,
+          redis: options.redis,
+        })
+      : undefined;
+  const ip = make('ip', options.ipPoints);
+  const key = make('key', options.keyPoints);
+  const refused = registeredCounter(options.registry, {
+    name: 'floodgate_rate_limited_total',
+    help: 'Requests refused with 429, by limit',
+    labelNames: ['limit'] as const,
+  });
+  // The decision with the fewest requests left so far, for each request: its headers describe
+  // the limit the client will meet first (both limits count the same requests).
+  const sent = new WeakMap<FastifyRequest, RateDecision>();
+
+  const apply = async (limiter: Limiter, subject: string, request: FastifyRequest, reply: FastifyReply) => {
+    const result = await limiter.consume(subject);
+    if (!result.allowed) {
+      refused.inc({ limit: limiter.name });
+      throw new ApiError(
+        'rate_limited',
+        `Too many requests for this ${limiter.name === 'ip' ? 'address' : 'API key'}; retry later.`,
+        undefined,
+        {
+          ...rateLimitHeaders(result),
+          'retry-after': String(Math.max(1, result.resetSeconds)),
+        },
+      );
+    }
+    const previous = sent.get(request);
+    if (previous && previous.remaining <= result.remaining) return;
+    sent.set(request, result);
+    reply.headers(rateLimitHeaders(result));
+  };
+
+  return {
+    async byIp(request, reply) {
+      if (ip && isLimited(request)) await apply(ip, clientBucket(request.ip), request, reply);
+    },
+    async byKey(request, reply) {
+      if (key && request.principal && isLimited(request)) await apply(key, request.principal.keyId, request, reply);
+    },
+  };
+}
+
+/**
+ * Only the API is limited: health checks and metrics scrapes must always answer. The router
+ * decodes paths, so '/%761/holds' reaches a /v1 route: the matched route decides, the raw URL
+ * only when nothing matched.
+ */
+function isLimited(request: FastifyRequest): boolean {
+  return (request.routeOptions.url ?? request.url).startsWith('/v1/');
+}

@@ -1,0 +1,100 @@
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import { createMetrics } from '../observability/metrics.js';
+import { createHttpServer } from './server.js';
+import { createShedder, type DelaySource, eventLoopDelaySource } from './shedding.js';
+
+const EXEMPT = ['/livez', '/readyz', '/metrics'];
+// Held requests reach the shedder's hook within a few event-loop turns; this only bounds a
+// failing test.
+const WAIT_DEADLINE_MS = 5_000;
+
+/** A delay source the test sets by hand. */
+function fakeDelay(): DelaySource & { ms: number } {
+  return {
+    ms: 0,
+    takeMs() {
+      return this.ms;
+    },
+    close() {},
+  };
+}
+
+async function shedServer(options: { inFlightMax: number; eventLoopDelayMaxMs: number }) {
+  const metrics = createMetrics({ defaultMetrics: false });
+  const delay = fakeDelay();
+  const shedder = createShedder({ ...options, registry: metrics.registry, delaySource: delay });
+  const app = await createHttpServer({ logger: false, bodyLimitBytes: 1024, metrics, version: 'test' });
+  app.addHook('onRequest', shedder.onRequest);
+  // Requests to /v1/held wait until the test releases them.
+  const held: Array<() => void> = [];
+  app.get('/v1/held', () => new Promise((resolve) => held.push(() => resolve({ ok: true }))));
+  app.get('/v1/quick', async () => ({ ok: true }));
+  for (const path of EXEMPT) app.get(path, async () => ({ ok: true }));
+  after(() => app.close());
+  return { app, shedder, delay, held, registry: metrics.registry };
+}
+
+function assertShed(response: { statusCode: number; headers: Record<string, unknown>; json(): { error: { code: string } } }) {
+  assert.equal(response.statusCode, 503);
+  assert.equal(response.json().error.code, 'overloaded');
+  const retryAfter = Number(response.headers['retry-after']);
+  assert.ok(Number.isInteger(retryAfter) && retryAfter >= 1 && retryAfter <= 3, `Retry-After ${retryAfter}`);
+}
+
+async function waitFor(condition: () => boolean): Promise<void> {
+  const deadline = Date.now() + WAIT_DEADLINE_MS;
+  while (!condition() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 1));
+  assert.ok(condition(), 'condition not reached before the deadline');
+}
+
+describe('load shedding', () => {
+  test('event-loop delay over the limit: new requests get 503 with Retry-After until it falls', async () => {
+    const { app, shedder, delay, registry } = await shedServer({ inFlightMax: 100, eventLoopDelayMaxMs: 100 });
+    assert.equal((await app.inject({ url: '/v1/quick' })).statusCode, 200);
+
+    delay.ms = 150;
+    shedder.runOnce();
+    assertShed(await app.inject({ url: '/v1/quick' }));
+    assertShed(await app.inject({ url: '/v1/unknown-route' }));
+    for (const url of EXEMPT) assert.equal((await app.inject({ url })).statusCode, 200, url);
+
+    delay.ms = 20;
+    shedder.runOnce();
+    assert.equal((await app.inject({ url: '/v1/quick' })).statusCode, 200);
+
+    const text = await registry.metrics();
+    assert.match(text, /floodgate_http_shed_total\{reason="event_loop_delay"\} 2/);
+    assert.match(text, /floodgate_event_loop_delay_seconds 0.02/);
+  });
+
+  test('in-flight requests at the limit: the next gets 503; health is still served; room returns as they finish', async () => {
+    const { app, shedder, held, registry } = await shedServer({ inFlightMax: 3, eventLoopDelayMaxMs: 100 });
+    const pending = Array.from({ length: 3 }, () => app.inject({ url: '/v1/held' }));
+    await waitFor(() => held.length === 3);
+    assert.equal(shedder.inFlight, 3);
+    assert.match(await registry.metrics(), /floodgate_http_in_flight_requests 3/);
+
+    assertShed(await app.inject({ url: '/v1/quick' }));
+    for (const url of EXEMPT) assert.equal((await app.inject({ url })).statusCode, 200, url);
+
+    for (const release of held) release();
+    assert.deepEqual(
+      (await Promise.all(pending)).map((response) => response.statusCode),
+      [200, 200, 200],
+    );
+    await waitFor(() => shedder.inFlight === 0);
+    assert.equal((await app.inject({ url: '/v1/quick' })).statusCode, 200);
+    assert.match(await registry.metrics(), /floodgate_http_shed_total\{reason="in_flight"\} 1/);
+  });
+
+  test('the event-loop monitor reports a delay in milliseconds, never negative', () => {
+    const source = eventLoopDelaySource();
+    try {
+      const ms = source.takeMs();
+      assert.ok(Number.isFinite(ms) && ms >= 0, String(ms));
+    } finally {
+      source.close();
+    }
+  });
+});

@@ -1,0 +1,147 @@
+/**
+ * Load shedding: when this node is saturated, a new request is refused at once with 503
+ * `overloaded` and Retry-After, before it costs anything (no body read, no authentication, no
+ * database). Turning some buyers away quickly keeps the node fast for the requests it has
+ * taken, and tells a balancer or client to try elsewhere or later.
+ *
+ * Two signals: the event loop's delay over the last sampling window (the node's CPU is
+ * behind) and the requests in flight (work is queueing on something slower: the database,
+ * the provider). Health checks and metrics scrapes are never shed: a balancer that sees
+ * /readyz fail under load would take a node out just when it is needed most.
+ */
+import { monitorEventLoopDelay } from 'node:perf_hooks';
+import type { FastifyReply, FastifyRequest } from 'fastify';
+import type { Registry } from 'prom-client';
+import { registeredCounter, registeredGauge } from '../observability/registered.js';
+import { ApiError } from './errors.js';
+
+// Half a second: shedding starts and stops within one, and each window holds about fifty
+// samples, so one long callback does not decide alone.
+const SHED_SAMPLE_INTERVAL_MS = 500;
+// The event-loop monitor's sampling timer; 10 ms is Node's default resolution.
+const DELAY_RESOLUTION_MS = 10;
+// Retry-After is drawn from 1 to 3 seconds, so shed clients do not all return in the same
+// instant and shed each other again.
+const SHED_RETRY_AFTER_SECONDS_MIN = 1;
+const SHED_RETRY_AFTER_SECONDS_MAX = 3;
+
+const EXEMPT_PATHS = new Set(['/livez', '/readyz', '/metrics']);
+
+/** Where the delay comes from; tests pass their own instead of a real monitor. */
+export interface DelaySource {
+  /** The mean event-loop delay in ms since the previous call, which starts a new window. */
+  takeMs(): number;
+  close(): void;
+}
+
+export function eventLoopDelaySource(): DelaySource {
+  const histogram = monitorEventLoopDelay({ resolution: DELAY_RESOLUTION_MS });
+  histogram.enable();
+  return {
+    takeMs() {
+      // Each sample includes the timer's own interval; what is left is the delay. The mean,
+      // not the max: one garbage collection pause should not turn buyers away for a window.
+      const meanMs = histogram.count > 0 ? histogram.mean / 1e6 - DELAY_RESOLUTION_MS : 0;
+      histogram.reset();
+      return Math.max(0, meanMs);
+    },
+    close() {
+      histogram.disable();
+    },
+  };
+}
+
+export interface ShedderOptions {
+  eventLoopDelayMaxMs: number;
+  inFlightMax: number;
+  registry: Registry;
+  /** Default: a monitor of this process's event loop. */
+  delaySource?: DelaySource;
+  sampleIntervalMs?: number;
+}
+
+export interface Shedder {
+  /** The onRequest hook; register it before every other. */
+  onRequest(request: FastifyRequest, reply: FastifyReply): Promise<void>;
+  /** Takes one delay sample and decides whether delay alone sheds until the next. */
+  runOnce(): void;
+  /** Samples every sampleIntervalMs until stop(). */
+  start(): void;
+  stop(): void;
+  readonly inFlight: number;
+  readonly eventLoopDelayMs: number;
+}
+
+export function createShedder(options: ShedderOptions): Shedder {
+  const source = options.delaySource ?? eventLoopDelaySource();
+  const intervalMs = options.sampleIntervalMs ?? SHED_SAMPLE_INTERVAL_MS;
+  let inFlight = 0;
+  let delayMs = 0;
+  let timer: NodeJS.Timeout | undefined;
+
+  const shed = registeredCounter(options.registry, {
+    name: 'floodgate_http_shed_total',
+    help: 'Requests refused with 503 overloaded, by reason (event_loop_delay, in_flight)',
+    labelNames: ['reason'] as const,
+  });
+  registeredGauge(options.registry, {
+    name: 'floodgate_http_in_flight_requests',
+    help: 'Requests being served now, health checks and metrics scrapes not counted',
+    collect() {
+      this.set(inFlight);
+    },
+  });
+  registeredGauge(options.registry, {
+    name: 'floodgate_event_loop_delay_seconds',
+    help: 'Mean event-loop delay over the last load-shedding window',
+    collect() {
+      this.set(delayMs / 1000);
+    },
+  });
+
+  const runOnce = () => {
+    delayMs = source.takeMs();
+  };
+
+  const refuse = (reason: 'event_loop_delay' | 'in_flight'): never => {
+    shed.inc({ reason });
+    const spread = SHED_RETRY_AFTER_SECONDS_MAX - SHED_RETRY_AFTER_SECONDS_MIN + 1;
+    const retryAfter = SHED_RETRY_AFTER_SECONDS_MIN + Math.floor(Math.random() * spread);
+    throw new ApiError('overloaded', 'This server is at capacity; retry after the number of seconds in Retry-After.', undefined, {
+      'retry-after': String(retryAfter),
+    });
+  };
+
+  return {
+    async onRequest(request, reply) {
+      if (EXEMPT_PATHS.has(request.routeOptions.url ?? '')) return;
+      if (delayMs > options.eventLoopDelayMaxMs) refuse('event_loop_delay');
+      if (inFlight >= options.inFlightMax) refuse('in_flight');
+      inFlight += 1;
+      // 'close' fires once for every response, finished or aborted by the client.
+      reply.raw.once('close', () => {
+        inFlight -= 1;
+      });
+    },
+    runOnce,
+    start() {
+      if (timer) return;
+      // Start from a clean window: loading modules and migrating at start-up block the loop,
+      // and a node must not shed its first requests for work it has already finished.
+      source.takeMs();
+      timer = setInterval(runOnce, intervalMs);
+      timer.unref();
+    },
+    stop() {
+      clearInterval(timer);
+      timer = undefined;
+      source.close();
+    },
+    get inFlight() {
+      return inFlight;
+    },
+    get eventLoopDelayMs() {
+      return delayMs;
+    },
+  };
+}

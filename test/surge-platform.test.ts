@@ -1,0 +1,120 @@
+/**
+ * The surge platform pieces as app.ts wires them: load shedding before everything, the
+ * address limit before authentication, the key limit after it, /readyz asking Redis too.
+ * Each piece is tested on its own beside its code; these check the order and the wiring.
+ */
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import { type AppDeps, buildApp } from '../src/app.js';
+import { type Config, loadConfig } from '../src/config.js';
+import { createShedder } from '../src/platform/http/shedding.js';
+import { createMetrics } from '../src/platform/observability/metrics.js';
+import { HttpProvider } from '../src/providers/http-provider.js';
+import {
+  createTestDatabase,
+  createTestMerchant,
+  startTestSimulator,
+  TEST_PROVIDER_WEBHOOK_SECRET,
+  TEST_TRAFFIC_LIMITS_OFF,
+} from './helpers.js';
+import { openTestRedis, redisSkip, testKeyPrefix } from './redis.js';
+
+const { pool } = await createTestDatabase();
+const sim = await startTestSimulator({ webhookSecret: TEST_PROVIDER_WEBHOOK_SECRET });
+const merchant = await createTestMerchant(pool);
+const otherMerchant = await createTestMerchant(pool);
+
+// 1 per second over 3 s: three requests per window, reached in a handful of requests, over a
+// window far longer than those requests take.
+const THREE_PER_WINDOW = { rateLimitWindowSeconds: 3 };
+
+async function build(overrides: Partial<Config>, deps: Partial<AppDeps> = {}) {
+  const config = loadConfig({}, { providerUrl: sim.url, apiKeyCacheTtlMs: 0, ...TEST_TRAFFIC_LIMITS_OFF, ...overrides });
+  const provider = new HttpProvider({ baseUrl: sim.url, timeoutMs: 1_000, breakerThreshold: 5, halfOpenMs: 1_000 });
+  const app = await buildApp({ config, pool, provider, ...deps });
+  after(() => app.close());
+  return app;
+}
+
+function get(app: Awaited<ReturnType<typeof build>>, url: string, key?: string) {
+  return app.inject({ method: 'GET', url, headers: key ? { authorization: `Bearer ${key}` } : {} });
+}
+
+describe('rate limits in the app', () => {
+  test('the address limit runs before authentication, so requests with bad keys count too', async () => {
+    const app = await build({ ...THREE_PER_WINDOW, rateLimitIpPerSecond: 1 });
+    for (let i = 0; i < 3; i++) {
+      const response = await get(app, '/v1/balance', 'sk_test_not_a_real_key');
+      assert.equal(response.statusCode, 401);
+      assert.equal(response.headers['ratelimit-limit'], '3');
+    }
+    const refused = await get(app, '/v1/balance', merchant.secretKey);
+    assert.equal(refused.statusCode, 429);
+    assert.equal(refused.json().error.code, 'rate_limited');
+    assert.ok(Number(refused.headers['retry-after']) >= 1);
+    for (const url of ['/livez', '/readyz', '/metrics']) assert.equal((await get(app, url)).statusCode, 200, url);
+  });
+
+  test('the key limit runs on the authenticated key; another merchant is unaffected', async () => {
+    const app = await build({ ...THREE_PER_WINDOW, rateLimitKeyPerSecond: 1 });
+    for (let i = 0; i < 3; i++) assert.equal((await get(app, '/v1/balance', merchant.secretKey)).statusCode, 200);
+    const refused = await get(app, '/v1/balance', merchant.secretKey);
+    assert.equal(refused.statusCode, 429);
+    assert.equal(refused.headers['ratelimit-remaining'], '0');
+    assert.ok(Number(refused.headers['retry-after']) >= 1);
+    assert.equal((await get(app, '/v1/balance', otherMerchant.secretKey)).statusCode, 200);
+  });
+});
+
+describe('load shedding in the app', () => {
+  test('an overloaded node refuses before authentication and still answers its health checks', async () => {
+    const metrics = createMetrics({ defaultMetrics: false });
+    const delay = { ms: 0, takeMs: () => delay.ms, close() {} };
+    const shedder = createShedder({ eventLoopDelayMaxMs: 100, inFlightMax: 1_000, registry: metrics.registry, delaySource: delay });
+    const app = await build({}, { shedder, metrics });
+    delay.ms = 500;
+    shedder.runOnce();
+    const refused = await get(app, '/v1/balance');
+    assert.equal(refused.statusCode, 503);
+    assert.equal(refused.json().error.code, 'overloaded');
+    assert.ok(Number(refused.headers['retry-after']) >= 1);
+    for (const url of ['/livez', '/readyz', '/metrics']) assert.equal((await get(app, url)).statusCode, 200, url);
+    delay.ms = 0;
+    shedder.runOnce();
+    assert.equal((await get(app, '/v1/balance', merchant.secretKey)).statusCode, 200);
+  });
+});
+
+describe('readiness', () => {
+  test('an extra readiness check that fails makes /readyz 503 and names it', async () => {
+    const app = await build(
+      {},
+      { readinessChecks: [{ name: 'waiting_room', check: async () => Promise.reject(new Error('not loaded')) }] },
+    );
+    const response = await get(app, '/readyz');
+    assert.equal(response.statusCode, 503);
+    assert.deepEqual(response.json(), { status: 'unavailable', reason: 'waiting_room: not loaded' });
+  });
+});
+
+describe('the app with Redis', { skip: redisSkip }, () => {
+  test('two nodes on one Redis share one address limit', async () => {
+    const prefix = testKeyPrefix();
+    const config = { ...THREE_PER_WINDOW, rateLimitIpPerSecond: 1 };
+    const a = await build(config, { redis: await openTestRedis(prefix) });
+    const b = await build(config, { redis: await openTestRedis(prefix) });
+    const statuses = [];
+    for (const node of [a, b, a, b]) statuses.push((await get(node, '/v1/balance', merchant.secretKey)).statusCode);
+    assert.deepEqual(statuses, [200, 200, 200, 429]);
+  });
+
+  test('/readyz pings Redis and reports it when it does not answer', async () => {
+    const redis = await openTestRedis();
+    const app = await build({}, { redis });
+    assert.deepEqual((await get(app, '/readyz')).json(), { status: 'ready' });
+    redis.client.disconnect();
+    const response = await get(app, '/readyz');
+    assert.equal(response.statusCode, 503);
+    assert.match(response.json().reason, /^redis: /);
+  });
+});
