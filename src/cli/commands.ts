@@ -3,7 +3,7 @@
  * exit code when done.
  */
 import { randomBytes } from 'node:crypto';
-import { chmod, readFile, writeFile } from 'node:fs/promises';
+import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { buildApp } from '../app.js';
 import { audit, formatReport } from '../audit/service.js';
@@ -70,6 +70,7 @@ async function announceDemo(config: Config, pool: import('../platform/db/pool.js
     demo = await merchants.createMerchant(pool, DEMO_MERCHANT);
     // The demo's keys are kept in the local data directory (mode 0600) so that later starts can
     // print them again; the database itself stores only their hashes.
+    await mkdir(config.dataDir, { recursive: true });
     await writeFile(file, `${JSON.stringify(demo, null, 2)}\n`, { mode: 0o600 });
     await chmod(file, 0o600);
   }
