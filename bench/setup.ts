@@ -120,6 +120,7 @@ export async function startApiServer(options: { databaseUrl: string; poolMax: nu
       FLOODGATE_DB_POOL_MAX: String(options.poolMax),
       // The load comes from one address and one key by design: rate limits would measure
       // themselves, and shedding at the default in-flight cap would cut the closed loop short.
+      FLOODGATE_ADMISSION_SECRET: 'bench_admission_secret_0123456789abcdef',
       FLOODGATE_RATE_LIMIT_IP_PER_SECOND: '0',
       FLOODGATE_RATE_LIMIT_KEY_PER_SECOND: '0',
     },

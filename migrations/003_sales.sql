@@ -11,6 +11,11 @@ create table sales (
   closes_at timestamptz,
   per_buyer_limit integer not null check (per_buyer_limit between 1 and 100),
   hold_seconds integer not null check (hold_seconds between 30 and 3600),
+  -- The waiting room: buyers admitted per second, buyers shopping at once, and how long a
+  -- waiting buyer may go without polling before their place is given up.
+  admit_per_second real not null check (admit_per_second > 0 and admit_per_second <= 10000),
+  max_shoppers integer not null check (max_shoppers between 0 and 1000000),
+  grace_seconds integer not null check (grace_seconds between 3 and 3600),
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   primary key (merchant_id, id),
@@ -40,6 +45,9 @@ create table holds (
   sale_id text collate "C" not null,
   buyer_reference text not null,
   status text not null check (status in ('active', 'released', 'expired', 'converted')),
+  -- The waiting-room ticket whose admission this hold spent; its shopper slot is freed when
+  -- the hold ends.
+  admission_ticket text,
   amount bigint not null check (amount > 0),
   currency text not null,
   expires_at timestamptz not null,

@@ -2,7 +2,10 @@
  * Builds the HTTP app from its dependencies. No listen here: processes call listen, tests use
  * app.inject().
  */
+import { randomBytes } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
+import { registerQueueRoutes } from './admission/routes.js';
+import { createWaitingRoom } from './admission/service.js';
 import type { Config } from './config.js';
 import { registerEventRoutes } from './events/routes.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
@@ -10,6 +13,7 @@ import { createAuthenticator } from './merchants/service.js';
 import { onPaymentSucceeded } from './payments/hooks.js';
 import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
 import { registerPaymentRoutes } from './payments/routes.js';
+import { createCache } from './platform/cache/cache.js';
 import type { Pool } from './platform/db/pool.js';
 import { ApiError } from './platform/http/errors.js';
 import { createRateLimit } from './platform/http/rate-limit.js';
@@ -20,6 +24,8 @@ import { createMetrics, type Metrics } from './platform/observability/metrics.js
 import type { RedisConnections } from './platform/redis/client.js';
 import type { PaymentProvider } from './providers/provider.js';
 import { convertPaidHold } from './sales/holds.js';
+import { registerSalesRoutes } from './sales/routes.js';
+import { saleForQueue, type toApiSale } from './sales/service.js';
 import { VERSION } from './version.js';
 import { registerWebhookRoutes } from './webhooks/routes.js';
 
@@ -36,6 +42,15 @@ export interface AppDeps {
   /** Tests pass one with their own delay source and step it; otherwise made from config. */
   shedder?: Shedder;
 }
+
+/** What a buyer is told when their admission token does not admit them. */
+const ADMISSION_REFUSALS = {
+  invalid: 'the admission token is not one we issued',
+  expired: 'the admission token has expired; join the queue again',
+  replayed: 'the admission token was already used',
+  wrong_buyer: 'the admission token belongs to another buyer_reference',
+  wrong_sale: 'the admission token is for another sale',
+} as const;
 
 // A readiness probe must answer well within a balancer's check interval (HAProxy: 2 s).
 const READINESS_TIMEOUT_MS = 1_000;
@@ -125,5 +140,33 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   registerLedgerRoutes(app, deps.pool);
   registerProviderWebhookRoutes(app, { pool: deps.pool, secret: deps.config.providerWebhookSecret });
   registerWebhookRoutes(app, { pool: deps.pool, idempotency: paymentDeps.idempotency, allowPrivate: deps.config.webhookAllowPrivate });
+
+  // The surge path: the waiting room admits buyers, who then hold stock and order.
+  // `floodgate api` refuses to start without a shared admission secret; an app built without
+  // one (a single process, a test) signs with a secret of its own.
+  const admissionConfig = { ...deps.config, admissionSecret: deps.config.admissionSecret ?? randomBytes(32).toString('base64url') };
+  const room = createWaitingRoom({ config: admissionConfig, redis: deps.redis?.client, keyPrefix: 'queue:', metrics });
+  const saleCache = await createCache<ReturnType<typeof toApiSale> | null>({
+    name: 'sales',
+    staleMs: deps.config.cacheStaleMs,
+    registry: metrics.registry,
+    log: app.log,
+    redis: deps.redis,
+  });
+  app.addHook('onClose', async () => saleCache.close());
+  registerQueueRoutes(app, { room, lookup: (merchantId, saleId) => saleForQueue(deps.pool, merchantId, saleId) });
+  registerSalesRoutes(
+    app,
+    {
+      pool: deps.pool,
+      idempotency: paymentDeps.idempotency,
+      admit: async (token, saleId, buyerReference) => {
+        const result = await room.consumeAdmission(token, saleId, buyerReference);
+        return result.kind === 'ok' ? { ok: true, ticketId: result.ticketId } : { ok: false, reason: ADMISSION_REFUSALS[result.kind] };
+      },
+      releaseAdmission: (saleId, ticketId) => room.releaseAdmission(saleId, ticketId),
+    },
+    { cache: saleCache, staleMs: deps.config.cacheStaleMs },
+  );
   return app;
 }

@@ -113,6 +113,7 @@ export async function buildTestApp(pool: Pool, providerUrl: string, overrides: P
       providerTimeoutMs: 1_000,
       apiKeyCacheTtlMs: 0,
       providerWebhookSecret: TEST_PROVIDER_WEBHOOK_SECRET,
+      admissionSecret: TEST_ADMISSION_SECRET,
       ...TEST_TRAFFIC_LIMITS_OFF,
       ...overrides,
     },
@@ -137,6 +138,9 @@ export interface TestContext extends TestApp {
   /** Headers for the merchant's secret key, plus any extra. */
   auth(extra?: Record<string, string>): Record<string, string>;
 }
+
+/** Signs the test apps' admission tokens. */
+export const TEST_ADMISSION_SECRET = 'test_admission_secret_0123456789abcdef_app';
 
 /** Shared by the test simulator and the app, so provider webhooks verify. */
 export const TEST_PROVIDER_WEBHOOK_SECRET = 'test_provider_webhook_secret_0123456789abcdef';

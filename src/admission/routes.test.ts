@@ -1,21 +1,33 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { createTestMerchant, setupTestContext } from '../../test/helpers.js';
-import { MemoryQueueStore } from './memory-store.js';
-import { registerQueueRoutes, type SaleLookup } from './routes.js';
-import { roomOn, type TestSale, testSale } from './testing.js';
 
 const t = await setupTestContext();
-const room = roomOn(new MemoryQueueStore());
-// The sales capability owns sales; this lookup stands in for it at the seam the routes take.
-const sales = new Map<string, TestSale>();
-const lookup: SaleLookup = async (merchantId, saleId) => (merchantId === t.merchant.id ? sales.get(saleId) : undefined);
-registerQueueRoutes(t.app, { room, lookup });
 
-function openSale(overrides: Partial<TestSale> = {}): TestSale {
-  const sale = testSale({ opensAt: new Date(Date.now() - 60_000), ...overrides });
-  sales.set(sale.id, sale);
-  return sale;
+interface SaleOptions {
+  maxShoppers?: number;
+  opensAt?: Date;
+  closesAt?: Date;
+}
+
+/** A real sale, created through the API, with one item of 10 units. */
+async function openSale(options: SaleOptions = {}): Promise<{ id: string; itemId: string }> {
+  const response = await t.app.inject({
+    method: 'POST',
+    url: '/v1/sales',
+    headers: t.auth(),
+    payload: {
+      name: 'Release',
+      currency: 'usd',
+      opens_at: (options.opensAt ?? new Date(Date.now() - 60_000)).toISOString(),
+      closes_at: options.closesAt ? options.closesAt.toISOString() : null,
+      max_shoppers: options.maxShoppers ?? 10,
+      admit_per_second: 1,
+      items: [{ name: 'Ticket', price: 1000, stock: 10 }],
+    },
+  });
+  assert.equal(response.statusCode, 200, response.body);
+  return { id: response.json().id, itemId: response.json().items[0].id };
 }
 
 const publishable = () => ({ authorization: `Bearer ${t.merchant.publishableKey}` });
@@ -30,7 +42,7 @@ function poll(saleId: string, ticket: string, headers: Record<string, string> = 
 
 describe('waiting room routes', () => {
   test('a publishable key joins and polls; Retry-After says when to poll again', async () => {
-    const sale = openSale({ maxShoppers: 1 });
+    const sale = await openSale({ maxShoppers: 1 });
     const first = await join(sale.id, { buyer_reference: 'cust_1' });
     assert.equal(first.statusCode, 200);
     assert.equal(first.json().status, 'admitted');
@@ -56,12 +68,24 @@ describe('waiting room routes', () => {
     assert.equal(polled.json().position, 1);
     assert.ok(Number(polled.headers['retry-after']) >= 1);
 
-    const used = await room.consumeAdmission(first.json().admission_token, sale.id, 'cust_1');
-    assert.deepEqual(used, { kind: 'ok', ticketId: first.json().ticket });
+    // The token admits its buyer to a hold, once.
+    const hold = (token: string) =>
+      t.app.inject({
+        method: 'POST',
+        url: '/v1/holds',
+        headers: publishable(),
+        payload: { sale: sale.id, buyer_reference: 'cust_1', admission_token: token, items: [{ item: sale.itemId, quantity: 1 }] },
+      });
+    const held = await hold(first.json().admission_token);
+    assert.equal(held.statusCode, 200, held.body);
+    assert.equal(held.json().status, 'active');
+    const replayed = await hold(first.json().admission_token);
+    assert.equal(replayed.statusCode, 403);
+    assert.equal(replayed.json().error.code, 'admission_invalid');
   });
 
   test('a secret key is accepted too: a merchant server may queue on a buyer’s behalf', async () => {
-    const sale = openSale({ maxShoppers: 0 });
+    const sale = await openSale({ maxShoppers: 0 });
     const joined = await join(sale.id, { buyer_reference: 'server-side' }, t.auth());
     assert.equal(joined.statusCode, 200);
     assert.equal((await poll(sale.id, joined.json().ticket, t.auth())).statusCode, 200);
@@ -71,14 +95,14 @@ describe('waiting room routes', () => {
     const intents = await t.app.inject({ method: 'GET', url: '/v1/payment_intents', headers: publishable() });
     assert.equal(intents.statusCode, 403);
     assert.equal(intents.json().error.code, 'secret_key_required');
-    const sale = openSale();
+    const sale = await openSale();
     const anonymous = await join(sale.id, { buyer_reference: 'x' }, {});
     assert.equal(anonymous.statusCode, 401);
     assert.equal(anonymous.json().error.code, 'api_key_missing');
   });
 
   test('bad input is a 400 naming the parameter', async () => {
-    const sale = openSale();
+    const sale = await openSale();
     const cases: Array<[body: unknown, code: string]> = [
       [{}, 'parameter_missing'],
       [undefined, 'parameter_missing'],
@@ -97,7 +121,7 @@ describe('waiting room routes', () => {
 
   test('unknown sales, other merchants’ sales and unknown tickets are 404', async () => {
     const other = await createTestMerchant(t.pool);
-    const sale = openSale();
+    const sale = await openSale();
     const joined = await join(sale.id, { buyer_reference: 'b' });
     const responses = [
       [await join('sale_missing', { buyer_reference: 'b' }), 'id'],
@@ -115,7 +139,7 @@ describe('waiting room routes', () => {
   });
 
   test('before opening: no position yet, and Retry-After points at the opening', async () => {
-    const sale = openSale({ opensAt: new Date(Date.now() + 120_000) });
+    const sale = await openSale({ opensAt: new Date(Date.now() + 120_000) });
     const joined = await join(sale.id, { buyer_reference: 'early' });
     assert.deepEqual([joined.json().status, joined.json().position], ['waiting', null]);
     assert.ok(joined.json().estimated_wait_seconds >= 119);
@@ -129,7 +153,7 @@ describe('waiting room routes', () => {
   });
 
   test('a closed sale answers closed, with no ticket and no Retry-After', async () => {
-    const sale = openSale({ closesAt: new Date(Date.now() - 1) });
+    const sale = await openSale({ closesAt: new Date(Date.now() - 1) });
     const joined = await join(sale.id, { buyer_reference: 'late' });
     assert.equal(joined.statusCode, 200);
     assert.deepEqual([joined.json().status, joined.json().ticket], ['closed', null]);

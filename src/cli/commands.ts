@@ -133,9 +133,10 @@ export const ROLES: Record<string, Role> = {
   },
 
   async api(config) {
-    if (!config.databaseUrl || !config.providerUrl) {
+    if (!config.databaseUrl || !config.providerUrl || !config.admissionSecret) {
       console.error(
-        'floodgate api needs DATABASE_URL and FLOODGATE_PROVIDER_URL: API nodes share one database and provider. Use `floodgate start` for a single process.',
+        'floodgate api needs DATABASE_URL, FLOODGATE_PROVIDER_URL and FLOODGATE_ADMISSION_SECRET: API nodes share one database, ' +
+          'provider and admission secret. Use `floodgate start` for a single process.',
       );
       return 78;
     }

@@ -14,6 +14,12 @@ export const LINES_PER_HOLD_MAX = 10;
 // Far above any real release, far below the integer column's range.
 export const STOCK_MAX = 10_000_000;
 
+// Waiting-room defaults: 20 admissions a second and 200 shoppers at once suit one API node's
+// checkout; buyers who stop polling for 30 s lose their place (browsers poll every ~10 s).
+export const ADMIT_PER_SECOND_DEFAULT = 20;
+export const MAX_SHOPPERS_DEFAULT = 200;
+export const GRACE_SECONDS_DEFAULT = 30;
+
 export type HoldStatus = 'active' | 'released' | 'expired' | 'converted';
 export type OrderStatus = 'awaiting_payment' | 'paid' | 'expired';
 

@@ -27,6 +27,9 @@ async function createSale(stock: number, perBuyerLimit = 4) {
     closes_at: null,
     per_buyer_limit: perBuyerLimit,
     hold_seconds: 60,
+    admit_per_second: 20,
+    max_shoppers: 200,
+    grace_seconds: 30,
   });
   const item = await sql.insertItem(pool, {
     merchant_id: merchant.id,

@@ -26,7 +26,7 @@ const soldOut = (item: sql.ItemRow, line: HoldLine) =>
 /** Takes the stock of `lines` for a buyer, in the caller's transaction. */
 export async function takeHold(
   client: Client,
-  request: { merchantId: string; saleId: string; buyerReference: string; lines: HoldLine[]; now: Date },
+  request: { merchantId: string; saleId: string; buyerReference: string; lines: HoldLine[]; now: Date; admissionTicket?: string },
 ): Promise<HoldResult> {
   const { merchantId, saleId, buyerReference } = request;
   const sale = await sql.selectSale(client, merchantId, saleId);
@@ -72,6 +72,7 @@ export async function takeHold(
       id: newId('hold'),
       sale_id: saleId,
       buyer_reference: buyerReference,
+      admission_ticket: request.admissionTicket ?? null,
       amount,
       currency: sale.currency,
       expires_at: expiresAt,

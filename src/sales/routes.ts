@@ -2,13 +2,25 @@
  * The HTTP edge of sales: sales and their items, holds, orders.
  */
 import { Type } from '@sinclair/typebox';
+import { QUEUE_LIMITS } from '../admission/domain.js';
 import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../payments/currency.js';
+import type { Cache } from '../platform/cache/cache.js';
+import { sendCached } from '../platform/cache/http.js';
 import { principalOf, requestContext, sendReply } from '../platform/http/context.js';
 import { ApiError } from '../platform/http/errors.js';
 import { errorResponses, IdempotencyHeaders, IdParams, ListOf, ListQuery } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { ID_PATTERN } from '../platform/ids.js';
-import { HOLD_SECONDS_DEFAULT, ITEMS_PER_SALE_MAX, LINES_PER_HOLD_MAX, PER_BUYER_LIMIT_DEFAULT, STOCK_MAX } from './domain.js';
+import {
+  ADMIT_PER_SECOND_DEFAULT,
+  GRACE_SECONDS_DEFAULT,
+  HOLD_SECONDS_DEFAULT,
+  ITEMS_PER_SALE_MAX,
+  LINES_PER_HOLD_MAX,
+  MAX_SHOPPERS_DEFAULT,
+  PER_BUYER_LIMIT_DEFAULT,
+  STOCK_MAX,
+} from './domain.js';
 import * as sales from './service.js';
 
 const Item = Type.Object({
@@ -30,6 +42,7 @@ const Sale = Type.Object(
     status: Type.Union([Type.Literal('scheduled'), Type.Literal('open'), Type.Literal('closed')]),
     per_buyer_limit: Type.Integer(),
     hold_seconds: Type.Integer(),
+    waiting_room: Type.Object({ admit_per_second: Type.Number(), max_shoppers: Type.Integer(), grace_seconds: Type.Integer() }),
     items: Type.Array(Item),
     created: Type.Integer(),
   },
@@ -76,6 +89,21 @@ const PerBuyerLimit = Type.Integer({
   maximum: 100,
   description: `Units one buyer may hold or buy; default ${PER_BUYER_LIMIT_DEFAULT}.`,
 });
+const AdmitPerSecond = Type.Number({
+  exclusiveMinimum: 0,
+  maximum: QUEUE_LIMITS.admitPerSecondMax,
+  description: `Buyers the waiting room admits per second; default ${ADMIT_PER_SECOND_DEFAULT}.`,
+});
+const MaxShoppers = Type.Integer({
+  minimum: 0,
+  maximum: QUEUE_LIMITS.maxShoppersMax,
+  description: `Admitted buyers shopping at once (0 pauses admission); default ${MAX_SHOPPERS_DEFAULT}.`,
+});
+const GraceSeconds = Type.Integer({
+  minimum: QUEUE_LIMITS.graceSecondsMin,
+  maximum: QUEUE_LIMITS.graceSecondsMax,
+  description: `A waiting buyer who stops polling this long loses their place; default ${GRACE_SECONDS_DEFAULT}.`,
+});
 const HoldSeconds = Type.Integer({
   minimum: 30,
   maximum: 3600,
@@ -90,6 +118,9 @@ const CreateSaleBody = Type.Object(
     closes_at: Type.Optional(Type.Union([Timestamp, Type.Null()])),
     per_buyer_limit: Type.Optional(PerBuyerLimit),
     hold_seconds: Type.Optional(HoldSeconds),
+    admit_per_second: Type.Optional(AdmitPerSecond),
+    max_shoppers: Type.Optional(MaxShoppers),
+    grace_seconds: Type.Optional(GraceSeconds),
     items: Type.Array(
       Type.Object(
         { name: Name, price: Type.Integer({ minimum: 1 }), stock: Type.Integer({ minimum: 0, maximum: STOCK_MAX }) },
@@ -112,7 +143,14 @@ function parseTimes(opensAt: string | undefined, closesAt: string | null | undef
   return { opens, closes };
 }
 
-export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps): void {
+export interface SaleCache {
+  cache: Cache<ReturnType<typeof sales.toApiSale> | null>;
+  staleMs: number;
+}
+
+const saleCacheKey = (merchantId: string, saleId: string) => `${merchantId}:${saleId}`;
+
+export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cache: SaleCache): void {
   app.post(
     '/v1/sales',
     {
@@ -164,11 +202,23 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps): voi
 
   app.get(
     '/v1/sales/:id',
-    { schema: { tags: ['sales'], summary: 'Retrieve a sale with live stock', params: saleId, response: { 200: Sale, ...errorResponses } } },
-    async (request) => {
-      const sale = await sales.retrieveSale(deps.pool, principalOf(request).merchantId, request.params.id);
-      if (!sale) throw new ApiError('resource_missing', `No such sale: '${request.params.id}'`, 'id');
-      return sale;
+    {
+      // A sale page is public: buyers' browsers read it with the publishable key.
+      config: { auth: 'publishable' },
+      schema: {
+        tags: ['sales'],
+        summary: 'Retrieve a sale with its availability (publishable key); cached, stale by at most FLOODGATE_CACHE_STALE_MS',
+        params: saleId,
+        response: { 200: Sale, ...errorResponses },
+      },
+    },
+    async (request, reply) => {
+      const merchantId = principalOf(request).merchantId;
+      const cached = await cache.cache.get(saleCacheKey(merchantId, request.params.id), () =>
+        sales.retrieveSale(deps.pool, merchantId, request.params.id).then((sale) => sale ?? null),
+      );
+      if (cached.value === null) throw new ApiError('resource_missing', `No such sale: '${request.params.id}'`, 'id');
+      return sendCached(request, reply, cached, { staleMs: cache.staleMs });
     },
   );
 
@@ -187,6 +237,9 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps): voi
             closes_at: Type.Optional(Type.Union([Timestamp, Type.Null()])),
             per_buyer_limit: Type.Optional(PerBuyerLimit),
             hold_seconds: Type.Optional(HoldSeconds),
+            admit_per_second: Type.Optional(AdmitPerSecond),
+            max_shoppers: Type.Optional(MaxShoppers),
+            grace_seconds: Type.Optional(GraceSeconds),
           },
           { additionalProperties: false },
         ),
@@ -201,13 +254,22 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps): voi
       if (closes !== undefined) changes.closes_at = closes;
       if (request.body.per_buyer_limit !== undefined) changes.per_buyer_limit = request.body.per_buyer_limit;
       if (request.body.hold_seconds !== undefined) changes.hold_seconds = request.body.hold_seconds;
-      return sendReply(reply, await sales.updateSale(deps, requestContext(request), request.params.id, changes));
+      if (request.body.admit_per_second !== undefined) changes.admit_per_second = request.body.admit_per_second;
+      if (request.body.max_shoppers !== undefined) changes.max_shoppers = request.body.max_shoppers;
+      if (request.body.grace_seconds !== undefined) changes.grace_seconds = request.body.grace_seconds;
+      const ctx = requestContext(request);
+      const result = await sales.updateSale(deps, ctx, request.params.id, changes);
+      // Every node drops its copy: the next public read shows the change at once.
+      if (result.status === 200) await cache.cache.invalidate(saleCacheKey(ctx.merchantId, request.params.id));
+      return sendReply(reply, result);
     },
   );
 
   app.post(
     '/v1/holds',
     {
+      // Buyers place holds from the sale page: the single-use admission token is the gate.
+      config: { auth: 'publishable' },
       schema: {
         tags: ['holds'],
         summary: 'Hold stock for an admitted buyer',
@@ -235,7 +297,10 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps): voi
 
   app.get(
     '/v1/holds/:id',
-    { schema: { tags: ['holds'], summary: 'Retrieve a hold', params: holdId, response: { 200: Hold, ...errorResponses } } },
+    {
+      config: { auth: 'publishable' },
+      schema: { tags: ['holds'], summary: 'Retrieve a hold', params: holdId, response: { 200: Hold, ...errorResponses } },
+    },
     async (request) => {
       const hold = await sales.retrieveHold(deps.pool, principalOf(request).merchantId, request.params.id);
       if (!hold) throw new ApiError('resource_missing', `No such hold: '${request.params.id}'`, 'id');
@@ -253,7 +318,7 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps): voi
         response: { 200: Hold, ...errorResponses },
       },
     },
-    async (request, reply) => sendReply(reply, await sales.releaseHold(deps.pool, principalOf(request).merchantId, request.params.id)),
+    async (request, reply) => sendReply(reply, await sales.releaseHold(deps, principalOf(request).merchantId, request.params.id)),
   );
 
   app.post(

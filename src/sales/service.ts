@@ -13,7 +13,15 @@ import { page } from '../platform/http/pagination.js';
 import type { IdempotencyOptions, Reply } from '../platform/idempotency/service.js';
 import * as idempotency from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
-import { HOLD_SECONDS_DEFAULT, type HoldLine, PER_BUYER_LIMIT_DEFAULT, salePhase } from './domain.js';
+import {
+  ADMIT_PER_SECOND_DEFAULT,
+  GRACE_SECONDS_DEFAULT,
+  HOLD_SECONDS_DEFAULT,
+  type HoldLine,
+  MAX_SHOPPERS_DEFAULT,
+  PER_BUYER_LIMIT_DEFAULT,
+  salePhase,
+} from './domain.js';
 import { endHold, takeHold } from './holds.js';
 import * as sql from './sql.js';
 
@@ -21,7 +29,9 @@ export interface SalesDeps {
   pool: Pool;
   idempotency: IdempotencyOptions;
   /** Checks and spends an admission token from the waiting room. */
-  admit: (token: string, saleId: string, buyerReference: string) => Promise<{ ok: true } | { ok: false; reason: string }>;
+  admit: (token: string, saleId: string, buyerReference: string) => Promise<{ ok: true; ticketId: string } | { ok: false; reason: string }>;
+  /** Frees the shopper slot of a hold's admission when the hold ends early. */
+  releaseAdmission: (saleId: string, ticketId: string) => Promise<unknown>;
 }
 
 export interface CreateSaleParams {
@@ -31,6 +41,9 @@ export interface CreateSaleParams {
   closes_at?: Date | null;
   per_buyer_limit?: number;
   hold_seconds?: number;
+  admit_per_second?: number;
+  max_shoppers?: number;
+  grace_seconds?: number;
   items: { name: string; price: number; stock: number }[];
 }
 
@@ -60,6 +73,7 @@ export function toApiSale(sale: sql.SaleRow, items: sql.ItemRow[], now = new Dat
     status: salePhase(sale, now),
     per_buyer_limit: sale.per_buyer_limit,
     hold_seconds: sale.hold_seconds,
+    waiting_room: { admit_per_second: sale.admit_per_second, max_shoppers: sale.max_shoppers, grace_seconds: sale.grace_seconds },
     items: items.filter((item) => item.sale_id === sale.id).map(toApiItem),
     created: Math.floor(sale.created_at.getTime() / 1000),
   };
@@ -118,6 +132,9 @@ export function createSale(deps: SalesDeps, ctx: RequestContext, params: CreateS
       closes_at: params.closes_at ?? null,
       per_buyer_limit: params.per_buyer_limit ?? PER_BUYER_LIMIT_DEFAULT,
       hold_seconds: params.hold_seconds ?? HOLD_SECONDS_DEFAULT,
+      admit_per_second: params.admit_per_second ?? ADMIT_PER_SECOND_DEFAULT,
+      max_shoppers: params.max_shoppers ?? MAX_SHOPPERS_DEFAULT,
+      grace_seconds: params.grace_seconds ?? GRACE_SECONDS_DEFAULT,
     });
     const items: sql.ItemRow[] = [];
     for (const item of params.items) {
@@ -136,12 +153,7 @@ export function createSale(deps: SalesDeps, ctx: RequestContext, params: CreateS
   });
 }
 
-export function updateSale(
-  deps: SalesDeps,
-  ctx: RequestContext,
-  id: string,
-  changes: Partial<Pick<sql.SaleRow, 'name' | 'opens_at' | 'closes_at' | 'per_buyer_limit' | 'hold_seconds'>>,
-): Promise<Reply> {
+export function updateSale(deps: SalesDeps, ctx: RequestContext, id: string, changes: sql.SaleChanges): Promise<Reply> {
   return singlePhase(deps, ctx, async (client) => {
     const current = await sql.selectSale(client, ctx.merchantId, id);
     if (!current) return errorReply(new ApiError('resource_missing', `No such sale: '${id}'`, 'id'));
@@ -192,7 +204,7 @@ export function createHold(
       const admission = await deps.admit(params.admission_token, params.sale, params.buyer_reference);
       return (await idempotency.atomicPhase(deps.pool, held, async (client) => {
         const reply = admission.ok
-          ? await holdReply(client, ctx.merchantId, params)
+          ? await holdReply(client, ctx.merchantId, params, admission.ticketId)
           : errorReply(new ApiError('admission_invalid', `Admission refused: ${admission.reason}.`, 'admission_token'));
         return { kind: 'response', status: reply.status, body: reply.body };
       })) as Reply;
@@ -205,6 +217,7 @@ async function holdReply(
   client: Client,
   merchantId: string,
   params: { sale: string; buyer_reference: string; items: { item: string; quantity: number }[] },
+  admissionTicket: string,
 ): Promise<Reply> {
   const result = await takeHold(client, {
     merchantId,
@@ -212,6 +225,7 @@ async function holdReply(
     buyerReference: params.buyer_reference,
     lines: params.items.map((line) => ({ item_id: line.item, quantity: line.quantity })),
     now: new Date(),
+    admissionTicket,
   });
   if (result.kind === 'refused') return errorReply(result.error);
   return ok(toApiHold(result.hold, result.lines));
@@ -222,17 +236,36 @@ export async function retrieveHold(pool: Pool, merchantId: string, id: string) {
   return hold ? toApiHold(hold, await sql.selectHoldLines(pool, merchantId, id)) : undefined;
 }
 
-export async function releaseHold(pool: Pool, merchantId: string, id: string): Promise<Reply> {
-  return withTransaction(pool, async (client) => {
+export async function releaseHold(deps: SalesDeps, merchantId: string, id: string): Promise<Reply> {
+  const reply = await withTransaction(deps.pool, async (client) => {
     const result = await endHold(client, merchantId, id, 'released');
     if (result === 'missing') return errorReply(new ApiError('resource_missing', `No such hold: '${id}'`, 'id'));
     if (result === 'not_active') return errorReply(new ApiError('hold_not_active', 'This hold has already ended.'));
     if (result === 'payment_in_progress') {
       return errorReply(new ApiError('hold_payment_in_progress', "The hold's payment is in progress; it cannot be released now."));
     }
-    const hold = await sql.selectHold(client, merchantId, id);
-    return ok(toApiHold(hold as sql.HoldRow, await sql.selectHoldLines(client, merchantId, id)));
+    const hold = (await sql.selectHold(client, merchantId, id)) as sql.HoldRow;
+    return { ...ok(toApiHold(hold, await sql.selectHoldLines(client, merchantId, id))), ticket: hold.admission_ticket, sale: hold.sale_id };
   });
+  // The buyer is done shopping: give their slot to the next in line. Best effort; the slot also
+  // frees itself after the shopping limit.
+  if ('ticket' in reply && reply.ticket) await deps.releaseAdmission(reply.sale, reply.ticket).catch(() => {});
+  return { status: reply.status, body: reply.body, headers: reply.headers };
+}
+
+/** The sale as the waiting room sees it; its remaining stock is read at most once per `staleMs`. */
+export async function saleForQueue(pool: Pool, merchantId: string, saleId: string) {
+  const sale = await sql.selectSale(pool, merchantId, saleId);
+  if (!sale) return undefined;
+  return {
+    id: sale.id,
+    opensAt: sale.opens_at,
+    closesAt: sale.closes_at,
+    admitPerSecond: sale.admit_per_second,
+    maxShoppers: sale.max_shoppers,
+    graceSeconds: sale.grace_seconds,
+    remainingStock: () => sql.selectAvailableUnits(pool, merchantId, saleId),
+  };
 }
 
 export function createOrder(deps: SalesDeps, ctx: RequestContext, params: { hold: string }): Promise<Reply> {

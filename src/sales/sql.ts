@@ -10,6 +10,9 @@ export interface SaleRow {
   closes_at: Date | null;
   per_buyer_limit: number;
   hold_seconds: number;
+  admit_per_second: number;
+  max_shoppers: number;
+  grace_seconds: number;
   created_at: Date;
   updated_at: Date;
 }
@@ -32,6 +35,7 @@ export interface HoldRow {
   sale_id: string;
   buyer_reference: string;
   status: HoldStatus;
+  admission_ticket: string | null;
   amount: number;
   currency: string;
   expires_at: Date;
@@ -51,30 +55,48 @@ export interface OrderRow {
   created_at: Date;
 }
 
-const SALE_COLUMNS = 'merchant_id, id, name, currency, opens_at, closes_at, per_buyer_limit, hold_seconds, created_at, updated_at';
+const SALE_COLUMNS = `merchant_id, id, name, currency, opens_at, closes_at, per_buyer_limit, hold_seconds, admit_per_second,
+  max_shoppers, grace_seconds, created_at, updated_at`;
 const ITEM_COLUMNS = 'merchant_id, id, sale_id, name, price, stock_total, stock_available, stock_held, stock_sold';
-const HOLD_COLUMNS = 'merchant_id, id, sale_id, buyer_reference, status, amount, currency, expires_at, created_at';
+const HOLD_COLUMNS = 'merchant_id, id, sale_id, buyer_reference, status, admission_ticket, amount, currency, expires_at, created_at';
 const ORDER_COLUMNS = 'merchant_id, id, sale_id, hold_id, payment_intent_id, amount, currency, status, paid_at, created_at';
 
 export async function insertSale(db: Queryable, sale: Omit<SaleRow, 'created_at' | 'updated_at'>): Promise<SaleRow> {
   const { rows } = await db.query<SaleRow>(
-    `insert into sales (merchant_id, id, name, currency, opens_at, closes_at, per_buyer_limit, hold_seconds)
-     values ($1, $2, $3, $4, $5, $6, $7, $8) returning ${SALE_COLUMNS}`,
-    [sale.merchant_id, sale.id, sale.name, sale.currency, sale.opens_at, sale.closes_at, sale.per_buyer_limit, sale.hold_seconds],
+    `insert into sales (merchant_id, id, name, currency, opens_at, closes_at, per_buyer_limit, hold_seconds, admit_per_second,
+       max_shoppers, grace_seconds)
+     values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) returning ${SALE_COLUMNS}`,
+    [
+      sale.merchant_id,
+      sale.id,
+      sale.name,
+      sale.currency,
+      sale.opens_at,
+      sale.closes_at,
+      sale.per_buyer_limit,
+      sale.hold_seconds,
+      sale.admit_per_second,
+      sale.max_shoppers,
+      sale.grace_seconds,
+    ],
   );
   return rows[0] as SaleRow;
 }
 
-export async function updateSale(
-  db: Queryable,
-  merchantId: string,
-  id: string,
-  changes: Partial<Pick<SaleRow, 'name' | 'opens_at' | 'closes_at' | 'per_buyer_limit' | 'hold_seconds'>>,
-): Promise<SaleRow | undefined> {
+export type SaleChanges = Partial<
+  Pick<
+    SaleRow,
+    'name' | 'opens_at' | 'closes_at' | 'per_buyer_limit' | 'hold_seconds' | 'admit_per_second' | 'max_shoppers' | 'grace_seconds'
+  >
+>;
+
+export async function updateSale(db: Queryable, merchantId: string, id: string, changes: SaleChanges): Promise<SaleRow | undefined> {
   const { rows } = await db.query<SaleRow>(
     `update sales set name = coalesce($3, name), opens_at = coalesce($4, opens_at),
        closes_at = case when $5::boolean then $6 else closes_at end,
-       per_buyer_limit = coalesce($7, per_buyer_limit), hold_seconds = coalesce($8, hold_seconds), updated_at = now()
+       per_buyer_limit = coalesce($7, per_buyer_limit), hold_seconds = coalesce($8, hold_seconds),
+       admit_per_second = coalesce($9, admit_per_second), max_shoppers = coalesce($10, max_shoppers),
+       grace_seconds = coalesce($11, grace_seconds), updated_at = now()
      where merchant_id = $1 and id = $2 returning ${SALE_COLUMNS}`,
     [
       merchantId,
@@ -85,6 +107,9 @@ export async function updateSale(
       changes.closes_at ?? null,
       changes.per_buyer_limit ?? null,
       changes.hold_seconds ?? null,
+      changes.admit_per_second ?? null,
+      changes.max_shoppers ?? null,
+      changes.grace_seconds ?? null,
     ],
   );
   return rows[0];
@@ -182,8 +207,8 @@ export async function insertHold(db: Queryable, hold: Omit<HoldRow, 'created_at'
   const { rows } = await db.query<HoldRow>({
     name: 'sales_insert_hold',
     text: `with hold as (
-             insert into holds (merchant_id, id, sale_id, buyer_reference, status, amount, currency, expires_at)
-             values ($1, $2, $3, $4, 'active', $5, $6, $7) returning ${HOLD_COLUMNS}),
+             insert into holds (merchant_id, id, sale_id, buyer_reference, status, amount, currency, expires_at, admission_ticket)
+             values ($1, $2, $3, $4, 'active', $5, $6, $7, $10) returning ${HOLD_COLUMNS}),
            lines as (
              insert into hold_lines (merchant_id, hold_id, item_id, quantity)
              select $1, $2, l.item_id, l.quantity from unnest($8::text[], $9::int[]) as l(item_id, quantity))
@@ -198,6 +223,7 @@ export async function insertHold(db: Queryable, hold: Omit<HoldRow, 'created_at'
       hold.expires_at,
       lines.map((line) => line.item_id),
       lines.map((line) => line.quantity),
+      hold.admission_ticket,
     ],
   });
   return rows[0] as HoldRow;
@@ -292,4 +318,14 @@ export async function expireOrderOfHold(db: Queryable, merchantId: string, holdI
     `update orders set status = 'expired', updated_at = now() where merchant_id = $1 and hold_id = $2 and status = 'awaiting_payment'`,
     [merchantId, holdId],
   );
+}
+
+/** Units still available across a sale's items: what the waiting room admits buyers for. */
+export async function selectAvailableUnits(db: Queryable, merchantId: string, saleId: string): Promise<number> {
+  const { rows } = await db.query<{ available: number }>({
+    name: 'sales_select_available_units',
+    text: 'select coalesce(sum(stock_available), 0)::int as available from items where merchant_id = $1 and sale_id = $2',
+    values: [merchantId, saleId],
+  });
+  return rows[0]?.available ?? 0;
 }
