@@ -11,6 +11,7 @@ import { type Config, describeConfig } from '../config.js';
 import * as merchants from '../merchants/service.js';
 import { PROVIDER_WEBHOOK_PATH } from '../payments/provider-webhooks.js';
 import { registerQueueMetrics } from '../platform/jobs/metrics.js';
+import { registerSalesMetrics } from '../sales/metrics.js';
 import { formatQueue, selectQueue } from '../platform/jobs/queue.js';
 import { createMetrics } from '../platform/observability/metrics.js';
 import { createLogger, type Logger, onShutdown, openDatabase, openProvider, openSharedState, startSimulator } from './runtime.js';
@@ -41,6 +42,7 @@ async function serve(config: Config, log: Logger, options: { demo: boolean; work
   const provider = await openProvider(config, log, webhookUrl);
   const metrics = createMetrics({ defaultMetrics: true });
   registerQueueMetrics(metrics, db.pool);
+  registerSalesMetrics(metrics, db.pool);
   const app = await buildApp({ config, pool: db.pool, provider: provider.provider, logger: log, metrics, redis });
   const worker = options.worker ? await runWorker({ config, pool: db.pool, provider: provider.provider, metrics, log }) : undefined;
   onShutdown(log, async () => {
