@@ -311,6 +311,8 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
   app.delete(
     '/v1/holds/:id',
     {
+      // A buyer who leaves gives the stock back from the sale page; hold ids are unguessable.
+      config: { auth: 'publishable' },
       schema: {
         tags: ['holds'],
         summary: 'Release a hold and return its stock',
