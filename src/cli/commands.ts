@@ -11,9 +11,9 @@ import { type Config, describeConfig } from '../config.js';
 import * as merchants from '../merchants/service.js';
 import { PROVIDER_WEBHOOK_PATH } from '../payments/provider-webhooks.js';
 import { registerQueueMetrics } from '../platform/jobs/metrics.js';
-import { registerSalesMetrics } from '../sales/metrics.js';
 import { formatQueue, selectQueue } from '../platform/jobs/queue.js';
 import { createMetrics } from '../platform/observability/metrics.js';
+import { registerSalesMetrics } from '../sales/metrics.js';
 import { createLogger, type Logger, onShutdown, openDatabase, openProvider, openSharedState, startSimulator } from './runtime.js';
 import { runWorker } from './worker.js';
 
