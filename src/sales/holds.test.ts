@@ -6,9 +6,10 @@ import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { createTestDatabase, createTestMerchant } from '../../test/helpers.js';
+import { createIntentInTransaction } from '../payments/hooks.js';
 import { createPool, withTransaction } from '../platform/db/pool.js';
 import { newId } from '../platform/ids.js';
-import { endHold, expireHold, takeHold } from './holds.js';
+import { convertPaidHold, endHold, expireHold, takeHold } from './holds.js';
 import * as sql from './sql.js';
 
 const { url } = await createTestDatabase();
@@ -45,6 +46,37 @@ async function createSale(stock: number, perBuyerLimit = 4) {
 async function stockOf(itemId: string) {
   const { rows } = await pool.query<sql.ItemRow>('select * from items where merchant_id = $1 and id = $2', [merchant.id, itemId]);
   return rows[0] as sql.ItemRow;
+}
+
+/**
+ * What the completion command does for an order whose payment succeeded, for an active hold:
+ * the order (made here if the hold has none) is marked paid and the hold's units sold. Holds
+ * that already ended are left alone, as the real flow never pays them (their intent is canceled).
+ */
+async function pay(client: import('../platform/db/pool.js').Client, holdId: string) {
+  const hold = await sql.selectHold(client, merchant.id, holdId, true);
+  if (hold?.status !== 'active') return;
+  let order = await sql.selectOrderByHold(client, merchant.id, holdId);
+  if (!order) {
+    const intent = await createIntentInTransaction(client, merchant.id, {
+      amount: hold.amount,
+      currency: hold.currency,
+      description: 'test',
+      metadata: {},
+    });
+    order = await sql.insertOrder(client, {
+      merchant_id: merchant.id,
+      id: newId('ord'),
+      sale_id: hold.sale_id,
+      hold_id: hold.id,
+      payment_intent_id: intent.id,
+      amount: hold.amount,
+      currency: hold.currency,
+    });
+  }
+  await convertPaidHold(client, { merchant_id: merchant.id, id: order.payment_intent_id });
+  // A second completion of the same payment changes nothing.
+  await convertPaidHold(client, { merchant_id: merchant.id, id: order.payment_intent_id });
 }
 
 describe('holds', () => {
@@ -127,11 +159,11 @@ describe('holds', () => {
     assert.equal((await stockOf(scarce.id)).stock_available, 1);
   });
 
-  test('random hold, expire and release sequences conserve stock', async () => {
+  test('random hold, expire, release and pay sequences conserve stock', async () => {
     await fc.assert(
       fc.asyncProperty(
         fc.array(
-          fc.record({ op: fc.constantFrom('hold', 'expire', 'release'), quantity: fc.integer({ min: 1, max: 3 }), pick: fc.nat() }),
+          fc.record({ op: fc.constantFrom('hold', 'expire', 'release', 'pay'), quantity: fc.integer({ min: 1, max: 3 }), pick: fc.nat() }),
           {
             maxLength: 25,
           },
@@ -163,8 +195,14 @@ describe('holds', () => {
                where l.merchant_id = $1 and l.item_id = $2 and h.status = 'active'`,
               [merchant.id, item.id],
             );
+            const sold = await pool.query(
+              `select coalesce(sum(l.quantity), 0)::int as sold from hold_lines l join holds h on h.merchant_id = l.merchant_id and h.id = l.hold_id
+               where l.merchant_id = $1 and l.item_id = $2 and h.status = 'converted'`,
+              [merchant.id, item.id],
+            );
             assert.equal(stock.stock_available + stock.stock_held + stock.stock_sold, 8);
             assert.equal(stock.stock_held, rows[0].held);
+            assert.equal(stock.stock_sold, sold.rows[0].sold);
             assert.ok(stock.stock_available >= 0);
           }
         },
