@@ -1,7 +1,7 @@
 import { Type } from '@sinclair/typebox';
 import type { Pool } from '../platform/db/pool.js';
 import { principalOf } from '../platform/http/context.js';
-import { ApiError } from '../platform/http/errors.js';
+import { foundOr404 } from '../platform/http/errors.js';
 import { errorResponses, IdParams, ListOf, ListQuery } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { ID_PATTERN } from '../platform/ids.js';
@@ -60,9 +60,7 @@ export function registerEventRoutes(app: HttpServer, pool: Pool): void {
       },
     },
     async (request) => {
-      const event = await events.retrieve(pool, principalOf(request).merchantId, request.params.id);
-      if (!event) throw new ApiError('resource_missing', `No such event: '${request.params.id}'`, 'id');
-      return event;
+      return foundOr404(await events.retrieve(pool, principalOf(request).merchantId, request.params.id), 'event', request.params.id);
     },
   );
 }

@@ -5,7 +5,7 @@
  */
 import { Type } from '@sinclair/typebox';
 import { principalOf, requestContext, sendReply } from '../platform/http/context.js';
-import { ApiError } from '../platform/http/errors.js';
+import { ApiError, foundOr404 } from '../platform/http/errors.js';
 import { errorResponses, IdempotencyHeaders, IdParams, ListOf, ListQuery, Metadata } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { ID_PATTERN } from '../platform/ids.js';
@@ -144,9 +144,11 @@ export function registerPaymentRoutes(app: HttpServer, deps: PaymentDeps): void 
     '/v1/payment_intents/:id',
     { schema: { tags: ['payment_intents'], summary: 'Retrieve a PaymentIntent', params: intentId, response: intentResponses } },
     async (request) => {
-      const intent = await payments.retrievePaymentIntent(deps.pool, principalOf(request).merchantId, request.params.id);
-      if (!intent) throw new ApiError('resource_missing', `No such payment_intent: '${request.params.id}'`, 'id');
-      return intent;
+      return foundOr404(
+        await payments.retrievePaymentIntent(deps.pool, principalOf(request).merchantId, request.params.id),
+        'payment_intent',
+        request.params.id,
+      );
     },
   );
 
@@ -250,9 +252,11 @@ export function registerPaymentRoutes(app: HttpServer, deps: PaymentDeps): void 
     '/v1/refunds/:id',
     { schema: { tags: ['refunds'], summary: 'Retrieve a refund', params: refundId, response: { 200: Refund, ...errorResponses } } },
     async (request) => {
-      const refund = await refunds.retrieveRefund(deps.pool, principalOf(request).merchantId, request.params.id);
-      if (!refund) throw new ApiError('resource_missing', `No such refund: '${request.params.id}'`, 'id');
-      return refund;
+      return foundOr404(
+        await refunds.retrieveRefund(deps.pool, principalOf(request).merchantId, request.params.id),
+        'refund',
+        request.params.id,
+      );
     },
   );
 }

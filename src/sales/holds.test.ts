@@ -185,9 +185,13 @@ describe('holds', () => {
               if (result.kind === 'created') holds.push(result.hold.id);
             } else if (holds.length > 0) {
               const holdId = holds[step.pick % holds.length] as string;
-              if (step.op === 'expire')
+              if (step.op === 'expire') {
                 await expireHold(pool, { merchant_id: merchant.id, hold_id: holdId }, new Date(Date.now() + 3_600_000));
-              else await withTransaction(pool, (client) => endHold(client, merchant.id, holdId, 'released'));
+              } else if (step.op === 'release') {
+                await withTransaction(pool, (client) => endHold(client, merchant.id, holdId, 'released'));
+              } else {
+                await withTransaction(pool, (client) => pay(client, holdId));
+              }
             }
             const stock = await stockOf(item.id);
             const { rows } = await pool.query(

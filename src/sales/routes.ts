@@ -7,7 +7,7 @@ import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../payments/currenc
 import type { Cache } from '../platform/cache/cache.js';
 import { sendCached } from '../platform/cache/http.js';
 import { principalOf, requestContext, sendReply } from '../platform/http/context.js';
-import { ApiError } from '../platform/http/errors.js';
+import { ApiError, foundOr404 } from '../platform/http/errors.js';
 import { errorResponses, IdempotencyHeaders, IdParams, ListOf, ListQuery } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { ID_PATTERN } from '../platform/ids.js';
@@ -110,17 +110,22 @@ const HoldSeconds = Type.Integer({
   description: `How long a hold keeps its stock; default ${HOLD_SECONDS_DEFAULT}.`,
 });
 
+/** The settings a sale is created with and may change later, all optional with defaults. */
+const SaleSettings = {
+  closes_at: Type.Optional(Type.Union([Timestamp, Type.Null()])),
+  per_buyer_limit: Type.Optional(PerBuyerLimit),
+  hold_seconds: Type.Optional(HoldSeconds),
+  admit_per_second: Type.Optional(AdmitPerSecond),
+  max_shoppers: Type.Optional(MaxShoppers),
+  grace_seconds: Type.Optional(GraceSeconds),
+};
+
 const CreateSaleBody = Type.Object(
   {
     name: Name,
     currency: Type.String({ minLength: 3, maxLength: 3 }),
     opens_at: Timestamp,
-    closes_at: Type.Optional(Type.Union([Timestamp, Type.Null()])),
-    per_buyer_limit: Type.Optional(PerBuyerLimit),
-    hold_seconds: Type.Optional(HoldSeconds),
-    admit_per_second: Type.Optional(AdmitPerSecond),
-    max_shoppers: Type.Optional(MaxShoppers),
-    grace_seconds: Type.Optional(GraceSeconds),
+    ...SaleSettings,
     items: Type.Array(
       Type.Object(
         { name: Name, price: Type.Integer({ minimum: 1 }), stock: Type.Integer({ minimum: 0, maximum: STOCK_MAX }) },
@@ -234,12 +239,7 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
           {
             name: Type.Optional(Name),
             opens_at: Type.Optional(Timestamp),
-            closes_at: Type.Optional(Type.Union([Timestamp, Type.Null()])),
-            per_buyer_limit: Type.Optional(PerBuyerLimit),
-            hold_seconds: Type.Optional(HoldSeconds),
-            admit_per_second: Type.Optional(AdmitPerSecond),
-            max_shoppers: Type.Optional(MaxShoppers),
-            grace_seconds: Type.Optional(GraceSeconds),
+            ...SaleSettings,
           },
           { additionalProperties: false },
         ),
@@ -302,9 +302,7 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
       schema: { tags: ['holds'], summary: 'Retrieve a hold', params: holdId, response: { 200: Hold, ...errorResponses } },
     },
     async (request) => {
-      const hold = await sales.retrieveHold(deps.pool, principalOf(request).merchantId, request.params.id);
-      if (!hold) throw new ApiError('resource_missing', `No such hold: '${request.params.id}'`, 'id');
-      return hold;
+      return foundOr404(await sales.retrieveHold(deps.pool, principalOf(request).merchantId, request.params.id), 'hold', request.params.id);
     },
   );
 
@@ -362,9 +360,11 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
     '/v1/orders/:id',
     { schema: { tags: ['orders'], summary: 'Retrieve an order', params: orderId, response: { 200: Order, ...errorResponses } } },
     async (request) => {
-      const order = await sales.retrieveOrder(deps.pool, principalOf(request).merchantId, request.params.id);
-      if (!order) throw new ApiError('resource_missing', `No such order: '${request.params.id}'`, 'id');
-      return order;
+      return foundOr404(
+        await sales.retrieveOrder(deps.pool, principalOf(request).merchantId, request.params.id),
+        'order',
+        request.params.id,
+      );
     },
   );
 }

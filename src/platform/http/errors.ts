@@ -71,3 +71,9 @@ export class ApiError extends Error {
 export function errorBody(code: ApiErrorCode, message: string, param?: string): ApiErrorBody {
   return new ApiError(code, message, param).toBody();
 }
+
+/** The object found, or the 404 every retrieve answers for an unknown or another merchant's id. */
+export function foundOr404<T>(found: T | undefined, object: string, id: string): T {
+  if (found === undefined) throw new ApiError('resource_missing', `No such ${object}: '${id}'`, 'id');
+  return found;
+}
