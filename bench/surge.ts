@@ -478,7 +478,7 @@ function formatSurgeTable(summary: SurgeSummary, options: { quick: boolean; roun
       .slice(1)
       .map((row) => `${pad(row.metric, 34)} ${pad(num(row.api), 10)} ${Number.isFinite(row.reference) ? num(row.reference) : ''}`),
     '',
-    `${pad('CPU per request (µs)', 34)} ${cpu(Number.NaN).replace('-', 'client')} ${'server  db      redis   total'}`,
+    `${pad('CPU per request (µs)', 34)} ${pad('client', 8)} ${pad('server', 8)} ${pad('db', 8)} ${pad('redis', 8)} total`,
     ...summary.cpuRows.map(
       (row) => `${pad(row.metric, 34)} ${cpu(row.client)} ${cpu(row.server)} ${cpu(row.db)} ${cpu(row.redis)} ${num(row.total)}`,
     ),
