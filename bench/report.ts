@@ -46,6 +46,8 @@ export interface RunOptions {
   singleS: number;
   rateFraction: number;
   profile: boolean;
+  /** One part of the benchmark only; both when absent. */
+  only?: 'payments' | 'surge';
 }
 
 export interface SummaryRow {

@@ -6,6 +6,7 @@
  *   npm run bench -- --quick       one short round (under a minute)
  *   options: --rounds N --clients N --duration S (each measured phase)
  *            --profile (writes the server's CPU profile to bench/results/profiles/)
+ *            --only payments|surge (one part; both by default; surge: bench/surge.ts)
  *
  * See bench/README.md for what each number means.
  */
@@ -22,6 +23,7 @@ import { runPgbench } from './pgbench.js';
 import { formatPhase, formatTable, type PhaseKind, type PhaseResult, type RunOptions, summarize, writeResults } from './report.js';
 import { type ApiServer, type BenchDatabase, createBenchDatabase, startApiServer } from './setup.js';
 import { buildPgbenchScript, type PgbenchScript } from './statement.js';
+import { runSurge } from './surge.js';
 
 const ADMIN_URL = process.env.FLOODGATE_BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 // The API's default pool size (FLOODGATE_DB_POOL_MAX), so the server runs as deployed.
@@ -47,8 +49,11 @@ function parseOptions(argv: string[]): RunOptions {
       clients: { type: 'string' },
       duration: { type: 'string' },
       profile: { type: 'boolean', default: false },
+      only: { type: 'string' },
     },
   });
+  if (values.only !== undefined && values.only !== 'payments' && values.only !== 'surge')
+    throw new Error('--only must be payments or surge');
   const quick = values.quick ?? false;
   const positive = (raw: string | undefined, fallback: number, name: string) => {
     if (raw === undefined) return fallback;
@@ -69,6 +74,7 @@ function parseOptions(argv: string[]): RunOptions {
     singleS: Math.max(1, Math.round(duration / 2)),
     rateFraction: RATE_FRACTION,
     profile: values.profile ?? false,
+    only: values.only as RunOptions['only'],
   };
 }
 
@@ -265,6 +271,12 @@ async function main(): Promise<number> {
     cleanups.push(() => db.drop());
     const machine = machineInfo(db.postgresVersion);
     console.log(`bench database ${db.name}; ${machine.cores} cores, node ${machine.node}, PostgreSQL ${machine.postgres}`);
+    const surge = options.only === 'payments' ? undefined : await runSurge(db, { ...options, profileDir: PROFILE_DIR });
+    if (options.only === 'surge') {
+      const file = await writeResults({ startedAt, machine, options, surge });
+      console.log(`\nresults: ${path.relative(process.cwd(), file)} (and bench/results/latest.json)`);
+      return 0;
+    }
     // A CPU profile of the server, for finding its hot path; profiling slows it, so the
     // numbers of a profiled run are not comparable with others.
     const nodeArgs = options.profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [];
@@ -288,8 +300,9 @@ async function main(): Promise<number> {
     for (let round = 1; round <= options.rounds; round++) phases.push(...(await runRound(bench, round)));
 
     const summary = summarize(phases, options.rounds);
+    if (surge) console.log(`\n${surge.table}`);
     console.log(`\n${formatTable(summary, machine, options, phases)}`);
-    const file = await writeResults({ startedAt, machine, options, pgbench: script, summary, phases });
+    const file = await writeResults({ startedAt, machine, options, pgbench: script, summary, phases, surge });
     console.log(`\nresults: ${path.relative(process.cwd(), file)} (and bench/results/latest.json)`);
     return 0;
   } finally {

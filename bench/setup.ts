@@ -102,7 +102,13 @@ export interface ApiServer {
  * Starts `floodgate api` as its own process, exactly as it is deployed (the same entry point,
  * logger and metrics), and waits until it answers /livez.
  */
-export async function startApiServer(options: { databaseUrl: string; poolMax: number; nodeArgs?: string[] }): Promise<ApiServer> {
+export async function startApiServer(options: {
+  databaseUrl: string;
+  poolMax: number;
+  nodeArgs?: string[];
+  /** Added to (or overriding) the environment below, e.g. REDIS_URL. */
+  env?: Record<string, string>;
+}): Promise<ApiServer> {
   const port = await freePort();
   const args = [...(options.nodeArgs ?? []), '--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'api'];
   const child = spawn(process.execPath, args, {
@@ -123,6 +129,7 @@ export async function startApiServer(options: { databaseUrl: string; poolMax: nu
       FLOODGATE_ADMISSION_SECRET: 'bench_admission_secret_0123456789abcdef',
       FLOODGATE_RATE_LIMIT_IP_PER_SECOND: '0',
       FLOODGATE_RATE_LIMIT_KEY_PER_SECOND: '0',
+      ...options.env,
     },
   });
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));

@@ -54,9 +54,15 @@ export async function takeHold(
       ),
     );
   }
-  // A savepoint, so a sold-out line undoes the lines taken before it but the refusal itself
-  // can still be stored with the idempotency key in this transaction.
+  // A savepoint, so a sold-out line undoes the lines taken before it (and the expiry job) but
+  // the refusal itself can still be stored with the idempotency key in this transaction.
   await client.query('savepoint take_stock');
+  const holdId = newId('hold');
+  const expiresAt = new Date(request.now.getTime() + sale.hold_seconds * 1000);
+  // The expiry job before the stock: an item's row stays locked from its guarded UPDATE until
+  // the commit, and every hold on a hot item queues for that lock. (The hold itself must come
+  // after: its lines' foreign keys would share-lock the item rows first, which costs more.)
+  await scheduleExpiry(client, { merchant_id: merchantId, id: holdId, expires_at: expiresAt });
   for (const line of lines) {
     if (!(await sql.takeStock(client, merchantId, saleId, line))) {
       await client.query('rollback to savepoint take_stock');
@@ -64,12 +70,11 @@ export async function takeHold(
     }
   }
   const amount = lines.reduce((sum, line) => sum + (items.get(line.item_id)?.price ?? 0) * line.quantity, 0);
-  const expiresAt = new Date(request.now.getTime() + sale.hold_seconds * 1000);
   const hold = await sql.insertHold(
     client,
     {
       merchant_id: merchantId,
-      id: newId('hold'),
+      id: holdId,
       sale_id: saleId,
       buyer_reference: buyerReference,
       admission_ticket: request.admissionTicket ?? null,
@@ -79,7 +84,6 @@ export async function takeHold(
     },
     lines,
   );
-  await scheduleExpiry(client, hold);
   return { kind: 'created', hold, lines };
 }
 

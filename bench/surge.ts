@@ -1,0 +1,622 @@
+/**
+ * The surge path's benchmark (`npm run bench`, or `npm run bench -- --only surge`):
+ *
+ *   - cached public sale reads (GET /v1/sales/:id, publishable key) through the API with Redis
+ *     (both cache levels real) and in memory mode, beside a bare Fastify server answering the
+ *     same bytes, with the same generator and connections;
+ *   - holds per second on one hot item (POST /v1/holds, each spending a fresh admission token)
+ *     beside pgbench running the SQL the API sends for a hold, captured from the server's code;
+ *   - waiting-room joins (admitted at once, or left waiting) and polls per second (Redis mode).
+ *
+ * See bench/README.md, "Surge", for what each number means.
+ */
+import { type ChildProcess, fork } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { Redis } from 'ioredis';
+import type pg from 'pg';
+import { createMerchant } from '../src/merchants/service.js';
+import { createPool } from '../src/platform/db/pool.js';
+import { BackendCpuSampler } from './backends.js';
+import { busyFraction, busyMs, cpuSnapshot, freePort, processCpuMs } from './machine.js';
+import { runPgbench } from './pgbench.js';
+import { type ApiServer, type BenchDatabase, startApiServer } from './setup.js';
+import type { LatencySummary } from './stats.js';
+import { median, round } from './stats.js';
+import type { SurgeJob, SurgeRequestKind, SurgeResult } from './surge-loadgen.js';
+import { captureHold, type HoldCapture } from './surge-statement.js';
+
+const REDIS_URL = process.env.FLOODGATE_BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
+const DRAIN_TIMEOUT_MS = 10_000;
+const REQUESTS_PER_SECOND_MAX = 50_000;
+// The hot item never sells out within a run: far more units than two cores can hold.
+const HOT_STOCK = 10_000_000;
+// Waiting rooms: one that admits everyone at once (it mints the hold phase's tokens), one that
+// admits no one (its tickets stay waiting, for the poll phase).
+const ADMIT_ALL = { admit_per_second: 10_000, max_shoppers: 1_000_000 };
+const ADMIT_NONE = { admit_per_second: 1, max_shoppers: 0 };
+// A widely used open-source ticketing system documents about 300–400 tickets per minute per
+// event as its ceiling; the report puts the holds' rate beside it.
+export const TICKETING_REFERENCE_PER_MINUTE = '300-400';
+// Admission tokens minted for a hold phase: this many seconds of the last measured hold rate.
+const TOKEN_HEADROOM = 1.5;
+const TOKENS_MIN = 2_000;
+const GOAL_RATIO = 0.8;
+const NOISY_OTHER_CORES = 0.25;
+
+export interface SurgeOptions {
+  quick: boolean;
+  clients: number;
+  profile: boolean;
+  profileDir: string;
+}
+
+export type SurgePhaseName =
+  | 'read_api'
+  | 'read_api_memory'
+  | 'read_bare'
+  | 'join_admitted'
+  | 'join_waiting'
+  | 'poll'
+  | 'hold_api'
+  | 'hold_pgbench';
+
+export interface SurgePhase {
+  round: number;
+  name: SurgePhaseName;
+  clients: number;
+  durationS: number;
+  throughput: number;
+  latency: LatencySummary;
+  errors: Record<string, number>;
+  tokensRanOut?: boolean;
+  rows?: number;
+  cpu: {
+    machineBusy: number;
+    clientUsPerTx: number;
+    serverUsPerTx: number;
+    backendsUsPerTx: number;
+    redisUsPerTx: number;
+    otherCores: number;
+  };
+}
+
+class SurgeLoadGenerator {
+  private readonly child: ChildProcess;
+
+  constructor() {
+    this.child = fork(path.join(import.meta.dirname, 'surge-loadgen.ts'), [], { execArgv: ['--import', 'tsx'] });
+  }
+
+  run(job: SurgeJob): Promise<SurgeResult> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error('surge load generator did not answer in time')),
+        job.durationMs + job.drainTimeoutMs + 10_000,
+      );
+      this.child.once('message', (message: { ok: boolean; result?: SurgeResult; error?: string }) => {
+        clearTimeout(timer);
+        if (message.ok && message.result) resolve(message.result);
+        else reject(new Error(`surge load generator failed: ${message.error}`));
+      });
+      this.child.send(job);
+    });
+  }
+
+  stop(): void {
+    if (this.child.connected) this.child.disconnect();
+    this.child.kill();
+  }
+}
+
+interface BareServer {
+  port: number;
+  pid: number;
+  stop(): void;
+}
+
+async function startBareServer(response: { body: string; etag: string; cacheControl: string }): Promise<BareServer> {
+  const port = await freePort();
+  const child = fork(path.join(import.meta.dirname, 'bare-server.ts'), [], { execArgv: ['--import', 'tsx'] });
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('bare server did not start')), 30_000);
+    child.once('message', () => {
+      clearTimeout(timer);
+      resolve();
+    });
+    child.once('exit', (code) => reject(new Error(`bare server exited with ${code}`)));
+    child.send({ port, ...response });
+  });
+  return {
+    port,
+    pid: child.pid as number,
+    stop() {
+      if (child.connected) child.disconnect();
+      child.kill();
+    },
+  };
+}
+
+/** The Redis server's pid, for its CPU time, if it runs on this machine. */
+function redisPid(): number | undefined {
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      if (readFileSync(`/proc/${entry}/comm`, 'utf8').trim() === 'redis-server') return Number(entry);
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return undefined;
+}
+
+async function api(port: number, key: string, method: string, url: string, body?: unknown) {
+  const response = await fetch(`http://127.0.0.1:${port}${url}`, {
+    method,
+    headers: {
+      authorization: `Bearer ${key}`,
+      ...(body === undefined ? {} : { 'content-type': 'application/json', 'idempotency-key': `bench-setup-${Math.random()}` }),
+    },
+    body: body === undefined ? undefined : JSON.stringify(body),
+    signal: AbortSignal.timeout(10_000),
+  });
+  const text = await response.text();
+  if (response.status !== 200) throw new Error(`${method} ${url} answered ${response.status}: ${text}`);
+  return { json: JSON.parse(text), text, headers: response.headers };
+}
+
+interface Surge {
+  options: SurgeOptions;
+  db: BenchDatabase;
+  sampler: BackendCpuSampler;
+  redisApi: ApiServer;
+  memoryApi: ApiServer;
+  bare: BareServer;
+  loadgen: SurgeLoadGenerator;
+  publishableKey: string;
+  hotSale: string;
+  hotItem: string;
+  lineSale: string;
+  capture: HoldCapture;
+  readBody: string;
+  redisPid: number | undefined;
+  adminPool: pg.Pool;
+  durationS: number;
+  buyerSeq: number;
+  lastHoldRate: number;
+}
+
+const perTx = (cpuMs: number, transactions: number) => Math.round((cpuMs * 1000) / Math.max(transactions, 1));
+
+async function measured<T extends { ok: number; cpuMs: number }>(
+  surge: Surge,
+  serverPid: number | undefined,
+  run: () => Promise<T>,
+): Promise<{ result: T; cpu: SurgePhase['cpu'] }> {
+  await surge.sampler.start();
+  const machineBefore = cpuSnapshot();
+  const serverBefore = processCpuMs(serverPid) ?? 0;
+  const redisBefore = processCpuMs(surge.redisPid) ?? 0;
+  const startedAt = performance.now();
+  const result = await run();
+  const elapsedMs = performance.now() - startedAt;
+  const serverMs = (processCpuMs(serverPid) ?? 0) - serverBefore;
+  const redisMs = (processCpuMs(surge.redisPid) ?? 0) - redisBefore;
+  const machineAfter = cpuSnapshot();
+  const backendsMs = await surge.sampler.stop();
+  const otherMs = busyMs(machineBefore, machineAfter) - result.cpuMs - serverMs - backendsMs - redisMs;
+  return {
+    result,
+    cpu: {
+      machineBusy: busyFraction(machineBefore, machineAfter),
+      clientUsPerTx: perTx(result.cpuMs, result.ok),
+      serverUsPerTx: perTx(serverMs, result.ok),
+      backendsUsPerTx: perTx(backendsMs, result.ok),
+      redisUsPerTx: surge.redisPid === undefined ? Number.NaN : perTx(redisMs, result.ok),
+      otherCores: Math.round((Math.max(otherMs, 0) / elapsedMs) * 100) / 100,
+    },
+  };
+}
+
+function job(surge: Surge, kind: SurgeRequestKind, port: number, durationS: number, extra: Partial<SurgeJob> = {}): SurgeJob {
+  return {
+    kind,
+    port,
+    connections: surge.options.clients,
+    durationMs: durationS * 1000,
+    authorization: `Bearer ${surge.publishableKey}`,
+    saleId: surge.hotSale,
+    itemId: surge.hotItem,
+    requestsMax: REQUESTS_PER_SECOND_MAX * durationS,
+    drainTimeoutMs: DRAIN_TIMEOUT_MS,
+    ...extra,
+  };
+}
+
+const pad = (text: string, width: number) => text.padEnd(width);
+const num = (value: number) =>
+  Number.isFinite(value) ? (value >= 100 || Number.isInteger(value) ? String(Math.round(value)) : value.toFixed(2)) : '-';
+
+function phaseLine(phase: SurgePhase): string {
+  const errors = Object.entries(phase.errors)
+    .map(([name, count]) => `${name}=${count}`)
+    .join(' ');
+  return (
+    `  ${phase.round === 0 ? 'warm-up' : `round ${phase.round}`} ${pad(phase.name, 15)} c=${phase.clients} ${phase.throughput}/s ` +
+    `p50=${num(phase.latency.p50Ms)} p99=${num(phase.latency.p99Ms)} ms | cpu µs/req: client ${phase.cpu.clientUsPerTx} ` +
+    `server ${phase.cpu.serverUsPerTx} db ${phase.cpu.backendsUsPerTx} redis ${num(phase.cpu.redisUsPerTx)} | machine ` +
+    `${Math.round(phase.cpu.machineBusy * 100)}% busy, others ${phase.cpu.otherCores} cores` +
+    `${phase.tokensRanOut ? ' | tokens ran out' : ''}${errors ? ` | errors: ${errors}` : ''}`
+  );
+}
+
+async function loadPhase(
+  surge: Surge,
+  round: number,
+  name: SurgePhaseName,
+  server: { port: number; pid: number },
+  kind: SurgeRequestKind,
+  extra: Partial<SurgeJob> = {},
+  durationS = surge.durationS,
+): Promise<SurgePhase> {
+  const { result, cpu } = await measured(surge, server.pid, () => surge.loadgen.run(job(surge, kind, server.port, durationS, extra)));
+  const phase: SurgePhase = {
+    round,
+    name,
+    clients: extra.connections ?? surge.options.clients,
+    durationS,
+    throughput: result.throughput,
+    latency: result.latency,
+    errors: result.errors,
+    ...(kind === 'hold' ? { tokensRanOut: result.tokensRanOut } : {}),
+    cpu,
+  };
+  if (kind === 'hold') phase.rows = await countHolds(surge);
+  console.log(phaseLine(phase));
+  if (kind === 'read' && result.sampleBody !== surge.readBody)
+    console.log('  warning: the read answered other bytes than the reference body');
+  if (phase.rows !== undefined && phase.rows !== result.ok)
+    console.log(`  warning: ${result.ok} holds answered but ${phase.rows} rows in holds`);
+  return phase;
+}
+
+async function countHolds(surge: Surge): Promise<number> {
+  const { rows } = await surge.adminPool.query<{ count: number }>('select count(*)::int as count from holds');
+  return rows[0]?.count ?? 0;
+}
+
+/** Every hold phase starts alike: no holds, keys or jobs, full stock, nothing dirty. */
+async function resetHolds(surge: Surge): Promise<void> {
+  await surge.adminPool.query('truncate hold_lines, holds, idempotency_keys cascade');
+  await surge.adminPool.query('truncate graphile_worker._private_jobs');
+  await surge.adminPool.query('update items set stock_available = stock_total, stock_held = 0, stock_sold = 0');
+  await surge.adminPool.query('checkpoint');
+}
+
+/** Joins the admitting sale until the generator holds at least `wanted` admission tokens. */
+async function mintTokens(surge: Surge, have: number, wanted: number): Promise<number> {
+  let tokens = have;
+  for (let attempt = 0; attempt < 4 && tokens < wanted; attempt++) {
+    const result = await surge.loadgen.run(
+      job(surge, 'join', surge.redisApi.port, 30, {
+        requestsMax: wanted - tokens,
+        expectStatus: 'admitted',
+        buyerPrefix: `mint-${surge.buyerSeq++}`,
+      }),
+    );
+    tokens = result.tokensLeft;
+  }
+  return tokens;
+}
+
+async function holdPhases(surge: Surge, round: number, tokensLeft: number): Promise<SurgePhase[]> {
+  const { durationS } = surge;
+  // Enough tokens for a 1 s reconnect burst and the phase, with headroom.
+  const wanted = Math.max(TOKENS_MIN, Math.ceil(surge.lastHoldRate * (durationS + 1) * TOKEN_HEADROOM));
+  await mintTokens(surge, tokensLeft, wanted);
+  // The server's pool was closed for pgbench; reopen and re-prepare before the clock starts.
+  await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, 1));
+  await resetHolds(surge);
+  const apiPhase = await loadPhase(surge, round, 'hold_api', surge.redisApi, 'hold');
+  if (round > 0) surge.lastHoldRate = Math.max(surge.lastHoldRate, apiPhase.throughput);
+  await surge.db.closeServerConnections();
+  await resetHolds(surge);
+  const { result, cpu } = await measured(surge, undefined, async () => {
+    const run = await runPgbench(surge.capture.pgbench, { databaseUrl: surge.db.url, clients: surge.options.clients, durationS });
+    return { ...run, ok: run.transactions };
+  });
+  const pgPhase: SurgePhase = {
+    round,
+    name: 'hold_pgbench',
+    clients: surge.options.clients,
+    durationS,
+    throughput: result.tps,
+    latency: result.latency,
+    errors: result.failed > 0 ? { failed: result.failed } : {},
+    rows: await countHolds(surge),
+    cpu: { ...cpu, redisUsPerTx: Number.NaN },
+  };
+  console.log(phaseLine(pgPhase));
+  if (pgPhase.rows !== result.transactions) console.log(`  warning: ${result.transactions} transactions but ${pgPhase.rows} rows in holds`);
+  // Full stock again, so the next round's sale reads answer the same bytes as the bare server.
+  await resetHolds(surge);
+  return [apiPhase, pgPhase];
+}
+
+async function runRound(surge: Surge, round: number): Promise<SurgePhase[]> {
+  const phases: SurgePhase[] = [];
+  const warm = round === 0;
+  const durationS = warm ? (surge.options.quick ? 2 : 3) : surge.durationS;
+  phases.push(await loadPhase(surge, round, 'read_api', surge.redisApi, 'read', {}, durationS));
+  phases.push(await loadPhase(surge, round, 'read_bare', surge.bare, 'read', {}, durationS));
+  phases.push(await loadPhase(surge, round, 'read_api_memory', surge.memoryApi, 'read', {}, durationS));
+  const join = await loadPhase(
+    surge,
+    round,
+    'join_admitted',
+    surge.redisApi,
+    'join',
+    { expectStatus: 'admitted', buyerPrefix: `r${round}-admit-${surge.buyerSeq++}` },
+    durationS,
+  );
+  phases.push(join);
+  phases.push(...(await holdPhases(surge, round, await tokensHeld(surge))));
+  phases.push(
+    await loadPhase(
+      surge,
+      round,
+      'join_waiting',
+      surge.redisApi,
+      'join',
+      { saleId: surge.lineSale, expectStatus: 'waiting', buyerPrefix: `r${round}-wait-${surge.buyerSeq++}` },
+      durationS,
+    ),
+  );
+  phases.push(await loadPhase(surge, round, 'poll', surge.redisApi, 'poll', { saleId: surge.lineSale }, durationS));
+  return phases;
+}
+
+/** Tokens the generator holds now (a zero-request join answers with its count). */
+async function tokensHeld(surge: Surge): Promise<number> {
+  const result = await surge.loadgen.run(
+    job(surge, 'join', surge.redisApi.port, 1, { requestsMax: 0, expectStatus: 'admitted', buyerPrefix: 'none' }),
+  );
+  return result.tokensLeft;
+}
+
+export interface SurgeSummaryRow {
+  metric: string;
+  api: number;
+  reference: number;
+  ratio: number;
+}
+
+export interface SurgeSummary {
+  rows: SurgeSummaryRow[];
+  rates: SurgeSummaryRow[];
+  cpuRows: { metric: string; client: number; server: number; db: number; redis: number; total: number }[];
+  otherCores: number;
+  goalRatio: number;
+}
+
+function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSummary {
+  const measuredPhases = phases.filter((phase) => phase.round > 0);
+  const values = (name: SurgePhaseName, value: (phase: SurgePhase) => number) =>
+    measuredPhases.filter((phase) => phase.name === name).map(value);
+  const pair = (metric: string, apiName: SurgePhaseName, refName: SurgePhaseName | undefined, value: (phase: SurgePhase) => number) => {
+    const apiValues = values(apiName, value);
+    const refValues = refName ? values(refName, value) : [];
+    const ratios = refName ? Array.from({ length: rounds }, (_, index) => (apiValues[index] as number) / (refValues[index] as number)) : [];
+    return {
+      metric,
+      api: median(apiValues),
+      reference: refName ? median(refValues) : Number.NaN,
+      ratio: refName ? round(median(ratios), 2) : Number.NaN,
+    };
+  };
+  const throughput = (phase: SurgePhase) => phase.throughput;
+  const p50 = (phase: SurgePhase) => phase.latency.p50Ms;
+  const p99 = (phase: SurgePhase) => phase.latency.p99Ms;
+  const holds = pair('holds/s, one hot item', 'hold_api', 'hold_pgbench', throughput);
+  const cpuRow = (metric: string, name: SurgePhaseName) => {
+    const client = median(values(name, (phase) => phase.cpu.clientUsPerTx));
+    const server = median(values(name, (phase) => phase.cpu.serverUsPerTx));
+    const db = median(values(name, (phase) => phase.cpu.backendsUsPerTx));
+    const redis = median(values(name, (phase) => phase.cpu.redisUsPerTx));
+    return { metric, client, server, db, redis, total: client + server + db + (Number.isFinite(redis) ? redis : 0) };
+  };
+  return {
+    rows: [
+      pair('sale read, Redis mode (req/s)', 'read_api', 'read_bare', throughput),
+      pair('  p50 (ms)', 'read_api', 'read_bare', p50),
+      pair('  p99 (ms)', 'read_api', 'read_bare', p99),
+      pair('sale read, memory mode (req/s)', 'read_api_memory', 'read_bare', throughput),
+      holds,
+      pair('  p50 @ max (ms)', 'hold_api', 'hold_pgbench', p50),
+      pair('  p99 @ max (ms)', 'hold_api', 'hold_pgbench', p99),
+    ],
+    rates: [
+      { metric: 'tickets (held units) per minute', api: holds.api * 60, reference: Number.NaN, ratio: Number.NaN },
+      pair('queue joins/s, admitted at once', 'join_admitted', undefined, throughput),
+      pair('  p50 / p99 (ms)', 'join_admitted', undefined, p50),
+      pair('queue joins/s, left waiting', 'join_waiting', undefined, throughput),
+      pair('queue polls/s (waiting tickets)', 'poll', undefined, throughput),
+    ].map((row, index) => (index === 2 ? { ...row, reference: median(values('join_admitted', p99)) } : row)),
+    cpuRows: [
+      cpuRow('sale read, API (Redis)', 'read_api'),
+      cpuRow('sale read, API (memory)', 'read_api_memory'),
+      cpuRow('sale read, bare Fastify', 'read_bare'),
+      cpuRow('hold, API', 'hold_api'),
+      cpuRow('hold, pgbench', 'hold_pgbench'),
+      cpuRow('queue join, admitted', 'join_admitted'),
+      cpuRow('queue join, waiting', 'join_waiting'),
+      cpuRow('queue poll', 'poll'),
+    ],
+    otherCores: round(median(measuredPhases.map((phase) => phase.cpu.otherCores)), 2),
+    goalRatio: GOAL_RATIO,
+  };
+}
+
+function formatSurgeTable(summary: SurgeSummary, options: { quick: boolean; rounds: number; durationS: number; clients: number }): string {
+  const ratio = (value: number) => (Number.isFinite(value) ? value.toFixed(2) : '-');
+  const line = (row: SurgeSummaryRow) =>
+    `${pad(row.metric, 34)} ${pad(num(row.api), 10)} ${pad(num(row.reference), 10)} ${ratio(row.ratio)}`;
+  const cpu = (value: number) => pad(num(value), 8);
+  const lines = [
+    `surge: ${options.quick ? 'quick' : 'full'} run, ${options.rounds} round(s) of ${options.durationS} s phases, medians shown; ` +
+      `${options.clients} keep-alive connections (= API pool size = pgbench clients) in every phase`,
+    '',
+    `${pad('metric', 34)} ${pad('api', 10)} ${pad('reference', 10)} ratio     (reads: bare Fastify; holds: pgbench)`,
+    ...summary.rows.map(line),
+    '',
+    `${pad('rates', 34)} ${pad('api', 10)} reference`,
+    `${line(summary.rates[0] as SurgeSummaryRow)
+      .trimEnd()
+      .replace(/ -$/, '')}${TICKETING_REFERENCE_PER_MINUTE} (open-source ticketing ceiling)`,
+    ...summary.rates
+      .slice(1)
+      .map((row) => `${pad(row.metric, 34)} ${pad(num(row.api), 10)} ${Number.isFinite(row.reference) ? num(row.reference) : ''}`),
+    '',
+    `${pad('CPU per request (µs)', 34)} ${pad('client', 8)} ${pad('server', 8)} ${pad('db', 8)} ${pad('redis', 8)} total`,
+    ...summary.cpuRows.map(
+      (row) => `${pad(row.metric, 34)} ${cpu(row.client)} ${cpu(row.server)} ${cpu(row.db)} ${cpu(row.redis)} ${num(row.total)}`,
+    ),
+    '',
+    `ratio = api / reference; throughput goal >= ${summary.goalRatio.toFixed(2)}. "server" is the API's (or the bare server's) process.`,
+  ];
+  const verdict = (row: SurgeSummaryRow | undefined) =>
+    row ? `${row.metric.trim()} ${ratio(row.ratio)} ${row.ratio >= summary.goalRatio ? 'meets' : 'is below'} the goal` : '';
+  const goalLine = `${verdict(summary.rows[0])}; ${verdict(summary.rows[4])}`;
+  if (summary.otherCores > NOISY_OTHER_CORES) {
+    lines.push(`noisy: other processes used ${summary.otherCores} cores (median over phases); ${goalLine} (unreliable)`);
+  } else lines.push(goalLine);
+  return lines.join('\n');
+}
+
+async function deleteRedisKeys(prefix: string): Promise<number> {
+  const redis = new Redis(REDIS_URL, { lazyConnect: true, maxRetriesPerRequest: 1 });
+  await redis.connect();
+  let deleted = 0;
+  try {
+    let cursor = '0';
+    // Bounded: a bench run writes at most a few hundred thousand keys.
+    for (let scans = 0; scans < 100_000; scans++) {
+      const [next, keys] = await redis.scan(cursor, 'MATCH', `${prefix}*`, 'COUNT', 1000);
+      if (keys.length > 0) deleted += await redis.unlink(...keys);
+      cursor = next;
+      if (cursor === '0') break;
+    }
+  } finally {
+    redis.disconnect();
+  }
+  return deleted;
+}
+
+export interface SurgeRecord {
+  table: string;
+  summary: SurgeSummary;
+  phases: SurgePhase[];
+  holdStatements: HoldCapture['statements'];
+  pgbench: HoldCapture['pgbench'];
+  readBody: string;
+  redisKeyPrefix: string;
+}
+
+/** Runs the surge benchmark on the bench database; prints its phases and table, returns its record. */
+export async function runSurge(db: BenchDatabase, options: SurgeOptions): Promise<SurgeRecord> {
+  const rounds = options.quick ? 1 : 3;
+  const durationS = options.quick ? 3 : 5;
+  const prefix = `floodgate_bench_${db.name.slice('floodgate_bench_'.length)}:`;
+  const cleanups: (() => unknown)[] = [];
+  const adminPool = createPool({ connectionString: db.url, max: 2, statementTimeoutMs: 120_000, applicationName: 'floodgate-bench' });
+  cleanups.push(() => adminPool.end());
+  const sampler = await BackendCpuSampler.open(db.url, db.name);
+  cleanups.push(() => sampler.close());
+  cleanups.push(() => deleteRedisKeys(prefix).then((count) => console.log(`surge: deleted ${count} Redis keys under ${prefix}`)));
+  try {
+    const merchant = await createMerchant(adminPool, 'Surge bench merchant');
+    const nodeArgs = options.profile ? ['--cpu-prof', `--cpu-prof-dir=${options.profileDir}`] : [];
+    const redisApi = await startApiServer({
+      databaseUrl: db.url,
+      poolMax: options.clients,
+      nodeArgs,
+      env: { REDIS_URL, FLOODGATE_REDIS_KEY_PREFIX: prefix },
+    });
+    cleanups.push(() => redisApi.stop());
+    const memoryApi = await startApiServer({ databaseUrl: db.url, poolMax: options.clients, env: { REDIS_URL: '' } });
+    cleanups.push(() => memoryApi.stop());
+    const secret = merchant.secret_key;
+    const opensAt = new Date(Date.now() - 60_000).toISOString();
+    const base = { currency: 'usd', opens_at: opensAt, per_buyer_limit: 4, hold_seconds: 3600, grace_seconds: 3600 };
+    const hot = await api(redisApi.port, secret, 'POST', '/v1/sales', {
+      ...base,
+      name: 'Bench surge',
+      ...ADMIT_ALL,
+      items: [{ name: 'Hot item', price: 5000, stock: HOT_STOCK }],
+    });
+    const line = await api(redisApi.port, secret, 'POST', '/v1/sales', {
+      ...base,
+      name: 'Bench line',
+      ...ADMIT_NONE,
+      items: [{ name: 'Line item', price: 5000, stock: 1000 }],
+    });
+    const capture = await captureHold({
+      databaseUrl: db.url,
+      merchantId: merchant.merchant.id,
+      saleId: hot.json.id,
+      itemId: hot.json.items[0].id,
+      clients: options.clients,
+    });
+    await adminPool.query('truncate hold_lines, holds, idempotency_keys cascade');
+    await adminPool.query('update items set stock_available = stock_total, stock_held = 0, stock_sold = 0');
+    // Past the cache's staleness bound, so the reference body shows the full stock.
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    const read = await api(redisApi.port, merchant.publishable_key, 'GET', `/v1/sales/${hot.json.id}`);
+    const bare = await startBareServer({
+      body: read.text,
+      etag: read.headers.get('etag') ?? '',
+      cacheControl: read.headers.get('cache-control') ?? '',
+    });
+    cleanups.push(() => bare.stop());
+    const loadgen = new SurgeLoadGenerator();
+    cleanups.push(() => loadgen.stop());
+    const surge: Surge = {
+      options,
+      db,
+      sampler,
+      redisApi,
+      memoryApi,
+      bare,
+      loadgen,
+      publishableKey: merchant.publishable_key,
+      hotSale: hot.json.id,
+      hotItem: hot.json.items[0].id,
+      lineSale: line.json.id,
+      capture,
+      readBody: read.text,
+      redisPid: redisPid(),
+      adminPool,
+      durationS,
+      buyerSeq: 0,
+      lastHoldRate: 0,
+    };
+    console.log(`surge: hot sale ${surge.hotSale}, ${rounds} round(s) of ${durationS} s phases; warming up`);
+    const phases: SurgePhase[] = [];
+    for (let r = 0; r <= rounds; r++) phases.push(...(await runRound(surge, r)));
+    const summary = summarizeSurge(phases, rounds);
+    const table = formatSurgeTable(summary, { quick: options.quick, rounds, durationS, clients: options.clients });
+    console.log(`\n${table}`);
+    return {
+      table,
+      summary,
+      phases,
+      holdStatements: capture.statements,
+      pgbench: capture.pgbench,
+      readBody: read.text,
+      redisKeyPrefix: prefix,
+    };
+  } finally {
+    for (const step of cleanups.reverse()) await Promise.resolve(step()).catch((error) => console.error(`surge cleanup: ${error}`));
+  }
+}
