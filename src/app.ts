@@ -25,7 +25,7 @@ import type { RedisConnections } from './platform/redis/client.js';
 import type { PaymentProvider } from './providers/provider.js';
 import { convertPaidHold } from './sales/holds.js';
 import { registerSalesRoutes } from './sales/routes.js';
-import { saleForQueue, type toApiSale } from './sales/service.js';
+import { createSaleLookup, type toApiSale } from './sales/service.js';
 import { VERSION } from './version.js';
 import { registerWebhookRoutes } from './webhooks/routes.js';
 
@@ -154,7 +154,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     redis: deps.redis,
   });
   app.addHook('onClose', async () => saleCache.close());
-  registerQueueRoutes(app, { room, lookup: (merchantId, saleId) => saleForQueue(deps.pool, merchantId, saleId) });
+  registerQueueRoutes(app, { room, lookup: createSaleLookup(deps.pool, deps.config.cacheStaleMs) });
   registerSalesRoutes(
     app,
     {

@@ -3,6 +3,7 @@
  * atomic phase under its idempotency key, so a retry replays the first answer.
  */
 
+import { LRUCache } from 'lru-cache';
 import { createIntentInTransaction } from '../payments/hooks.js';
 import { errorReply, refusedReply } from '../payments/service.js';
 import type { Client, Pool } from '../platform/db/pool.js';
@@ -253,18 +254,55 @@ export async function releaseHold(deps: SalesDeps, merchantId: string, id: strin
   return { status: reply.status, body: reply.body, headers: reply.headers };
 }
 
-/** The sale as the waiting room sees it; its remaining stock is read at most once per `staleMs`. */
-export async function saleForQueue(pool: Pool, merchantId: string, saleId: string) {
-  const sale = await sql.selectSale(pool, merchantId, saleId);
-  if (!sale) return undefined;
-  return {
-    id: sale.id,
-    opensAt: sale.opens_at,
-    closesAt: sale.closes_at,
-    admitPerSecond: sale.admit_per_second,
-    maxShoppers: sale.max_shoppers,
-    graceSeconds: sale.grace_seconds,
-    remainingStock: () => sql.selectAvailableUnits(pool, merchantId, saleId),
+// Sales a node keeps for its waiting room at once; far more than run in one surge.
+const QUEUE_SALES_CACHED_MAX = 1_000;
+
+type QueueSale = {
+  id: string;
+  opensAt: Date;
+  closesAt: Date | null;
+  admitPerSecond: number;
+  maxShoppers: number;
+  graceSeconds: number;
+  remainingStock: () => Promise<number>;
+};
+
+/**
+ * The sale as the waiting room sees it. Every join and poll asks, so the sale and its remaining
+ * stock are read at most once per `staleMs` per node: the line may act on availability that
+ * old, the same bound the public sale page has.
+ */
+export function createSaleLookup(pool: Pool, staleMs: number) {
+  const ttl = Math.max(1, staleMs);
+  const sales = new LRUCache<string, { sale: sql.SaleRow | null }>({ max: QUEUE_SALES_CACHED_MAX, ttl });
+  const stock = new LRUCache<string, Promise<number>>({ max: QUEUE_SALES_CACHED_MAX, ttl });
+  return async (merchantId: string, saleId: string): Promise<QueueSale | undefined> => {
+    const key = `${merchantId}:${saleId}`;
+    let entry = sales.get(key);
+    if (!entry) {
+      entry = { sale: (await sql.selectSale(pool, merchantId, saleId)) ?? null };
+      sales.set(key, entry);
+    }
+    const sale = entry.sale;
+    if (!sale) return undefined;
+    return {
+      id: sale.id,
+      opensAt: sale.opens_at,
+      closesAt: sale.closes_at,
+      admitPerSecond: sale.admit_per_second,
+      maxShoppers: sale.max_shoppers,
+      graceSeconds: sale.grace_seconds,
+      remainingStock: () => {
+        let available = stock.get(key);
+        if (!available) {
+          // Concurrent polls share one read; a failed read is not kept.
+          available = sql.selectAvailableUnits(pool, merchantId, saleId);
+          available.catch(() => stock.delete(key));
+          stock.set(key, available);
+        }
+        return available;
+      },
+    };
   };
 }
 
