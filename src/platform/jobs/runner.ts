@@ -60,6 +60,12 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
         // Free the locks of jobs that stay locked past the timeout far sooner than 4 hours.
         minResetLockedInterval: Math.max(1_000, Math.floor(options.lockTimeoutMs / 2)),
         maxResetLockedInterval: Math.max(2_000, options.lockTimeoutMs),
+        // Record completions and failures through graphile-worker's batcher, which stop()
+        // flushes and waits for. Unbatched (its default) they are not awaited: stop() returned
+        // while a finished job was still locked, and a process that then closed its pool left
+        // it locked, to run a second time once the lock timed out.
+        completeJobBatchDelay: 0,
+        failJobBatchDelay: 0,
       },
     },
   });
