@@ -85,6 +85,32 @@ describe('the lock sweeper', () => {
   });
 });
 
+describe('the local queue and the lock timeout', () => {
+  test('jobs a live worker holds in its local queue are not swept from under it: each runs once', async () => {
+    // Ten jobs of 300 ms each: one worker that fetched them all would hold the last ones for
+    // longer than the 2 s lock timeout, though each job runs far shorter than it.
+    const JOBS = 10;
+    await addJobs('local_queue', JOBS);
+    const runs: number[] = [];
+    const tasks = {
+      local_queue: async (payload: unknown) => {
+        runs.push((payload as { n: number }).n);
+        await new Promise((resolve) => setTimeout(resolve, 300));
+      },
+    };
+    await withWorker({ tasks, lockTimeoutMs: 2_000 }, () =>
+      withWorker({ tasks, lockTimeoutMs: 2_000 }, () =>
+        waitUntil('every job has run', async () => (await jobsOf('local_queue')).length === 0, 30_000),
+      ),
+    );
+    assert.deepEqual(
+      runs.sort((a, b) => a - b),
+      Array.from({ length: JOBS }, (_, n) => n),
+      'each job ran exactly once',
+    );
+  });
+});
+
 describe('stopping a worker', () => {
   test('a graceful stop lets the running job finish and leaves no job locked', async () => {
     let release: () => void = () => {};
