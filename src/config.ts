@@ -203,7 +203,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     // Webhook deliveries wait on the network, so a worker runs many at once.
     workerConcurrency: int('FLOODGATE_WORKER_CONCURRENCY', 10, 1, 1000),
     // A job locked longer than this belongs to a dead worker and is run again. It must exceed
-    // the longest job (a 10 s webhook delivery) plus the 30 s a job may wait in a local queue.
+    // the longest job (a 10 s webhook delivery) plus the time a job may wait in a worker's
+    // local queue (30 s, or a quarter of this timeout when that is less).
     jobLockTimeoutMs: int('FLOODGATE_JOB_LOCK_TIMEOUT_MS', 120_000, 1_000, 14_400_000),
     // Polling only finds jobs scheduled for later; new jobs arrive by LISTEN/NOTIFY at once.
     jobPollIntervalMs: int('FLOODGATE_JOB_POLL_INTERVAL_MS', 1_000, 10, 60_000),

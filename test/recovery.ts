@@ -62,8 +62,8 @@ export interface KeyRow {
   resource_id: string | null;
 }
 
-export async function setupRecovery(): Promise<Recovery> {
-  const t = await setupTestContext();
+export async function setupRecovery(options: Parameters<typeof setupTestContext>[0] = {}): Promise<Recovery> {
+  const t = await setupTestContext(options);
   const resumer = await buildApp({ config: { ...t.config, idempotencyLockTimeoutMs: 0 }, pool: t.pool, provider: t.provider });
   after(() => resumer.close());
 

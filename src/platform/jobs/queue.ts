@@ -46,6 +46,8 @@ export interface QueueRow {
 /**
  * The queue by task: waiting (due, unlocked), scheduled (due later), running (locked),
  * retrying (failed at least once, will run again) and failed (out of attempts, kept for replay).
+ * graphile-worker counts an attempt when a worker takes the job, so a running job's attempts
+ * say nothing about failures: retrying and failed count unlocked jobs only.
  */
 export async function selectQueue(db: Queryable): Promise<QueueRow[]> {
   const { rows } = await db.query<QueueRow>(
@@ -53,8 +55,8 @@ export async function selectQueue(db: Queryable): Promise<QueueRow[]> {
             count(*) filter (where locked_at is null and run_at <= now() and attempts < max_attempts)::int as waiting,
             count(*) filter (where locked_at is null and run_at > now() and attempts < max_attempts)::int as scheduled,
             count(*) filter (where locked_at is not null)::int as running,
-            count(*) filter (where attempts > 0 and attempts < max_attempts)::int as retrying,
-            count(*) filter (where attempts >= max_attempts)::int as failed,
+            count(*) filter (where locked_at is null and attempts > 0 and attempts < max_attempts)::int as retrying,
+            count(*) filter (where locked_at is null and attempts >= max_attempts)::int as failed,
             extract(epoch from now() - min(run_at) filter (where locked_at is null and run_at <= now()
               and attempts < max_attempts))::float8 as oldest_waiting_seconds
      from graphile_worker.jobs

@@ -29,6 +29,15 @@ export interface WorkerOptions {
 // Jobs wait at most this long in a worker's local queue before going back to the database;
 // it must stay well below the lock timeout, or the sweeper would free jobs a live worker holds.
 export const LOCAL_QUEUE_TTL_MS = 30_000;
+// A job's lock dates from its fetch, so its age when it ends is its wait in the local queue
+// plus its run. Waits are capped at this share of the lock timeout, which leaves the rest of
+// it (three quarters) for the run, however short the timeout is configured.
+const LOCAL_QUEUE_TTL_SHARE_OF_LOCK_TIMEOUT = 0.25;
+
+/** How long jobs may wait in the local queue under `lockTimeoutMs`. */
+function localQueueTtlMs(lockTimeoutMs: number): number {
+  return Math.min(LOCAL_QUEUE_TTL_MS, Math.floor(lockTimeoutMs * LOCAL_QUEUE_TTL_SHARE_OF_LOCK_TIMEOUT));
+}
 // Fetch this many jobs per query when the queue is deep.
 const LOCAL_QUEUE_SIZE = 50;
 
@@ -56,10 +65,16 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     logger: quietLogger(options.log),
     preset: {
       worker: {
-        localQueue: { size: Math.max(LOCAL_QUEUE_SIZE, options.concurrency + 1), ttl: LOCAL_QUEUE_TTL_MS },
+        localQueue: { size: Math.max(LOCAL_QUEUE_SIZE, options.concurrency + 1), ttl: localQueueTtlMs(options.lockTimeoutMs) },
         // Free the locks of jobs that stay locked past the timeout far sooner than 4 hours.
         minResetLockedInterval: Math.max(1_000, Math.floor(options.lockTimeoutMs / 2)),
         maxResetLockedInterval: Math.max(2_000, options.lockTimeoutMs),
+        // Record completions and failures through graphile-worker's batcher, which stop()
+        // flushes and waits for. Unbatched (its default) they are not awaited: stop() returned
+        // while a finished job was still locked, and a process that then closed its pool left
+        // it locked, to run a second time once the lock timed out.
+        completeJobBatchDelay: 0,
+        failJobBatchDelay: 0,
       },
     },
   });
