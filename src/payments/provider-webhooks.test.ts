@@ -235,6 +235,10 @@ describe('refused provider webhooks', () => {
       JSON.stringify({ ...event, response: { status: 200, body: null } }),
       JSON.stringify({ ...event, response: { status: 200, body: 'charged' } }),
       JSON.stringify({ ...event, response: undefined }),
+      // Signed, but a success without a whole charge: the shape is checked, not only the sender.
+      JSON.stringify({ ...event, response: { status: 200, body: {} } }),
+      JSON.stringify({ ...event, response: { status: 200, body: { ...event.response.body, status: 'paid' } } }),
+      JSON.stringify({ ...event, response: { status: 200, body: { ...event.response.body, amount_captured: -1 } } }),
     ]) {
       const response = await deliverSigned(malformed);
       assert.equal(response.statusCode, 400, malformed);

@@ -50,11 +50,24 @@ function parseEvent(body: string): ProviderEvent | undefined {
       typeof event.idempotency_key === 'string' &&
       typeof event.response?.status === 'number' &&
       typeof event.response.body === 'object' &&
-      event.response.body !== null;
+      event.response.body !== null &&
+      (event.response.status !== 200 || isOperationBody(event.response.body));
     return valid ? event : undefined;
   } catch {
     return undefined;
   }
+}
+
+/** A success must carry a whole charge or refund: a signature proves the sender, not the shape. */
+function isOperationBody(body: Record<string, unknown>): boolean {
+  const amounts = (...names: string[]) => names.every((name) => Number.isSafeInteger(body[name]) && (body[name] as number) >= 0);
+  if (typeof body.id !== 'string') return false;
+  if (body.object === 'refund') return typeof body.charge === 'string' && amounts('amount');
+  return (
+    body.object === 'charge' &&
+    ['authorized', 'captured', 'canceled'].includes(body.status as string) &&
+    amounts('amount', 'amount_captured', 'amount_refunded')
+  );
 }
 
 export type WebhookResult = 'applied' | 'duplicate' | 'not_ours';

@@ -411,7 +411,10 @@ export async function selectStaleOpenAttempts(db: Queryable, olderThanMs: number
      from payment_attempts
      where status in ('started', 'unknown') and updated_at < now() - make_interval(secs => $1::float8 / 1000)
        and error_code is distinct from 'reconciliation_exhausted'
-       and not exists (select 1 from graphile_worker.jobs j where j.key = 'reconcile:' || payment_attempts.id)
+       -- A reconciliation waiting or running is left to finish; one that failed for good (its
+       -- job out of attempts) no longer counts, so the sweep queues the attempt again.
+       and not exists (select 1 from graphile_worker.jobs j
+                       where j.key = 'reconcile:' || payment_attempts.id and j.attempts < j.max_attempts)
      order by updated_at limit $2`,
     [olderThanMs, limit],
   );
