@@ -26,6 +26,8 @@ export interface WorkerSummary {
   cpuRows: { metric: string; payment: number; job: number; delivery: number }[];
   /** deliveries/s ÷ payments/s when the cores are the only limit: payment CPU ÷ delivery CPU. */
   cpuBoundDeliveryRatio: number;
+  /** The worker's write system calls per job and per delivery (see WorkerCpu). */
+  writes: { job: number; delivery: number };
   otherCores: number;
   goalRatio: number;
 }
@@ -86,6 +88,7 @@ export function summarizeWorker(apiMax: PhaseResult[], jobs: JobsPhaseResult[], 
       ),
       2,
     ),
+    writes: { job: jobCpu((c) => c.workerWritesPerJob), delivery: deliveryCpu((c) => c.workerWritesPerJob) },
     otherCores: round(median([...jobs.map((phase) => phase.cpu.otherCores), ...webhooks.map((phase) => phase.cpu.otherCores)]), 2),
     goalRatio: DELIVERY_GOAL_RATIO,
   };
@@ -114,6 +117,7 @@ export function formatWorkerTable(
     `${pad('CPU per unit of work (µs)', 32)} ${pad('payment', 9)} ${pad('job', 9)} delivery`,
     ...summary.cpuRows.map((row) => `${pad(row.metric, 32)} ${pad(num(row.payment), 9)} ${pad(num(row.job), 9)} ${num(row.delivery)}`),
     `${pad('deliveries/s ÷ payments/s if CPU-bound', 51)} ${ratio(summary.cpuBoundDeliveryRatio)}`,
+    `${pad("worker's write syscalls (≈ round trips)", 32)} ${pad('-', 9)} ${pad(num(summary.writes.job), 9)} ${num(summary.writes.delivery)}`,
   ];
   if (sustained) lines.push('', ...formatSustained(sustained));
   const goal = summary.goalRatio.toFixed(2);
@@ -178,6 +182,6 @@ export function formatWebhooksPhase(phase: WebhooksPhaseResult): string {
 function cpuLine(cpu: WorkerCpu, unit: string): string {
   return (
     `cpu µs/${unit}: worker ${cpu.workerUsPerJob}${cpu.receiverUsPerJob ? ` receiver ${cpu.receiverUsPerJob}` : ''} ` +
-    `db ${cpu.backendsUsPerJob} | machine ${Math.round(cpu.machineBusy * 100)}% busy, others ${cpu.otherCores} cores`
+    `db ${cpu.backendsUsPerJob} | writes/${unit} ${cpu.workerWritesPerJob} | machine ${Math.round(cpu.machineBusy * 100)}% busy, others ${cpu.otherCores} cores`
   );
 }

@@ -22,7 +22,7 @@ import { CLEANUP_TASK } from '../src/platform/idempotency/jobs.js';
 import { DELIVER_TASK } from '../src/webhooks/service.js';
 import type { BackendCpuSampler } from './backends.js';
 import type { LoadGenerator } from './loadgen.js';
-import { busyFraction, busyMs, cpuSnapshot, processCpuMs } from './machine.js';
+import { busyFraction, busyMs, cpuSnapshot, processCpuMs, processWrites } from './machine.js';
 import type { Receiver } from './receiver.js';
 import type { ApiServer, BenchDatabase, WorkerProcess } from './setup.js';
 import { type LatencySummary, round, summarize } from './stats.js';
@@ -75,6 +75,12 @@ export interface WorkerCpu {
   backendsUsPerJob: number;
   /** Cores used by everything else (other developers, the bench's polling, PostgreSQL's writers). */
   otherCores: number;
+  /**
+   * Write system calls of the worker per job (delivery): its round trips to PostgreSQL (one
+   * write per query) plus, for a delivery, its HTTP request. Unlike CPU time, other processes
+   * do not move it, so it shows a change in round trips even on a noisy machine.
+   */
+  workerWritesPerJob: number;
 }
 
 export interface JobsPhaseResult {
@@ -136,18 +142,27 @@ class CpuWindow {
     private readonly machine: ReturnType<typeof cpuSnapshot>,
     private readonly workerMs: number,
     private readonly receiverMs: number,
+    private readonly workerWrites: number,
     private readonly startedAt: number,
   ) {}
 
   static async open(ctx: WorkerContext): Promise<CpuWindow> {
     await ctx.sampler.start();
-    return new CpuWindow(ctx, cpuSnapshot(), processCpuMs(ctx.worker.pid) ?? 0, processCpuMs(ctx.receiver.pid) ?? 0, performance.now());
+    return new CpuWindow(
+      ctx,
+      cpuSnapshot(),
+      processCpuMs(ctx.worker.pid) ?? 0,
+      processCpuMs(ctx.receiver.pid) ?? 0,
+      processWrites(ctx.worker.pid) ?? 0,
+      performance.now(),
+    );
   }
 
   async close(units: number): Promise<WorkerCpu> {
     const elapsedMs = performance.now() - this.startedAt;
     const workerMs = (processCpuMs(this.ctx.worker.pid) ?? 0) - this.workerMs;
     const receiverMs = (processCpuMs(this.ctx.receiver.pid) ?? 0) - this.receiverMs;
+    const workerWrites = (processWrites(this.ctx.worker.pid) ?? 0) - this.workerWrites;
     const machine = cpuSnapshot();
     const backendsMs = await this.ctx.sampler.stop();
     const otherMs = busyMs(this.machine, machine) - workerMs - receiverMs - backendsMs;
@@ -158,6 +173,7 @@ class CpuWindow {
       receiverUsPerJob: per(receiverMs),
       backendsUsPerJob: per(backendsMs),
       otherCores: round(Math.max(otherMs, 0) / elapsedMs, 2),
+      workerWritesPerJob: round(workerWrites / Math.max(units, 1), 1),
     };
   }
 }
