@@ -226,8 +226,8 @@ export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<Deli
     return { kind: 'skipped', reason: 'not_waiting_for_this_attempt' };
   }
   if (target.endpoint_status !== 'enabled') return { kind: 'skipped', reason: 'endpoint_disabled' };
-  const event = await events.retrieve(deps.pool, job.merchant_id, target.event_id);
-  if (!event) throw new Error(`event ${target.event_id} of delivery ${job.delivery_id} is missing`);
+  if (!target.event) throw new Error(`event ${target.event_id} of delivery ${job.delivery_id} is missing`);
+  const event = events.toApiEvent(target.event);
 
   const body = JSON.stringify(event);
   const timestamp = Math.floor(Date.now() / 1000);
