@@ -171,26 +171,25 @@ export async function selectDeliveryTarget(db: Queryable, merchantId: string, de
   return { ...target, event };
 }
 
+export interface AttemptRecord {
+  merchantId: string;
+  deliveryId: string;
+  round: number;
+  attempt: number;
+  status: DeliveryStatus;
+  nextAttemptAt: Date | null;
+  statusCode: number | null;
+  error: string | null;
+  durationMs: number;
+  attemptedAt: Date;
+}
+
 /**
  * Records attempt `attempt` of round `round` and moves the delivery to `status`, only if the
  * delivery is still pending and waiting for exactly this attempt: a job run twice (its worker
  * died after sending) or overtaken by a redelivery records nothing. True when recorded.
  */
-export async function recordAttempt(
-  db: Queryable,
-  attempt: {
-    merchantId: string;
-    deliveryId: string;
-    round: number;
-    attempt: number;
-    status: DeliveryStatus;
-    nextAttemptAt: Date | null;
-    statusCode: number | null;
-    error: string | null;
-    durationMs: number;
-    attemptedAt: Date;
-  },
-): Promise<boolean> {
+export async function recordAttempt(db: Queryable, attempt: AttemptRecord): Promise<boolean> {
   const { rows } = await db.query<{ recorded: boolean }>({
     name: 'webhooks_record_attempt',
     text: `with delivery as (
