@@ -8,6 +8,9 @@
  * life is included; one already there (the API's pooled connections) is counted from the
  * phase's start. pgbench's backends exit with it, so up to POLL_MS of their last CPU is missed:
  * under 2% of a 6 s phase, against pgbench.
+ *
+ * The bench's own connections (application_name floodgate-bench...: resets, the worker phases'
+ * polling of the queue) are left out: they are the observer, not the work measured.
  */
 import pg from 'pg';
 import { processCpuMs } from './machine.js';
@@ -66,7 +69,8 @@ export class BackendCpuSampler {
   private async read(): Promise<Map<number, number>> {
     const { rows } = await this.client.query<{ pid: number }>(
       `select pid from pg_stat_activity
-       where datname = $1 and backend_type = 'client backend' and pid <> pg_backend_pid()`,
+       where datname = $1 and backend_type = 'client backend' and pid <> pg_backend_pid()
+         and application_name not like 'floodgate-bench%'`,
       [this.database],
     );
     const readings = new Map<number, number>();

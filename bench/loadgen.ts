@@ -9,14 +9,17 @@
  * database, so a cheap client keeps the comparison with pgbench (a C client) honest.
  *
  * Two modes:
- *   closed: `connections` sockets, each sends its next request as soon as the last answered;
- *           measures the most the server can do at that concurrency.
+ *   closed: `connections` sockets, each sends its next request as soon as the last answered,
+ *           until durationMs has passed or requestsMax requests were sent; measures the most
+ *           the server can do at that concurrency (or makes requestsMax requests as fast as it can).
  *   open:   requests are scheduled as a Poisson process at `rate` per second, like pgbench -R,
  *           and handed to the first idle socket (queued while all are busy). Latency is taken
  *           from the scheduled time, not the send time, so a stalled server is charged for the
  *           requests it delayed (no coordinated omission).
  */
+import { type ChildProcess, fork } from 'node:child_process';
 import net from 'node:net';
+import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { type LatencySummary, summarize } from './stats.js';
 
@@ -225,7 +228,8 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
 
     const maybeFinish = () => {
       if (finished) return;
-      const stillSending = job.mode === 'open' ? scheduling || queueHead < queue.length : performance.now() < deadline;
+      const stillSending =
+        job.mode === 'open' ? scheduling || queueHead < queue.length : performance.now() < deadline && sent < job.requestsMax;
       if (stillSending || connections.some((connection) => connection.busy)) return;
       finish();
     };
@@ -265,6 +269,35 @@ export async function runLoad(job: LoadJob): Promise<LoadResult> {
     if (job.mode === 'closed') for (const connection of connections) sendClosed(connection);
     else schedule();
   });
+}
+
+/** The parent's handle on the forked load generator: one job at a time over IPC, each bounded in time. */
+export class LoadGenerator {
+  private readonly child: ChildProcess;
+
+  constructor() {
+    this.child = fork(path.join(import.meta.dirname, 'loadgen.ts'), [], { execArgv: ['--import', 'tsx'] });
+  }
+
+  run(job: LoadJob): Promise<LoadResult> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error('load generator did not answer in time')),
+        job.durationMs + job.drainTimeoutMs + 10_000,
+      );
+      this.child.once('message', (message: { ok: boolean; result?: LoadResult; error?: string }) => {
+        clearTimeout(timer);
+        if (message.ok && message.result) resolve(message.result);
+        else reject(new Error(`load generator failed: ${message.error}`));
+      });
+      this.child.send(job);
+    });
+  }
+
+  stop(): void {
+    if (this.child.connected) this.child.disconnect();
+    this.child.kill();
+  }
 }
 
 // As a forked child: run each job the parent sends and answer with its result.

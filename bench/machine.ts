@@ -24,6 +24,21 @@ export function processCpuMs(pid: number | undefined): number | undefined {
   }
 }
 
+/**
+ * Write system calls a live process has made (Linux /proc/<pid>/io syscw); undefined once it has
+ * exited. node-pg sends each query in one write (a prepared statement's messages are corked),
+ * so for a worker this counts its round trips to PostgreSQL, plus its HTTP requests.
+ */
+export function processWrites(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const match = /^syscw: (\d+)$/m.exec(readFileSync(`/proc/${pid}/io`, 'utf8'));
+    return match ? Number(match[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export interface CpuSnapshot {
   busy: number;
   total: number;

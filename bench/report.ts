@@ -36,8 +36,13 @@ export interface PhaseResult {
   };
 }
 
+/** What a run measures: the API against pgbench, the worker's jobs, its webhook deliveries. */
+export const SECTIONS = ['payments', 'jobs', 'webhooks', 'surge'] as const;
+export type Section = (typeof SECTIONS)[number];
+
 export interface RunOptions {
   quick: boolean;
+  sections: Section[];
   rounds: number;
   clients: number;
   warmupS: number;
@@ -45,9 +50,13 @@ export interface RunOptions {
   rateS: number;
   singleS: number;
   rateFraction: number;
+  /** Each job and webhook drain is sized to take about this long. */
+  drainS: number;
+  /** The sustained webhook phase's length; 0 leaves it out. */
+  sustainedS: number;
+  /** The sustained phase's rate, as a share of the API's payment creation with the fan-out. */
+  sustainedFraction: number;
   profile: boolean;
-  /** One part of the benchmark only; both when absent. */
-  only?: 'payments' | 'surge';
 }
 
 export interface SummaryRow {

@@ -1,29 +1,56 @@
 /**
  * `npm run bench`: creating an unconfirmed PaymentIntent through the HTTP API, against pgbench
- * running the very statement the API sends for it, on the same database in the same run.
+ * running the very statement the API sends for it, on the same database in the same run; then
+ * the worker's jobs and webhook deliveries per second beside that payment-creation rate.
  *
- *   npm run bench                  full run (5 rounds, about 3 minutes)
- *   npm run bench -- --quick       one short round (under a minute)
- *   options: --rounds N --clients N --duration S (each measured phase)
+ *   npm run bench                  full run (5 rounds, about 5 minutes)
+ *   npm run bench -- --quick       one short round (about a minute)
+ *   options: --rounds N --clients N --duration S (each measured API and pgbench phase)
+ *            --only payments|jobs|webhooks|surge (comma-separated; the API's max phase runs with
+ *            any of the first three; surge is bench/surge.ts)
+ *            --drain S (each job and webhook drain) --sustained S (0: no sustained phase)
  *            --profile (writes the server's CPU profile to bench/results/profiles/)
- *            --only payments|surge (one part; both by default; surge: bench/surge.ts)
  *
  * See bench/README.md for what each number means.
  */
-import { type ChildProcess, fork } from 'node:child_process';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { loadConfig } from '../src/config.js';
 import { BackendCpuSampler } from './backends.js';
-import type { LoadJob, LoadResult } from './loadgen.js';
+import { LoadGenerator, type LoadResult } from './loadgen.js';
 import { busyFraction, busyMs, cpuSnapshot, machineInfo, processCpuMs } from './machine.js';
 import { runPgbench } from './pgbench.js';
-import { formatPhase, formatTable, type PhaseKind, type PhaseResult, type RunOptions, summarize, writeResults } from './report.js';
-import { type ApiServer, type BenchDatabase, createBenchDatabase, startApiServer } from './setup.js';
+import { Receiver } from './receiver.js';
+import {
+  formatPhase,
+  formatTable,
+  type PhaseKind,
+  type PhaseResult,
+  type RunOptions,
+  SECTIONS,
+  type Section,
+  summarize,
+  writeResults,
+} from './report.js';
+import { type ApiServer, type BenchDatabase, createBenchDatabase, startApiServer, startWorkerProcess } from './setup.js';
 import { buildPgbenchScript, type PgbenchScript } from './statement.js';
+import { median } from './stats.js';
 import { runSurge } from './surge.js';
+import {
+  JOB_TASK,
+  type JobsPhaseResult,
+  jobsPhase,
+  primeWorker,
+  registerEndpoint,
+  type SustainedResult,
+  sustainedPhase,
+  type WebhooksPhaseResult,
+  type WorkerContext,
+  webhooksPhase,
+} from './worker.js';
+import { formatJobsPhase, formatWebhooksPhase, formatWorkerTable, summarizeWorker, type WorkerSummary } from './worker-report.js';
 
 const ADMIN_URL = process.env.FLOODGATE_BENCH_ADMIN_URL ?? 'postgres://postgres@127.0.0.1:5432/postgres';
 // The API's default pool size (FLOODGATE_DB_POOL_MAX), so the server runs as deployed.
@@ -48,12 +75,12 @@ function parseOptions(argv: string[]): RunOptions {
       rounds: { type: 'string' },
       clients: { type: 'string' },
       duration: { type: 'string' },
-      profile: { type: 'boolean', default: false },
       only: { type: 'string' },
+      drain: { type: 'string' },
+      sustained: { type: 'string' },
+      profile: { type: 'boolean', default: false },
     },
   });
-  if (values.only !== undefined && values.only !== 'payments' && values.only !== 'surge')
-    throw new Error('--only must be payments or surge');
   const quick = values.quick ?? false;
   const positive = (raw: string | undefined, fallback: number, name: string) => {
     if (raw === undefined) return fallback;
@@ -64,8 +91,14 @@ function parseOptions(argv: string[]): RunOptions {
   // Shorter phases in more rounds beat longer ones in fewer on a shared machine: each round's
   // pair of phases sees about the same background load, and the median drops the odd one out.
   const duration = positive(values.duration, quick ? 4 : 6, 'duration');
+  const sections = values.only === undefined ? [...SECTIONS] : values.only.split(',').map((name) => name.trim());
+  for (const name of sections) {
+    if (!(SECTIONS as readonly string[]).includes(name))
+      throw new Error(`--only takes ${SECTIONS.join(', ')} (comma-separated); got ${name}`);
+  }
   return {
     quick,
+    sections: sections as Section[],
     rounds: positive(values.rounds, quick ? 1 : 5, 'rounds'),
     clients: positive(values.clients, CLIENTS_DEFAULT, 'clients'),
     warmupS: quick ? 3 : 5,
@@ -73,38 +106,11 @@ function parseOptions(argv: string[]): RunOptions {
     rateS: duration,
     singleS: Math.max(1, Math.round(duration / 2)),
     rateFraction: RATE_FRACTION,
+    drainS: positive(values.drain, quick ? 3 : 4, 'drain'),
+    sustainedS: values.sustained === '0' ? 0 : positive(values.sustained, quick ? 5 : 15, 'sustained'),
+    sustainedFraction: RATE_FRACTION,
     profile: values.profile ?? false,
-    only: values.only as RunOptions['only'],
   };
-}
-
-/** The forked load generator: one job at a time over IPC, each bounded in time. */
-class LoadGenerator {
-  private readonly child: ChildProcess;
-
-  constructor() {
-    this.child = fork(path.join(import.meta.dirname, 'loadgen.ts'), [], { execArgv: ['--import', 'tsx'] });
-  }
-
-  run(job: LoadJob): Promise<LoadResult> {
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(
-        () => reject(new Error('load generator did not answer in time')),
-        job.durationMs + DRAIN_TIMEOUT_MS + 10_000,
-      );
-      this.child.once('message', (message: { ok: boolean; result?: LoadResult; error?: string }) => {
-        clearTimeout(timer);
-        if (message.ok && message.result) resolve(message.result);
-        else reject(new Error(`load generator failed: ${message.error}`));
-      });
-      this.child.send(job);
-    });
-  }
-
-  stop(): void {
-    if (this.child.connected) this.child.disconnect();
-    this.child.kill();
-  }
 }
 
 interface Bench {
@@ -255,6 +261,52 @@ async function runRound(bench: Bench, round: number): Promise<PhaseResult[]> {
   return [apiMax, pgMax, apiRate, pgRate, apiSingle, pgSingle];
 }
 
+/** The worker's phases of one round, each sized by the rates the previous round measured. */
+async function runWorkerRound(bench: Bench, ctx: WorkerContext, round: number, sizes: WorkerSizes, results: WorkerResults) {
+  const { sections, drainS } = bench.options;
+  if (sections.includes('jobs')) {
+    const phase = await jobsPhase(ctx, round, sizes.jobs);
+    console.log(formatJobsPhase(phase));
+    if (round > 0) results.jobs.push(phase);
+    sizes.jobs = drainSize(phase.throughput, drainS, JOBS_MIN, JOBS_MAX);
+  }
+  if (sections.includes('webhooks')) {
+    // The pgbench phases closed the server's connections; reopen them before the clock starts.
+    await apiLoad(bench, bench.options.clients, RECONNECT_S);
+    const phase = await webhooksPhase(ctx, round, sizes.deliveries);
+    console.log(formatWebhooksPhase(phase));
+    if (round > 0) results.webhooks.push(phase);
+    sizes.deliveries = drainSize(phase.throughput, drainS, DELIVERIES_MIN, DELIVERIES_MAX);
+  }
+}
+
+interface WorkerSizes {
+  jobs: number;
+  deliveries: number;
+}
+
+interface WorkerResults {
+  jobs: JobsPhaseResult[];
+  webhooks: WebhooksPhaseResult[];
+  sustained?: SustainedResult;
+}
+
+// The warm-up's drains (quick run, full run): long enough that the worker's hot path is
+// compiled before round 1 (after only 300 deliveries, round 1's worker still spent about a
+// third more CPU per delivery than later rounds). Every later drain is sized to take about
+// --drain seconds at the rate the one before it measured, within the bounds below.
+const JOBS_WARMUP = [1_500, 3_000];
+const DELIVERIES_WARMUP = [500, 1_000];
+const JOBS_MIN = 500;
+const JOBS_MAX = 100_000;
+const DELIVERIES_MIN = 200;
+const DELIVERIES_MAX = 50_000;
+// After the sustained phase, the worker gets this long to deliver what is left.
+const SUSTAINED_DRAIN_WAIT_S = 20;
+
+const drainSize = (rate: number, seconds: number, min: number, max: number) =>
+  Math.min(max, Math.max(min, Math.round(((Number.isFinite(rate) ? rate : 0) * seconds) / 100) * 100));
+
 async function main(): Promise<number> {
   const options = parseOptions(process.argv.slice(2));
   const startedAt = new Date().toISOString();
@@ -271,8 +323,8 @@ async function main(): Promise<number> {
     cleanups.push(() => db.drop());
     const machine = machineInfo(db.postgresVersion);
     console.log(`bench database ${db.name}; ${machine.cores} cores, node ${machine.node}, PostgreSQL ${machine.postgres}`);
-    const surge = options.only === 'payments' ? undefined : await runSurge(db, { ...options, profileDir: PROFILE_DIR });
-    if (options.only === 'surge') {
+    const surge = options.sections.includes('surge') ? await runSurge(db, { ...options, profileDir: PROFILE_DIR }) : undefined;
+    if (options.sections.every((section) => section === 'surge')) {
       const file = await writeResults({ startedAt, machine, options, surge });
       console.log(`\nresults: ${path.relative(process.cwd(), file)} (and bench/results/latest.json)`);
       return 0;
@@ -293,21 +345,73 @@ async function main(): Promise<number> {
     cleanups.push(() => sampler.close());
     const bench: Bench = { options, db, server, loadgen, sampler, script };
 
+    const payments = options.sections.includes('payments');
+    const workerSections = options.sections.filter((section) => section === 'jobs' || section === 'webhooks');
+    let ctx: WorkerContext | undefined;
+    if (workerSections.length > 0) {
+      const receiver = await Receiver.start();
+      cleanups.push(() => receiver.stop());
+      const worker = await startWorkerProcess({ databaseUrl: db.url, nodeArgs });
+      cleanups.push(() => worker.stop());
+      ctx = { db, server, loadgen, sampler, worker, receiver, clients: options.clients };
+      // From here on the worker is paused whenever its own phases do not run, so it takes no
+      // CPU from the others.
+      await primeWorker(ctx);
+      await registerEndpoint(ctx);
+    }
+
     // JIT-compile the server's and the generator's hot paths before anything is measured.
     console.log(`warming up for ${options.warmupS} s`);
     await apiPhase(bench, 0, 'max', options.clients, options.warmupS);
+    const warmup = options.quick ? 0 : 1;
+    const sizes: WorkerSizes = { jobs: JOBS_WARMUP[warmup] as number, deliveries: DELIVERIES_WARMUP[warmup] as number };
+    const worker: WorkerResults = { jobs: [], webhooks: [] };
+    if (ctx) await runWorkerRound(bench, ctx, 0, sizes, worker);
     const phases: PhaseResult[] = [];
-    for (let round = 1; round <= options.rounds; round++) phases.push(...(await runRound(bench, round)));
+    for (let round = 1; round <= options.rounds; round++) {
+      // Without pgbench's side, the API's max phase still runs: the worker's rates are read against it.
+      phases.push(...(payments ? await runRound(bench, round) : [await apiPhase(bench, round, 'max', options.clients, options.maxS)]));
+      if (ctx) await runWorkerRound(bench, ctx, round, sizes, worker);
+    }
+    if (ctx && options.sections.includes('webhooks') && options.sustainedS > 0) {
+      const creation = median(worker.webhooks.map((phase) => phase.creation.throughput));
+      const rate = Math.max(1, Math.round(creation * options.sustainedFraction));
+      console.log(`  sustained: ${rate} req/s with fan-out for ${options.sustainedS} s while the worker delivers`);
+      worker.sustained = await sustainedPhase(ctx, rate, options.sustainedS, SUSTAINED_DRAIN_WAIT_S);
+    }
 
-    const summary = summarize(phases, options.rounds);
+    const summary = payments ? summarize(phases, options.rounds) : undefined;
     if (surge) console.log(`\n${surge.table}`);
-    console.log(`\n${formatTable(summary, machine, options, phases)}`);
-    const file = await writeResults({ startedAt, machine, options, pgbench: script, summary, phases, surge });
+    if (summary) console.log(`\n${formatTable(summary, machine, options, phases)}`);
+    else console.log(`\nmachine: ${machine.cores} cores (${machine.cpuModel}), node ${machine.node}, PostgreSQL ${machine.postgres}`);
+    let workerSummary: WorkerSummary | undefined;
+    if (ctx) {
+      const apiMax = phases.filter((phase) => phase.side === 'api' && phase.kind === 'max');
+      workerSummary = summarizeWorker(apiMax, worker.jobs, worker.webhooks);
+      console.log(
+        `\n${formatWorkerTable(workerSummary, worker.sustained, options, { concurrency: workerConcurrency(), jobTask: JOB_TASK })}`,
+      );
+    }
+    const file = await writeResults({
+      startedAt,
+      machine,
+      options,
+      pgbench: script,
+      summary,
+      phases,
+      worker: ctx ? { concurrency: workerConcurrency(), jobTask: JOB_TASK, summary: workerSummary, ...worker } : undefined,
+      surge,
+    });
     console.log(`\nresults: ${path.relative(process.cwd(), file)} (and bench/results/latest.json)`);
     return 0;
   } finally {
     await cleanup();
   }
+}
+
+/** The worker runs with the environment's setting, else the default: the same reading as its own. */
+function workerConcurrency(): number {
+  return loadConfig({ FLOODGATE_WORKER_CONCURRENCY: process.env.FLOODGATE_WORKER_CONCURRENCY }).workerConcurrency;
 }
 
 main().then(

@@ -23,8 +23,16 @@ export interface BenchDatabase {
   url: string;
   merchantId: string;
   secretKey: string;
+  /** A second merchant, for the webhook phases: its events fan out to the endpoint they register. */
+  webhookMerchantId: string;
+  webhookSecretKey: string;
   postgresVersion: string;
-  /** Empties the tables the statement writes and checkpoints, so every phase starts alike. */
+  /** A query on the bench's own connection (application_name floodgate-bench, not measured). */
+  query<R extends pg.QueryResultRow>(text: string, values?: unknown[]): Promise<pg.QueryResult<R>>;
+  /**
+   * Empties the tables the statement writes (and, by cascade, webhook deliveries and their
+   * attempts) and checkpoints, so every phase starts alike.
+   */
   reset(): Promise<void>;
   /** Closes the API server's idle pooled connections; its pool opens new ones when next used. */
   closeServerConnections(): Promise<void>;
@@ -59,15 +67,20 @@ export async function createBenchDatabase(adminUrl: string): Promise<BenchDataba
   try {
     await migrate(pool);
     const merchant = await createMerchant(pool, 'Bench merchant');
+    const webhookMerchant = await createMerchant(pool, 'Bench webhook merchant');
     const { rows } = await pool.query<{ server_version: string }>('show server_version');
     return {
       name,
       url,
       merchantId: merchant.merchant.id,
       secretKey: merchant.secret_key,
+      webhookMerchantId: webhookMerchant.merchant.id,
+      webhookSecretKey: webhookMerchant.secret_key,
       postgresVersion: rows[0]?.server_version ?? 'unknown',
+      query: (text, values) => pool.query(text, values),
       async reset() {
-        // Truncating is only safe because nothing else writes these tables during a run.
+        // Truncating is only safe because nothing else writes these tables during a run: the
+        // worker has drained its jobs (or is paused) whenever a phase resets.
         await pool.query('truncate idempotency_keys, events, payment_intents cascade');
         // A checkpoint now means neither side inherits the other's dirty pages or pays for a
         // checkpoint the other triggered (all phases start with the same WAL debt: none).
@@ -98,6 +111,37 @@ export interface ApiServer {
   stop(): Promise<void>;
 }
 
+/** Environment shared by the server and the worker: the bench database, a provider nobody calls. */
+function floodgateEnv(databaseUrl: string, extra: Record<string, string>): NodeJS.ProcessEnv {
+  return {
+    ...process.env,
+    DATABASE_URL: databaseUrl,
+    // The unconfirmed create never calls the provider, nor does any job the bench runs; the URL
+    // only satisfies the api and worker roles. Nothing listens on the discard port, so a stray
+    // call would fail at once and locally.
+    FLOODGATE_PROVIDER_URL: 'http://127.0.0.1:9',
+    // The webhook phases' receiver listens on 127.0.0.1: the API must accept the endpoint's URL
+    // and the worker must connect to it. Nothing else depends on this setting.
+    FLOODGATE_WEBHOOK_ALLOW_PRIVATE: '1',
+    // API nodes refuse to start without a shared admission secret.
+    FLOODGATE_ADMISSION_SECRET: 'bench_admission_secret_0123456789abcdef',
+    ...extra,
+  };
+}
+
+function stopper(child: ChildProcess): () => Promise<void> {
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  return async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    // A paused process cannot handle SIGTERM until it runs again.
+    child.kill('SIGCONT');
+    child.kill('SIGTERM');
+    const killer = setTimeout(() => child.kill('SIGKILL'), 5_000);
+    await exited;
+    clearTimeout(killer);
+  };
+}
+
 /**
  * Starts `floodgate api` as its own process, exactly as it is deployed (the same entry point,
  * logger and metrics), and waits until it answers /livez.
@@ -114,32 +158,19 @@ export async function startApiServer(options: {
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
     stdio: ['ignore', 'inherit', 'inherit'],
-    env: {
-      ...process.env,
-      DATABASE_URL: options.databaseUrl,
-      // The unconfirmed create never calls the provider; the URL only satisfies the api role.
-      // Nothing listens on the discard port, so a stray call would fail at once and locally.
-      FLOODGATE_PROVIDER_URL: 'http://127.0.0.1:9',
+    env: floodgateEnv(options.databaseUrl, {
       FLOODGATE_HOST: '127.0.0.1',
       FLOODGATE_PORT: String(port),
       FLOODGATE_LOG_LEVEL: 'warn',
       FLOODGATE_DB_POOL_MAX: String(options.poolMax),
       // The load comes from one address and one key by design: rate limits would measure
       // themselves, and shedding at the default in-flight cap would cut the closed loop short.
-      FLOODGATE_ADMISSION_SECRET: 'bench_admission_secret_0123456789abcdef',
       FLOODGATE_RATE_LIMIT_IP_PER_SECOND: '0',
       FLOODGATE_RATE_LIMIT_KEY_PER_SECOND: '0',
       ...options.env,
-    },
+    }),
   });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  const stop = async () => {
-    if (child.exitCode !== null || child.signalCode !== null) return;
-    child.kill('SIGTERM');
-    const killer = setTimeout(() => child.kill('SIGKILL'), 5_000);
-    await exited;
-    clearTimeout(killer);
-  };
+  const stop = stopper(child);
   try {
     await waitUntilLive(child, port);
   } catch (error) {
@@ -147,6 +178,74 @@ export async function startApiServer(options: {
     throw error;
   }
   return { port, pid: child.pid as number, stop };
+}
+
+export interface WorkerProcess {
+  pid: number;
+  /** Freezes the process (SIGSTOP): it runs no job and uses no CPU until resumed. */
+  pause(): void;
+  /** Lets it run again (SIGCONT). */
+  resume(): void;
+  stop(): Promise<void>;
+}
+
+// The worker's connections carry this name, so closing the API server's connections before a
+// pgbench phase (application_name 'floodgate') leaves them alone.
+export const WORKER_APPLICATION_NAME = 'floodgate-worker';
+
+/**
+ * Starts `floodgate worker` as its own process with its default settings (concurrency, pool,
+ * poll interval, the production task list and crontab), and waits until it says it runs.
+ * Its log goes to a pipe, read for the 'worker running' line; warnings and errors are passed on.
+ */
+export async function startWorkerProcess(options: { databaseUrl: string; nodeArgs?: string[] }): Promise<WorkerProcess> {
+  const url = new URL(options.databaseUrl);
+  url.searchParams.set('application_name', WORKER_APPLICATION_NAME);
+  const args = [...(options.nodeArgs ?? []), '--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'worker'];
+  const child = spawn(process.execPath, args, {
+    cwd: ROOT,
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: floodgateEnv(url.toString(), { FLOODGATE_LOG_LEVEL: 'info' }),
+  });
+  const stop = stopper(child);
+  const running = new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(
+      () => reject(new Error(`floodgate worker did not start within ${SERVER_START_TIMEOUT_MS} ms`)),
+      SERVER_START_TIMEOUT_MS,
+    );
+    child.once('exit', (code) => reject(new Error(`floodgate worker exited with ${code} before it was running`)));
+    let pending = '';
+    child.stdout?.on('data', (chunk: Buffer) => {
+      pending += chunk.toString('utf8');
+      const lines = pending.split('\n');
+      pending = lines.pop() ?? '';
+      for (const line of lines) {
+        let entry: { level?: number; msg?: string } = {};
+        try {
+          entry = JSON.parse(line);
+        } catch {
+          console.log(line);
+          continue;
+        }
+        if (entry.msg === 'worker running') {
+          clearTimeout(timer);
+          resolve();
+        } else if ((entry.level ?? 0) >= 40) console.log(`  worker: ${line}`);
+      }
+    });
+  });
+  try {
+    await running;
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return {
+    pid: child.pid as number,
+    pause: () => child.kill('SIGSTOP'),
+    resume: () => child.kill('SIGCONT'),
+    stop,
+  };
 }
 
 async function waitUntilLive(child: ChildProcess, port: number): Promise<void> {

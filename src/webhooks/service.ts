@@ -226,8 +226,8 @@ export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<Deli
     return { kind: 'skipped', reason: 'not_waiting_for_this_attempt' };
   }
   if (target.endpoint_status !== 'enabled') return { kind: 'skipped', reason: 'endpoint_disabled' };
-  const event = await events.retrieve(deps.pool, job.merchant_id, target.event_id);
-  if (!event) throw new Error(`event ${target.event_id} of delivery ${job.delivery_id} is missing`);
+  if (!target.event) throw new Error(`event ${target.event_id} of delivery ${job.delivery_id} is missing`);
+  const event = events.toApiEvent(target.event);
 
   const body = JSON.stringify(event);
   const timestamp = Math.floor(Date.now() / 1000);
@@ -243,29 +243,34 @@ export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<Deli
   const outcome = outcomeOf(result, job.attempt, deps.settings.maxAttempts);
   const nextAttemptAt = outcome === 'retry_scheduled' ? new Date(Date.now() + retryDelayMs(job.attempt, deps.settings)) : null;
 
-  const recorded = await withTransaction(deps.pool, async (client) => {
-    const done = await sql.recordAttempt(client, {
-      merchantId: job.merchant_id,
-      deliveryId: job.delivery_id,
-      round: job.round,
-      attempt: job.attempt,
-      status: statusAfter(outcome),
-      nextAttemptAt,
-      statusCode: result.kind === 'response' ? result.statusCode : null,
-      error: result.kind === 'error' ? result.error : null,
-      durationMs: result.durationMs,
-      attemptedAt,
-    });
-    if (!done) return false;
-    if (outcome === 'retry_scheduled') {
-      const next: DeliveryJob = { ...job, attempt: job.attempt + 1 };
-      await addJob(client, DELIVER_TASK, { ...next }, { runAt: nextAttemptAt as Date });
-    }
-    if (outcome === 'endpoint_disabled') {
-      await sql.disableEndpoint(client, job.merchant_id, target.endpoint_id, 'The endpoint answered 410 Gone.');
-    }
-    return true;
-  });
+  const attempt: sql.AttemptRecord = {
+    merchantId: job.merchant_id,
+    deliveryId: job.delivery_id,
+    round: job.round,
+    attempt: job.attempt,
+    status: statusAfter(outcome),
+    nextAttemptAt,
+    statusCode: result.kind === 'response' ? result.statusCode : null,
+    error: result.kind === 'error' ? result.error : null,
+    durationMs: result.durationMs,
+    attemptedAt,
+  };
+  // Success or a last failure writes the attempt alone: one statement, atomic by itself, so no
+  // transaction around it. A retry (its next job) or a 410 (the endpoint disabled) writes more,
+  // all or nothing.
+  const followUp = outcome === 'retry_scheduled' || outcome === 'endpoint_disabled';
+  const recorded = !followUp
+    ? await sql.recordAttempt(deps.pool, attempt)
+    : await withTransaction(deps.pool, async (client) => {
+        if (!(await sql.recordAttempt(client, attempt))) return false;
+        if (outcome === 'retry_scheduled') {
+          const next: DeliveryJob = { ...job, attempt: job.attempt + 1 };
+          await addJob(client, DELIVER_TASK, { ...next }, { runAt: nextAttemptAt as Date });
+        } else {
+          await sql.disableEndpoint(client, job.merchant_id, target.endpoint_id, 'The endpoint answered 410 Gone.');
+        }
+        return true;
+      });
   deps.metrics?.webhookDeliveryDuration.observe({ result: resultLabel(result) }, result.durationMs / 1000);
   if (!recorded) return { kind: 'skipped', reason: 'recorded_by_another_run' };
   deps.metrics?.webhookDeliveries.inc({ outcome });

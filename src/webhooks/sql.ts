@@ -2,6 +2,7 @@
  * The queries of webhooks. The fan-out of a new event to its deliveries is the trigger in
  * migrations/002_webhooks.sql, so that every writer of events gets it in its own transaction.
  */
+import type { EventRow } from '../events/sql.js';
 import type { Queryable } from '../platform/db/pool.js';
 import type { DeliveryStatus } from './domain.js';
 
@@ -41,7 +42,7 @@ export interface AttemptRow {
   attempted_at: Date;
 }
 
-/** What a delivery job needs: the delivery's state and where and how to send it. */
+/** What a delivery job needs: the delivery's state, where and how to send it, and what. */
 export interface DeliveryTarget {
   status: DeliveryStatus;
   round: number;
@@ -52,6 +53,8 @@ export interface DeliveryTarget {
   endpoint_status: 'enabled' | 'disabled';
   /** The current secret first, then the previous one while its overlap lasts. */
   secrets: string[];
+  /** The event to send; undefined if it is missing (deliveries reference events, so never). */
+  event: EventRow | undefined;
 }
 
 // An overlap that has ended reads as none, by the database's clock: the one that decides
@@ -128,18 +131,57 @@ export async function rotateSecret(
   return rows[0];
 }
 
+/** The delivery, its endpoint and its event, in one round trip: a delivery job's first read. */
 export async function selectDeliveryTarget(db: Queryable, merchantId: string, deliveryId: string): Promise<DeliveryTarget | undefined> {
-  const { rows } = await db.query<DeliveryTarget>({
+  const { rows } = await db.query<
+    Omit<DeliveryTarget, 'event'> & {
+      event_type: string | null;
+      event_object_id: string;
+      event_sequence: number;
+      event_data: EventRow['data'];
+      event_created_at: Date;
+    }
+  >({
     name: 'webhooks_select_delivery_target',
     text: `select d.status, d.round, d.attempts, d.event_id, d.endpoint_id, e.url, e.status as endpoint_status,
              array_remove(array[e.secret,
-               case when e.previous_secret_expires_at > now() then e.previous_secret end], null) as secrets
+               case when e.previous_secret_expires_at > now() then e.previous_secret end], null) as secrets,
+             ev.type as event_type, ev.object_id as event_object_id, ev.sequence as event_sequence, ev.data as event_data,
+             ev.created_at as event_created_at
            from webhook_deliveries d
            join webhook_endpoints e on e.merchant_id = d.merchant_id and e.id = d.endpoint_id
+           left join events ev on ev.merchant_id = d.merchant_id and ev.id = d.event_id
            where d.merchant_id = $1 and d.id = $2`,
     values: [merchantId, deliveryId],
   });
-  return rows[0];
+  const row = rows[0];
+  if (!row) return undefined;
+  const { event_type, event_object_id, event_sequence, event_data, event_created_at, ...target } = row;
+  const event =
+    event_type === null
+      ? undefined
+      : {
+          id: row.event_id,
+          type: event_type,
+          object_id: event_object_id,
+          sequence: event_sequence,
+          data: event_data,
+          created_at: event_created_at,
+        };
+  return { ...target, event };
+}
+
+export interface AttemptRecord {
+  merchantId: string;
+  deliveryId: string;
+  round: number;
+  attempt: number;
+  status: DeliveryStatus;
+  nextAttemptAt: Date | null;
+  statusCode: number | null;
+  error: string | null;
+  durationMs: number;
+  attemptedAt: Date;
 }
 
 /**
@@ -147,21 +189,7 @@ export async function selectDeliveryTarget(db: Queryable, merchantId: string, de
  * delivery is still pending and waiting for exactly this attempt: a job run twice (its worker
  * died after sending) or overtaken by a redelivery records nothing. True when recorded.
  */
-export async function recordAttempt(
-  db: Queryable,
-  attempt: {
-    merchantId: string;
-    deliveryId: string;
-    round: number;
-    attempt: number;
-    status: DeliveryStatus;
-    nextAttemptAt: Date | null;
-    statusCode: number | null;
-    error: string | null;
-    durationMs: number;
-    attemptedAt: Date;
-  },
-): Promise<boolean> {
+export async function recordAttempt(db: Queryable, attempt: AttemptRecord): Promise<boolean> {
   const { rows } = await db.query<{ recorded: boolean }>({
     name: 'webhooks_record_attempt',
     text: `with delivery as (
