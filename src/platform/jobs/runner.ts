@@ -1,7 +1,7 @@
 /**
  * The worker: graphile-worker running our task list, with
  * - a local queue, which fetches jobs in batches (roughly tenfold the throughput of one
- *   fetch per job when the queue is deep);
+ *   fetch per job when the queue is deep), and completions batched the same way;
  * - a lock sweeper: a worker killed with SIGKILL leaves its jobs locked; graphile-worker
  *   would free them only after four hours, so every worker frees jobs locked longer than
  *   `lockTimeoutMs` (longer than any job may run, plus the local queue's hold time);
@@ -31,6 +31,12 @@ export interface WorkerOptions {
 export const LOCAL_QUEUE_TTL_MS = 30_000;
 // Fetch this many jobs per query when the queue is deep.
 const LOCAL_QUEUE_SIZE = 50;
+// Jobs that finish within this many ms of each other are marked complete by one statement (one
+// commit) instead of one each: about a third less CPU per job in `npm run bench`, and fewer WAL
+// flushes. A finished job stays locked up to this much longer; if its worker dies in that
+// window, the job runs again once its lock is freed: the at-least-once that every task already
+// allows for (a worker can always die between finishing a job and marking it complete).
+const COMPLETE_JOB_BATCH_DELAY_MS = 10;
 
 export async function migrateJobs(pool: Pool): Promise<void> {
   await runMigrations({ pgPool: pool, logger: quietLogger() });
@@ -57,6 +63,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     preset: {
       worker: {
         localQueue: { size: Math.max(LOCAL_QUEUE_SIZE, options.concurrency + 1), ttl: LOCAL_QUEUE_TTL_MS },
+        completeJobBatchDelay: COMPLETE_JOB_BATCH_DELAY_MS,
         // Free the locks of jobs that stay locked past the timeout far sooner than 4 hours.
         minResetLockedInterval: Math.max(1_000, Math.floor(options.lockTimeoutMs / 2)),
         maxResetLockedInterval: Math.max(2_000, options.lockTimeoutMs),
