@@ -1,7 +1,7 @@
 /**
  * The worker: graphile-worker running our task list, with
  * - a local queue, which fetches jobs in batches (roughly tenfold the throughput of one
- *   fetch per job when the queue is deep);
+ *   fetch per job when the queue is deep), and completions batched the same way;
  * - a lock sweeper: a worker killed with SIGKILL leaves its jobs locked; graphile-worker
  *   would free them only after four hours, so every worker frees jobs locked longer than
  *   `lockTimeoutMs` (longer than any job may run, plus the local queue's hold time);
@@ -40,6 +40,12 @@ function localQueueTtlMs(lockTimeoutMs: number): number {
 }
 // Fetch this many jobs per query when the queue is deep.
 const LOCAL_QUEUE_SIZE = 50;
+// Jobs that finish within this many ms of each other are marked complete by one statement (one
+// commit) instead of one each: about a third less CPU per job in `npm run bench`, and fewer WAL
+// flushes. A finished job stays locked up to this much longer; if its worker dies in that
+// window, the job runs again once its lock is freed: the at-least-once that every task already
+// allows for (a worker can always die between finishing a job and marking it complete).
+const COMPLETE_JOB_BATCH_DELAY_MS = 10;
 
 export async function migrateJobs(pool: Pool): Promise<void> {
   await runMigrations({ pgPool: pool, logger: quietLogger() });
@@ -73,7 +79,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
         // flushes and waits for. Unbatched (its default) they are not awaited: stop() returned
         // while a finished job was still locked, and a process that then closed its pool left
         // it locked, to run a second time once the lock timed out.
-        completeJobBatchDelay: 0,
+        completeJobBatchDelay: COMPLETE_JOB_BATCH_DELAY_MS,
         failJobBatchDelay: 0,
       },
     },
