@@ -124,10 +124,6 @@ export function preOpenScore(shuffleSeed: string, arrival: number): number {
   return Number.parseInt(hex.slice(0, 13), 16);
 }
 
-export function postOpenScore(arrival: number): number {
-  return POST_OPEN_SCORE_BASE + arrival;
-}
-
 /** The time a place counts as last seen: a pre-open arrival's grace starts at opening. */
 export function seenAtMs(nowMs: number, opensAtMs: number): number {
   return Math.max(nowMs, opensAtMs);

@@ -22,9 +22,10 @@ export const STATUSES = [
 ] as const;
 export type PaymentIntentStatus = (typeof STATUSES)[number];
 
-export const FINAL_STATUSES: readonly PaymentIntentStatus[] = ['succeeded', 'canceled'];
-
-/** Every legal transition; the SQL guards (`where status in (...)`) are derived from it. */
+/**
+ * Every legal transition. Each guarded UPDATE (`where status = any(...)`) moves only along
+ * these; the property test in properties.test.ts checks every observed change against them.
+ */
 export const TRANSITIONS: Readonly<Record<PaymentIntentStatus, readonly PaymentIntentStatus[]>> = {
   requires_payment_method: ['requires_confirmation', 'processing', 'canceled'],
   requires_confirmation: ['requires_payment_method', 'processing', 'canceled'],
@@ -36,11 +37,6 @@ export const TRANSITIONS: Readonly<Record<PaymentIntentStatus, readonly PaymentI
 
 export function canTransition(from: PaymentIntentStatus, to: PaymentIntentStatus): boolean {
   return TRANSITIONS[from].includes(to);
-}
-
-/** The statuses from which `to` may be reached: the guard of a status-changing UPDATE. */
-export function statusesLeadingTo(to: PaymentIntentStatus): PaymentIntentStatus[] {
-  return STATUSES.filter((from) => canTransition(from, to));
 }
 
 export const CONFIRMABLE: readonly PaymentIntentStatus[] = ['requires_payment_method', 'requires_confirmation'];
