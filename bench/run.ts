@@ -8,6 +8,7 @@
  *   options: --rounds N --clients N --duration S (each measured API and pgbench phase)
  *            --only payments|jobs|webhooks (comma-separated; the API's max phase always runs)
  *            --drain S (each job and webhook drain) --sustained S (0: no sustained phase)
+ *            --receiver-delay MS (the webhook receiver answers this long after each request)
  *            --profile (writes the server's CPU profile to bench/results/profiles/)
  *
  * See bench/README.md for what each number means.
@@ -76,6 +77,7 @@ function parseOptions(argv: string[]): RunOptions {
       only: { type: 'string' },
       drain: { type: 'string' },
       sustained: { type: 'string' },
+      'receiver-delay': { type: 'string' },
       profile: { type: 'boolean', default: false },
     },
   });
@@ -107,6 +109,10 @@ function parseOptions(argv: string[]): RunOptions {
     drainS: positive(values.drain, quick ? 3 : 4, 'drain'),
     sustainedS: values.sustained === '0' ? 0 : positive(values.sustained, quick ? 5 : 15, 'sustained'),
     sustainedFraction: RATE_FRACTION,
+    receiverDelayMs:
+      values['receiver-delay'] === undefined || values['receiver-delay'] === '0'
+        ? 0
+        : positive(values['receiver-delay'], 0, 'receiver-delay'),
     profile: values.profile ?? false,
   };
 }
@@ -341,7 +347,7 @@ async function main(): Promise<number> {
     const workerSections = options.sections.filter((section) => section !== 'payments');
     let ctx: WorkerContext | undefined;
     if (workerSections.length > 0) {
-      const receiver = await Receiver.start();
+      const receiver = await Receiver.start(options.receiverDelayMs);
       cleanups.push(() => receiver.stop());
       const worker = await startWorkerProcess({ databaseUrl: db.url, nodeArgs });
       cleanups.push(() => worker.stop());

@@ -108,7 +108,8 @@ export function formatWorkerTable(
   const lines = [
     `worker: floodgate worker with its defaults (concurrency ${worker.concurrency}); ${options.rounds} round(s), medians shown; each drain`,
     `from a full queue sized to take about ${options.drainS} s. Jobs: ${worker.jobTask} on an empty table (one statement each).`,
-    'Deliveries: one endpoint at a local receiver answering 200. ratio = value / the API max payment creation of the same round.',
+    `Deliveries: one endpoint at a local receiver answering 200${options.receiverDelayMs ? ` after ${options.receiverDelayMs} ms` : ' at once'}. ` +
+      'ratio = value / the API max payment creation of the same round.',
     '',
     `${pad('metric', 40)} ${pad('value', 10)} ratio`,
     ...summary.rows.map((row) => `${pad(row.metric, 40)} ${pad(num(row.value), 10)} ${ratio(row.ratio)}`),
