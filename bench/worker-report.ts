@@ -11,6 +11,8 @@ import type { JobsPhaseResult, SustainedResult, WebhooksPhaseResult, WorkerCpu }
 export const DELIVERY_GOAL_RATIO = 2;
 // As in report.ts: above this many cores used by other processes, measured rates are noisy.
 const NOISY_OTHER_CORES = 0.25;
+// The sustained phase's API is behind when it completes fewer requests per second than this share of the offered rate.
+const BEHIND_SHARE = 0.95;
 
 export interface WorkerSummaryRow {
   metric: string;
@@ -145,7 +147,10 @@ function formatSustained(result: SustainedResult): string[] {
   return [
     `sustained: API creating payments with fan-out at ${result.rate} req/s for ${result.durationS} s while the worker delivers`,
     `  API: ${result.api.throughput} req/s, p50 ${num(result.api.latency.p50Ms)} ms, p99 ${num(result.api.latency.p99Ms)} ms` +
-      `${errors ? `, errors ${errors}` : ''}${result.api.overloaded ? ', OVERLOADED (could not keep the rate)' : ''}`,
+      `${errors ? `, errors ${errors}` : ''}${result.api.overloaded ? ', OVERLOADED (could not keep the rate)' : ''}` +
+      // Sharing the cores with the worker, the API may not keep up the offered rate; then it, not
+      // the worker, is what limits the phase, and a flat queue says less.
+      `${!result.api.overloaded && result.api.throughput < result.rate * BEHIND_SHARE ? `, behind the offered ${result.rate} req/s` : ''}`,
     `  queue depth (deliver_webhook jobs) ${first} -> ${last} over the phase, slope ${result.slopePerS} jobs/s: ` +
       `${result.grows ? 'GROWS' : 'flat'}`,
     `  per second: ${during.map((sample) => sample.jobs).join(' ')}${after.length ? ` | after the API stopped: ${after.map((sample) => sample.jobs).join(' ')}` : ''}`,
