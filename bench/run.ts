@@ -3,8 +3,8 @@
  * running the very statement the API sends for it, on the same database in the same run; then
  * the worker's jobs and webhook deliveries per second beside that payment-creation rate.
  *
- *   npm run bench                  full run (5 rounds, about 5 minutes)
- *   npm run bench -- --quick       one short round (about a minute)
+ *   npm run bench                  full run (5 rounds, about 4 to 5 minutes)
+ *   npm run bench -- --quick       one short round (under a minute)
  *   options: --rounds N --clients N --duration S (each measured API and pgbench phase)
  *            --only payments|jobs|webhooks (comma-separated; the API's max phase always runs)
  *            --drain S (each job and webhook drain) --sustained S (0: no sustained phase)
