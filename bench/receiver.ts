@@ -37,7 +37,7 @@ export interface Arrivals {
 
 type Message = { type: 'ready'; port: number } | ({ type: 'arrivals' } & Arrivals);
 
-function serve(): void {
+function serve(delayMs: number): void {
   let ids: string[] = [];
   let times: number[] = [];
   let unrecorded = 0;
@@ -50,7 +50,9 @@ function serve(): void {
         ids.push(id);
         times.push(Date.now());
       } else unrecorded += 1;
-      response.writeHead(200, { 'content-type': 'text/plain', 'content-length': '2' }).end('ok');
+      const answer = () => response.writeHead(200, { 'content-type': 'text/plain', 'content-length': '2' }).end('ok');
+      if (delayMs > 0) setTimeout(answer, delayMs);
+      else answer();
     });
   });
   server.keepAliveTimeout = KEEP_ALIVE_TIMEOUT_MS;
@@ -84,8 +86,9 @@ export class Receiver {
     return this.child.pid as number;
   }
 
-  static start(): Promise<Receiver> {
-    const child = fork(path.join(import.meta.dirname, 'receiver.ts'), [], { execArgv: ['--import', 'tsx'] });
+  /** Starts the receiver; it answers each request `delayMs` after it has read it. */
+  static start(delayMs = 0): Promise<Receiver> {
+    const child = fork(path.join(import.meta.dirname, 'receiver.ts'), [String(delayMs)], { execArgv: ['--import', 'tsx'] });
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         child.kill();
@@ -120,4 +123,5 @@ export class Receiver {
 }
 
 // As a forked child: serve until the parent goes away.
-if (process.send && process.argv[1] && path.resolve(process.argv[1]) === path.resolve(import.meta.filename)) serve();
+if (process.send && process.argv[1] && path.resolve(process.argv[1]) === path.resolve(import.meta.filename))
+  serve(Number(process.argv[2] ?? 0));

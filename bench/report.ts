@@ -56,6 +56,8 @@ export interface RunOptions {
   sustainedS: number;
   /** The sustained phase's rate, as a share of the API's payment creation with the fan-out. */
   sustainedFraction: number;
+  /** How long the webhook receiver takes to answer each delivery, ms. */
+  receiverDelayMs: number;
   profile: boolean;
 }
 

@@ -3,12 +3,13 @@
  * running the very statement the API sends for it, on the same database in the same run; then
  * the worker's jobs and webhook deliveries per second beside that payment-creation rate.
  *
- *   npm run bench                  full run (5 rounds, about 5 minutes)
- *   npm run bench -- --quick       one short round (about a minute)
+ *   npm run bench                  full run (5 rounds, about 4 to 5 minutes)
+ *   npm run bench -- --quick       one short round (under a minute)
  *   options: --rounds N --clients N --duration S (each measured API and pgbench phase)
  *            --only payments|jobs|webhooks|surge (comma-separated; the API's max phase runs with
  *            any of the first three; surge is bench/surge.ts)
  *            --drain S (each job and webhook drain) --sustained S (0: no sustained phase)
+ *            --receiver-delay MS (the webhook receiver answers this long after each request)
  *            --profile (writes the server's CPU profile to bench/results/profiles/)
  *
  * See bench/README.md for what each number means.
@@ -78,6 +79,7 @@ function parseOptions(argv: string[]): RunOptions {
       only: { type: 'string' },
       drain: { type: 'string' },
       sustained: { type: 'string' },
+      'receiver-delay': { type: 'string' },
       profile: { type: 'boolean', default: false },
     },
   });
@@ -109,6 +111,10 @@ function parseOptions(argv: string[]): RunOptions {
     drainS: positive(values.drain, quick ? 3 : 4, 'drain'),
     sustainedS: values.sustained === '0' ? 0 : positive(values.sustained, quick ? 5 : 15, 'sustained'),
     sustainedFraction: RATE_FRACTION,
+    receiverDelayMs:
+      values['receiver-delay'] === undefined || values['receiver-delay'] === '0'
+        ? 0
+        : positive(values['receiver-delay'], 0, 'receiver-delay'),
     profile: values.profile ?? false,
   };
 }
@@ -349,7 +355,7 @@ async function main(): Promise<number> {
     const workerSections = options.sections.filter((section) => section === 'jobs' || section === 'webhooks');
     let ctx: WorkerContext | undefined;
     if (workerSections.length > 0) {
-      const receiver = await Receiver.start();
+      const receiver = await Receiver.start(options.receiverDelayMs);
       cleanups.push(() => receiver.stop());
       const worker = await startWorkerProcess({ databaseUrl: db.url, nodeArgs });
       cleanups.push(() => worker.stop());

@@ -11,6 +11,8 @@ import type { JobsPhaseResult, SustainedResult, WebhooksPhaseResult, WorkerCpu }
 export const DELIVERY_GOAL_RATIO = 2;
 // As in report.ts: above this many cores used by other processes, measured rates are noisy.
 const NOISY_OTHER_CORES = 0.25;
+// The sustained phase's API is behind when it completes fewer requests per second than this share of the offered rate.
+const BEHIND_SHARE = 0.95;
 
 export interface WorkerSummaryRow {
   metric: string;
@@ -108,7 +110,8 @@ export function formatWorkerTable(
   const lines = [
     `worker: floodgate worker with its defaults (concurrency ${worker.concurrency}); ${options.rounds} round(s), medians shown; each drain`,
     `from a full queue sized to take about ${options.drainS} s. Jobs: ${worker.jobTask} on an empty table (one statement each).`,
-    'Deliveries: one endpoint at a local receiver answering 200. ratio = value / the API max payment creation of the same round.',
+    `Deliveries: one endpoint at a local receiver answering 200${options.receiverDelayMs ? ` after ${options.receiverDelayMs} ms` : ' at once'}. ` +
+      'ratio = value / the API max payment creation of the same round.',
     '',
     `${pad('metric', 40)} ${pad('value', 10)} ratio`,
     ...summary.rows.map((row) => `${pad(row.metric, 40)} ${pad(num(row.value), 10)} ${ratio(row.ratio)}`),
@@ -144,7 +147,10 @@ function formatSustained(result: SustainedResult): string[] {
   return [
     `sustained: API creating payments with fan-out at ${result.rate} req/s for ${result.durationS} s while the worker delivers`,
     `  API: ${result.api.throughput} req/s, p50 ${num(result.api.latency.p50Ms)} ms, p99 ${num(result.api.latency.p99Ms)} ms` +
-      `${errors ? `, errors ${errors}` : ''}${result.api.overloaded ? ', OVERLOADED (could not keep the rate)' : ''}`,
+      `${errors ? `, errors ${errors}` : ''}${result.api.overloaded ? ', OVERLOADED (could not keep the rate)' : ''}` +
+      // Sharing the cores with the worker, the API may not keep up the offered rate; then it, not
+      // the worker, is what limits the phase, and a flat queue says less.
+      `${!result.api.overloaded && result.api.throughput < result.rate * BEHIND_SHARE ? `, behind the offered ${result.rate} req/s` : ''}`,
     `  queue depth (deliver_webhook jobs) ${first} -> ${last} over the phase, slope ${result.slopePerS} jobs/s: ` +
       `${result.grows ? 'GROWS' : 'flat'}`,
     `  per second: ${during.map((sample) => sample.jobs).join(' ')}${after.length ? ` | after the API stopped: ${after.map((sample) => sample.jobs).join(' ')}` : ''}`,
