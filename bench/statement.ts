@@ -4,7 +4,7 @@
  * instead of sending it. The pgbench script is built from that record, so a change to the
  * statement changes both sides of the comparison at once.
  */
-import { toApiIntent } from '../src/payments/domain.js';
+import { viewOfNewIntent } from '../src/payments/service.js';
 import { insertIntentWithFinishedKey, type NewIntent } from '../src/payments/sql.js';
 import type { Queryable } from '../src/platform/db/pool.js';
 import { fingerprint } from '../src/platform/idempotency/service.js';
@@ -44,19 +44,7 @@ async function capture(merchantId: string, ttlHours: number): Promise<CapturedQu
     metadata: {},
     createdAt,
   };
-  const responseBody = toApiIntent({
-    ...intent,
-    id: newId('pi'),
-    capture_method: 'automatic',
-    payment_method: null,
-    amount_capturable: 0,
-    amount_received: 0,
-    amount_refunded: 0,
-    last_payment_error: null,
-    cancellation_reason: null,
-    canceled_at: null,
-    created_at: createdAt,
-  });
+  const responseBody = viewOfNewIntent({ ...intent, id: newId('pi') });
   await insertIntentWithFinishedKey(recorder, intent, {
     key: KEY as unknown as string,
     fingerprint: fingerprint('POST', '/v1/payment_intents', JSON.parse(REQUEST_BODY)),

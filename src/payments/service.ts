@@ -92,12 +92,9 @@ export async function createPaymentIntent(deps: PaymentDeps, ctx: RequestContext
   return idempotency.run(deps.pool, request(ctx), deps.idempotency, (held) => createAndConfirm(deps, held, params), refusedReply);
 }
 
-/** One round trip: intent, event and finished key in a single statement. */
-async function createUnconfirmed(deps: PaymentDeps, ctx: RequestContext, params: CreateIntentParams): Promise<Reply> {
-  const intent = newIntent(ctx, params);
-  // The view is spelt out rather than spread from `intent`: a spread plus extra fields gives
-  // V8 a fresh object shape on every call, and each field then costs an inline-cache miss.
-  const body = toApiIntent({
+/** What the API shows for an intent just created, before any payment activity. */
+export function viewOfNewIntent(intent: sql.NewIntent) {
+  return toApiIntent({
     id: intent.id,
     amount: intent.amount,
     currency: intent.currency,
@@ -114,6 +111,14 @@ async function createUnconfirmed(deps: PaymentDeps, ctx: RequestContext, params:
     canceled_at: null,
     created_at: intent.createdAt,
   });
+}
+
+/** One round trip: intent, event and finished key in a single statement. */
+async function createUnconfirmed(deps: PaymentDeps, ctx: RequestContext, params: CreateIntentParams): Promise<Reply> {
+  const intent = newIntent(ctx, params);
+  // The view is spelt out rather than spread from `intent`: a spread plus extra fields gives
+  // V8 a fresh object shape on every call, and each field then costs an inline-cache miss.
+  const body = viewOfNewIntent(intent);
   const created = await sql.insertIntentWithFinishedKey(deps.pool, intent, {
     key: ctx.idempotencyKey,
     fingerprint: ctx.fingerprint,

@@ -4,6 +4,7 @@
  */
 
 import { LRUCache } from 'lru-cache';
+import type { SaleForQueue } from '../admission/service.js';
 import { createIntentInTransaction } from '../payments/hooks.js';
 import { errorReply, refusedReply } from '../payments/service.js';
 import type { Client, Pool } from '../platform/db/pool.js';
@@ -257,16 +258,6 @@ export async function releaseHold(deps: SalesDeps, merchantId: string, id: strin
 // Sales a node keeps for its waiting room at once; far more than run in one surge.
 const QUEUE_SALES_CACHED_MAX = 1_000;
 
-type QueueSale = {
-  id: string;
-  opensAt: Date;
-  closesAt: Date | null;
-  admitPerSecond: number;
-  maxShoppers: number;
-  graceSeconds: number;
-  remainingStock: () => Promise<number>;
-};
-
 /**
  * The sale as the waiting room sees it. Every join and poll asks, so the sale and its remaining
  * stock are read at most once per `staleMs` per node: the line may act on availability that
@@ -276,7 +267,7 @@ export function createSaleLookup(pool: Pool, staleMs: number) {
   const ttl = Math.max(1, staleMs);
   const sales = new LRUCache<string, { sale: sql.SaleRow | null }>({ max: QUEUE_SALES_CACHED_MAX, ttl });
   const stock = new LRUCache<string, Promise<number>>({ max: QUEUE_SALES_CACHED_MAX, ttl });
-  return async (merchantId: string, saleId: string): Promise<QueueSale | undefined> => {
+  return async (merchantId: string, saleId: string): Promise<SaleForQueue | undefined> => {
     const key = `${merchantId}:${saleId}`;
     let entry = sales.get(key);
     if (!entry) {
