@@ -45,6 +45,8 @@ export interface Config {
   readonly simulatorLatencyMs: number;
   readonly simulatorErrorRate: number;
   readonly embeddedPostgresPort: number;
+  /** As root: where the embedded PostgreSQL's binaries and data go when the postgres user cannot reach them. */
+  readonly embeddedPostgresRelocateDir: string;
   /** Shared with the provider; signs its webhooks to us. Unset: `start` makes one up. */
   readonly providerWebhookSecret: string | undefined;
   /** Where a standalone simulator sends its webhooks. */
@@ -198,6 +200,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     simulatorLatencyMs: int('FLOODGATE_SIMULATOR_LATENCY_MS', 0, 0, 60_000),
     simulatorErrorRate: fraction('FLOODGATE_SIMULATOR_ERROR_RATE', 0),
     embeddedPostgresPort: int('FLOODGATE_EMBEDDED_PG_PORT', 5488, 1024, 65535),
+    // Used only by root when the checkout sits where the postgres user cannot enter (root's home).
+    embeddedPostgresRelocateDir: path.resolve(env.FLOODGATE_EMBEDDED_PG_RELOCATE_DIR || '/var/lib/floodgate'),
     providerWebhookSecret: secret('FLOODGATE_PROVIDER_WEBHOOK_SECRET'),
     simulatorWebhookUrl: url('FLOODGATE_SIMULATOR_WEBHOOK_URL', ['http:', 'https:']),
     // Webhook deliveries wait on the network, so a worker runs many at once.

@@ -35,7 +35,14 @@ export async function openDatabase(config: Config, log: Logger, options: { migra
     const embedded = await startEmbeddedPostgres({
       dataDir: config.dataDir,
       port: config.embeddedPostgresPort,
-      log: (message) => log.warn({ postgres: message }, 'embedded PostgreSQL'),
+      relocateDir: config.embeddedPostgresRelocateDir,
+      log: (message) => log.info(`embedded PostgreSQL: ${message}`),
+    }).catch((error: unknown) => {
+      // One message that says what failed and the way around it, whatever the cause.
+      throw new Error(
+        `could not start the embedded PostgreSQL: ${error instanceof Error ? error.message : String(error)}\n` +
+          'Fix the cause above, or set DATABASE_URL=postgres://... to use a PostgreSQL of your own.',
+      );
     });
     connectionString = embedded.connectionString;
     stopEmbedded = embedded.stop;
