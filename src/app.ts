@@ -52,6 +52,9 @@ const ADMISSION_REFUSALS = {
   wrong_sale: 'the admission token is for another sale',
 } as const;
 
+// Provider webhooks authenticate by signature and have a rate limit of their own.
+const PROVIDER_PATH_PREFIX = '/v1/providers/';
+
 // A readiness probe must answer well within a balancer's check interval (HAProxy: 2 s).
 const READINESS_TIMEOUT_MS = 1_000;
 
@@ -87,19 +90,24 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     keyPoints: deps.config.rateLimitKeyPerSecond * deps.config.rateLimitWindowSeconds,
     ipPoints: deps.config.rateLimitIpPerSecond * deps.config.rateLimitWindowSeconds,
     windowSeconds: deps.config.rateLimitWindowSeconds,
+    providerWebhooks: {
+      pathPrefix: PROVIDER_PATH_PREFIX,
+      points: deps.config.rateLimitProviderWebhookPerSecond * deps.config.rateLimitWindowSeconds,
+    },
     log: app.log,
     registry: metrics.registry,
     redis: deps.redis,
   });
   app.addHook('onRequest', rateLimit.byIp);
 
-  app.addHook('onRequest', async (request) => {
+  app.addHook('onRequest', async (request, reply) => {
     // Decide by the route the router matched, not the raw URL: the router decodes the path, so
     // '/%761/payment_intents' reaches the '/v1/payment_intents' route without starting with '/v1/'.
     // Provider webhooks authenticate by signature, in their own route.
     const path = request.routeOptions.url ?? request.url;
-    if (!path.startsWith('/v1/') || path.startsWith('/v1/providers/')) return;
+    if (!path.startsWith('/v1/') || path.startsWith(PROVIDER_PATH_PREFIX)) return;
     const result = await authenticate(request.headers.authorization);
+    if (result.kind !== 'authenticated') await rateLimit.authenticationFailed(request, reply);
     if (result.kind === 'missing') {
       throw new ApiError('api_key_missing', 'No API key provided. Send Authorization: Bearer sk_test_...');
     }

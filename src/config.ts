@@ -29,6 +29,8 @@ export interface Config {
   readonly rateLimitKeyPerSecond: number;
   /** 0 turns the limit off. */
   readonly rateLimitIpPerSecond: number;
+  /** Per provider address, on the provider-webhook route; 0 turns it off. */
+  readonly rateLimitProviderWebhookPerSecond: number;
   readonly rateLimitWindowSeconds: number;
   /** false, a number of proxy hops, or a comma-separated list of proxy addresses and CIDRs. */
   readonly trustProxy: TrustProxy;
@@ -178,6 +180,9 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     // A buyer's page makes a few requests a second; 100 leaves room for dozens of buyers
     // behind one NAT (an office, a campus, a mobile carrier).
     rateLimitIpPerSecond: int('FLOODGATE_RATE_LIMIT_IP_PER_SECOND', 100, 0, 1_000_000),
+    // A provider sends one webhook per payment event: at a surge's peak, hundreds a second from
+    // a few addresses. Its own limit keeps a flood of forged webhooks (each costs an HMAC) in check.
+    rateLimitProviderWebhookPerSecond: int('FLOODGATE_RATE_LIMIT_PROVIDER_WEBHOOK_PER_SECOND', 1_000, 0, 1_000_000),
     // One second: a client over its rate learns it at once and waits at most a second.
     rateLimitWindowSeconds: int('FLOODGATE_RATE_LIMIT_WINDOW_SECONDS', 1, 1, 3_600),
     trustProxy: trustProxy(env.FLOODGATE_TRUST_PROXY, problems),

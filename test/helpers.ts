@@ -100,6 +100,7 @@ export interface TestApp {
 export const TEST_TRAFFIC_LIMITS_OFF = {
   rateLimitKeyPerSecond: 0,
   rateLimitIpPerSecond: 0,
+  rateLimitProviderWebhookPerSecond: 0,
   shedInFlightMax: 1_000_000,
   shedEventLoopDelayMs: 60_000,
 } as const satisfies Partial<Config>;

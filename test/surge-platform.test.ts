@@ -41,18 +41,52 @@ function get(app: Awaited<ReturnType<typeof build>>, url: string, key?: string) 
 }
 
 describe('rate limits in the app', () => {
-  test('the address limit runs before authentication, so requests with bad keys count too', async () => {
+  test('the address limit counts requests with bad keys too', async () => {
     const app = await build({ ...THREE_PER_WINDOW, rateLimitIpPerSecond: 1 });
     for (let i = 0; i < 3; i++) {
       const response = await get(app, '/v1/balance', 'sk_test_not_a_real_key');
       assert.equal(response.statusCode, 401);
       assert.equal(response.headers['ratelimit-limit'], '3');
     }
-    const refused = await get(app, '/v1/balance', merchant.secretKey);
+    const refused = await get(app, '/v1/balance', merchant.publishableKey);
     assert.equal(refused.statusCode, 429);
     assert.equal(refused.json().error.code, 'rate_limited');
     assert.ok(Number(refused.headers['retry-after']) >= 1);
     for (const url of ['/livez', '/readyz', '/metrics']) assert.equal((await get(app, url)).statusCode, 200, url);
+  });
+
+  test("a merchant's servers (secret key) are not held to the address limit; buyers and bad keys are", async () => {
+    const app = await build({ ...THREE_PER_WINDOW, rateLimitIpPerSecond: 1 });
+    // Sixty calls from one server address: far past the address limit of three per window.
+    for (let i = 0; i < 60; i++) {
+      const response = await get(app, '/v1/balance', merchant.secretKey);
+      assert.equal(response.statusCode, 200, `call ${i + 1}: ${response.body}`);
+    }
+    // The same address without a valid secret key is one client of the address limit.
+    const statuses = [];
+    for (const key of [merchant.publishableKey, undefined, 'sk_test_not_a_real_key', merchant.publishableKey]) {
+      statuses.push((await get(app, '/v1/sales/sale_none', key)).statusCode);
+    }
+    assert.deepEqual(statuses, [404, 401, 401, 429]);
+    // The secret key is still governed by its own (key) limit, and still served.
+    assert.equal((await get(app, '/v1/balance', merchant.secretKey)).statusCode, 200);
+  });
+
+  test('the provider-webhook route has a limit of its own, apart from the address limit', async () => {
+    const app = await build({ ...THREE_PER_WINDOW, rateLimitIpPerSecond: 1, rateLimitProviderWebhookPerSecond: 2 });
+    const webhook = () =>
+      app.inject({ method: 'POST', url: '/v1/providers/simulator/webhooks', payload: {}, headers: { 'simulator-signature': 'bad' } });
+    const statuses = [];
+    for (let i = 0; i < 7; i++) statuses.push((await webhook()).statusCode);
+    assert.deepEqual(
+      statuses.slice(0, 6).filter((status) => status === 429),
+      [],
+      'six per window allowed',
+    );
+    assert.equal(statuses[6], 429);
+    // None of them counted against the address's own limit.
+    for (let i = 0; i < 3; i++) assert.equal((await get(app, '/v1/sales/sale_none', merchant.publishableKey)).statusCode, 404);
+    assert.equal((await get(app, '/v1/sales/sale_none', merchant.publishableKey)).statusCode, 429);
   });
 
   test('the key limit runs on the authenticated key; another merchant is unaffected', async () => {
@@ -104,8 +138,8 @@ describe('the app with Redis', { skip: redisSkip }, () => {
     const a = await build(config, { redis: await openTestRedis(prefix) });
     const b = await build(config, { redis: await openTestRedis(prefix) });
     const statuses = [];
-    for (const node of [a, b, a, b]) statuses.push((await get(node, '/v1/balance', merchant.secretKey)).statusCode);
-    assert.deepEqual(statuses, [200, 200, 200, 429]);
+    for (const node of [a, b, a, b]) statuses.push((await get(node, '/v1/balance')).statusCode);
+    assert.deepEqual(statuses, [401, 401, 401, 429]);
   });
 
   test('/readyz pings Redis and reports it when it does not answer', async () => {

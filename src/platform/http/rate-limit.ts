@@ -1,5 +1,7 @@
 /**
- * Rate limits on /v1: per client IP for every request, per API key for authenticated ones.
+ * Rate limits on /v1: per API key for authenticated requests; per client address for those
+ * without a valid secret key (a buyer's browser with a publishable key, unauthenticated
+ * requests, bad keys); the provider's webhooks per address under a limit of their own.
  * Counters live in Redis so every node enforces one limit, or in memory in single-node mode.
  * Allowed responses carry RateLimit-Limit, -Remaining and -Reset (IETF httpapi ratelimit
  * headers draft, the three-field form) for the tighter of the two limits; a refusal is 429
@@ -150,8 +152,14 @@ export function clientBucket(ip: string): string {
 export interface RateLimitOptions {
   /** Requests per window per API key; 0 is no limit. */
   keyPoints: number;
-  /** Requests per window per client address (IPv6: per /64); 0 is no limit. */
+  /**
+   * Requests per window per client address (IPv6: per /64) with a publishable key, a bad key or
+   * none; 0 is no limit. Calls with a valid secret key are a merchant's servers, governed by the
+   * key limit alone.
+   */
   ipPoints: number;
+  /** Routes under this path prefix (the provider's webhooks) count against a limit of their own per address. */
+  providerWebhooks?: { pathPrefix: string; points: number };
   windowSeconds: number;
   log: Log;
   registry: Registry;
@@ -159,11 +167,21 @@ export interface RateLimitOptions {
 }
 
 export interface RateLimitHooks {
-  /** Before authentication: an unknown key costs a database lookup, so floods of them count too. */
+  /**
+   * Before authentication: an unknown key costs a database lookup, so floods of them count too.
+   * A request presenting a secret key is not counted here; it counts once its key turns out
+   * invalid (`authenticationFailed`). A made-up key costs no database lookup (its checksum
+   * fails), a well-formed unknown one an indexed lookup, and each then counts for its address.
+   */
   byIp(request: FastifyRequest, reply: FastifyReply): Promise<void>;
+  /** When authentication refuses the request, before the refusal is sent. */
+  authenticationFailed(request: FastifyRequest, reply: FastifyReply): Promise<void>;
   /** After authentication, on request.principal. */
   byKey(request: FastifyRequest, reply: FastifyReply): Promise<void>;
 }
+
+// What a secret key looks like before it is checked; see merchants/domain.ts.
+const SECRET_KEY_BEARER = /^\s*Bearer\s+sk_/i;
 
 /** The /v1 limits as onRequest hooks. */
 export function createRateLimit(options: RateLimitOptions): RateLimitHooks {
@@ -180,6 +198,10 @@ export function createRateLimit(options: RateLimitOptions): RateLimitHooks {
       : undefined;
   const ip = make('ip', options.ipPoints);
   const key = make('key', options.keyPoints);
+  const webhooks = options.providerWebhooks;
+  const providerWebhook = webhooks ? make('provider_webhook', webhooks.points) : undefined;
+  // Requests that presented a secret key, whose address is counted only if the key fails.
+  const deferred = new WeakSet<FastifyRequest>();
   const refused = registeredCounter(options.registry, {
     name: 'floodgate_rate_limited_total',
     help: 'Requests refused with 429, by limit',
@@ -195,7 +217,7 @@ export function createRateLimit(options: RateLimitOptions): RateLimitHooks {
       refused.inc({ limit: limiter.name });
       throw new ApiError(
         'rate_limited',
-        `Too many requests for this ${limiter.name === 'ip' ? 'address' : 'API key'}; retry later.`,
+        `Too many requests for this ${limiter.name === 'key' ? 'API key' : 'address'}; retry later.`,
         undefined,
         {
           ...rateLimitHeaders(result),
@@ -211,10 +233,29 @@ export function createRateLimit(options: RateLimitOptions): RateLimitHooks {
 
   return {
     async byIp(request, reply) {
-      if (ip && isLimited(request)) await apply(ip, clientBucket(request.ip), request, reply);
+      if (!isLimited(request)) return;
+      const address = clientBucket(request.ip);
+      if (webhooks && (request.routeOptions.url ?? request.url).startsWith(webhooks.pathPrefix)) {
+        if (providerWebhook) await apply(providerWebhook, address, request, reply);
+        return;
+      }
+      if (!ip) return;
+      if (SECRET_KEY_BEARER.test(request.headers.authorization ?? '')) {
+        deferred.add(request);
+        return;
+      }
+      await apply(ip, address, request, reply);
+    },
+    async authenticationFailed(request, reply) {
+      if (ip && deferred.has(request)) await apply(ip, clientBucket(request.ip), request, reply);
     },
     async byKey(request, reply) {
-      if (key && request.principal && isLimited(request)) await apply(key, request.principal.keyId, request, reply);
+      if (!request.principal || !isLimited(request)) return;
+      // A secret-looking key that is in fact another kind is counted as what it is.
+      if (ip && deferred.has(request) && request.principal.keyKind !== 'secret') {
+        await apply(ip, clientBucket(request.ip), request, reply);
+      }
+      if (key) await apply(key, request.principal.keyId, request, reply);
     },
   };
 }
