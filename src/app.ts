@@ -63,6 +63,8 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   const app = await createHttpServer({
     logger: deps.logger ?? false,
     bodyLimitBytes: deps.config.bodyLimitBytes,
+    headersTimeoutMs: deps.config.httpHeadersTimeoutMs,
+    requestTimeoutMs: deps.config.httpRequestTimeoutMs,
     metrics,
     version: VERSION,
     trustProxy: deps.config.trustProxy,
@@ -86,6 +88,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     app.addHook('onClose', async () => shedder.stop());
   }
   app.addHook('onRequest', shedder.onRequest);
+  app.addHook('preValidation', shedder.onBodyRead);
   const rateLimit = createRateLimit({
     keyPoints: deps.config.rateLimitKeyPerSecond * deps.config.rateLimitWindowSeconds,
     ipPoints: deps.config.rateLimitIpPerSecond * deps.config.rateLimitWindowSeconds,

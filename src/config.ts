@@ -20,6 +20,8 @@ export interface Config {
   readonly dbPoolMax: number;
   readonly dbStatementTimeoutMs: number;
   readonly bodyLimitBytes: number;
+  readonly httpHeadersTimeoutMs: number;
+  readonly httpRequestTimeoutMs: number;
   readonly apiKeyCacheTtlMs: number;
   /** Absent means single-node mode: shared state (cache, rate limits, waiting room) in process memory. */
   readonly redisUrl: string | undefined;
@@ -166,6 +168,11 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     dbStatementTimeoutMs: int('FLOODGATE_DB_STATEMENT_TIMEOUT_MS', 10_000, 100, 600_000),
     // Payment bodies are small; 64 KiB leaves room for metadata and refuses abuse early.
     bodyLimitBytes: int('FLOODGATE_BODY_LIMIT_BYTES', 65_536, 1024, 10_485_760),
+    // Headers are a few hundred bytes: ten seconds is generous even on a poor mobile link, and
+    // short enough that a client sending them a byte at a time gains little.
+    httpHeadersTimeoutMs: int('FLOODGATE_HTTP_HEADERS_TIMEOUT_MS', 10_000, 100, 300_000),
+    // The whole request, body included: 64 KiB in 30 s is 2 KiB/s, slower than any real client.
+    httpRequestTimeoutMs: int('FLOODGATE_HTTP_REQUEST_TIMEOUT_MS', 30_000, 100, 600_000),
     // How long a node may keep trusting a key it looked up: the bound on revocation delay.
     apiKeyCacheTtlMs: int('FLOODGATE_API_KEY_CACHE_TTL_MS', 5_000, 0, 300_000),
     redisUrl: url('REDIS_URL', ['redis:', 'rediss:']),
@@ -242,6 +249,10 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
   };
   if (config.webhookRetryBaseMs > config.webhookRetryMaxMs) {
     problems.push('FLOODGATE_WEBHOOK_RETRY_BASE_MS must not exceed FLOODGATE_WEBHOOK_RETRY_MAX_MS');
+  }
+  if (config.httpHeadersTimeoutMs > config.httpRequestTimeoutMs) {
+    // Node refuses it too: the headers are part of the request.
+    problems.push('FLOODGATE_HTTP_HEADERS_TIMEOUT_MS must not exceed FLOODGATE_HTTP_REQUEST_TIMEOUT_MS');
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);

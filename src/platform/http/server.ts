@@ -13,6 +13,10 @@ import { validatorCompiler } from './validation.js';
 export interface HttpOptions {
   logger: FastifyBaseLogger | false;
   bodyLimitBytes: number;
+  /** Time a client has to send its request headers; then 408 and the connection is closed. Default Node's. */
+  headersTimeoutMs?: number;
+  /** Time a client has to send its whole request, headers and body; then 408 and closed. Default Node's. */
+  requestTimeoutMs?: number;
   metrics: Metrics;
   version: string;
   /** Whose X-Forwarded-For sets request.ip: none, the nearest N hops, or listed addresses. */
@@ -27,11 +31,24 @@ export type HttpServer = FastifyInstance<
   TypeBoxTypeProvider
 >;
 
+// How often Node looks for connections past their header or request timeout (its default, 30 s,
+// would let a timeout of 10 s run to 40); the check is a walk over open connections.
+const CONNECTIONS_CHECKING_INTERVAL_MS = 1_000;
+
 export async function createHttpServer(options: HttpOptions): Promise<HttpServer> {
   const app = Fastify({
     loggerInstance: options.logger || undefined,
     logger: options.logger ? undefined : false,
     bodyLimit: options.bodyLimitBytes,
+    // A client that opens a connection and sends its request slowly, or never finishes it,
+    // holds a socket and memory: both timeouts bound that. They cover receiving the request
+    // only, never the time we take to answer it.
+    requestTimeout: options.requestTimeoutMs,
+    http: {
+      headersTimeout: options.headersTimeoutMs,
+      requestTimeout: options.requestTimeoutMs,
+      connectionsCheckingInterval: CONNECTIONS_CHECKING_INTERVAL_MS,
+    },
     // Fastify accepts a hop count at run time but its types do not; this is what it does with one.
     trustProxy: typeof options.trustProxy === 'number' ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
     // A line per request is too much at surge rates; errors are still logged, and request

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { connect, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { createMetrics } from '../observability/metrics.js';
 import { createHttpServer } from './server.js';
@@ -20,16 +21,30 @@ function fakeDelay(): DelaySource & { ms: number } {
   };
 }
 
-async function shedServer(options: { inFlightMax: number; eventLoopDelayMaxMs: number }) {
+async function shedServer(options: {
+  inFlightMax: number;
+  eventLoopDelayMaxMs: number;
+  headersTimeoutMs?: number;
+  requestTimeoutMs?: number;
+}) {
   const metrics = createMetrics({ defaultMetrics: false });
   const delay = fakeDelay();
   const shedder = createShedder({ ...options, registry: metrics.registry, delaySource: delay });
-  const app = await createHttpServer({ logger: false, bodyLimitBytes: 1024, metrics, version: 'test' });
+  const app = await createHttpServer({
+    logger: false,
+    bodyLimitBytes: 1024,
+    metrics,
+    version: 'test',
+    headersTimeoutMs: options.headersTimeoutMs,
+    requestTimeoutMs: options.requestTimeoutMs,
+  });
   app.addHook('onRequest', shedder.onRequest);
+  app.addHook('preValidation', shedder.onBodyRead);
   // Requests to /v1/held wait until the test releases them.
   const held: Array<() => void> = [];
   app.get('/v1/held', () => new Promise((resolve) => held.push(() => resolve({ ok: true }))));
   app.get('/v1/quick', async () => ({ ok: true }));
+  app.post('/v1/echo', async (request) => ({ echo: request.body }));
   for (const path of EXEMPT) app.get(path, async () => ({ ok: true }));
   after(() => app.close());
   return { app, shedder, delay, held, registry: metrics.registry };
@@ -96,5 +111,49 @@ describe('load shedding', () => {
     } finally {
       source.close();
     }
+  });
+});
+
+/** A client that sends `text` and then nothing, and records what the server did with it. */
+function silentClient(port: number, text: string) {
+  const socket: Socket = connect(port, '127.0.0.1');
+  let received = '';
+  socket.on('data', (chunk) => {
+    received += chunk.toString();
+  });
+  socket.on('error', () => {});
+  socket.write(text);
+  const closed = new Promise<string>((resolve) => socket.once('close', () => resolve(received)));
+  return { socket, closed };
+}
+
+describe('slow requests', () => {
+  test('clients that send headers and a few body bytes then go silent neither shed others nor stay forever', { timeout: 20_000 }, async () => {
+    // Short timeouts so the test sees them act; the defaults are 10 s and 30 s.
+    const { app, shedder } = await shedServer({ inFlightMax: 5, eventLoopDelayMaxMs: 100, headersTimeoutMs: 300, requestTimeoutMs: 600 });
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    const address = app.server.address();
+    assert.ok(address && typeof address === 'object');
+    const partialBody = 'POST /v1/echo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"a"';
+    const silent = Array.from({ length: 5 }, () => silentClient(address.port, partialBody));
+    // And one that never finishes its headers.
+    const halfHeaders = silentClient(address.port, 'GET /v1/quick HTTP/1.1\r\nHost: x\r\n');
+    await new Promise((resolve) => setTimeout(resolve, 50));
+
+    // Five bodies still arriving take no in-flight place: a real request is served.
+    assert.equal(shedder.inFlight, 0);
+    const served = await fetch(`http://127.0.0.1:${address.port}/v1/quick`);
+    assert.equal(served.status, 200, await served.text());
+    const posted = await fetch(`http://127.0.0.1:${address.port}/v1/echo`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{"b":1}',
+    });
+    assert.deepEqual(await posted.json(), { echo: { b: 1 } });
+
+    // The server ends each silent request with 408 and closes its connection.
+    for (const answer of await Promise.all(silent.map((client) => client.closed))) assert.match(answer, /^HTTP\/1\.1 408 /);
+    assert.match(await halfHeaders.closed, /^HTTP\/1\.1 408 /);
+    assert.equal(shedder.inFlight, 0);
   });
 });

@@ -61,8 +61,15 @@ export interface ShedderOptions {
 }
 
 export interface Shedder {
-  /** The onRequest hook; register it before every other. */
+  /** The onRequest hook, which refuses; register it before every other. */
   onRequest(request: FastifyRequest, reply: FastifyReply): Promise<void>;
+  /**
+   * The preValidation hook, which counts a request in flight once its body has been read. A
+   * client that sends headers and then its body slowly, or never, holds a connection (until
+   * the request timeout closes it) but not one of the in-flight places: five silent clients
+   * must not make a node refuse everyone else.
+   */
+  onBodyRead(request: FastifyRequest, reply: FastifyReply): Promise<void>;
   /** Takes one delay sample and decides whether delay alone sheds until the next. */
   runOnce(): void;
   /** Samples every sampleIntervalMs until stop(). */
@@ -113,10 +120,13 @@ export function createShedder(options: ShedderOptions): Shedder {
   };
 
   return {
-    async onRequest(request, reply) {
+    async onRequest(request) {
       if (EXEMPT_PATHS.has(request.routeOptions.url ?? '')) return;
       if (delayMs > options.eventLoopDelayMaxMs) refuse('event_loop_delay');
       if (inFlight >= options.inFlightMax) refuse('in_flight');
+    },
+    async onBodyRead(request, reply) {
+      if (EXEMPT_PATHS.has(request.routeOptions.url ?? '')) return;
       inFlight += 1;
       // 'close' fires once for every response, finished or aborted by the client.
       reply.raw.once('close', () => {
