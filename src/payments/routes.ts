@@ -6,7 +6,7 @@
 import { Type } from '@sinclair/typebox';
 import { principalOf, requestContext, sendReply } from '../platform/http/context.js';
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
-import { errorResponses, IdempotencyHeaders, IdParams, ListOf, ListQuery, Metadata } from '../platform/http/schemas.js';
+import { errorResponses, IdempotencyHeaders, IdParams, ListOf, ListQuery, Metadata, StoredMetadata } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { ID_PATTERN } from '../platform/ids.js';
 import { CURRENCY_EXPONENTS, isCurrency, maxAmount, SUPPORTED_CURRENCIES } from './currency.js';
@@ -39,7 +39,7 @@ const PaymentIntent = Type.Object(
     capture_method: Type.Union([Type.Literal('automatic'), Type.Literal('manual')]),
     payment_method: Type.Union([Type.String(), Type.Null()]),
     description: Type.Union([Type.String(), Type.Null()]),
-    metadata: Type.Record(Type.String(), Type.String()),
+    metadata: StoredMetadata,
     last_payment_error: Type.Union([Type.Record(Type.String(), Type.String()), Type.Null()]),
     cancellation_reason: Type.Union([Type.String(), Type.Null()]),
     canceled_at: Type.Union([Type.Integer(), Type.Null()]),
@@ -59,7 +59,7 @@ const Refund = Type.Object(
     status: Type.Union([Type.Literal('pending'), Type.Literal('succeeded'), Type.Literal('failed')]),
     reason: Type.Union([Type.String(), Type.Null()]),
     failure_reason: Type.Union([Type.String(), Type.Null()]),
-    metadata: Type.Record(Type.String(), Type.String()),
+    metadata: StoredMetadata,
     created: Type.Integer(),
   },
   { $id: 'Refund' },

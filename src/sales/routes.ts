@@ -82,6 +82,7 @@ const Order = Type.Object(
   { $id: 'Order' },
 );
 
+const ADMIT_PER_SECOND_MIN = 0.001;
 const Name = Type.String({ minLength: 1, maxLength: 200 });
 const Timestamp = Type.String({ format: 'date-time', description: 'ISO 8601 with a time zone, e.g. 2026-12-01T10:00:00Z.' });
 const PerBuyerLimit = Type.Integer({
@@ -90,7 +91,9 @@ const PerBuyerLimit = Type.Integer({
   description: `Units one buyer may hold or buy; default ${PER_BUYER_LIMIT_DEFAULT}.`,
 });
 const AdmitPerSecond = Type.Number({
-  exclusiveMinimum: 0,
+  // One buyer every 1000 seconds is slower than any sale runs; below it, the interval between
+  // admissions stops being a number the waiting room can schedule (1e-300 gave a 500).
+  minimum: ADMIT_PER_SECOND_MIN,
   maximum: QUEUE_LIMITS.admitPerSecondMax,
   description: `Buyers the waiting room admits per second; default ${ADMIT_PER_SECOND_DEFAULT}.`,
 });
@@ -142,10 +145,26 @@ const holdId = IdParams(ID_PATTERN('hold'));
 const orderId = IdParams(ID_PATTERN('ord'));
 
 function parseTimes(opensAt: string | undefined, closesAt: string | null | undefined) {
-  const opens = opensAt === undefined ? undefined : new Date(opensAt);
-  const closes = closesAt === undefined ? undefined : closesAt === null ? null : new Date(closesAt);
+  const opens = opensAt === undefined ? undefined : instant(opensAt, 'opens_at');
+  const closes = closesAt === undefined ? undefined : closesAt === null ? null : instant(closesAt, 'closes_at');
   if (opens && closes && closes <= opens) throw new ApiError('parameter_invalid', 'closes_at must be after opens_at.', 'closes_at');
   return { opens, closes };
+}
+
+/**
+ * A date-time the schema accepted as RFC 3339 that is also an instant JavaScript and PostgreSQL
+ * can hold: RFC 3339 allows a leap second (23:59:60), which neither does.
+ */
+function instant(text: string, param: string): Date {
+  const date = new Date(text);
+  if (Number.isNaN(date.getTime())) {
+    throw new ApiError(
+      'parameter_invalid',
+      `Invalid ${param}: not a time we can store (a leap second such as 23:59:60 is not); use 23:59:59 or 00:00:00.`,
+      param,
+    );
+  }
+  return date;
 }
 
 export interface SaleCache {

@@ -52,9 +52,17 @@ export function ListOf<T extends TSchema>(item: T) {
 export const IdParams = (pattern: string) =>
   Type.Object({ id: Type.String({ pattern, description: 'The object id.' }) }, { additionalProperties: false });
 
-// Metadata limits follow Stripe's, which integrators already know.
-export const Metadata = Type.Record(Type.String(), Type.String({ maxLength: 500 }), {
+// Metadata limits follow Stripe's, which integrators already know. Every key is checked
+// (propertyNames) and every value (additionalProperties): a key pattern such as '^(.*)$' does
+// not match a key holding a line break, which then skipped validation entirely and was
+// dropped from responses while kept in the database and in events.
+export const Metadata = Type.Unsafe<Record<string, string>>({
+  type: 'object',
+  additionalProperties: { type: 'string', maxLength: 500 },
   maxProperties: 50,
-  propertyNames: { minLength: 1, maxLength: 40 },
-  description: 'Up to 50 keys of up to 40 characters, values up to 500 characters.',
+  propertyNames: { minLength: 1, maxLength: 40, pattern: '^[^\\u0000-\\u001f\\u007f]*$' },
+  description: 'Up to 50 keys of 1 to 40 characters without control characters (no line breaks), values up to 500 characters.',
 });
+
+/** Metadata as stored, in a response: every key is written out, whatever it holds. */
+export const StoredMetadata = Type.Unsafe<Record<string, string>>({ type: 'object', additionalProperties: { type: 'string' } });

@@ -2,6 +2,8 @@
  * The Fastify instance every Floodgate HTTP node uses: strict validation, one error shape,
  * request-duration metrics by route, and OpenAPI generated from the route schemas.
  */
+
+import { STATUS_CODES } from 'node:http';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -59,6 +61,10 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     return503OnClosing: true,
     // The router's own errors (a badly encoded path, an over-long parameter) never reach the
     // error handler; without this they were answered in Fastify's shape, not ours.
+    // Requests Node's HTTP parser refuses (a control byte in a header, headers too large, a
+    // request that did not arrive in time) never reach Fastify's routing: answered here, in our
+    // error shape, instead of Fastify's default body.
+    clientErrorHandler: answerClientError,
     frameworkErrors: (error, _request, reply) => {
       const mapped = mapFrameworkError(error) ?? new ApiError('parameter_invalid', 'The request URL is malformed.');
       return (reply as FastifyReply).code(mapped.status).send(mapped.toBody());
@@ -127,6 +133,40 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
   await app.register(swaggerUi, { routePrefix: '/docs' });
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
+}
+
+/** Writes our error body to a connection the HTTP parser gave up on, then closes it. */
+function answerClientError(error: NodeJS.ErrnoException, socket: import('node:stream').Duplex): void {
+  if (error.code === 'ECONNRESET' || socket.destroyed) return;
+  const refusal = clientErrorRefusal(error.code);
+  if (socket.writable) {
+    const body = JSON.stringify(refusal.toBody());
+    socket.write(
+      `HTTP/1.1 ${refusal.status} ${STATUS_CODES[refusal.status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+    );
+  }
+  socket.destroy();
+}
+
+export function clientErrorRefusal(code: string | undefined): ApiError {
+  switch (code) {
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return new ApiError('request_timeout', 'The request did not arrive in time; send it again, whole.');
+    case 'HPE_HEADER_OVERFLOW':
+      return new ApiError('headers_too_large', 'The request headers are too large.');
+    case 'HPE_INVALID_HEADER_TOKEN':
+    case 'HPE_INVALID_HEADER_VALUE':
+    case 'HPE_INVALID_HEADER_CHARACTER':
+    case 'HPE_LF_EXPECTED':
+    case 'HPE_CR_EXPECTED':
+      return new ApiError(
+        'request_malformed',
+        'A request header holds a character HTTP does not allow (a control byte or a bare line break); send header names and values as printable text.',
+      );
+    default:
+      return new ApiError('request_malformed', 'The request is not valid HTTP/1.1.');
+  }
 }
 
 function trustHops(hops: number) {

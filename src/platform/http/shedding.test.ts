@@ -128,7 +128,9 @@ function silentClient(port: number, text: string) {
 }
 
 describe('slow requests', () => {
-  test('clients that send headers and a few body bytes then go silent neither shed others nor stay forever', { timeout: 20_000 }, async () => {
+  test('clients that send headers and a few body bytes then go silent neither shed others nor stay forever', {
+    timeout: 20_000,
+  }, async () => {
     // Short timeouts so the test sees them act; the defaults are 10 s and 30 s.
     const { app, shedder } = await shedServer({ inFlightMax: 5, eventLoopDelayMaxMs: 100, headersTimeoutMs: 300, requestTimeoutMs: 600 });
     await app.listen({ host: '127.0.0.1', port: 0 });

@@ -4,10 +4,13 @@
  * requests at the limits show the limits are where they say.
  */
 import assert from 'node:assert/strict';
-import { describe, test } from 'node:test';
+import { connect } from 'node:net';
+import { after, describe, test } from 'node:test';
 import { key, setupTestContext } from '../../../test/helpers.js';
 import { newId } from '../ids.js';
+import { createMetrics } from '../observability/metrics.js';
 import { API_ERRORS, type ApiErrorCode } from './errors.js';
+import { clientErrorRefusal, createHttpServer } from './server.js';
 
 const t = await setupTestContext();
 
@@ -38,6 +41,15 @@ const invalid = (name: string, body: unknown, param: string | null, code: ApiErr
   status: API_ERRORS[code].status,
   code,
   param,
+});
+
+const rawInvalid = (name: string, raw: string, param: string): Case => ({ name, raw, status: 400, code: 'parameter_invalid', param });
+const sale = (body: Record<string, unknown>) => ({
+  name: 'Drop',
+  currency: 'usd',
+  opens_at: '2026-12-01T10:00:00Z',
+  items: [{ name: 'Tee', price: 2000, stock: 10 }],
+  ...body,
 });
 
 const CASES: Case[] = [
@@ -83,6 +95,28 @@ const CASES: Case[] = [
   invalid('NUL in a metadata value', withBody({ metadata: { note: 'a\u0000' } }), 'metadata[note]'),
   invalid('NUL in a metadata key', withBody({ metadata: { 'a\u0000': 'v' } }), 'metadata'),
   invalid('NUL in payment_method', withBody({ payment_method: 'pm_\u0000', confirm: true }), 'payment_method'),
+  // Keys are validated one by one: a line break in a key once skipped validation altogether.
+  invalid('metadata key with a line break, value an object', withBody({ metadata: { 'a\nb': { nested: [1] } } }), 'metadata'),
+  invalid('metadata key with a line break', withBody({ metadata: { 'a\nb': 'v' } }), 'metadata'),
+  invalid('metadata key with a carriage return', withBody({ metadata: { 'a\rb': 'v' } }), 'metadata'),
+  invalid('metadata key with a tab', withBody({ metadata: { 'a\tb': 'v' } }), 'metadata'),
+  // Valid JSON that jsonb refuses: a lone surrogate.
+  rawInvalid('lone surrogate in description', '{"amount":1000,"currency":"usd","description":"a\\ud800b"}', 'description'),
+  rawInvalid('lone low surrogate in description', '{"amount":1000,"currency":"usd","description":"\\udc00"}', 'description'),
+  rawInvalid('lone surrogate in a metadata value', '{"amount":1000,"currency":"usd","metadata":{"note":"\\ud800"}}', 'metadata[note]'),
+  rawInvalid('lone surrogate in a metadata key', '{"amount":1000,"currency":"usd","metadata":{"\\ud800":"v"}}', 'metadata'),
+  {
+    name: 'a surrogate pair (an emoji) is fine',
+    raw: '{"amount":1000,"currency":"usd","description":"\\ud83d\\ude00"}',
+    status: 200,
+  },
+  // Sales: times JavaScript and PostgreSQL cannot hold, a rate too small to schedule.
+  { ...invalid('leap second in opens_at', sale({ opens_at: '2026-12-31T23:59:60Z' }), 'opens_at'), url: '/v1/sales' },
+  {
+    ...invalid('leap second in closes_at', sale({ closes_at: '2026-12-31T23:59:60Z' }), 'closes_at'),
+    url: '/v1/sales',
+  },
+  { ...invalid('admit_per_second of 1e-300', sale({ admit_per_second: 1e-300 }), 'admit_per_second'), url: '/v1/sales' },
   // The body itself.
   { name: 'body not JSON', raw: '{"amount": 100,', status: 400, code: 'body_invalid_json', param: null },
   // An empty body with a JSON content type means no parameters, like no body at all.
@@ -345,7 +379,74 @@ describe('malformed input', () => {
   }
 
   test('only the valid requests created intents', async () => {
-    const creating = CASES.filter((c) => c.status === 200 && (c.method ?? 'POST') === 'POST').length;
+    const creating = CASES.filter((c) => c.status === 200 && (c.method ?? 'POST') === 'POST' && (c.url ?? INTENTS) === INTENTS).length;
     assert.equal(await intentCount(), intentsBefore + creating);
+  });
+});
+
+describe('stored data in responses', () => {
+  test('a metadata key with any valid character is stored and answered back, never dropped', async () => {
+    // U+2028 is a line terminator to a regular expression's '.', but a fine character in a key.
+    const metadata = { 'line\u2028separator': 'kept', 'über 🚀': 'also kept', plain: 'v' };
+    const created = await t.app.inject({
+      method: 'POST',
+      url: INTENTS,
+      headers: t.auth({ 'idempotency-key': key() }),
+      payload: { amount: 1000, currency: 'usd', metadata },
+    });
+    assert.equal(created.statusCode, 200, created.body);
+    assert.deepEqual(created.json().metadata, metadata);
+    const { rows } = await t.pool.query<{ metadata: unknown }>('select metadata from payment_intents where id = $1', [created.json().id]);
+    assert.deepEqual(rows[0]?.metadata, metadata);
+    const retrieved = await t.app.inject({ method: 'GET', url: `${INTENTS}/${created.json().id}`, headers: t.auth() });
+    assert.deepEqual(retrieved.json().metadata, metadata);
+  });
+});
+
+describe('requests the HTTP parser refuses', () => {
+  test('a header with a control byte gets our error body, not the framework default', async () => {
+    const app = await createHttpServer({
+      logger: false,
+      bodyLimitBytes: 1024,
+      metrics: createMetrics({ defaultMetrics: false }),
+      version: 'test',
+    });
+    app.get('/v1/thing', async () => ({ ok: true }));
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    after(() => app.close());
+    const address = app.server.address();
+    assert.ok(address && typeof address === 'object');
+    const answer = await new Promise<string>((resolve, reject) => {
+      const socket = connect(address.port, '127.0.0.1', () =>
+        socket.write('GET /v1/thing HTTP/1.1\r\nHost: x\r\nX-Note: a\u0001b\r\n\r\n'),
+      );
+      let text = '';
+      socket.on('data', (chunk) => {
+        text += chunk.toString();
+      });
+      socket.on('error', reject);
+      socket.on('close', () => resolve(text));
+    });
+    const [head = '', body = ''] = answer.split('\r\n\r\n');
+    assert.match(head, /^HTTP\/1\.1 400 Bad Request/);
+    assert.match(head, /content-type: application\/json/i);
+    const parsed = JSON.parse(body);
+    assert.deepEqual(Object.keys(parsed), ['error']);
+    assert.equal(parsed.error.code, 'request_malformed');
+    assert.equal(parsed.error.type, 'invalid_request_error');
+    assert.match(parsed.error.message, /control byte/);
+  });
+
+  test('every parser refusal maps to a registered code with its own status', () => {
+    for (const [code, status] of [
+      ['ERR_HTTP_REQUEST_TIMEOUT', 408],
+      ['HPE_HEADER_OVERFLOW', 431],
+      ['HPE_INVALID_HEADER_TOKEN', 400],
+      ['HPE_INVALID_METHOD', 400],
+    ] as const) {
+      const refusal = clientErrorRefusal(code);
+      assert.equal(refusal.status, status, code);
+      assert.equal(API_ERRORS[refusal.code].status, status);
+    }
   });
 });

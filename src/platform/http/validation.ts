@@ -21,29 +21,44 @@ export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, http
   const validate = (httpPart === 'body' ? bodyAjv : textAjv).compile(schema as object);
   return (data: unknown) => {
     if (!validate(data)) return { error: toApiError(validate.errors ?? [], httpPart ?? 'body') };
-    const param = httpPart === 'body' || httpPart === 'querystring' ? nulParam(data, '') : undefined;
-    if (param !== undefined) {
-      return {
-        error: new ApiError('parameter_invalid', `Invalid ${param || httpPart}: must not contain the NUL character.`, param || undefined),
-      };
+    const found = httpPart === 'body' || httpPart === 'querystring' ? unstorableText(data, '') : undefined;
+    if (found !== undefined) {
+      const why = found.problem === 'nul' ? 'must not contain the NUL character' : 'must be valid Unicode text (it holds a lone surrogate)';
+      return { error: new ApiError('parameter_invalid', `Invalid ${found.param || httpPart}: ${why}.`, found.param || undefined) };
     }
     return { value: data };
   };
 };
 
+// A high surrogate not followed by a low one, or a low one not preceded by a high one.
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+type Unstorable = { param: string; problem: 'nul' | 'surrogate' };
+
 /**
- * The parameter whose text (or, for objects, whose key) holds U+0000, which PostgreSQL cannot
- * store in text or jsonb: refused here, it is a 400 naming the parameter instead of a failed
- * query. Undefined when there is none.
+ * The parameter whose text (or, for objects, whose key) PostgreSQL cannot store: U+0000 (not in
+ * text or jsonb) or a lone UTF-16 surrogate such as "\\ud800" (valid JSON, refused by jsonb,
+ * silently replaced in text). Refused here, it is a 400 naming the parameter instead of a
+ * failed query. Undefined when there is none.
  */
-function nulParam(value: unknown, path: string): string | undefined {
-  if (typeof value === 'string') return value.includes('\u0000') ? path : undefined;
+function unstorableText(value: unknown, path: string): Unstorable | undefined {
+  if (typeof value === 'string') {
+    const problem = textProblem(value);
+    return problem ? { param: path, problem } : undefined;
+  }
   if (value === null || typeof value !== 'object') return undefined;
   for (const [name, item] of Object.entries(value)) {
-    if (name.includes('\u0000')) return path;
-    const found = nulParam(item, join(path, name));
+    const problem = textProblem(name);
+    if (problem) return { param: path, problem };
+    const found = unstorableText(item, join(path, name));
     if (found !== undefined) return found;
   }
+  return undefined;
+}
+
+function textProblem(text: string): Unstorable['problem'] | undefined {
+  if (text.includes('\u0000')) return 'nul';
+  if (LONE_SURROGATE.test(text)) return 'surrogate';
   return undefined;
 }
 
@@ -63,10 +78,31 @@ export function toApiError(errors: ErrorObject[], httpPart: string): ApiError {
     const name = join(base, String(error.params.missingProperty));
     return new ApiError('parameter_missing', `Missing required parameter: ${name}`, name);
   }
+  if (error.propertyName !== undefined) {
+    return new ApiError(
+      'parameter_invalid',
+      `Invalid ${base || httpPart}: the key ${JSON.stringify(error.propertyName)} ${keyProblem(error)}.`,
+      base || undefined,
+    );
+  }
   if (!base && httpPart === 'body' && error.keyword === 'type') {
     return new ApiError('body_invalid_json', 'The request body must be a JSON object.');
   }
   return new ApiError('parameter_invalid', `Invalid ${base || httpPart}: ${describe(error)}`, base || undefined);
+}
+
+/** What is wrong with an object's key, from the error of its propertyNames schema. */
+function keyProblem(error: ErrorObject): string {
+  switch (error.keyword) {
+    case 'minLength':
+      return 'is empty';
+    case 'maxLength':
+      return `is longer than ${error.params.limit} characters`;
+    case 'pattern':
+      return 'holds a control character (such as a line break or a tab)';
+    default:
+      return 'is not allowed';
+  }
 }
 
 function describe(error: ErrorObject): string {
