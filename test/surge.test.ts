@@ -182,6 +182,38 @@ describe('surge checkout', () => {
     assert.deepEqual(await stock(sale.id), { stock_available: 10, stock_held: 0, stock_sold: 0 });
   });
 
+  test("a publishable key never sees a hold's buyer_reference; the secret key does", async () => {
+    const sale = await createSale(t);
+    const placed = await hold(sale, 'buyer-credential-7f3a', 1);
+    assert.equal(placed.buyer_reference, undefined, 'not in the create answer to the publishable key');
+    const publicRead = await t.app.inject({ method: 'GET', url: `/v1/holds/${placed.id}`, headers: publishable() });
+    assert.equal(publicRead.statusCode, 200);
+    assert.equal(publicRead.json().buyer_reference, undefined);
+    assert.doesNotMatch(publicRead.body, /buyer-credential-7f3a/);
+    const merchantRead = await t.app.inject({ method: 'GET', url: `/v1/holds/${placed.id}`, headers: t.auth() });
+    assert.equal(merchantRead.json().buyer_reference, 'buyer-credential-7f3a');
+    const released = await t.app.inject({ method: 'DELETE', url: `/v1/holds/${placed.id}`, headers: publishable() });
+    assert.equal(released.json().status, 'released', released.body);
+    assert.doesNotMatch(released.body, /buyer-credential-7f3a/);
+  });
+
+  test('the sale page may be kept by a CDN per key (Vary: Authorization); a secret-key read only privately', async () => {
+    const sale = await createSale(t);
+    const publicRead = await t.app.inject({ method: 'GET', url: `/v1/sales/${sale.id}`, headers: publishable() });
+    assert.match(String(publicRead.headers['cache-control']), /^public, max-age=\d+$/);
+    assert.match(String(publicRead.headers.vary), /\bAuthorization\b/i);
+    const merchantRead = await t.app.inject({ method: 'GET', url: `/v1/sales/${sale.id}`, headers: t.auth() });
+    assert.match(String(merchantRead.headers['cache-control']), /^private, max-age=\d+$/);
+    assert.match(String(merchantRead.headers.vary), /\bAuthorization\b/i);
+    const notModified = await t.app.inject({
+      method: 'GET',
+      url: `/v1/sales/${sale.id}`,
+      headers: { ...publishable(), 'if-none-match': String(publicRead.headers.etag) },
+    });
+    assert.equal(notModified.statusCode, 304);
+    assert.match(String(notModified.headers.vary), /\bAuthorization\b/i);
+  });
+
   test('sold out names the item; the public read carries an ETag and answers 304', async () => {
     // Two buyers admitted for two units; the first takes both, so the database refuses the second.
     const sale = await createSale(t, 2);

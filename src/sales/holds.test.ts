@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { createTestDatabase, createTestMerchant } from '../../test/helpers.js';
+import { maxAmount } from '../payments/currency.js';
 import { createIntentInTransaction } from '../payments/hooks.js';
 import { createPool, withTransaction } from '../platform/db/pool.js';
 import { newId } from '../platform/ids.js';
@@ -18,7 +19,7 @@ const pool = createPool({ connectionString: url, max: 20, statementTimeoutMs: 30
 after(() => pool.end());
 const merchant = await createTestMerchant(pool);
 
-async function createSale(stock: number, perBuyerLimit = 4) {
+async function createSale(stock: number, perBuyerLimit = 4, price = 5000) {
   const sale = await sql.insertSale(pool, {
     merchant_id: merchant.id,
     id: newId('sale'),
@@ -37,7 +38,7 @@ async function createSale(stock: number, perBuyerLimit = 4) {
     id: newId('item'),
     sale_id: sale.id,
     name: 'Ticket',
-    price: 5000,
+    price,
     stock_total: stock,
   });
   return { sale, item };
@@ -80,6 +81,29 @@ async function pay(client: import('../platform/db/pool.js').Client, holdId: stri
 }
 
 describe('holds', () => {
+  test('a hold that would cost more than one payment may is refused, and takes nothing', async () => {
+    // The largest price a sale accepts, and a buyer limit that lets one buyer take 100 units.
+    const { sale, item } = await createSale(100, 100, maxAmount('usd'));
+    const take = (quantity: number) =>
+      withTransaction(pool, (client) =>
+        takeHold(client, {
+          merchantId: merchant.id,
+          saleId: sale.id,
+          buyerReference: `buyer_${quantity}`,
+          lines: [{ item_id: item.id, quantity }],
+          now: new Date(),
+        }),
+      );
+    const refused = await take(100);
+    assert.equal(refused.kind, 'refused');
+    assert.equal(refused.kind === 'refused' && refused.error.code, 'amount_too_large');
+    assert.equal(refused.kind === 'refused' && refused.error.param, 'items');
+    assert.equal((await stockOf(item.id)).stock_available, 100);
+    const one = await take(1);
+    assert.equal(one.kind, 'created');
+    assert.equal(one.kind === 'created' && one.hold.amount, maxAmount('usd'));
+  });
+
   test('5,000 concurrent hold attempts on an item with stock 100 hold exactly 100', async () => {
     const { sale, item } = await createSale(100);
     const attempts = Array.from({ length: 5_000 }, (_, index) =>

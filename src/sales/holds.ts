@@ -6,6 +6,7 @@
  * so a payment that succeeds late always finds its stock.
  */
 
+import { isCurrency, maxAmount } from '../payments/currency.js';
 import { cancelUnpaidForExpiry } from '../payments/hooks.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
@@ -43,6 +44,18 @@ export async function takeHold(
     // of queueing for its row lock. The guarded UPDATE below stays the authority.
     if (item.stock_available < line.quantity) return refused(soldOut(item, line));
   }
+  const amount = lines.reduce((sum, line) => sum + (items.get(line.item_id)?.price ?? 0) * line.quantity, 0);
+  // The hold becomes one payment: it may not cost more than a payment may be.
+  const largest = isCurrency(sale.currency) ? maxAmount(sale.currency) : 0;
+  if (amount > largest) {
+    return refused(
+      new ApiError(
+        'amount_too_large',
+        `These items cost ${amount} ${sale.currency} minor units together; one payment is at most ${largest}. Hold fewer units.`,
+        'items',
+      ),
+    );
+  }
   await sql.lockBuyer(client, merchantId, saleId, buyerReference);
   const already = await sql.selectBuyerQuantity(client, merchantId, saleId, buyerReference);
   if (already + totalQuantity(lines) > sale.per_buyer_limit) {
@@ -69,7 +82,6 @@ export async function takeHold(
       return refused(soldOut(items.get(line.item_id) as sql.ItemRow, line));
     }
   }
-  const amount = lines.reduce((sum, line) => sum + (items.get(line.item_id)?.price ?? 0) * line.quantity, 0);
   const hold = await sql.insertHold(
     client,
     {

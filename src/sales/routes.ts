@@ -2,6 +2,7 @@
  * The HTTP edge of sales: sales and their items, holds, orders.
  */
 import { Type } from '@sinclair/typebox';
+import type { FastifyRequest } from 'fastify';
 import { QUEUE_LIMITS } from '../admission/domain.js';
 import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../payments/currency.js';
 import type { Cache } from '../platform/cache/cache.js';
@@ -10,6 +11,7 @@ import { principalOf, requestContext, sendReply } from '../platform/http/context
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
 import { errorResponses, IdempotencyHeaders, IdParams, ListOf, ListQuery } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
+import type { Reply } from '../platform/idempotency/service.js';
 import { ID_PATTERN } from '../platform/ids.js';
 import {
   ADMIT_PER_SECOND_DEFAULT,
@@ -54,7 +56,7 @@ const Hold = Type.Object(
     id: Type.String(),
     object: Type.Literal('hold'),
     sale: Type.String(),
-    buyer_reference: Type.String(),
+    buyer_reference: Type.Optional(Type.String({ description: "Only to a secret key: it is the buyer's credential in line." })),
     status: Type.String(),
     amount: Type.Integer(),
     currency: Type.String(),
@@ -167,6 +169,22 @@ function instant(text: string, param: string): Date {
   return date;
 }
 
+/**
+ * A hold as a publishable key may see it: without the buyer_reference, which binds the buyer's
+ * admission token and place in line. A publishable key is public (it sits in the sale page),
+ * so anyone who learns a hold id could otherwise read the buyer's credential.
+ */
+function withoutBuyerReference<T extends { buyer_reference?: string }>(hold: T): Omit<T, 'buyer_reference'> {
+  const { buyer_reference: _hidden, ...rest } = hold;
+  return rest;
+}
+
+/** A hold reply shaped for the key that asked: see withoutBuyerReference. */
+function forKey(request: FastifyRequest, reply: Reply): Reply {
+  if (principalOf(request).keyKind === 'secret' || reply.status !== 200) return reply;
+  return { ...reply, body: withoutBuyerReference(reply.body as { buyer_reference?: string }) };
+}
+
 export interface SaleCache {
   cache: Cache<ReturnType<typeof sales.toApiSale> | null>;
   staleMs: number;
@@ -237,12 +255,16 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
       },
     },
     async (request, reply) => {
-      const merchantId = principalOf(request).merchantId;
+      const { merchantId, keyKind } = principalOf(request);
       const cached = await cache.cache.get(saleCacheKey(merchantId, request.params.id), () =>
         sales.retrieveSale(deps.pool, merchantId, request.params.id).then((sale) => sale ?? null),
       );
       if (cached.value === null) throw new ApiError('resource_missing', `No such sale: '${request.params.id}'`, 'id');
-      return sendCached(request, reply, cached, { staleMs: cache.staleMs });
+      // The answer depends on the key (another merchant's gets 404, no key gets 401), so a CDN
+      // must key its copy by it: every buyer of a sale sends the same publishable key, so the
+      // copy is still shared by all of them. A read with a secret key is the merchant's own,
+      // for no shared cache to keep.
+      return sendCached(request, reply, cached, { staleMs: cache.staleMs, shared: keyKind === 'publishable', vary: ['Authorization'] });
     },
   );
 
@@ -311,7 +333,7 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
         response: { 200: Hold, ...errorResponses },
       },
     },
-    async (request, reply) => sendReply(reply, await sales.createHold(deps, requestContext(request), request.body)),
+    async (request, reply) => sendReply(reply, forKey(request, await sales.createHold(deps, requestContext(request), request.body))),
   );
 
   app.get(
@@ -321,7 +343,12 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
       schema: { tags: ['holds'], summary: 'Retrieve a hold', params: holdId, response: { 200: Hold, ...errorResponses } },
     },
     async (request) => {
-      return foundOr404(await sales.retrieveHold(deps.pool, principalOf(request).merchantId, request.params.id), 'hold', request.params.id);
+      const hold = foundOr404(
+        await sales.retrieveHold(deps.pool, principalOf(request).merchantId, request.params.id),
+        'hold',
+        request.params.id,
+      );
+      return principalOf(request).keyKind === 'secret' ? hold : withoutBuyerReference(hold);
     },
   );
 
@@ -337,7 +364,8 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
         response: { 200: Hold, ...errorResponses },
       },
     },
-    async (request, reply) => sendReply(reply, await sales.releaseHold(deps, principalOf(request).merchantId, request.params.id)),
+    async (request, reply) =>
+      sendReply(reply, forKey(request, await sales.releaseHold(deps, principalOf(request).merchantId, request.params.id))),
   );
 
   app.post(

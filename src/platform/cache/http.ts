@@ -34,10 +34,18 @@ export function sendCached(
   request: FastifyRequest,
   reply: FastifyReply,
   cached: { json: string; etag: string },
-  options: { staleMs: number },
+  options: {
+    staleMs: number;
+    /** May a shared cache (a CDN) keep it? Default yes; no makes it `private` (the browser only). */
+    shared?: boolean;
+    /** Request headers the answer depends on, for `Vary`: a shared cache keys its copies by them. */
+    vary?: string[];
+  },
 ): FastifyReply {
   // A 304 carries the same validators and caching rules the 200 would have.
-  reply.header('etag', cached.etag).header('cache-control', `public, max-age=${maxAgeSeconds(options.staleMs)}`);
+  const scope = options.shared === false ? 'private' : 'public';
+  reply.header('etag', cached.etag).header('cache-control', `${scope}, max-age=${maxAgeSeconds(options.staleMs)}`);
+  if (options.vary?.length) reply.header('vary', options.vary.join(', '));
   if (ifNoneMatchMatches(request.headers['if-none-match'], cached.etag)) return reply.code(304).send();
   return reply.type('application/json; charset=utf-8').send(cached.json);
 }
