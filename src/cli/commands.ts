@@ -14,7 +14,16 @@ import { registerQueueMetrics } from '../platform/jobs/metrics.js';
 import { formatQueue, selectQueue } from '../platform/jobs/queue.js';
 import { createMetrics } from '../platform/observability/metrics.js';
 import { registerSalesMetrics } from '../sales/metrics.js';
-import { createLogger, type Logger, onShutdown, openDatabase, openProvider, openSharedState, startSimulator } from './runtime.js';
+import {
+  createLogger,
+  exitOnWorkerFailure,
+  type Logger,
+  onShutdown,
+  openDatabase,
+  openProvider,
+  openSharedState,
+  startSimulator,
+} from './runtime.js';
 import { runWorker } from './worker.js';
 
 type Options = { json?: boolean; merchant?: string; kind?: string };
@@ -44,7 +53,9 @@ async function serve(config: Config, log: Logger, options: { demo: boolean; work
   registerQueueMetrics(metrics, db.pool);
   registerSalesMetrics(metrics, db.pool);
   const app = await buildApp({ config, pool: db.pool, provider: provider.provider, logger: log, metrics, redis });
-  const worker = options.worker ? await runWorker({ config, pool: db.pool, provider: provider.provider, metrics, log }) : undefined;
+  const worker = options.worker
+    ? await runWorker({ config, pool: db.pool, provider: provider.provider, metrics, log, onFailure: exitOnWorkerFailure(log) })
+    : undefined;
   onShutdown(log, async () => {
     await app.close();
     await worker?.stop();
@@ -116,7 +127,7 @@ export const ROLES: Record<string, Role> = {
     const log = createLogger(config);
     const db = await openDatabase(config, log, { migrate: true });
     const provider = await openProvider(config, log);
-    const worker = await runWorker({ config, pool: db.pool, provider: provider.provider, log });
+    const worker = await runWorker({ config, pool: db.pool, provider: provider.provider, log, onFailure: exitOnWorkerFailure(log) });
     log.info({ concurrency: config.workerConcurrency }, 'worker running');
     onShutdown(log, async () => {
       await worker.stop();

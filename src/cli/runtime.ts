@@ -157,3 +157,18 @@ export function onShutdown(log: Logger, cleanup: () => Promise<void>): void {
   process.once('SIGINT', () => void stop('SIGINT'));
   process.once('SIGTERM', () => void stop('SIGTERM'));
 }
+
+/**
+ * What a process does when its job runner stops by itself: it exits non-zero, so that a
+ * supervisor (systemd, Kubernetes, a shell loop) sees it and starts a new one, rather than
+ * running on without ever running a job again.
+ */
+export function exitOnWorkerFailure(log: Logger): (error: Error) => void {
+  return (error) => {
+    log.fatal({ err: error }, 'the job runner stopped by itself; exiting so that a supervisor restarts this process');
+    process.exit(WORKER_FAILED_EXIT_CODE);
+  };
+}
+
+// EX_SOFTWARE from sysexits.h: an internal failure, not a usage or configuration error.
+const WORKER_FAILED_EXIT_CODE = 70;

@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { createServer } from 'node:net';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { createTestDatabase, key, setupTestContext } from '../../test/helpers.js';
@@ -34,7 +35,58 @@ function run(env: Record<string, string>, ...args: string[]): Promise<{ code: nu
   });
 }
 
+/** A CLI role as a child process, its output collected, killed after the test if still running. */
+function startProcess(role: string, env: Record<string, string>) {
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', role], {
+    cwd: ROOT,
+    env: cleanEnv({ DATABASE_URL: db.url, FLOODGATE_LOG_LEVEL: 'info', FLOODGATE_WORKER_CONCURRENCY: '2', ...env }),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  after(() => {
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  });
+  const state = { output: '' };
+  child.stdout?.on('data', (chunk: Buffer) => {
+    state.output += chunk.toString();
+  });
+  child.stderr?.on('data', (chunk: Buffer) => {
+    state.output += chunk.toString();
+  });
+  return { child, state };
+}
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const address = server.address();
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  assert.ok(address && typeof address === 'object');
+  return address.port;
+}
+
 describe('floodgate worker', () => {
+  test('a job runner that stops by itself ends the process (`start`, whose API would keep it alive) non-zero, saying why', async () => {
+    const { child, state } = startProcess('start', {
+      FLOODGATE_PORT: String(await freePort()),
+      FLOODGATE_SIMULATOR_PORT: String(await freePort()),
+    });
+    await waitUntil('the process serves', () => state.output.includes('Floodgate is running.'), 60_000);
+    // graphile-worker shuts its worker pool down on this notice (a breaking schema migration by
+    // a newer worker): from then on the runner runs no job, whatever the process does.
+    // Sent until it is heard: the runner's LISTEN connection may still be opening.
+    await waitUntil(
+      'the worker exits',
+      async () => {
+        if (child.exitCode !== null || child.signalCode !== null) return true;
+        await t.pool.query(`select pg_notify('worker:migrate', '{"breaking": true, "migrationNumber": 999999}')`);
+        return false;
+      },
+      30_000,
+    );
+    assert.equal(child.exitCode, 70, state.output);
+    assert.match(state.output, /the job runner stopped by itself; exiting so that a supervisor restarts this process/);
+  });
+
   test('refuses to start without DATABASE_URL and FLOODGATE_PROVIDER_URL: exit 78', async () => {
     const runs = await Promise.all([
       run({}, 'worker'),

@@ -31,6 +31,8 @@ export function runWorker(deps: {
   provider: PaymentProvider;
   metrics?: Metrics;
   log: Logger;
+  /** The runner stopped by itself: see WorkerOptions.onFailure. */
+  onFailure?: (error: Error) => void;
 }): Promise<Worker> {
   const { config, pool, provider } = deps;
   // The reconciler completes payments here: their orders are marked paid in the same transaction.
@@ -50,5 +52,6 @@ export function runWorker(deps: {
     pollIntervalMs: config.jobPollIntervalMs,
     metrics: deps.metrics,
     log: deps.log,
+    onFailure: deps.onFailure,
   });
 }

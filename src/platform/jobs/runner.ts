@@ -24,6 +24,12 @@ export interface WorkerOptions {
   pollIntervalMs: number;
   metrics?: Metrics;
   log: PinoLogger;
+  /**
+   * Called once if the runner stops without stop() having been called: graphile-worker ends its
+   * runner when its worker pool or its cron gives up, and from then on no job runs in this
+   * process. The process should exit (or start a new worker) so that a supervisor sees it.
+   */
+  onFailure?: (error: Error) => void;
 }
 
 // Jobs wait at most this long in a worker's local queue before going back to the database;
@@ -89,9 +95,19 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
     sweepLocks(options.pool, options.lockTimeoutMs).catch((error) => options.log.warn({ err: error }, 'lock sweep failed'));
   }, sweepEveryMs);
   sweeper.unref();
+  let stopping = false;
+  const stoppedByItself = (error: unknown) => {
+    if (stopping) return;
+    clearInterval(sweeper);
+    const failure = error instanceof Error ? error : new Error(`the job runner stopped by itself${error ? `: ${String(error)}` : ''}`);
+    options.log.error({ err: failure }, 'job runner stopped: no job will run in this process');
+    options.onFailure?.(failure);
+  };
+  runner.promise.then(() => stoppedByItself(undefined), stoppedByItself);
   return {
     runner,
     async stop() {
+      stopping = true;
       clearInterval(sweeper);
       // Graceful: running jobs finish; jobs waiting in the local queue are returned unlocked.
       await runner.stop();
