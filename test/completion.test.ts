@@ -11,7 +11,7 @@ import { loadConfig } from '../src/config.js';
 import { paymentTasks } from '../src/payments/jobs.js';
 import { reconcileAttempt } from '../src/payments/reconciliation.js';
 import { startWorker } from '../src/platform/jobs/runner.js';
-import { key, setupTestContext, type TestContext } from './helpers.js';
+import { key, MANY_TIMEOUTS, setupTestContext, type TestContext } from './helpers.js';
 
 const PAYMENTS = 100;
 const reconcileOptions = { baseDelayMs: 50, maxDelayMs: 200, maxAttempts: 30, staleAfterMs: 1_000 };
@@ -112,7 +112,7 @@ describe('exactly-once completion', () => {
 
   test('pm_card_timeout payments all reach a final state through the worker, charged once', async () => {
     // No webhooks here: only reconciliation can learn the outcome.
-    const t = await setupTestContext({ simulator: { webhookSecret: undefined, timeoutHoldMs: 2_000 }, config: { providerTimeoutMs: 200 } });
+    const t = await setupTestContext({ simulator: { webhookSecret: undefined, timeoutHoldMs: 2_000 }, config: { providerTimeoutMs: 200, ...MANY_TIMEOUTS } });
     const ids = await createIntents(t, 20, 'pm_card_timeout');
     const confirms = await Promise.all(
       ids.map((id) =>

@@ -105,6 +105,12 @@ export const TEST_TRAFFIC_LIMITS_OFF = {
   shedEventLoopDelayMs: 60_000,
 } as const satisfies Partial<Config>;
 
+/**
+ * For tests that time out many provider calls on purpose (pm_card_timeout) and are not about
+ * the circuit breaker: timeouts count toward it, and it would open after five in a row.
+ */
+export const MANY_TIMEOUTS = { providerBreakerThreshold: 1_000 } as const satisfies Partial<Config>;
+
 /** The app as a process builds it, on `pool`, calling the provider at `providerUrl`. */
 export async function buildTestApp(pool: Pool, providerUrl: string, overrides: Partial<Config> = {}): Promise<TestApp> {
   const config = loadConfig(

@@ -175,6 +175,31 @@ describe('ledger in the database', () => {
     );
   });
 
+  test('a ledger transaction with no entries is refused at COMMIT', async () => {
+    let id = '';
+    const error = await commitError(async (client) => {
+      id = await insertRaw(client, []);
+    });
+    assert.equal(error?.code, '23514');
+    assert.match(error?.message ?? '', /has no entries/);
+    assert.equal(await transactionExists(id), false);
+  });
+
+  test('ledger transactions are append-only too, and TRUNCATE of either table is refused', async () => {
+    const id = await withTransaction(pool, (client) => insertRaw(client, [{ amount: 31 }, { amount: -31 }]));
+    const update = await commitError((client) =>
+      client.query(`update ledger_transactions set kind = 'refund' where merchant_id = $1 and id = $2`, [merchant, id]),
+    );
+    assert.equal(update?.code, '42501');
+    assert.match(update?.message ?? '', /ledger_transactions is append-only: UPDATE is refused/);
+    for (const table of ['ledger_entries', 'ledger_transactions cascade', 'ledger_entries, ledger_transactions']) {
+      const truncate = await commitError((client) => client.query(`truncate ${table}`));
+      assert.equal(truncate?.code, '42501', table);
+      assert.match(truncate?.message ?? '', /is append-only: TRUNCATE is refused/, table);
+    }
+    assert.equal(await transactionExists(id), true);
+  });
+
   test('a second capture posting for the same payment is refused by the unique index', async () => {
     const paymentIntentId = newId('pi');
     await withTransaction(pool, (client) => insertRaw(client, [{ amount: 900 }, { amount: -900 }], { paymentIntentId }));

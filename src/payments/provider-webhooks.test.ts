@@ -8,13 +8,13 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { crashing } from '../../test/crash.js';
-import { buildTestApp, key, setupTestContext, TEST_PROVIDER_WEBHOOK_SECRET } from '../../test/helpers.js';
+import { buildTestApp, key, MANY_TIMEOUTS, setupTestContext, TEST_PROVIDER_WEBHOOK_SECRET } from '../../test/helpers.js';
 import { buildApp } from '../app.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { signSimulatorWebhook } from '../providers/simulator/server.js';
 import { PROVIDER_WEBHOOK_PATH, WEBHOOK_TOLERANCE_SECONDS } from './provider-webhooks.js';
 
-const t = await setupTestContext({ config: { providerTimeoutMs: 200 } });
+const t = await setupTestContext({ config: { providerTimeoutMs: 200, ...MANY_TIMEOUTS } });
 const sim = t.sim.simulator;
 const AMOUNT = 4500;
 

@@ -4,9 +4,10 @@
  * the breaker opens and calls fail fast as `unavailable` (nothing was sent) until a trial call
  * after `halfOpenMs` succeeds.
  *
- * Timeouts do not count toward the breaker: a slow answer for one card says little about the
- * provider's health, and a timed-out call may still have taken effect, so it is reported as
- * `unknown` for reconciliation to resolve by key.
+ * Timeouts count toward the breaker: a provider that never answers would otherwise cost every
+ * call its full timeout. A timed-out call may still have taken effect, so it is reported as
+ * `unknown` for reconciliation to resolve by key; only the calls refused by the open breaker
+ * are `unavailable` (certainly not sent).
  */
 import { BrokenCircuitError, CircuitState, ConsecutiveBreaker, circuitBreaker, handleType } from 'cockatiel';
 import type { AuthorizeRequest, PaymentProvider, ProviderCharge, ProviderOperation, ProviderOutcome, ProviderRefund } from './provider.js';
@@ -148,7 +149,9 @@ export class HttpProvider implements PaymentProvider {
       });
     } catch (error) {
       const name = (error as Error).name;
-      if (name === 'TimeoutError' || name === 'AbortError') throw new Error(`provider timed out after ${this.options.timeoutMs} ms`);
+      if (name === 'TimeoutError' || name === 'AbortError') {
+        throw new TransportError(`provider timed out after ${this.options.timeoutMs} ms`, false);
+      }
       const code = ((error as { cause?: { code?: string } }).cause?.code ?? '') as string;
       throw new TransportError(`provider unreachable (${code || (error as Error).message})`, NOT_SENT_CODES.has(code));
     }

@@ -273,15 +273,22 @@ describe('simulator', () => {
     assert.equal(sim.simulator.charges.size, 0);
   });
 
-  test('latency beyond our timeout gives an unknown outcome (not counted by the breaker), resolved later by key', async () => {
+  test('latency beyond our timeout gives an unknown outcome, counted by the breaker; resolved later by key', async () => {
     const sim = await startTestSimulator({ latencyMs: 400 });
     const provider = new HttpProvider({ baseUrl: sim.url, timeoutMs: 50, breakerThreshold: 2, halfOpenMs: 60_000 });
     const idempotencyKey = key('slow');
     const request = { idempotencyKey, amount: 700, currency: 'usd', paymentMethod: 'pm_card_visa', capture: true };
-    for (let i = 0; i < 3; i++) {
+    for (let i = 0; i < 2; i++) {
       assert.deepEqual(await provider.authorize(request), { kind: 'unknown', reason: 'provider timed out after 50 ms' });
     }
-    assert.equal(provider.breakerState, 'closed');
+    // A provider that does not answer in time costs each call its whole timeout: after the
+    // threshold the breaker opens and calls fail fast, sending nothing.
+    assert.equal(provider.breakerState, 'open');
+    const requestsBefore = sim.requests;
+    const fast = await provider.authorize(request);
+    assert.equal(fast.kind, 'unavailable');
+    assert.equal(fast.kind === 'unavailable' && fast.reason, 'circuit breaker open');
+    assert.equal(sim.requests, requestsBefore, 'no call reached the provider');
 
     // Whether the abandoned requests were recorded is the provider's business; retrying the
     // same key once it is fast again charges exactly once either way.
