@@ -5,8 +5,8 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { key, setupTestContext } from '../../test/helpers.js';
-import { generateKey } from './domain.js';
-import { createKey, createMerchant, revokeKey } from './service.js';
+import { generateKey, hashKey } from './domain.js';
+import { createAuthenticator, createKey, createMerchant, revokeKey } from './service.js';
 
 const t = await setupTestContext();
 
@@ -206,5 +206,21 @@ describe("another merchant's objects", () => {
       other.merchant.id,
     ]);
     assert.equal(rows[0]?.n, 0);
+  });
+});
+
+describe('the API-key cache', () => {
+  test("holds keys' SHA-256 hashes, never a key itself, and still serves a hit", async () => {
+    const authenticate = createAuthenticator(t.pool, 60_000);
+    for (let i = 0; i < 2; i++) {
+      const result = await authenticate(`Bearer ${secret}`);
+      assert.equal(result.kind === 'authenticated' && result.principal.merchantId, t.merchant.id);
+    }
+    assert.equal((await authenticate(`Bearer ${other.publishable_key}`)).kind, 'authenticated');
+    const cached = authenticate.cachedKeys();
+    assert.deepEqual(cached.sort(), [hashKey(secret).toString('base64'), hashKey(other.publishable_key).toString('base64')].sort());
+    for (const entry of cached) {
+      assert.ok(!entry.includes(secret) && !entry.includes(other.publishable_key) && !/^(sk|pk)_/.test(entry), entry);
+    }
   });
 });

@@ -3,7 +3,7 @@ import type { Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import type { Principal } from '../platform/http/context.js';
 import { newId } from '../platform/ids.js';
-import { generateKey, type KeyKind, parseKey } from './domain.js';
+import { generateKey, hashKey, type KeyKind, parseKey } from './domain.js';
 import * as sql from './sql.js';
 
 export interface CreatedMerchant {
@@ -56,28 +56,32 @@ const KEY_CACHE_ENTRIES_MAX = 10_000;
 /**
  * Resolves `Authorization: Bearer <key>` to a merchant. Found keys are cached per node for
  * ttlMs, which bounds how long a revoked key keeps working; unknown keys are not cached, so a
- * key created a moment ago works at once.
+ * key created a moment ago works at once. `cachedKeys()` lists what the cache holds (tests).
  */
 export function createAuthenticator(pool: Pool, ttlMs: number) {
   const cache = new LRUCache<string, Principal>({ max: KEY_CACHE_ENTRIES_MAX, ttl: Math.max(ttlMs, 1) });
-  return async function authenticate(authorization: string | undefined): Promise<Authentication> {
+  return Object.assign(authenticate, { cachedKeys: () => [...cache.keys()] });
+  async function authenticate(authorization: string | undefined): Promise<Authentication> {
     if (!authorization) return { kind: 'missing' };
     const match = /^Bearer ([^\s]+)$/i.exec(authorization.trim());
     if (!match) return { kind: 'invalid' };
     const presented = match[1] as string;
-    // Looked up by the key as presented, before the checksum and SHA-256: on a cache hit (every
-    // request of a surge but the first per key and TTL) those cost more than the rest of
-    // authentication. Only keys that parsed and exist are ever stored, for at most ttlMs.
-    const cached = ttlMs > 0 ? cache.get(presented) : undefined;
+    // Cached by the key's SHA-256, never by the key itself: a heap snapshot or core dump of a
+    // node must not hold merchants' secret keys. Hashing a key costs about a microsecond; the
+    // checksum is checked only on a miss. Only keys that parsed and exist are ever stored, for
+    // at most ttlMs.
+    const hash = hashKey(presented);
+    const cacheKey = hash.toString('base64');
+    const cached = ttlMs > 0 ? cache.get(cacheKey) : undefined;
     if (cached) return { kind: 'authenticated', principal: cached };
     const parsed = parseKey(presented);
     if (!parsed.ok) return { kind: 'invalid' };
-    const row = await sql.selectActiveKeyByHash(pool, parsed.hash);
+    const row = await sql.selectActiveKeyByHash(pool, hash);
     if (!row) return { kind: 'invalid' };
     const principal: Principal = { merchantId: row.merchant_id, keyId: row.key_id, keyKind: row.kind };
-    if (ttlMs > 0) cache.set(presented, principal);
+    if (ttlMs > 0) cache.set(cacheKey, principal);
     return { kind: 'authenticated', principal };
-  };
+  }
 }
 
 export function toUnix(date: Date): number {

@@ -172,7 +172,7 @@ const CASES: Case[] = [
     code: 'idempotency_key_invalid',
   },
   // Query strings of lists.
-  ...['0', '101', 'abc', '-1', '1.5', ''].map(
+  ...['0', '101', 'abc', '-1', '1.5', '', '1e1', '0x10', '%2010', '10%20', '1e0'].map(
     (limit): Case => ({
       name: `limit=${limit}`,
       method: 'GET',

@@ -19,7 +19,17 @@ const textAjv = makeAjv(true);
 
 export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, httpPart }) => {
   const validate = (httpPart === 'body' ? bodyAjv : textAjv).compile(schema as object);
+  const integers = httpPart === 'querystring' ? integerProperties(schema) : [];
   return (data: unknown) => {
+    const notDigits = integers.find((name) => {
+      const raw = (data as Record<string, unknown> | null)?.[name];
+      return typeof raw === 'string' && !DIGITS.test(raw);
+    });
+    if (notDigits !== undefined) {
+      return {
+        error: new ApiError('parameter_invalid', `Invalid ${notDigits}: must be a whole number written in digits, such as 10.`, notDigits),
+      };
+    }
     if (!validate(data)) return { error: toApiError(validate.errors ?? [], httpPart ?? 'body') };
     const found = httpPart === 'body' || httpPart === 'querystring' ? unstorableText(data, '') : undefined;
     if (found !== undefined) {
@@ -29,6 +39,18 @@ export const validatorCompiler: FastifySchemaCompiler<unknown> = ({ schema, http
     return { value: data };
   };
 };
+
+// Query strings are text that Ajv coerces with Number(), which reads '1e1' as 10, '0x10' as 16
+// and ' 5 ' as 5: an integer parameter must be plain decimal digits before it is coerced.
+const DIGITS = /^-?[0-9]+$/;
+
+/** The names of a query schema's integer properties. */
+function integerProperties(schema: unknown): string[] {
+  const properties = (schema as { properties?: Record<string, { type?: unknown }> }).properties ?? {};
+  return Object.entries(properties)
+    .filter(([, property]) => property.type === 'integer')
+    .map(([name]) => name);
+}
 
 // A high surrogate not followed by a low one, or a low one not preceded by a high one.
 const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
