@@ -34,3 +34,7 @@ create trigger ledger_transactions_no_truncate
 create trigger ledger_entries_no_truncate
   before truncate on ledger_entries
   for each statement execute function refuse_append_only_change();
+
+-- The delivery-attempt log is kept for a retention period (FLOODGATE_WEBHOOK_ATTEMPT_RETENTION_DAYS);
+-- the prune job finds the old attempts by time.
+create index webhook_delivery_attempts_by_time on webhook_delivery_attempts (attempted_at);

@@ -65,6 +65,7 @@ export interface Config {
   readonly webhookRetryBaseMs: number;
   readonly webhookRetryMaxMs: number;
   readonly webhookMaxAttempts: number;
+  readonly webhookAttemptRetentionDays: number;
   /** Lets webhook endpoints point at loopback and private addresses: local development and tests only. */
   readonly webhookAllowPrivate: boolean;
   /** Signs waiting-room admission tokens; every API node needs the same. Unset: `start` makes one up. */
@@ -237,6 +238,9 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     webhookRetryBaseMs: int('FLOODGATE_WEBHOOK_RETRY_BASE_MS', 30_000, 1, 3_600_000),
     webhookRetryMaxMs: int('FLOODGATE_WEBHOOK_RETRY_MAX_MS', 8 * 3_600_000, 1, 24 * 3_600_000),
     webhookMaxAttempts: int('FLOODGATE_WEBHOOK_MAX_ATTEMPTS', 19, 1, 50),
+    // A month of attempts answers "what happened to that delivery" long after its last retry
+    // (three days at most); the delivery itself, with its last outcome, is kept.
+    webhookAttemptRetentionDays: int('FLOODGATE_WEBHOOK_ATTEMPT_RETENTION_DAYS', 30, 1, 3_650),
     webhookAllowPrivate: bool('FLOODGATE_WEBHOOK_ALLOW_PRIVATE', false),
     admissionSecret: secret('FLOODGATE_ADMISSION_SECRET'),
     // Five minutes from admission to a hold: enough to pick items, short enough that a buyer

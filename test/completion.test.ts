@@ -112,7 +112,10 @@ describe('exactly-once completion', () => {
 
   test('pm_card_timeout payments all reach a final state through the worker, charged once', async () => {
     // No webhooks here: only reconciliation can learn the outcome.
-    const t = await setupTestContext({ simulator: { webhookSecret: undefined, timeoutHoldMs: 2_000 }, config: { providerTimeoutMs: 200, ...MANY_TIMEOUTS } });
+    const t = await setupTestContext({
+      simulator: { webhookSecret: undefined, timeoutHoldMs: 2_000 },
+      config: { providerTimeoutMs: 200, ...MANY_TIMEOUTS },
+    });
     const ids = await createIntents(t, 20, 'pm_card_timeout');
     const confirms = await Promise.all(
       ids.map((id) =>

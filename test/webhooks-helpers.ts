@@ -14,7 +14,14 @@ import type { WebhookSettings } from '../src/webhooks/service.js';
 import { key, type TestContext } from './helpers.js';
 
 /** Retries within a second or two instead of three days; private addresses allowed (127.0.0.1). */
-export const COMPRESSED: WebhookSettings = { timeoutMs: 2_000, retryBaseMs: 100, retryMaxMs: 400, maxAttempts: 8, allowPrivate: true };
+export const COMPRESSED: WebhookSettings = {
+  timeoutMs: 2_000,
+  retryBaseMs: 100,
+  retryMaxMs: 400,
+  maxAttempts: 8,
+  allowPrivate: true,
+  attemptRetentionDays: 30,
+};
 
 // Far longer than any job here runs (the 2 s timeout), short enough for a crash test to wait.
 export const TEST_LOCK_TIMEOUT_MS = 3_000;

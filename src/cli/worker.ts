@@ -11,7 +11,7 @@ import type { Metrics } from '../platform/observability/metrics.js';
 import type { PaymentProvider } from '../providers/provider.js';
 import { convertPaidHold } from '../sales/holds.js';
 import { salesTasks } from '../sales/jobs.js';
-import { webhookTasks } from '../webhooks/jobs.js';
+import { WEBHOOK_CRONTAB, webhookTasks } from '../webhooks/jobs.js';
 import { webhookSettings } from '../webhooks/service.js';
 import type { Logger } from './runtime.js';
 
@@ -46,7 +46,7 @@ export function runWorker(deps: {
   return startWorker({
     pool,
     tasks,
-    crontab: [PAYMENT_CRONTAB, IDEMPOTENCY_CRONTAB].join('\n'),
+    crontab: [PAYMENT_CRONTAB, IDEMPOTENCY_CRONTAB, WEBHOOK_CRONTAB].join('\n'),
     concurrency: config.workerConcurrency,
     lockTimeoutMs: config.jobLockTimeoutMs,
     pollIntervalMs: config.jobPollIntervalMs,

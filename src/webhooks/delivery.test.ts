@@ -10,6 +10,7 @@ import { key, setupTestContext } from '../../test/helpers.js';
 import { type Received, startReceiver, waitUntil } from '../../test/receiver.js';
 import { COMPRESSED, merchantWithEndpoint, type WebhookMerchant, workerSlot } from '../../test/webhooks-helpers.js';
 import { createMetrics } from '../platform/observability/metrics.js';
+import { pruneAttempts } from './service.js';
 
 const startWorkerOnce = workerSlot();
 const t = await setupTestContext({ config: { webhookAllowPrivate: true } });
@@ -191,6 +192,48 @@ describe('webhook deliveries', () => {
     const event = (await merchant.get(`/v1/events?object_id=${later}`)).data[0];
     assert.deepEqual(await deliveriesOf(merchant, `&event=${event.id}`), []);
     assert.deepEqual((await merchant.post(`/v1/events/${event.id}/redeliver`, {})).json().data, []);
+
+    // Once the receiver is back, the merchant enables the endpoint again: new events are
+    // delivered, and an event from while it was off can be sent again with redeliver.
+    receiver.answer = () => 200;
+    const enabled = await merchant.post(`/v1/webhook_endpoints/${merchant.endpoint.id}/enable`, {});
+    assert.equal(enabled.statusCode, 200, enabled.body);
+    assert.equal(enabled.json().status, 'enabled');
+    assert.equal(enabled.json().disabled_reason, null);
+    assert.equal(enabled.json().secret, undefined, 'enabling never shows the secret');
+    const afterwards = await createIntent(merchant);
+    await waitUntil('the new event is delivered', async () =>
+      receiver.received.some((request) => JSON.parse(request.body).data.object.id === afterwards),
+    );
+    const redelivered = await merchant.post(`/v1/events/${event.id}/redeliver`, {});
+    assert.equal(redelivered.json().data.length, 1);
+    const missing = await merchant.post('/v1/webhook_endpoints/we_0000000000000000000000/enable', {});
+    assert.equal(missing.statusCode, 404);
+  });
+
+  test('delivery attempts older than the retention are deleted by the prune job; the deliveries stay', async () => {
+    const receiver = await startReceiver();
+    const merchant = await merchantWithEndpoint(t, receiver.url);
+    await createIntent(merchant);
+    await waitUntil('delivered', async () => (await deliveriesOf(merchant)).some((d) => d.status === 'succeeded'));
+    const [delivery] = await deliveriesOf(merchant);
+    assert.ok(delivery);
+    const attempts = () =>
+      t.pool
+        .query<{ n: number }>('select count(*)::int as n from webhook_delivery_attempts where merchant_id = $1', [merchant.merchantId])
+        .then(({ rows }) => rows[0]?.n);
+    assert.equal(await attempts(), 1);
+    // Within the retention: kept.
+    assert.equal(await pruneAttempts(t.pool, 30), 0);
+    assert.equal(await attempts(), 1);
+    await t.pool.query(`update webhook_delivery_attempts set attempted_at = now() - interval '31 days' where merchant_id = $1`, [
+      merchant.merchantId,
+    ]);
+    assert.ok((await pruneAttempts(t.pool, 30)) >= 1);
+    assert.equal(await attempts(), 0);
+    const kept = await merchant.get(`/v1/webhook_deliveries/${delivery.id}`);
+    assert.equal(kept.status, 'succeeded');
+    assert.deepEqual(kept.attempt_log, []);
   });
 
   test('each event carries its object sequence number', async () => {

@@ -12,8 +12,12 @@ import type { Logger } from 'pino';
 import type { Pool } from '../platform/db/pool.js';
 import type { Metrics } from '../platform/observability/metrics.js';
 import { VERSION } from '../version.js';
-import { DELIVER_TASK, deliver, type WebhookSettings } from './service.js';
+import { DELIVER_TASK, deliver, pruneAttempts, type WebhookSettings } from './service.js';
 import { createTransport } from './transport.js';
+
+export const PRUNE_ATTEMPTS_TASK = 'prune_webhook_attempts';
+// Hourly: each run deletes at most 100,000 old attempts, so a backlog clears within hours.
+export const WEBHOOK_CRONTAB = `17 * * * * ${PRUNE_ATTEMPTS_TASK} ?max=1`;
 
 const DeliveryJobPayload = Type.Object({
   merchant_id: Type.String(),
@@ -41,6 +45,11 @@ export function webhookTasks(deps: WebhookWorkerDeps): TaskList {
       if (!Value.Check(DeliveryJobPayload, payload)) throw new Error(`${DELIVER_TASK}: malformed payload ${JSON.stringify(payload)}`);
       const job: Static<typeof DeliveryJobPayload> = payload;
       await deliver({ ...deps, transport }, job);
+    },
+    [PRUNE_ATTEMPTS_TASK]: async () => {
+      const deleted = await pruneAttempts(deps.pool, deps.settings.attemptRetentionDays);
+      if (deleted > 0)
+        deps.log?.info({ deleted, retentionDays: deps.settings.attemptRetentionDays }, 'old webhook delivery attempts deleted');
     },
   };
 }

@@ -167,6 +167,22 @@ export function registerWebhookRoutes(app: HttpServer, deps: webhooks.WebhookDep
   );
 
   app.post(
+    '/v1/webhook_endpoints/:id/enable',
+    {
+      schema: {
+        tags: ['webhooks'],
+        summary: 'Enable an endpoint again, such as one disabled by a 410 Gone answer',
+        headers: IdempotencyHeaders,
+        params: endpointId,
+        body: Type.Object({}, { additionalProperties: false }),
+        response: endpointResponses,
+      },
+      preValidation: bodyOrEmpty,
+    },
+    async (request, reply) => sendReply(reply, await webhooks.enableEndpoint(deps, requestContext(request), request.params.id)),
+  );
+
+  app.post(
     '/v1/webhook_endpoints/:id/rotate_secret',
     {
       schema: {

@@ -41,6 +41,7 @@ export const DELIVER_TASK = 'deliver_webhook';
 export interface WebhookSettings extends RetrySchedule {
   timeoutMs: number;
   allowPrivate: boolean;
+  attemptRetentionDays: number;
 }
 
 export function webhookSettings(config: Config): WebhookSettings {
@@ -50,6 +51,7 @@ export function webhookSettings(config: Config): WebhookSettings {
     retryMaxMs: config.webhookRetryMaxMs,
     maxAttempts: config.webhookMaxAttempts,
     allowPrivate: config.webhookAllowPrivate,
+    attemptRetentionDays: config.webhookAttemptRetentionDays,
   };
 }
 
@@ -134,6 +136,33 @@ export function rotateSecret(deps: WebhookDeps, ctx: RequestContext, id: string,
     const row = await sql.rotateSecret(client, ctx.merchantId, id, secret, previousExpiresAt);
     return row ? ok(toApiEndpoint(row, secret)) : errorReply(missingEndpoint(id));
   });
+}
+
+/**
+ * Enables an endpoint again, such as one a 410 Gone disabled once the receiver is back. The
+ * deliveries canceled then stay canceled; send their events again with redeliver.
+ */
+export function enableEndpoint(deps: WebhookDeps, ctx: RequestContext, id: string): Promise<Reply> {
+  return runOnce(deps, ctx, async (client) => {
+    const row = await sql.enableEndpoint(client, ctx.merchantId, id);
+    return row ? ok(toApiEndpoint(row)) : errorReply(missingEndpoint(id));
+  });
+}
+
+// Small enough that one delete holds its locks briefly; a run stops after a bounded number of
+// batches so that one job does not occupy a worker, and the next run goes on.
+const PRUNE_BATCH_MAX = 1_000;
+const PRUNE_BATCHES_PER_RUN_MAX = 100;
+
+/** Deletes delivery attempts older than the retention; returns how many. */
+export async function pruneAttempts(pool: Pool, retentionDays: number): Promise<number> {
+  let deleted = 0;
+  for (let batch = 0; batch < PRUNE_BATCHES_PER_RUN_MAX; batch++) {
+    const count = await sql.deleteOldAttempts(pool, retentionDays, PRUNE_BATCH_MAX);
+    deleted += count;
+    if (count < PRUNE_BATCH_MAX) break;
+  }
+  return deleted;
 }
 
 export async function retrieveEndpoint(pool: Pool, merchantId: string, id: string) {

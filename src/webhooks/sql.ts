@@ -299,3 +299,32 @@ export async function requeueEvent(
   });
   return rows;
 }
+
+/** Enables a disabled endpoint again; undefined when there is no such endpoint. Its canceled deliveries stay canceled. */
+export async function enableEndpoint(db: Queryable, merchantId: string, id: string): Promise<EndpointRow | undefined> {
+  const { rows } = await db.query<EndpointRow>({
+    name: 'webhooks_enable_endpoint',
+    text: `update webhook_endpoints set status = 'enabled', disabled_reason = null,
+             updated_at = case when status = 'enabled' then updated_at else now() end
+           where merchant_id = $1 and id = $2
+           returning ${ENDPOINT_COLUMNS}`,
+    values: [merchantId, id],
+  });
+  return rows[0];
+}
+
+/**
+ * Deletes up to `batchSize` delivery attempts older than `retentionDays`; returns how many. The
+ * deliveries themselves (their status and last attempt) stay.
+ */
+export async function deleteOldAttempts(db: Queryable, retentionDays: number, batchSize: number): Promise<number> {
+  const { rowCount } = await db.query({
+    name: 'webhooks_delete_old_attempts',
+    text: `delete from webhook_delivery_attempts where ctid in (
+             select ctid from webhook_delivery_attempts
+             where attempted_at < now() - make_interval(days => $1)
+             limit $2 for update skip locked)`,
+    values: [retentionDays, batchSize],
+  });
+  return rowCount ?? 0;
+}
