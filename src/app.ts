@@ -14,6 +14,7 @@ import { onPaymentSucceeded } from './payments/hooks.js';
 import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
 import { registerPaymentRoutes } from './payments/routes.js';
 import { createCache } from './platform/cache/cache.js';
+import { sealerFor } from './platform/crypto/sealed.js';
 import type { Pool } from './platform/db/pool.js';
 import { ApiError } from './platform/http/errors.js';
 import { createRateLimit } from './platform/http/rate-limit.js';
@@ -150,7 +151,12 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   registerEventRoutes(app, deps.pool);
   registerLedgerRoutes(app, deps.pool);
   registerProviderWebhookRoutes(app, { pool: deps.pool, secret: deps.config.providerWebhookSecret });
-  registerWebhookRoutes(app, { pool: deps.pool, idempotency: paymentDeps.idempotency, allowPrivate: deps.config.webhookAllowPrivate });
+  registerWebhookRoutes(app, {
+    pool: deps.pool,
+    idempotency: paymentDeps.idempotency,
+    allowPrivate: deps.config.webhookAllowPrivate,
+    sealer: sealerFor(deps.config.secretsKeys),
+  });
 
   // The surge path: the waiting room admits buyers, who then hold stock and order.
   // `floodgate api` refuses to start without a shared admission secret; an app built without

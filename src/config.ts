@@ -6,6 +6,7 @@
  */
 import { isIP } from 'node:net';
 import path from 'node:path';
+import { parseSecretsKeys } from './platform/crypto/sealed.js';
 
 export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
 export type TrustProxy = false | number | string;
@@ -70,6 +71,8 @@ export interface Config {
   readonly webhookAllowPrivate: boolean;
   /** Signs waiting-room admission tokens; every API node needs the same. Unset: `start` makes one up. */
   readonly admissionSecret: string | undefined;
+  /** Keys that seal secrets at rest (webhook signing secrets), comma-separated, the first sealing. Unset: `start` uses a dev-only one. */
+  readonly secretsKeys: string | undefined;
   readonly admissionTokenTtlSeconds: number;
   readonly admissionShoppingMaxSeconds: number;
 }
@@ -243,6 +246,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     webhookAttemptRetentionDays: int('FLOODGATE_WEBHOOK_ATTEMPT_RETENTION_DAYS', 30, 1, 3_650),
     webhookAllowPrivate: bool('FLOODGATE_WEBHOOK_ALLOW_PRIVATE', false),
     admissionSecret: secret('FLOODGATE_ADMISSION_SECRET'),
+    secretsKeys: secretsKeys(env.FLOODGATE_SECRETS_KEYS, problems),
     // Five minutes from admission to a hold: enough to pick items, short enough that a buyer
     // who walked away gives their slot back soon.
     admissionTokenTtlSeconds: int('FLOODGATE_ADMISSION_TOKEN_TTL_SECONDS', 300, 10, 3_600),
@@ -260,6 +264,16 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
   }
   if (problems.length > 0) throw new ConfigError(problems);
   return Object.freeze(config);
+}
+
+function secretsKeys(raw: string | undefined, problems: string[]): string | undefined {
+  if (raw === undefined || raw === '') return undefined;
+  try {
+    parseSecretsKeys(raw);
+  } catch (error) {
+    problems.push(`FLOODGATE_SECRETS_KEYS: ${(error as Error).message}`);
+  }
+  return raw;
 }
 
 /**
@@ -310,5 +324,6 @@ export function describeConfig(config: Config): Record<string, unknown> {
     redisUrl: maskUrl(config.redisUrl) ?? '(single-node mode: shared state in process memory)',
     providerWebhookSecret: config.providerWebhookSecret ? '*****' : undefined,
     admissionSecret: config.admissionSecret ? '*****' : undefined,
+    secretsKeys: config.secretsKeys ? '*****' : undefined,
   };
 }

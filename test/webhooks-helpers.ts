@@ -21,6 +21,8 @@ export const COMPRESSED: WebhookSettings = {
   maxAttempts: 8,
   allowPrivate: true,
   attemptRetentionDays: 30,
+  // The development key, as the test apps use (FLOODGATE_SECRETS_KEYS unset).
+  secretsKeys: undefined,
 };
 
 // Far longer than any job here runs (the 2 s timeout), short enough for a crash test to wait.

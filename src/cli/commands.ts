@@ -10,10 +10,12 @@ import { audit, formatReport } from '../audit/service.js';
 import { type Config, describeConfig } from '../config.js';
 import * as merchants from '../merchants/service.js';
 import { PROVIDER_WEBHOOK_PATH } from '../payments/provider-webhooks.js';
+import { sealerFor } from '../platform/crypto/sealed.js';
 import { registerQueueMetrics } from '../platform/jobs/metrics.js';
 import { formatQueue, selectQueue } from '../platform/jobs/queue.js';
 import { createMetrics } from '../platform/observability/metrics.js';
 import { registerSalesMetrics } from '../sales/metrics.js';
+import { resealSecrets } from '../webhooks/service.js';
 import {
   createLogger,
   exitOnWorkerFailure,
@@ -106,6 +108,14 @@ Try:
 `);
 }
 
+function missingSecretsKeys(command: string): number {
+  console.error(
+    `floodgate ${command} needs FLOODGATE_SECRETS_KEYS: the key that seals webhook signing secrets at rest, the same on every node ` +
+      '(openssl rand -base64 32). See "Secrets at rest" in README.md.',
+  );
+  return 78;
+}
+
 export const ROLES: Record<string, Role> = {
   async start(config) {
     // One process: the in-process simulator and our webhook route share a secret made up here
@@ -113,7 +123,14 @@ export const ROLES: Record<string, Role> = {
     // signs and checks admission tokens, and a restart loses its in-memory line with them.
     const secret = config.providerWebhookSecret ?? randomBytes(32).toString('base64url');
     const admissionSecret = config.admissionSecret ?? randomBytes(32).toString('base64url');
-    return serve(Object.freeze({ ...config, providerWebhookSecret: secret, admissionSecret }), createLogger(config), {
+    const log = createLogger(config);
+    if (!config.secretsKeys) {
+      log.warn(
+        'FLOODGATE_SECRETS_KEYS not set: webhook signing secrets are sealed with the published development key. ' +
+          'Fine on a laptop; in production set FLOODGATE_SECRETS_KEYS (openssl rand -base64 32).',
+      );
+    }
+    return serve(Object.freeze({ ...config, providerWebhookSecret: secret, admissionSecret }), log, {
       demo: true,
       worker: true,
     });
@@ -124,6 +141,7 @@ export const ROLES: Record<string, Role> = {
       console.error('floodgate worker needs DATABASE_URL and FLOODGATE_PROVIDER_URL. Use `floodgate start` for a single process.');
       return 78;
     }
+    if (!config.secretsKeys) return missingSecretsKeys('worker');
     const log = createLogger(config);
     const db = await openDatabase(config, log, { migrate: true });
     const provider = await openProvider(config, log);
@@ -153,6 +171,7 @@ export const ROLES: Record<string, Role> = {
       );
       return 78;
     }
+    if (!config.secretsKeys) return missingSecretsKeys('api');
     return serve(config, createLogger(config), { demo: false, worker: false });
   },
 
@@ -248,6 +267,22 @@ export const ROLES: Record<string, Role> = {
       }
       const out = { key_id: created.keyId, kind, key: created.key };
       console.log(options.json ? JSON.stringify(out) : `${created.keyId}: ${created.key}\nShown once; only its hash is stored.`);
+      return 0;
+    });
+  },
+
+  async secrets(config, args) {
+    if (args[0] !== 'reseal') {
+      console.error('usage: floodgate secrets reseal');
+      return 2;
+    }
+    if (!config.secretsKeys) return missingSecretsKeys('secrets reseal');
+    const sealer = sealerFor(config.secretsKeys);
+    return withDatabase(config, async (db) => {
+      const changed = await resealSecrets(db.pool, sealer);
+      console.log(
+        `resealed the secrets of ${changed} webhook endpoint${changed === 1 ? '' : 's'} with the first key of FLOODGATE_SECRETS_KEYS`,
+      );
       return 0;
     });
   },

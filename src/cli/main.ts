@@ -20,6 +20,8 @@ Commands:
   keys create --merchant ID [--kind secret|publishable] [--json]
   keys list --merchant ID [--json]
   keys revoke KEY_ID             revoke a key (by its key_... id)
+  secrets reseal                 seal every webhook secret again with the first key of
+                                 FLOODGATE_SECRETS_KEYS (a key rotation's last step)
   audit [--json]                 check the money invariants; exit 1 on any violation,
                                  2 when the audit cannot run
   help                           this text

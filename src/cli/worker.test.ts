@@ -10,6 +10,7 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { createTestDatabase, key, setupTestContext } from '../../test/helpers.js';
 import { waitUntil } from '../../test/receiver.js';
+import { DEV_SECRETS_KEY } from '../platform/crypto/sealed.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const db = await createTestDatabase();
@@ -97,6 +98,10 @@ describe('floodgate worker', () => {
       assert.equal(code, 78);
       assert.match(stderr, /floodgate worker needs DATABASE_URL and FLOODGATE_PROVIDER_URL/);
     }
+    // The production roles refuse the published development key: they need a key of their own.
+    const withoutKey = await run({ DATABASE_URL: db.url, FLOODGATE_PROVIDER_URL: t.sim.url }, 'worker');
+    assert.equal(withoutKey.code, 78);
+    assert.match(withoutKey.stderr, /floodgate worker needs FLOODGATE_SECRETS_KEYS/);
   });
 
   test('reconciles a payment whose confirm timed out, then stops cleanly on SIGTERM', async () => {
@@ -105,6 +110,7 @@ describe('floodgate worker', () => {
       env: cleanEnv({
         DATABASE_URL: db.url,
         FLOODGATE_PROVIDER_URL: t.sim.url,
+        FLOODGATE_SECRETS_KEYS: DEV_SECRETS_KEY,
         FLOODGATE_LOG_LEVEL: 'info',
         FLOODGATE_WORKER_CONCURRENCY: '2',
       }),

@@ -6,6 +6,8 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { key, setupTestContext } from '../../test/helpers.js';
 import { createMerchant } from '../merchants/service.js';
+import { DEV_SECRETS_KEY, newSecretsKey, sealerFor } from '../platform/crypto/sealed.js';
+import { resealSecrets } from './service.js';
 
 const t = await setupTestContext();
 
@@ -69,6 +71,58 @@ describe('webhook endpoints', () => {
     assert.deepEqual(second.json(), first.json());
   });
 
+  test('signing secrets are sealed at rest: neither the endpoint row nor the stored idempotent response holds one in clear', async () => {
+    const createKey = key();
+    const created = await post(
+      '/v1/webhook_endpoints',
+      { url: 'https://1.1.1.1/sealed', enabled_events: ['*'] },
+      t.auth({ 'idempotency-key': createKey }),
+    );
+    const endpoint = created.json();
+    const rotateKey = key();
+    const rotatePath = `/v1/webhook_endpoints/${endpoint.id}/rotate_secret`;
+    const rotated = (await post(rotatePath, { expires_in_seconds: 60 }, t.auth({ 'idempotency-key': rotateKey }))).json();
+    const secretParts = [endpoint.secret, rotated.secret].map((secret: string) => secret.slice('whsec_'.length));
+
+    const { rows: stored } = await t.pool.query('select secret, previous_secret from webhook_endpoints where id = $1', [endpoint.id]);
+    const { rows: responses } = await t.pool.query('select response_body::text as body from idempotency_keys where idempotency_key = any($1)', [
+      [createKey, rotateKey],
+    ]);
+    assert.equal(responses.length, 2);
+    for (const text of [stored[0].secret, stored[0].previous_secret, ...responses.map((row) => row.body)]) {
+      for (const part of secretParts) assert.ok(!text.includes(part), `a secret in clear in ${text}`);
+    }
+    assert.match(stored[0].secret, /^sealed:v1:/);
+
+    // Replays still answer with the secret, opened from the sealed copy.
+    const createReplay = await post(
+      '/v1/webhook_endpoints',
+      { url: 'https://1.1.1.1/sealed', enabled_events: ['*'] },
+      t.auth({ 'idempotency-key': createKey }),
+    );
+    assert.equal(createReplay.headers['idempotent-replayed'], 'true');
+    assert.deepEqual(createReplay.json(), endpoint);
+    const rotateReplay = await post(rotatePath, { expires_in_seconds: 60 }, t.auth({ 'idempotency-key': rotateKey }));
+    assert.equal(rotateReplay.json().secret, rotated.secret);
+  });
+
+  test('a key rotation: reseal seals every secret with the new key, legacy cleartext ones too, and they still open', async () => {
+    const endpoint = (await create()).json();
+    // A secret stored in clear, as before sealing existed.
+    const legacy = (await create()).json();
+    await t.pool.query('update webhook_endpoints set secret = $2 where id = $1', [legacy.id, legacy.secret]);
+    const newKey = newSecretsKey();
+    const rotated = sealerFor(`${newKey},${t.config.secretsKeys ?? DEV_SECRETS_KEY}`);
+    assert.ok((await resealSecrets(t.pool, rotated)) >= 2);
+    const onlyNew = sealerFor(newKey);
+    const { rows } = await t.pool.query('select id, secret from webhook_endpoints where id = any($1)', [[endpoint.id, legacy.id]]);
+    const opened = Object.fromEntries(rows.map((row) => [row.id, onlyNew.open(row.secret)]));
+    assert.deepEqual(opened, { [endpoint.id]: endpoint.secret, [legacy.id]: legacy.secret });
+    assert.equal(await resealSecrets(t.pool, rotated), 0, 'nothing left to reseal');
+    // Back to the test key, so the rest of the file's endpoints open as before.
+    await resealSecrets(t.pool, sealerFor(`${t.config.secretsKeys ?? DEV_SECRETS_KEY},${newKey}`));
+  });
+
   test('rotation returns a new secret and keeps the old one signing for the overlap', async () => {
     const endpoint = (await create()).json();
     const rotated = await post(`/v1/webhook_endpoints/${endpoint.id}/rotate_secret`, { expires_in_seconds: 3600 });
@@ -79,7 +133,11 @@ describe('webhook endpoints', () => {
     const now = Math.floor(Date.now() / 1000);
     assert.ok(expiresAt > now + 3500 && expiresAt <= now + 3601);
     const { rows } = await t.pool.query('select secret, previous_secret from webhook_endpoints where id = $1', [endpoint.id]);
-    assert.deepEqual(rows[0], { secret: rotated.json().secret, previous_secret: endpoint.secret });
+    const sealer = sealerFor(t.config.secretsKeys);
+    assert.deepEqual(
+      { secret: sealer.open(rows[0].secret), previous_secret: sealer.open(rows[0].previous_secret) },
+      { secret: rotated.json().secret, previous_secret: endpoint.secret },
+    );
 
     const defaulted = await post(`/v1/webhook_endpoints/${endpoint.id}/rotate_secret`, {});
     assert.ok(defaulted.json().previous_secret_expires_at >= now + 86_399);

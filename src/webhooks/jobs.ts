@@ -9,6 +9,7 @@ import { type Static, Type } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import type { TaskList } from 'graphile-worker';
 import type { Logger } from 'pino';
+import { sealerFor } from '../platform/crypto/sealed.js';
 import type { Pool } from '../platform/db/pool.js';
 import type { Metrics } from '../platform/observability/metrics.js';
 import { VERSION } from '../version.js';
@@ -39,12 +40,13 @@ export function webhookTasks(deps: WebhookWorkerDeps): TaskList {
     allowPrivate: deps.settings.allowPrivate,
     userAgent: `Floodgate-Webhooks/${VERSION}`,
   });
+  const sealer = sealerFor(deps.settings.secretsKeys);
   return {
     [DELIVER_TASK]: async (payload) => {
       // A payload that does not parse was not written by us; failing loudly beats guessing.
       if (!Value.Check(DeliveryJobPayload, payload)) throw new Error(`${DELIVER_TASK}: malformed payload ${JSON.stringify(payload)}`);
       const job: Static<typeof DeliveryJobPayload> = payload;
-      await deliver({ ...deps, transport }, job);
+      await deliver({ ...deps, transport, sealer }, job);
     },
     [PRUNE_ATTEMPTS_TASK]: async () => {
       const deleted = await pruneAttempts(deps.pool, deps.settings.attemptRetentionDays);

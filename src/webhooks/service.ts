@@ -11,6 +11,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import * as events from '../events/service.js';
+import type { Sealer } from '../platform/crypto/sealed.js';
 import { type Client, type Pool, withTransaction } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
 import { ApiError } from '../platform/http/errors.js';
@@ -42,6 +43,8 @@ export interface WebhookSettings extends RetrySchedule {
   timeoutMs: number;
   allowPrivate: boolean;
   attemptRetentionDays: number;
+  /** FLOODGATE_SECRETS_KEYS: seal and open the endpoints' signing secrets. */
+  secretsKeys: string | undefined;
 }
 
 export function webhookSettings(config: Config): WebhookSettings {
@@ -52,12 +55,15 @@ export function webhookSettings(config: Config): WebhookSettings {
     maxAttempts: config.webhookMaxAttempts,
     allowPrivate: config.webhookAllowPrivate,
     attemptRetentionDays: config.webhookAttemptRetentionDays,
+    secretsKeys: config.secretsKeys,
   };
 }
 
 export interface WebhookDeps {
   pool: Pool;
   idempotency: IdempotencyOptions;
+  /** Seals signing secrets before they are stored, in the endpoint table and in stored responses. */
+  sealer: Sealer;
 }
 
 // A delivery's own page shows at most this many attempts: every attempt of a few rounds.
@@ -109,7 +115,7 @@ export function createEndpoint(deps: WebhookDeps, ctx: RequestContext, params: C
         url: params.url,
         enabledEvents: params.enabled_events,
         description: params.description ?? null,
-        secret,
+        secret: deps.sealer.seal(secret),
       },
       ENDPOINTS_PER_MERCHANT_MAX,
     );
@@ -121,8 +127,27 @@ export function createEndpoint(deps: WebhookDeps, ctx: RequestContext, params: C
         ),
       );
     }
-    return ok(toApiEndpoint(row, secret));
-  });
+    return ok(withSealedSecret(row, deps.sealer.seal(secret)));
+  }).then((reply) => revealSecret(reply, deps.sealer));
+}
+
+/**
+ * The response of create and rotate, as stored with the idempotency key: the secret in it is
+ * sealed like the endpoint's own, so the stored response holds it in clear no more than the
+ * endpoint table does. revealSecret opens it for the answer, first or replayed.
+ */
+function withSealedSecret(row: sql.EndpointRow, sealed: string) {
+  return { ...toApiEndpoint(row), [SEALED_SECRET_FIELD]: sealed };
+}
+
+const SEALED_SECRET_FIELD = 'secret_sealed';
+
+function revealSecret(reply: Reply, sealer: Sealer): Reply {
+  const body = reply.body as Record<string, unknown> | null;
+  const sealed = body?.[SEALED_SECRET_FIELD];
+  if (typeof sealed !== 'string') return reply;
+  const { [SEALED_SECRET_FIELD]: _sealed, ...endpoint } = body as Record<string, unknown>;
+  return { ...reply, body: { ...endpoint, secret: sealer.open(sealed) } };
 }
 
 /**
@@ -131,11 +156,11 @@ export function createEndpoint(deps: WebhookDeps, ctx: RequestContext, params: C
  */
 export function rotateSecret(deps: WebhookDeps, ctx: RequestContext, id: string, overlapSeconds: number): Promise<Reply> {
   return runOnce(deps, ctx, async (client) => {
-    const secret = newSecret();
+    const sealed = deps.sealer.seal(newSecret());
     const previousExpiresAt = overlapSeconds > 0 ? new Date(Date.now() + overlapSeconds * 1000) : null;
-    const row = await sql.rotateSecret(client, ctx.merchantId, id, secret, previousExpiresAt);
-    return row ? ok(toApiEndpoint(row, secret)) : errorReply(missingEndpoint(id));
-  });
+    const row = await sql.rotateSecret(client, ctx.merchantId, id, sealed, previousExpiresAt);
+    return row ? ok(withSealedSecret(row, sealed)) : errorReply(missingEndpoint(id));
+  }).then((reply) => revealSecret(reply, deps.sealer));
 }
 
 /**
@@ -163,6 +188,22 @@ export async function pruneAttempts(pool: Pool, retentionDays: number): Promise<
     if (count < PRUNE_BATCH_MAX) break;
   }
   return deleted;
+}
+
+/**
+ * Seals again, with the first of FLOODGATE_SECRETS_KEYS, every endpoint secret that is sealed
+ * with another key or not at all (stored before sealing existed): the step of a key rotation
+ * after which the old key can be dropped. Returns how many endpoints changed.
+ */
+export async function resealSecrets(pool: Pool, sealer: Sealer): Promise<number> {
+  let changed = 0;
+  for (const row of await sql.selectAllSecrets(pool)) {
+    const stale = (value: string | null) => value !== null && !sealer.isCurrent(value);
+    if (!stale(row.secret) && !stale(row.previous_secret)) continue;
+    const reseal = (value: string | null) => (value === null || !stale(value) ? value : sealer.seal(sealer.open(value)));
+    if (await sql.replaceSecrets(pool, row, reseal(row.secret) as string, reseal(row.previous_secret))) changed += 1;
+  }
+  return changed;
 }
 
 export async function retrieveEndpoint(pool: Pool, merchantId: string, id: string) {
@@ -239,6 +280,7 @@ export interface DeliveryJob {
 export interface DeliverDeps {
   pool: Pool;
   settings: WebhookSettings;
+  sealer: Sealer;
   transport: Transport;
   metrics?: Metrics;
   log?: Logger;
@@ -265,7 +307,12 @@ export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<Deli
     // receivers deduplicate on.
     'webhook-id': event.id,
     'webhook-timestamp': String(timestamp),
-    'webhook-signature': signatureHeader(target.secrets, event.id, timestamp, body),
+    'webhook-signature': signatureHeader(
+      target.secrets.map((secret) => deps.sealer.open(secret)),
+      event.id,
+      timestamp,
+      body,
+    ),
   };
   const attemptedAt = new Date();
   const result = await deps.transport.post(target.url, headers, body);

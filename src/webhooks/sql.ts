@@ -328,3 +328,26 @@ export async function deleteOldAttempts(db: Queryable, retentionDays: number, ba
   });
   return rowCount ?? 0;
 }
+
+/** Every endpoint's stored secrets, for resealing them under a new key. */
+export async function selectAllSecrets(
+  db: Queryable,
+): Promise<Array<{ merchant_id: string; id: string; secret: string; previous_secret: string | null }>> {
+  const { rows } = await db.query('select merchant_id, id, secret, previous_secret from webhook_endpoints order by merchant_id, id');
+  return rows;
+}
+
+/** Replaces an endpoint's stored secrets if they are still what was read (a rotation in between wins). */
+export async function replaceSecrets(
+  db: Queryable,
+  read: { merchant_id: string; id: string; secret: string; previous_secret: string | null },
+  secret: string,
+  previousSecret: string | null,
+): Promise<boolean> {
+  const { rowCount } = await db.query(
+    `update webhook_endpoints set secret = $5, previous_secret = $6
+     where merchant_id = $1 and id = $2 and secret = $3 and previous_secret is not distinct from $4`,
+    [read.merchant_id, read.id, read.secret, read.previous_secret, secret, previousSecret],
+  );
+  return rowCount === 1;
+}
