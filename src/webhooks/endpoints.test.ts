@@ -85,9 +85,10 @@ describe('webhook endpoints', () => {
     const secretParts = [endpoint.secret, rotated.secret].map((secret: string) => secret.slice('whsec_'.length));
 
     const { rows: stored } = await t.pool.query('select secret, previous_secret from webhook_endpoints where id = $1', [endpoint.id]);
-    const { rows: responses } = await t.pool.query('select response_body::text as body from idempotency_keys where idempotency_key = any($1)', [
-      [createKey, rotateKey],
-    ]);
+    const { rows: responses } = await t.pool.query(
+      'select response_body::text as body from idempotency_keys where idempotency_key = any($1)',
+      [[createKey, rotateKey]],
+    );
     assert.equal(responses.length, 2);
     for (const text of [stored[0].secret, stored[0].previous_secret, ...responses.map((row) => row.body)]) {
       for (const part of secretParts) assert.ok(!text.includes(part), `a secret in clear in ${text}`);
