@@ -19,7 +19,7 @@ import pg from 'pg';
 import { loadConfig } from '../src/config.js';
 import type { Pool } from '../src/platform/db/pool.js';
 import { createPool } from '../src/platform/db/pool.js';
-import { fingerprint } from '../src/platform/idempotency/service.js';
+import { fingerprint } from '../src/platform/idempotency/keys.js';
 import { createHold } from '../src/sales/service.js';
 import type { PgbenchScript } from './statement.js';
 

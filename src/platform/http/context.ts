@@ -2,8 +2,8 @@
  * What the HTTP edge knows about a request once it is authenticated, and the helpers that turn
  * it into the context a use case needs (merchant, idempotency key, fingerprint).
  */
-import type { FastifyReply, FastifyRequest } from 'fastify';
-import { fingerprint, generatedKey, isValidKey, type Reply } from '../idempotency/service.js';
+import type { FastifyRequest } from 'fastify';
+import { fingerprint, generatedKey, isValidKey } from '../idempotency/keys.js';
 import { ApiError } from './errors.js';
 
 export interface Principal {
@@ -32,6 +32,7 @@ export function principalOf(request: FastifyRequest): Principal {
   return request.principal;
 }
 
+/** What a use case knows of the request it serves; the idempotency seam takes it as it is. */
 export interface RequestContext {
   merchantId: string;
   idempotencyKey: string;
@@ -58,10 +59,4 @@ export function requestContext(request: FastifyRequest): RequestContext {
     path,
     fingerprint: fingerprint(request.method, path, request.body),
   };
-}
-
-export function sendReply(reply: FastifyReply, result: Reply): FastifyReply {
-  if (result.headers) reply.headers(result.headers);
-  if (result.replayed) reply.header('idempotent-replayed', 'true');
-  return reply.code(result.status).send(result.body);
 }
