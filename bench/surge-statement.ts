@@ -100,6 +100,7 @@ export async function captureHold(options: {
       },
       {
         merchantId: options.merchantId,
+        keyKind: 'publishable',
         idempotencyKey: KEY_MARK,
         method: 'POST',
         path: '/v1/holds',

@@ -35,6 +35,8 @@ export function principalOf(request: FastifyRequest): Principal {
 /** What a use case knows of the request it serves; the idempotency seam takes it as it is. */
 export interface RequestContext {
   merchantId: string;
+  /** Idempotency keys are scoped by it: see migrations/005_idempotency_scope.sql. */
+  keyKind: Principal['keyKind'];
   idempotencyKey: string;
   method: string;
   path: string;
@@ -52,8 +54,10 @@ export function requestContext(request: FastifyRequest): RequestContext {
     );
   }
   const path = request.url.split('?')[0] as string;
+  const principal = principalOf(request);
   return {
-    merchantId: principalOf(request).merchantId,
+    merchantId: principal.merchantId,
+    keyKind: principal.keyKind,
     idempotencyKey: header ?? generatedKey(),
     method: request.method,
     path,

@@ -31,9 +31,7 @@ export type PhaseResult<P extends string = string> =
   | { kind: 'response'; status: number; body: unknown; headers?: Record<string, string> };
 
 /** A key this request holds, with the point to resume from. */
-export interface HeldKey<P extends string = string> {
-  merchantId: string;
-  key: string;
+export interface HeldKey<P extends string = string> extends sql.KeyRef {
   recoveryPoint: StartPoint | P;
   resourceId: string | null;
 }
@@ -54,7 +52,13 @@ export interface IdempotencyDeps {
 }
 
 export async function begin(pool: Pool, ctx: RequestContext, options: IdempotencyOptions): Promise<BeginResult> {
-  const inserted = await sql.insertLockedKey(pool, { ...keyOf(ctx), ttlHours: options.ttlHours });
+  const inserted = await sql.insertLockedKey(pool, {
+    ...keyOf(ctx),
+    method: ctx.method,
+    path: ctx.path,
+    fingerprint: ctx.fingerprint,
+    ttlHours: options.ttlHours,
+  });
   if (inserted) return { kind: 'run', held: toHeld(inserted) };
   return resolveExisting(pool, ctx, options);
 }
@@ -62,13 +66,14 @@ export async function begin(pool: Pool, ctx: RequestContext, options: Idempotenc
 /** Decides what a request meets when its key already exists. */
 export async function resolveExisting(pool: Pool, ctx: RequestContext, options: IdempotencyOptions): Promise<BeginResult> {
   return withTransaction(pool, async (client) => {
-    const row = await sql.selectKeyForUpdate(client, ctx.merchantId, ctx.idempotencyKey);
+    const ref = keyOf(ctx);
+    const row = await sql.selectKeyForUpdate(client, ref);
     // The key expired and was deleted between our insert and this read: treat as in use so the
     // client retries and gets a fresh key record.
     if (!row) return { kind: 'in_use' };
     if (!row.request_fingerprint.equals(ctx.fingerprint)) return { kind: 'mismatch' };
     if (row.response_status !== null) return { kind: 'replay', status: row.response_status, body: row.response_body };
-    const locked = await sql.lockKeyIfFree(client, ctx.merchantId, ctx.idempotencyKey, options.lockTimeoutMs);
+    const locked = await sql.lockKeyIfFree(client, ref, options.lockTimeoutMs);
     if (!locked) return { kind: 'in_use' };
     return { kind: 'run', held: toHeld(row) };
   });
@@ -104,13 +109,23 @@ export function respond(reply: Reply): PhaseResult<never> & { kind: 'response' }
   return { kind: 'response', status: reply.status, body: reply.body, headers: reply.headers };
 }
 
+/**
+ * A request refused authorization (401, 403: say, an admission token that does not admit) is
+ * not its sender's to keep: such an answer is never stored, and the key is deleted instead, so
+ * a caller cannot squat a key name by sending requests it is not allowed to make.
+ */
+export function isAuthorizationRefusal(status: number): boolean {
+  return status === 401 || status === 403;
+}
+
 export async function recordPhase<P extends string>(client: Client, held: HeldKey<P>, result: PhaseResult<P>): Promise<void> {
   if (result.kind === 'recoveryPoint') {
-    await sql.setRecoveryPoint(client, held.merchantId, held.key, result.name, result.resourceId ?? null);
+    await sql.setRecoveryPoint(client, held, result.name, result.resourceId ?? null);
     held.recoveryPoint = result.name;
     if (result.resourceId) held.resourceId = result.resourceId;
   } else if (result.kind === 'response') {
-    await sql.finishKey(client, held.merchantId, held.key, result.status, result.body);
+    if (isAuthorizationRefusal(result.status)) await sql.deleteUnfinishedKey(client, held);
+    else await sql.finishKey(client, held, result.status, result.body);
   }
 }
 
@@ -119,16 +134,23 @@ export async function recordPhase<P extends string>(client: Client, held: HeldKe
  * in the transaction that undoes the phase's effects, so both happen or neither.
  */
 export async function release<P extends string>(db: Queryable, held: HeldKey<P>, recoveryPoint: StartPoint | P): Promise<void> {
-  await sql.unlockKey(db, held.merchantId, held.key, recoveryPoint);
+  await sql.unlockKey(db, held, recoveryPoint);
   held.recoveryPoint = recoveryPoint;
 }
 
 function toHeld(row: sql.IdempotencyKeyRow): HeldKey<string> {
-  return { merchantId: row.merchant_id, key: row.idempotency_key, recoveryPoint: row.recovery_point, resourceId: row.resource_id };
+  return {
+    merchantId: row.merchant_id,
+    keyKind: row.key_kind,
+    key: row.idempotency_key,
+    recoveryPoint: row.recovery_point,
+    resourceId: row.resource_id,
+  };
 }
 
-function keyOf(ctx: RequestContext) {
-  return { merchantId: ctx.merchantId, key: ctx.idempotencyKey, method: ctx.method, path: ctx.path, fingerprint: ctx.fingerprint };
+/** Keys are scoped by the kind of API key: a publishable key never meets the merchant's server's keys. */
+function keyOf(ctx: RequestContext): sql.KeyRef {
+  return { merchantId: ctx.merchantId, keyKind: ctx.keyKind, key: ctx.idempotencyKey };
 }
 
 /**
@@ -191,7 +213,7 @@ async function continueWith<P extends string>(pool: Pool, begun: BeginResult, st
       try {
         return await steps(held);
       } catch (error) {
-        await sql.unlockKey(pool, held.merchantId, held.key, held.recoveryPoint).catch(() => {});
+        await sql.unlockKey(pool, held, held.recoveryPoint).catch(() => {});
         throw error;
       }
     }
