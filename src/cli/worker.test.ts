@@ -5,7 +5,9 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { createTestDatabase, key, setupTestContext } from '../../test/helpers.js';
@@ -67,7 +69,11 @@ async function freePort(): Promise<number> {
 
 describe('floodgate worker', () => {
   test('a job runner that stops by itself ends the process (`start`, whose API would keep it alive) non-zero, saying why', async () => {
+    // Its own data directory: `start` writes the demo merchant's keys there.
+    const dataDir = await mkdtemp(path.join(tmpdir(), 'floodgate-start-'));
+    after(() => rm(dataDir, { recursive: true, force: true }));
     const { child, state } = startProcess('start', {
+      FLOODGATE_DATA_DIR: dataDir,
       FLOODGATE_PORT: String(await freePort()),
       FLOODGATE_SIMULATOR_PORT: String(await freePort()),
     });
