@@ -10,7 +10,6 @@ import type { Config } from './config.js';
 import { registerEventRoutes } from './events/routes.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
 import { createAuthenticator } from './merchants/service.js';
-import { onPaymentSucceeded } from './payments/hooks.js';
 import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
 import { registerPaymentRoutes } from './payments/routes.js';
 import { createCache } from './platform/cache/cache.js';
@@ -65,9 +64,6 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     trustProxy: deps.config.trustProxy,
   });
   const authenticate = createAuthenticator(deps.pool, deps.config.apiKeyCacheTtlMs);
-  // Payments completed by this node (the confirm call, provider webhooks) mark their orders paid
-  // in the completion command's transaction.
-  onPaymentSucceeded(convertPaidHold);
 
   // Shedding first: a refused request must cost nothing, not even an API key lookup.
   const shedder =
@@ -133,12 +129,19 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   const paymentDeps = {
     pool: deps.pool,
     provider: deps.provider,
+    // Payments completed by this node (the confirm call, provider webhooks) mark their orders
+    // paid in the completion command's transaction.
+    onPaymentSucceeded: convertPaidHold,
     idempotency: { ttlHours: deps.config.idempotencyKeyTtlHours, lockTimeoutMs: deps.config.idempotencyLockTimeoutMs },
   };
   registerPaymentRoutes(app, paymentDeps);
   registerEventRoutes(app, deps.pool);
   registerLedgerRoutes(app, deps.pool);
-  registerProviderWebhookRoutes(app, { pool: deps.pool, secret: deps.config.providerWebhookSecret });
+  registerProviderWebhookRoutes(app, {
+    pool: deps.pool,
+    secret: deps.config.providerWebhookSecret,
+    onPaymentSucceeded: paymentDeps.onPaymentSucceeded,
+  });
   registerWebhookRoutes(app, { pool: deps.pool, idempotency: paymentDeps.idempotency, allowPrivate: deps.config.webhookAllowPrivate });
 
   // The surge path: the waiting room admits buyers, who then hold stock and order.

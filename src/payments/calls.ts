@@ -27,10 +27,10 @@ export async function callAndComplete<P extends string>(
     // The call certainly did not take effect: settle the attempt as failed and give the key up
     // at `retryPoint`, so a retry with the same key tries again from there.
     return withTransaction(deps.pool, async (client) => {
-      await completeAttempt(client, held.merchantId, attempt.id, outcome);
+      await completeAttempt(client, deps, held.merchantId, attempt.id, outcome);
       await idempotency.release(client, held, retryPoint);
       return unavailableReply(outcome.retryAfterSeconds);
     });
   }
-  return idempotency.finalPhase(deps.pool, held, (client) => completeAttempt(client, held.merchantId, attempt.id, outcome));
+  return idempotency.finalPhase(deps.pool, held, (client) => completeAttempt(client, deps, held.merchantId, attempt.id, outcome));
 }

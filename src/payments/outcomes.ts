@@ -12,7 +12,7 @@ import { ApiError } from '../platform/http/errors.js';
 import type { Reply } from '../platform/http/reply.js';
 import type { ProviderCharge, ProviderOutcome } from '../providers/provider.js';
 import { toApiIntent } from './domain.js';
-import { notifySucceeded } from './hooks.js';
+import type { CompletionDeps } from './hooks.js';
 import { scheduleReconciliation } from './reconciliation.js';
 import * as sql from './sql.js';
 
@@ -41,7 +41,7 @@ function statusBefore(attempt: sql.AttemptRow, intent: sql.PaymentIntentRow) {
   return 'requires_capture';
 }
 
-export async function applyOutcome(client: Client, call: SettledCall): Promise<Reply> {
+export async function applyOutcome(client: Client, deps: CompletionDeps, call: SettledCall): Promise<Reply> {
   const { intent, attempt, outcome } = call;
   const where = { merchantId: intent.merchant_id, id: intent.id, from: ['processing'] as const };
   switch (outcome.kind) {
@@ -69,13 +69,13 @@ export async function applyOutcome(client: Client, call: SettledCall): Promise<R
   }
   switch (attempt.operation) {
     case 'authorize':
-      if (charge.status === 'captured') return succeed(client, intent, charge.amountCaptured, charge.reference);
+      if (charge.status === 'captured') return succeed(client, deps, intent, charge.amountCaptured, charge.reference);
       return transitionAndRecord(client, intent, 'requires_capture', 'payment_intent.amount_capturable_updated', {
         provider_reference: charge.reference,
         amount_capturable: charge.amount,
       });
     case 'capture':
-      return succeed(client, intent, charge.amountCaptured, charge.reference);
+      return succeed(client, deps, intent, charge.amountCaptured, charge.reference);
     case 'cancel':
       return transitionAndRecord(client, intent, 'canceled', 'payment_intent.canceled', {
         amount_capturable: 0,
@@ -113,7 +113,13 @@ async function applyDecline(client: Client, call: SettledCall, outcome: { code: 
 }
 
 /** Marks the intent succeeded with `received` captured, and posts the capture to the ledger. */
-async function succeed(client: Client, intent: sql.PaymentIntentRow, received: number, reference: string): Promise<Reply> {
+async function succeed(
+  client: Client,
+  deps: CompletionDeps,
+  intent: sql.PaymentIntentRow,
+  received: number,
+  reference: string,
+): Promise<Reply> {
   const reply = await transitionAndRecord(client, intent, 'succeeded', 'payment_intent.succeeded', {
     provider_reference: reference,
     amount_received: received,
@@ -126,7 +132,7 @@ async function succeed(client: Client, intent: sql.PaymentIntentRow, received: n
     amount: received,
     paymentIntentId: intent.id,
   });
-  await notifySucceeded(client, intent);
+  await deps.onPaymentSucceeded(client, intent);
   return reply;
 }
 

@@ -14,6 +14,7 @@ import { withTransaction } from '../platform/db/pool.js';
 import { addJob } from '../platform/jobs/queue.js';
 import type { PaymentProvider } from '../providers/provider.js';
 import { type AttemptOutcome, completeAttempt, loadAttempt, outcomeFromOperation, sendAttempt } from './completion.js';
+import type { CompletionDeps } from './hooks.js';
 import type * as sql from './sql.js';
 import { markReconciliationExhausted, selectStaleOpenAttempts } from './sql.js';
 
@@ -56,10 +57,13 @@ export function reconcileDeadlineMs(options: Pick<ReconcileOptions, 'baseDelayMs
 
 export type ReconcileResult = 'settled' | 'already_settled' | 'rescheduled' | 'exhausted' | 'missing';
 
-export async function reconcileAttempt(
-  deps: { pool: Pool; provider: PaymentProvider; options: ReconcileOptions },
-  payload: ReconcilePayload,
-): Promise<ReconcileResult> {
+export interface ReconcileDeps extends CompletionDeps {
+  pool: Pool;
+  provider: PaymentProvider;
+  options: ReconcileOptions;
+}
+
+export async function reconcileAttempt(deps: ReconcileDeps, payload: ReconcilePayload): Promise<ReconcileResult> {
   const loaded = await loadAttempt(deps.pool, payload.merchant_id, payload.attempt_id);
   if (!loaded) return 'missing';
   const { attempt, intent } = loaded;
@@ -79,7 +83,7 @@ export async function reconcileAttempt(
     return 'rescheduled';
   }
   const settled = outcome;
-  await withTransaction(deps.pool, (client) => completeAttempt(client, attempt.merchant_id, attempt.id, settled));
+  await withTransaction(deps.pool, (client) => completeAttempt(client, deps, attempt.merchant_id, attempt.id, settled));
   return 'settled';
 }
 

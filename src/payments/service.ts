@@ -23,10 +23,11 @@ import { newId } from '../platform/ids.js';
 import type { PaymentProvider } from '../providers/provider.js';
 import { callAndComplete } from './calls.js';
 import { CANCELABLE, CONFIRMABLE, initialStatus, providerKeyFor, toApiIntent } from './domain.js';
+import type { CompletionDeps } from './hooks.js';
 import type { OpenOperation } from './outcomes.js';
 import * as sql from './sql.js';
 
-export interface PaymentDeps {
+export interface PaymentDeps extends CompletionDeps {
   pool: Pool;
   provider: PaymentProvider;
   idempotency: IdempotencyOptions;
