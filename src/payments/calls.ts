@@ -4,18 +4,25 @@
  * here after a crash sends again under the same key, which the provider deduplicates.
  */
 import assert from 'node:assert/strict';
-import { withTransaction } from '../platform/db/pool.js';
+import { type Pool, withTransaction } from '../platform/db/pool.js';
 import type { Reply } from '../platform/http/reply.js';
 import type { HeldKey, StartPoint } from '../platform/idempotency/service.js';
 import * as idempotency from '../platform/idempotency/service.js';
+import type { PaymentProvider } from '../providers/provider.js';
 import { completeAttempt, sendAttempt } from './completion.js';
+import type { CompletionDeps } from './hooks.js';
 import { unavailableReply } from './outcomes.js';
-import type { PaymentDeps } from './service.js';
 import type * as sql from './sql.js';
 import { selectIntent } from './sql.js';
 
+/** What the request path's provider call needs. */
+export interface CallDeps extends CompletionDeps {
+  pool: Pool;
+  provider: PaymentProvider;
+}
+
 export async function callAndComplete<P extends string>(
-  deps: PaymentDeps,
+  deps: CallDeps,
   held: HeldKey<P>,
   attempt: sql.AttemptRow,
   retryPoint: StartPoint | P,

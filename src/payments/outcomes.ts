@@ -13,7 +13,7 @@ import type { Reply } from '../platform/http/reply.js';
 import type { ProviderCharge, ProviderOutcome } from '../providers/provider.js';
 import { toApiIntent } from './domain.js';
 import type { CompletionDeps } from './hooks.js';
-import { scheduleReconciliation } from './reconciliation.js';
+import { scheduleReconciliation } from './reconciliation-queue.js';
 import * as sql from './sql.js';
 
 export type OpenOperation = 'authorize' | 'capture' | 'cancel';

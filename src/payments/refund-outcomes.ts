@@ -10,7 +10,7 @@ import type { Client } from '../platform/db/pool.js';
 import type { Reply } from '../platform/http/reply.js';
 import type { ProviderOutcome, ProviderRefund } from '../providers/provider.js';
 import { toApiRefund } from './domain.js';
-import { scheduleReconciliation } from './reconciliation.js';
+import { scheduleReconciliation } from './reconciliation-queue.js';
 import * as sql from './sql.js';
 
 const ok = (body: unknown): Reply => ({ status: 200, body });

@@ -36,20 +36,6 @@ export interface AttemptRow {
   created_at?: Date;
 }
 
-export interface RefundRow {
-  merchant_id: string;
-  id: string;
-  payment_intent_id: string;
-  amount: number;
-  currency: string;
-  status: 'pending' | 'succeeded' | 'failed';
-  reason: string | null;
-  metadata: Record<string, string>;
-  failure_reason: string | null;
-  created_at: Date;
-  updated_at: Date;
-}
-
 export interface NewIntent {
   merchantId: string;
   id: string;
