@@ -11,7 +11,7 @@ import * as idempotency from '../platform/idempotency/service.js';
 import type { PaymentProvider } from '../providers/provider.js';
 import { completeAttempt, sendAttempt } from './completion.js';
 import type { CompletionDeps } from './hooks.js';
-import { unavailableReply } from './outcomes.js';
+import { completionReply, unavailableReply } from './replies.js';
 import type * as sql from './sql.js';
 import { selectIntent } from './sql.js';
 
@@ -39,5 +39,7 @@ export async function callAndComplete<P extends string>(
       return unavailableReply(outcome.retryAfterSeconds);
     });
   }
-  return idempotency.finalPhase(deps.pool, held, (client) => completeAttempt(client, deps, held.merchantId, attempt.id, outcome));
+  return idempotency.finalPhase(deps.pool, held, async (client) =>
+    completionReply(await completeAttempt(client, deps, held.merchantId, attempt.id, outcome)),
+  );
 }

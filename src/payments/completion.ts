@@ -7,10 +7,9 @@
  */
 import assert from 'node:assert/strict';
 import type { Client, Queryable } from '../platform/db/pool.js';
-import type { Reply } from '../platform/http/reply.js';
 import type { PaymentProvider, ProviderCharge, ProviderOperation, ProviderOutcome, ProviderRefund } from '../providers/provider.js';
 import type { CompletionDeps } from './hooks.js';
-import { applyOutcome } from './outcomes.js';
+import { applyOutcome, type Completion } from './outcomes.js';
 import { applyRefundOutcome } from './refund-outcomes.js';
 import * as sql from './sql.js';
 
@@ -48,7 +47,7 @@ export async function completeAttempt(
   merchantId: string,
   attemptId: string,
   outcome: AttemptOutcome,
-): Promise<Reply> {
+): Promise<Completion> {
   const attempt = await sql.selectAttempt(client, merchantId, attemptId);
   assert.ok(attempt, `attempt ${attemptId} exists`);
   const intent = await sql.selectIntent(client, merchantId, attempt.payment_intent_id, true);
