@@ -103,6 +103,7 @@ async function createUnconfirmed(deps: PaymentDeps, ctx: RequestContext, params:
   // V8 a fresh object shape on every call, and each field then costs an inline-cache miss.
   const body = viewOfNewIntent(intent);
   const created = await sql.insertIntentWithFinishedKey(deps.pool, intent, {
+    keyKind: ctx.keyKind,
     key: ctx.idempotencyKey,
     fingerprint: ctx.fingerprint,
     ttlHours: deps.idempotency.ttlHours,
