@@ -39,6 +39,8 @@ import {
 } from './token.js';
 
 export type { QueueStatus, QueueView, SaleForQueue } from './domain.js';
+/** The waiting room's limits, for the schemas of the sales that configure it. */
+export { QUEUE_LIMITS } from './domain.js';
 export type { ConsumeResult } from './token.js';
 
 export const TICKET_PREFIX = 'qt';

@@ -8,7 +8,7 @@ import { type Pool, withTransaction } from '../platform/db/pool.js';
 import type { Reply } from '../platform/http/reply.js';
 import type { HeldKey, StartPoint } from '../platform/idempotency/service.js';
 import * as idempotency from '../platform/idempotency/service.js';
-import type { PaymentProvider } from '../providers/provider.js';
+import type { PaymentProvider } from '../providers/service.js';
 import { completeAttempt, sendAttempt } from './completion.js';
 import type { CompletionDeps } from './hooks.js';
 import { completionReply, unavailableReply } from './replies.js';

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import type { Client, Queryable } from '../platform/db/pool.js';
-import type { PaymentProvider, ProviderCharge, ProviderOperation, ProviderOutcome, ProviderRefund } from '../providers/provider.js';
+import type { PaymentProvider, ProviderCharge, ProviderOperation, ProviderOutcome, ProviderRefund } from '../providers/service.js';
 import type { CompletionDeps } from './hooks.js';
 import { applyOutcome, type Completion } from './outcomes.js';
 import { applyRefundOutcome } from './refund-outcomes.js';

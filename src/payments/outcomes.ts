@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import * as events from '../events/service.js';
 import * as ledger from '../ledger/service.js';
 import type { Client } from '../platform/db/pool.js';
-import type { ProviderCharge, ProviderOutcome } from '../providers/provider.js';
+import type { ProviderCharge, ProviderOutcome } from '../providers/service.js';
 import { type ApiPaymentIntent, toApiIntent, type toApiRefund } from './domain.js';
 import type { CompletionDeps } from './hooks.js';
 import { scheduleReconciliation } from './reconciliation-queue.js';

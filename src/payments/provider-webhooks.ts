@@ -9,7 +9,7 @@ import type { Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';
 import type { HttpServer } from '../platform/http/server.js';
-import { operationFromRecorded, type RecordedResponse } from '../providers/http-provider.js';
+import { operationFromRecorded, type RecordedResponse } from '../providers/service.js';
 import { completeAttempt, outcomeFromOperation } from './completion.js';
 import { parseProviderKey } from './domain.js';
 import type { CompletionDeps } from './hooks.js';

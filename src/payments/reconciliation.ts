@@ -12,7 +12,7 @@
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import { addJob } from '../platform/jobs/queue.js';
-import type { PaymentProvider } from '../providers/provider.js';
+import type { PaymentProvider } from '../providers/service.js';
 import { type AttemptOutcome, completeAttempt, loadAttempt, outcomeFromOperation, sendAttempt } from './completion.js';
 import type { CompletionDeps } from './hooks.js';
 import { RECONCILE_TASK, type ReconcilePayload, scheduleReconciliation } from './reconciliation-queue.js';

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import * as events from '../events/service.js';
 import * as ledger from '../ledger/service.js';
 import type { Client } from '../platform/db/pool.js';
-import type { ProviderOutcome, ProviderRefund } from '../providers/provider.js';
+import type { ProviderOutcome, ProviderRefund } from '../providers/service.js';
 import { toApiRefund } from './domain.js';
 import type { Completion } from './outcomes.js';
 import { scheduleReconciliation } from './reconciliation-queue.js';

@@ -4,13 +4,13 @@
  * schema, so the error names the parameter.
  */
 import { Type } from '@sinclair/typebox';
+import { CURRENCY_EXPONENTS, isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../money/currency.js';
 import { principalOf, requestContext } from '../platform/http/context.js';
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
 import { sendReply } from '../platform/http/reply.js';
 import { errorResponses, IdempotencyHeaders, IdParams, ListOf, ListQuery, Metadata } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { ID_PATTERN } from '../platform/ids.js';
-import { CURRENCY_EXPONENTS, isCurrency, maxAmount, SUPPORTED_CURRENCIES } from './currency.js';
 import { CANCELLATION_REASONS, REFUND_REASONS, STATUSES } from './domain.js';
 import * as refunds from './refunds.js';
 import type { PaymentDeps } from './service.js';

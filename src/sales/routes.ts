@@ -2,8 +2,8 @@
  * The HTTP edge of sales: sales and their items, holds, orders.
  */
 import { Type } from '@sinclair/typebox';
-import { QUEUE_LIMITS } from '../admission/domain.js';
-import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../payments/currency.js';
+import { QUEUE_LIMITS } from '../admission/service.js';
+import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../money/currency.js';
 import type { Cache } from '../platform/cache/cache.js';
 import { sendCached } from '../platform/cache/http.js';
 import { principalOf, requestContext } from '../platform/http/context.js';

@@ -5,7 +5,7 @@
 
 import { LRUCache } from 'lru-cache';
 import type { SaleForQueue } from '../admission/service.js';
-import { createIntentInTransaction } from '../payments/hooks.js';
+import { createIntentInTransaction } from '../payments/service.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
