@@ -24,7 +24,7 @@ import type { RedisConnections } from './platform/redis/client.js';
 import type { PaymentProvider } from './providers/provider.js';
 import { convertPaidHold } from './sales/holds.js';
 import { registerSalesRoutes } from './sales/routes.js';
-import { createSaleLookup, type toApiSale } from './sales/service.js';
+import { createSaleLookup, type SaleCache } from './sales/service.js';
 import { VERSION } from './version.js';
 import { registerWebhookRoutes } from './webhooks/routes.js';
 
@@ -149,7 +149,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   // one (a single process, a test) signs with a secret of its own.
   const admissionConfig = { ...deps.config, admissionSecret: deps.config.admissionSecret ?? randomBytes(32).toString('base64url') };
   const room = createWaitingRoom({ config: admissionConfig, redis: deps.redis?.client, keyPrefix: 'queue:', metrics });
-  const saleCache = await createCache<ReturnType<typeof toApiSale> | null>({
+  const saleCache: SaleCache = await createCache({
     name: 'sales',
     staleMs: deps.config.cacheStaleMs,
     registry: metrics.registry,
@@ -157,7 +157,8 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     redis: deps.redis,
   });
   app.addHook('onClose', async () => saleCache.close());
-  registerQueueRoutes(app, { room, lookup: createSaleLookup(deps.pool, deps.config.cacheStaleMs) });
+  // The waiting room reads sales through the same cache as the sale page, so PATCH reaches both.
+  registerQueueRoutes(app, { room, lookup: createSaleLookup(deps.pool, saleCache) });
   registerSalesRoutes(
     app,
     {
