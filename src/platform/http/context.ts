@@ -35,7 +35,7 @@ export function principalOf(request: FastifyRequest): Principal {
 /** What a use case knows of the request it serves; the idempotency seam takes it as it is. */
 export interface RequestContext {
   merchantId: string;
-  /** Idempotency keys are scoped by it: see migrations/005_idempotency_scope.sql. */
+  /** Idempotency keys are scoped by it: see migrations/004_idempotency_scope.sql. */
   keyKind: Principal['keyKind'];
   idempotencyKey: string;
   method: string;
