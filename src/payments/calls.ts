@@ -11,7 +11,7 @@ import * as idempotency from '../platform/idempotency/service.js';
 import type { PaymentProvider } from '../providers/service.js';
 import { completeAttempt, sendAttempt } from './completion.js';
 import type { CompletionDeps } from './hooks.js';
-import { completionReply, unavailableReply } from './replies.js';
+import type { Completion } from './outcomes.js';
 import type * as sql from './sql.js';
 import { selectIntent } from './sql.js';
 
@@ -19,6 +19,11 @@ import { selectIntent } from './sql.js';
 export interface CallDeps extends CompletionDeps {
   pool: Pool;
   provider: PaymentProvider;
+  /**
+   * Turns what completing the attempt came to into the request's answer, stored with the key in
+   * the completion's own transaction. routes.ts passes it in: only the HTTP edge speaks HTTP.
+   */
+  present: (completion: Completion) => Reply;
 }
 
 export async function callAndComplete<P extends string>(
@@ -36,10 +41,10 @@ export async function callAndComplete<P extends string>(
     return withTransaction(deps.pool, async (client) => {
       await completeAttempt(client, deps, held.merchantId, attempt.id, outcome);
       await idempotency.release(client, held, retryPoint);
-      return unavailableReply(outcome.retryAfterSeconds);
+      return deps.present({ kind: 'provider_unavailable', retryAfterSeconds: outcome.retryAfterSeconds });
     });
   }
   return idempotency.finalPhase(deps.pool, held, async (client) =>
-    completionReply(await completeAttempt(client, deps, held.merchantId, attempt.id, outcome)),
+    deps.present(await completeAttempt(client, deps, held.merchantId, attempt.id, outcome)),
   );
 }

@@ -23,7 +23,7 @@ export interface SettledCall {
 }
 
 /**
- * What completing an attempt came to, in the domain's words; payments/replies.ts turns it into
+ * What completing an attempt came to, in the domain's words; routes.ts turns it into
  * the request's answer, and the reconciler and the provider webhook need no answer at all.
  */
 export type Completion =

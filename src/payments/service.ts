@@ -20,10 +20,8 @@ import type { HeldKey, IdempotencyOptions, PhaseResult } from '../platform/idemp
 import * as idempotency from '../platform/idempotency/service.js';
 import { respond } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
-import type { PaymentProvider } from '../providers/service.js';
-import { callAndComplete } from './calls.js';
+import { type CallDeps, callAndComplete } from './calls.js';
 import { CANCELABLE, CONFIRMABLE, initialStatus, providerKeyFor, toApiIntent } from './domain.js';
-import type { CompletionDeps } from './hooks.js';
 
 /** What other capabilities may do inside their own transactions: see hooks.ts. */
 export { cancelUnpaidForExpiry, createIntentInTransaction, type ExpiryDecision, type PaymentSucceededListener } from './hooks.js';
@@ -31,9 +29,7 @@ export { cancelUnpaidForExpiry, createIntentInTransaction, type ExpiryDecision, 
 import type { OpenOperation } from './outcomes.js';
 import * as sql from './sql.js';
 
-export interface PaymentDeps extends CompletionDeps {
-  pool: Pool;
-  provider: PaymentProvider;
+export interface PaymentDeps extends CallDeps {
   idempotency: IdempotencyOptions;
 }
 
