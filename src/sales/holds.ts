@@ -6,8 +6,8 @@
  * so a payment that succeeds late always finds its stock.
  */
 
-import { isCurrency, maxAmount } from '../payments/currency.js';
-import { cancelUnpaidForExpiry } from '../payments/hooks.js';
+import { isCurrency, maxAmount } from '../money/currency.js';
+import { cancelUnpaidForExpiry } from '../payments/service.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';

@@ -3,9 +3,8 @@
  */
 import { Type } from '@sinclair/typebox';
 import type { FastifyRequest } from 'fastify';
-import { QUEUE_LIMITS } from '../admission/domain.js';
-import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../payments/currency.js';
-import type { Cache } from '../platform/cache/cache.js';
+import { QUEUE_LIMITS } from '../admission/service.js';
+import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../money/currency.js';
 import { sendCached } from '../platform/cache/http.js';
 import { principalOf, requestContext } from '../platform/http/context.js';
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
@@ -186,11 +185,9 @@ function forKey(request: FastifyRequest, reply: Reply): Reply {
 }
 
 export interface SaleCache {
-  cache: Cache<ReturnType<typeof sales.toApiSale> | null>;
+  cache: sales.SaleCache;
   staleMs: number;
 }
-
-const saleCacheKey = (merchantId: string, saleId: string) => `${merchantId}:${saleId}`;
 
 export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cache: SaleCache): void {
   app.post(
@@ -256,9 +253,7 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
     },
     async (request, reply) => {
       const { merchantId, keyKind } = principalOf(request);
-      const cached = await cache.cache.get(saleCacheKey(merchantId, request.params.id), () =>
-        sales.retrieveSale(deps.pool, merchantId, request.params.id).then((sale) => sale ?? null),
-      );
+      const cached = await sales.cachedSale(cache.cache, deps.pool, merchantId, request.params.id);
       if (cached.value === null) throw new ApiError('resource_missing', `No such sale: '${request.params.id}'`, 'id');
       // The answer depends on the key (another merchant's gets 404, no key gets 401), so a CDN
       // must key its copy by it: every buyer of a sale sends the same publishable key, so the
@@ -301,7 +296,7 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
       const ctx = requestContext(request);
       const result = await sales.updateSale(deps, ctx, request.params.id, changes);
       // Every node drops its copy: the next public read shows the change at once.
-      if (result.status === 200) await cache.cache.invalidate(saleCacheKey(ctx.merchantId, request.params.id));
+      if (result.status === 200) await cache.cache.invalidate(sales.saleCacheKey(ctx.merchantId, request.params.id));
       return sendReply(reply, result);
     },
   );
