@@ -125,6 +125,9 @@ function floodgateEnv(databaseUrl: string, extra: Record<string, string>): NodeJ
     FLOODGATE_WEBHOOK_ALLOW_PRIVATE: '1',
     // API nodes refuse to start without a shared admission secret.
     FLOODGATE_ADMISSION_SECRET: 'bench_admission_secret_0123456789abcdef',
+    // API and worker nodes refuse to start without the key that seals webhook secrets; both
+    // must have the same one (the worker opens what the API sealed).
+    FLOODGATE_SECRETS_KEYS: 'YmVuY2ggc2VjcmV0cyBrZXkgMDEyMzQ1Njc4OWFiY2Q=',
     ...extra,
   };
 }
