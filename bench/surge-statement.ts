@@ -95,7 +95,8 @@ export async function captureHold(options: {
       {
         pool: recordingPool(pool, log),
         idempotency: { ttlHours: config.idempotencyKeyTtlHours, lockTimeoutMs: config.idempotencyLockTimeoutMs },
-        admit: async () => ({ ok: true, ticketId: TICKET_MARK }),
+        checkAdmission: () => ({ ok: true, ticketId: TICKET_MARK, expiresAtMs: Date.now() + 60_000 }),
+        confirmAdmission: async () => undefined,
         releaseAdmission: async () => undefined,
       },
       {

@@ -31,6 +31,8 @@ export function runWorker(deps: {
   provider: PaymentProvider;
   metrics?: Metrics;
   log: Logger;
+  /** Frees a paid or expired hold's waiting-room slot: the API's room, or the shared one in Redis. */
+  releaseAdmission: (saleId: string, ticketId: string) => Promise<unknown>;
 }): Promise<Worker> {
   const { config, pool, provider } = deps;
   // The reconciler completes payments here: their orders are marked paid in the same transaction.
@@ -38,7 +40,7 @@ export function runWorker(deps: {
   const tasks = {
     ...paymentTasks({ pool, provider, options: reconcileOptions(config) }),
     ...idempotencyTasks({ pool, lockTimeoutMs: config.idempotencyLockTimeoutMs }),
-    ...salesTasks({ pool }),
+    ...salesTasks({ pool, releaseAdmission: deps.releaseAdmission }),
     ...webhookTasks({ pool, settings: webhookSettings(config), metrics: deps.metrics, log: deps.log }),
   };
   return startWorker({

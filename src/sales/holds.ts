@@ -16,17 +16,27 @@ import { type HoldLine, normalizeLines, salePhase, totalQuantity } from './domai
 import * as sql from './sql.js';
 
 export const EXPIRE_HOLD_TASK = 'expire_hold';
+export const RELEASE_ADMISSION_TASK = 'release_admission';
 
 export type HoldResult = { kind: 'created'; hold: sql.HoldRow; lines: HoldLine[] } | { kind: 'refused'; error: ApiError };
 
 const refused = (error: ApiError): HoldResult => ({ kind: 'refused', error });
+const admissionRefused = (reason: string) => new ApiError('admission_invalid', `Admission refused: ${reason}.`, 'admission_token');
 const soldOut = (item: sql.ItemRow, line: HoldLine) =>
   new ApiError('sold_out', `Item '${item.id}' (${item.name}) has fewer than ${line.quantity} left.`, 'items');
 
 /** Takes the stock of `lines` for a buyer, in the caller's transaction. */
 export async function takeHold(
   client: Client,
-  request: { merchantId: string; saleId: string; buyerReference: string; lines: HoldLine[]; now: Date; admissionTicket?: string },
+  request: {
+    merchantId: string;
+    saleId: string;
+    buyerReference: string;
+    lines: HoldLine[];
+    now: Date;
+    /** The checked admission token; absent for holds placed without the waiting room (tests). */
+    admission?: { ok: true; ticketId: string } | { ok: false; reason: string };
+  },
 ): Promise<HoldResult> {
   const { merchantId, saleId, buyerReference } = request;
   const sale = await sql.selectSale(client, merchantId, saleId);
@@ -34,6 +44,10 @@ export async function takeHold(
   const phase = salePhase(sale, request.now);
   if (phase === 'scheduled') return refused(new ApiError('sale_not_open', `The sale opens at ${sale.opens_at.toISOString()}.`));
   if (phase === 'closed') return refused(new ApiError('sale_closed', 'The sale has closed.'));
+  // After the sale's ownership: another merchant's request learns nothing about the token.
+  const admission = request.admission;
+  if (admission && !admission.ok) return refused(admissionRefused(admission.reason));
+  const ticket = admission?.ok ? admission.ticketId : null;
   const lines = normalizeLines(request.lines);
   const items = new Map((await sql.selectItems(client, merchantId, [saleId])).map((item) => [item.id, item]));
   for (const line of lines) {
@@ -44,6 +58,11 @@ export async function takeHold(
     if (item.stock_available < line.quantity) return refused(soldOut(item, line));
   }
   await sql.lockBuyer(client, merchantId, saleId, buyerReference);
+  // A token is bound to one buyer, so the buyer's lock also serializes the uses of one token:
+  // this check cannot race (and a unique index backs it).
+  if (ticket && (await sql.ticketUsed(client, merchantId, saleId, ticket))) {
+    return refused(admissionRefused('the admission token was already used'));
+  }
   const already = await sql.selectBuyerQuantity(client, merchantId, saleId, buyerReference);
   if (already + totalQuantity(lines) > sale.per_buyer_limit) {
     return refused(
@@ -77,7 +96,7 @@ export async function takeHold(
       id: holdId,
       sale_id: saleId,
       buyer_reference: buyerReference,
-      admission_ticket: request.admissionTicket ?? null,
+      admission_ticket: ticket,
       amount,
       currency: sale.currency,
       expires_at: expiresAt,
@@ -99,6 +118,21 @@ async function scheduleExpiry(client: Client, hold: Pick<sql.HoldRow, 'merchant_
   );
 }
 
+/**
+ * A hold that was paid or expired frees its buyer's shopper slot in the waiting room. The job is
+ * added in the transaction that ends the hold, so it exists exactly when the hold ended; its
+ * key makes it one per ticket, and the release itself is idempotent (a ticket leaves once).
+ */
+async function scheduleAdmissionRelease(client: Client, hold: Pick<sql.HoldRow, 'sale_id' | 'admission_ticket'>) {
+  if (!hold.admission_ticket) return;
+  await addJob(
+    client,
+    RELEASE_ADMISSION_TASK,
+    { sale_id: hold.sale_id, ticket: hold.admission_ticket },
+    { jobKey: `release_admission:${hold.admission_ticket}`, jobKeyMode: 'preserve_run_at' },
+  );
+}
+
 export type ReleaseResult = 'released' | 'not_active' | 'payment_in_progress' | 'missing';
 
 /**
@@ -114,6 +148,9 @@ export async function endHold(client: Client, merchantId: string, holdId: string
   await sql.finishHold(client, merchantId, holdId, status);
   for (const line of await sql.selectHoldLines(client, merchantId, holdId)) await sql.returnStock(client, merchantId, line);
   if (order) await sql.expireOrderOfHold(client, merchantId, holdId);
+  // A buyer who releases is answered after the commit and frees the slot then, at once; an
+  // expiry has no one to answer, so its job does it.
+  if (status === 'expired') await scheduleAdmissionRelease(client, hold);
   return 'released';
 }
 
@@ -152,4 +189,6 @@ export async function convertPaidHold(client: Client, intent: { merchant_id: str
   }
   for (const line of await sql.selectHoldLines(client, order.merchant_id, order.hold_id))
     await sql.sellStock(client, order.merchant_id, line);
+  const hold = await sql.selectHold(client, order.merchant_id, order.hold_id);
+  if (hold) await scheduleAdmissionRelease(client, hold);
 }

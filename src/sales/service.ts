@@ -30,11 +30,18 @@ import * as sql from './sql.js';
 export interface SalesDeps {
   pool: Pool;
   idempotency: IdempotencyOptions;
-  /** Checks and spends an admission token from the waiting room. */
-  admit: (token: string, saleId: string, buyerReference: string) => Promise<{ ok: true; ticketId: string } | { ok: false; reason: string }>;
+  /**
+   * Checks an admission token without spending it (signature, sale, buyer, expiry). A token is
+   * spent by the hold that commits with its ticket: the database keeps one hold per ticket.
+   */
+  checkAdmission: (token: string, saleId: string, buyerReference: string) => AdmissionCheck;
+  /** After a hold committed: its ticket moves to the waiting room's shoppers. */
+  confirmAdmission: (saleId: string, ticketId: string, tokenExpiresAtMs: number) => Promise<unknown>;
   /** Frees the shopper slot of a hold's admission when the hold ends early. */
   releaseAdmission: (saleId: string, ticketId: string) => Promise<unknown>;
 }
+
+export type AdmissionCheck = { ok: true; ticketId: string; expiresAtMs: number } | { ok: false; reason: string };
 
 export interface CreateSaleParams {
   name: string;
@@ -191,35 +198,31 @@ export async function listSales(pool: Pool, merchantId: string, limit: number, s
   );
 }
 
-export function createHold(
+export async function createHold(
   deps: SalesDeps,
   ctx: RequestContext,
   params: { sale: string; buyer_reference: string; admission_token: string; items: { item: string; quantity: number }[] },
 ): Promise<Reply> {
-  return idempotency.run(
-    deps.pool,
-    { merchantId: ctx.merchantId, key: ctx.idempotencyKey, method: ctx.method, path: ctx.path, fingerprint: ctx.fingerprint },
-    deps.idempotency,
-    async (held) => {
-      // Spent before the stock is taken, and only by a new request (a replay returns the stored
-      // answer without spending again). A token is single-use even when the hold is refused.
-      const admission = await deps.admit(params.admission_token, params.sale, params.buyer_reference);
-      return (await idempotency.atomicPhase(deps.pool, held, async (client) => {
-        const reply = admission.ok
-          ? await holdReply(client, ctx.merchantId, params, admission.ticketId)
-          : errorReply(new ApiError('admission_invalid', `Admission refused: ${admission.reason}.`, 'admission_token'));
-        return { kind: 'response', status: reply.status, body: reply.body };
-      })) as Reply;
-    },
-    refusedReply,
-  );
+  // Checked, not spent: nothing outside this request's transaction changes before it commits,
+  // so a refusal (or a crash) leaves the token usable and the buyer's slot theirs.
+  const admission = deps.checkAdmission(params.admission_token, params.sale, params.buyer_reference);
+  let committed: { ticketId: string; expiresAtMs: number } | undefined;
+  const reply = await singlePhase(deps, ctx, async (client) => {
+    const held = await holdReply(client, ctx.merchantId, params, admission);
+    if (held.status === 200 && admission.ok) committed = admission;
+    return held;
+  });
+  // The hold committed with its ticket: the admission becomes a shopper slot. Best effort: if
+  // this is lost, the ticket's admission lapses when its token expires, and the hold stands.
+  if (committed) await deps.confirmAdmission(params.sale, committed.ticketId, committed.expiresAtMs).catch(() => {});
+  return reply;
 }
 
 async function holdReply(
   client: Client,
   merchantId: string,
   params: { sale: string; buyer_reference: string; items: { item: string; quantity: number }[] },
-  admissionTicket: string,
+  admission: AdmissionCheck,
 ): Promise<Reply> {
   const result = await takeHold(client, {
     merchantId,
@@ -227,7 +230,7 @@ async function holdReply(
     buyerReference: params.buyer_reference,
     lines: params.items.map((line) => ({ item_id: line.item, quantity: line.quantity })),
     now: new Date(),
-    admissionTicket,
+    admission,
   });
   if (result.kind === 'refused') return errorReply(result.error);
   return ok(toApiHold(result.hold, result.lines));

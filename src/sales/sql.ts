@@ -194,6 +194,16 @@ export async function selectBuyerQuantity(db: Queryable, merchantId: string, sal
   return rows[0]?.quantity ?? 0;
 }
 
+/** Whether a hold already used this waiting-room ticket (one hold per admission). */
+export async function ticketUsed(db: Queryable, merchantId: string, saleId: string, ticket: string): Promise<boolean> {
+  const { rowCount } = await db.query({
+    name: 'sales_ticket_used',
+    text: 'select 1 from holds where merchant_id = $1 and sale_id = $2 and admission_ticket = $3',
+    values: [merchantId, saleId, ticket],
+  });
+  return rowCount === 1;
+}
+
 /** Serializes one buyer's holds in one sale, so two at once cannot both pass the limit. */
 export async function lockBuyer(db: Queryable, merchantId: string, saleId: string, buyerReference: string): Promise<void> {
   await db.query({
