@@ -25,7 +25,8 @@ import type { RedisConnections } from './platform/redis/client.js';
 import type { PaymentProvider } from './providers/provider.js';
 import { convertPaidHold } from './sales/holds.js';
 import { registerSalesRoutes } from './sales/routes.js';
-import { createSaleLookup, type toApiSale } from './sales/service.js';
+import { HoldBatcher } from './sales/hold-batches.js';
+import { createSaleLookup, toApiHold, type toApiSale } from './sales/service.js';
 import { VERSION } from './version.js';
 import { registerWebhookRoutes } from './webhooks/routes.js';
 
@@ -170,6 +171,18 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
       },
       confirmAdmission: (saleId, ticketId, expiresAtMs) => room.confirmAdmission(saleId, ticketId, expiresAtMs),
       releaseAdmission: (saleId, ticketId) => room.releaseAdmission(saleId, ticketId),
+      holdBatcher:
+        deps.config.holdBatchMax > 1
+          ? new HoldBatcher({
+              pool: deps.pool,
+              idempotency: paymentDeps.idempotency,
+              windowMs: deps.config.holdBatchWindowMs,
+              batchMax: deps.config.holdBatchMax,
+              synchronousCommit: deps.config.holdSynchronousCommit,
+              view: toApiHold,
+              onBatch: (size) => metrics.holdBatchSize.observe(size),
+            })
+          : undefined,
     },
     { cache: saleCache, staleMs: deps.config.cacheStaleMs },
   );

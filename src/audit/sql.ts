@@ -76,6 +76,29 @@ export const CHECKS: Record<string, string> = {
     select r.merchant_id, r.id as object_id, 'refund of a payment in status ' || p.status as detail
     from refunds r join payment_intents p on p.merchant_id = r.merchant_id and p.id = r.payment_intent_id
     where p.status <> 'succeeded'`,
+
+  // Stock: an item's counters against its hold rows. Held units are the lines of active holds,
+  // sold units the lines of converted (paid) holds, and a paid order's hold is the one sold. A
+  // unit lost or counted twice by any path (a batch, a crash, a conversion) shows here.
+  stock_differs_from_holds: `
+    select i.merchant_id, i.id as object_id,
+           'counters available ' || i.stock_available || ', held ' || i.stock_held || ', sold ' || i.stock_sold ||
+           ' of ' || i.stock_total || ' but active holds ' || coalesce(h.held, 0) || ', paid holds ' || coalesce(h.sold, 0) as detail
+    from items i
+    left join (
+      select l.merchant_id, l.item_id,
+             sum(l.quantity) filter (where h.status = 'active') as held,
+             sum(l.quantity) filter (where h.status = 'converted') as sold
+      from hold_lines l join holds h on h.merchant_id = l.merchant_id and h.id = l.hold_id
+      group by l.merchant_id, l.item_id
+    ) h on h.merchant_id = i.merchant_id and h.item_id = i.id
+    where i.stock_held <> coalesce(h.held, 0) or i.stock_sold <> coalesce(h.sold, 0)
+       or i.stock_available + i.stock_held + i.stock_sold <> i.stock_total or i.stock_available < 0`,
+
+  paid_order_without_sold_hold: `
+    select o.merchant_id, o.id as object_id, 'order ' || o.status || ' but its hold is ' || h.status as detail
+    from orders o join holds h on h.merchant_id = o.merchant_id and h.id = o.hold_id
+    where (o.status = 'paid') <> (h.status = 'converted')`,
 };
 
 export async function runCheck(db: Queryable, check: string): Promise<Violation[]> {

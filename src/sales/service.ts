@@ -24,6 +24,7 @@ import {
   PER_BUYER_LIMIT_DEFAULT,
   salePhase,
 } from './domain.js';
+import type { HoldBatcher } from './hold-batches.js';
 import { endHold, takeHold } from './holds.js';
 import * as sql from './sql.js';
 
@@ -39,6 +40,8 @@ export interface SalesDeps {
   confirmAdmission: (saleId: string, ticketId: string, tokenExpiresAtMs: number) => Promise<unknown>;
   /** Frees the shopper slot of a hold's admission when the hold ends early. */
   releaseAdmission: (saleId: string, ticketId: string) => Promise<unknown>;
+  /** Allocates concurrent holds of a sale together; absent: every hold is its own transaction. */
+  holdBatcher?: HoldBatcher;
 }
 
 export type AdmissionCheck = { ok: true; ticketId: string; expiresAtMs: number } | { ok: false; reason: string };
@@ -207,11 +210,30 @@ export async function createHold(
   // so a refusal (or a crash) leaves the token usable and the buyer's slot theirs.
   const admission = deps.checkAdmission(params.admission_token, params.sale, params.buyer_reference);
   let committed: { ticketId: string; expiresAtMs: number } | undefined;
-  const reply = await singlePhase(deps, ctx, async (client) => {
-    const held = await holdReply(client, ctx.merchantId, params, admission);
-    if (held.status === 200 && admission.ok) committed = admission;
-    return held;
-  });
+  const batched = deps.holdBatcher
+    ? await deps.holdBatcher.submit({
+        merchantId: ctx.merchantId,
+        idempotencyKey: ctx.idempotencyKey,
+        method: ctx.method,
+        path: ctx.path,
+        fingerprint: ctx.fingerprint,
+        saleId: params.sale,
+        buyerReference: params.buyer_reference,
+        lines: params.items.map((line) => ({ item_id: line.item, quantity: line.quantity })),
+        admission,
+      })
+    : undefined;
+  let reply: Reply;
+  if (batched?.kind === 'reply') {
+    reply = batched.reply;
+    if (reply.status === 200 && admission.ok) committed = admission;
+  } else {
+    reply = await singlePhase(deps, ctx, async (client) => {
+      const held = await holdReply(client, ctx.merchantId, params, admission);
+      if (held.status === 200 && admission.ok) committed = admission;
+      return held;
+    });
+  }
   // The hold committed with its ticket: the admission becomes a shopper slot. Best effort: if
   // this is lost, the ticket's admission lapses when its token expires, and the hold stands.
   if (committed) await deps.confirmAdmission(params.sale, committed.ticketId, committed.expiresAtMs).catch(() => {});

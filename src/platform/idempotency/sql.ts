@@ -91,3 +91,42 @@ export async function unlockKey(db: Queryable, merchantId: string, key: string, 
     values: [merchantId, key, recoveryPoint],
   });
 }
+
+/**
+ * Inserts a batch's keys, locked, in one statement; returns the keys that were new. A key that
+ * already exists (a retry, or another request with it in flight) is not returned: its request
+ * takes the single path, which replays, refuses or resumes it.
+ */
+export async function insertLockedKeys(
+  db: Queryable,
+  batch: { merchantId: string; method: string; path: string; ttlHours: number; keys: string[]; fingerprints: Buffer[] },
+): Promise<Set<string>> {
+  const { rows } = await db.query<{ idempotency_key: string }>({
+    name: 'idempotency_insert_locked_batch',
+    text: `insert into idempotency_keys (merchant_id, idempotency_key, request_method, request_path,
+             request_fingerprint, locked_at, recovery_point, expires_at)
+           select $1, k.key, $3, $4, k.fingerprint, now(), 'started', now() + make_interval(hours => $5)
+           from unnest($2::text[], $6::bytea[]) as k(key, fingerprint)
+           on conflict do nothing
+           returning idempotency_key`,
+    values: [batch.merchantId, batch.keys, batch.method, batch.path, batch.ttlHours, batch.fingerprints],
+  });
+  return new Set(rows.map((row) => row.idempotency_key));
+}
+
+/** Stores the final responses of a batch's keys in one statement. */
+export async function finishKeys(db: Queryable, merchantId: string, replies: { key: string; status: number; body: unknown }[]) {
+  await db.query({
+    name: 'idempotency_finish_batch',
+    text: `update idempotency_keys k
+           set recovery_point = 'finished', response_status = r.status, response_body = r.body, locked_at = null
+           from unnest($2::text[], $3::int[], $4::jsonb[]) as r(key, status, body)
+           where k.merchant_id = $1 and k.idempotency_key = r.key`,
+    values: [
+      merchantId,
+      replies.map((reply) => reply.key),
+      replies.map((reply) => reply.status),
+      replies.map((reply) => JSON.stringify(reply.body)),
+    ],
+  });
+}
