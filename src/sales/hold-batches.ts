@@ -20,8 +20,8 @@ import assert from 'node:assert/strict';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';
-import * as idempotencySql from '../platform/idempotency/sql.js';
 import type { IdempotencyOptions, Reply } from '../platform/idempotency/service.js';
+import * as idempotencySql from '../platform/idempotency/sql.js';
 import { newId } from '../platform/ids.js';
 import * as batchSql from './batch-sql.js';
 import { type HoldLine, normalizeLines, salePhase, totalQuantity } from './domain.js';
@@ -121,7 +121,7 @@ export class HoldBatcher {
   private async run(batch: Waiting[]): Promise<void> {
     try {
       const answers = await withTransaction(this.options.pool, (client) => this.allocate(client, batch));
-      batch.forEach((waiting, index) => waiting.resolve(answers[index] as BatchAnswer));
+      for (const [index, waiting] of batch.entries()) waiting.resolve(answers[index] as BatchAnswer);
     } catch {
       // The batch's transaction failed as a whole (the database went away, a deadlock): nothing
       // of it committed, so each request runs alone and meets its own outcome.
@@ -166,7 +166,8 @@ export class HoldBatcher {
     const sale = await sql.selectSale(client, merchantId, saleId);
     if (!sale) return requests.map(() => refusal(new ApiError('resource_missing', `No such sale: '${saleId}'`, 'sale')));
     const phase = salePhase(sale, now);
-    if (phase === 'scheduled') return requests.map(() => refusal(new ApiError('sale_not_open', `The sale opens at ${sale.opens_at.toISOString()}.`)));
+    if (phase === 'scheduled')
+      return requests.map(() => refusal(new ApiError('sale_not_open', `The sale opens at ${sale.opens_at.toISOString()}.`)));
     if (phase === 'closed') return requests.map(() => refusal(new ApiError('sale_closed', 'The sale has closed.')));
     const plans = requests.map((request) => ({ request, lines: normalizeLines(request.lines) }));
     const candidates = plans.filter((plan) => plan.request.admission.ok);
