@@ -77,14 +77,15 @@ export const CHECKS: Record<string, string> = {
     from refunds r join payment_intents p on p.merchant_id = r.merchant_id and p.id = r.payment_intent_id
     where p.status <> 'succeeded'`,
 
-  // Stock: an item's counters against its hold rows. Held units are the lines of active holds,
-  // sold units the lines of converted (paid) holds, and a paid order's hold is the one sold. A
-  // unit lost or counted twice by any path (a batch, a crash, a conversion) shows here.
+  // Stock: an item's allocation counter against its hold rows. Allocated units are the lines of
+  // active holds (held), of converted holds (sold) and of ended holds whose return is not yet
+  // credited; a returned line must belong to a hold that ended. A unit lost or counted twice by
+  // any path (a batch, a crash, a conversion, a return) shows here.
   stock_differs_from_holds: `
     select i.merchant_id, i.id as object_id,
-           'counters available ' || i.stock_available || ', held ' || i.stock_held || ', sold ' || i.stock_sold ||
-           ' of ' || i.stock_total || ' but active holds ' || coalesce(h.held, 0) || ', paid holds ' || coalesce(h.sold, 0) as detail
-    from items i
+           'allocated ' || i.stock_allocated || ' of ' || i.stock_total || ' but active holds ' || coalesce(h.held, 0) ||
+           ', paid holds ' || coalesce(h.sold, 0) || ', returns waiting ' || coalesce(r.returned, 0) as detail
+    from sale_items i
     left join (
       select l.merchant_id, l.item_id,
              sum(l.quantity) filter (where h.status = 'active') as held,
@@ -92,8 +93,15 @@ export const CHECKS: Record<string, string> = {
       from hold_lines l join holds h on h.merchant_id = l.merchant_id and h.id = l.hold_id
       group by l.merchant_id, l.item_id
     ) h on h.merchant_id = i.merchant_id and h.item_id = i.id
-    where i.stock_held <> coalesce(h.held, 0) or i.stock_sold <> coalesce(h.sold, 0)
-       or i.stock_available + i.stock_held + i.stock_sold <> i.stock_total or i.stock_available < 0`,
+    left join (
+      select merchant_id, item_id, sum(quantity) as returned from stock_returns group by merchant_id, item_id
+    ) r on r.merchant_id = i.merchant_id and r.item_id = i.id
+    where i.stock_allocated <> coalesce(h.held, 0) + coalesce(h.sold, 0) + coalesce(r.returned, 0)`,
+
+  stock_returned_by_live_hold: `
+    select r.merchant_id, r.hold_id as object_id, 'a return waits for a hold that is ' || h.status as detail
+    from stock_returns r join holds h on h.merchant_id = r.merchant_id and h.id = r.hold_id
+    where h.status in ('active', 'converted')`,
 
   paid_order_without_sold_hold: `
     select o.merchant_id, o.id as object_id, 'order ' || o.status || ' but its hold is ' || h.status as detail

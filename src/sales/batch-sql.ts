@@ -45,36 +45,6 @@ export async function selectUsedTickets(db: Queryable, merchantId: string, saleI
   return new Set(rows.map((row) => row.admission_ticket));
 }
 
-/**
- * Locks the items a batch takes from, in id order (the single path's order), and reads what is
- * left. From here to the commit these rows are the batch's: the allocation below is decided on
- * exactly these numbers.
- */
-export async function lockItems(db: Queryable, merchantId: string, saleId: string, itemIds: string[]) {
-  const { rows } = await db.query<{ id: string; name: string; price: number; stock_available: number }>({
-    name: 'sales_batch_lock_items',
-    text: `select id, name, price, stock_available from items
-           where merchant_id = $1 and sale_id = $2 and id = any($3::text[]) order by id for update`,
-    values: [merchantId, saleId, itemIds],
-  });
-  return new Map(rows.map((row) => [row.id, row]));
-}
-
-/**
- * One guarded update for the batch: each item gives the batch's total. The guard still stands
- * (the rows are locked, so it always passes); the database's checks refuse anything else.
- */
-export async function takeBatchStock(db: Queryable, merchantId: string, taken: Map<string, number>): Promise<number> {
-  const { rowCount } = await db.query({
-    name: 'sales_batch_take_stock',
-    text: `update items i set stock_available = i.stock_available - t.quantity, stock_held = i.stock_held + t.quantity
-           from unnest($2::text[], $3::int[]) as t(id, quantity)
-           where i.merchant_id = $1 and i.id = t.id and i.stock_available >= t.quantity`,
-    values: [merchantId, [...taken.keys()], [...taken.values()]],
-  });
-  return rowCount ?? 0;
-}
-
 export interface NewHold {
   id: string;
   buyer_reference: string;

@@ -177,8 +177,11 @@ export class HoldBatcher {
     const held = buyers.length > 0 ? await batchSql.selectBuyerQuantities(client, merchantId, saleId, buyers) : new Map<string, number>();
     const tickets = candidates.flatMap((plan) => (plan.request.admission.ok ? [plan.request.admission.ticketId] : []));
     const usedTickets = await batchSql.selectUsedTickets(client, merchantId, saleId, tickets);
-    const items = itemIds.length > 0 ? await batchSql.lockItems(client, merchantId, saleId, itemIds) : new Map();
-    const left = new Map([...items.values()].map((item) => [item.id as string, item.stock_available as number]));
+    const items = itemIds.length > 0 ? await sql.lockItemsForAllocation(client, merchantId, saleId, itemIds) : new Map();
+    const returning = [...items.values()].filter((item) => item.returned > 0).map((item) => item.id as string);
+    // Returns of ended holds come back to the items here, many in one statement, under the lock.
+    if (returning.length > 0) await sql.creditReturns(client, merchantId, returning);
+    const left = new Map([...items.values()].map((item) => [item.id as string, (item.unallocated + item.returned) as number]));
     const taken = new Map<string, number>();
     const expiresAt = new Date(now.getTime() + sale.hold_seconds * 1000);
     const holds: (batchSql.NewHold | ApiError)[] = plans.map(({ request, lines }) => {
@@ -209,7 +212,7 @@ export class HoldBatcher {
     });
     const created = holds.filter((hold): hold is batchSql.NewHold => !(hold instanceof ApiError));
     if (created.length > 0) {
-      const updated = await batchSql.takeBatchStock(client, merchantId, taken);
+      const updated = await sql.allocateStock(client, merchantId, taken);
       assert.equal(updated, taken.size, 'the locked items give what the batch counted');
       const rows = await batchSql.insertHolds(client, { merchantId, saleId, currency: sale.currency, expiresAt, holds: created });
       await batchSql.addExpiryJobs(

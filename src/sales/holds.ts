@@ -6,6 +6,7 @@
  * so a payment that succeeds late always finds its stock.
  */
 
+import assert from 'node:assert/strict';
 import { cancelUnpaidForExpiry } from '../payments/hooks.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
@@ -22,7 +23,7 @@ export type HoldResult = { kind: 'created'; hold: sql.HoldRow; lines: HoldLine[]
 
 const refused = (error: ApiError): HoldResult => ({ kind: 'refused', error });
 const admissionRefused = (reason: string) => new ApiError('admission_invalid', `Admission refused: ${reason}.`, 'admission_token');
-const soldOut = (item: sql.ItemRow, line: HoldLine) =>
+const soldOut = (item: { id: string; name: string }, line: HoldLine) =>
   new ApiError('sold_out', `Item '${item.id}' (${item.name}) has fewer than ${line.quantity} left.`, 'items');
 
 /** Takes the stock of `lines` for a buyer, in the caller's transaction. */
@@ -49,13 +50,13 @@ export async function takeHold(
   if (admission && !admission.ok) return refused(admissionRefused(admission.reason));
   const ticket = admission?.ok ? admission.ticketId : null;
   const lines = normalizeLines(request.lines);
-  const items = new Map((await sql.selectItems(client, merchantId, [saleId])).map((item) => [item.id, item]));
+  const items = new Map((await sql.selectFreeUnits(client, merchantId, saleId)).map((item) => [item.id, item]));
   for (const line of lines) {
     const item = items.get(line.item_id);
     if (!item) return refused(new ApiError('parameter_invalid', `No item '${line.item_id}' in this sale.`, 'items'));
     // Read without a lock: once an item sells out, the crowd behind it is answered here instead
-    // of queueing for its row lock. The guarded UPDATE below stays the authority.
-    if (item.stock_available < line.quantity) return refused(soldOut(item, line));
+    // of queueing for its row lock. The locked read below stays the authority.
+    if (item.free < line.quantity) return refused(soldOut(item, line));
   }
   await sql.lockBuyer(client, merchantId, saleId, buyerReference);
   // A token is bound to one buyer, so the buyer's lock also serializes the uses of one token:
@@ -82,13 +83,25 @@ export async function takeHold(
   // the commit, and every hold on a hot item queues for that lock. (The hold itself must come
   // after: its lines' foreign keys would share-lock the item rows first, which costs more.)
   await scheduleExpiry(client, { merchant_id: merchantId, id: holdId, expires_at: expiresAt });
-  for (const line of lines) {
-    if (!(await sql.takeStock(client, merchantId, saleId, line))) {
-      await client.query('rollback to savepoint take_stock');
-      return refused(soldOut(items.get(line.item_id) as sql.ItemRow, line));
-    }
+  const locked = await sql.lockItemsForAllocation(
+    client,
+    merchantId,
+    saleId,
+    lines.map((line) => line.item_id),
+  );
+  const short = lines.find((line) => {
+    const item = locked.get(line.item_id);
+    return !item || item.unallocated + item.returned < line.quantity;
+  });
+  if (short) {
+    await client.query('rollback to savepoint take_stock');
+    return refused(soldOut(items.get(short.item_id) as { id: string; name: string }, short));
   }
-  const amount = lines.reduce((sum, line) => sum + (items.get(line.item_id)?.price ?? 0) * line.quantity, 0);
+  const returning = [...locked.values()].filter((item) => item.returned > 0).map((item) => item.id);
+  if (returning.length > 0) await sql.creditReturns(client, merchantId, returning);
+  const taken = new Map(lines.map((line) => [line.item_id, line.quantity]));
+  assert.equal(await sql.allocateStock(client, merchantId, taken), taken.size, 'the locked items give what they were read to have');
+  const amount = lines.reduce((sum, line) => sum + Number(items.get(line.item_id)?.price ?? 0) * line.quantity, 0);
   const hold = await sql.insertHold(
     client,
     {
@@ -146,7 +159,7 @@ export async function endHold(client: Client, merchantId: string, holdId: string
   const order = await sql.selectOrderByHold(client, merchantId, holdId);
   if (order && (await cancelUnpaidForExpiry(client, merchantId, order.payment_intent_id)) === 'in_flight') return 'payment_in_progress';
   await sql.finishHold(client, merchantId, holdId, status);
-  for (const line of await sql.selectHoldLines(client, merchantId, holdId)) await sql.returnStock(client, merchantId, line);
+  await sql.returnHoldStock(client, merchantId, holdId);
   if (order) await sql.expireOrderOfHold(client, merchantId, holdId);
   // A buyer who releases is answered after the commit and frees the slot then, at once; an
   // expiry has no one to answer, so its job does it.
@@ -187,8 +200,8 @@ export async function convertPaidHold(client: Client, intent: { merchant_id: str
     // does, the money is taken without stock, and the audit must say so rather than hide it.
     throw new Error(`order ${order.id} was paid but its hold ${order.hold_id} is no longer active`);
   }
-  for (const line of await sql.selectHoldLines(client, order.merchant_id, order.hold_id))
-    await sql.sellStock(client, order.merchant_id, line);
+  // Nothing else: the hold's units were allocated when it was taken and stay so; sold is what
+  // the converted holds say. No item row is locked on the way to paid.
   const hold = await sql.selectHold(client, order.merchant_id, order.hold_id);
   if (hold) await scheduleAdmissionRelease(client, hold);
 }
