@@ -188,6 +188,7 @@ describe('admission tokens are spent only by a committed hold', () => {
     };
     const ctx = {
       merchantId: t.merchant.id,
+      keyKind: 'publishable' as const,
       idempotencyKey: key('crash'),
       method: 'POST',
       path: '/v1/holds',

@@ -81,6 +81,7 @@ function hold(
   };
   const ctx = {
     merchantId: merchant.id,
+    keyKind: 'publishable' as const,
     idempotencyKey: request.key ?? newId('key'),
     method: 'POST',
     path: '/v1/holds',

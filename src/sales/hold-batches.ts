@@ -20,7 +20,8 @@ import assert from 'node:assert/strict';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';
-import type { IdempotencyOptions, Reply } from '../platform/idempotency/service.js';
+import type { Reply } from '../platform/http/reply.js';
+import type { IdempotencyOptions } from '../platform/idempotency/service.js';
 import * as idempotencySql from '../platform/idempotency/sql.js';
 import { newId } from '../platform/ids.js';
 import * as batchSql from './batch-sql.js';
@@ -30,6 +31,7 @@ import * as sql from './sql.js';
 
 export interface HoldRequest {
   merchantId: string;
+  keyKind: 'secret' | 'publishable';
   idempotencyKey: string;
   method: string;
   path: string;
@@ -77,7 +79,8 @@ export class HoldBatcher {
 
   submit(request: HoldRequest): Promise<BatchAnswer> {
     return new Promise((resolve, reject) => {
-      const key = `${request.merchantId}/${request.saleId}`;
+      // One queue per sale and key scope: a batch's keys share one scope.
+      const key = `${request.merchantId}/${request.keyKind}/${request.saleId}`;
       let queue = this.queues.get(key);
       if (!queue) {
         queue = { waiting: [], running: false, timer: undefined };
@@ -137,6 +140,7 @@ export class HoldBatcher {
     // Keys first: a request whose key exists (or repeats one earlier in this batch) is not ours.
     const inserted = await idempotencySql.insertLockedKeys(client, {
       merchantId,
+      keyKind: first.keyKind,
       method: first.method,
       path: first.path,
       ttlHours: this.options.idempotency.ttlHours,
@@ -154,7 +158,7 @@ export class HoldBatcher {
     const replies = requests.length > 0 ? await this.decide(client, merchantId, saleId, requests) : [];
     await idempotencySql.finishKeys(
       client,
-      merchantId,
+      { merchantId, keyKind: first.keyKind },
       replies.map((reply, index) => ({ key: (requests[index] as HoldRequest).idempotencyKey, status: reply.status, body: reply.body })),
     );
     let next = 0;
