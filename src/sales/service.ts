@@ -13,7 +13,6 @@ import { ApiError } from '../platform/http/errors.js';
 import { page } from '../platform/http/pagination.js';
 import { errorReply, ok, type Reply } from '../platform/http/reply.js';
 import type { IdempotencyOptions } from '../platform/idempotency/service.js';
-import * as idempotency from '../platform/idempotency/service.js';
 import { singlePhase } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
 import {
