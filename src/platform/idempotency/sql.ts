@@ -135,7 +135,11 @@ export async function insertLockedKeys(
   return new Set(rows.map((row) => row.idempotency_key));
 }
 
-/** Stores the final responses of a batch's keys in one statement. */
+/**
+ * Stores the final responses of a batch's keys in one statement. A key whose answer refused
+ * authorization (401, 403) is deleted instead, as the single path does: such an answer is never
+ * stored, so it cannot squat a key name.
+ */
 export async function finishKeys(
   db: Queryable,
   scope: Pick<KeyRef, 'merchantId' | 'keyKind'>,
@@ -143,10 +147,14 @@ export async function finishKeys(
 ) {
   await db.query({
     name: 'idempotency_finish_batch',
-    text: `update idempotency_keys k
-           set recovery_point = 'finished', response_status = r.status, response_body = r.body, locked_at = null
-           from unnest($2::text[], $3::int[], $4::jsonb[]) as r(key, status, body)
-           where k.merchant_id = $1 and k.key_kind = $5 and k.idempotency_key = r.key`,
+    text: `with answers as (select * from unnest($2::text[], $3::int[], $4::jsonb[]) as r(key, status, body)),
+           refused as (
+             delete from idempotency_keys k using answers a
+             where k.merchant_id = $1 and k.key_kind = $5 and k.idempotency_key = a.key and a.status in (401, 403))
+           update idempotency_keys k
+           set recovery_point = 'finished', response_status = a.status, response_body = a.body, locked_at = null
+           from answers a
+           where k.merchant_id = $1 and k.key_kind = $5 and k.idempotency_key = a.key and a.status not in (401, 403)`,
     values: [
       scope.merchantId,
       replies.map((reply) => reply.key),
