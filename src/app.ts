@@ -10,7 +10,6 @@ import type { Config } from './config.js';
 import { registerEventRoutes } from './events/routes.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
 import { createAuthenticator } from './merchants/service.js';
-import { onPaymentSucceeded } from './payments/hooks.js';
 import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
 import { registerPaymentRoutes } from './payments/routes.js';
 import { createCache } from './platform/cache/cache.js';
@@ -26,7 +25,7 @@ import type { PaymentProvider } from './providers/provider.js';
 import { HoldBatcher } from './sales/hold-batches.js';
 import { convertPaidHold } from './sales/holds.js';
 import { registerSalesRoutes } from './sales/routes.js';
-import { createSaleLookup, toApiHold, type toApiSale } from './sales/service.js';
+import { createSaleLookup, type SaleCache, toApiHold } from './sales/service.js';
 import { VERSION } from './version.js';
 import { registerWebhookRoutes } from './webhooks/routes.js';
 
@@ -71,9 +70,6 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     trustProxy: deps.config.trustProxy,
   });
   const authenticate = createAuthenticator(deps.pool, deps.config.apiKeyCacheTtlMs);
-  // Payments completed by this node (the confirm call, provider webhooks) mark their orders paid
-  // in the completion command's transaction.
-  onPaymentSucceeded(convertPaidHold);
 
   // Shedding first: a refused request must cost nothing, not even an API key lookup.
   const shedder =
@@ -139,17 +135,24 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   const paymentDeps = {
     pool: deps.pool,
     provider: deps.provider,
+    // Payments completed by this node (the confirm call, provider webhooks) mark their orders
+    // paid in the completion command's transaction.
+    onPaymentSucceeded: convertPaidHold,
     idempotency: { ttlHours: deps.config.idempotencyKeyTtlHours, lockTimeoutMs: deps.config.idempotencyLockTimeoutMs },
   };
   registerPaymentRoutes(app, paymentDeps);
   registerEventRoutes(app, deps.pool);
   registerLedgerRoutes(app, deps.pool);
-  registerProviderWebhookRoutes(app, { pool: deps.pool, secret: deps.config.providerWebhookSecret });
+  registerProviderWebhookRoutes(app, {
+    pool: deps.pool,
+    secret: deps.config.providerWebhookSecret,
+    onPaymentSucceeded: paymentDeps.onPaymentSucceeded,
+  });
   registerWebhookRoutes(app, { pool: deps.pool, idempotency: paymentDeps.idempotency, allowPrivate: deps.config.webhookAllowPrivate });
 
   // The surge path: the waiting room admits buyers, who then hold stock and order.
   const room = deps.waitingRoom ?? appWaitingRoom(deps.config, deps.redis, metrics);
-  const saleCache = await createCache<ReturnType<typeof toApiSale> | null>({
+  const saleCache: SaleCache = await createCache({
     name: 'sales',
     staleMs: deps.config.cacheStaleMs,
     registry: metrics.registry,
@@ -157,7 +160,8 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     redis: deps.redis,
   });
   app.addHook('onClose', async () => saleCache.close());
-  registerQueueRoutes(app, { room, lookup: createSaleLookup(deps.pool, deps.config.cacheStaleMs) });
+  // The waiting room reads sales through the same cache as the sale page, so PATCH reaches both.
+  registerQueueRoutes(app, { room, lookup: createSaleLookup(deps.pool, saleCache) });
   registerSalesRoutes(
     app,
     {

@@ -7,7 +7,7 @@
  */
 
 import assert from 'node:assert/strict';
-import { cancelUnpaidForExpiry } from '../payments/hooks.js';
+import { cancelUnpaidForExpiry } from '../payments/service.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';
