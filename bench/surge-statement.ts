@@ -10,7 +10,7 @@
  *   begin
  *     select the sale; select its items                         (takeHold's checks)
  *     pg_advisory_xact_lock(buyer); select the buyer's quantity (per-buyer limit)
- *     savepoint; update items ... where stock_available >= q     (the hot row)
+ *     savepoint; lock the item row, credit returns; allocate (the hot row)
  *     insert hold + lines (one CTE); graphile_worker.add_job    (expiry)
  *     store the response with the idempotency key
  *   commit
@@ -95,7 +95,8 @@ export async function captureHold(options: {
       {
         pool: recordingPool(pool, log),
         idempotency: { ttlHours: config.idempotencyKeyTtlHours, lockTimeoutMs: config.idempotencyLockTimeoutMs },
-        admit: async () => ({ ok: true, ticketId: TICKET_MARK }),
+        checkAdmission: () => ({ ok: true, ticketId: TICKET_MARK, expiresAtMs: Date.now() + 60_000 }),
+        confirmAdmission: async () => undefined,
         releaseAdmission: async () => undefined,
       },
       {

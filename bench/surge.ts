@@ -290,7 +290,7 @@ async function countHolds(surge: Surge): Promise<number> {
 async function resetHolds(surge: Surge): Promise<void> {
   await surge.adminPool.query('truncate hold_lines, holds, idempotency_keys cascade');
   await surge.adminPool.query('truncate graphile_worker._private_jobs');
-  await surge.adminPool.query('update items set stock_available = stock_total, stock_held = 0, stock_sold = 0');
+  await surge.adminPool.query('update sale_items set stock_allocated = 0');
   await surge.adminPool.query('checkpoint');
 }
 
@@ -569,7 +569,7 @@ export async function runSurge(db: BenchDatabase, options: SurgeOptions): Promis
       clients: options.clients,
     });
     await adminPool.query('truncate hold_lines, holds, idempotency_keys cascade');
-    await adminPool.query('update items set stock_available = stock_total, stock_held = 0, stock_sold = 0');
+    await adminPool.query('update sale_items set stock_allocated = 0');
     // Past the cache's staleness bound, so the reference body shows the full stock.
     await new Promise((resolve) => setTimeout(resolve, 1_100));
     const read = await api(redisApi.port, merchant.publishable_key, 'GET', `/v1/sales/${hot.json.id}`);

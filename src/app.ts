@@ -5,7 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import { registerQueueRoutes } from './admission/routes.js';
-import { createWaitingRoom } from './admission/service.js';
+import { createWaitingRoom, type WaitingRoom } from './admission/service.js';
 import type { Config } from './config.js';
 import { registerEventRoutes } from './events/routes.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
@@ -23,9 +23,10 @@ import { createShedder, type Shedder } from './platform/http/shedding.js';
 import { createMetrics, type Metrics } from './platform/observability/metrics.js';
 import type { RedisConnections } from './platform/redis/client.js';
 import type { PaymentProvider } from './providers/provider.js';
+import { HoldBatcher } from './sales/hold-batches.js';
 import { convertPaidHold } from './sales/holds.js';
 import { registerSalesRoutes } from './sales/routes.js';
-import { createSaleLookup, type SaleCache } from './sales/service.js';
+import { createSaleLookup, type SaleCache, toApiHold } from './sales/service.js';
 import { VERSION } from './version.js';
 import { registerWebhookRoutes } from './webhooks/routes.js';
 
@@ -41,6 +42,11 @@ export interface AppDeps {
   readinessChecks?: ReadinessCheck[];
   /** Tests pass one with their own delay source and step it; otherwise made from config. */
   shedder?: Shedder;
+  /**
+   * The waiting room; a process that also runs the worker passes the one it gives the worker
+   * (in single-node mode the line lives in memory, and the worker frees slots in it).
+   */
+  waitingRoom?: WaitingRoom;
 }
 
 /** What a buyer is told when their admission token does not admit them. */
@@ -162,10 +168,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   });
 
   // The surge path: the waiting room admits buyers, who then hold stock and order.
-  // `floodgate api` refuses to start without a shared admission secret; an app built without
-  // one (a single process, a test) signs with a secret of its own.
-  const admissionConfig = { ...deps.config, admissionSecret: deps.config.admissionSecret ?? randomBytes(32).toString('base64url') };
-  const room = createWaitingRoom({ config: admissionConfig, redis: deps.redis?.client, keyPrefix: 'queue:', metrics });
+  const room = deps.waitingRoom ?? appWaitingRoom(deps.config, deps.redis, metrics);
   const saleCache: SaleCache = await createCache({
     name: 'sales',
     staleMs: deps.config.cacheStaleMs,
@@ -181,13 +184,40 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     {
       pool: deps.pool,
       idempotency: paymentDeps.idempotency,
-      admit: async (token, saleId, buyerReference) => {
-        const result = await room.consumeAdmission(token, saleId, buyerReference);
-        return result.kind === 'ok' ? { ok: true, ticketId: result.ticketId } : { ok: false, reason: ADMISSION_REFUSALS[result.kind] };
+      checkAdmission: (token, saleId, buyerReference) => {
+        const result = room.checkAdmission(token, saleId, buyerReference);
+        return result.kind === 'ok'
+          ? { ok: true, ticketId: result.ticketId, expiresAtMs: result.expiresAtMs }
+          : { ok: false, reason: ADMISSION_REFUSALS[result.kind] };
       },
+      confirmAdmission: (saleId, ticketId, expiresAtMs) => room.confirmAdmission(saleId, ticketId, expiresAtMs),
       releaseAdmission: (saleId, ticketId) => room.releaseAdmission(saleId, ticketId),
+      holdBatcher:
+        deps.config.holdBatchMax > 1
+          ? new HoldBatcher({
+              pool: deps.pool,
+              idempotency: paymentDeps.idempotency,
+              windowMs: deps.config.holdBatchWindowMs,
+              batchMax: deps.config.holdBatchMax,
+              synchronousCommit: deps.config.holdSynchronousCommit,
+              view: toApiHold,
+              onBatch: (size) => metrics.holdBatchSize.observe(size),
+            })
+          : undefined,
     },
     { cache: saleCache, staleMs: deps.config.cacheStaleMs },
   );
   return app;
 }
+
+/**
+ * The waiting room of an API process. `floodgate api` refuses to start without a shared
+ * admission secret; a room built without one (a single process, a test) signs with its own.
+ */
+export function appWaitingRoom(config: Config, redis: RedisConnections | undefined, metrics?: Metrics): WaitingRoom {
+  const admissionConfig = { ...config, admissionSecret: config.admissionSecret ?? randomBytes(32).toString('base64url') };
+  return createWaitingRoom({ config: admissionConfig, redis: redis?.client, keyPrefix: WAITING_ROOM_KEY_PREFIX, metrics });
+}
+
+/** Under the deployment's Redis prefix: the waiting room's keys. */
+export const WAITING_ROOM_KEY_PREFIX = 'queue:';

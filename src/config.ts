@@ -75,6 +75,12 @@ export interface Config {
   readonly secretsKeys: string | undefined;
   readonly admissionTokenTtlSeconds: number;
   readonly admissionShoppingMaxSeconds: number;
+  /** How long a node collects hold requests for one sale before allocating them together; 0: no wait. */
+  readonly holdBatchWindowMs: number;
+  /** The most hold requests allocated in one transaction. 1 turns batching off. */
+  readonly holdBatchMax: number;
+  /** false: a batch of holds commits without waiting for its WAL flush (the README's durability contract). */
+  readonly holdSynchronousCommit: boolean;
 }
 
 export class ConfigError extends Error {
@@ -253,6 +259,15 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     // A buyer holding stock keeps their shopper slot until released, or this long at most:
     // longer than a hold plus its payment, so only a buyer who left without a release loses it.
     admissionShoppingMaxSeconds: int('FLOODGATE_ADMISSION_SHOPPING_MAX_SECONDS', 1_800, 60, 86_400),
+    // A few milliseconds: at a surge's rate that gathers tens of requests, and a buyer never
+    // notices it. More than 50 would be a visible wait for one buyer alone.
+    holdBatchWindowMs: int('FLOODGATE_HOLD_BATCH_WINDOW_MS', 2, 0, 50),
+    // One statement per step for the whole batch: a few hundred rows stay well under a
+    // millisecond each, and one refusal never costs the others.
+    holdBatchMax: int('FLOODGATE_HOLD_BATCH_MAX', 200, 1, 1_000),
+    // Holds are reservations: a crash may forget the last fraction of a second of them, never
+    // an order or a payment (whose synchronous commit flushes the hold before it).
+    holdSynchronousCommit: bool('FLOODGATE_HOLD_SYNCHRONOUS_COMMIT', false),
     ...overrides,
   };
   if (config.webhookRetryBaseMs > config.webhookRetryMaxMs) {

@@ -27,7 +27,7 @@ import {
 } from './domain.js';
 import { MemoryQueueStore } from './memory-store.js';
 import { DEFAULT_KEY_PREFIX, RedisQueueStore } from './redis-store.js';
-import type { QueueStore, StepInput } from './store.js';
+import type { ClaimResult, QueueStore, StepInput } from './store.js';
 import {
   type AdmissionKeys,
   buyerDigest,
@@ -43,6 +43,11 @@ export type { QueueStatus, QueueView, SaleForQueue } from './domain.js';
 /** The waiting room's limits, for the schemas of the sales that configure it. */
 export { QUEUE_LIMITS } from './domain.js';
 export type { ConsumeResult } from './token.js';
+
+/** What checking a token (without spending it) finds. */
+export type CheckResult =
+  | { kind: 'ok'; ticketId: string; expiresAtMs: number }
+  | { kind: 'invalid' | 'expired' | 'wrong_buyer' | 'wrong_sale' };
 
 export const TICKET_PREFIX = 'qt';
 
@@ -107,6 +112,34 @@ export class WaitingRoom {
    */
   releaseAdmission(saleId: string, ticketId: string): Promise<boolean> {
     return this.store.release(saleId, ticketId);
+  }
+
+  /**
+   * Checks a token without spending it: our signature, this sale, this buyer, not expired. No
+   * shared state is read or written, so a refused hold (or another merchant's request) costs
+   * the buyer nothing. Single use is the hold's: the database accepts one hold per ticket.
+   */
+  checkAdmission(token: string, saleId: string, buyerRef: string, now = new Date()): CheckResult {
+    const claims = readAdmissionToken(this.keys, token);
+    if (!claims) return { kind: 'invalid' };
+    const checked = checkClaims(claims, saleId, buyerDigest(this.keys, buyerRef), now.getTime());
+    return checked === 'ok' ? { kind: 'ok', ticketId: claims.ticketId, expiresAtMs: claims.expiresAtMs } : { kind: checked };
+  }
+
+  /**
+   * After the hold that used an admission committed: the ticket moves from admitted to
+   * shopping, where its slot stays until the hold ends (releaseAdmission) or the shopping limit.
+   * `replayed` and `lapsed` are harmless here: the hold is the authority.
+   */
+  confirmAdmission(saleId: string, ticketId: string, tokenExpiresAtMs: number, now = new Date()): Promise<ClaimResult> {
+    const nowMs = now.getTime();
+    return this.store.claim({
+      saleId,
+      ticketId,
+      nowMs,
+      usedTtlMs: Math.max(1, tokenExpiresAtMs - nowMs) + CLOCK_SKEW_MARGIN_MS,
+      shoppingMaxMs: this.options.shoppingMaxSeconds * 1000,
+    });
   }
 
   /**

@@ -4,7 +4,9 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import { createTestDatabase, key, setupTestContext } from '../../test/helpers.js';
 import type { Client, Queryable } from '../platform/db/pool.js';
+import { withTransaction } from '../platform/db/pool.js';
 import { newId } from '../platform/ids.js';
+import { takeHold } from '../sales/holds.js';
 import { audit, formatReport } from './service.js';
 import { CHECKS } from './sql.js';
 
@@ -33,6 +35,24 @@ const partlyCaptured = await post(`/v1/payment_intents/${authorized.id}/capture`
 const abandoned = await post('/v1/payment_intents', { amount: 500, currency: 'usd' });
 await post(`/v1/payment_intents/${abandoned.id}/cancel`, { cancellation_reason: 'abandoned' });
 assert.equal(partlyCaptured.amount_received, 600);
+
+// A sale with one hold paid for and one still active: the stock checks' rows.
+const sale = await post('/v1/sales', {
+  name: 'Audit release',
+  currency: 'usd',
+  opens_at: new Date(Date.now() - 60_000).toISOString(),
+  items: [{ name: 'Seat', price: 2_500, stock: 10 }],
+});
+const saleItem = sale.items[0].id as string;
+const placeHold = (buyer: string) =>
+  withTransaction(t.pool, (client) =>
+    takeHold(client, { merchantId, saleId: sale.id, buyerReference: buyer, lines: [{ item_id: saleItem, quantity: 2 }], now: new Date() }),
+  );
+const paidHold = await placeHold('audit-paid');
+const activeHold = await placeHold('audit-active');
+assert.ok(paidHold.kind === 'created' && activeHold.kind === 'created');
+const paidOrder = await post('/v1/orders', { hold: paidHold.hold.id });
+await post(`/v1/payment_intents/${paidOrder.payment_intent}/confirm`, { payment_method: 'pm_card_visa' });
 assert.equal(refund.status, 'succeeded');
 
 /** The violations audit finds after `corrupt` runs, seen inside its transaction and rolled back after. */
@@ -139,6 +159,28 @@ describe('audit checks', () => {
   test('a refunded payment moved out of succeeded', async () => {
     const found = await violationsAfter((c) => setIntent(c, refunded.id, `status = 'requires_capture'`));
     expectViolations(found, [`refund_on_unsucceeded_payment ${refund.id}`, `status_inconsistent_with_amounts ${refunded.id}`]);
+  });
+
+  test('a unit allocated without a hold, a paid hold counted as held, a live hold returned', async () => {
+    const taken = await violationsAfter((c) =>
+      c.query('update sale_items set stock_allocated = stock_allocated + 1 where id = $1', [saleItem]),
+    );
+    expectViolations(taken, [`stock_differs_from_holds ${saleItem}`]);
+    const returned = await violationsAfter((c) =>
+      c.query(
+        'insert into stock_returns (merchant_id, hold_id, item_id, quantity) select merchant_id, hold_id, item_id, quantity from hold_lines where hold_id = $1',
+        [activeHold.kind === 'created' ? activeHold.hold.id : ''],
+      ),
+    );
+    expectViolations(returned, [
+      `stock_differs_from_holds ${saleItem}`,
+      `stock_returned_by_live_hold ${activeHold.kind === 'created' ? activeHold.hold.id : ''}`,
+    ]);
+    const unsold = await violationsAfter((c) =>
+      c.query(`update holds set status = 'active' where merchant_id = $1 and id = $2`, [merchantId, paidOrder.hold]),
+    );
+    // Allocated units are held or sold alike: the counter still agrees, the order does not.
+    expectViolations(unsold, [`paid_order_without_sold_hold ${paidOrder.id}`]);
   });
 
   test('every check was tripped by one of the corruptions above', () => {

@@ -76,6 +76,37 @@ export const CHECKS: Record<string, string> = {
     select r.merchant_id, r.id as object_id, 'refund of a payment in status ' || p.status as detail
     from refunds r join payment_intents p on p.merchant_id = r.merchant_id and p.id = r.payment_intent_id
     where p.status <> 'succeeded'`,
+
+  // Stock: an item's allocation counter against its hold rows. Allocated units are the lines of
+  // active holds (held), of converted holds (sold) and of ended holds whose return is not yet
+  // credited; a returned line must belong to a hold that ended. A unit lost or counted twice by
+  // any path (a batch, a crash, a conversion, a return) shows here.
+  stock_differs_from_holds: `
+    select i.merchant_id, i.id as object_id,
+           'allocated ' || i.stock_allocated || ' of ' || i.stock_total || ' but active holds ' || coalesce(h.held, 0) ||
+           ', paid holds ' || coalesce(h.sold, 0) || ', returns waiting ' || coalesce(r.returned, 0) as detail
+    from sale_items i
+    left join (
+      select l.merchant_id, l.item_id,
+             sum(l.quantity) filter (where h.status = 'active') as held,
+             sum(l.quantity) filter (where h.status = 'converted') as sold
+      from hold_lines l join holds h on h.merchant_id = l.merchant_id and h.id = l.hold_id
+      group by l.merchant_id, l.item_id
+    ) h on h.merchant_id = i.merchant_id and h.item_id = i.id
+    left join (
+      select merchant_id, item_id, sum(quantity) as returned from stock_returns group by merchant_id, item_id
+    ) r on r.merchant_id = i.merchant_id and r.item_id = i.id
+    where i.stock_allocated <> coalesce(h.held, 0) + coalesce(h.sold, 0) + coalesce(r.returned, 0)`,
+
+  stock_returned_by_live_hold: `
+    select r.merchant_id, r.hold_id as object_id, 'a return waits for a hold that is ' || h.status as detail
+    from stock_returns r join holds h on h.merchant_id = r.merchant_id and h.id = r.hold_id
+    where h.status in ('active', 'converted')`,
+
+  paid_order_without_sold_hold: `
+    select o.merchant_id, o.id as object_id, 'order ' || o.status || ' but its hold is ' || h.status as detail
+    from orders o join holds h on h.merchant_id = o.merchant_id and h.id = o.hold_id
+    where (o.status = 'paid') <> (h.status = 'converted')`,
 };
 
 export async function runCheck(db: Queryable, check: string): Promise<Violation[]> {

@@ -5,7 +5,8 @@
 import { randomBytes } from 'node:crypto';
 import { chmod, mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { buildApp } from '../app.js';
+import { RedisQueueStore } from '../admission/redis-store.js';
+import { appWaitingRoom, buildApp, WAITING_ROOM_KEY_PREFIX } from '../app.js';
 import { audit, formatReport } from '../audit/service.js';
 import { type Config, describeConfig } from '../config.js';
 import * as merchants from '../merchants/service.js';
@@ -54,9 +55,21 @@ async function serve(config: Config, log: Logger, options: { demo: boolean; work
   const metrics = createMetrics({ defaultMetrics: true });
   registerQueueMetrics(metrics, db.pool);
   registerSalesMetrics(metrics, db.pool);
-  const app = await buildApp({ config, pool: db.pool, provider: provider.provider, logger: log, metrics, redis });
+  // One waiting room for the API and the worker: in single-node mode the line is in memory,
+  // and the worker frees the slots of paid and expired holds in it.
+  const waitingRoom = appWaitingRoom(config, redis, metrics);
+  const app = await buildApp({ config, pool: db.pool, provider: provider.provider, logger: log, metrics, redis, waitingRoom });
+  const releaseAdmission = (saleId: string, ticketId: string) => waitingRoom.releaseAdmission(saleId, ticketId);
   const worker = options.worker
-    ? await runWorker({ config, pool: db.pool, provider: provider.provider, metrics, log, onFailure: exitOnWorkerFailure(log) })
+    ? await runWorker({
+        config,
+        pool: db.pool,
+        provider: provider.provider,
+        metrics,
+        log,
+        releaseAdmission,
+        onFailure: exitOnWorkerFailure(log),
+      })
     : undefined;
   onShutdown(log, async () => {
     await app.close();
@@ -145,10 +158,24 @@ export const ROLES: Record<string, Role> = {
     const log = createLogger(config);
     const db = await openDatabase(config, log, { migrate: true });
     const provider = await openProvider(config, log);
-    const worker = await runWorker({ config, pool: db.pool, provider: provider.provider, log, onFailure: exitOnWorkerFailure(log) });
+    // Paid and expired holds free their buyers' waiting-room slots, which live in Redis. Without
+    // it the line is in the API process's memory, out of reach: slots then free themselves at
+    // the shopping limit.
+    const redis = await openSharedState(config, log);
+    const store = redis ? new RedisQueueStore(redis.client, WAITING_ROOM_KEY_PREFIX) : undefined;
+    const releaseAdmission = async (saleId: string, ticketId: string) => store?.release(saleId, ticketId);
+    const worker = await runWorker({
+      config,
+      pool: db.pool,
+      provider: provider.provider,
+      log,
+      releaseAdmission,
+      onFailure: exitOnWorkerFailure(log),
+    });
     log.info({ concurrency: config.workerConcurrency }, 'worker running');
     onShutdown(log, async () => {
       await worker.stop();
+      await redis?.close();
       await db.close();
     });
     return RUNNING;

@@ -32,13 +32,15 @@ export function runWorker(deps: {
   log: Logger;
   /** The runner stopped by itself: see WorkerOptions.onFailure. */
   onFailure?: (error: Error) => void;
+  /** Frees a paid or expired hold's waiting-room slot: the API's room, or the shared one in Redis. */
+  releaseAdmission: (saleId: string, ticketId: string) => Promise<unknown>;
 }): Promise<Worker> {
   const { config, pool, provider } = deps;
   const tasks = {
     // The reconciler completes payments here: their orders are marked paid in the same transaction.
     ...paymentTasks({ pool, provider, options: reconcileOptions(config), onPaymentSucceeded: convertPaidHold }),
     ...idempotencyTasks({ pool, lockTimeoutMs: config.idempotencyLockTimeoutMs }),
-    ...salesTasks({ pool }),
+    ...salesTasks({ pool, releaseAdmission: deps.releaseAdmission }),
     ...webhookTasks({ pool, settings: webhookSettings(config), metrics: deps.metrics, log: deps.log }),
   };
   return startWorker({

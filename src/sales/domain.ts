@@ -4,6 +4,8 @@
  * moves them back; payment moves them held → sold. Nothing else changes stock.
  */
 
+import { isCurrency, maxAmount } from '../money/currency.js';
+
 // Four tickets per buyer is the common default of ticketing systems; a sale may set 1–100.
 export const PER_BUYER_LIMIT_DEFAULT = 4;
 // Ten minutes to pay is what buyers are used to; a sale may set 30 s to 1 h.
@@ -45,4 +47,14 @@ export function salePhase(sale: { opens_at: Date; closes_at: Date | null }, now:
   if (now < sale.opens_at) return 'scheduled';
   if (sale.closes_at && now >= sale.closes_at) return 'closed';
   return 'open';
+}
+
+/**
+ * A hold becomes one payment, so it may not cost more than one payment may be: the reason the
+ * hold is refused, or null when its amount fits. Both the single and the batched path ask here.
+ */
+export function holdAmountTooLarge(currency: string, amount: number): string | null {
+  const largest = isCurrency(currency) ? maxAmount(currency) : 0;
+  if (amount <= largest) return null;
+  return `These items cost ${amount} ${currency} minor units together; one payment is at most ${largest}. Hold fewer units.`;
 }

@@ -6,28 +6,38 @@
  * so a payment that succeeds late always finds its stock.
  */
 
-import { isCurrency, maxAmount } from '../money/currency.js';
+import assert from 'node:assert/strict';
 import { cancelUnpaidForExpiry } from '../payments/service.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';
 import { newId } from '../platform/ids.js';
 import { addJob } from '../platform/jobs/queue.js';
-import { type HoldLine, normalizeLines, salePhase, totalQuantity } from './domain.js';
+import { type HoldLine, holdAmountTooLarge, normalizeLines, salePhase, totalQuantity } from './domain.js';
 import * as sql from './sql.js';
 
 export const EXPIRE_HOLD_TASK = 'expire_hold';
+export const RELEASE_ADMISSION_TASK = 'release_admission';
 
 export type HoldResult = { kind: 'created'; hold: sql.HoldRow; lines: HoldLine[] } | { kind: 'refused'; error: ApiError };
 
 const refused = (error: ApiError): HoldResult => ({ kind: 'refused', error });
-const soldOut = (item: sql.ItemRow, line: HoldLine) =>
+const admissionRefused = (reason: string) => new ApiError('admission_invalid', `Admission refused: ${reason}.`, 'admission_token');
+const soldOut = (item: { id: string; name: string }, line: HoldLine) =>
   new ApiError('sold_out', `Item '${item.id}' (${item.name}) has fewer than ${line.quantity} left.`, 'items');
 
 /** Takes the stock of `lines` for a buyer, in the caller's transaction. */
 export async function takeHold(
   client: Client,
-  request: { merchantId: string; saleId: string; buyerReference: string; lines: HoldLine[]; now: Date; admissionTicket?: string },
+  request: {
+    merchantId: string;
+    saleId: string;
+    buyerReference: string;
+    lines: HoldLine[];
+    now: Date;
+    /** The checked admission token; absent for holds placed without the waiting room (tests). */
+    admission?: { ok: true; ticketId: string } | { ok: false; reason: string };
+  },
 ): Promise<HoldResult> {
   const { merchantId, saleId, buyerReference } = request;
   const sale = await sql.selectSale(client, merchantId, saleId);
@@ -35,28 +45,28 @@ export async function takeHold(
   const phase = salePhase(sale, request.now);
   if (phase === 'scheduled') return refused(new ApiError('sale_not_open', `The sale opens at ${sale.opens_at.toISOString()}.`));
   if (phase === 'closed') return refused(new ApiError('sale_closed', 'The sale has closed.'));
+  // After the sale's ownership: another merchant's request learns nothing about the token.
+  const admission = request.admission;
+  if (admission && !admission.ok) return refused(admissionRefused(admission.reason));
+  const ticket = admission?.ok ? admission.ticketId : null;
   const lines = normalizeLines(request.lines);
-  const items = new Map((await sql.selectItems(client, merchantId, [saleId])).map((item) => [item.id, item]));
+  const items = new Map((await sql.selectFreeUnits(client, merchantId, saleId)).map((item) => [item.id, item]));
   for (const line of lines) {
     const item = items.get(line.item_id);
     if (!item) return refused(new ApiError('parameter_invalid', `No item '${line.item_id}' in this sale.`, 'items'));
     // Read without a lock: once an item sells out, the crowd behind it is answered here instead
-    // of queueing for its row lock. The guarded UPDATE below stays the authority.
-    if (item.stock_available < line.quantity) return refused(soldOut(item, line));
+    // of queueing for its row lock. The locked read below stays the authority.
+    if (item.free < line.quantity) return refused(soldOut(item, line));
   }
-  const amount = lines.reduce((sum, line) => sum + (items.get(line.item_id)?.price ?? 0) * line.quantity, 0);
-  // The hold becomes one payment: it may not cost more than a payment may be.
-  const largest = isCurrency(sale.currency) ? maxAmount(sale.currency) : 0;
-  if (amount > largest) {
-    return refused(
-      new ApiError(
-        'amount_too_large',
-        `These items cost ${amount} ${sale.currency} minor units together; one payment is at most ${largest}. Hold fewer units.`,
-        'items',
-      ),
-    );
-  }
+  const amount = lines.reduce((sum, line) => sum + Number(items.get(line.item_id)?.price ?? 0) * line.quantity, 0);
+  const tooLarge = holdAmountTooLarge(sale.currency, amount);
+  if (tooLarge) return refused(new ApiError('amount_too_large', tooLarge, 'items'));
   await sql.lockBuyer(client, merchantId, saleId, buyerReference);
+  // A token is bound to one buyer, so the buyer's lock also serializes the uses of one token:
+  // this check cannot race (and a unique index backs it).
+  if (ticket && (await sql.ticketUsed(client, merchantId, saleId, ticket))) {
+    return refused(admissionRefused('the admission token was already used'));
+  }
   const already = await sql.selectBuyerQuantity(client, merchantId, saleId, buyerReference);
   if (already + totalQuantity(lines) > sale.per_buyer_limit) {
     return refused(
@@ -76,12 +86,24 @@ export async function takeHold(
   // the commit, and every hold on a hot item queues for that lock. (The hold itself must come
   // after: its lines' foreign keys would share-lock the item rows first, which costs more.)
   await scheduleExpiry(client, { merchant_id: merchantId, id: holdId, expires_at: expiresAt });
-  for (const line of lines) {
-    if (!(await sql.takeStock(client, merchantId, saleId, line))) {
-      await client.query('rollback to savepoint take_stock');
-      return refused(soldOut(items.get(line.item_id) as sql.ItemRow, line));
-    }
+  const locked = await sql.lockItemsForAllocation(
+    client,
+    merchantId,
+    saleId,
+    lines.map((line) => line.item_id),
+  );
+  const short = lines.find((line) => {
+    const item = locked.get(line.item_id);
+    return !item || item.unallocated + item.returned < line.quantity;
+  });
+  if (short) {
+    await client.query('rollback to savepoint take_stock');
+    return refused(soldOut(items.get(short.item_id) as { id: string; name: string }, short));
   }
+  const returning = [...locked.values()].filter((item) => item.returned > 0).map((item) => item.id);
+  if (returning.length > 0) await sql.creditReturns(client, merchantId, returning);
+  const taken = new Map(lines.map((line) => [line.item_id, line.quantity]));
+  assert.equal(await sql.allocateStock(client, merchantId, taken), taken.size, 'the locked items give what they were read to have');
   const hold = await sql.insertHold(
     client,
     {
@@ -89,7 +111,7 @@ export async function takeHold(
       id: holdId,
       sale_id: saleId,
       buyer_reference: buyerReference,
-      admission_ticket: request.admissionTicket ?? null,
+      admission_ticket: ticket,
       amount,
       currency: sale.currency,
       expires_at: expiresAt,
@@ -111,6 +133,21 @@ async function scheduleExpiry(client: Client, hold: Pick<sql.HoldRow, 'merchant_
   );
 }
 
+/**
+ * A hold that was paid or expired frees its buyer's shopper slot in the waiting room. The job is
+ * added in the transaction that ends the hold, so it exists exactly when the hold ended; its
+ * key makes it one per ticket, and the release itself is idempotent (a ticket leaves once).
+ */
+async function scheduleAdmissionRelease(client: Client, hold: Pick<sql.HoldRow, 'sale_id' | 'admission_ticket'>) {
+  if (!hold.admission_ticket) return;
+  await addJob(
+    client,
+    RELEASE_ADMISSION_TASK,
+    { sale_id: hold.sale_id, ticket: hold.admission_ticket },
+    { jobKey: `release_admission:${hold.admission_ticket}`, jobKeyMode: 'preserve_run_at' },
+  );
+}
+
 export type ReleaseResult = 'released' | 'not_active' | 'payment_in_progress' | 'missing';
 
 /**
@@ -124,8 +161,11 @@ export async function endHold(client: Client, merchantId: string, holdId: string
   const order = await sql.selectOrderByHold(client, merchantId, holdId);
   if (order && (await cancelUnpaidForExpiry(client, merchantId, order.payment_intent_id)) === 'in_flight') return 'payment_in_progress';
   await sql.finishHold(client, merchantId, holdId, status);
-  for (const line of await sql.selectHoldLines(client, merchantId, holdId)) await sql.returnStock(client, merchantId, line);
+  await sql.returnHoldStock(client, merchantId, holdId);
   if (order) await sql.expireOrderOfHold(client, merchantId, holdId);
+  // A buyer who releases is answered after the commit and frees the slot then, at once; an
+  // expiry has no one to answer, so its job does it.
+  if (status === 'expired') await scheduleAdmissionRelease(client, hold);
   return 'released';
 }
 
@@ -162,6 +202,8 @@ export async function convertPaidHold(client: Client, intent: { merchant_id: str
     // does, the money is taken without stock, and the audit must say so rather than hide it.
     throw new Error(`order ${order.id} was paid but its hold ${order.hold_id} is no longer active`);
   }
-  for (const line of await sql.selectHoldLines(client, order.merchant_id, order.hold_id))
-    await sql.sellStock(client, order.merchant_id, line);
+  // Nothing else: the hold's units were allocated when it was taken and stay so; sold is what
+  // the converted holds say. No item row is locked on the way to paid.
+  const hold = await sql.selectHold(client, order.merchant_id, order.hold_id);
+  if (hold) await scheduleAdmissionRelease(client, hold);
 }

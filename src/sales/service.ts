@@ -13,7 +13,6 @@ import { ApiError } from '../platform/http/errors.js';
 import { page } from '../platform/http/pagination.js';
 import { errorReply, ok, type Reply } from '../platform/http/reply.js';
 import type { IdempotencyOptions } from '../platform/idempotency/service.js';
-import * as idempotency from '../platform/idempotency/service.js';
 import { singlePhase } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
 import {
@@ -25,17 +24,27 @@ import {
   PER_BUYER_LIMIT_DEFAULT,
   salePhase,
 } from './domain.js';
+import type { HoldBatcher } from './hold-batches.js';
 import { endHold, takeHold } from './holds.js';
 import * as sql from './sql.js';
 
 export interface SalesDeps {
   pool: Pool;
   idempotency: IdempotencyOptions;
-  /** Checks and spends an admission token from the waiting room. */
-  admit: (token: string, saleId: string, buyerReference: string) => Promise<{ ok: true; ticketId: string } | { ok: false; reason: string }>;
+  /**
+   * Checks an admission token without spending it (signature, sale, buyer, expiry). A token is
+   * spent by the hold that commits with its ticket: the database keeps one hold per ticket.
+   */
+  checkAdmission: (token: string, saleId: string, buyerReference: string) => AdmissionCheck;
+  /** After a hold committed: its ticket moves to the waiting room's shoppers. */
+  confirmAdmission: (saleId: string, ticketId: string, tokenExpiresAtMs: number) => Promise<unknown>;
   /** Frees the shopper slot of a hold's admission when the hold ends early. */
   releaseAdmission: (saleId: string, ticketId: string) => Promise<unknown>;
+  /** Allocates concurrent holds of a sale together; absent: every hold is its own transaction. */
+  holdBatcher?: HoldBatcher;
 }
+
+export type AdmissionCheck = { ok: true; ticketId: string; expiresAtMs: number } | { ok: false; reason: string };
 
 export interface CreateSaleParams {
   name: string;
@@ -175,28 +184,51 @@ export async function listSales(pool: Pool, merchantId: string, limit: number, s
   );
 }
 
-export function createHold(
+export async function createHold(
   deps: SalesDeps,
   ctx: RequestContext,
   params: { sale: string; buyer_reference: string; admission_token: string; items: { item: string; quantity: number }[] },
 ): Promise<Reply> {
-  return idempotency.idempotent<never>(deps, ctx, async (held) => {
-    // Spent before the stock is taken, and only by a new request (a replay returns the stored
-    // answer without spending again). A token is single-use even when the hold is refused.
-    const admission = await deps.admit(params.admission_token, params.sale, params.buyer_reference);
-    return idempotency.finalPhase(deps.pool, held, async (client) =>
-      admission.ok
-        ? holdReply(client, ctx.merchantId, params, admission.ticketId)
-        : errorReply(new ApiError('admission_invalid', `Admission refused: ${admission.reason}.`, 'admission_token')),
-    );
-  });
+  // Checked, not spent: nothing outside this request's transaction changes before it commits,
+  // so a refusal (or a crash) leaves the token usable and the buyer's slot theirs.
+  const admission = deps.checkAdmission(params.admission_token, params.sale, params.buyer_reference);
+  let committed: { ticketId: string; expiresAtMs: number } | undefined;
+  const batched = deps.holdBatcher
+    ? await deps.holdBatcher.submit({
+        merchantId: ctx.merchantId,
+        keyKind: ctx.keyKind,
+        idempotencyKey: ctx.idempotencyKey,
+        method: ctx.method,
+        path: ctx.path,
+        fingerprint: ctx.fingerprint,
+        saleId: params.sale,
+        buyerReference: params.buyer_reference,
+        lines: params.items.map((line) => ({ item_id: line.item, quantity: line.quantity })),
+        admission,
+      })
+    : undefined;
+  let reply: Reply;
+  if (batched?.kind === 'reply') {
+    reply = batched.reply;
+    if (reply.status === 200 && admission.ok) committed = admission;
+  } else {
+    reply = await singlePhase(deps, ctx, async (client) => {
+      const held = await holdReply(client, ctx.merchantId, params, admission);
+      if (held.status === 200 && admission.ok) committed = admission;
+      return held;
+    });
+  }
+  // The hold committed with its ticket: the admission becomes a shopper slot. Best effort: if
+  // this is lost, the ticket's admission lapses when its token expires, and the hold stands.
+  if (committed) await deps.confirmAdmission(params.sale, committed.ticketId, committed.expiresAtMs).catch(() => {});
+  return reply;
 }
 
 async function holdReply(
   client: Client,
   merchantId: string,
   params: { sale: string; buyer_reference: string; items: { item: string; quantity: number }[] },
-  admissionTicket: string,
+  admission: AdmissionCheck,
 ): Promise<Reply> {
   const result = await takeHold(client, {
     merchantId,
@@ -204,7 +236,7 @@ async function holdReply(
     buyerReference: params.buyer_reference,
     lines: params.items.map((line) => ({ item_id: line.item, quantity: line.quantity })),
     now: new Date(),
-    admissionTicket,
+    admission,
   });
   if (result.kind === 'refused') return errorReply(result.error);
   return ok(toApiHold(result.hold, result.lines));

@@ -134,8 +134,9 @@ export async function selectSales(db: Queryable, merchantId: string, limit: numb
 
 export async function insertItem(db: Queryable, item: Pick<ItemRow, 'merchant_id' | 'id' | 'sale_id' | 'name' | 'price' | 'stock_total'>) {
   const { rows } = await db.query<ItemRow>(
-    `insert into items (merchant_id, id, sale_id, name, price, stock_total, stock_available)
-     values ($1, $2, $3, $4, $5, $6, $6) returning ${ITEM_COLUMNS}`,
+    `insert into sale_items (merchant_id, id, sale_id, name, price, stock_total)
+     values ($1, $2, $3, $4, $5, $6)
+     returning merchant_id, id, sale_id, name, price, stock_total, stock_total as stock_available, 0 as stock_held, 0 as stock_sold`,
     [item.merchant_id, item.id, item.sale_id, item.name, item.price, item.stock_total],
   );
   return rows[0] as ItemRow;
@@ -151,34 +152,80 @@ export async function selectItems(db: Queryable, merchantId: string, saleIds: st
 }
 
 /**
- * Takes `quantity` units of an item into holds if that many are available: the guard in the
- * WHERE clause is what keeps stock from ever going below zero. Returns false when too few.
+ * What a hold may take from each of a sale's items, read without a lock: units not allocated
+ * to holds, plus returns of ended holds not yet credited. Cheap (no sum over the hold rows),
+ * and exactly the `items` view's available.
  */
-export async function takeStock(db: Queryable, merchantId: string, saleId: string, line: HoldLine): Promise<boolean> {
+export async function selectFreeUnits(db: Queryable, merchantId: string, saleId: string) {
+  const { rows } = await db.query<{ id: string; name: string; price: number; free: number }>({
+    name: 'sales_select_free_units',
+    text: `select i.id, i.name, i.price, (i.stock_total - i.stock_allocated + coalesce(r.quantity, 0))::int as free
+           from sale_items i
+           left join (select item_id, sum(quantity) as quantity from stock_returns where merchant_id = $1 group by item_id) r
+             on r.item_id = i.id
+           where i.merchant_id = $1 and i.sale_id = $2 order by i.id`,
+    values: [merchantId, saleId],
+  });
+  return rows;
+}
+
+/**
+ * Locks items for an allocation, in id order, and reads what is free: unallocated units and
+ * returns waiting to be credited. Returns are only ever credited under this lock, so whoever
+ * holds it credits each exactly once. `for no key update`: the foreign keys of new hold lines
+ * (key share) do not wait for it.
+ */
+export async function lockItemsForAllocation(db: Queryable, merchantId: string, saleId: string, itemIds: string[]) {
+  const { rows } = await db.query<{ id: string; name: string; price: number; unallocated: number; returned: number }>({
+    name: 'sales_lock_items_for_allocation',
+    text: `select i.id, i.name, i.price, i.stock_total - i.stock_allocated as unallocated,
+                  (select coalesce(sum(r.quantity), 0) from stock_returns r where r.merchant_id = $1 and r.item_id = i.id)::int as returned
+           from sale_items i
+           where i.merchant_id = $1 and i.sale_id = $2 and i.id = any($3::text[]) order by i.id for no key update of i`,
+    values: [merchantId, saleId, itemIds],
+  });
+  return new Map(rows.map((row) => [row.id, row]));
+}
+
+/** Credits the waiting returns of these items (whose rows the caller has locked), many at once. */
+export async function creditReturns(db: Queryable, merchantId: string, itemIds: string[]): Promise<void> {
+  await db.query({
+    name: 'sales_credit_returns',
+    text: `with returned as (
+             delete from stock_returns where merchant_id = $1 and item_id = any($2::text[]) returning item_id, quantity),
+           per_item as (select item_id, sum(quantity)::int as quantity from returned group by item_id)
+           update sale_items i set stock_allocated = i.stock_allocated - p.quantity
+           from per_item p where i.merchant_id = $1 and i.id = p.item_id`,
+    values: [merchantId, itemIds],
+  });
+}
+
+/**
+ * Allocates units of items to holds, all or none per item: the guard in the WHERE clause (and
+ * the table's check) is what keeps an item from ever giving more than it has. Returns how many
+ * items gave what was asked.
+ */
+export async function allocateStock(db: Queryable, merchantId: string, taken: Map<string, number>): Promise<number> {
   const { rowCount } = await db.query({
-    name: 'sales_take_stock',
-    text: `update items set stock_available = stock_available - $4, stock_held = stock_held + $4
-           where merchant_id = $1 and id = $2 and sale_id = $3 and stock_available >= $4`,
-    values: [merchantId, line.item_id, saleId, line.quantity],
+    name: 'sales_allocate_stock',
+    text: `update sale_items i set stock_allocated = i.stock_allocated + t.quantity
+           from unnest($2::text[], $3::int[]) as t(id, quantity)
+           where i.merchant_id = $1 and i.id = t.id and i.stock_allocated + t.quantity <= i.stock_total`,
+    values: [merchantId, [...taken.keys()], [...taken.values()]],
   });
-  return rowCount === 1;
+  return rowCount ?? 0;
 }
 
-/** Returns held units to available (a hold expired or was released). */
-export async function returnStock(db: Queryable, merchantId: string, line: HoldLine): Promise<void> {
+/**
+ * Files the units of an ended hold (expired or released) to go back to their items: one insert,
+ * no item row lock. The item's next allocation credits them.
+ */
+export async function returnHoldStock(db: Queryable, merchantId: string, holdId: string): Promise<void> {
   await db.query({
-    name: 'sales_return_stock',
-    text: `update items set stock_available = stock_available + $3, stock_held = stock_held - $3 where merchant_id = $1 and id = $2`,
-    values: [merchantId, line.item_id, line.quantity],
-  });
-}
-
-/** Moves held units to sold (the hold's payment succeeded). */
-export async function sellStock(db: Queryable, merchantId: string, line: HoldLine): Promise<void> {
-  await db.query({
-    name: 'sales_sell_stock',
-    text: `update items set stock_held = stock_held - $3, stock_sold = stock_sold + $3 where merchant_id = $1 and id = $2`,
-    values: [merchantId, line.item_id, line.quantity],
+    name: 'sales_return_hold_stock',
+    text: `insert into stock_returns (merchant_id, hold_id, item_id, quantity)
+           select merchant_id, hold_id, item_id, quantity from hold_lines where merchant_id = $1 and hold_id = $2`,
+    values: [merchantId, holdId],
   });
 }
 
@@ -192,6 +239,16 @@ export async function selectBuyerQuantity(db: Queryable, merchantId: string, sal
     values: [merchantId, saleId, buyerReference],
   });
   return rows[0]?.quantity ?? 0;
+}
+
+/** Whether a hold already used this waiting-room ticket (one hold per admission). */
+export async function ticketUsed(db: Queryable, merchantId: string, saleId: string, ticket: string): Promise<boolean> {
+  const { rowCount } = await db.query({
+    name: 'sales_ticket_used',
+    text: 'select 1 from holds where merchant_id = $1 and sale_id = $2 and admission_ticket = $3',
+    values: [merchantId, saleId, ticket],
+  });
+  return rowCount === 1;
 }
 
 /** Serializes one buyer's holds in one sale, so two at once cannot both pass the limit. */
@@ -324,7 +381,10 @@ export async function expireOrderOfHold(db: Queryable, merchantId: string, holdI
 export async function selectAvailableUnits(db: Queryable, merchantId: string, saleId: string): Promise<number> {
   const { rows } = await db.query<{ available: number }>({
     name: 'sales_select_available_units',
-    text: 'select coalesce(sum(stock_available), 0)::int as available from items where merchant_id = $1 and sale_id = $2',
+    text: `select (coalesce(sum(i.stock_total - i.stock_allocated), 0)
+                   + coalesce((select sum(r.quantity) from stock_returns r join sale_items j on j.merchant_id = r.merchant_id and j.id = r.item_id
+                               where r.merchant_id = $1 and j.sale_id = $2), 0))::int as available
+           from sale_items i where i.merchant_id = $1 and i.sale_id = $2`,
     values: [merchantId, saleId],
   });
   return rows[0]?.available ?? 0;

@@ -27,9 +27,12 @@ export async function readMigrations(dir = MIGRATIONS_DIR): Promise<Migration[]>
     if (!match) throw new Error(`migration file name "${file}" must look like 001_name.sql`);
     migrations.push({ version: Number(match[1]), name: file, sql: await readFile(path.join(dir, file), 'utf8') });
   }
+  // Numbers only increase; gaps are allowed, because engineers working in parallel reserve
+  // numbers ahead (a branch may land 006 before another lands 004). Each is applied once, by number.
   migrations.forEach((migration, index) => {
-    if (migration.version !== index + 1) {
-      throw new Error(`migrations must be numbered 1, 2, 3, ... without gaps; ${migration.name} is out of place`);
+    const previous = migrations[index - 1];
+    if (migration.version < 1 || (previous && migration.version <= previous.version)) {
+      throw new Error(`migrations must have distinct numbers from 001 up; ${migration.name} repeats ${previous?.name ?? 'nothing'}`);
     }
   });
   return migrations;

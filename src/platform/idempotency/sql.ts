@@ -134,3 +134,63 @@ export async function unlockKey(db: Queryable, ref: KeyRef, recoveryPoint: strin
     values: [ref.merchantId, ref.keyKind, ref.key, recoveryPoint],
   });
 }
+
+/**
+ * Inserts a batch's keys, locked, in one statement; returns the keys that were new. A key that
+ * already exists (a retry, or another request with it in flight) is not returned: its request
+ * takes the single path, which replays, refuses or resumes it.
+ */
+export async function insertLockedKeys(
+  db: Queryable,
+  batch: {
+    merchantId: string;
+    keyKind: KeyRef['keyKind'];
+    method: string;
+    path: string;
+    ttlHours: number;
+    keys: string[];
+    fingerprints: Buffer[];
+  },
+): Promise<Set<string>> {
+  const { rows } = await db.query<{ idempotency_key: string }>({
+    name: 'idempotency_insert_locked_batch',
+    text: `insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
+             request_fingerprint, locked_at, recovery_point, expires_at)
+           select $1, $7, k.key, $3, $4, k.fingerprint, now(), 'started', now() + make_interval(hours => $5)
+           from unnest($2::text[], $6::bytea[]) as k(key, fingerprint)
+           on conflict do nothing
+           returning idempotency_key`,
+    values: [batch.merchantId, batch.keys, batch.method, batch.path, batch.ttlHours, batch.fingerprints, batch.keyKind],
+  });
+  return new Set(rows.map((row) => row.idempotency_key));
+}
+
+/**
+ * Stores the final responses of a batch's keys in one statement. A key whose answer refused
+ * authorization (401, 403) is deleted instead, as the single path does: such an answer is never
+ * stored, so it cannot squat a key name.
+ */
+export async function finishKeys(
+  db: Queryable,
+  scope: Pick<KeyRef, 'merchantId' | 'keyKind'>,
+  replies: { key: string; status: number; body: unknown }[],
+) {
+  await db.query({
+    name: 'idempotency_finish_batch',
+    text: `with answers as (select * from unnest($2::text[], $3::int[], $4::jsonb[]) as r(key, status, body)),
+           refused as (
+             delete from idempotency_keys k using answers a
+             where k.merchant_id = $1 and k.key_kind = $5 and k.idempotency_key = a.key and a.status in (401, 403))
+           update idempotency_keys k
+           set recovery_point = 'finished', response_status = a.status, response_body = a.body, locked_at = null
+           from answers a
+           where k.merchant_id = $1 and k.key_kind = $5 and k.idempotency_key = a.key and a.status not in (401, 403)`,
+    values: [
+      scope.merchantId,
+      replies.map((reply) => reply.key),
+      replies.map((reply) => reply.status),
+      replies.map((reply) => JSON.stringify(reply.body)),
+      scope.keyKind,
+    ],
+  });
+}

@@ -22,6 +22,7 @@ export interface Metrics {
   waitingRoomLength: Gauge<'sale'>;
   waitingRoomAdmissions: Counter<'sale'>;
   waitingRoomWaitSeconds: Histogram<'sale'>;
+  holdBatchSize: Histogram;
 }
 
 /** A registry per app instance, so tests can build many apps in one process. */
@@ -87,8 +88,15 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     buckets: WAIT_BUCKETS_SECONDS,
     registers: [registry],
   });
+  const holdBatchSize = new Histogram({
+    name: 'floodgate_hold_batch_size',
+    help: 'Hold requests allocated together in one transaction (batched stock allocation)',
+    buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+    registers: [registry],
+  });
   return {
     registry,
+    holdBatchSize,
     httpDuration,
     jobDuration,
     jobFailures,

@@ -1,0 +1,100 @@
+/**
+ * The statements of a batch of holds (hold-batches.ts): each one carries every request of the
+ * batch, so a batch costs the same handful of round trips and one commit whatever its size.
+ */
+import type { Queryable } from '../platform/db/pool.js';
+import type { HoldLine } from './domain.js';
+import type { HoldRow } from './sql.js';
+
+const HOLD_COLUMNS = 'merchant_id, id, sale_id, buyer_reference, status, admission_ticket, amount, currency, expires_at, created_at';
+
+/**
+ * Takes each buyer's advisory lock (the single path's lockBuyer, the same key), in one sorted
+ * order, so two batches sharing buyers cannot deadlock. Buyers before items, as the single path.
+ */
+export async function lockBuyers(db: Queryable, merchantId: string, saleId: string, buyers: string[]): Promise<void> {
+  await db.query({
+    name: 'sales_batch_lock_buyers',
+    text: `select pg_advisory_xact_lock(h) from (
+             select distinct hashtextextended($1 || '/' || $2 || '/' || b, 0) as h from unnest($3::text[]) as b order by h) locks`,
+    values: [merchantId, saleId, buyers],
+  });
+}
+
+/** Units each buyer holds or bought in the sale (the per-buyer limit), for many buyers at once. */
+export async function selectBuyerQuantities(db: Queryable, merchantId: string, saleId: string, buyers: string[]) {
+  const { rows } = await db.query<{ buyer_reference: string; quantity: number }>({
+    name: 'sales_batch_buyer_quantities',
+    text: `select h.buyer_reference, sum(l.quantity)::int as quantity
+           from holds h join hold_lines l on l.merchant_id = h.merchant_id and l.hold_id = h.id
+           where h.merchant_id = $1 and h.sale_id = $2 and h.buyer_reference = any($3::text[]) and h.status in ('active', 'converted')
+           group by h.buyer_reference`,
+    values: [merchantId, saleId, buyers],
+  });
+  return new Map(rows.map((row) => [row.buyer_reference, row.quantity]));
+}
+
+/** Which of these waiting-room tickets a hold already used. */
+export async function selectUsedTickets(db: Queryable, merchantId: string, saleId: string, tickets: string[]): Promise<Set<string>> {
+  if (tickets.length === 0) return new Set();
+  const { rows } = await db.query<{ admission_ticket: string }>({
+    name: 'sales_batch_used_tickets',
+    text: 'select admission_ticket from holds where merchant_id = $1 and sale_id = $2 and admission_ticket = any($3::text[])',
+    values: [merchantId, saleId, tickets],
+  });
+  return new Set(rows.map((row) => row.admission_ticket));
+}
+
+export interface NewHold {
+  id: string;
+  buyer_reference: string;
+  admission_ticket: string | null;
+  amount: number;
+  lines: HoldLine[];
+}
+
+/** The batch's holds and their lines, in one statement. */
+export async function insertHolds(
+  db: Queryable,
+  batch: { merchantId: string; saleId: string; currency: string; expiresAt: Date; holds: NewHold[] },
+): Promise<HoldRow[]> {
+  const lines = batch.holds.flatMap((hold) => hold.lines.map((line) => ({ hold: hold.id, ...line })));
+  const { rows } = await db.query<HoldRow>({
+    name: 'sales_batch_insert_holds',
+    text: `with held as (
+             insert into holds (merchant_id, id, sale_id, buyer_reference, status, amount, currency, expires_at, admission_ticket)
+             select $1, h.id, $2, h.buyer, 'active', h.amount, $3, $4, h.ticket
+             from unnest($5::text[], $6::text[], $7::bigint[], $8::text[]) as h(id, buyer, amount, ticket)
+             returning ${HOLD_COLUMNS}),
+           lines as (
+             insert into hold_lines (merchant_id, hold_id, item_id, quantity)
+             select $1, l.hold, l.item, l.quantity from unnest($9::text[], $10::text[], $11::int[]) as l(hold, item, quantity))
+           select * from held`,
+    values: [
+      batch.merchantId,
+      batch.saleId,
+      batch.currency,
+      batch.expiresAt,
+      batch.holds.map((hold) => hold.id),
+      batch.holds.map((hold) => hold.buyer_reference),
+      batch.holds.map((hold) => hold.amount),
+      batch.holds.map((hold) => hold.admission_ticket),
+      lines.map((line) => line.hold),
+      lines.map((line) => line.item_id),
+      lines.map((line) => line.quantity),
+    ],
+  });
+  return rows;
+}
+
+/** One expiry job per hold, added in one statement (graphile-worker's add_jobs). */
+export async function addExpiryJobs(db: Queryable, task: string, merchantId: string, holdIds: string[], runAt: Date): Promise<void> {
+  await db.query({
+    name: 'sales_batch_expiry_jobs',
+    text: `select count(*) from graphile_worker.add_jobs(array(
+             select row($2::text, json_build_object('merchant_id', $1::text, 'hold_id', h), null, $3::timestamptz, null,
+                        'expire_hold:' || h, null, null)::graphile_worker.job_spec
+             from unnest($4::text[]) as h))`,
+    values: [merchantId, task, runAt, holdIds],
+  });
+}

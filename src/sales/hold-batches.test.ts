@@ -1,0 +1,197 @@
+/**
+ * Batched stock allocation: every guarantee of the single path, per request, inside batches,
+ * with two nodes (two batchers on their own pools) racing on one database.
+ */
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import { createTestDatabase, createTestMerchant } from '../../test/helpers.js';
+import { audit } from '../audit/service.js';
+import { createPool, type Pool } from '../platform/db/pool.js';
+import { fingerprint } from '../platform/idempotency/service.js';
+import { newId } from '../platform/ids.js';
+import { HoldBatcher } from './hold-batches.js';
+import { createHold, type SalesDeps, toApiHold } from './service.js';
+import * as sql from './sql.js';
+
+const { url } = await createTestDatabase();
+// Thousands of requests queue here, longer than a request would wait in production.
+const pools = [0, 1].map(() => createPool({ connectionString: url, max: 10, statementTimeoutMs: 30_000, connectionTimeoutMs: 300_000 }));
+after(() => Promise.all(pools.map((pool) => pool.end())));
+const pool = pools[0] as Pool;
+const merchant = await createTestMerchant(pool);
+const IDEMPOTENCY = { ttlHours: 24, lockTimeoutMs: 60_000 };
+
+/** A node: its own pool and batcher. Tokens are `ok:<ticket>` or anything else (refused). */
+function node(nodePool: Pool, sizes: number[] = []): SalesDeps {
+  return {
+    pool: nodePool,
+    idempotency: IDEMPOTENCY,
+    checkAdmission: (token) =>
+      token.startsWith('ok:')
+        ? { ok: true, ticketId: token.slice(3), expiresAtMs: Date.now() + 60_000 }
+        : { ok: false, reason: 'not ours' },
+    confirmAdmission: async () => undefined,
+    releaseAdmission: async () => undefined,
+    holdBatcher: new HoldBatcher({
+      pool: nodePool,
+      idempotency: IDEMPOTENCY,
+      windowMs: 2,
+      batchMax: 200,
+      synchronousCommit: false,
+      view: toApiHold,
+      onBatch: (size) => sizes.push(size),
+    }),
+  };
+}
+
+async function createSale(stock: number, perBuyerLimit = 4) {
+  const sale = await sql.insertSale(pool, {
+    merchant_id: merchant.id,
+    id: newId('sale'),
+    name: 'Release',
+    currency: 'usd',
+    opens_at: new Date(Date.now() - 60_000),
+    closes_at: null,
+    per_buyer_limit: perBuyerLimit,
+    hold_seconds: 60,
+    admit_per_second: 20,
+    max_shoppers: 200,
+    grace_seconds: 30,
+  });
+  const item = await sql.insertItem(pool, {
+    merchant_id: merchant.id,
+    id: newId('item'),
+    sale_id: sale.id,
+    name: 'Ticket',
+    price: 5000,
+    stock_total: stock,
+  });
+  return { sale, item };
+}
+
+function hold(
+  deps: SalesDeps,
+  request: { sale: string; buyer: string; items: { item: string; quantity: number }[]; token?: string; key?: string },
+) {
+  const params = {
+    sale: request.sale,
+    buyer_reference: request.buyer,
+    admission_token: request.token ?? `ok:${newId('qt')}`,
+    items: request.items,
+  };
+  const ctx = {
+    merchantId: merchant.id,
+    keyKind: 'publishable' as const,
+    idempotencyKey: request.key ?? newId('key'),
+    method: 'POST',
+    path: '/v1/holds',
+    fingerprint: fingerprint('POST', '/v1/holds', params),
+  };
+  return createHold(deps, ctx, params);
+}
+
+const code = (reply: { body: unknown }) => (reply.body as { error?: { code: string } }).error?.code;
+
+describe('batched holds', () => {
+  test('5,000 concurrent holds on stock 100 across two nodes hold exactly 100, in batches', async () => {
+    const { sale, item } = await createSale(100);
+    const sizes: number[] = [];
+    const nodes = pools.map((nodePool) => node(nodePool, sizes));
+    const replies = await Promise.all(
+      Array.from({ length: 5_000 }, (_, index) =>
+        hold(nodes[index % 2] as SalesDeps, { sale: sale.id, buyer: `buyer-${index}`, items: [{ item: item.id, quantity: 1 }] }),
+      ),
+    );
+    assert.equal(replies.filter((reply) => reply.status === 200).length, 100);
+    assert.equal(replies.filter((reply) => code(reply) === 'sold_out').length, 4_900);
+    const { rows } = await pool.query('select stock_available, stock_held from items where id = $1', [item.id]);
+    assert.deepEqual(rows[0], { stock_available: 0, stock_held: 100 });
+    assert.ok(
+      sizes.some((size) => size > 1),
+      `requests were allocated together (largest batch ${Math.max(...sizes)})`,
+    );
+    assert.deepEqual((await audit(pool)).violations, []);
+  });
+
+  test('the per-buyer limit is exact inside one batch, and one key twice in a batch makes one hold', async () => {
+    const { sale, item } = await createSale(100, 4);
+    const deps = node(pool);
+    const replies = await Promise.all(
+      Array.from({ length: 6 }, () => hold(deps, { sale: sale.id, buyer: 'greedy', items: [{ item: item.id, quantity: 1 }] })),
+    );
+    assert.equal(replies.filter((reply) => reply.status === 200).length, 4);
+    assert.equal(replies.filter((reply) => code(reply) === 'buyer_limit_exceeded').length, 2);
+    const same = { sale: sale.id, buyer: 'twice', items: [{ item: item.id, quantity: 1 }], token: 'ok:qt_same', key: newId('key') };
+    const [first, second] = await Promise.all([hold(deps, same), hold(deps, same)]);
+    assert.equal(first?.status, 200);
+    assert.deepEqual(second?.body, first?.body, 'the second answer is the first one replayed');
+    const { rows } = await pool.query('select count(*)::int as n from holds where buyer_reference = $1', ['twice']);
+    assert.equal(rows[0].n, 1);
+  });
+
+  test('refusals in a batch are their own: the others are held, every answer replays identically, a 403 stores no key', async () => {
+    const { sale, item } = await createSale(3, 10);
+    const deps = node(pool);
+    const requests = [
+      { sale: sale.id, buyer: 'a', token: `ok:${newId('qt')}`, items: [{ item: item.id, quantity: 2 }], key: newId('key') },
+      { sale: sale.id, buyer: 'b', token: `ok:${newId('qt')}`, items: [{ item: 'item_mistyped', quantity: 1 }], key: newId('key') },
+      { sale: sale.id, buyer: 'c', items: [{ item: item.id, quantity: 1 }], token: 'forged', key: newId('key') },
+      { sale: sale.id, buyer: 'd', token: `ok:${newId('qt')}`, items: [{ item: item.id, quantity: 2 }], key: newId('key') },
+      { sale: sale.id, buyer: 'e', token: `ok:${newId('qt')}`, items: [{ item: item.id, quantity: 1 }], key: newId('key') },
+    ];
+    const replies = await Promise.all(requests.map((request) => hold(deps, request)));
+    assert.deepEqual(
+      replies.map((reply) => reply.status === 200 || code(reply)),
+      [true, 'parameter_invalid', 'admission_invalid', 'sold_out', true],
+    );
+    const replays = await Promise.all(requests.map((request) => hold(deps, request)));
+    for (const [index, replay] of replays.entries()) {
+      // A refusal of authorization (403) is never stored: it is answered again, the same way.
+      assert.equal(replay.replayed, replies[index]?.status === 403 ? undefined : true);
+      assert.equal(replay.status, replies[index]?.status);
+      assert.deepEqual(replay.body, replies[index]?.body);
+    }
+    const { rows } = await pool.query('select stock_available, stock_held from items where id = $1', [item.id]);
+    assert.deepEqual(rows[0], { stock_available: 0, stock_held: 3 });
+  });
+
+  test('a batch whose transaction fails sends each request down the single path', async () => {
+    const { sale, item } = await createSale(10);
+    let failures = 0;
+    const failing = new Proxy(pool, {
+      get(target, prop) {
+        if (prop !== 'connect') {
+          const value = Reflect.get(target, prop);
+          return typeof value === 'function' ? value.bind(target) : value;
+        }
+        return async () => {
+          const client = await target.connect();
+          return new Proxy(client, {
+            get(c, p) {
+              const value = Reflect.get(c, p);
+              if (p !== 'query') return typeof value === 'function' ? value.bind(c) : value;
+              return (...args: unknown[]) => {
+                const first = args[0] as { name?: string };
+                if (first?.name === 'sales_allocate_stock' && failures === 0) {
+                  failures += 1;
+                  return Promise.reject(new Error('deadlock detected (simulated)'));
+                }
+                return (c.query as (...a: unknown[]) => Promise<unknown>)(...args);
+              };
+            },
+          });
+        };
+      },
+    });
+    const deps = node(failing);
+    const replies = await Promise.all(
+      ['x', 'y', 'z'].map((buyer) => hold(deps, { sale: sale.id, buyer, items: [{ item: item.id, quantity: 1 }] })),
+    );
+    assert.equal(failures, 1);
+    assert.deepEqual(
+      replies.map((reply) => reply.status),
+      [200, 200, 200],
+    );
+    assert.deepEqual((await audit(pool)).violations, []);
+  });
+});

@@ -1,0 +1,248 @@
+/**
+ * Batched stock allocation (group commit). A surge is thousands of buyers for one item, and a
+ * transaction that takes stock holds that item's row lock until it commits: one hold per
+ * commit is one WAL flush per buyer. So a node collects the hold requests for one sale that
+ * arrive within a few milliseconds (or while the sale's previous batch is committing) and
+ * allocates them in one transaction: the buyers' locks, one read of what is left under the
+ * items' row locks, first come first served in arrival order, one guarded update per item for
+ * the batch's total, one insert of every hold and line, one statement for every expiry job and
+ * one for every stored response, one commit. Several nodes each run their own batches; the row
+ * lock then serializes batches, not buyers.
+ *
+ * Every rule of the single path holds per request: the same checks in the same order with the
+ * same errors, the per-buyer limit exact (two requests of one buyer in one batch included), one
+ * hold per admission ticket, one expiry job per hold, each request's own idempotency key. A
+ * refusal is one request's answer, stored with its key, never the batch's failure. A request
+ * whose key already exists (a retry) takes the single path, which replays, refuses or resumes
+ * it; if the batch transaction itself fails, each of its requests runs alone on the single path.
+ */
+import assert from 'node:assert/strict';
+import type { Client, Pool } from '../platform/db/pool.js';
+import { withTransaction } from '../platform/db/pool.js';
+import { ApiError } from '../platform/http/errors.js';
+import type { Reply } from '../platform/http/reply.js';
+import type { IdempotencyOptions } from '../platform/idempotency/service.js';
+import * as idempotencySql from '../platform/idempotency/sql.js';
+import { newId } from '../platform/ids.js';
+import * as batchSql from './batch-sql.js';
+import { type HoldLine, holdAmountTooLarge, normalizeLines, salePhase, totalQuantity } from './domain.js';
+import { EXPIRE_HOLD_TASK } from './holds.js';
+import * as sql from './sql.js';
+
+export interface HoldRequest {
+  merchantId: string;
+  keyKind: 'secret' | 'publishable';
+  idempotencyKey: string;
+  method: string;
+  path: string;
+  fingerprint: Buffer;
+  saleId: string;
+  buyerReference: string;
+  lines: HoldLine[];
+  admission: { ok: true; ticketId: string } | { ok: false; reason: string };
+}
+
+/** A request's answer from its batch; `single` sends it down the single path instead. */
+export type BatchAnswer = { kind: 'reply'; reply: Reply } | { kind: 'single' };
+
+export interface HoldBatchOptions {
+  pool: Pool;
+  idempotency: IdempotencyOptions;
+  windowMs: number;
+  batchMax: number;
+  /** Holds are reservations: see the README's durability contract. */
+  synchronousCommit: boolean;
+  /** Called with each batch's size, for metrics and the bench. */
+  onBatch?: (size: number) => void;
+  /** Turns the hold row and its lines into the API's answer. */
+  view: (hold: sql.HoldRow, lines: HoldLine[]) => unknown;
+}
+
+interface Waiting {
+  request: HoldRequest;
+  resolve: (answer: BatchAnswer) => void;
+  reject: (error: unknown) => void;
+}
+
+interface SaleQueue {
+  waiting: Waiting[];
+  running: boolean;
+  timer: NodeJS.Timeout | undefined;
+}
+
+export class HoldBatcher {
+  private readonly queues = new Map<string, SaleQueue>();
+
+  constructor(private readonly options: HoldBatchOptions) {
+    assert.ok(options.batchMax >= 1 && options.windowMs >= 0, 'batch limits');
+  }
+
+  submit(request: HoldRequest): Promise<BatchAnswer> {
+    return new Promise((resolve, reject) => {
+      // One queue per sale and key scope: a batch's keys share one scope.
+      const key = `${request.merchantId}/${request.keyKind}/${request.saleId}`;
+      let queue = this.queues.get(key);
+      if (!queue) {
+        queue = { waiting: [], running: false, timer: undefined };
+        this.queues.set(key, queue);
+      }
+      queue.waiting.push({ request, resolve, reject });
+      this.schedule(key, queue);
+    });
+  }
+
+  /**
+   * A sale runs one batch at a time on a node: while it commits, the next gathers. The first
+   * request of an idle sale waits the window for company; a full batch goes at once.
+   */
+  private schedule(key: string, queue: SaleQueue): void {
+    if (queue.running) return;
+    if (queue.waiting.length >= this.options.batchMax) {
+      this.start(key, queue);
+      return;
+    }
+    if (!queue.timer) queue.timer = setTimeout(() => this.start(key, queue), this.options.windowMs);
+  }
+
+  private start(key: string, queue: SaleQueue): void {
+    clearTimeout(queue.timer);
+    queue.timer = undefined;
+    const batch = queue.waiting.splice(0, this.options.batchMax);
+    if (batch.length === 0) {
+      this.queues.delete(key);
+      return;
+    }
+    queue.running = true;
+    this.options.onBatch?.(batch.length);
+    this.run(batch).finally(() => {
+      queue.running = false;
+      if (queue.waiting.length > 0) this.schedule(key, queue);
+      else this.queues.delete(key);
+    });
+  }
+
+  private async run(batch: Waiting[]): Promise<void> {
+    try {
+      const answers = await withTransaction(this.options.pool, (client) => this.allocate(client, batch));
+      for (const [index, waiting] of batch.entries()) waiting.resolve(answers[index] as BatchAnswer);
+    } catch {
+      // The batch's transaction failed as a whole (the database went away, a deadlock): nothing
+      // of it committed, so each request runs alone and meets its own outcome.
+      for (const waiting of batch) waiting.resolve({ kind: 'single' });
+    }
+  }
+
+  /** The batch's transaction; answers in the order of `batch`. */
+  private async allocate(client: Client, batch: Waiting[]): Promise<BatchAnswer[]> {
+    const first = (batch[0] as Waiting).request;
+    const { merchantId, saleId } = first;
+    if (!this.options.synchronousCommit) await client.query('set local synchronous_commit = off');
+    // Keys first: a request whose key exists (or repeats one earlier in this batch) is not ours.
+    const inserted = await idempotencySql.insertLockedKeys(client, {
+      merchantId,
+      keyKind: first.keyKind,
+      method: first.method,
+      path: first.path,
+      ttlHours: this.options.idempotency.ttlHours,
+      keys: batch.map((waiting) => waiting.request.idempotencyKey),
+      fingerprints: batch.map((waiting) => waiting.request.fingerprint),
+    });
+    const seen = new Set<string>();
+    const mine = batch.map((waiting) => {
+      const key = waiting.request.idempotencyKey;
+      const own = inserted.has(key) && !seen.has(key);
+      seen.add(key);
+      return own;
+    });
+    const requests = batch.filter((_, index) => mine[index]).map((waiting) => waiting.request);
+    const replies = requests.length > 0 ? await this.decide(client, merchantId, saleId, requests) : [];
+    await idempotencySql.finishKeys(
+      client,
+      { merchantId, keyKind: first.keyKind },
+      replies.map((reply, index) => ({ key: (requests[index] as HoldRequest).idempotencyKey, status: reply.status, body: reply.body })),
+    );
+    let next = 0;
+    return mine.map((own) => (own ? { kind: 'reply', reply: replies[next++] as Reply } : { kind: 'single' }));
+  }
+
+  private async decide(client: Client, merchantId: string, saleId: string, requests: HoldRequest[]): Promise<Reply[]> {
+    const now = new Date();
+    const sale = await sql.selectSale(client, merchantId, saleId);
+    if (!sale) return requests.map(() => refusal(new ApiError('resource_missing', `No such sale: '${saleId}'`, 'sale')));
+    const phase = salePhase(sale, now);
+    if (phase === 'scheduled')
+      return requests.map(() => refusal(new ApiError('sale_not_open', `The sale opens at ${sale.opens_at.toISOString()}.`)));
+    if (phase === 'closed') return requests.map(() => refusal(new ApiError('sale_closed', 'The sale has closed.')));
+    const plans = requests.map((request) => ({ request, lines: normalizeLines(request.lines) }));
+    const candidates = plans.filter((plan) => plan.request.admission.ok);
+    const buyers = [...new Set(candidates.map((plan) => plan.request.buyerReference))];
+    const itemIds = [...new Set(candidates.flatMap((plan) => plan.lines.map((line) => line.item_id)))].sort();
+    if (buyers.length > 0) await batchSql.lockBuyers(client, merchantId, saleId, buyers);
+    const held = buyers.length > 0 ? await batchSql.selectBuyerQuantities(client, merchantId, saleId, buyers) : new Map<string, number>();
+    const tickets = candidates.flatMap((plan) => (plan.request.admission.ok ? [plan.request.admission.ticketId] : []));
+    const usedTickets = await batchSql.selectUsedTickets(client, merchantId, saleId, tickets);
+    const items = itemIds.length > 0 ? await sql.lockItemsForAllocation(client, merchantId, saleId, itemIds) : new Map();
+    const returning = [...items.values()].filter((item) => item.returned > 0).map((item) => item.id as string);
+    // Returns of ended holds come back to the items here, many in one statement, under the lock.
+    if (returning.length > 0) await sql.creditReturns(client, merchantId, returning);
+    const left = new Map([...items.values()].map((item) => [item.id as string, (item.unallocated + item.returned) as number]));
+    const taken = new Map<string, number>();
+    const expiresAt = new Date(now.getTime() + sale.hold_seconds * 1000);
+    const holds: (batchSql.NewHold | ApiError)[] = plans.map(({ request, lines }) => {
+      const admission = request.admission;
+      if (!admission.ok) return admissionRefused(admission.reason);
+      for (const line of lines) {
+        if (!items.has(line.item_id)) return new ApiError('parameter_invalid', `No item '${line.item_id}' in this sale.`, 'items');
+        const item = items.get(line.item_id);
+        if ((left.get(line.item_id) ?? 0) < line.quantity) return soldOut(item, line);
+      }
+      const amount = lines.reduce((sum, line) => sum + Number(items.get(line.item_id).price) * line.quantity, 0);
+      const tooLarge = holdAmountTooLarge(sale.currency, amount);
+      if (tooLarge) return new ApiError('amount_too_large', tooLarge, 'items');
+      if (usedTickets.has(admission.ticketId)) return admissionRefused('the admission token was already used');
+      const already = held.get(request.buyerReference) ?? 0;
+      if (already + totalQuantity(lines) > sale.per_buyer_limit) {
+        return new ApiError(
+          'buyer_limit_exceeded',
+          `A buyer may hold at most ${sale.per_buyer_limit} units in this sale; this buyer has ${already}.`,
+          'items',
+        );
+      }
+      usedTickets.add(admission.ticketId);
+      held.set(request.buyerReference, already + totalQuantity(lines));
+      for (const line of lines) {
+        left.set(line.item_id, (left.get(line.item_id) ?? 0) - line.quantity);
+        taken.set(line.item_id, (taken.get(line.item_id) ?? 0) + line.quantity);
+      }
+      return { id: newId('hold'), buyer_reference: request.buyerReference, admission_ticket: admission.ticketId, amount, lines };
+    });
+    const created = holds.filter((hold): hold is batchSql.NewHold => !(hold instanceof ApiError));
+    if (created.length > 0) {
+      const updated = await sql.allocateStock(client, merchantId, taken);
+      assert.equal(updated, taken.size, 'the locked items give what the batch counted');
+      const rows = await batchSql.insertHolds(client, { merchantId, saleId, currency: sale.currency, expiresAt, holds: created });
+      await batchSql.addExpiryJobs(
+        client,
+        EXPIRE_HOLD_TASK,
+        merchantId,
+        created.map((hold) => hold.id),
+        expiresAt,
+      );
+      const byId = new Map(rows.map((row) => [row.id, row]));
+      return holds.map((hold) =>
+        hold instanceof ApiError ? refusal(hold) : { status: 200, body: this.options.view(byId.get(hold.id) as sql.HoldRow, hold.lines) },
+      );
+    }
+    return holds.map((hold) => refusal(hold as ApiError));
+  }
+}
+
+function refusal(error: ApiError): Reply {
+  return { status: error.status, body: error.toBody(), headers: error.headers };
+}
+
+const admissionRefused = (reason: string) => new ApiError('admission_invalid', `Admission refused: ${reason}.`, 'admission_token');
+
+function soldOut(item: { id: string; name: string }, line: HoldLine) {
+  return new ApiError('sold_out', `Item '${item.id}' (${item.name}) has fewer than ${line.quantity} left.`, 'items');
+}
