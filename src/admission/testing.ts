@@ -1,11 +1,12 @@
 /**
- * Test wiring for the waiting room: each backend (memory, and Redis when it answers on
- * 127.0.0.1:6379), a fresh key prefix per room whose keys are deleted when the file's tests end,
+ * Test wiring for the waiting room: each backend (memory, and Redis when it answers at
+ * FLOODGATE_TEST_REDIS_URL, else 127.0.0.1:6379; with CI=true a missing Redis fails), a fresh key prefix per room whose keys are deleted when the file's tests end,
  * and sales whose clock and stock the test drives. Only test files import this.
  */
 import { randomBytes } from 'node:crypto';
 import { after } from 'node:test';
 import { Redis } from 'ioredis';
+import { redisSkipReason, TEST_REDIS_URL } from '../../test/redis.js';
 import type { SaleForQueue } from './domain.js';
 import { MemoryQueueStore } from './memory-store.js';
 import { RedisQueueStore } from './redis-store.js';
@@ -21,7 +22,7 @@ export const T0 = Date.UTC(2030, 0, 1, 10, 0, 0);
 export const at = (seconds: number) => new Date(T0 + seconds * 1000);
 
 async function connect(): Promise<Redis | undefined> {
-  const redis = new Redis({ host: '127.0.0.1', port: 6379, lazyConnect: true, connectTimeout: 1_000, retryStrategy: () => null });
+  const redis = new Redis(TEST_REDIS_URL, { lazyConnect: true, connectTimeout: 1_000, retryStrategy: () => null });
   redis.on('error', () => {});
   try {
     await redis.connect();
@@ -46,7 +47,7 @@ export async function redisClient(): Promise<Redis> {
 
 export const redis = await connect();
 if (redis) clients.push(redis);
-export const REDIS_SKIP = redis ? false : 'skipped: Redis not reachable at 127.0.0.1:6379';
+export const REDIS_SKIP = redisSkipReason(redis !== undefined);
 
 after(async () => {
   const main = clients[0];
