@@ -1,6 +1,7 @@
 /**
  * The worker's task list and schedule, composed from the capabilities' jobs.
  */
+import type { TaskList } from 'graphile-worker';
 import type { Config } from '../config.js';
 import { onPaymentSucceeded } from '../payments/hooks.js';
 import { PAYMENT_CRONTAB, paymentTasks } from '../payments/jobs.js';
@@ -25,6 +26,20 @@ export function reconcileOptions(config: Config) {
   };
 }
 
+/** Every periodic task, one crontab line each; every line names a task of workerTasks(). */
+export const WORKER_CRONTAB = [PAYMENT_CRONTAB, IDEMPOTENCY_CRONTAB].join('\n');
+
+/** The task list a worker runs: every capability's jobs. */
+export function workerTasks(deps: { config: Config; pool: Pool; provider: PaymentProvider; metrics?: Metrics; log: Logger }): TaskList {
+  const { config, pool, provider } = deps;
+  return {
+    ...paymentTasks({ pool, provider, options: reconcileOptions(config) }),
+    ...idempotencyTasks({ pool, lockTimeoutMs: config.idempotencyLockTimeoutMs }),
+    ...salesTasks({ pool }),
+    ...webhookTasks({ pool, settings: webhookSettings(config), metrics: deps.metrics, log: deps.log }),
+  };
+}
+
 export function runWorker(deps: {
   config: Config;
   pool: Pool;
@@ -32,19 +47,13 @@ export function runWorker(deps: {
   metrics?: Metrics;
   log: Logger;
 }): Promise<Worker> {
-  const { config, pool, provider } = deps;
+  const { config, pool } = deps;
   // The reconciler completes payments here: their orders are marked paid in the same transaction.
   onPaymentSucceeded(convertPaidHold);
-  const tasks = {
-    ...paymentTasks({ pool, provider, options: reconcileOptions(config) }),
-    ...idempotencyTasks({ pool, lockTimeoutMs: config.idempotencyLockTimeoutMs }),
-    ...salesTasks({ pool }),
-    ...webhookTasks({ pool, settings: webhookSettings(config), metrics: deps.metrics, log: deps.log }),
-  };
   return startWorker({
     pool,
-    tasks,
-    crontab: [PAYMENT_CRONTAB, IDEMPOTENCY_CRONTAB].join('\n'),
+    tasks: workerTasks(deps),
+    crontab: WORKER_CRONTAB,
     concurrency: config.workerConcurrency,
     lockTimeoutMs: config.jobLockTimeoutMs,
     pollIntervalMs: config.jobPollIntervalMs,
