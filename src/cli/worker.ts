@@ -3,7 +3,6 @@
  */
 import type { TaskList } from 'graphile-worker';
 import type { Config } from '../config.js';
-import { onPaymentSucceeded } from '../payments/hooks.js';
 import { PAYMENT_CRONTAB, paymentTasks } from '../payments/jobs.js';
 import type { Pool } from '../platform/db/pool.js';
 import { IDEMPOTENCY_CRONTAB, idempotencyTasks } from '../platform/idempotency/jobs.js';
@@ -33,7 +32,8 @@ export const WORKER_CRONTAB = [PAYMENT_CRONTAB, IDEMPOTENCY_CRONTAB].join('\n');
 export function workerTasks(deps: { config: Config; pool: Pool; provider: PaymentProvider; metrics?: Metrics; log: Logger }): TaskList {
   const { config, pool, provider } = deps;
   return {
-    ...paymentTasks({ pool, provider, options: reconcileOptions(config) }),
+    // The reconciler completes payments here: their orders are marked paid in the same transaction.
+    ...paymentTasks({ pool, provider, options: reconcileOptions(config), onPaymentSucceeded: convertPaidHold }),
     ...idempotencyTasks({ pool, lockTimeoutMs: config.idempotencyLockTimeoutMs }),
     ...salesTasks({ pool }),
     ...webhookTasks({ pool, settings: webhookSettings(config), metrics: deps.metrics, log: deps.log }),
@@ -48,8 +48,6 @@ export function runWorker(deps: {
   log: Logger;
 }): Promise<Worker> {
   const { config, pool } = deps;
-  // The reconciler completes payments here: their orders are marked paid in the same transaction.
-  onPaymentSucceeded(convertPaidHold);
   return startWorker({
     pool,
     tasks: workerTasks(deps),

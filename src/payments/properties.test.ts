@@ -28,7 +28,7 @@ import { audit } from '../audit/service.js';
 import { loadConfig } from '../config.js';
 import { ApiError } from '../platform/http/errors.js';
 import { HttpProvider } from '../providers/http-provider.js';
-import type { PaymentProvider } from '../providers/provider.js';
+import type { PaymentProvider } from '../providers/service.js';
 import { canTransition, type PaymentIntentStatus } from './domain.js';
 import { reconcileAttempt } from './reconciliation.js';
 
@@ -242,6 +242,8 @@ function requestFor(cmd: Single, intents: ApiIntent[]): Request {
   }
 }
 
+// Payments here belong to no order: nothing listens for their success.
+const noOrders = async () => {};
 // The reconciler in these runs: one round, and an open attempt counts as lost at once.
 const RECONCILE_NOW = { baseDelayMs: 1, maxDelayMs: 1, maxAttempts: 1, staleAfterMs: 0 };
 
@@ -359,7 +361,7 @@ async function runSequence(commands: Command[]): Promise<void> {
     assert.equal(rows.length, 1, `${where}: the outage left one open attempt`);
     for (const row of rows) {
       const result = await reconcileAttempt(
-        { pool, provider, options: RECONCILE_NOW },
+        { pool, provider, options: RECONCILE_NOW, onPaymentSucceeded: noOrders },
         { merchant_id: row.merchant_id, attempt_id: row.id, round: 1 },
       );
       assert.equal(result, 'settled', where);

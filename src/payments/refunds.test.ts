@@ -107,7 +107,7 @@ describe('a refund whose outcome is unknown', () => {
     const { id, refundKey, refundId, attempt, amount } = await refundTimingOut(600);
     assert.equal((await get(`/v1/payment_intents/${id}`)).amount_refunded, 600, 'a pending refund counts against the payment');
     const settled = await reconcileAttempt(
-      { pool: t.pool, provider: t.provider, options: RECONCILE },
+      { pool: t.pool, provider: t.provider, options: RECONCILE, onPaymentSucceeded: async () => {} },
       { merchant_id: attempt.merchant_id, attempt_id: attempt.id, round: 1 },
     );
     assert.equal(settled, 'settled');
@@ -135,7 +135,7 @@ describe('a refund whose outcome is unknown', () => {
     assert.equal((await get(`/v1/refunds/${refundId}`)).status, 'succeeded');
     // The reconciler, coming after the webhook, finds nothing left to do.
     const late = await reconcileAttempt(
-      { pool: t.pool, provider: t.provider, options: RECONCILE },
+      { pool: t.pool, provider: t.provider, options: RECONCILE, onPaymentSucceeded: async () => {} },
       { merchant_id: attempt.merchant_id, attempt_id: attempt.id, round: 1 },
     );
     assert.equal(late, 'already_settled');
