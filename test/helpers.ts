@@ -111,13 +111,22 @@ export const TEST_TRAFFIC_LIMITS_OFF = {
  */
 export const MANY_TIMEOUTS = { providerBreakerThreshold: 1_000 } as const satisfies Partial<Config>;
 
+/**
+ * Provider timeouts in tests. Where a call is expected to succeed the timeout is long, so a
+ * busy two-core machine cannot turn a slow success into a timeout; only the calls meant to time
+ * out (pm_card_timeout, which the test simulator holds for 5 s) go through an app built with
+ * the short one (`shortTimeoutApp`).
+ */
+export const PROVIDER_TIMEOUT_MS = 10_000;
+export const PROVIDER_TIMEOUT_SHORT_MS = 200;
+
 /** The app as a process builds it, on `pool`, calling the provider at `providerUrl`. */
 export async function buildTestApp(pool: Pool, providerUrl: string, overrides: Partial<Config> = {}): Promise<TestApp> {
   const config = loadConfig(
     {},
     {
       providerUrl,
-      providerTimeoutMs: 1_000,
+      providerTimeoutMs: PROVIDER_TIMEOUT_MS,
       apiKeyCacheTtlMs: 0,
       providerWebhookSecret: TEST_PROVIDER_WEBHOOK_SECRET,
       admissionSecret: TEST_ADMISSION_SECRET,
@@ -193,6 +202,15 @@ export async function setupTestContext(
     merchant,
     auth: (extra = {}) => ({ authorization: `Bearer ${merchant.secretKey}`, ...extra }),
   };
+}
+
+/**
+ * A second app on the context's database and simulator whose provider calls time out after
+ * PROVIDER_TIMEOUT_SHORT_MS: for the requests that are meant to time out (pm_card_timeout).
+ */
+export async function shortTimeoutApp(ctx: TestContext, overrides: Partial<Config> = {}): Promise<HttpServer> {
+  const { app } = await buildTestApp(ctx.pool, ctx.sim.url, { ...overrides, providerTimeoutMs: PROVIDER_TIMEOUT_SHORT_MS });
+  return app;
 }
 
 /** A unique Idempotency-Key. */

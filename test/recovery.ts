@@ -17,6 +17,8 @@ import { key, setupTestContext, type TestContext } from './helpers.js';
 export interface Merchant {
   id: string;
   auth(extra?: Record<string, string>): Record<string, string>;
+  /** The publishable key, which buyers' requests (queue, holds) carry. */
+  publishable?: string;
 }
 
 export interface PostRequest {
@@ -108,6 +110,7 @@ export async function setupRecovery(options: Parameters<typeof setupTestContext>
       return {
         id: created.merchant.id,
         auth: (extra = {}) => ({ authorization: `Bearer ${created.secret_key}`, ...extra }),
+        publishable: created.publishable_key,
       };
     },
 

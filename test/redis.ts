@@ -2,7 +2,8 @@
  * Redis for tests: the machine's Redis (FLOODGATE_TEST_REDIS_URL, else 127.0.0.1:6379), each
  * test under its own key prefix, its keys deleted after. Redis is never flushed.
  *
- * Where Redis does not answer, Redis tests are skipped with a message; CI always has it.
+ * Where Redis does not answer, Redis tests are skipped with a message, except with CI=true: CI
+ * must run them, so there a missing Redis fails the test file that needs it.
  *
  *   describe('...', { skip: redisSkip }, () => { ... });
  *   const redis = await openTestRedis();     // inside a test or a before()
@@ -33,8 +34,20 @@ async function reachable(): Promise<boolean> {
   }
 }
 
-/** For node:test's `skip` option: false when Redis answers, else why the tests are skipped. */
-export const redisSkip: string | false = (await reachable()) ? false : `skipped: Redis not reachable at ${new URL(TEST_REDIS_URL).host}`;
+/**
+ * For node:test's `skip` option: false when Redis answers, else why the tests are skipped. With
+ * CI=true an unreachable Redis throws instead, so the run fails rather than skipping quietly.
+ */
+export function redisSkipReason(answers: boolean, env: NodeJS.ProcessEnv = process.env): string | false {
+  if (answers) return false;
+  const where = new URL(TEST_REDIS_URL).host;
+  if (env.CI === 'true')
+    throw new Error(`Redis is not reachable at ${where} (FLOODGATE_TEST_REDIS_URL): with CI=true Redis tests must run`);
+  return `skipped: Redis not reachable at ${where} (set FLOODGATE_TEST_REDIS_URL)`;
+}
+
+export const redisSkip: string | false = redisSkipReason(await reachable());
+if (redisSkip) console.log(`# ${redisSkip}`);
 
 /** A fresh key prefix, unique to this call. */
 export function testKeyPrefix(): string {

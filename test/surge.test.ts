@@ -11,7 +11,9 @@ import { HttpProvider } from '../src/providers/http-provider.js';
 import { convertPaidHold, expireHold } from '../src/sales/holds.js';
 import {
   key,
+  PROVIDER_TIMEOUT_MS,
   setupTestContext,
+  shortTimeoutApp,
   TEST_ADMISSION_SECRET,
   TEST_PROVIDER_WEBHOOK_SECRET,
   TEST_TRAFFIC_LIMITS_OFF,
@@ -19,7 +21,13 @@ import {
 } from './helpers.js';
 import { openTestRedis, redisSkip, testKeyPrefix } from './redis.js';
 
-const t = await setupTestContext({ simulator: { timeoutHoldMs: 1_000 }, config: { providerTimeoutMs: 300 } });
+// The app listens so the provider's webhooks can reach it; the simulator records them and sends
+// them only when a test points it at the app (webhookUrl), so no test is settled by surprise.
+const t = await setupTestContext({ listen: true });
+const webhookUrl = t.sim.simulator.webhookUrl;
+t.sim.simulator.webhookUrl = undefined;
+// Only pm_card_timeout confirms go through this app: they are meant to time out.
+const timingOut = await shortTimeoutApp(t);
 const publishable = () => ({ authorization: `Bearer ${t.merchant.publishableKey}` });
 const LATER = () => new Date(Date.now() + 24 * 3_600_000);
 
@@ -78,8 +86,8 @@ async function order(holdId: string) {
   return response.json();
 }
 
-async function confirm(intentId: string, paymentMethod: string) {
-  return t.app.inject({
+async function confirm(intentId: string, paymentMethod: string, app = t.app) {
+  return app.inject({
     method: 'POST',
     url: `/v1/payment_intents/${intentId}/confirm`,
     headers: t.auth({ 'idempotency-key': key('confirm') }),
@@ -112,8 +120,31 @@ describe('surge checkout', () => {
     assert.equal(paid.json().status, 'succeeded');
     assert.equal(await orderStatus(placed.id), 'paid');
     assert.deepEqual(await stock(sale.id), { stock_available: 8, stock_held: 0, stock_sold: 2 });
-    // The provider's webhooks arriving late complete nothing twice.
-    for (const event of t.sim.simulator.webhooksSent) await t.sim.simulator.sendWebhook(event);
+    // The provider's webhooks arriving late complete nothing twice: each is received and applied
+    // (recorded) by the app, and neither the order nor the stock moves.
+    const { rows: attempts } = await t.pool.query<{ provider_idempotency_key: string }>(
+      'select provider_idempotency_key from payment_attempts where merchant_id = $1 and payment_intent_id = $2',
+      [t.merchant.id, placed.payment_intent],
+    );
+    const keys = new Set(attempts.map((row) => row.provider_idempotency_key));
+    const late = t.sim.simulator.webhooksSent.filter((event) => keys.has(event.idempotency_key));
+    assert.deepEqual(
+      late.map((event) => event.type),
+      ['charge.succeeded'],
+    );
+    t.sim.simulator.webhookUrl = webhookUrl;
+    try {
+      for (const event of late) assert.equal(await t.sim.simulator.sendWebhook(event), 200);
+      for (const event of late) assert.equal(await t.sim.simulator.sendWebhook(event), 200, 'a duplicate is acknowledged too');
+    } finally {
+      t.sim.simulator.webhookUrl = undefined;
+    }
+    const { rows: received } = await t.pool.query(
+      'select count(*)::int as n from provider_events where merchant_id = $1 and event_id = any($2)',
+      [t.merchant.id, late.map((event) => event.id)],
+    );
+    assert.equal(received[0].n, late.length, 'the app received and recorded every late webhook');
+    assert.equal(await orderStatus(placed.id), 'paid');
     assert.deepEqual(await stock(sale.id), { stock_available: 8, stock_held: 0, stock_sold: 2 });
   });
 
@@ -144,7 +175,7 @@ describe('surge checkout', () => {
     const sale = await createSale(t);
     const held = await hold(sale, 'buyer-slow');
     const placed = await order(held.id);
-    const pending = await confirm(placed.payment_intent, 'pm_card_timeout');
+    const pending = await confirm(placed.payment_intent, 'pm_card_timeout', timingOut);
     assert.equal(pending.json().status, 'processing');
     assert.equal(await expireHold(t.pool, { merchant_id: t.merchant.id, hold_id: held.id }, LATER()), 'extended');
     assert.deepEqual(await stock(sale.id), { stock_available: 8, stock_held: 2, stock_sold: 0 });
@@ -258,7 +289,7 @@ describe('surge checkout', () => {
       },
     );
     const node = async () => {
-      const provider = new HttpProvider({ baseUrl: t.sim.url, timeoutMs: 1_000, breakerThreshold: 5, halfOpenMs: 1_000 });
+      const provider = new HttpProvider({ baseUrl: t.sim.url, timeoutMs: PROVIDER_TIMEOUT_MS, breakerThreshold: 5, halfOpenMs: 1_000 });
       const app = await buildApp({ config, pool: t.pool, provider, redis: await openTestRedis(prefix) });
       return app;
     };

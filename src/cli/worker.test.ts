@@ -1,7 +1,9 @@
 /**
  * `floodgate worker`, run as the real CLI in a child process: it refuses to start without a
- * database and a provider to share, and with them it reconciles a payment whose confirm timed
- * out, then shuts down cleanly on SIGTERM.
+ * database and a provider to share, and with them it runs its real task list — it reconciles
+ * the timed-out payment of an order (and, through its own paid-order listener, marks the order
+ * paid and sells its stock), expires a due hold, runs the open-attempt sweep — then shuts down
+ * cleanly on SIGTERM. Its crontab names only tasks it registers.
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
@@ -10,14 +12,23 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { createTestDatabase, key, setupTestContext } from '../../test/helpers.js';
+import { parseCrontab } from 'graphile-worker';
+import { committedRecoveryPoint, crashing } from '../../test/crash.js';
+import { createTestDatabase, key, setupTestContext, shortTimeoutApp } from '../../test/helpers.js';
 import { waitUntil } from '../../test/receiver.js';
+import { buildApp } from '../app.js';
 import { DEV_SECRETS_KEY } from '../platform/crypto/sealed.js';
+import { withTransaction } from '../platform/db/pool.js';
+import { takeHold } from '../sales/holds.js';
+import { createLogger } from './runtime.js';
+import { WORKER_CRONTAB, workerTasks } from './worker.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const db = await createTestDatabase();
 // No webhooks: only the worker's reconciliation can learn how the timed-out confirm ended.
-const t = await setupTestContext({ pool: db.pool, simulator: { webhookSecret: undefined }, config: { providerTimeoutMs: 200 } });
+const t = await setupTestContext({ pool: db.pool, simulator: { webhookSecret: undefined } });
+// Only the pm_card_timeout confirm goes through this app: it is meant to time out.
+const timingOut = await shortTimeoutApp(t);
 
 /** The test runner's environment without anything that would configure the CLI. */
 function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
@@ -36,6 +47,39 @@ function run(env: Record<string, string>, ...args: string[]): Promise<{ code: nu
       (error, _stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stderr }),
     );
   });
+}
+
+async function createSale() {
+  const response = await t.app.inject({
+    method: 'POST',
+    url: '/v1/sales',
+    headers: t.auth({ 'idempotency-key': key('sale') }),
+    payload: {
+      name: 'Worker release',
+      currency: 'usd',
+      opens_at: new Date(Date.now() - 3_600_000).toISOString(),
+      hold_seconds: 60,
+      items: [{ name: 'Ticket', price: 1500, stock: 10 }],
+    },
+  });
+  assert.equal(response.statusCode, 200, response.body);
+  return { id: response.json().id as string, itemId: response.json().items[0].id as string };
+}
+
+/** A hold taken at `now` (its expiry job queued for now + hold_seconds), as the hold route takes it. */
+async function holdOf(sale: { id: string; itemId: string }, quantity: number, now: Date) {
+  const result = await withTransaction(t.pool, (client) =>
+    takeHold(client, {
+      merchantId: t.merchant.id,
+      saleId: sale.id,
+      buyerReference: key('buyer'),
+      lines: [{ item_id: sale.itemId, quantity }],
+      now,
+    }),
+  );
+  assert.equal(result.kind, 'created');
+  if (result.kind !== 'created') throw new Error('unreachable');
+  return result.hold;
 }
 
 /** A CLI role as a child process, its output collected, killed after the test if still running. */
@@ -68,6 +112,25 @@ async function freePort(): Promise<number> {
 }
 
 describe('floodgate worker', () => {
+  test('every crontab line names a task the worker registers', () => {
+    const tasks = workerTasks({
+      config: t.config,
+      pool: t.pool,
+      provider: t.provider,
+      log: createLogger(t.config),
+      releaseAdmission: async () => {},
+    });
+    const items = parseCrontab(WORKER_CRONTAB);
+    assert.ok(items.length >= 3, WORKER_CRONTAB);
+    for (const item of items) assert.ok(Object.hasOwn(tasks, item.task), `crontab names ${item.task}, which no capability registers`);
+    assert.deepEqual(items.map((item) => item.task).sort(), [
+      'cleanup_idempotency_keys',
+      'prune_webhook_attempts',
+      'sweep_open_attempts',
+      'unlock_stuck_idempotency_keys',
+    ]);
+  });
+
   test('a job runner that stops by itself ends the process (`start`, whose API would keep it alive) non-zero, saying why', async () => {
     // Its own data directory: `start` writes the demo merchant's keys there.
     const dataDir = await mkdtemp(path.join(tmpdir(), 'floodgate-start-'));
@@ -110,7 +173,7 @@ describe('floodgate worker', () => {
     assert.match(withoutKey.stderr, /floodgate worker needs FLOODGATE_SECRETS_KEYS/);
   });
 
-  test('reconciles a payment whose confirm timed out, then stops cleanly on SIGTERM', async () => {
+  test("reconciles an order's timed-out payment (order paid, stock sold), expires a due hold, sweeps, then stops on SIGTERM", async () => {
     const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', 'worker'], {
       cwd: ROOT,
       env: cleanEnv({
@@ -134,18 +197,77 @@ describe('floodgate worker', () => {
     });
     await waitUntil('the worker runs', () => output.includes('worker running'), 60_000);
 
-    const confirmed = await t.app.inject({
+    // An order whose payment's confirm timed out: only the worker can learn it succeeded.
+    const sale = await createSale();
+    const hold = await holdOf(sale, 2, new Date());
+    const placed = await t.app.inject({
+      method: 'POST',
+      url: '/v1/orders',
+      headers: t.auth({ 'idempotency-key': key('order') }),
+      payload: { hold: hold.id },
+    });
+    assert.equal(placed.statusCode, 200, placed.body);
+    const confirmed = await timingOut.inject({
+      method: 'POST',
+      url: `/v1/payment_intents/${placed.json().payment_intent}/confirm`,
+      headers: t.auth({ 'idempotency-key': key('confirm') }),
+      payload: { payment_method: 'pm_card_timeout' },
+    });
+    assert.equal(confirmed.json().status, 'processing', confirmed.body);
+    const id = confirmed.json().id as string;
+
+    // A hold taken two minutes ago for 60 seconds: its expiry job is due at once.
+    const due = await holdOf(sale, 1, new Date(Date.now() - 120_000));
+
+    // A confirm whose process died once its attempt committed, before it called the provider:
+    // no reconciliation is queued, and only the sweep can find it. It is made an hour old.
+    const created = await t.app.inject({
       method: 'POST',
       url: '/v1/payment_intents',
       headers: t.auth({ 'idempotency-key': key() }),
-      payload: { amount: 1800, currency: 'usd', payment_method: 'pm_card_timeout', confirm: true },
+      payload: { amount: 700, currency: 'usd' },
     });
-    assert.equal(confirmed.json().status, 'processing');
-    const id = confirmed.json().id as string;
-    await waitUntil('the worker settles the payment', async () => {
-      const { rows } = await t.pool.query('select status from payment_intents where merchant_id = $1 and id = $2', [t.merchant.id, id]);
-      return rows[0]?.status !== 'processing';
+    const orphan = created.json().id as string;
+    const crash = crashing(t.pool, t.provider, { afterCommitOf: committedRecoveryPoint('authorization_started') });
+    const dying = await buildApp({ config: t.config, pool: crash.pool, provider: crash.provider });
+    await dying.inject({
+      method: 'POST',
+      url: `/v1/payment_intents/${orphan}/confirm`,
+      headers: t.auth({ 'idempotency-key': key('crash') }),
+      payload: { payment_method: 'pm_card_visa' },
     });
+    await dying.close();
+    assert.equal(crash.died, true);
+    await t.pool.query(
+      `update payment_attempts set updated_at = now() - interval '1 hour' where merchant_id = $1 and payment_intent_id = $2`,
+      [t.merchant.id, orphan],
+    );
+    // The sweep runs every minute from the crontab; queue one now rather than wait for it.
+    await t.pool.query(`select graphile_worker.add_job('sweep_open_attempts', '{}'::json)`);
+
+    await waitUntil('the worker settles the payment, expires the hold and completes the swept attempt', async () => {
+      const { rows } = await t.pool.query(
+        `select (select status from payment_intents where merchant_id = $1 and id = $2) as paid,
+                (select status from holds where merchant_id = $1 and id = $3) as due,
+                (select status from payment_intents where merchant_id = $1 and id = $4) as orphan`,
+        [t.merchant.id, id, due.id, orphan],
+      );
+      return rows[0].paid !== 'processing' && rows[0].due !== 'active' && rows[0].orphan !== 'processing';
+    });
+    const order = await t.app.inject({ method: 'GET', url: `/v1/orders/${placed.json().id}`, headers: t.auth() });
+    assert.equal(order.json().status, 'paid', order.body);
+    const { rows: holds } = await t.pool.query('select id, status from holds where merchant_id = $1 order by created_at', [t.merchant.id]);
+    assert.deepEqual(
+      holds.map((row) => [row.id, row.status]),
+      [
+        [hold.id, 'converted'],
+        [due.id, 'expired'],
+      ],
+    );
+    const { rows: stock } = await t.pool.query('select stock_available, stock_held, stock_sold from items where sale_id = $1', [sale.id]);
+    assert.deepEqual(stock, [{ stock_available: 8, stock_held: 0, stock_sold: 2 }]);
+    const swept = await t.app.inject({ method: 'GET', url: `/v1/payment_intents/${orphan}`, headers: t.auth() });
+    assert.deepEqual([swept.json().status, swept.json().amount_received], ['succeeded', 700]);
 
     child.kill('SIGTERM');
     await waitUntil('the worker exits', () => child.exitCode !== null || child.signalCode !== null, 30_000);
@@ -173,7 +295,7 @@ describe('floodgate worker', () => {
     );
     assert.deepEqual(
       rows.map(({ provider_idempotency_key: _, ...row }) => row),
-      [{ status: 'succeeded', amount_received: 1800, postings: 1, attempt: 'succeeded' }],
+      [{ status: 'succeeded', amount_received: 2 * 1500, postings: 1, attempt: 'succeeded' }],
     );
     assert.equal(t.sim.simulator.chargesByKey.get(rows[0].provider_idempotency_key), 1);
     const { rows: jobs } = await t.pool.query(

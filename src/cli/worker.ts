@@ -1,6 +1,7 @@
 /**
  * The worker's task list and schedule, composed from the capabilities' jobs.
  */
+import type { TaskList } from 'graphile-worker';
 import type { Config } from '../config.js';
 import { PAYMENT_CRONTAB, paymentTasks } from '../payments/jobs.js';
 import type { Pool } from '../platform/db/pool.js';
@@ -24,6 +25,28 @@ export function reconcileOptions(config: Config) {
   };
 }
 
+/** Every periodic task, one crontab line each; every line names a task of workerTasks(). */
+export const WORKER_CRONTAB = [PAYMENT_CRONTAB, IDEMPOTENCY_CRONTAB, WEBHOOK_CRONTAB].join('\n');
+
+/** The task list a worker runs: every capability's jobs. */
+export function workerTasks(deps: {
+  config: Config;
+  pool: Pool;
+  provider: PaymentProvider;
+  metrics?: Metrics;
+  log: Logger;
+  releaseAdmission: (saleId: string, ticketId: string) => Promise<unknown>;
+}): TaskList {
+  const { config, pool, provider } = deps;
+  return {
+    // The reconciler completes payments here: their orders are marked paid in the same transaction.
+    ...paymentTasks({ pool, provider, options: reconcileOptions(config), onPaymentSucceeded: convertPaidHold }),
+    ...idempotencyTasks({ pool, lockTimeoutMs: config.idempotencyLockTimeoutMs }),
+    ...salesTasks({ pool, releaseAdmission: deps.releaseAdmission }),
+    ...webhookTasks({ pool, settings: webhookSettings(config), metrics: deps.metrics, log: deps.log }),
+  };
+}
+
 export function runWorker(deps: {
   config: Config;
   pool: Pool;
@@ -35,18 +58,11 @@ export function runWorker(deps: {
   /** Frees a paid or expired hold's waiting-room slot: the API's room, or the shared one in Redis. */
   releaseAdmission: (saleId: string, ticketId: string) => Promise<unknown>;
 }): Promise<Worker> {
-  const { config, pool, provider } = deps;
-  const tasks = {
-    // The reconciler completes payments here: their orders are marked paid in the same transaction.
-    ...paymentTasks({ pool, provider, options: reconcileOptions(config), onPaymentSucceeded: convertPaidHold }),
-    ...idempotencyTasks({ pool, lockTimeoutMs: config.idempotencyLockTimeoutMs }),
-    ...salesTasks({ pool, releaseAdmission: deps.releaseAdmission }),
-    ...webhookTasks({ pool, settings: webhookSettings(config), metrics: deps.metrics, log: deps.log }),
-  };
+  const { config, pool } = deps;
   return startWorker({
     pool,
-    tasks,
-    crontab: [PAYMENT_CRONTAB, IDEMPOTENCY_CRONTAB, WEBHOOK_CRONTAB].join('\n'),
+    tasks: workerTasks(deps),
+    crontab: WORKER_CRONTAB,
     concurrency: config.workerConcurrency,
     lockTimeoutMs: config.jobLockTimeoutMs,
     pollIntervalMs: config.jobPollIntervalMs,

@@ -50,14 +50,16 @@ describe('event sequence numbers', () => {
       post(`/v1/payment_intents/${created.id}/cancel`, {}),
       post(`/v1/payment_intents/${created.id}/capture`, {}),
     ]);
-    const numbered = (await sequencesOf(created.id)).map(([sequence]: [number]) => sequence);
-    assert.deepEqual(
-      numbered,
-      numbered.map((_: number, index: number) => index + 1),
-    );
-    // created, amount_capturable_updated, then succeeded or canceled (unless the provider call
-    // timed out under load, which leaves the intent processing for reconciliation).
-    assert.ok(numbered.length === 2 || numbered.length === 3);
+    // The provider timeout is long (test/helpers.ts), so every call is answered: the intent
+    // ends succeeded or canceled, and its events are exactly created, amount_capturable_updated
+    // and the winner's, numbered 1, 2, 3.
+    const final = (await t.app.inject({ method: 'GET', url: `/v1/payment_intents/${created.id}`, headers: t.auth() })).json().status;
+    assert.ok(final === 'succeeded' || final === 'canceled', final);
+    assert.deepEqual(await sequencesOf(created.id), [
+      [1, 'payment_intent.created'],
+      [2, 'payment_intent.amount_capturable_updated'],
+      [3, `payment_intent.${final}`],
+    ]);
   });
 
   test('a writer that does not hold the object lock is refused rather than given a duplicate number', async () => {

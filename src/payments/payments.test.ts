@@ -1,11 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { key, setupTestContext } from '../../test/helpers.js';
+import { key, setupTestContext, shortTimeoutApp } from '../../test/helpers.js';
 
 const t = await setupTestContext();
+// Only pm_card_timeout confirms go through this app: they are meant to time out.
+const timingOut = await shortTimeoutApp(t);
 
-async function post(url: string, body: unknown, idempotencyKey = key()) {
-  return t.app.inject({ method: 'POST', url, headers: t.auth({ 'idempotency-key': idempotencyKey }), payload: body as object });
+async function post(url: string, body: unknown, idempotencyKey = key(), app = t.app) {
+  return app.inject({ method: 'POST', url, headers: t.auth({ 'idempotency-key': idempotencyKey }), payload: body as object });
 }
 
 describe('payment intents', () => {
@@ -108,7 +110,12 @@ describe('payment intents', () => {
   });
 
   test('pm_card_timeout leaves the intent processing with the attempt unknown', async () => {
-    const created = await post('/v1/payment_intents', { amount: 900, currency: 'usd', payment_method: 'pm_card_timeout', confirm: true });
+    const created = await post(
+      '/v1/payment_intents',
+      { amount: 900, currency: 'usd', payment_method: 'pm_card_timeout', confirm: true },
+      key(),
+      timingOut,
+    );
     assert.equal(created.statusCode, 200);
     assert.equal(created.json().status, 'processing');
     const { rows } = await t.pool.query('select status from payment_attempts where payment_intent_id = $1', [created.json().id]);

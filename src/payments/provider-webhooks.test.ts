@@ -8,13 +8,15 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { crashing } from '../../test/crash.js';
-import { buildTestApp, key, MANY_TIMEOUTS, setupTestContext, TEST_PROVIDER_WEBHOOK_SECRET } from '../../test/helpers.js';
+import { buildTestApp, key, MANY_TIMEOUTS, setupTestContext, shortTimeoutApp, TEST_PROVIDER_WEBHOOK_SECRET } from '../../test/helpers.js';
 import { buildApp } from '../app.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { signSimulatorWebhook } from '../providers/simulator/server.js';
-import { PROVIDER_WEBHOOK_PATH, WEBHOOK_TOLERANCE_SECONDS } from './provider-webhooks.js';
+import { PROVIDER_WEBHOOK_PATH, verifySignature, WEBHOOK_TOLERANCE_SECONDS } from './provider-webhooks.js';
 
-const t = await setupTestContext({ config: { providerTimeoutMs: 200, ...MANY_TIMEOUTS } });
+const t = await setupTestContext();
+// Only pm_card_timeout confirms go through this app: they are meant to time out.
+const timingOut = await shortTimeoutApp(t, MANY_TIMEOUTS);
 const sim = t.sim.simulator;
 const AMOUNT = 4500;
 
@@ -35,8 +37,8 @@ function deliverSigned(body: string, options: { timestamp?: number; secret?: str
   return deliver(body, { 'simulator-signature': signature, ...options.headers });
 }
 
-async function post(url: string, payload: object) {
-  return t.app.inject({ method: 'POST', url, headers: t.auth({ 'idempotency-key': key() }), payload });
+async function post(url: string, payload: object, app: HttpServer = t.app) {
+  return app.inject({ method: 'POST', url, headers: t.auth({ 'idempotency-key': key() }), payload });
 }
 
 async function snapshot(intentId: string) {
@@ -66,7 +68,11 @@ async function webhooksFor(intentId: string) {
 
 /** A payment whose confirm timed out: processing, and the provider's charge.succeeded event recorded, undelivered. */
 async function timedOutPayment() {
-  const created = await post('/v1/payment_intents', { amount: AMOUNT, currency: 'usd', payment_method: 'pm_card_timeout', confirm: true });
+  const created = await post(
+    '/v1/payment_intents',
+    { amount: AMOUNT, currency: 'usd', payment_method: 'pm_card_timeout', confirm: true },
+    timingOut,
+  );
   assert.equal(created.json().status, 'processing');
   const intentId = created.json().id as string;
   const events = await webhooksFor(intentId);
@@ -201,12 +207,27 @@ describe('refused provider webhooks', () => {
   test(`a timestamp more than ${WEBHOOK_TOLERANCE_SECONDS} s old or ahead is 401; within the window it applies`, async () => {
     const { intentId, body } = await timedOutPayment();
     const before = await snapshot(intentId);
-    assertRefused(await deliverSigned(body, { timestamp: nowSeconds() - WEBHOOK_TOLERANCE_SECONDS - 1 }), /tolerance/);
+    // Over HTTP the route reads the wall clock, so these stay a minute clear of the bound: a
+    // second that ticks between signing and verifying cannot move them across it.
+    assertRefused(await deliverSigned(body, { timestamp: nowSeconds() - WEBHOOK_TOLERANCE_SECONDS - 60 }), /tolerance/);
     assertRefused(await deliverSigned(body, { timestamp: nowSeconds() - 3_600 }), /tolerance/);
-    assertRefused(await deliverSigned(body, { timestamp: nowSeconds() + WEBHOOK_TOLERANCE_SECONDS + 1 }), /tolerance/);
+    assertRefused(await deliverSigned(body, { timestamp: nowSeconds() + WEBHOOK_TOLERANCE_SECONDS + 60 }), /tolerance/);
     assert.deepEqual(await snapshot(intentId), before);
-    const late = await deliverSigned(body, { timestamp: nowSeconds() - WEBHOOK_TOLERANCE_SECONDS + 10 });
+    const late = await deliverSigned(body, { timestamp: nowSeconds() - WEBHOOK_TOLERANCE_SECONDS + 60 });
     assert.deepEqual(late.json(), { received: true, result: 'applied' });
+  });
+
+  test('the tolerance bound is exact: a fixed now accepts ±tolerance and refuses one second more', () => {
+    const now = 1_900_000_000;
+    const body = '{"id":"sevt_fixed"}';
+    const check = (timestamp: number) =>
+      verifySignature(TEST_PROVIDER_WEBHOOK_SECRET, signSimulatorWebhook(TEST_PROVIDER_WEBHOOK_SECRET, timestamp, body), body, now);
+    const outside = { ok: false, reason: 'timestamp outside the tolerance window' };
+    assert.deepEqual(check(now), { ok: true });
+    assert.deepEqual(check(now - WEBHOOK_TOLERANCE_SECONDS), { ok: true });
+    assert.deepEqual(check(now + WEBHOOK_TOLERANCE_SECONDS), { ok: true });
+    assert.deepEqual(check(now - WEBHOOK_TOLERANCE_SECONDS - 1), outside);
+    assert.deepEqual(check(now + WEBHOOK_TOLERANCE_SECONDS + 1), outside);
   });
 
   test('without a configured secret every webhook is refused', async () => {

@@ -10,7 +10,7 @@ import { describe, test } from 'node:test';
 import fc from 'fast-check';
 import type { JobHelpers } from 'graphile-worker';
 import { committedRecoveryPoint } from '../../test/crash.js';
-import { key } from '../../test/helpers.js';
+import { key, shortTimeoutApp } from '../../test/helpers.js';
 import { type Merchant, type PostRequest, setupRecovery } from '../../test/recovery.js';
 import { HttpProvider } from '../providers/http-provider.js';
 import { paymentTasks } from './jobs.js';
@@ -24,8 +24,10 @@ import {
   sweepOpenAttempts,
 } from './reconciliation.js';
 
-const r = await setupRecovery({ config: { providerTimeoutMs: 200 } });
+const r = await setupRecovery();
 const { t } = r;
+// Only pm_card_timeout confirms go through this app: they are meant to time out.
+const timingOut = await shortTimeoutApp(t);
 const sim = t.sim.simulator;
 const AMOUNT = 3100;
 const OPTIONS: ReconcileOptions = { baseDelayMs: 60_000, maxDelayMs: 100_000, maxAttempts: 3, staleAfterMs: 60_000 };
@@ -101,7 +103,7 @@ async function backdate(attempt: Attempt) {
 
 /** A payment confirmed with pm_card_timeout: charged at the provider, the answer lost. */
 async function timedOut(m: Merchant): Promise<Attempt> {
-  const response = await r.post(t.app, m, createAndConfirm('pm_card_timeout'));
+  const response = await r.post(timingOut, m, createAndConfirm('pm_card_timeout'));
   assert.equal(response.statusCode, 200);
   assert.equal(response.json().status, 'processing');
   const attempt = await onlyAttempt(m.id);

@@ -20,7 +20,8 @@ import * as payments from './service.js';
 const PaymentMethod = Type.String({
   minLength: 1,
   maxLength: 100,
-  description: 'A payment method id. Test methods: pm_card_visa, pm_card_declined, pm_card_insufficient_funds, pm_card_timeout.',
+  description:
+    'A payment method id. Test methods: pm_card_visa, pm_card_declined, pm_card_insufficient_funds, pm_card_timeout, pm_card_capture_declined, pm_card_cancel_declined, pm_card_refund_timeout.',
 });
 
 const Amount = Type.Integer({

@@ -1,23 +1,28 @@
 /**
  * Stock under concurrency: thousands of buyers racing for a few units never take more than
- * exists, and stock is conserved through holds, expiries, releases and payments.
+ * exists, and stock is conserved through holds, expiries, releases and payments. The property
+ * keeps a model of the stock and of every hold, and checks each step's answer against it;
+ * payments go through the real order and confirm calls (the completion command sells the
+ * stock), against the simulator.
  */
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import fc from 'fast-check';
-import { createTestDatabase, createTestMerchant } from '../../test/helpers.js';
+import { createTestDatabase, key, setupTestContext } from '../../test/helpers.js';
+import { assertProperty } from '../../test/property.js';
 import { maxAmount } from '../money/currency.js';
-import { createIntentInTransaction } from '../payments/service.js';
 import { createPool, withTransaction } from '../platform/db/pool.js';
 import { newId } from '../platform/ids.js';
-import { convertPaidHold, endHold, expireHold, takeHold } from './holds.js';
+import { endHold, expireHold, takeHold } from './holds.js';
 import * as sql from './sql.js';
 
 const { url } = await createTestDatabase();
 // Thousands of transactions queue for 20 connections here, longer than a request would wait.
 const pool = createPool({ connectionString: url, max: 20, statementTimeoutMs: 30_000, connectionTimeoutMs: 300_000 });
 after(() => pool.end());
-const merchant = await createTestMerchant(pool);
+// The app on the same database, for paying holds the way buyers do (order, then confirm).
+const t = await setupTestContext({ pool });
+const merchant = t.merchant;
 
 async function createSale(stock: number, perBuyerLimit = 4, price = 5000) {
   const sale = await sql.insertSale(pool, {
@@ -47,37 +52,6 @@ async function createSale(stock: number, perBuyerLimit = 4, price = 5000) {
 async function stockOf(itemId: string) {
   const { rows } = await pool.query<sql.ItemRow>('select * from items where merchant_id = $1 and id = $2', [merchant.id, itemId]);
   return rows[0] as sql.ItemRow;
-}
-
-/**
- * What the completion command does for an order whose payment succeeded, for an active hold:
- * the order (made here if the hold has none) is marked paid and the hold's units sold. Holds
- * that already ended are left alone, as the real flow never pays them (their intent is canceled).
- */
-async function pay(client: import('../platform/db/pool.js').Client, holdId: string) {
-  const hold = await sql.selectHold(client, merchant.id, holdId, true);
-  if (hold?.status !== 'active') return;
-  let order = await sql.selectOrderByHold(client, merchant.id, holdId);
-  if (!order) {
-    const intent = await createIntentInTransaction(client, merchant.id, {
-      amount: hold.amount,
-      currency: hold.currency,
-      description: 'test',
-      metadata: {},
-    });
-    order = await sql.insertOrder(client, {
-      merchant_id: merchant.id,
-      id: newId('ord'),
-      sale_id: hold.sale_id,
-      hold_id: hold.id,
-      payment_intent_id: intent.id,
-      amount: hold.amount,
-      currency: hold.currency,
-    });
-  }
-  await convertPaidHold(client, { merchant_id: merchant.id, id: order.payment_intent_id });
-  // A second completion of the same payment changes nothing.
-  await convertPaidHold(client, { merchant_id: merchant.id, id: order.payment_intent_id });
 }
 
 describe('holds', () => {
@@ -165,6 +139,30 @@ describe('holds', () => {
       price: 9000,
       stock_total: 1,
     });
+    // Both lines fit: the hold takes them both.
+    const fits = await withTransaction(pool, (client) =>
+      takeHold(client, {
+        merchantId: merchant.id,
+        saleId: sale.id,
+        buyerReference: 'first',
+        lines: [
+          { item_id: item.id, quantity: 1 },
+          { item_id: scarce.id, quantity: 1 },
+        ],
+        now: new Date(),
+      }),
+    );
+    assert.equal(fits.kind, 'created');
+    assert.equal(fits.kind === 'created' && fits.hold.amount, 5000 + 9000);
+    assert.deepEqual(
+      fits.kind === 'created' && fits.lines.map((line) => [line.item_id, line.quantity]).sort(),
+      [
+        [item.id, 1],
+        [scarce.id, 1],
+      ].sort(),
+    );
+    assert.equal((await stockOf(item.id)).stock_available, 9);
+    assert.equal((await stockOf(scarce.id)).stock_available, 0);
     const result = await withTransaction(pool, (client) =>
       takeHold(client, {
         merchantId: merchant.id,
@@ -179,63 +177,123 @@ describe('holds', () => {
     );
     assert.equal(result.kind, 'refused');
     assert.equal(result.kind === 'refused' && result.error.code, 'sold_out');
-    assert.equal((await stockOf(item.id)).stock_available, 10);
-    assert.equal((await stockOf(scarce.id)).stock_available, 1);
+    assert.equal((await stockOf(item.id)).stock_available, 9);
+    assert.equal((await stockOf(scarce.id)).stock_available, 0);
   });
 
-  test('random hold, expire, release and pay sequences conserve stock', async () => {
-    await fc.assert(
-      fc.asyncProperty(
-        fc.array(
-          fc.record({ op: fc.constantFrom('hold', 'expire', 'release', 'pay'), quantity: fc.integer({ min: 1, max: 3 }), pick: fc.nat() }),
-          {
-            maxLength: 25,
-          },
-        ),
-        async (steps) => {
-          const { sale, item } = await createSale(8, 100);
-          const holds: string[] = [];
-          for (const step of steps) {
-            if (step.op === 'hold') {
-              const result = await withTransaction(pool, (client) =>
-                takeHold(client, {
-                  merchantId: merchant.id,
-                  saleId: sale.id,
-                  buyerReference: 'b',
-                  lines: [{ item_id: item.id, quantity: step.quantity }],
-                  now: new Date(),
-                }),
-              );
-              if (result.kind === 'created') holds.push(result.hold.id);
-            } else if (holds.length > 0) {
-              const holdId = holds[step.pick % holds.length] as string;
-              if (step.op === 'expire') {
-                await expireHold(pool, { merchant_id: merchant.id, hold_id: holdId }, new Date(Date.now() + 3_600_000));
-              } else if (step.op === 'release') {
-                await withTransaction(pool, (client) => endHold(client, merchant.id, holdId, 'released'));
-              } else {
-                await withTransaction(pool, (client) => pay(client, holdId));
-              }
-            }
-            const stock = await stockOf(item.id);
-            const { rows } = await pool.query(
-              `select coalesce(sum(l.quantity), 0)::int as held from hold_lines l join holds h on h.merchant_id = l.merchant_id and h.id = l.hold_id
-               where l.merchant_id = $1 and l.item_id = $2 and h.status = 'active'`,
-              [merchant.id, item.id],
-            );
-            const sold = await pool.query(
-              `select coalesce(sum(l.quantity), 0)::int as sold from hold_lines l join holds h on h.merchant_id = l.merchant_id and h.id = l.hold_id
-               where l.merchant_id = $1 and l.item_id = $2 and h.status = 'converted'`,
-              [merchant.id, item.id],
-            );
-            assert.equal(stock.stock_available + stock.stock_held + stock.stock_sold, 8);
-            assert.equal(stock.stock_held, rows[0].held);
-            assert.equal(stock.stock_sold, sold.rows[0].sold);
-            assert.ok(stock.stock_available >= 0);
-          }
-        },
-      ),
-      { numRuns: 25 },
-    );
+  test('random hold, expire, release and pay sequences answer as the model says and conserve stock', async () => {
+    const step = fc.record({
+      op: fc.constantFrom('hold', 'expire', 'release', 'pay'),
+      quantity: fc.integer({ min: 1, max: 3 }),
+      pick: fc.nat(),
+    });
+    await assertProperty('holds', fc.asyncProperty(fc.array(step, { maxLength: 25 }), runHoldSteps), PROPERTY_RUNS);
   });
 });
+
+const PROPERTY_STOCK = 8;
+// Each run pays through the API; 25 runs of up to 25 steps stay within seconds. FC_RUNS overrides.
+const PROPERTY_RUNS = 25;
+type HoldStatus = 'active' | 'expired' | 'released' | 'converted';
+
+/** One run: every step's answer is the model's, and after every step the database agrees with it. */
+async function runHoldSteps(steps: Array<{ op: 'hold' | 'expire' | 'release' | 'pay'; quantity: number; pick: number }>) {
+  const { sale, item } = await createSale(PROPERTY_STOCK, 100);
+  const model = { available: PROPERTY_STOCK, held: 0, sold: 0 };
+  const holds: Array<{ id: string; quantity: number; status: HoldStatus; ordered: boolean }> = [];
+  const later = new Date(Date.now() + 3_600_000);
+  for (const [index, step] of steps.entries()) {
+    const where = `step ${index} ${JSON.stringify(step)}`;
+    if (step.op === 'hold') {
+      const result = await withTransaction(pool, (client) =>
+        takeHold(client, {
+          merchantId: merchant.id,
+          saleId: sale.id,
+          buyerReference: 'b',
+          lines: [{ item_id: item.id, quantity: step.quantity }],
+          now: new Date(),
+        }),
+      );
+      if (step.quantity <= model.available) {
+        assert.equal(result.kind, 'created', where);
+        if (result.kind !== 'created') return;
+        assert.deepEqual([result.hold.status, result.hold.amount], ['active', 5000 * step.quantity], where);
+        holds.push({ id: result.hold.id, quantity: step.quantity, status: 'active', ordered: false });
+        model.available -= step.quantity;
+        model.held += step.quantity;
+      } else {
+        assert.equal(result.kind === 'refused' && result.error.code, 'sold_out', where);
+      }
+    } else if (holds.length > 0) {
+      const hold = holds[step.pick % holds.length] as (typeof holds)[number];
+      const active = hold.status === 'active';
+      if (step.op === 'expire' || step.op === 'release') {
+        const result =
+          step.op === 'expire'
+            ? await expireHold(pool, { merchant_id: merchant.id, hold_id: hold.id }, later)
+            : await withTransaction(pool, (client) => endHold(client, merchant.id, hold.id, 'released'));
+        assert.equal(result, active ? 'released' : 'not_active', where);
+        if (active) {
+          hold.status = step.op === 'expire' ? 'expired' : 'released';
+          model.available += hold.quantity;
+          model.held -= hold.quantity;
+        }
+      } else {
+        await payThroughApi(hold, where);
+        if (active) {
+          hold.status = 'converted';
+          model.held -= hold.quantity;
+          model.sold += hold.quantity;
+        }
+        if (active) hold.ordered = true;
+      }
+    }
+    const stock = await stockOf(item.id);
+    assert.deepEqual(
+      { available: stock.stock_available, held: stock.stock_held, sold: stock.stock_sold },
+      model,
+      `${where}: the item's stock is the model's`,
+    );
+    const { rows } = await pool.query<{ id: string; status: string }>(
+      'select id, status from holds where merchant_id = $1 and sale_id = $2',
+      [merchant.id, sale.id],
+    );
+    assert.deepEqual(
+      new Map(rows.map((row) => [row.id, row.status])),
+      new Map(holds.map((hold) => [hold.id, hold.status])),
+      `${where}: every hold's status is the model's`,
+    );
+  }
+
+  /** Places the hold's order and confirms its payment, as a buyer would; checks both answers. */
+  async function payThroughApi(hold: (typeof holds)[number], where: string) {
+    const placed = await t.app.inject({
+      method: 'POST',
+      url: '/v1/orders',
+      headers: t.auth({ 'idempotency-key': key('order') }),
+      payload: { hold: hold.id },
+    });
+    if (hold.status !== 'active' && !hold.ordered) {
+      assert.equal(placed.statusCode, 409, `${where}: ${placed.body}`);
+      assert.equal(placed.json().error.code, 'hold_not_active', where);
+      return;
+    }
+    assert.equal(placed.statusCode, 200, `${where}: ${placed.body}`);
+    const expectedOrder = hold.status === 'active' ? 'awaiting_payment' : hold.status === 'converted' ? 'paid' : 'expired';
+    assert.equal(placed.json().status, expectedOrder, where);
+    const confirmed = await t.app.inject({
+      method: 'POST',
+      url: `/v1/payment_intents/${placed.json().payment_intent}/confirm`,
+      headers: t.auth({ 'idempotency-key': key('confirm') }),
+      payload: { payment_method: 'pm_card_visa' },
+    });
+    if (hold.status === 'active') {
+      assert.equal(confirmed.statusCode, 200, `${where}: ${confirmed.body}`);
+      assert.equal(confirmed.json().status, 'succeeded', where);
+    } else {
+      // Paid already, or canceled when the hold ended: nothing more can be charged.
+      assert.equal(confirmed.statusCode, 409, `${where}: ${confirmed.body}`);
+      assert.equal(confirmed.json().error.code, 'payment_intent_unexpected_state', where);
+    }
+  }
+}

@@ -268,3 +268,39 @@ async function countsByLabels(registry: Registry): Promise<Record<string, number
   }
   return counts;
 }
+
+describe('cache staleness bound, with a clock the test steps', () => {
+  // The node's own copy (L1): Redis' copy expires by Redis' clock, which no test can step; the
+  // Redis backend's bound is checked above in real time.
+  test('a copy serves up to staleMs after its load, and the next millisecond loads afresh', async () => {
+    let clock = 1_000_000;
+    const STALE_MS = 1_000;
+    const cache = createMemoryCache<unknown>({ name: 'test', log: silent, registry: new Registry(), staleMs: STALE_MS, now: () => clock });
+    const data = source({ available: 5 });
+    assert.equal((await cache.get('bound', data.load)).level, 'miss');
+    data.state.value = { available: 0 };
+    clock += STALE_MS;
+    const atBound = await cache.get('bound', data.load);
+    assert.deepEqual([atBound.level, atBound.value], ['l1', { available: 5 }], 'at the bound the copy still serves');
+    clock += 1;
+    const past = await cache.get('bound', data.load);
+    assert.deepEqual([past.level, past.value], ['miss', { available: 0 }], 'one ms past the bound the source is read again');
+    assert.equal(data.state.loads, 2);
+  });
+
+  test('a slow load shortens its copy’s life by the load’s duration', async () => {
+    let clock = 5_000_000;
+    const STALE_MS = 1_000;
+    const cache = createMemoryCache<unknown>({ name: 'test', log: silent, registry: new Registry(), staleMs: STALE_MS, now: () => clock });
+    const data = source({ available: 7 });
+    await cache.get('slow', async () => {
+      clock += 400; // the source was read at the start; the copy must die 1,000 ms after that
+      return data.load();
+    });
+    data.state.value = { available: 1 };
+    clock += STALE_MS - 400;
+    assert.deepEqual((await cache.get('slow', data.load)).value, { available: 7 });
+    clock += 1;
+    assert.deepEqual((await cache.get('slow', data.load)).value, { available: 1 });
+  });
+});

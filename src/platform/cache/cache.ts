@@ -65,6 +65,8 @@ export interface CacheOptions {
   /** Absent: single-node mode, the LRU alone. */
   redis?: RedisConnections;
   entriesMax?: number;
+  /** A monotonic clock in ms; tests pass one they step, to check the staleness bound exactly. */
+  now?: () => number;
 }
 
 // A node's hot set in a surge is a handful of sales and their items; 10,000 entries leaves
@@ -122,6 +124,7 @@ class TwoLevelCache<T> implements Cache<T> {
   private readonly flights = new Map<string, Flight>();
   private readonly requests;
   private readonly warn: (error: unknown, message: string) => void;
+  private readonly now: () => number;
   private unsubscribe: (() => Promise<void>) | undefined;
 
   constructor(
@@ -132,11 +135,14 @@ class TwoLevelCache<T> implements Cache<T> {
     assert.ok(Number.isInteger(options.staleMs) && options.staleMs >= 1, 'staleMs is a whole number of milliseconds, at least 1');
     this.name = options.name;
     this.staleMs = options.staleMs;
+    this.now = options.now ?? (() => performance.now());
     this.l1 = new LRUCache<string, Entry>({
       max: options.entriesMax ?? CACHE_ENTRIES_MAX,
       maxSize: CACHE_JSON_CHARS_MAX,
       sizeCalculation: (entry) => Math.max(entry.json.length, 1),
       ttl: options.staleMs,
+      // With an injected clock, read it on every check (the default caches it for 1 ms).
+      ...(options.now ? { perf: { now: options.now }, ttlResolution: 0 } : {}),
     });
     this.requests = registeredCounter(options.registry, {
       name: 'floodgate_cache_requests_total',
@@ -197,7 +203,7 @@ class TwoLevelCache<T> implements Cache<T> {
   }
 
   private async fill(key: string, loader: () => Promise<T>, flight: Flight): Promise<Cached<T>> {
-    const startedAt = performance.now();
+    const startedAt = this.now();
     if (this.l2) {
       try {
         const found = await this.l2.read(key);
@@ -219,7 +225,7 @@ class TwoLevelCache<T> implements Cache<T> {
     const entry = toEntry(json);
     // Counted from before the load, so the copy dies staleMs after the source could last
     // have been read, however long the load took.
-    const ttlMs = Math.floor(this.staleMs - (performance.now() - startedAt));
+    const ttlMs = Math.floor(this.staleMs - (this.now() - startedAt));
     if (ttlMs >= 1 && !flight.stale) {
       this.l1.set(key, entry, { ttl: ttlMs });
       if (this.l2) {

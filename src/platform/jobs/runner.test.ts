@@ -53,9 +53,13 @@ async function withWorker(options: Partial<WorkerOptions> & Pick<WorkerOptions, 
   const worker = await startWorker({ pool, concurrency: 1, lockTimeoutMs: 60_000, pollIntervalMs: 50, log, ...options });
   try {
     await fn(worker);
-  } finally {
+  } catch (error) {
+    // The test's own failure is the one to report; stopping is best effort after it.
     await worker.stop().catch(() => {});
+    throw error;
   }
+  // A worker that cannot stop cleanly is a failure of its own.
+  await worker.stop();
 }
 
 describe('the lock sweeper', () => {

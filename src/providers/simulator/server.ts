@@ -7,6 +7,9 @@
  *   pm_card_declined            declined, card_declined
  *   pm_card_insufficient_funds  declined, insufficient_funds
  *   pm_card_timeout             the charge is recorded, but the answer comes too late
+ *   pm_card_capture_declined    authorizes; capturing the charge is refused (capture_declined)
+ *   pm_card_cancel_declined     authorizes; releasing the authorization is refused (cancel_declined)
+ *   pm_card_refund_timeout      succeeds; each refund is recorded, but its answer comes too late
  *
  * Latency and a random error rate (503 before anything is recorded) are configurable.
  *
@@ -63,7 +66,18 @@ const DECLINES: Record<string, { code: string; message: string }> = {
   pm_card_declined: { code: 'card_declined', message: 'The card was declined.' },
   pm_card_insufficient_funds: { code: 'insufficient_funds', message: 'The card has insufficient funds.' },
 };
-const KNOWN_METHODS = new Set(['pm_card_visa', 'pm_card_timeout', ...Object.keys(DECLINES)]);
+// Methods whose charge succeeds and whose later operations fail, for the paths after a charge.
+const CAPTURE_DECLINED = 'pm_card_capture_declined';
+const CANCEL_DECLINED = 'pm_card_cancel_declined';
+const REFUND_TIMEOUT = 'pm_card_refund_timeout';
+const KNOWN_METHODS = new Set([
+  'pm_card_visa',
+  'pm_card_timeout',
+  CAPTURE_DECLINED,
+  CANCEL_DECLINED,
+  REFUND_TIMEOUT,
+  ...Object.keys(DECLINES),
+]);
 // Caps memory for long simulator runs (benchmarks); the oldest records are dropped first.
 const RECORDS_MAX = 1_000_000;
 
@@ -172,6 +186,9 @@ export class ProviderSimulator {
   capture(id: string, amount: number): StoredResponse {
     const charge = this.charges.get(id);
     if (!charge) return notFound(id);
+    if (charge.payment_method === CAPTURE_DECLINED) {
+      return { status: 402, body: { error: { code: 'capture_declined', message: 'The issuer refused the capture.' } } };
+    }
     if (charge.status !== 'authorized' || amount > charge.amount || amount < 1) {
       return { status: 400, body: { error: { code: 'charge_not_capturable', message: `Charge ${id} cannot capture ${amount}.` } } };
     }
@@ -183,6 +200,9 @@ export class ProviderSimulator {
   cancel(id: string): StoredResponse {
     const charge = this.charges.get(id);
     if (!charge) return notFound(id);
+    if (charge.payment_method === CANCEL_DECLINED) {
+      return { status: 402, body: { error: { code: 'cancel_declined', message: 'The issuer refused to release the authorization.' } } };
+    }
     if (charge.status !== 'authorized') {
       return { status: 400, body: { error: { code: 'charge_not_cancelable', message: `Charge ${id} is ${charge.status}.` } } };
     }
@@ -198,6 +218,11 @@ export class ProviderSimulator {
     }
     charge.amount_refunded += amount;
     return { status: 200, body: { object: 'refund', id: `sre_${randomBytes(10).toString('hex')}`, charge: id, amount } };
+  }
+
+  /** Whether the answer to a refund of this charge is held back (pm_card_refund_timeout). */
+  holdsRefundsOf(id: string): boolean {
+    return this.charges.get(id)?.payment_method === REFUND_TIMEOUT;
   }
 
   /** Holds a pm_card_timeout answer past the client's patience, cancelled when the server closes. */
@@ -297,6 +322,7 @@ export function buildSimulatorApp(simulator: ProviderSimulator): FastifyInstance
           simulator.notify(key, action === 'refunds' ? 'refund' : `charge.${action}`, result);
           return result;
         });
+        if (action === 'refunds' && simulator.holdsRefundsOf(id)) await simulator.hold();
         return reply.code(response.status).send(response.body);
       },
     );
