@@ -15,6 +15,7 @@ import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
 import { registerPaymentRoutes } from './payments/routes.js';
 import { createCache } from './platform/cache/cache.js';
 import type { Pool } from './platform/db/pool.js';
+import { createReadRouter, type ReadRouter } from './platform/db/replicas.js';
 import { ApiError } from './platform/http/errors.js';
 import { createRateLimit } from './platform/http/rate-limit.js';
 import { checkReadiness, type ReadinessCheck } from './platform/http/readiness.js';
@@ -23,6 +24,7 @@ import { createShedder, type Shedder } from './platform/http/shedding.js';
 import { createMetrics, type Metrics } from './platform/observability/metrics.js';
 import type { RedisConnections } from './platform/redis/client.js';
 import type { PaymentProvider } from './providers/provider.js';
+import { registerReportRoutes } from './reporting/routes.js';
 import { convertPaidHold } from './sales/holds.js';
 import { registerSalesRoutes } from './sales/routes.js';
 import { createSaleLookup, type toApiSale } from './sales/service.js';
@@ -41,6 +43,8 @@ export interface AppDeps {
   readinessChecks?: ReadinessCheck[];
   /** Tests pass one with their own delay source and step it; otherwise made from config. */
   shedder?: Shedder;
+  /** Where reports read; absent: made from config.replicaUrls (and closed with the app). */
+  reads?: ReadRouter;
 }
 
 /** What a buyer is told when their admission token does not admit them. */
@@ -140,6 +144,23 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   registerLedgerRoutes(app, deps.pool);
   registerProviderWebhookRoutes(app, { pool: deps.pool, secret: deps.config.providerWebhookSecret });
   registerWebhookRoutes(app, { pool: deps.pool, idempotency: paymentDeps.idempotency, allowPrivate: deps.config.webhookAllowPrivate });
+
+  // Reports read from a replica within the configured lag, else from the primary. Every other
+  // read stays on the primary: it may follow the caller's own write.
+  let reads = deps.reads;
+  if (!reads) {
+    const ownReads = createReadRouter({
+      primary: deps.pool,
+      replicaUrls: deps.config.replicaUrls,
+      maxLagMs: deps.config.replicaMaxLagMs,
+      poolMax: deps.config.dbPoolMax,
+      statementTimeoutMs: deps.config.dbStatementTimeoutMs,
+      registry: metrics.registry,
+    });
+    app.addHook('onClose', async () => ownReads.close());
+    reads = ownReads;
+  }
+  registerReportRoutes(app, reads);
 
   // The surge path: the waiting room admits buyers, who then hold stock and order.
   // `floodgate api` refuses to start without a shared admission secret; an app built without
