@@ -176,6 +176,20 @@ export function createReadRouter(options: ReadRouterOptions): ReadRouter {
       const session = await open();
       try {
         return { value: await fn(session.db, session.target), target: session.target };
+      } catch (error) {
+        if (session.target.source === 'primary') throw error;
+        // The replica failed under the report (it died, or cancelled the query for a conflict
+        // with recovery): nothing has been sent yet, so the primary answers instead.
+        const replica = replicas.find((candidate) => candidate.name === session.target.replica);
+        if (replica) replica.downUntilMs = Date.now() + REPLICA_RETRY_AFTER_MS;
+        await session.end();
+        const fallback = await onPrimary('replica_unreachable');
+        reads?.inc({ source: 'primary', fallback_reason: 'replica_unreachable' });
+        try {
+          return { value: await fn(fallback.db, fallback.target), target: fallback.target };
+        } finally {
+          await fallback.end();
+        }
       } finally {
         await session.end();
       }
