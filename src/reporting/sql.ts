@@ -56,8 +56,12 @@ export async function selectSale(db: Queryable, merchantId: string, saleId: stri
 export const ITEM_SALES = `with paid as (
     select line.item_id, sum(line.quantity)::int as units, sum(line.quantity::bigint * item.price)::bigint as revenue
     from orders o
-    join hold_lines line on line.merchant_id = o.merchant_id and line.hold_id = o.hold_id
-    join items item on item.merchant_id = line.merchant_id and item.id = line.item_id
+    -- Each order's lines by primary key. OFFSET 0 keeps this a per-order lookup: as a plain
+    -- join the planner may hash the whole hold_lines table for a sale of a few hundred orders.
+    cross join lateral (
+      select l.item_id, l.quantity from hold_lines l where l.merchant_id = o.merchant_id and l.hold_id = o.hold_id offset 0
+    ) line
+    join items item on item.merchant_id = o.merchant_id and item.id = line.item_id
     where o.merchant_id = $1 and o.sale_id = $2 and o.status = 'paid'
     group by line.item_id)
   select i.id, i.name, i.price, i.stock_total, i.stock_available, i.stock_held, i.stock_sold,
@@ -104,9 +108,10 @@ export async function selectOrdersByStatus(db: Queryable, merchantId: string, sa
 
 /** One page of a sale's orders in id order, with the buyer of each, after `afterId`. */
 export const ORDER_EXPORT_PAGE = `select o.id, o.created_at, o.status, o.amount, o.currency, o.payment_intent_id, o.hold_id,
-    h.buyer_reference, o.paid_at
+    -- A lookup by primary key per order of the page, never a join that may hash all holds.
+    (select h.buyer_reference from holds h where h.merchant_id = o.merchant_id and h.id = o.hold_id) as buyer_reference,
+    o.paid_at
   from orders o
-  join holds h on h.merchant_id = o.merchant_id and h.id = o.hold_id
   where o.merchant_id = $1 and o.sale_id = $2 and o.id > $3
   order by o.id
   limit $4`;
