@@ -30,15 +30,14 @@ async function appliedVersions(pool: Pool): Promise<number[]> {
 describe('migrate', () => {
   test('two nodes migrating a fresh database at once apply each file exactly once', async () => {
     const { pool, pools } = await emptyDatabase(2);
-    const migrations = await readMigrations();
-    const names = migrations.map((migration) => migration.name);
+    const names = (await readMigrations()).map((migration) => migration.name);
     assert.ok(names.length > 0);
 
     const results = await Promise.all(pools.map((p) => migrate(p)));
     assert.deepEqual(results.flat().sort(), names, `each migration applied by exactly one node: ${JSON.stringify(results)}`);
     assert.deepEqual(
       await appliedVersions(pool),
-      migrations.map((migration) => migration.version),
+      names.map((_, index) => index + 1),
     );
     // The schema is there: the ledger's balance trigger, the last object of the first file.
     const { rowCount } = await pool.query(`select 1 from pg_trigger where tgname = 'ledger_entries_balanced'`);
@@ -92,18 +91,9 @@ describe('readMigrations', () => {
     ]);
   });
 
-  test('refuses two files with one number', async () => {
-    const dir = await migrationsDir({ '001_a.sql': '', '003_c.sql': '', '003_d.sql': '' });
-    await assert.rejects(readMigrations(dir), /must be unique and start at 1; 003_d\.sql is out of place/);
-  });
-
-  test('allows a gap, and applies a lower number that lands later', async () => {
-    const { pool } = await emptyDatabase(0);
-    const dir = await migrationsDir({ '001_a.sql': 'create table a (id int);', '003_c.sql': 'create table c (id int);' });
-    assert.deepEqual(await migrate(pool, dir), ['001_a.sql', '003_c.sql']);
-    await writeFile(path.join(dir, '002_b.sql'), 'create table b (id int);');
-    assert.deepEqual(await migrate(pool, dir), ['002_b.sql']);
-    assert.deepEqual(await appliedVersions(pool), [1, 2, 3]);
+  test('refuses a gap in the numbering', async () => {
+    const dir = await migrationsDir({ '001_a.sql': '', '003_c.sql': '' });
+    await assert.rejects(readMigrations(dir), /without gaps; 003_c\.sql is out of place/);
   });
 
   test('refuses a badly named file', async () => {

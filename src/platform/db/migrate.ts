@@ -27,13 +27,9 @@ export async function readMigrations(dir = MIGRATIONS_DIR): Promise<Migration[]>
     if (!match) throw new Error(`migration file name "${file}" must look like 001_name.sql`);
     migrations.push({ version: Number(match[1]), name: file, sql: await readFile(path.join(dir, file), 'utf8') });
   }
-  // Numbers are handed out to changes developed in parallel, so one may land before a lower
-  // one: gaps are allowed (every version not yet applied is applied, in order), but two files
-  // with one number are refused.
   migrations.forEach((migration, index) => {
-    const previous = migrations[index - 1];
-    if (migration.version < 1 || (previous && previous.version === migration.version)) {
-      throw new Error(`migration numbers must be unique and start at 1; ${migration.name} is out of place`);
+    if (migration.version !== index + 1) {
+      throw new Error(`migrations must be numbered 1, 2, 3, ... without gaps; ${migration.name} is out of place`);
     }
   });
   return migrations;
