@@ -114,7 +114,8 @@ export async function openRedis(options: RedisConnectOptions): Promise<RedisConn
         const current = listeners.get(name);
         if (!current?.delete(listener) || current.size > 0) return;
         listeners.delete(name);
-        if (subscriber.status === 'ready') await subscriber.unsubscribe(name);
+        // Best effort: a subscriber that lost its node resubscribes nothing once disconnected.
+        if (subscriber.status === 'ready') await subscriber.unsubscribe(name).catch(() => {});
       };
     },
     async ping() {
