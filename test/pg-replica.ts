@@ -39,6 +39,8 @@ export interface StreamingPair {
   replicaUrl: string;
   primaryPort: number;
   replicaPort: number;
+  /** The temporary directory the pair lives in (owned by postgres, removed by stop()). */
+  dir: string;
   /** Stops applying WAL on the replica (it keeps receiving it): it falls behind. */
   pauseReplay(): Promise<void>;
   resumeReplay(): Promise<void>;
@@ -163,6 +165,7 @@ export async function startStreamingPair(options: { database?: string } = {}): P
       replicaUrl,
       primaryPort,
       replicaPort,
+      dir,
       pauseReplay: () => withClient(replicaUrl, (client) => client.query('select pg_wal_replay_pause()')).then(() => {}),
       resumeReplay: () => withClient(replicaUrl, (client) => client.query('select pg_wal_replay_resume()')).then(() => {}),
       freezeReplica: () => signalReplica('SIGSTOP'),
