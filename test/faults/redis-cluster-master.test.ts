@@ -34,8 +34,10 @@ const STOCK = 40;
 const UNITS_PER_BUYER = 2;
 const CONCURRENCY = 12;
 // A buyer gives up after this long; far beyond the failover (~3-5 s with a 2 s node timeout).
-const BUYER_DEADLINE_MS = 60_000;
+const BUYER_DEADLINE_MS = Number(process.env.DEBUG_DEADLINE ?? 60_000);
 const RETRY_DELAY_MS = 100;
+
+type Outcome = 'paid' | 'sold_out' | 'refused' | 'gave_up';
 
 interface Answer {
   at: number;
@@ -120,8 +122,12 @@ describe('one Redis Cluster master killed during a sale', { skip }, () => {
     };
     const pause = () => new Promise((resolve) => setTimeout(resolve, RETRY_DELAY_MS));
 
-    /** One buyer, alternating nodes on every request as a balancer would; true when paid. */
-    const buyer = async (index: number): Promise<'paid' | 'sold_out' | 'gave_up'> => {
+    /**
+     * One buyer, alternating nodes on every request as a balancer would. `refused` is a buyer
+     * whose admission the failover lost (Redis Cluster replicates asynchronously: a ticket or a
+     * claim acknowledged just before the kill may be gone); `gave_up` one that ran out of time.
+     */
+    const buyer = async (index: number): Promise<Outcome> => {
       const deadline = Date.now() + BUYER_DEADLINE_MS;
       const ref = `buyer-${index}`;
       let turn = index;
@@ -161,6 +167,7 @@ describe('one Redis Cluster master killed during a sale', { skip }, () => {
         );
         if (answer.status === 200) hold = answer.body;
         else if (answer.status === 409 && answer.body.error?.code === 'sold_out') return 'sold_out';
+        else if (answer.status === 403 && answer.body.error?.code === 'admission_invalid') return 'refused';
         else if (answer.status !== 503 && answer.status !== 409) return 'gave_up';
         if (!hold) await pause();
       }
@@ -191,7 +198,7 @@ describe('one Redis Cluster master killed during a sale', { skip }, () => {
     };
 
     let next = 0;
-    const outcomes: Array<'paid' | 'sold_out' | 'gave_up'> = [];
+    const outcomes: Outcome[] = [];
     const worker = async () => {
       while (next < BUYERS) outcomes.push(await buyer(next++));
     };
@@ -204,6 +211,10 @@ describe('one Redis Cluster master killed during a sale', { skip }, () => {
     const healthyAt = Date.now();
     await running;
 
+    if (process.env.DEBUG_ANSWERS) {
+      const { writeFileSync } = await import('node:fs');
+      writeFileSync(process.env.DEBUG_ANSWERS, JSON.stringify({ killedAt, healthyAt, outcomes, answers }));
+    }
     // The outage was exercised: the room refused, with 503 and never a 500.
     const line = answers.filter((answer) => answer.step === 'join' || answer.step === 'poll');
     const refusals = line.filter((answer) => answer.at >= killedAt && answer.status === 503);
@@ -227,6 +238,8 @@ describe('one Redis Cluster master killed during a sale', { skip }, () => {
     // No oversell, no double charge.
     const paid = outcomes.filter((outcome) => outcome === 'paid').length;
     assert.equal(outcomes.filter((outcome) => outcome === 'gave_up').length, 0, JSON.stringify(outcomes));
+    // At most the buyers in the line's last moments before the kill lose their admission.
+    assert.ok(outcomes.filter((outcome) => outcome === 'refused').length <= CONCURRENCY, JSON.stringify(outcomes));
     assert.equal(paid, STOCK / UNITS_PER_BUYER, 'every unit sold once the line recovered');
     const { rows: stock } = await pool.query('select stock_total, stock_available, stock_held, stock_sold from items where id = $1', [
       itemId,

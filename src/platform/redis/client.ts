@@ -191,12 +191,50 @@ function watchErrors(redis: Redis | Cluster, role: string, log: Log): void {
   });
 }
 
+// QUIT waits for the replies of commands in flight; a cluster with a dead master may never
+// send them. Closing must not hang on it.
+const REDIS_QUIT_TIMEOUT_MS = 1_000;
+
 /** QUIT lets commands in flight finish (within the command timeout); otherwise just drop it. */
 async function quit(redis: Redis | Cluster): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
   try {
-    if (redis.status === 'ready') await redis.quit();
-    else redis.disconnect();
+    if (redis.status !== 'ready') return redis.disconnect();
+    await Promise.race([
+      redis.quit(),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, REDIS_QUIT_TIMEOUT_MS);
+      }),
+    ]);
   } catch {
+    // Dropped below.
+  } finally {
+    clearTimeout(timer);
     redis.disconnect();
   }
+}
+
+// What ioredis rejects a command with while Redis, or the master of a Redis Cluster slot, is
+// unreachable: offline queue off, command timeout, connection lost with the command in flight,
+// and a cluster whose slot is not served or whose map cannot be refreshed.
+const REDIS_UNAVAILABLE_MESSAGES = [
+  "Stream isn't writeable and enableOfflineQueue options is false",
+  'Command timed out',
+  'Connection is closed.',
+  'Reached the max retries per request limit',
+  'CLUSTERDOWN',
+  "Cluster isn't ready",
+  'Too many Cluster redirections',
+  'Failed to refresh slots cache',
+  'None of startup nodes is available',
+  'TRYAGAIN',
+];
+
+/** Whether a Redis command failed because Redis is not reachable, not because of the command. */
+export function isRedisUnavailable(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  if (error.name === 'MaxRetriesPerRequestError' || error.name === 'ClusterAllFailedError') return true;
+  const code = (error as { code?: unknown }).code;
+  if (code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE') return true;
+  return REDIS_UNAVAILABLE_MESSAGES.some((message) => error.message.startsWith(message));
 }
