@@ -15,6 +15,7 @@ import { registerPaymentRoutes } from './payments/routes.js';
 import { createCache } from './platform/cache/cache.js';
 import { sealerFor } from './platform/crypto/sealed.js';
 import type { Pool } from './platform/db/pool.js';
+import { createReadRouter, type ReadRouter } from './platform/db/replicas.js';
 import { ApiError } from './platform/http/errors.js';
 import { createRateLimit } from './platform/http/rate-limit.js';
 import { checkReadiness, type ReadinessCheck } from './platform/http/readiness.js';
@@ -23,6 +24,7 @@ import { createShedder, type Shedder } from './platform/http/shedding.js';
 import { createMetrics, type Metrics } from './platform/observability/metrics.js';
 import type { RedisConnections } from './platform/redis/client.js';
 import type { PaymentProvider } from './providers/provider.js';
+import { registerReportRoutes } from './reporting/routes.js';
 import { HoldBatcher } from './sales/hold-batches.js';
 import { convertPaidHold } from './sales/holds.js';
 import { registerSalesRoutes } from './sales/routes.js';
@@ -47,6 +49,8 @@ export interface AppDeps {
    * (in single-node mode the line lives in memory, and the worker frees slots in it).
    */
   waitingRoom?: WaitingRoom;
+  /** Where reports read; absent: made from config.replicaUrls (and closed with the app). */
+  reads?: ReadRouter;
 }
 
 /** What a buyer is told when their admission token does not admit them. */
@@ -166,6 +170,23 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     allowPrivate: deps.config.webhookAllowPrivate,
     sealer: sealerFor(deps.config.secretsKeys),
   });
+
+  // Reports read from a replica within the configured lag, else from the primary. Every other
+  // read stays on the primary: it may follow the caller's own write.
+  let reads = deps.reads;
+  if (!reads) {
+    const ownReads = createReadRouter({
+      primary: deps.pool,
+      replicaUrls: deps.config.replicaUrls,
+      maxLagMs: deps.config.replicaMaxLagMs,
+      poolMax: deps.config.dbPoolMax,
+      statementTimeoutMs: deps.config.dbStatementTimeoutMs,
+      registry: metrics.registry,
+    });
+    app.addHook('onClose', async () => ownReads.close());
+    reads = ownReads;
+  }
+  registerReportRoutes(app, reads);
 
   // The surge path: the waiting room admits buyers, who then hold stock and order.
   const room = deps.waitingRoom ?? appWaitingRoom(deps.config, deps.redis, metrics);

@@ -9,6 +9,7 @@ import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, LogController } from 'fastify';
 import type { Metrics } from '../observability/metrics.js';
+import { isRedisUnavailable } from '../redis/client.js';
 import { ApiError, errorBody } from './errors.js';
 import { validatorCompiler } from './validation.js';
 
@@ -98,6 +99,20 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     if (isSaturation(error)) {
       const busy = new ApiError('service_unavailable', 'The service is busy; retry shortly.', undefined, { 'retry-after': '1' });
       return reply.code(busy.status).headers(busy.headers).send(busy.toBody());
+    }
+    // Redis (or a Redis Cluster master) unreachable: the waiting room cannot take or move
+    // places. Refuse with a retry, never admit and never a 500.
+    if (isRedisUnavailable(error)) {
+      request.log.warn({ err: error }, 'Redis unavailable: answered 503');
+      const down = new ApiError(
+        'service_unavailable',
+        'Shared state (Redis) is unreachable right now; retry with the same Idempotency-Key.',
+        undefined,
+        {
+          'retry-after': '2',
+        },
+      );
+      return reply.code(down.status).headers(down.headers).send(down.toBody());
     }
     request.log.error({ err: error }, 'unhandled error');
     return reply.code(500).send(errorBody('internal_error', 'Something went wrong on our side; it has been logged. Retry later.'));

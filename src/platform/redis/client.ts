@@ -4,14 +4,19 @@
  * subscriber connection per process, both under the configured key prefix, so several
  * deployments (or test runs) can share one Redis.
  *
+ * REDIS_URL may name a Redis Cluster (`redis+cluster://host:port,host:port`): the same two
+ * connections are then ioredis cluster clients. Every multi-key script and MULTI here keeps its
+ * keys in one hash slot (the waiting room's keys share the tag `{saleId}`; the cache and rate
+ * limits touch one key at a time), and pub/sub messages reach every node of a cluster.
+ *
  * Without REDIS_URL there is no Redis at all: every user of shared state has a memory
  * implementation with the same interface (single-node mode).
  */
 import type { FastifyBaseLogger } from 'fastify';
-import { Redis, type RedisOptions } from 'ioredis';
-import { maskUrl } from '../../config.js';
+import { Cluster, type ClusterOptions, Redis, type RedisOptions } from 'ioredis';
+import { maskUrl, parseRedisTarget, type RedisTarget } from '../../config.js';
 
-export type { Redis } from 'ioredis';
+export type { Cluster, Redis } from 'ioredis';
 
 type Log = Pick<FastifyBaseLogger, 'warn' | 'info'>;
 
@@ -30,8 +35,10 @@ const REDIS_ERROR_LOG_INTERVAL_MS = 10_000;
 
 export interface RedisConnections {
   /** Commands. ioredis prefixes every key (including Lua script KEYS) with keyPrefix. */
-  readonly client: Redis;
+  readonly client: Redis | Cluster;
   readonly keyPrefix: string;
+  /** 'cluster' when REDIS_URL names a Redis Cluster. */
+  readonly mode: 'single' | 'cluster';
   /** Publishes on `keyPrefix + channel`: channel names are not keys, so ioredis leaves them alone. */
   publish(channel: string, message: string): Promise<void>;
   /**
@@ -55,8 +62,8 @@ export interface RedisConnectOptions {
 
 /** Connects both connections; rejects when Redis does not answer within the connect timeout. */
 export async function openRedis(options: RedisConnectOptions): Promise<RedisConnections> {
-  const client = new Redis(options.url, {
-    ...baseOptions(options),
+  const target = parseRedisTarget(options.url);
+  const client = connection(target, options, {
     // With the offline queue on, a command issued while disconnected waits for the reconnect,
     // however long that takes, and requests pile up behind it. Off, it is rejected at once
     // and the caller uses its fallback.
@@ -68,8 +75,7 @@ export async function openRedis(options: RedisConnectOptions): Promise<RedisConn
   });
   // The subscriber is never on a request's path, so it may wait: SUBSCRIBE issued during an
   // outage is queued and sent on reconnect, and ioredis resubscribes every channel after one.
-  const subscriber = new Redis(options.url, {
-    ...baseOptions(options),
+  const subscriber = connection(target, options, {
     enableOfflineQueue: true,
     maxRetriesPerRequest: null,
   });
@@ -91,6 +97,7 @@ export async function openRedis(options: RedisConnectOptions): Promise<RedisConn
   return {
     client,
     keyPrefix: options.keyPrefix,
+    mode: target.kind,
     async publish(channel, message) {
       await client.publish(options.keyPrefix + channel, message);
     },
@@ -107,10 +114,13 @@ export async function openRedis(options: RedisConnectOptions): Promise<RedisConn
         const current = listeners.get(name);
         if (!current?.delete(listener) || current.size > 0) return;
         listeners.delete(name);
-        if (subscriber.status === 'ready') await subscriber.unsubscribe(name);
+        // Best effort: a subscriber that lost its node resubscribes nothing once disconnected.
+        if (subscriber.status === 'ready') await subscriber.unsubscribe(name).catch(() => {});
       };
     },
     async ping() {
+      // A cluster client answers PING from any node; it is ready only with every slot mapped.
+      if (client.status !== 'ready') throw new Error(`Redis connection is ${client.status}`);
       await client.ping();
     },
     async close() {
@@ -120,6 +130,39 @@ export async function openRedis(options: RedisConnectOptions): Promise<RedisConn
       await quit(client);
     },
   };
+}
+
+type PerConnection = Pick<RedisOptions, 'enableOfflineQueue' | 'maxRetriesPerRequest' | 'commandTimeout'>;
+
+// A cluster client refreshes its slot map after a MOVED or a failover; a master that died is
+// replaced within seconds (cluster-node-timeout plus the election), and retrying a command for
+// a dead master's slots longer than the command timeout would only hold the request.
+const CLUSTER_SLOTS_REFRESH_TIMEOUT_MS = 1_000;
+const CLUSTER_RETRY_DELAY_MS = 100;
+
+/** One connection to a single server, or a cluster client over the seed nodes. */
+function connection(target: RedisTarget, options: RedisConnectOptions, own: PerConnection): Redis | Cluster {
+  if (target.kind === 'single') return new Redis(target.url, { ...baseOptions(options), ...own });
+  const { keyPrefix, lazyConnect, retryStrategy, ...perNode } = baseOptions(options);
+  const clusterOptions: ClusterOptions = {
+    keyPrefix,
+    lazyConnect,
+    enableOfflineQueue: own.enableOfflineQueue,
+    clusterRetryStrategy: retryStrategy,
+    retryDelayOnFailover: CLUSTER_RETRY_DELAY_MS,
+    retryDelayOnClusterDown: CLUSTER_RETRY_DELAY_MS,
+    retryDelayOnTryAgain: CLUSTER_RETRY_DELAY_MS,
+    slotsRefreshTimeout: CLUSTER_SLOTS_REFRESH_TIMEOUT_MS,
+    redisOptions: {
+      ...perNode,
+      maxRetriesPerRequest: own.maxRetriesPerRequest,
+      commandTimeout: own.commandTimeout,
+      username: target.username,
+      password: target.password,
+      ...(target.tls ? { tls: {} } : {}),
+    },
+  };
+  return new Cluster(target.nodes, clusterOptions);
 }
 
 function baseOptions(options: RedisConnectOptions): RedisOptions {
@@ -134,7 +177,7 @@ function baseOptions(options: RedisConnectOptions): RedisOptions {
 }
 
 /** ioredis emits 'error' on every failed reconnect; without a listener Node prints each one. */
-function watchErrors(redis: Redis, role: string, log: Log): void {
+function watchErrors(redis: Redis | Cluster, role: string, log: Log): void {
   let lastLoggedAt = 0;
   redis.on('error', (error: Error) => {
     const now = Date.now();
@@ -148,12 +191,50 @@ function watchErrors(redis: Redis, role: string, log: Log): void {
   });
 }
 
+// QUIT waits for the replies of commands in flight; a cluster with a dead master may never
+// send them. Closing must not hang on it.
+const REDIS_QUIT_TIMEOUT_MS = 1_000;
+
 /** QUIT lets commands in flight finish (within the command timeout); otherwise just drop it. */
-async function quit(redis: Redis): Promise<void> {
+async function quit(redis: Redis | Cluster): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
   try {
-    if (redis.status === 'ready') await redis.quit();
-    else redis.disconnect();
+    if (redis.status !== 'ready') return redis.disconnect();
+    await Promise.race([
+      redis.quit(),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, REDIS_QUIT_TIMEOUT_MS);
+      }),
+    ]);
   } catch {
+    // Dropped below.
+  } finally {
+    clearTimeout(timer);
     redis.disconnect();
   }
+}
+
+// What ioredis rejects a command with while Redis, or the master of a Redis Cluster slot, is
+// unreachable: offline queue off, command timeout, connection lost with the command in flight,
+// and a cluster whose slot is not served or whose map cannot be refreshed.
+const REDIS_UNAVAILABLE_MESSAGES = [
+  "Stream isn't writeable and enableOfflineQueue options is false",
+  'Command timed out',
+  'Connection is closed.',
+  'Reached the max retries per request limit',
+  'CLUSTERDOWN',
+  "Cluster isn't ready",
+  'Too many Cluster redirections',
+  'Failed to refresh slots cache',
+  'None of startup nodes is available',
+  'TRYAGAIN',
+];
+
+/** Whether a Redis command failed because Redis is not reachable, not because of the command. */
+export function isRedisUnavailable(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  if (error.name === 'MaxRetriesPerRequestError' || error.name === 'ClusterAllFailedError') return true;
+  const code = (error as { code?: unknown }).code;
+  if (code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE') return true;
+  return REDIS_UNAVAILABLE_MESSAGES.some((message) => error.message.startsWith(message));
 }
