@@ -27,6 +27,8 @@ export function createPool(options: PoolOptions): Pool {
     // requests behind it without bound; the HTTP edge answers 503 with Retry-After.
     connectionTimeoutMillis: options.connectionTimeoutMs ?? 5_000,
     application_name: options.applicationName ?? 'floodgate',
+    // Notice a peer that vanished without closing (a crashed machine, a cut network).
+    keepAlive: true,
   });
   // A client losing its connection must not crash the process: the pool replaces idle ones,
   // and a query in flight fails with its own error.

@@ -157,3 +157,21 @@ async function quit(redis: Redis): Promise<void> {
     redis.disconnect();
   }
 }
+
+// What ioredis rejects a command with while Redis is unreachable (offline queue off, command
+// timeout, connection lost with the command in flight).
+const REDIS_UNAVAILABLE_MESSAGES = [
+  "Stream isn't writeable and enableOfflineQueue options is false",
+  'Command timed out',
+  'Connection is closed.',
+  'Reached the max retries per request limit',
+];
+
+/** Whether a Redis command failed because Redis is not reachable, not because of the command. */
+export function isRedisUnavailable(error: unknown): boolean {
+  if (!(error instanceof Error)) return false;
+  if (error.name === 'MaxRetriesPerRequestError') return true;
+  const code = (error as { code?: unknown }).code;
+  if (code === 'ECONNREFUSED' || code === 'ECONNRESET' || code === 'EPIPE') return true;
+  return REDIS_UNAVAILABLE_MESSAGES.some((message) => error.message.startsWith(message));
+}
