@@ -200,7 +200,7 @@ describe('faults on a local HA cluster', { skip, concurrency: 1 }, () => {
     assert.deepEqual(tally(load.failed()), {}, 'payments need no Redis');
     const ready = await fetch(`${cluster.apiNodeUrl(0)}/readyz`);
     assert.equal(ready.status, 200, 'a node without Redis stays in the balancer');
-    assert.match((await ready.json()).degraded, /^redis: /);
+    assert.match(((await ready.json()) as { degraded: string }).degraded, /^redis: /);
 
     await cluster.startRedis();
     await waitFor(
