@@ -15,7 +15,7 @@ import { chmod, chown, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/p
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
-import { type ClusterPorts, etcdArgs, haproxyConfig, type PgNodePorts, patroniConfig } from './configs.js';
+import { type ClusterPorts, etcdArgs, haproxy503, haproxyConfig, type PgNodePorts, patroniConfig } from './configs.js';
 import { freePort, isRunning, killMarked, postmasterPid, signal, signalGroup, sleep, startDaemon, waitFor } from './processes.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../../..');
@@ -230,7 +230,9 @@ export class LocalCluster {
 
   private async startHaproxy() {
     const file = path.join(this.dir, 'haproxy.cfg');
-    await writeFile(file, haproxyConfig(this.state.ports, { maxReplicaLagBytes: MAX_REPLICA_LAG_BYTES }));
+    const errorFile503 = path.join(this.dir, 'haproxy-503.http');
+    await writeFile(errorFile503, haproxy503());
+    await writeFile(file, haproxyConfig(this.state.ports, { maxReplicaLagBytes: MAX_REPLICA_LAG_BYTES, errorFile503 }));
     this.state.pids.haproxy = startDaemon({
       name: 'haproxy',
       command: 'haproxy',

@@ -119,7 +119,31 @@ export const HAPROXY_CHECK = { interMs: 1_000, fall: 2, rise: 1 } as const;
  * `retry-on conn-failure` retries only a connection that could not be made, before any byte of
  * the request was sent.
  */
-export function haproxyConfig(ports: ClusterPorts, options: { maxReplicaLagBytes: number }): string {
+/**
+ * HAProxy's own 503 (no API node ready: during a database failover every node's /readyz
+ * fails) in the API's error shape, with the Retry-After every 503 of ours carries.
+ */
+export function haproxy503(): string {
+  const body = `${JSON.stringify({
+    error: {
+      type: 'api_error',
+      code: 'service_unavailable',
+      message: 'No API node can serve the request right now; retry with the same Idempotency-Key.',
+    },
+  })}\n`;
+  return [
+    'HTTP/1.1 503 Service Unavailable',
+    'content-type: application/json',
+    'cache-control: no-store',
+    'retry-after: 2',
+    'connection: close',
+    `content-length: ${Buffer.byteLength(body)}`,
+    '',
+    body,
+  ].join('\r\n');
+}
+
+export function haproxyConfig(ports: ClusterPorts, options: { maxReplicaLagBytes: number; errorFile503: string }): string {
   const check = `check inter ${HAPROXY_CHECK.interMs} fall ${HAPROXY_CHECK.fall} rise ${HAPROXY_CHECK.rise}`;
   const pgServers = ports.nodes.map((node) => `  server ${node.name} 127.0.0.1:${node.pgPort} ${check} port ${node.restPort}`).join('\n');
   const apiServers = ports.api
@@ -172,6 +196,7 @@ listen api
   http-check send meth GET uri /readyz
   http-check expect status 200
   option forwardfor
+  errorfile 503 ${options.errorFile503}
   timeout client 60s
   timeout server 60s
   retries 2
