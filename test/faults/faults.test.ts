@@ -12,7 +12,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import { LocalCluster } from '../../src/cli/cluster/cluster.js';
-import { sleep, waitFor } from '../../src/cli/cluster/processes.js';
+import { isRunning, sleep, waitFor } from '../../src/cli/cluster/processes.js';
 import { faultsSkip } from './engines.js';
 import { type Attempt, PaymentLoad, tally } from './load.js';
 
@@ -50,6 +50,18 @@ describe('faults on a local HA cluster', { skip, concurrency: 1 }, () => {
   after(async () => {
     await db?.end().catch(() => {});
     await cluster?.down();
+  });
+
+  test('floodgate cluster status names each part, its role and health', async () => {
+    const status = await cluster.runFloodgate(['cluster', 'status', '--dir', cluster.dir]);
+    assert.equal(status.code, 0, `${status.stdout}${status.stderr}`);
+    assert.match(status.stdout, /etcd +up/);
+    assert.match(status.stdout, /pg\d +leader +running/);
+    assert.match(status.stdout, /pg\d +sync_standby +(running|streaming)/);
+    assert.match(status.stdout, /haproxy +pg_primary +pg\d UP, pg\d DOWN|haproxy +pg_primary +pg\d DOWN, pg\d UP/);
+    assert.match(status.stdout, /api1 +port \d+ +running +ready/);
+    assert.match(status.stdout, /api2 +port \d+ +running +ready/);
+    assert.match(status.stdout, /worker1 +running/);
   });
 
   test('SIGKILL an API node under load: retrying clients see no failed payment, none lost or doubled', async () => {
@@ -109,6 +121,7 @@ describe('faults on a local HA cluster', { skip, concurrency: 1 }, () => {
     report('primary killed', load);
     assert.deepEqual(load.failed(), [], 'every key ends 200 after retries');
     await assertLedgerMatches(load);
+    await assertWorkerResumed();
     // The old primary rejoins as the synchronous standby (pg_rewind), ready for the next scenario.
     await cluster.startPatroni(oldPrimary);
     await cluster.waitDatabaseHealthy(90_000);
@@ -272,6 +285,23 @@ async function assertLedgerMatches(load: PaymentLoad) {
     [merchant.id, from - 1_000, to + 1_000],
   );
   assert.equal(made.rows[0]?.n, ids.length, 'one payment per key answered 200, none doubled, none left over');
+}
+
+/** The worker that ran before the failover, never restarted, runs a job added on the new primary. */
+async function assertWorkerResumed() {
+  const pid = cluster.state.pids.workers[0];
+  assert.ok(pid !== undefined && isRunning(pid), 'the worker process is still the one started before the fault');
+  const jobKey = `faults-probe-${Date.now()}`;
+  await db.query("select graphile_worker.add_job('cleanup_idempotency_keys', '{}'::json, job_key => $1)", [jobKey]);
+  await waitFor(
+    'the worker runs a job on the new primary',
+    60_000,
+    async () => {
+      const { rowCount } = await db.query('select 1 from graphile_worker.jobs where key = $1', [jobKey]);
+      return rowCount === 0 ? true : undefined;
+    },
+    250,
+  );
 }
 
 async function assertAuditClean() {

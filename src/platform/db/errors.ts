@@ -17,6 +17,8 @@ const UNAVAILABLE_SQLSTATES = new Set([
   '57P01', // admin_shutdown: a fast shutdown or a demotion terminated the session
   '57P02', // crash_shutdown
   '57P03', // cannot_connect_now: starting up, shutting down, in recovery
+  // Ours (pool.ts): a commit the synchronous standby never confirmed is not acknowledged.
+  'floodgate_sync_replication_canceled',
 ]);
 
 // Socket errors from node-postgres when the connection (or HAProxy in front of it) goes away.
