@@ -13,6 +13,8 @@ import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import { LocalCluster } from '../../src/cli/cluster/cluster.js';
 import { isRunning, sleep, waitFor } from '../../src/cli/cluster/processes.js';
+import { isDatabaseUnavailable } from '../../src/platform/db/errors.js';
+import { createPool, SyncReplicationCanceledError, withTransaction } from '../../src/platform/db/pool.js';
 import { faultsSkip } from './engines.js';
 import { type Attempt, PaymentLoad, tally } from './load.js';
 
@@ -159,6 +161,39 @@ describe('faults on a local HA cluster', { skip, concurrency: 1 }, () => {
     await assertLedgerMatches(load);
     await cluster.waitDatabaseHealthy(90_000);
     await assertAuditClean();
+  });
+
+  test('a commit the synchronous standby never confirmed is not acknowledged (the orphan-primary trap)', async () => {
+    const primary = await cluster.primaryName();
+    const standby = cluster.state.ports.nodes.find((node) => node.name !== primary);
+    const primaryNode = cluster.state.ports.nodes.find((node) => node.name === primary);
+    assert.ok(primary && standby && primaryNode);
+    // Straight to the primary, as a client of an orphaned old primary would be, with a statement
+    // timeout short enough to cancel the COMMIT's wait for the standby.
+    const direct = createPool({
+      connectionString: `postgres://postgres@127.0.0.1:${primaryNode.pgPort}/floodgate`,
+      max: 1,
+      statementTimeoutMs: 1_000,
+    });
+    try {
+      await direct.query('create table if not exists faults_sync_probe (id int)');
+      const frozen = cluster.freezePostgres(standby.name, 'SIGSTOP');
+      let outcome: unknown;
+      try {
+        outcome = await withTransaction(direct, (client) => client.query('insert into faults_sync_probe values (1)')).then(
+          () => 'acknowledged',
+          (error: unknown) => error,
+        );
+      } finally {
+        cluster.freezePostgres(standby.name, 'SIGCONT', frozen);
+      }
+      assert.ok(outcome instanceof SyncReplicationCanceledError, `the commit must not be acknowledged, got ${String(outcome)}`);
+      assert.ok(isDatabaseUnavailable(outcome), 'answered as 503, retryable');
+      await direct.query('drop table faults_sync_probe');
+    } finally {
+      await direct.end();
+    }
+    await cluster.waitDatabaseHealthy(60_000);
   });
 
   test('kill Redis during a sale: payments go on, the waiting room refuses, no oversell or double charge', async () => {
