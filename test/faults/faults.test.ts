@@ -168,22 +168,42 @@ describe('faults on a local HA cluster', { skip, concurrency: 1 }, () => {
     const standby = cluster.state.ports.nodes.find((node) => node.name !== primary);
     const primaryNode = cluster.state.ports.nodes.find((node) => node.name === primary);
     assert.ok(primary && standby && primaryNode);
-    // Straight to the primary, as a client of an orphaned old primary would be, with a statement
-    // timeout short enough to cancel the COMMIT's wait for the standby.
+    // Straight to the primary, as a client of an orphaned old primary would be. The COMMIT waits
+    // for the frozen standby; then it is cancelled. PostgreSQL's statement_timeout never cancels
+    // that wait (it is off during commit), but a cancel request does: an operator's
+    // pg_cancel_backend, a driver's or a pooler's timeout. Floodgate itself never sends one.
     const direct = createPool({
       connectionString: `postgres://postgres@127.0.0.1:${primaryNode.pgPort}/floodgate`,
       max: 1,
-      statementTimeoutMs: 1_000,
+      statementTimeoutMs: 10_000,
+    });
+    const admin = createPool({
+      connectionString: `postgres://postgres@127.0.0.1:${primaryNode.pgPort}/floodgate`,
+      max: 1,
+      statementTimeoutMs: 10_000,
     });
     try {
       await direct.query('create table if not exists faults_sync_probe (id int)');
       const frozen = cluster.freezePostgres(standby.name, 'SIGSTOP');
       let outcome: unknown;
       try {
-        outcome = await withTransaction(direct, (client) => client.query('insert into faults_sync_probe values (1)')).then(
+        const committing = withTransaction(direct, async (client) => {
+          await client.query('insert into faults_sync_probe values (1)');
+          return (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
+        }).then(
           () => 'acknowledged',
           (error: unknown) => error,
         );
+        await waitFor(
+          'the commit waits for the standby',
+          10_000,
+          async () => {
+            const { rows } = await admin.query<{ pid: number }>("select pid from pg_stat_activity where wait_event = 'SyncRep'");
+            return rows[0]?.pid;
+          },
+          100,
+        ).then((pid) => admin.query('select pg_cancel_backend($1)', [pid]));
+        outcome = await committing;
       } finally {
         cluster.freezePostgres(standby.name, 'SIGCONT', frozen);
       }
@@ -192,6 +212,7 @@ describe('faults on a local HA cluster', { skip, concurrency: 1 }, () => {
       await direct.query('drop table faults_sync_probe');
     } finally {
       await direct.end();
+      await admin.end();
     }
     await cluster.waitDatabaseHealthy(60_000);
   });
