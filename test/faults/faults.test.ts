@@ -9,6 +9,9 @@
  * 503 while the primary is frozen comes fast, not after a hang.
  */
 import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import { LocalCluster } from '../../src/cli/cluster/cluster.js';
@@ -18,6 +21,7 @@ import { createPool, SyncReplicationCanceledError, withTransaction } from '../..
 import { faultsSkip } from './engines.js';
 import { type Attempt, PaymentLoad, tally } from './load.js';
 
+const ROOT = path.resolve(import.meta.dirname, '../..');
 const skip = faultsSkip();
 const CLIENTS = 6;
 
@@ -51,7 +55,7 @@ describe('faults on a local HA cluster', { skip, concurrency: 1 }, () => {
 
   after(async () => {
     await db?.end().catch(() => {});
-    await cluster?.down();
+    if (cluster && existsSync(cluster.dir)) await cluster.down();
   });
 
   test('floodgate cluster status names each part, its role and health', async () => {
@@ -298,7 +302,31 @@ describe('faults on a local HA cluster', { skip, concurrency: 1 }, () => {
     );
     await assertAuditClean();
   });
+
+  test('floodgate cluster down kills every part, orphans included, and removes the directory', async () => {
+    // Through a shell whose own command line names the directory too: down must not kill its caller.
+    const down = await shell(`"${process.execPath}" --import tsx src/cli/main.ts cluster down --dir "${cluster.dir}"`);
+    assert.equal(down.code, 0, down.output);
+    assert.match(down.output, /stopped and removed/);
+    assert.equal(existsSync(cluster.dir), false);
+    const pids = [
+      ...Object.values(cluster.state.pids.patroni),
+      cluster.state.pids.etcd,
+      cluster.state.pids.haproxy,
+      ...cluster.state.pids.api,
+    ];
+    for (const pid of pids) assert.equal(pid !== undefined && isRunning(pid), false, `pid ${pid} is gone`);
+  });
 });
+
+/** Runs a shell command line (as an operator's shell or npm would) and resolves with its exit code and output. */
+function shell(command: string): Promise<{ code: number; output: string }> {
+  return new Promise((resolve) => {
+    execFile('sh', ['-c', command], { cwd: ROOT, timeout: 60_000 }, (error, stdout, stderr) =>
+      resolve({ code: error ? Number(error.code ?? 1) : 0, output: `${stdout}${stderr}` }),
+    );
+  });
+}
 
 /** The first success among attempts that started after `at`: its end time. */
 function firstSuccessStartedAfter(load: PaymentLoad, at: number): number | undefined {

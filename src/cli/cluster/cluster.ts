@@ -16,7 +16,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import { type ClusterPorts, etcdArgs, haproxy503, haproxyConfig, type PgNodePorts, patroniConfig } from './configs.js';
-import { freePort, isRunning, killMarked, postmasterPid, signal, signalGroup, sleep, startDaemon, waitFor } from './processes.js';
+import { findMarked, freePort, isRunning, postmasterPid, signal, signalGroup, sleep, startDaemon, waitFor } from './processes.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../../..');
 const STATE_FILE = 'cluster.json';
@@ -292,6 +292,8 @@ export class LocalCluster {
   private nodeEnv(extra: Record<string, string>): Record<string, string> {
     return {
       FLOODGATE_LOG_LEVEL: 'warn',
+      // Marks the process as this cluster's, for a teardown that trusts no recorded pid.
+      FLOODGATE_CLUSTER_DIR: this.dir,
       DATABASE_URL: this.databaseUrl,
       REDIS_URL: this.redisUrl,
       FLOODGATE_REDIS_KEY_PREFIX: `${this.state.scope}:`,
@@ -467,25 +469,12 @@ export class LocalCluster {
    * per node; nothing here needs to survive.
    */
   async down(options: { keepDir?: boolean } = {}) {
-    const pids = this.state.pids;
-    const known = [
-      pids.etcd,
-      pids.haproxy,
-      pids.redis,
-      pids.simulator,
-      ...Object.values(pids.patroni),
-      ...pids.api,
-      ...pids.workers,
-    ].filter((pid): pid is number => pid !== undefined);
-    for (const pid of known) signalGroup(pid, 'SIGCONT');
-    for (const pid of known) signalGroup(pid, 'SIGKILL');
-    for (const name of PG_NODE_NAMES) {
-      const postmaster = postmasterPid(path.join(this.dir, name, 'data'));
-      if (postmaster) signal(postmaster, 'SIGKILL');
-    }
-    killMarked(this.dir, known);
+    const victims = findMarked(this.dir);
+    // A frozen process (SIGSTOP) dies of SIGKILL too, but continuing it first lets it be reaped.
+    for (const pid of victims) signal(pid, 'SIGCONT');
+    for (const pid of victims) signal(pid, 'SIGKILL');
     // Processes die at once but are reaped late; wait until none is left running.
-    await waitFor('cluster processes gone', 10_000, async () => (known.every((pid) => !isRunning(pid)) ? true : undefined), 100).catch(
+    await waitFor('cluster processes gone', 10_000, async () => (victims.every((pid) => !isRunning(pid)) ? true : undefined), 100).catch(
       () => {},
     );
     if (!options.keepDir && existsSync(this.dir)) await rm(this.dir, { recursive: true, force: true });

@@ -100,17 +100,41 @@ export function descendants(pid: number, processes = listProcesses()): number[] 
 }
 
 /**
- * SIGKILLs every process whose command line mentions `marker` (the cluster's own directory,
- * unique per cluster) and everything below them. This is what finds an orphan postmaster that
- * outlived its Patroni: it was started with `-D <dir>/...`.
+ * Every process whose command line or environment mentions `marker` (the cluster's own
+ * directory, unique per cluster), and everything below them; never this process or its
+ * ancestors, which may mention it too (`floodgate cluster down --dir DIR`, run by npm). This is
+ * what finds an orphan postmaster that outlived its Patroni: it was started with `-D <dir>/...`.
+ * Pids recorded earlier are not trusted: after a reboot they may name someone else's process.
  */
-export function killMarked(marker: string, extraPids: number[] = []): number {
+export function findMarked(marker: string): number[] {
   const processes = listProcesses();
-  const roots = processes.filter((proc) => proc.cmdline.includes(marker) && proc.pid !== process.pid).map((proc) => proc.pid);
-  const victims = new Set<number>();
-  for (const root of [...roots, ...extraPids]) for (const pid of descendants(root, processes)) victims.add(pid);
-  for (const pid of victims) signal(pid, 'SIGKILL');
-  return victims.size;
+  const spared = ancestors(process.pid, processes);
+  const roots = processes.filter((proc) => !spared.has(proc.pid) && (proc.cmdline.includes(marker) || environ(proc.pid).includes(marker)));
+  const found = new Set<number>();
+  for (const root of roots) for (const pid of descendants(root.pid, processes)) if (!spared.has(pid)) found.add(pid);
+  return [...found];
+}
+
+function environ(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/environ`, 'utf8');
+  } catch {
+    return '';
+  }
+}
+
+/** pid and every process above it. */
+function ancestors(pid: number, processes: ProcInfo[]): Set<number> {
+  const parents = new Map(processes.map((proc) => [proc.pid, proc.ppid]));
+  const result = new Set<number>();
+  for (
+    let current: number | undefined = pid;
+    current !== undefined && current > 0 && !result.has(current);
+    current = parents.get(current)
+  ) {
+    result.add(current);
+  }
+  return result;
 }
 
 /** The postmaster's pid from its data directory, if it is running. */
