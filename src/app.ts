@@ -134,15 +134,21 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   const redis = deps.redis;
   const readinessChecks: ReadinessCheck[] = [
     { name: 'database', check: () => deps.pool.query('select 1') },
-    ...(redis ? [{ name: 'redis', check: () => redis.ping() }] : []),
     ...(deps.readinessChecks ?? []),
   ];
+  // Redis is shared by every node: were it a readiness check, its outage would take every node
+  // out of the balancer at once, though payments do not need it. It is reported, not required.
+  const degradationChecks: ReadinessCheck[] = redis ? [{ name: 'redis', check: () => redis.ping() }] : [];
 
   app.get('/livez', { schema: { hide: true } }, async () => ({ status: 'ok' }));
   app.get('/readyz', { schema: { hide: true } }, async (_request, reply) => {
-    const readiness = await checkReadiness(readinessChecks, READINESS_TIMEOUT_MS);
-    if (readiness.ready) return { status: 'ready' };
-    return reply.code(503).send({ status: 'unavailable', reason: readiness.reason });
+    const [readiness, degradation] = await Promise.all([
+      checkReadiness(readinessChecks, READINESS_TIMEOUT_MS),
+      checkReadiness(degradationChecks, READINESS_TIMEOUT_MS),
+    ]);
+    if (!readiness.ready) return reply.code(503).send({ status: 'unavailable', reason: readiness.reason });
+    if (!degradation.ready) return { status: 'ready', degraded: degradation.reason };
+    return { status: 'ready' };
   });
   app.get('/metrics', { schema: { hide: true } }, async (_request, reply) =>
     reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),

@@ -65,6 +65,10 @@ export interface Config {
   readonly webhookTimeoutMs: number;
   readonly webhookRetryBaseMs: number;
   readonly webhookRetryMaxMs: number;
+  /** After SIGTERM, how long /readyz fails before the server stops taking requests. */
+  readonly shutdownDrainDelayMs: number;
+  /** After SIGTERM, the most the in-flight requests and running jobs are waited for. */
+  readonly shutdownTimeoutMs: number;
   readonly webhookMaxAttempts: number;
   readonly webhookAttemptRetentionDays: number;
   /** Lets webhook endpoints point at loopback and private addresses: local development and tests only. */
@@ -257,6 +261,13 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     webhookAllowPrivate: bool('FLOODGATE_WEBHOOK_ALLOW_PRIVATE', false),
     admissionSecret: secret('FLOODGATE_ADMISSION_SECRET'),
     secretsKeys: secretsKeys(env.FLOODGATE_SECRETS_KEYS, problems),
+    // Longer than a balancer takes to notice a failing /readyz (HAProxy as shipped: a check
+    // every 1 s, down after 2 failures, each answered within 1 s), so no new request arrives
+    // once the server stops accepting.
+    shutdownDrainDelayMs: int('FLOODGATE_SHUTDOWN_DRAIN_DELAY_MS', 3_000, 0, 120_000),
+    // Longer than any request can run (provider timeout plus SQL), and within Kubernetes'
+    // default 30 s grace period together with the drain delay.
+    shutdownTimeoutMs: int('FLOODGATE_SHUTDOWN_TIMEOUT_MS', 25_000, 1_000, 600_000),
     // Five minutes from admission to a hold: enough to pick items, short enough that a buyer
     // who walked away gives their slot back soon.
     admissionTokenTtlSeconds: int('FLOODGATE_ADMISSION_TOKEN_TTL_SECONDS', 300, 10, 3_600),

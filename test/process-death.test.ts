@@ -13,6 +13,7 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { buildApp } from '../src/app.js';
 import { audit } from '../src/audit/service.js';
+import { DEV_SECRETS_KEY } from '../src/platform/crypto/sealed.js';
 import {
   createTestDatabase,
   key,
@@ -49,6 +50,8 @@ function floodgate(role: string, env: Record<string, string>): { child: ChildPro
     FLOODGATE_PROVIDER_URL: t.sim.url,
     FLOODGATE_PROVIDER_TIMEOUT_MS: String(PROVIDER_TIMEOUT_MS * 6),
     FLOODGATE_LOG_LEVEL: 'warn',
+    // The production roles refuse to start without a sealing key of their own.
+    FLOODGATE_SECRETS_KEYS: DEV_SECRETS_KEY,
     ...env,
   };
   delete childEnv.NODE_TEST_CONTEXT;

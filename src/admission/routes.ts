@@ -14,6 +14,7 @@ import { ApiError } from '../platform/http/errors.js';
 import { errorResponses } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { ID_PATTERN } from '../platform/ids.js';
+import { isRedisUnavailable } from '../platform/redis/client.js';
 import { QUEUE_LIMITS, QUEUE_STATUSES, type QueueView, type SaleForQueue } from './domain.js';
 import { TICKET_PREFIX, type WaitingRoom } from './service.js';
 
@@ -76,7 +77,7 @@ export function registerQueueRoutes(app: HttpServer, deps: QueueRouteDeps): void
     },
     async (request, reply) => {
       const sale = await findSale(deps, principalOf(request).merchantId, request.params.id);
-      return send(reply, sale.id, await deps.room.join(sale, request.body.buyer_reference));
+      return send(reply, sale.id, await refuseWhenUnreachable(() => deps.room.join(sale, request.body.buyer_reference)));
     },
   );
 
@@ -93,7 +94,7 @@ export function registerQueueRoutes(app: HttpServer, deps: QueueRouteDeps): void
     },
     async (request, reply) => {
       const sale = await findSale(deps, principalOf(request).merchantId, request.params.id);
-      const view = await deps.room.poll(sale, request.params.ticket);
+      const view = await refuseWhenUnreachable(() => deps.room.poll(sale, request.params.ticket));
       if (!view) {
         throw new ApiError(
           'resource_missing',
@@ -104,6 +105,28 @@ export function registerQueueRoutes(app: HttpServer, deps: QueueRouteDeps): void
       return send(reply, sale.id, view);
     },
   );
+}
+
+// Redis is back within seconds after a restart or a failover; buyers' pages poll again then.
+const ROOM_UNAVAILABLE_RETRY_AFTER_SECONDS = 5;
+
+/**
+ * The line lives in Redis. When Redis cannot be reached the room refuses: admitting everyone
+ * would oversubscribe the checkout, and a line kept in one node's memory would be unfair
+ * across nodes. Holds need an admission token, so nobody skips the line meanwhile.
+ */
+async function refuseWhenUnreachable<T>(call: () => Promise<T>): Promise<T> {
+  try {
+    return await call();
+  } catch (error) {
+    if (!isRedisUnavailable(error)) throw error;
+    throw new ApiError(
+      'waiting_room_unavailable',
+      'The waiting room cannot take or move places right now (its shared state is unreachable); retry after Retry-After seconds.',
+      undefined,
+      { 'retry-after': String(ROOM_UNAVAILABLE_RETRY_AFTER_SECONDS) },
+    );
+  }
 }
 
 async function findSale(deps: QueueRouteDeps, merchantId: string, saleId: string): Promise<SaleForQueue> {

@@ -150,3 +150,19 @@ describe('floodgate audit', () => {
     );
   });
 });
+
+describe('floodgate cluster', () => {
+  test('usage errors name what to fix; status and down without a cluster say so', async () => {
+    const unknown = await floodgate('cluster', 'sideways');
+    assert.equal(unknown.code, 2);
+    assert.match(unknown.stderr, /usage: floodgate cluster up\|status\|down/);
+    const badCount = await floodgate('cluster', 'up', '--api', '0', '--dir', '/nonexistent/floodgate-cluster');
+    assert.equal(badCount.code, 2);
+    assert.match(badCount.stderr, /--api is a whole number from 1 to 16/);
+    for (const action of ['status', 'down']) {
+      const none = await floodgate('cluster', action, '--dir', '/nonexistent/floodgate-cluster');
+      assert.equal(none.code, 1);
+      assert.match(none.stderr, /no cluster recorded in \/nonexistent\/floodgate-cluster/);
+    }
+  });
+});

@@ -17,6 +17,7 @@ import { formatQueue, selectQueue } from '../platform/jobs/queue.js';
 import { createMetrics } from '../platform/observability/metrics.js';
 import { registerSalesMetrics } from '../sales/metrics.js';
 import { resealSecrets } from '../webhooks/service.js';
+import { clusterCommand } from './cluster/command.js';
 import {
   createLogger,
   exitOnWorkerFailure,
@@ -29,7 +30,7 @@ import {
 } from './runtime.js';
 import { runWorker } from './worker.js';
 
-type Options = { json?: boolean; merchant?: string; kind?: string };
+type Options = { json?: boolean; merchant?: string; kind?: string; dir?: string; api?: string; workers?: string };
 type Role = (config: Config, args: string[], options: Options) => Promise<number>;
 
 const DEMO_MERCHANT = 'Demo merchant';
@@ -55,10 +56,28 @@ async function serve(config: Config, log: Logger, options: { demo: boolean; work
   const metrics = createMetrics({ defaultMetrics: true });
   registerQueueMetrics(metrics, db.pool);
   registerSalesMetrics(metrics, db.pool);
+  // On SIGTERM the node fails /readyz first, so the balancer stops sending it requests, then
+  // stops accepting and finishes those it has (docs/operations.md, "Graceful drain").
   // One waiting room for the API and the worker: in single-node mode the line is in memory,
   // and the worker frees the slots of paid and expired holds in it.
   const waitingRoom = appWaitingRoom(config, redis, metrics);
-  const app = await buildApp({ config, pool: db.pool, provider: provider.provider, logger: log, metrics, redis, waitingRoom });
+  let draining = false;
+  const drainCheck = {
+    name: 'shutdown',
+    check: async () => {
+      if (draining) throw new Error('draining: this node is shutting down');
+    },
+  };
+  const app = await buildApp({
+    config,
+    pool: db.pool,
+    provider: provider.provider,
+    logger: log,
+    metrics,
+    redis,
+    readinessChecks: [drainCheck],
+    waitingRoom,
+  });
   const releaseAdmission = (saleId: string, ticketId: string) => waitingRoom.releaseAdmission(saleId, ticketId);
   const worker = options.worker
     ? await runWorker({
@@ -71,7 +90,15 @@ async function serve(config: Config, log: Logger, options: { demo: boolean; work
         onFailure: exitOnWorkerFailure(log),
       })
     : undefined;
-  onShutdown(log, async () => {
+  // One process (`start`) has no balancer in front to tell: it stops at once.
+  const drainDelayMs = options.demo ? 0 : config.shutdownDrainDelayMs;
+  onShutdown(log, config.shutdownTimeoutMs + drainDelayMs, async () => {
+    draining = true;
+    if (drainDelayMs > 0) {
+      log.info({ drainDelayMs }, 'draining: /readyz now fails; still serving until the balancer has noticed');
+      await new Promise((resolve) => setTimeout(resolve, drainDelayMs));
+    }
+    // Stops accepting, answers the requests in flight, then resolves.
     await app.close();
     await worker?.stop();
     await provider.close();
@@ -173,7 +200,8 @@ export const ROLES: Record<string, Role> = {
       onFailure: exitOnWorkerFailure(log),
     });
     log.info({ concurrency: config.workerConcurrency }, 'worker running');
-    onShutdown(log, async () => {
+    // Running jobs finish; jobs fetched but not started are handed back unlocked.
+    onShutdown(log, config.shutdownTimeoutMs, async () => {
       await worker.stop();
       await redis?.close();
       await db.close();
@@ -202,11 +230,15 @@ export const ROLES: Record<string, Role> = {
     return serve(config, createLogger(config), { demo: false, worker: false });
   },
 
+  async cluster(_config, args, options) {
+    return clusterCommand(args, options);
+  },
+
   async simulator(config) {
     const log = createLogger(config);
     const simulator = await startSimulator(config, config.host);
     log.info({ url: simulator.url }, 'provider simulator listening');
-    onShutdown(log, simulator.close);
+    onShutdown(log, 5_000, simulator.close);
     return RUNNING;
   },
 

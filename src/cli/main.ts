@@ -15,6 +15,10 @@ Commands:
                                  (needs DATABASE_URL and FLOODGATE_PROVIDER_URL)
   jobs [--json]                  the job queue by task: waiting, scheduled, running, failed
   simulator                      the card provider simulator on FLOODGATE_SIMULATOR_PORT
+  cluster up [--api N] [--workers M] [--dir DIR]
+                                 a local HA cluster: etcd, Patroni primary + synchronous
+                                 standby, HAProxy, Redis, N API nodes, M workers (free ports)
+  cluster status|down [--dir DIR]  each part's role and health; destructive teardown
   migrate                        apply pending migrations and exit
   merchants create NAME [--json] create a merchant and print its keys (shown once)
   keys create --merchant ID [--kind secret|publishable] [--json]
@@ -36,6 +40,9 @@ async function main(argv: string[]): Promise<number> {
       json: { type: 'boolean', default: false },
       merchant: { type: 'string' },
       kind: { type: 'string', default: 'secret' },
+      dir: { type: 'string' },
+      api: { type: 'string' },
+      workers: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });

@@ -139,13 +139,20 @@ export async function startSimulator(config: Config, host = '127.0.0.1') {
   };
 }
 
-/** Runs cleanup once on SIGINT or SIGTERM, then exits. */
-export function onShutdown(log: Logger, cleanup: () => Promise<void>): void {
+/**
+ * Runs cleanup once on SIGINT or SIGTERM, then exits: 0 when it finished, 1 when it failed or
+ * took longer than timeoutMs (what is still running then is cut off).
+ */
+export function onShutdown(log: Logger, timeoutMs: number, cleanup: () => Promise<void>): void {
   let stopping = false;
   const stop = async (signal: string) => {
     if (stopping) return;
     stopping = true;
-    log.info({ signal }, 'shutting down');
+    log.info({ signal, timeoutMs }, 'shutting down');
+    setTimeout(() => {
+      log.error({ timeoutMs }, 'shutdown took too long: exiting with work unfinished');
+      process.exit(1);
+    }, timeoutMs).unref();
     try {
       await cleanup();
       process.exit(0);

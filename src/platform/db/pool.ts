@@ -27,6 +27,8 @@ export function createPool(options: PoolOptions): Pool {
     // requests behind it without bound; the HTTP edge answers 503 with Retry-After.
     connectionTimeoutMillis: options.connectionTimeoutMs ?? 5_000,
     application_name: options.applicationName ?? 'floodgate',
+    // Notice a peer that vanished without closing (a crashed machine, a cut network).
+    keepAlive: true,
   });
   // A client losing its connection must not crash the process: the pool replaces idle ones,
   // and a query in flight fails with its own error.
@@ -42,15 +44,52 @@ export function createPool(options: PoolOptions): Pool {
  */
 export async function withTransaction<T>(pool: Pool, fn: (client: Client) => Promise<T>): Promise<T> {
   const client = await pool.connect();
+  let suspect = false;
   try {
     await client.query('begin');
     const result = await fn(client);
-    await client.query('commit');
+    await commitReplicated(client);
     return result;
   } catch (error) {
-    await client.query('rollback').catch(() => {});
+    if (error instanceof SyncReplicationCanceledError) suspect = true;
+    else await client.query('rollback').catch(() => {});
     throw error;
   } finally {
-    client.release();
+    // A connection whose commit was not replicated leads to a server that may be an orphaned
+    // primary: it is closed, not reused.
+    client.release(suspect ? true : undefined);
   }
 }
+
+/**
+ * A COMMIT waiting for the synchronous standby that is cancelled (a statement timeout, a
+ * cancel request) returns success with only a WARNING: committed locally, maybe never
+ * replicated. On an orphaned old primary that row is lost in the failover. Such a commit is
+ * not acknowledged: it throws SyncReplicationCanceledError (the edge answers 503; a retry with
+ * the same Idempotency-Key goes to the real primary and replays or redoes the work).
+ */
+async function commitReplicated(client: Client): Promise<void> {
+  let canceled = false;
+  const onNotice = (notice: { message?: string }) => {
+    if (notice.message?.startsWith(SYNC_REP_CANCELED)) canceled = true;
+  };
+  client.on('notice', onNotice);
+  try {
+    await client.query('commit');
+  } finally {
+    client.off('notice', onNotice);
+  }
+  if (canceled) throw new SyncReplicationCanceledError();
+}
+
+const SYNC_REP_CANCELED = 'canceling wait for synchronous replication';
+
+export class SyncReplicationCanceledError extends Error {
+  readonly code = SYNC_REPLICATION_CANCELED;
+  constructor() {
+    super('the commit was not confirmed by the synchronous standby (canceled while waiting): not acknowledged');
+    this.name = 'SyncReplicationCanceledError';
+  }
+}
+
+export const SYNC_REPLICATION_CANCELED = 'floodgate_sync_replication_canceled';

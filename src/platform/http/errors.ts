@@ -41,6 +41,7 @@ export const API_ERRORS = {
   provider_unavailable: { status: 503, type: 'api_error' },
   overloaded: { status: 503, type: 'api_error' },
   service_unavailable: { status: 503, type: 'api_error' },
+  waiting_room_unavailable: { status: 503, type: 'api_error' },
   internal_error: { status: 500, type: 'api_error' },
 } as const satisfies Record<string, { status: number; type: string }>;
 

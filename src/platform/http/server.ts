@@ -8,10 +8,15 @@ import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, LogController } from 'fastify';
+import { isDatabaseUnavailable } from '../db/errors.js';
 import type { Metrics } from '../observability/metrics.js';
 import { isRedisUnavailable } from '../redis/client.js';
 import { ApiError, errorBody } from './errors.js';
 import { validatorCompiler } from './validation.js';
+
+// A PostgreSQL failover under Patroni takes 2-11 s (measured: docs/operations.md); asking the
+// client back in 2 s spreads the retries over it instead of hammering the gap.
+const UNAVAILABLE_RETRY_AFTER_SECONDS = 2;
 
 export interface HttpOptions {
   logger: FastifyBaseLogger | false;
@@ -100,17 +105,15 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
       const busy = new ApiError('service_unavailable', 'The service is busy; retry shortly.', undefined, { 'retry-after': '1' });
       return reply.code(busy.status).headers(busy.headers).send(busy.toBody());
     }
-    // Redis (or a Redis Cluster master) unreachable: the waiting room cannot take or move
-    // places. Refuse with a retry, never admit and never a 500.
-    if (isRedisUnavailable(error)) {
-      request.log.warn({ err: error }, 'Redis unavailable: answered 503');
+    // A failover or an outage: the request did not complete (or its outcome is unknown), and a
+    // retry with the same Idempotency-Key is safe. Never a 500: nothing is wrong with the request.
+    if (isDatabaseUnavailable(error) || isRedisUnavailable(error)) {
+      request.log.warn({ err: error }, 'dependency unavailable: answered 503');
       const down = new ApiError(
         'service_unavailable',
-        'Shared state (Redis) is unreachable right now; retry with the same Idempotency-Key.',
+        'A database or Redis this service needs is unreachable right now (a failover takes seconds); retry with the same Idempotency-Key.',
         undefined,
-        {
-          'retry-after': '2',
-        },
+        { 'retry-after': String(UNAVAILABLE_RETRY_AFTER_SECONDS) },
       );
       return reply.code(down.status).headers(down.headers).send(down.toBody());
     }
