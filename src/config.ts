@@ -42,6 +42,8 @@ export interface Config {
   readonly providerBreakerThreshold: number;
   readonly providerBreakerHalfOpenMs: number;
   readonly simulatorPort: number;
+  /** Port of a standalone worker's metrics listener (0: any free port). */
+  readonly workerMetricsPort: number;
   readonly simulatorLatencyMs: number;
   readonly simulatorErrorRate: number;
   readonly embeddedPostgresPort: number;
@@ -195,6 +197,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     providerBreakerThreshold: int('FLOODGATE_PROVIDER_BREAKER_THRESHOLD', 5, 1, 1000),
     providerBreakerHalfOpenMs: int('FLOODGATE_PROVIDER_BREAKER_HALF_OPEN_MS', 10_000, 100, 600_000),
     simulatorPort: int('FLOODGATE_SIMULATOR_PORT', 4010, 0, 65535),
+    // A worker serves no API, so Prometheus scrapes it on a port of its own (next to the API's 4000).
+    workerMetricsPort: int('FLOODGATE_WORKER_METRICS_PORT', 4002, 0, 65535),
     simulatorLatencyMs: int('FLOODGATE_SIMULATOR_LATENCY_MS', 0, 0, 60_000),
     simulatorErrorRate: fraction('FLOODGATE_SIMULATOR_ERROR_RATE', 0),
     embeddedPostgresPort: int('FLOODGATE_EMBEDDED_PG_PORT', 5488, 1024, 65535),

@@ -10,9 +10,11 @@ import { audit, formatReport } from '../audit/service.js';
 import { type Config, describeConfig } from '../config.js';
 import * as merchants from '../merchants/service.js';
 import { PROVIDER_WEBHOOK_PATH } from '../payments/provider-webhooks.js';
+import { instrumentPool } from '../platform/db/metrics.js';
 import { registerQueueMetrics } from '../platform/jobs/metrics.js';
 import { formatQueue, selectQueue } from '../platform/jobs/queue.js';
 import { createMetrics } from '../platform/observability/metrics.js';
+import { startMetricsServer } from '../platform/observability/server.js';
 import { registerSalesMetrics } from '../sales/metrics.js';
 import { createLogger, type Logger, onShutdown, openDatabase, openProvider, openSharedState, startSimulator } from './runtime.js';
 import { runWorker } from './worker.js';
@@ -38,9 +40,10 @@ async function serve(config: Config, log: Logger, options: { demo: boolean; work
   // Redis first: a REDIS_URL that does not answer stops the process before anything starts.
   const redis = await openSharedState(config, log);
   const db = await openDatabase(config, log, { migrate: true });
-  const webhookUrl = `http://127.0.0.1:${config.port}${PROVIDER_WEBHOOK_PATH}`;
-  const provider = await openProvider(config, log, webhookUrl);
   const metrics = createMetrics({ defaultMetrics: true });
+  instrumentPool(db.pool, metrics, { name: 'primary', max: config.dbPoolMax });
+  const webhookUrl = `http://127.0.0.1:${config.port}${PROVIDER_WEBHOOK_PATH}`;
+  const provider = await openProvider(config, log, { webhookUrl, metrics });
   registerQueueMetrics(metrics, db.pool);
   registerSalesMetrics(metrics, db.pool);
   const app = await buildApp({ config, pool: db.pool, provider: provider.provider, logger: log, metrics, redis });
@@ -53,7 +56,13 @@ async function serve(config: Config, log: Logger, options: { demo: boolean; work
     await db.close();
   });
   await app.listen({ host: config.host, port: config.port });
-  const base = `http://${config.host === '0.0.0.0' ? '127.0.0.1' : config.host}:${config.port}`;
+  // FLOODGATE_PORT=0 takes any free port: say which, and point the in-process simulator's
+  // webhooks at it.
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : config.port;
+  const base = `http://${config.host === '0.0.0.0' ? '127.0.0.1' : config.host}:${port}`;
+  if (provider.simulator) provider.simulator.webhookUrl = `${base}${PROVIDER_WEBHOOK_PATH}`;
+  log.info({ url: base }, 'API listening');
   log.info({ config: describeConfig(config) }, 'configuration');
   if (options.demo) await announceDemo(config, db.pool, base);
   return RUNNING;
@@ -115,10 +124,16 @@ export const ROLES: Record<string, Role> = {
     }
     const log = createLogger(config);
     const db = await openDatabase(config, log, { migrate: true });
-    const provider = await openProvider(config, log);
-    const worker = await runWorker({ config, pool: db.pool, provider: provider.provider, log });
-    log.info({ concurrency: config.workerConcurrency }, 'worker running');
+    const metrics = createMetrics({ defaultMetrics: true });
+    instrumentPool(db.pool, metrics, { name: 'primary', max: config.dbPoolMax });
+    registerQueueMetrics(metrics, db.pool);
+    const provider = await openProvider(config, log, { metrics });
+    const worker = await runWorker({ config, pool: db.pool, provider: provider.provider, metrics, log });
+    // A worker serves no API; Prometheus scrapes it here.
+    const metricsServer = await startMetricsServer({ registry: metrics.registry, host: config.host, port: config.workerMetricsPort });
+    log.info({ concurrency: config.workerConcurrency, metrics: `${metricsServer.url}/metrics` }, 'worker running');
     onShutdown(log, async () => {
+      await metricsServer.close();
       await worker.stop();
       await db.close();
     });

@@ -8,6 +8,7 @@
  * provider's health, and a timed-out call may still have taken effect, so it is reported as
  * `unknown` for reconciliation to resolve by key.
  */
+import { performance } from 'node:perf_hooks';
 import { BrokenCircuitError, CircuitState, ConsecutiveBreaker, circuitBreaker, handleType } from 'cockatiel';
 import type { AuthorizeRequest, PaymentProvider, ProviderCharge, ProviderOperation, ProviderOutcome, ProviderRefund } from './provider.js';
 
@@ -16,7 +17,11 @@ export interface HttpProviderOptions {
   timeoutMs: number;
   breakerThreshold: number;
   halfOpenMs: number;
+  /** Told of every call's duration and outcome, for metrics. */
+  observe?: (operation: ProviderCallName, outcome: ProviderOutcome<unknown>['kind'], seconds: number) => void;
 }
+
+export type ProviderCallName = 'authorize' | 'capture' | 'cancel' | 'refund' | 'retrieve';
 
 /** The provider could not be reached or answered with a server error. */
 class TransportError extends Error {
@@ -72,24 +77,36 @@ export class HttpProvider implements PaymentProvider {
 
   authorize(request: AuthorizeRequest): Promise<ProviderOutcome<ProviderCharge>> {
     const body = { amount: request.amount, currency: request.currency, payment_method: request.paymentMethod, capture: request.capture };
-    return this.call('POST', '/v1/charges', request.idempotencyKey, body, toCharge);
+    return this.timed('authorize', () => this.call('POST', '/v1/charges', request.idempotencyKey, body, toCharge));
   }
 
   capture(request: { idempotencyKey: string; reference: string; amount: number }) {
     const path = `/v1/charges/${encodeURIComponent(request.reference)}/capture`;
-    return this.call('POST', path, request.idempotencyKey, { amount: request.amount }, toCharge);
+    return this.timed('capture', () => this.call('POST', path, request.idempotencyKey, { amount: request.amount }, toCharge));
   }
 
   cancel(request: { idempotencyKey: string; reference: string }) {
-    return this.call('POST', `/v1/charges/${encodeURIComponent(request.reference)}/cancel`, request.idempotencyKey, {}, toCharge);
+    const path = `/v1/charges/${encodeURIComponent(request.reference)}/cancel`;
+    return this.timed('cancel', () => this.call('POST', path, request.idempotencyKey, {}, toCharge));
   }
 
   refund(request: { idempotencyKey: string; reference: string; amount: number }) {
     const path = `/v1/charges/${encodeURIComponent(request.reference)}/refunds`;
-    return this.call('POST', path, request.idempotencyKey, { amount: request.amount }, toRefund);
+    return this.timed('refund', () => this.call('POST', path, request.idempotencyKey, { amount: request.amount }, toRefund));
   }
 
-  async retrieve(idempotencyKey: string): Promise<ProviderOutcome<ProviderOperation | null>> {
+  retrieve(idempotencyKey: string): Promise<ProviderOutcome<ProviderOperation | null>> {
+    return this.timed('retrieve', () => this.retrieveOnce(idempotencyKey));
+  }
+
+  private async timed<T>(operation: ProviderCallName, run: () => Promise<ProviderOutcome<T>>): Promise<ProviderOutcome<T>> {
+    const started = performance.now();
+    const outcome = await run();
+    this.options.observe?.(operation, outcome.kind, (performance.now() - started) / 1000);
+    return outcome;
+  }
+
+  private async retrieveOnce(idempotencyKey: string): Promise<ProviderOutcome<ProviderOperation | null>> {
     const outcome = await this.send('GET', `/v1/operations/${encodeURIComponent(idempotencyKey)}`, undefined, undefined);
     if (outcome.kind !== 'answered') return outcome;
     const { status, body } = outcome.response;
