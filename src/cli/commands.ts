@@ -62,9 +62,10 @@ async function serve(config: Config, log: Logger, options: { demo: boolean; work
   const port = typeof address === 'object' && address ? address.port : config.port;
   const base = `http://${config.host === '0.0.0.0' ? '127.0.0.1' : config.host}:${port}`;
   if (provider.simulator) provider.simulator.webhookUrl = `${base}${PROVIDER_WEBHOOK_PATH}`;
-  log.info({ url: base }, 'API listening');
   log.info({ config: describeConfig(config) }, 'configuration');
   if (options.demo) await announceDemo(config, db.pool, base);
+  // Last: a supervisor (or a test) waiting for this line finds the demo merchant ready too.
+  log.info({ url: base }, 'API listening');
   return RUNNING;
 }
 
