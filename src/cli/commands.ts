@@ -8,6 +8,8 @@ import path from 'node:path';
 import { buildApp } from '../app.js';
 import { audit, formatReport } from '../audit/service.js';
 import { type Config, describeConfig } from '../config.js';
+import { DrillOptionError, type DrillOptions, parseDrillOptions } from '../drill/options.js';
+import { formatVerdict, runDrill } from '../drill/run.js';
 import * as merchants from '../merchants/service.js';
 import { PROVIDER_WEBHOOK_PATH } from '../payments/provider-webhooks.js';
 import { instrumentPool } from '../platform/db/metrics.js';
@@ -19,7 +21,7 @@ import { registerSalesMetrics } from '../sales/metrics.js';
 import { createLogger, type Logger, onShutdown, openDatabase, openProvider, openSharedState, startSimulator } from './runtime.js';
 import { runWorker } from './worker.js';
 
-type Options = { json?: boolean; merchant?: string; kind?: string };
+type Options = { json?: boolean; merchant?: string; kind?: string } & Record<string, string | boolean | undefined>;
 type Role = (config: Config, args: string[], options: Options) => Promise<number>;
 
 const DEMO_MERCHANT = 'Demo merchant';
@@ -255,6 +257,25 @@ export const ROLES: Record<string, Role> = {
       console.log(options.json ? JSON.stringify(out) : `${created.keyId}: ${created.key}\nShown once; only its hash is stored.`);
       return 0;
     });
+  },
+
+  async drill(config, _args, options) {
+    let drillOptions: DrillOptions;
+    try {
+      drillOptions = parseDrillOptions(options, config.dataDir);
+    } catch (error) {
+      if (!(error instanceof DrillOptionError)) throw error;
+      console.error(`floodgate drill: ${error.message}`);
+      return 2;
+    }
+    const outcome = await runDrill(config, drillOptions, drillOptions.json ? undefined : process.stderr);
+    if (drillOptions.json) console.log(JSON.stringify({ verdict: outcome.verdict, report: outcome.reportFile, json: outcome.jsonFile }));
+    else {
+      console.log(formatVerdict(outcome.verdict));
+      console.log(`\nreport: ${outcome.reportFile}\ndata:   ${outcome.jsonFile}${outcome.logFile ? `\nlogs:   ${outcome.logFile}` : ''}`);
+    }
+    // 1: an invariant failed, as `floodgate audit` does.
+    return outcome.verdict.ok ? 0 : 1;
   },
 
   async audit(config, _args, options) {

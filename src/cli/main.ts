@@ -22,6 +22,13 @@ Commands:
   keys revoke KEY_ID             revoke a key (by its key_... id)
   audit [--json]                 check the money invariants; exit 1 on any violation,
                                  2 when the audit cannot run
+  drill [options]                rehearse a sale: a calm baseline, then a surge of buyers who
+                                 queue, hold, order and pay; audit, verdict table, HTML report;
+                                 exit 1 when an invariant fails. Options:
+      --target URL --secret-key KEY   a running deployment (default: a start of its own)
+      --buyers N (500)  --surge X (10)  --rate R (20 admissions/s)  --duration S (60)
+      --stock UNITS (buyers/2)  --baseline N  --abandon SHARE (0.05)
+      --report FILE (./.floodgate/drills/drill-<time>.html)  --no-progress  --json
   help                           this text
 
 Configuration is read from the environment; see README.md.`;
@@ -35,6 +42,18 @@ async function main(argv: string[]): Promise<number> {
       merchant: { type: 'string' },
       kind: { type: 'string', default: 'secret' },
       help: { type: 'boolean', short: 'h', default: false },
+      // floodgate drill
+      target: { type: 'string' },
+      'secret-key': { type: 'string' },
+      buyers: { type: 'string' },
+      surge: { type: 'string' },
+      rate: { type: 'string' },
+      duration: { type: 'string' },
+      stock: { type: 'string' },
+      baseline: { type: 'string' },
+      abandon: { type: 'string' },
+      report: { type: 'string' },
+      'no-progress': { type: 'boolean', default: false },
     },
   });
   const [command, ...rest] = positionals;
