@@ -110,6 +110,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
       throw new ApiError('secret_key_required', 'This endpoint needs a secret key (sk_test_...), not a publishable one.');
     }
     request.principal = result.principal;
+    request.log = request.log.child({ merchant_id: result.principal.merchantId });
   });
   app.addHook('onRequest', rateLimit.byKey);
 

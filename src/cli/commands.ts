@@ -108,14 +108,14 @@ Try:
 }
 
 export const ROLES: Record<string, Role> = {
-  async start(config) {
+  async start(config, _args, options) {
     // One process: the in-process simulator and our webhook route share a secret made up here
     // unless one is configured. The waiting room's secret is made up here too: only this process
     // signs and checks admission tokens, and a restart loses its in-memory line with them.
     const secret = config.providerWebhookSecret ?? randomBytes(32).toString('base64url');
     const admissionSecret = config.admissionSecret ?? randomBytes(32).toString('base64url');
     return serve(Object.freeze({ ...config, providerWebhookSecret: secret, admissionSecret }), createLogger(config), {
-      demo: true,
+      demo: options['no-demo'] !== true,
       worker: true,
     });
   },

@@ -8,8 +8,9 @@ import { ROLES } from './commands.js';
 const USAGE = `Usage: floodgate <command> [options]
 
 Commands:
-  start                          everything in one process: API, provider simulator, embedded
+  start [--no-demo]              everything in one process: API, provider simulator, embedded
                                  PostgreSQL when DATABASE_URL is unset; creates a demo merchant
+                                 and prints its keys (--no-demo: neither)
   api                            a stateless API node (needs DATABASE_URL and FLOODGATE_PROVIDER_URL)
   worker                         run jobs: reconciliation, housekeeping, webhook deliveries
                                  (needs DATABASE_URL and FLOODGATE_PROVIDER_URL)
@@ -54,6 +55,8 @@ async function main(argv: string[]): Promise<number> {
       abandon: { type: 'string' },
       report: { type: 'string' },
       'no-progress': { type: 'boolean', default: false },
+      // floodgate start
+      'no-demo': { type: 'boolean', default: false },
     },
   });
   const [command, ...rest] = positionals;

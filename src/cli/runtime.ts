@@ -3,12 +3,13 @@
  * the provider (in-process simulator or FLOODGATE_PROVIDER_URL), Redis (REDIS_URL, else
  * single-node mode), logging and shutdown.
  */
-import { pino } from 'pino';
+import type { pino } from 'pino';
 import { type Config, maskUrl } from '../config.js';
 import { startEmbeddedPostgres } from '../platform/db/embedded.js';
 import { migrate } from '../platform/db/migrate.js';
 import { createPool, type Pool } from '../platform/db/pool.js';
 import { migrateJobs } from '../platform/jobs/runner.js';
+import { createLogger as createProcessLogger } from '../platform/observability/logging.js';
 import type { Metrics } from '../platform/observability/metrics.js';
 import { openRedis, type RedisConnections } from '../platform/redis/client.js';
 import { HttpProvider } from '../providers/http-provider.js';
@@ -17,8 +18,8 @@ import { buildSimulatorApp, ProviderSimulator } from '../providers/simulator/ser
 
 export type Logger = pino.Logger;
 
-export function createLogger(config: Config): Logger {
-  return pino({ level: config.logLevel, base: { service: 'floodgate' } });
+export function createLogger(config: Pick<Config, 'logLevel'>): Logger {
+  return createProcessLogger({ level: config.logLevel });
 }
 
 export interface Database {

@@ -58,7 +58,7 @@ async function startOwn(config: Config, options: DrillOptions): Promise<Deployme
   await mkdir(path.dirname(logFile), { recursive: true });
   const log = createWriteStream(logFile);
   // The same entry point and loader this process was started with (bin/floodgate.js or tsx).
-  const child = spawn(process.execPath, [...process.execArgv, process.argv[1] as string, 'start'], {
+  const child = spawn(process.execPath, [...process.execArgv, process.argv[1] as string, 'start', '--no-demo'], {
     env: {
       ...process.env,
       ...OWN_START_ENV,
@@ -66,7 +66,7 @@ async function startOwn(config: Config, options: DrillOptions): Promise<Deployme
       DATABASE_URL: db.connectionString,
       FLOODGATE_PORT: '0',
       FLOODGATE_SIMULATOR_PORT: '0',
-      FLOODGATE_LOG_LEVEL: 'info',
+      FLOODGATE_LOG_LEVEL: config.logLevel,
       FLOODGATE_DATA_DIR: path.join(config.dataDir, 'drill-start'),
     },
     stdio: ['ignore', 'pipe', 'pipe'],

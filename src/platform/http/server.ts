@@ -2,6 +2,7 @@
  * The Fastify instance every Floodgate HTTP node uses: strict validation, one error shape,
  * request-duration metrics by route, and OpenAPI generated from the route schemas.
  */
+import { randomBytes } from 'node:crypto';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -36,10 +37,17 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     trustProxy: typeof options.trustProxy === 'number' ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
     // A line per request is too much at surge rates; errors are still logged, and request
     // rates and latencies are in /metrics.
-    logController: new LogController({ disableRequestLogging: true }),
+    logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'request_id' }),
     // Ids in our URLs are short; anything longer is not ours.
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
+    // Every log line of a request carries its id: the caller's X-Request-Id when it is a sane
+    // one (a balancer's), else one of ours; the response says which.
+    requestIdHeader: false,
+    genReqId: (request) => {
+      const given = request.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : `req_${randomBytes(9).toString('base64url')}`;
+    },
     // The router's own errors (a badly encoded path, an over-long parameter) never reach the
     // error handler; without this they were answered in Fastify's shape, not ours.
     frameworkErrors: (error, _request, reply) => {
@@ -83,8 +91,18 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     reply.code(404).send(errorBody('route_not_found', `No route ${request.method} ${request.url.split('?')[0]}; see /docs.`)),
   );
 
+  app.addHook('onRequest', async (request, reply) => {
+    request.log = request.log.child({ route: request.routeOptions.url ?? 'unmatched' });
+    reply.header('x-request-id', request.id);
+  });
+
   app.addHook('onResponse', async (request, reply) => {
     const route = request.routeOptions.url ?? 'unmatched';
+    // Off at the default level (a line per request is too much in a surge); on with debug.
+    request.log.debug(
+      { method: request.method, status: reply.statusCode, duration_ms: Math.round(reply.elapsedTime * 10) / 10 },
+      'request completed',
+    );
     options.metrics.httpDuration.observe(
       { method: request.method, route, status_class: `${Math.floor(reply.statusCode / 100)}xx` },
       reply.elapsedTime / 1000,
@@ -111,6 +129,9 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
 }
+
+// Letters, digits and - _ . : up to 128 characters (UUIDs, balancer ids); anything else is replaced.
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 function trustHops(hops: number) {
   return (_address: string, hop: number) => hop < hops;
