@@ -7,6 +7,7 @@ import type { FastifyBaseLogger } from 'fastify';
 import { registerQueueRoutes } from './admission/routes.js';
 import { createWaitingRoom } from './admission/service.js';
 import type { Config } from './config.js';
+import { registerDashboard } from './dashboard/routes.js';
 import { registerEventRoutes } from './events/routes.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
 import { createAuthenticator } from './merchants/service.js';
@@ -141,6 +142,15 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   registerLedgerRoutes(app, deps.pool);
   registerProviderWebhookRoutes(app, { pool: deps.pool, secret: deps.config.providerWebhookSecret });
   registerWebhookRoutes(app, { pool: deps.pool, idempotency: paymentDeps.idempotency, allowPrivate: deps.config.webhookAllowPrivate });
+  // The operator dashboard: sessions in Redis when there is one, else in PostgreSQL.
+  await registerDashboard(app, {
+    pool: deps.pool,
+    payments: paymentDeps,
+    webhooks: { pool: deps.pool, idempotency: paymentDeps.idempotency },
+    metrics,
+    redis: deps.redis,
+    sessionTtlSeconds: deps.config.dashboardSessionTtlSeconds,
+  });
 
   // The surge path: the waiting room admits buyers, who then hold stock and order.
   // `floodgate api` refuses to start without a shared admission secret; an app built without

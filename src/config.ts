@@ -67,6 +67,8 @@ export interface Config {
   readonly admissionSecret: string | undefined;
   readonly admissionTokenTtlSeconds: number;
   readonly admissionShoppingMaxSeconds: number;
+  /** How long a dashboard sign-in lasts. */
+  readonly dashboardSessionTtlSeconds: number;
 }
 
 export class ConfigError extends Error {
@@ -233,6 +235,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     // A buyer holding stock keeps their shopper slot until released, or this long at most:
     // longer than a hold plus its payment, so only a buyer who left without a release loses it.
     admissionShoppingMaxSeconds: int('FLOODGATE_ADMISSION_SHOPPING_MAX_SECONDS', 1_800, 60, 86_400),
+    // A working day: an operator signs in once per shift, and a stolen cookie dies by the evening.
+    dashboardSessionTtlSeconds: int('FLOODGATE_DASHBOARD_SESSION_TTL_SECONDS', 12 * 3_600, 60, 7 * 86_400),
     ...overrides,
   };
   if (config.webhookRetryBaseMs > config.webhookRetryMaxMs) {

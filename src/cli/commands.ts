@@ -8,6 +8,8 @@ import path from 'node:path';
 import { buildApp } from '../app.js';
 import { audit, formatReport } from '../audit/service.js';
 import { type Config, describeConfig } from '../config.js';
+import { generatePassword } from '../dashboard/passwords.js';
+import { createUser } from '../dashboard/service.js';
 import { DrillOptionError, type DrillOptions, parseDrillOptions } from '../drill/options.js';
 import { formatVerdict, runDrill } from '../drill/run.js';
 import * as merchants from '../merchants/service.js';
@@ -259,6 +261,46 @@ export const ROLES: Record<string, Role> = {
     });
   },
 
+  async users(config, args, options) {
+    const [action] = args;
+    const email = typeof options.email === 'string' ? options.email : undefined;
+    if (action !== 'create' || !options.merchant || !email) {
+      console.error(
+        'usage: floodgate users create --merchant MERCHANT_ID --email EMAIL [--json]  (password on stdin, or one is generated)',
+      );
+      return 2;
+    }
+    const merchantId = options.merchant;
+    // A password comes on stdin (never as an argument, which other users can see in ps); with a
+    // terminal or nothing piped, one is generated and shown once.
+    const piped = process.stdin.isTTY ? '' : ((await readStdin()).split('\n')[0]?.trim() ?? '');
+    const password = piped || generatePassword();
+    return withDatabase(config, async (db) => {
+      const result = await createUser(db.pool, { merchantId, email, password }, (id) => merchants.merchantExists(db.pool, id));
+      switch (result.kind) {
+        case 'invalid':
+          console.error(`floodgate: ${result.message}`);
+          return 2;
+        case 'merchant_missing':
+          console.error(`floodgate: no merchant ${merchantId}`);
+          return 1;
+        case 'email_taken':
+          console.error(`floodgate: a user with the email ${email} already exists`);
+          return 1;
+        case 'created': {
+          const shown = piped ? {} : { password };
+          if (options.json) console.log(JSON.stringify({ ...result.user, ...shown }));
+          else {
+            console.log(`user ${result.user.id} (${result.user.email}) of merchant ${result.user.merchant_id}`);
+            if (!piped) console.log(`password: ${password}\nShown once; only its scrypt hash is stored.`);
+            console.log('Sign in at /dashboard on any API node.');
+          }
+          return 0;
+        }
+      }
+    });
+  },
+
   async drill(config, _args, options) {
     let drillOptions: DrillOptions;
     try {
@@ -292,3 +334,9 @@ export const ROLES: Record<string, Role> = {
     }
   },
 };
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}

@@ -21,6 +21,8 @@ Commands:
   keys create --merchant ID [--kind secret|publishable] [--json]
   keys list --merchant ID [--json]
   keys revoke KEY_ID             revoke a key (by its key_... id)
+  users create --merchant ID --email EMAIL [--json]
+                                 a dashboard user (password on stdin, else generated and shown once)
   audit [--json]                 check the money invariants; exit 1 on any violation,
                                  2 when the audit cannot run
   drill [options]                rehearse a sale: a calm baseline, then a surge of buyers who
@@ -55,6 +57,8 @@ async function main(argv: string[]): Promise<number> {
       abandon: { type: 'string' },
       report: { type: 'string' },
       'no-progress': { type: 'boolean', default: false },
+      // floodgate users create
+      email: { type: 'string' },
       // floodgate start
       'no-demo': { type: 'boolean', default: false },
     },

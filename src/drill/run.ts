@@ -9,6 +9,8 @@ import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
 import { audit } from '../audit/service.js';
 import type { Config } from '../config.js';
+import { createAuthenticator } from '../merchants/service.js';
+import { attemptAnomalies } from '../payments/service.js';
 import type { Pool } from '../platform/db/pool.js';
 import { type BuyerResult, runBuyer } from './buyer.js';
 import { type Answer, DrillClient, sleep } from './client.js';
@@ -182,23 +184,16 @@ async function waitForFinal(client: DrillClient, deployment: Deployment, buyers:
     if (pending.length > 0) await sleep(1000);
   }
   let openAttempts = 0;
-  if (deployment.pool) openAttempts = await countOpenAttempts(deployment.pool, deployment.secretKey);
+  if (deployment.pool) {
+    const merchantId = await merchantOf(deployment.pool, deployment.secretKey);
+    if (merchantId) openAttempts = (await attemptAnomalies(deployment.pool, merchantId)).open;
+  }
   return pending.length + openAttempts;
 }
 
 async function merchantOf(pool: Pool, secretKey: string): Promise<string | undefined> {
-  const { createAuthenticator } = await import('../merchants/service.js');
   const result = await createAuthenticator(pool, 0)(`Bearer ${secretKey}`);
   return result.kind === 'authenticated' ? result.principal.merchantId : undefined;
-}
-
-async function countOpenAttempts(pool: Pool, secretKey: string): Promise<number> {
-  const merchantId = await merchantOf(pool, secretKey);
-  const { rows } = await pool.query<{ open: number }>(
-    `select count(*)::int as open from payment_attempts where merchant_id = $1 and status in ('started', 'unknown')`,
-    [merchantId],
-  );
-  return rows[0]?.open ?? 0;
 }
 
 async function checkInvariants(
@@ -227,14 +222,8 @@ async function checkInvariants(
   let auditViolations: number | null = null;
   if (deployment.pool) {
     const merchantId = await merchantOf(deployment.pool, key);
-    const { rows } = await deployment.pool.query<{ twice: number }>(
-      `select count(*)::int as twice from (
-         select payment_intent_id from payment_attempts
-          where merchant_id = $1 and operation = 'authorize' and status = 'succeeded'
-          group by payment_intent_id having count(*) > 1) as doubled`,
-      [merchantId],
-    );
-    chargedTwice = rows[0]?.twice ?? 0;
+    if (!merchantId) throw new Error('the drill could not find its own merchant in the database it was given');
+    chargedTwice = (await attemptAnomalies(deployment.pool, merchantId)).authorized_twice;
     auditViolations = (await audit(deployment.pool)).violations.length;
   }
   return { stockTotal: stock, soldUnits: item.stock.sold, paidOrders, chargedTwice, notFinal, auditViolations };
