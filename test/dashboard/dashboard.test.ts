@@ -1,3 +1,4 @@
+/// <reference lib="dom" />
 /**
  * The operator dashboard end to end, in Debian's Chromium: a user made with `floodgate users
  * create` signs in (a wrong password is refused), watches the live chart move under load,
@@ -118,13 +119,12 @@ describe('operator dashboard in a browser', { skip }, () => {
       }
     })();
     try {
-      // Evaluated in the page: the chart has three points or more and the rate card shows traffic.
       await page.waitForFunction(
-        `(() => {
-          const chart = document.querySelector('figure.chart[aria-label="Requests per second"]');
+        () => {
+          const chart = document.querySelector('figure.chart[aria-label="Requests per second"]') as HTMLElement | null;
           const rate = Number(document.querySelector('[data-field=requestsPerSecond]')?.textContent);
           return chart && Number(chart.dataset.points ?? 0) >= 3 && rate > 0;
-        })()`,
+        },
         undefined,
         { timeout: 45_000 },
       );
@@ -172,7 +172,7 @@ describe('operator dashboard in a browser', { skip }, () => {
 
     // A sale's live view.
     await page.goto(`${base}/dashboard/sales/${sale.json().id}`);
-    await page.waitForFunction(`document.querySelector('[data-field=available]')?.textContent === '42'`);
+    await page.waitForFunction(() => document.querySelector('[data-field=available]')?.textContent === '42');
     await screenshot(page, '07-sale');
 
     // Forged posts: another origin, or the right origin without the CSRF token.
