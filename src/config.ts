@@ -67,6 +67,9 @@ export interface Config {
   readonly admissionSecret: string | undefined;
   readonly admissionTokenTtlSeconds: number;
   readonly admissionShoppingMaxSeconds: number;
+  /** An OTLP/HTTP collector; absent: no tracing. */
+  readonly otelEndpoint: string | undefined;
+  readonly otelServiceName: string;
   /** How long a dashboard sign-in lasts. */
   readonly dashboardSessionTtlSeconds: number;
 }
@@ -235,6 +238,9 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     // A buyer holding stock keeps their shopper slot until released, or this long at most:
     // longer than a hold plus its payment, so only a buyer who left without a release loses it.
     admissionShoppingMaxSeconds: int('FLOODGATE_ADMISSION_SHOPPING_MAX_SECONDS', 1_800, 60, 86_400),
+    // The OpenTelemetry variables' standard names, so operators' existing settings apply.
+    otelEndpoint: url('OTEL_EXPORTER_OTLP_ENDPOINT', ['http:', 'https:']),
+    otelServiceName: env.OTEL_SERVICE_NAME || 'floodgate',
     // A working day: an operator signs in once per shift, and a stolen cookie dies by the evening.
     dashboardSessionTtlSeconds: int('FLOODGATE_DASHBOARD_SESSION_TTL_SECONDS', 12 * 3_600, 60, 7 * 86_400),
     ...overrides,

@@ -3,7 +3,11 @@
  */
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config.js';
+import { startTracing } from '../platform/observability/tracing.js';
 import { ROLES } from './commands.js';
+
+// The roles whose work is traced when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+const SERVING_ROLES = new Set(['start', 'api', 'worker']);
 
 const USAGE = `Usage: floodgate <command> [options]
 
@@ -74,6 +78,12 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const config = loadConfig();
+  // Tracing starts before any role serves, so the first request is traced too.
+  if (config.otelEndpoint && SERVING_ROLES.has(command)) {
+    const tracing = startTracing({ endpoint: config.otelEndpoint, serviceName: config.otelServiceName });
+    process.once('beforeExit', () => void tracing.shutdown());
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) process.prependOnceListener(signal, () => void tracing.shutdown());
+  }
   return role(config, rest, values);
 }
 

@@ -10,6 +10,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { BrokenCircuitError, CircuitState, ConsecutiveBreaker, circuitBreaker, handleType } from 'cockatiel';
+import { inSpan, SpanKind, traceCarrier } from '../platform/observability/tracing.js';
 import type { AuthorizeRequest, PaymentProvider, ProviderCharge, ProviderOperation, ProviderOutcome, ProviderRefund } from './provider.js';
 
 export interface HttpProviderOptions {
@@ -151,12 +152,29 @@ export class HttpProvider implements PaymentProvider {
   }
 
   private async fetchOnce(method: string, path: string, idempotencyKey: string | undefined, body: unknown): Promise<RawResponse> {
-    const headers: Record<string, string> = { accept: 'application/json' };
+    const url = new URL(path, this.options.baseUrl);
+    // A client span per call (HTTP semantic conventions), its context sent on as traceparent.
+    return inSpan(
+      method,
+      {
+        kind: SpanKind.CLIENT,
+        attributes: { 'http.request.method': method, 'url.full': url.origin + url.pathname, 'server.address': url.hostname },
+      },
+      async (span) => {
+        const response = await this.fetchInSpan(method, url, idempotencyKey, body);
+        span.setAttribute('http.response.status_code', response.status);
+        return response;
+      },
+    );
+  }
+
+  private async fetchInSpan(method: string, url: URL, idempotencyKey: string | undefined, body: unknown): Promise<RawResponse> {
+    const headers: Record<string, string> = { accept: 'application/json', ...traceCarrier() };
     if (idempotencyKey) headers['idempotency-key'] = idempotencyKey;
     if (body !== undefined) headers['content-type'] = 'application/json';
     let response: Response;
     try {
-      response = await fetch(new URL(path, this.options.baseUrl), {
+      response = await fetch(url, {
         method,
         headers,
         body: body === undefined ? undefined : JSON.stringify(body),

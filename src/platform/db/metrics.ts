@@ -6,6 +6,7 @@
 import { performance } from 'node:perf_hooks';
 import { Gauge } from 'prom-client';
 import type { Metrics } from '../observability/metrics.js';
+import { SpanKind, SpanStatusCode, tracer } from '../observability/tracing.js';
 import type { Client, Pool } from './pool.js';
 
 const INSTRUMENTED = Symbol('floodgate.instrumented');
@@ -21,6 +22,12 @@ export function statementLabel(first: unknown): string {
   return 'other';
 }
 
+function queryText(first: unknown): string {
+  if (typeof first === 'string') return first;
+  if (first && typeof first === 'object' && 'text' in first) return String((first as { text: unknown }).text);
+  return '';
+}
+
 function instrumentClient(client: Client, metrics: Metrics): void {
   const tagged = client as Client & { [INSTRUMENTED]?: true };
   if (tagged[INSTRUMENTED]) return;
@@ -28,14 +35,28 @@ function instrumentClient(client: Client, metrics: Metrics): void {
   const original = client.query as unknown as QueryFn;
   const wrapped: QueryFn = function (this: unknown, ...args: unknown[]) {
     const started = performance.now();
+    const statement = statementLabel(args[0]);
+    const text = queryText(args[0]);
+    // A client span per statement (database semantic conventions): the text, never the values.
+    const span = tracer.startSpan(statement === 'other' ? (text.split(/\s+/, 1)[0]?.toUpperCase() ?? 'SQL') : statement, {
+      kind: SpanKind.CLIENT,
+      attributes: {
+        'db.system.name': 'postgresql',
+        'db.system': 'postgresql',
+        'db.query.text': text.slice(0, 2_000),
+        'db.query.summary': statement,
+      },
+    });
     const result = original.apply(this, args);
     // Callback-style calls and submittables (cursors) return no promise; they are not timed.
     if (result instanceof Promise) {
-      const statement = statementLabel(args[0]);
-      const observe = (outcome: 'ok' | 'error') => () =>
+      const observe = (outcome: 'ok' | 'error') => (error?: unknown) => {
         metrics.dbQueryDuration.observe({ statement, outcome }, (performance.now() - started) / 1000);
+        if (outcome === 'error') span.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error | undefined)?.message });
+        span.end();
+      };
       result.then(observe('ok'), observe('error'));
-    }
+    } else span.end();
     return result;
   };
   (client as unknown as { query: QueryFn }).query = wrapped;

@@ -8,6 +8,7 @@ import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, LogController } from 'fastify';
 import type { Metrics } from '../observability/metrics.js';
+import { context, contextFrom, SpanKind, SpanStatusCode, trace, tracer } from '../observability/tracing.js';
 import { ApiError, errorBody } from './errors.js';
 import { validatorCompiler } from './validation.js';
 
@@ -91,12 +92,37 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     reply.code(404).send(errorBody('route_not_found', `No route ${request.method} ${request.url.split('?')[0]}; see /docs.`)),
   );
 
-  app.addHook('onRequest', async (request, reply) => {
-    request.log = request.log.child({ route: request.routeOptions.url ?? 'unmatched' });
+  // First of all hooks: the request's span, made the active context for everything after it
+  // (the other hooks, the handler, its SQL and provider calls), continuing a caller's traceparent.
+  app.addHook('onRequest', (request, reply, done) => {
+    const route = request.routeOptions.url;
+    const span = tracer.startSpan(
+      route ? `${request.method} ${route}` : request.method,
+      {
+        kind: SpanKind.SERVER,
+        attributes: {
+          'http.request.method': request.method,
+          'url.path': request.url.split('?')[0],
+          'url.scheme': request.protocol,
+          ...(route ? { 'http.route': route } : {}),
+          'client.address': request.ip,
+        },
+      },
+      contextFrom(request.headers),
+    );
+    requestSpans.set(request, span);
+    request.log = request.log.child({ route: route ?? 'unmatched' });
     reply.header('x-request-id', request.id);
+    context.with(trace.setSpan(contextFrom(request.headers), span), done);
   });
 
   app.addHook('onResponse', async (request, reply) => {
+    const span = requestSpans.get(request);
+    if (span) {
+      span.setAttribute('http.response.status_code', reply.statusCode);
+      if (reply.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+      span.end();
+    }
     const route = request.routeOptions.url ?? 'unmatched';
     // Off at the default level (a line per request is too much in a surge); on with debug.
     request.log.debug(
@@ -129,6 +155,9 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
   app.get('/openapi.json', { schema: { hide: true } }, async () => app.swagger());
   return app;
 }
+
+// Each request's server span, ended when the response has gone.
+const requestSpans = new WeakMap<object, import('@opentelemetry/api').Span>();
 
 // Letters, digits and - _ . : up to 128 characters (UUIDs, balancer ids); anything else is replaced.
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
