@@ -32,7 +32,18 @@ export async function startFloodgate(
 ): Promise<FloodgateProcess> {
   const child = spawn(process.execPath, ['--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), role, ...args], {
     cwd: ROOT,
-    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', FLOODGATE_PORT: '0', FLOODGATE_SIMULATOR_PORT: '0', ...env },
+    env: {
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? '',
+      FLOODGATE_PORT: '0',
+      FLOODGATE_SIMULATOR_PORT: '0',
+      // As for the in-process test apps: on a loaded machine shedding would refuse the tests'
+      // own requests; its own tests turn it on.
+      FLOODGATE_SHED_EVENT_LOOP_DELAY_MS: '60000',
+      FLOODGATE_SHED_IN_FLIGHT_MAX: '1000000',
+      FLOODGATE_RATE_LIMIT_IP_PER_SECOND: '0',
+      ...env,
+    },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const output: string[] = [];

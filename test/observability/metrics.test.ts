@@ -15,6 +15,7 @@ import { startFloodgate } from '../processes.js';
 import { generateTraffic } from '../traffic.js';
 
 const skip = engineSkip('promtool');
+const ROOT = path.resolve(import.meta.dirname, '../..');
 
 async function promtoolCheckMetrics(text: string): Promise<{ code: number; output: string }> {
   const child = spawn('promtool', ['check', 'metrics'], { stdio: ['pipe', 'pipe', 'pipe'] });
@@ -108,6 +109,7 @@ describe('/metrics of every role', { skip }, () => {
     await generateTraffic(start.url, keys);
     await generateTraffic(api.url, keys);
 
+    const exported = new Set<string>();
     for (const [role, proc, wanted] of [
       ['start', start, API_METRICS],
       ['api', api, API_METRICS],
@@ -117,9 +119,18 @@ describe('/metrics of every role', { skip }, () => {
       const checked = await promtoolCheckMetrics(text);
       assert.equal(checked.code, 0, `promtool check metrics on ${role}:\n${checked.output}`);
       const names = metricNames(text);
+      for (const name of names) exported.add(name);
       const missing = wanted.filter((name) => !names.has(name));
       assert.deepEqual(missing, [], `${role} lacks ${missing.join(', ')}`);
     }
+    // The dashboard and the alerts use exactly the names the processes export.
+    const shipped = [
+      await readFile(path.join(ROOT, 'deploy/grafana/floodgate.json'), 'utf8'),
+      await readFile(path.join(ROOT, 'deploy/prometheus/alerts.yml'), 'utf8'),
+    ].join('\n');
+    const used = new Set([...shipped.matchAll(/\bfloodgate_[a-z0-9_]+/g)].map((m) => (m[0] as string).replace(/_(bucket|count|sum)$/, '')));
+    const unknown = [...used].filter((name) => !exported.has(name));
+    assert.deepEqual(unknown, [], 'names in the dashboard or alerts that no process exports');
     // The API's statements are timed by name, and its provider calls by operation.
     const startText = await scrape(start.url);
     assert.match(startText, /floodgate_db_query_duration_seconds_count\{statement="sales_take_stock",outcome="ok"\} [1-9]/);
