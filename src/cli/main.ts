@@ -3,7 +3,6 @@
  */
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config.js';
-import { startTracing } from '../platform/observability/tracing.js';
 import { ROLES } from './commands.js';
 
 // The roles whose work is traced when OTEL_EXPORTER_OTLP_ENDPOINT is set.
@@ -80,6 +79,7 @@ async function main(argv: string[]): Promise<number> {
   const config = loadConfig();
   // Tracing starts before any role serves, so the first request is traced too.
   if (config.otelEndpoint && SERVING_ROLES.has(command)) {
+    const { startTracing } = await import('../platform/observability/tracing-sdk.js');
     const tracing = startTracing({ endpoint: config.otelEndpoint, serviceName: config.otelServiceName });
     process.once('beforeExit', () => void tracing.shutdown());
     for (const signal of ['SIGINT', 'SIGTERM'] as const) process.prependOnceListener(signal, () => void tracing.shutdown());

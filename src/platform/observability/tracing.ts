@@ -5,7 +5,8 @@
  * carried in the job's payload under TRACE_PAYLOAD_KEY). Attribute names follow the HTTP,
  * database and messaging semantic conventions.
  *
- * Without an endpoint nothing is started: the API's tracer is a no-op and costs next to nothing.
+ * Without an endpoint nothing is started (see tracing-sdk.ts, loaded only then): the API's
+ * tracer is a no-op and costs next to nothing.
  */
 import {
   type Attributes,
@@ -18,29 +19,11 @@ import {
   SpanStatusCode,
   trace,
 } from '@opentelemetry/api';
-import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
-import { NodeSDK } from '@opentelemetry/sdk-node';
 
 export const tracer = trace.getTracer('floodgate');
 
 /** Where a job's payload carries the trace context of the transaction that added it. */
 export const TRACE_PAYLOAD_KEY = '_trace';
-
-export interface Tracing {
-  shutdown(): Promise<void>;
-}
-
-/** Starts the SDK exporting to `endpoint` (OTLP over HTTP); call before serving. */
-export function startTracing(options: { endpoint: string; serviceName: string }): Tracing {
-  const sdk = new NodeSDK({
-    serviceName: options.serviceName,
-    traceExporter: new OTLPTraceExporter({ url: `${options.endpoint.replace(/\/+$/, '')}/v1/traces` }),
-    // Spans are made at Floodgate's own seams (below), so no monkey-patching instrumentations.
-    instrumentations: [],
-  });
-  sdk.start();
-  return { shutdown: () => sdk.shutdown() };
-}
 
 /** The current trace context as W3C headers (traceparent, tracestate); empty when none. */
 export function traceCarrier(from: Context = context.active()): Record<string, string> {
