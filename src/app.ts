@@ -11,9 +11,9 @@ import { registerDashboard } from './dashboard/routes.js';
 import { registerEventRoutes } from './events/routes.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
 import { createAuthenticator } from './merchants/service.js';
-import { onPaymentSucceeded } from './payments/hooks.js';
 import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
-import { registerPaymentRoutes } from './payments/routes.js';
+import { createRefund, listRefunds } from './payments/refunds.js';
+import { completionReply, registerPaymentRoutes } from './payments/routes.js';
 import { createCache } from './platform/cache/cache.js';
 import type { Pool } from './platform/db/pool.js';
 import { ApiError } from './platform/http/errors.js';
@@ -26,7 +26,7 @@ import type { RedisConnections } from './platform/redis/client.js';
 import type { PaymentProvider } from './providers/provider.js';
 import { convertPaidHold } from './sales/holds.js';
 import { registerSalesRoutes } from './sales/routes.js';
-import { createSaleLookup, type toApiSale } from './sales/service.js';
+import { createSaleLookup, type SaleCache } from './sales/service.js';
 import { VERSION } from './version.js';
 import { registerWebhookRoutes } from './webhooks/routes.js';
 
@@ -66,9 +66,6 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     trustProxy: deps.config.trustProxy,
   });
   const authenticate = createAuthenticator(deps.pool, deps.config.apiKeyCacheTtlMs);
-  // Payments completed by this node (the confirm call, provider webhooks) mark their orders paid
-  // in the completion command's transaction.
-  onPaymentSucceeded(convertPaidHold);
 
   // Shedding first: a refused request must cost nothing, not even an API key lookup.
   const shedder =
@@ -135,17 +132,27 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   const paymentDeps = {
     pool: deps.pool,
     provider: deps.provider,
+    // Payments completed by this node (the confirm call, provider webhooks) mark their orders
+    // paid in the completion command's transaction.
+    onPaymentSucceeded: convertPaidHold,
     idempotency: { ttlHours: deps.config.idempotencyKeyTtlHours, lockTimeoutMs: deps.config.idempotencyLockTimeoutMs },
   };
   registerPaymentRoutes(app, paymentDeps);
   registerEventRoutes(app, deps.pool);
   registerLedgerRoutes(app, deps.pool);
-  registerProviderWebhookRoutes(app, { pool: deps.pool, secret: deps.config.providerWebhookSecret });
+  registerProviderWebhookRoutes(app, {
+    pool: deps.pool,
+    secret: deps.config.providerWebhookSecret,
+    onPaymentSucceeded: paymentDeps.onPaymentSucceeded,
+  });
   registerWebhookRoutes(app, { pool: deps.pool, idempotency: paymentDeps.idempotency, allowPrivate: deps.config.webhookAllowPrivate });
   // The operator dashboard: sessions in Redis when there is one, else in PostgreSQL.
   await registerDashboard(app, {
     pool: deps.pool,
-    payments: paymentDeps,
+    refunds: {
+      create: (ctx, params) => createRefund({ ...paymentDeps, present: completionReply }, ctx, params),
+      list: (merchantId, paymentIntentId, limit) => listRefunds(deps.pool, { merchantId, paymentIntentId, limit }),
+    },
     webhooks: { pool: deps.pool, idempotency: paymentDeps.idempotency },
     metrics,
     redis: deps.redis,
@@ -157,7 +164,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   // one (a single process, a test) signs with a secret of its own.
   const admissionConfig = { ...deps.config, admissionSecret: deps.config.admissionSecret ?? randomBytes(32).toString('base64url') };
   const room = createWaitingRoom({ config: admissionConfig, redis: deps.redis?.client, keyPrefix: 'queue:', metrics });
-  const saleCache = await createCache<ReturnType<typeof toApiSale> | null>({
+  const saleCache: SaleCache = await createCache({
     name: 'sales',
     staleMs: deps.config.cacheStaleMs,
     registry: metrics.registry,
@@ -165,7 +172,8 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     redis: deps.redis,
   });
   app.addHook('onClose', async () => saleCache.close());
-  registerQueueRoutes(app, { room, lookup: createSaleLookup(deps.pool, deps.config.cacheStaleMs) });
+  // The waiting room reads sales through the same cache as the sale page, so PATCH reaches both.
+  registerQueueRoutes(app, { room, lookup: createSaleLookup(deps.pool, saleCache) });
   registerSalesRoutes(
     app,
     {

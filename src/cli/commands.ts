@@ -310,7 +310,11 @@ export const ROLES: Record<string, Role> = {
       console.error(`floodgate drill: ${error.message}`);
       return 2;
     }
-    const outcome = await runDrill(config, drillOptions, drillOptions.json ? undefined : process.stderr);
+    const quiet = createLogger({ ...config, logLevel: 'warn' });
+    const outcome = await runDrill(config, drillOptions, {
+      progress: drillOptions.json ? undefined : process.stderr,
+      openDatabase: (drillConfig) => openDatabase(drillConfig, quiet, { migrate: true }),
+    });
     if (drillOptions.json) console.log(JSON.stringify({ verdict: outcome.verdict, report: outcome.reportFile, json: outcome.jsonFile }));
     else {
       console.log(formatVerdict(outcome.verdict));

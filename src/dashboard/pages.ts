@@ -2,7 +2,7 @@
  * The dashboard's pages, rendered on the server: plain HTML that works without scripts, with a
  * small script (web/dashboard/dashboard.js) and uPlot for the live charts.
  */
-import { type Currency, formatAmount, isCurrency } from '../payments/currency.js';
+import { type Currency, formatAmount, isCurrency } from '../money/currency.js';
 import { html, type SafeHtml } from './html.js';
 
 export interface PageContext {

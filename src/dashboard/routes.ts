@@ -11,11 +11,10 @@ import path from 'node:path';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import * as events from '../events/service.js';
 import * as ledger from '../ledger/service.js';
-import * as refunds from '../payments/refunds.js';
-import type { PaymentDeps } from '../payments/service.js';
 import * as payments from '../payments/service.js';
 import type { Pool } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
+import type { Reply } from '../platform/http/reply.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { fingerprint, isValidKey } from '../platform/idempotency/keys.js';
 import type { Metrics } from '../platform/observability/metrics.js';
@@ -28,10 +27,20 @@ import * as pages from './pages.js';
 import { authenticateUser, findUser } from './service.js';
 import { createSessionStore, type Session } from './sessions.js';
 
+/** The refund use cases, passed in by the app (they live in payments/refunds.ts). */
+export interface RefundUseCases {
+  create(ctx: RequestContext, params: { payment_intent: string; amount: number; reason: string }): Promise<Reply>;
+  list(
+    merchantId: string,
+    paymentIntentId: string,
+    limit: number,
+  ): Promise<{ data: Array<{ id: string; amount: number; status: string; created: number }> }>;
+}
+
 export interface DashboardDeps {
   pool: Pool;
-  payments: PaymentDeps;
-  webhooks: { pool: Pool; idempotency: PaymentDeps['idempotency'] };
+  refunds: RefundUseCases;
+  webhooks: Parameters<typeof webhooks.redeliverEvent>[0];
   metrics: Metrics;
   redis?: RedisConnections;
   /** How long a session lasts from sign-in. */
@@ -231,7 +240,7 @@ export async function registerDashboard(app: HttpServer, deps: DashboardDeps): P
         const [eventPage, attempts, refundPage] = await Promise.all([
           events.list(deps.pool, { merchantId, limit: ROWS_PER_PAGE, objectId: intent.id }),
           payments.listAttempts(deps.pool, merchantId, intent.id),
-          refunds.listRefunds(deps.pool, { merchantId, limit: ROWS_PER_PAGE, paymentIntentId: intent.id }),
+          deps.refunds.list(merchantId, intent.id, ROWS_PER_PAGE),
         ]);
         const notice = query(request).refunded ? `Refund ${query(request).refunded} created.` : undefined;
         return send(reply, pages.paymentPage(context(request, intent.id, { notice }), intent, eventPage.data, attempts, refundPage.data));
@@ -257,7 +266,7 @@ export async function registerDashboard(app: HttpServer, deps: DashboardDeps): P
         if (!isValidKey(key)) return retry('The form was damaged; reload it.');
         const params = { payment_intent: intent.id, amount, reason: 'requested_by_customer' };
         const ctx = actionContext(merchant(request), key, '/v1/refunds', params);
-        const result = await refunds.createRefund(deps.payments, ctx, params);
+        const result = await deps.refunds.create(ctx, params);
         if (result.status !== 200) {
           const message = (result.body as { error?: { message?: string } }).error?.message ?? `refused (${result.status})`;
           return retry(message);

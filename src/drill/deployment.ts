@@ -7,7 +7,6 @@ import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { createLogger, openDatabase } from '../cli/runtime.js';
 import type { Config } from '../config.js';
 import { createMerchant } from '../merchants/service.js';
 import { createPool, type Pool } from '../platform/db/pool.js';
@@ -41,18 +40,20 @@ const OWN_START_ENV = {
 // tsx compiles the sources when the child starts; on a loaded machine that takes a while.
 const START_TIMEOUT_MS = 120_000;
 
-export async function openDeployment(config: Config, options: DrillOptions): Promise<Deployment> {
+/** How the drill opens its own database (embedded, or DATABASE_URL, migrated): the CLI's way. */
+export type OpenDatabase = (config: Config) => Promise<{ pool: Pool; connectionString: string; close(): Promise<void> }>;
+
+export async function openDeployment(config: Config, options: DrillOptions, openDatabase: OpenDatabase): Promise<Deployment> {
   if (options.target) {
     const pool = config.databaseUrl ? createPool({ connectionString: config.databaseUrl, max: 2, statementTimeoutMs: 60_000 }) : undefined;
     const key = options.secretKey as string;
     return { url: options.target, secretKey: key, buyerKey: key, pool, close: async () => pool?.end() };
   }
-  return startOwn(config, options);
+  return startOwn(config, options, openDatabase);
 }
 
-async function startOwn(config: Config, options: DrillOptions): Promise<Deployment> {
-  const quiet = createLogger({ ...config, logLevel: 'warn' });
-  const db = await openDatabase(config, quiet, { migrate: true });
+async function startOwn(config: Config, options: DrillOptions, openDatabase: OpenDatabase): Promise<Deployment> {
+  const db = await openDatabase(config);
   const merchant = await createMerchant(db.pool, `Drill ${new Date().toISOString()}`);
   const logFile = options.reportFile.replace(/\.html$/, '') + '.log';
   await mkdir(path.dirname(logFile), { recursive: true });

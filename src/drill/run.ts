@@ -14,7 +14,7 @@ import { attemptAnomalies } from '../payments/service.js';
 import type { Pool } from '../platform/db/pool.js';
 import { type BuyerResult, runBuyer } from './buyer.js';
 import { type Answer, DrillClient, sleep } from './client.js';
-import { type Deployment, openDeployment } from './deployment.js';
+import { type Deployment, type OpenDatabase, openDeployment } from './deployment.js';
 import type { DrillOptions } from './options.js';
 import { type DrillReport, renderReport, type Timeline } from './report.js';
 import { p99PerSecond, perSecond } from './stats.js';
@@ -39,11 +39,15 @@ interface Sale {
   itemId: string;
 }
 
-export async function runDrill(config: Config, options: DrillOptions, progress: NodeJS.WriteStream | undefined): Promise<DrillOutcome> {
-  const deployment = await openDeployment(config, options);
+export async function runDrill(
+  config: Config,
+  options: DrillOptions,
+  deps: { progress: NodeJS.WriteStream | undefined; openDatabase: OpenDatabase },
+): Promise<DrillOutcome> {
+  const deployment = await openDeployment(config, options, deps.openDatabase);
   const client = new DrillClient(deployment.url, { socketsMax: SOCKETS_MAX });
   try {
-    return await rehearse(deployment, client, options, progress);
+    return await rehearse(deployment, client, options, deps.progress);
   } finally {
     client.close();
     await deployment.close();

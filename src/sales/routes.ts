@@ -2,9 +2,8 @@
  * The HTTP edge of sales: sales and their items, holds, orders.
  */
 import { Type } from '@sinclair/typebox';
-import { QUEUE_LIMITS } from '../admission/domain.js';
-import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../payments/currency.js';
-import type { Cache } from '../platform/cache/cache.js';
+import { QUEUE_LIMITS } from '../admission/service.js';
+import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../money/currency.js';
 import { sendCached } from '../platform/cache/http.js';
 import { principalOf, requestContext } from '../platform/http/context.js';
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
@@ -150,11 +149,9 @@ function parseTimes(opensAt: string | undefined, closesAt: string | null | undef
 }
 
 export interface SaleCache {
-  cache: Cache<ReturnType<typeof sales.toApiSale> | null>;
+  cache: sales.SaleCache;
   staleMs: number;
 }
-
-const saleCacheKey = (merchantId: string, saleId: string) => `${merchantId}:${saleId}`;
 
 export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cache: SaleCache): void {
   app.post(
@@ -220,9 +217,7 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
     },
     async (request, reply) => {
       const merchantId = principalOf(request).merchantId;
-      const cached = await cache.cache.get(saleCacheKey(merchantId, request.params.id), () =>
-        sales.retrieveSale(deps.pool, merchantId, request.params.id).then((sale) => sale ?? null),
-      );
+      const cached = await sales.cachedSale(cache.cache, deps.pool, merchantId, request.params.id);
       if (cached.value === null) throw new ApiError('resource_missing', `No such sale: '${request.params.id}'`, 'id');
       return sendCached(request, reply, cached, { staleMs: cache.staleMs });
     },
@@ -261,7 +256,7 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
       const ctx = requestContext(request);
       const result = await sales.updateSale(deps, ctx, request.params.id, changes);
       // Every node drops its copy: the next public read shows the change at once.
-      if (result.status === 200) await cache.cache.invalidate(saleCacheKey(ctx.merchantId, request.params.id));
+      if (result.status === 200) await cache.cache.invalidate(sales.saleCacheKey(ctx.merchantId, request.params.id));
       return sendReply(reply, result);
     },
   );
