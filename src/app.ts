@@ -7,11 +7,13 @@ import type { FastifyBaseLogger } from 'fastify';
 import { registerQueueRoutes } from './admission/routes.js';
 import { createWaitingRoom, type WaitingRoom } from './admission/service.js';
 import type { Config } from './config.js';
+import { registerDashboard } from './dashboard/routes.js';
 import { registerEventRoutes } from './events/routes.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
 import { createAuthenticator } from './merchants/service.js';
 import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
-import { registerPaymentRoutes } from './payments/routes.js';
+import { createRefund, listRefunds } from './payments/refunds.js';
+import { completionReply, registerPaymentRoutes } from './payments/routes.js';
 import { createCache } from './platform/cache/cache.js';
 import { sealerFor } from './platform/crypto/sealed.js';
 import type { Pool } from './platform/db/pool.js';
@@ -128,6 +130,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
       throw new ApiError('secret_key_required', 'This endpoint needs a secret key (sk_test_...), not a publishable one.');
     }
     request.principal = result.principal;
+    request.log = request.log.child({ merchant_id: result.principal.merchantId });
   });
   app.addHook('onRequest', rateLimit.byKey);
 
@@ -193,6 +196,19 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     reads = ownReads;
   }
   registerReportRoutes(app, reads);
+
+  // The operator dashboard: sessions in Redis when there is one, else in PostgreSQL.
+  await registerDashboard(app, {
+    pool: deps.pool,
+    refunds: {
+      create: (ctx, params) => createRefund({ ...paymentDeps, present: completionReply }, ctx, params),
+      list: (merchantId, paymentIntentId, limit) => listRefunds(deps.pool, { merchantId, paymentIntentId, limit }),
+    },
+    webhooks: { pool: deps.pool, idempotency: paymentDeps.idempotency, sealer: sealerFor(deps.config.secretsKeys) },
+    metrics,
+    redis: deps.redis,
+    sessionTtlSeconds: deps.config.dashboardSessionTtlSeconds,
+  });
 
   // The surge path: the waiting room admits buyers, who then hold stock and order.
   const room = deps.waitingRoom ?? appWaitingRoom(deps.config, deps.redis, metrics);

@@ -47,6 +47,8 @@ export interface Config {
   readonly providerBreakerThreshold: number;
   readonly providerBreakerHalfOpenMs: number;
   readonly simulatorPort: number;
+  /** Port of a standalone worker's metrics listener (0: any free port). */
+  readonly workerMetricsPort: number;
   readonly simulatorLatencyMs: number;
   readonly simulatorErrorRate: number;
   readonly embeddedPostgresPort: number;
@@ -89,6 +91,11 @@ export interface Config {
   readonly replicaUrls: readonly string[];
   /** A replica further behind than this is skipped, and the report reads from the primary. */
   readonly replicaMaxLagMs: number;
+  /** An OTLP/HTTP collector; absent: no tracing. */
+  readonly otelEndpoint: string | undefined;
+  readonly otelServiceName: string;
+  /** How long a dashboard sign-in lasts. */
+  readonly dashboardSessionTtlSeconds: number;
 }
 
 export class ConfigError extends Error {
@@ -227,6 +234,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     providerBreakerThreshold: int('FLOODGATE_PROVIDER_BREAKER_THRESHOLD', 5, 1, 1000),
     providerBreakerHalfOpenMs: int('FLOODGATE_PROVIDER_BREAKER_HALF_OPEN_MS', 10_000, 100, 600_000),
     simulatorPort: int('FLOODGATE_SIMULATOR_PORT', 4010, 0, 65535),
+    // A worker serves no API, so Prometheus scrapes it on a port of its own (next to the API's 4000).
+    workerMetricsPort: int('FLOODGATE_WORKER_METRICS_PORT', 4002, 0, 65535),
     simulatorLatencyMs: int('FLOODGATE_SIMULATOR_LATENCY_MS', 0, 0, 60_000),
     simulatorErrorRate: fraction('FLOODGATE_SIMULATOR_ERROR_RATE', 0),
     embeddedPostgresPort: int('FLOODGATE_EMBEDDED_PG_PORT', 5488, 1024, 65535),
@@ -287,6 +296,11 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     // Five seconds: a report a few seconds old answers every question a merchant asks after a
     // sale, and a replica that far behind is in trouble the primary should not wait on.
     replicaMaxLagMs: int('FLOODGATE_REPLICA_MAX_LAG_MS', 5_000, 0, 3_600_000),
+    // The OpenTelemetry variables' standard names, so operators' existing settings apply.
+    otelEndpoint: url('OTEL_EXPORTER_OTLP_ENDPOINT', ['http:', 'https:']),
+    otelServiceName: env.OTEL_SERVICE_NAME || 'floodgate',
+    // A working day: an operator signs in once per shift, and a stolen cookie dies by the evening.
+    dashboardSessionTtlSeconds: int('FLOODGATE_DASHBOARD_SESSION_TTL_SECONDS', 12 * 3_600, 60, 7 * 86_400),
     ...overrides,
   };
   if (config.webhookRetryBaseMs > config.webhookRetryMaxMs) {

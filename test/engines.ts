@@ -1,9 +1,38 @@
 /**
- * Tests that need an engine the machine may lack (a PostgreSQL server binary, redis-server):
- * skipped with a message saying why when it is missing, but with CI=true a missing engine is a
- * failure, never a skip.
+ * Engines some tests need beyond the machine's PostgreSQL and Redis (a PostgreSQL server binary,
+ * redis-server, Prometheus, promtool, Chromium): where one is missing its tests are skipped with
+ * a message saying why; under CI=true a missing engine is a failure, since CI installs them.
  */
-import { existsSync } from 'node:fs';
+import { accessSync, constants, existsSync } from 'node:fs';
+import path from 'node:path';
+
+/** The binary's path if it is on PATH (or an absolute path that is executable), else undefined. */
+export function findBinary(name: string): string | undefined {
+  const candidates = path.isAbsolute(name) ? [name] : (process.env.PATH ?? '').split(path.delimiter).map((dir) => path.join(dir, name));
+  for (const candidate of candidates) {
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {}
+  }
+  return undefined;
+}
+
+/** For node:test's `skip` option: false when every binary is there, else why the tests are skipped. */
+export function binarySkip(...names: string[]): string | false {
+  const missing = names.filter((name) => !findBinary(name));
+  if (missing.length === 0) return false;
+  const message = `${missing.join(', ')} not installed (apt-get install ${missing.map(aptPackage).join(' ')})`;
+  if (process.env.CI === 'true') throw new Error(`CI=true and ${message}: .ci/run must install it`);
+  console.log(`# skipped: ${message}`);
+  return `skipped: ${message}`;
+}
+
+function aptPackage(binary: string): string {
+  if (binary === 'promtool') return 'prometheus';
+  if (binary.endsWith('chromium')) return 'chromium';
+  return path.basename(binary);
+}
 
 /** For node:test's `skip`: false when every path exists, else the reason. Throws under CI. */
 export function engineSkip(engine: string, paths: string[]): string | false {

@@ -194,6 +194,8 @@ export class WaitingRoom {
     if (!metrics) return;
     const labels = { sale: sale.id };
     metrics.waitingRoomLength.set(labels, outcome.waiting);
+    metrics.waitingRoomAdmitted.set({ ...labels, state: 'pending' }, outcome.pending);
+    metrics.waitingRoomAdmitted.set({ ...labels, state: 'shopping' }, outcome.shopping);
     if (outcome.admitted.length === 0) return;
     metrics.waitingRoomAdmissions.inc(labels, outcome.admitted.length);
     const opensAtMs = sale.opensAt.getTime();

@@ -9,12 +9,18 @@ import { RedisQueueStore } from '../admission/redis-store.js';
 import { appWaitingRoom, buildApp, WAITING_ROOM_KEY_PREFIX } from '../app.js';
 import { audit, formatReport } from '../audit/service.js';
 import { type Config, describeConfig } from '../config.js';
+import { generatePassword } from '../dashboard/passwords.js';
+import { createUser } from '../dashboard/service.js';
+import { DrillOptionError, type DrillOptions, parseDrillOptions } from '../drill/options.js';
+import { formatVerdict, runDrill } from '../drill/run.js';
 import * as merchants from '../merchants/service.js';
 import { PROVIDER_WEBHOOK_PATH } from '../payments/provider-webhooks.js';
 import { sealerFor } from '../platform/crypto/sealed.js';
+import { instrumentPool } from '../platform/db/metrics.js';
 import { registerQueueMetrics } from '../platform/jobs/metrics.js';
 import { formatQueue, selectQueue } from '../platform/jobs/queue.js';
 import { createMetrics } from '../platform/observability/metrics.js';
+import { startMetricsServer } from '../platform/observability/server.js';
 import { registerSalesMetrics } from '../sales/metrics.js';
 import { resealSecrets } from '../webhooks/service.js';
 import { clusterCommand } from './cluster/command.js';
@@ -30,7 +36,7 @@ import {
 } from './runtime.js';
 import { runWorker } from './worker.js';
 
-type Options = { json?: boolean; merchant?: string; kind?: string; dir?: string; api?: string; workers?: string };
+type Options = { json?: boolean; merchant?: string; kind?: string } & Record<string, string | boolean | undefined>;
 type Role = (config: Config, args: string[], options: Options) => Promise<number>;
 
 const DEMO_MERCHANT = 'Demo merchant';
@@ -51,9 +57,10 @@ async function serve(config: Config, log: Logger, options: { demo: boolean; work
   // Redis first: a REDIS_URL that does not answer stops the process before anything starts.
   const redis = await openSharedState(config, log);
   const db = await openDatabase(config, log, { migrate: true });
-  const webhookUrl = `http://127.0.0.1:${config.port}${PROVIDER_WEBHOOK_PATH}`;
-  const provider = await openProvider(config, log, webhookUrl);
   const metrics = createMetrics({ defaultMetrics: true });
+  instrumentPool(db.pool, metrics, { name: 'primary', max: config.dbPoolMax });
+  const webhookUrl = `http://127.0.0.1:${config.port}${PROVIDER_WEBHOOK_PATH}`;
+  const provider = await openProvider(config, log, { webhookUrl, metrics });
   registerQueueMetrics(metrics, db.pool);
   registerSalesMetrics(metrics, db.pool);
   // On SIGTERM the node fails /readyz first, so the balancer stops sending it requests, then
@@ -106,9 +113,16 @@ async function serve(config: Config, log: Logger, options: { demo: boolean; work
     await db.close();
   });
   await app.listen({ host: config.host, port: config.port });
-  const base = `http://${config.host === '0.0.0.0' ? '127.0.0.1' : config.host}:${config.port}`;
+  // FLOODGATE_PORT=0 takes any free port: say which, and point the in-process simulator's
+  // webhooks at it.
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : config.port;
+  const base = `http://${config.host === '0.0.0.0' ? '127.0.0.1' : config.host}:${port}`;
+  if (provider.simulator) provider.simulator.webhookUrl = `${base}${PROVIDER_WEBHOOK_PATH}`;
   log.info({ config: describeConfig(config) }, 'configuration');
   if (options.demo) await announceDemo(config, db.pool, base);
+  // Last: a supervisor (or a test) waiting for this line finds the demo merchant ready too.
+  log.info({ url: base }, 'API listening');
   return RUNNING;
 }
 
@@ -157,7 +171,7 @@ function missingSecretsKeys(command: string): number {
 }
 
 export const ROLES: Record<string, Role> = {
-  async start(config) {
+  async start(config, _args, options) {
     // One process: the in-process simulator and our webhook route share a secret made up here
     // unless one is configured. The waiting room's secret is made up here too: only this process
     // signs and checks admission tokens, and a restart loses its in-memory line with them.
@@ -171,7 +185,7 @@ export const ROLES: Record<string, Role> = {
       );
     }
     return serve(Object.freeze({ ...config, providerWebhookSecret: secret, admissionSecret }), log, {
-      demo: true,
+      demo: options['no-demo'] !== true,
       worker: true,
     });
   },
@@ -184,7 +198,10 @@ export const ROLES: Record<string, Role> = {
     if (!config.secretsKeys) return missingSecretsKeys('worker');
     const log = createLogger(config);
     const db = await openDatabase(config, log, { migrate: true });
-    const provider = await openProvider(config, log);
+    const metrics = createMetrics({ defaultMetrics: true });
+    instrumentPool(db.pool, metrics, { name: 'primary', max: config.dbPoolMax });
+    registerQueueMetrics(metrics, db.pool);
+    const provider = await openProvider(config, log, { metrics });
     // Paid and expired holds free their buyers' waiting-room slots, which live in Redis. Without
     // it the line is in the API process's memory, out of reach: slots then free themselves at
     // the shopping limit.
@@ -195,13 +212,17 @@ export const ROLES: Record<string, Role> = {
       config,
       pool: db.pool,
       provider: provider.provider,
+      metrics,
       log,
       releaseAdmission,
       onFailure: exitOnWorkerFailure(log),
     });
-    log.info({ concurrency: config.workerConcurrency }, 'worker running');
+    // A worker serves no API; Prometheus scrapes it here.
+    const metricsServer = await startMetricsServer({ registry: metrics.registry, host: config.host, port: config.workerMetricsPort });
+    log.info({ concurrency: config.workerConcurrency, metrics: `${metricsServer.url}/metrics` }, 'worker running');
     // Running jobs finish; jobs fetched but not started are handed back unlocked.
     onShutdown(log, config.shutdownTimeoutMs, async () => {
+      await metricsServer.close();
       await worker.stop();
       await redis?.close();
       await db.close();
@@ -231,7 +252,8 @@ export const ROLES: Record<string, Role> = {
   },
 
   async cluster(_config, args, options) {
-    return clusterCommand(args, options);
+    const text = (value: unknown) => (typeof value === 'string' ? value : undefined);
+    return clusterCommand(args, { dir: text(options.dir), api: text(options.api), workers: text(options.workers) });
   },
 
   async simulator(config) {
@@ -346,6 +368,69 @@ export const ROLES: Record<string, Role> = {
     });
   },
 
+  async users(config, args, options) {
+    const [action] = args;
+    const email = typeof options.email === 'string' ? options.email : undefined;
+    if (action !== 'create' || !options.merchant || !email) {
+      console.error(
+        'usage: floodgate users create --merchant MERCHANT_ID --email EMAIL [--json]  (password on stdin, or one is generated)',
+      );
+      return 2;
+    }
+    const merchantId = options.merchant;
+    // A password comes on stdin (never as an argument, which other users can see in ps); with a
+    // terminal or nothing piped, one is generated and shown once.
+    const piped = process.stdin.isTTY ? '' : ((await readStdin()).split('\n')[0]?.trim() ?? '');
+    const password = piped || generatePassword();
+    return withDatabase(config, async (db) => {
+      const result = await createUser(db.pool, { merchantId, email, password }, (id) => merchants.merchantExists(db.pool, id));
+      switch (result.kind) {
+        case 'invalid':
+          console.error(`floodgate: ${result.message}`);
+          return 2;
+        case 'merchant_missing':
+          console.error(`floodgate: no merchant ${merchantId}`);
+          return 1;
+        case 'email_taken':
+          console.error(`floodgate: a user with the email ${email} already exists`);
+          return 1;
+        case 'created': {
+          const shown = piped ? {} : { password };
+          if (options.json) console.log(JSON.stringify({ ...result.user, ...shown }));
+          else {
+            console.log(`user ${result.user.id} (${result.user.email}) of merchant ${result.user.merchant_id}`);
+            if (!piped) console.log(`password: ${password}\nShown once; only its scrypt hash is stored.`);
+            console.log('Sign in at /dashboard on any API node.');
+          }
+          return 0;
+        }
+      }
+    });
+  },
+
+  async drill(config, _args, options) {
+    let drillOptions: DrillOptions;
+    try {
+      drillOptions = parseDrillOptions(options, config.dataDir);
+    } catch (error) {
+      if (!(error instanceof DrillOptionError)) throw error;
+      console.error(`floodgate drill: ${error.message}`);
+      return 2;
+    }
+    const quiet = createLogger({ ...config, logLevel: 'warn' });
+    const outcome = await runDrill(config, drillOptions, {
+      progress: drillOptions.json ? undefined : process.stderr,
+      openDatabase: (drillConfig) => openDatabase(drillConfig, quiet, { migrate: true }),
+    });
+    if (drillOptions.json) console.log(JSON.stringify({ verdict: outcome.verdict, report: outcome.reportFile, json: outcome.jsonFile }));
+    else {
+      console.log(formatVerdict(outcome.verdict));
+      console.log(`\nreport: ${outcome.reportFile}\ndata:   ${outcome.jsonFile}${outcome.logFile ? `\nlogs:   ${outcome.logFile}` : ''}`);
+    }
+    // 1: an invariant failed, as `floodgate audit` does.
+    return outcome.verdict.ok ? 0 : 1;
+  },
+
   async audit(config, _args, options) {
     try {
       return await withDatabase(config, async (db) => {
@@ -360,3 +445,9 @@ export const ROLES: Record<string, Role> = {
     }
   },
 };
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString('utf8');
+}

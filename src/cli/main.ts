@@ -5,11 +5,15 @@ import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config.js';
 import { ROLES } from './commands.js';
 
+// The roles whose work is traced when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+const SERVING_ROLES = new Set(['start', 'api', 'worker']);
+
 const USAGE = `Usage: floodgate <command> [options]
 
 Commands:
-  start                          everything in one process: API, provider simulator, embedded
+  start [--no-demo]              everything in one process: API, provider simulator, embedded
                                  PostgreSQL when DATABASE_URL is unset; creates a demo merchant
+                                 and prints its keys (--no-demo: neither)
   api                            a stateless API node (needs DATABASE_URL and FLOODGATE_PROVIDER_URL)
   worker                         run jobs: reconciliation, housekeeping, webhook deliveries
                                  (needs DATABASE_URL and FLOODGATE_PROVIDER_URL)
@@ -26,8 +30,17 @@ Commands:
   keys revoke KEY_ID             revoke a key (by its key_... id)
   secrets reseal                 seal every webhook secret again with the first key of
                                  FLOODGATE_SECRETS_KEYS (a key rotation's last step)
+  users create --merchant ID --email EMAIL [--json]
+                                 a dashboard user (password on stdin, else generated and shown once)
   audit [--json]                 check the money invariants; exit 1 on any violation,
                                  2 when the audit cannot run
+  drill [options]                rehearse a sale: a calm baseline, then a surge of buyers who
+                                 queue, hold, order and pay; audit, verdict table, HTML report;
+                                 exit 1 when an invariant fails. Options:
+      --target URL --secret-key KEY   a running deployment (default: a start of its own)
+      --buyers N (500)  --surge X (10)  --rate R (20 admissions/s)  --duration S (60)
+      --stock UNITS (buyers/2)  --baseline N  --abandon SHARE (0.05)
+      --report FILE (./.floodgate/drills/drill-<time>.html)  --no-progress  --json
   help                           this text
 
 Configuration is read from the environment; see README.md.`;
@@ -44,6 +57,22 @@ async function main(argv: string[]): Promise<number> {
       api: { type: 'string' },
       workers: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
+      // floodgate drill
+      target: { type: 'string' },
+      'secret-key': { type: 'string' },
+      buyers: { type: 'string' },
+      surge: { type: 'string' },
+      rate: { type: 'string' },
+      duration: { type: 'string' },
+      stock: { type: 'string' },
+      baseline: { type: 'string' },
+      abandon: { type: 'string' },
+      report: { type: 'string' },
+      'no-progress': { type: 'boolean', default: false },
+      // floodgate users create
+      email: { type: 'string' },
+      // floodgate start
+      'no-demo': { type: 'boolean', default: false },
     },
   });
   const [command, ...rest] = positionals;
@@ -57,6 +86,13 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const config = loadConfig();
+  // Tracing starts before any role serves, so the first request is traced too.
+  if (config.otelEndpoint && SERVING_ROLES.has(command)) {
+    const { startTracing } = await import('../platform/observability/tracing-sdk.js');
+    const tracing = startTracing({ endpoint: config.otelEndpoint, serviceName: config.otelServiceName });
+    process.once('beforeExit', () => void tracing.shutdown());
+    for (const signal of ['SIGINT', 'SIGTERM'] as const) process.prependOnceListener(signal, () => void tracing.shutdown());
+  }
   return role(config, rest, values);
 }
 

@@ -3,20 +3,23 @@
  * the provider (in-process simulator or FLOODGATE_PROVIDER_URL), Redis (REDIS_URL, else
  * single-node mode), logging and shutdown.
  */
-import { pino } from 'pino';
+import type { pino } from 'pino';
 import { type Config, maskUrl } from '../config.js';
 import { startEmbeddedPostgres } from '../platform/db/embedded.js';
 import { migrate } from '../platform/db/migrate.js';
 import { createPool, type Pool } from '../platform/db/pool.js';
 import { migrateJobs } from '../platform/jobs/runner.js';
+import { createLogger as createProcessLogger } from '../platform/observability/logging.js';
+import type { Metrics } from '../platform/observability/metrics.js';
 import { openRedis, type RedisConnections } from '../platform/redis/client.js';
 import { HttpProvider } from '../providers/http-provider.js';
+import { observeProviderCalls, registerBreakerMetric } from '../providers/metrics.js';
 import { buildSimulatorApp, ProviderSimulator } from '../providers/simulator/server.js';
 
 export type Logger = pino.Logger;
 
-export function createLogger(config: Config): Logger {
-  return pino({ level: config.logLevel, base: { service: 'floodgate' } });
+export function createLogger(config: Pick<Config, 'logLevel'>): Logger {
+  return createProcessLogger({ level: config.logLevel });
 }
 
 export interface Database {
@@ -92,6 +95,8 @@ export async function openSharedState(config: Config, log: Logger): Promise<Redi
 export interface ProviderHandle {
   provider: HttpProvider;
   simulatorUrl?: string;
+  /** The in-process simulator, when one runs: its webhook URL is set once the API listens. */
+  simulator?: ProviderSimulator;
   close(): Promise<void>;
 }
 
@@ -99,13 +104,19 @@ export interface ProviderHandle {
  * The provider connector; without FLOODGATE_PROVIDER_URL, a simulator runs in this process and
  * sends its webhooks to `webhookUrl` (our own API), signed with the config's secret.
  */
-export async function openProvider(config: Config, log: Logger, webhookUrl?: string): Promise<ProviderHandle> {
+export async function openProvider(
+  config: Config,
+  log: Logger,
+  options: { webhookUrl?: string; metrics?: Metrics } = {},
+): Promise<ProviderHandle> {
   let baseUrl = config.providerUrl;
   let close = async () => {};
+  let simulator: ProviderSimulator | undefined;
   if (!baseUrl) {
-    const simulator = await startSimulator({ ...config, simulatorWebhookUrl: webhookUrl ?? config.simulatorWebhookUrl });
-    baseUrl = simulator.url;
-    close = simulator.close;
+    const started = await startSimulator({ ...config, simulatorWebhookUrl: options.webhookUrl ?? config.simulatorWebhookUrl });
+    baseUrl = started.url;
+    close = started.close;
+    simulator = started.simulator;
     log.info({ url: baseUrl }, 'provider simulator running in-process');
   }
   const provider = new HttpProvider({
@@ -113,8 +124,10 @@ export async function openProvider(config: Config, log: Logger, webhookUrl?: str
     timeoutMs: config.providerTimeoutMs,
     breakerThreshold: config.providerBreakerThreshold,
     halfOpenMs: config.providerBreakerHalfOpenMs,
+    observe: options.metrics ? observeProviderCalls(options.metrics) : undefined,
   });
-  return { provider, simulatorUrl: config.providerUrl ? undefined : baseUrl, close };
+  if (options.metrics) registerBreakerMetric(options.metrics, provider);
+  return { provider, simulatorUrl: config.providerUrl ? undefined : baseUrl, simulator, close };
 }
 
 export async function startSimulator(config: Config, host = '127.0.0.1') {

@@ -87,3 +87,7 @@ export function createAuthenticator(pool: Pool, ttlMs: number) {
 export function toUnix(date: Date): number {
   return Math.floor(date.getTime() / 1000);
 }
+
+export async function merchantExists(pool: Pool, merchantId: string): Promise<boolean> {
+  return (await sql.selectMerchant(pool, merchantId)) !== undefined;
+}

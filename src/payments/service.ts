@@ -310,3 +310,33 @@ export async function listPaymentIntents(pool: Pool, merchantId: string, limit: 
   const rows = await sql.selectIntents(pool, merchantId, limit + 1, startingAfter);
   return page(rows.map(toApiIntent), limit, '/v1/payment_intents');
 }
+
+// A payment's page shows at most this many attempts; more means something is very wrong.
+const ATTEMPTS_SHOWN_MAX = 100;
+
+/** A payment's provider attempts, for the operator dashboard. */
+export async function listAttempts(pool: Pool, merchantId: string, intentId: string) {
+  const rows = await sql.selectAttemptsOfIntent(pool, merchantId, intentId, ATTEMPTS_SHOWN_MAX);
+  return rows.map((row) => ({
+    id: row.id,
+    operation: row.operation,
+    amount: row.amount,
+    status: row.status,
+    error_code: row.error_code,
+    created: row.created_at ? Math.floor(row.created_at.getTime() / 1000) : null,
+  }));
+}
+
+/** Newest intents in one status (the dashboard's filter). */
+export async function listPaymentIntentsWithStatus(pool: Pool, merchantId: string, status: string, limit: number, startingAfter?: string) {
+  const rows = await sql.selectIntentsWithStatus(pool, merchantId, status, limit + 1, startingAfter);
+  return page(rows.map(toApiIntent), limit, '/v1/payment_intents');
+}
+
+/**
+ * For a drill's verdict: provider attempts not settled, and payments authorized more than once
+ * (a double charge). Both must be 0 once reconciliation has run.
+ */
+export function attemptAnomalies(pool: Pool, merchantId: string) {
+  return sql.selectAttemptAnomalies(pool, merchantId);
+}

@@ -356,3 +356,49 @@ export async function insertProviderEvent(db: Queryable, merchantId: string, pro
 }
 
 export * from './refunds-sql.js';
+
+/** A payment's provider attempts, oldest first, for the operator dashboard. */
+export async function selectAttemptsOfIntent(db: Queryable, merchantId: string, intentId: string, limit: number): Promise<AttemptRow[]> {
+  const { rows } = await db.query<AttemptRow>({
+    name: 'payments_select_attempts_of_intent',
+    text: `select merchant_id, id, payment_intent_id, refund_id, operation, amount, provider_idempotency_key, status,
+                  provider_reference, error_code, created_at
+             from payment_attempts where merchant_id = $1 and payment_intent_id = $2 order by id limit $3`,
+    values: [merchantId, intentId, limit],
+  });
+  return rows;
+}
+
+/**
+ * Newest intents in one status. No index serves the status: this walks the merchant's intents
+ * newest first until it has `limit`, which is what an operator's filter needs (recent ones).
+ */
+export async function selectIntentsWithStatus(
+  db: Queryable,
+  merchantId: string,
+  status: string,
+  limit: number,
+  startingAfter?: string,
+): Promise<PaymentIntentRow[]> {
+  const { rows } = await db.query<PaymentIntentRow>({
+    name: 'payments_select_intents_with_status',
+    text: `select ${INTENT_COLUMNS} from payment_intents
+           where merchant_id = $1 and status = $2 and ($3::text is null or id < $3)
+           order by id desc limit $4`,
+    values: [merchantId, status, startingAfter ?? null, limit],
+  });
+  return rows;
+}
+
+/** Attempts that are not settled (started, unknown) and payments authorized more than once. */
+export async function selectAttemptAnomalies(db: Queryable, merchantId: string): Promise<{ open: number; authorized_twice: number }> {
+  const { rows } = await db.query<{ open: number; authorized_twice: number }>({
+    name: 'payments_select_attempt_anomalies',
+    text: `select (select count(*)::int from payment_attempts where merchant_id = $1 and status in ('started', 'unknown')) as open,
+                  (select count(*)::int from (select payment_intent_id from payment_attempts
+                                               where merchant_id = $1 and operation = 'authorize' and status = 'succeeded'
+                                               group by payment_intent_id having count(*) > 1) as doubled) as authorized_twice`,
+    values: [merchantId],
+  });
+  return rows[0] ?? { open: 0, authorized_twice: 0 };
+}

@@ -9,7 +9,9 @@
  * `unknown` for reconciliation to resolve by key; only the calls refused by the open breaker
  * are `unavailable` (certainly not sent).
  */
+import { performance } from 'node:perf_hooks';
 import { BrokenCircuitError, CircuitState, ConsecutiveBreaker, circuitBreaker, handleType } from 'cockatiel';
+import { inSpan, SpanKind, traceCarrier } from '../platform/observability/tracing.js';
 import type { AuthorizeRequest, PaymentProvider, ProviderCharge, ProviderOperation, ProviderOutcome, ProviderRefund } from './provider.js';
 
 export interface HttpProviderOptions {
@@ -17,7 +19,11 @@ export interface HttpProviderOptions {
   timeoutMs: number;
   breakerThreshold: number;
   halfOpenMs: number;
+  /** Told of every call's duration and outcome, for metrics. */
+  observe?: (operation: ProviderCallName, outcome: ProviderOutcome<unknown>['kind'], seconds: number) => void;
 }
+
+export type ProviderCallName = 'authorize' | 'capture' | 'cancel' | 'refund' | 'retrieve';
 
 /** The provider could not be reached or answered with a server error. */
 class TransportError extends Error {
@@ -73,24 +79,36 @@ export class HttpProvider implements PaymentProvider {
 
   authorize(request: AuthorizeRequest): Promise<ProviderOutcome<ProviderCharge>> {
     const body = { amount: request.amount, currency: request.currency, payment_method: request.paymentMethod, capture: request.capture };
-    return this.call('POST', '/v1/charges', request.idempotencyKey, body, toCharge);
+    return this.timed('authorize', () => this.call('POST', '/v1/charges', request.idempotencyKey, body, toCharge));
   }
 
   capture(request: { idempotencyKey: string; reference: string; amount: number }) {
     const path = `/v1/charges/${encodeURIComponent(request.reference)}/capture`;
-    return this.call('POST', path, request.idempotencyKey, { amount: request.amount }, toCharge);
+    return this.timed('capture', () => this.call('POST', path, request.idempotencyKey, { amount: request.amount }, toCharge));
   }
 
   cancel(request: { idempotencyKey: string; reference: string }) {
-    return this.call('POST', `/v1/charges/${encodeURIComponent(request.reference)}/cancel`, request.idempotencyKey, {}, toCharge);
+    const path = `/v1/charges/${encodeURIComponent(request.reference)}/cancel`;
+    return this.timed('cancel', () => this.call('POST', path, request.idempotencyKey, {}, toCharge));
   }
 
   refund(request: { idempotencyKey: string; reference: string; amount: number }) {
     const path = `/v1/charges/${encodeURIComponent(request.reference)}/refunds`;
-    return this.call('POST', path, request.idempotencyKey, { amount: request.amount }, toRefund);
+    return this.timed('refund', () => this.call('POST', path, request.idempotencyKey, { amount: request.amount }, toRefund));
   }
 
-  async retrieve(idempotencyKey: string): Promise<ProviderOutcome<ProviderOperation | null>> {
+  retrieve(idempotencyKey: string): Promise<ProviderOutcome<ProviderOperation | null>> {
+    return this.timed('retrieve', () => this.retrieveOnce(idempotencyKey));
+  }
+
+  private async timed<T>(operation: ProviderCallName, run: () => Promise<ProviderOutcome<T>>): Promise<ProviderOutcome<T>> {
+    const started = performance.now();
+    const outcome = await run();
+    this.options.observe?.(operation, outcome.kind, (performance.now() - started) / 1000);
+    return outcome;
+  }
+
+  private async retrieveOnce(idempotencyKey: string): Promise<ProviderOutcome<ProviderOperation | null>> {
     const outcome = await this.send('GET', `/v1/operations/${encodeURIComponent(idempotencyKey)}`, undefined, undefined);
     if (outcome.kind !== 'answered') return outcome;
     const { status, body } = outcome.response;
@@ -135,12 +153,29 @@ export class HttpProvider implements PaymentProvider {
   }
 
   private async fetchOnce(method: string, path: string, idempotencyKey: string | undefined, body: unknown): Promise<RawResponse> {
-    const headers: Record<string, string> = { accept: 'application/json' };
+    const url = new URL(path, this.options.baseUrl);
+    // A client span per call (HTTP semantic conventions), its context sent on as traceparent.
+    return inSpan(
+      method,
+      {
+        kind: SpanKind.CLIENT,
+        attributes: { 'http.request.method': method, 'url.full': url.origin + url.pathname, 'server.address': url.hostname },
+      },
+      async (span) => {
+        const response = await this.fetchInSpan(method, url, idempotencyKey, body);
+        span.setAttribute('http.response.status_code', response.status);
+        return response;
+      },
+    );
+  }
+
+  private async fetchInSpan(method: string, url: URL, idempotencyKey: string | undefined, body: unknown): Promise<RawResponse> {
+    const headers: Record<string, string> = { accept: 'application/json', ...traceCarrier() };
     if (idempotencyKey) headers['idempotency-key'] = idempotencyKey;
     if (body !== undefined) headers['content-type'] = 'application/json';
     let response: Response;
     try {
-      response = await fetch(new URL(path, this.options.baseUrl), {
+      response = await fetch(url, {
         method,
         headers,
         body: body === undefined ? undefined : JSON.stringify(body),

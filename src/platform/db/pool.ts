@@ -1,4 +1,5 @@
 import pg from 'pg';
+import { traceCarrier } from '../observability/tracing.js';
 
 // PostgreSQL returns bigint (int8) and numeric as strings by default. Amounts are minor units
 // capped far below 2^53 by the payment domain, so parsing int8 to a JS number is exact.
@@ -47,6 +48,16 @@ export async function withTransaction<T>(pool: Pool, fn: (client: Client) => Pro
   let suspect = false;
   try {
     await client.query('begin');
+    // With tracing on, jobs that database triggers add in this transaction continue its trace
+    // (see migrations/008): one more statement per transaction, only then.
+    const { traceparent } = traceCarrier();
+    if (traceparent) {
+      await client.query({
+        name: 'trace_set_context',
+        text: `select set_config('floodgate.traceparent', $1, true)`,
+        values: [traceparent],
+      });
+    }
     const result = await fn(client);
     await commitReplicated(client);
     return result;

@@ -3,6 +3,7 @@
  * request-duration metrics by route, and OpenAPI generated from the route schemas.
  */
 
+import { randomBytes } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
@@ -10,6 +11,7 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, LogController } from 'fastify';
 import { isDatabaseUnavailable } from '../db/errors.js';
 import type { Metrics } from '../observability/metrics.js';
+import { context, contextFrom, SpanKind, SpanStatusCode, trace, tracer } from '../observability/tracing.js';
 import { isRedisUnavailable } from '../redis/client.js';
 import { ApiError, errorBody } from './errors.js';
 import { validatorCompiler } from './validation.js';
@@ -61,10 +63,17 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     trustProxy: typeof options.trustProxy === 'number' ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
     // A line per request is too much at surge rates; errors are still logged, and request
     // rates and latencies are in /metrics.
-    logController: new LogController({ disableRequestLogging: true }),
+    logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'request_id' }),
     // Ids in our URLs are short; anything longer is not ours.
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
+    // Every log line of a request carries its id: the caller's X-Request-Id when it is a sane
+    // one (a balancer's), else one of ours; the response says which.
+    requestIdHeader: false,
+    genReqId: (request) => {
+      const given = request.headers['x-request-id'];
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : `req_${randomBytes(9).toString('base64url')}`;
+    },
     // The router's own errors (a badly encoded path, an over-long parameter) never reach the
     // error handler; without this they were answered in Fastify's shape, not ours.
     // Requests Node's HTTP parser refuses (a control byte in a header, headers too large, a
@@ -124,8 +133,43 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     reply.code(404).send(errorBody('route_not_found', `No route ${request.method} ${request.url.split('?')[0]}; see /docs.`)),
   );
 
+  // First of all hooks: the request's span, made the active context for everything after it
+  // (the other hooks, the handler, its SQL and provider calls), continuing a caller's traceparent.
+  app.addHook('onRequest', (request, reply, done) => {
+    const route = request.routeOptions.url;
+    const span = tracer.startSpan(
+      route ? `${request.method} ${route}` : request.method,
+      {
+        kind: SpanKind.SERVER,
+        attributes: {
+          'http.request.method': request.method,
+          'url.path': request.url.split('?')[0],
+          'url.scheme': request.protocol,
+          ...(route ? { 'http.route': route } : {}),
+          'client.address': request.ip,
+        },
+      },
+      contextFrom(request.headers),
+    );
+    requestSpans.set(request, span);
+    request.log = request.log.child({ route: route ?? 'unmatched' });
+    reply.header('x-request-id', request.id);
+    context.with(trace.setSpan(contextFrom(request.headers), span), done);
+  });
+
   app.addHook('onResponse', async (request, reply) => {
+    const span = requestSpans.get(request);
+    if (span) {
+      span.setAttribute('http.response.status_code', reply.statusCode);
+      if (reply.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+      span.end();
+    }
     const route = request.routeOptions.url ?? 'unmatched';
+    // Off at the default level (a line per request is too much in a surge); on with debug.
+    request.log.debug(
+      { method: request.method, status: reply.statusCode, duration_ms: Math.round(reply.elapsedTime * 10) / 10 },
+      'request completed',
+    );
     options.metrics.httpDuration.observe(
       { method: request.method, route, status_class: `${Math.floor(reply.statusCode / 100)}xx` },
       reply.elapsedTime / 1000,
@@ -186,6 +230,11 @@ export function clientErrorRefusal(code: string | undefined): ApiError {
       return new ApiError('request_malformed', 'The request is not valid HTTP/1.1.');
   }
 }
+// Each request's server span, ended when the response has gone.
+const requestSpans = new WeakMap<object, import('@opentelemetry/api').Span>();
+
+// Letters, digits and - _ . : up to 128 characters (UUIDs, balancer ids); anything else is replaced.
+const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
 
 function trustHops(hops: number) {
   return (_address: string, hop: number) => hop < hops;

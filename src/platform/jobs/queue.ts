@@ -3,6 +3,13 @@
  * exists exactly when its cause committed (graphile-worker keeps jobs in PostgreSQL).
  */
 import type { Queryable } from '../db/pool.js';
+import { TRACE_PAYLOAD_KEY, traceCarrier } from '../observability/tracing.js';
+
+/** The payload with the current trace context, so the job's run continues the trace that added it. */
+function withTraceContext(payload: Record<string, unknown>): Record<string, unknown> {
+  const carrier = traceCarrier();
+  return Object.keys(carrier).length > 0 ? { ...payload, [TRACE_PAYLOAD_KEY]: carrier } : payload;
+}
 
 export interface JobOptions {
   runAt?: Date;
@@ -22,7 +29,7 @@ export async function addJob(db: Queryable, task: string, payload: Record<string
              job_key => $6, priority => $7, job_key_mode => $8)`,
     values: [
       task,
-      JSON.stringify(payload),
+      JSON.stringify(withTraceContext(payload)),
       options.queueName ?? null,
       options.runAt ?? null,
       options.maxAttempts ?? null,

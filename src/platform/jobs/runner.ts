@@ -13,6 +13,7 @@ import { Logger, type Runner, run, runMigrations, type TaskList, type WorkerEven
 import type { Logger as PinoLogger } from 'pino';
 import type { Pool, Queryable } from '../db/pool.js';
 import type { Metrics } from '../observability/metrics.js';
+import { contextFrom, inSpan, SpanKind, TRACE_PAYLOAD_KEY } from '../observability/tracing.js';
 
 export interface WorkerOptions {
   pool: Pool;
@@ -57,6 +58,35 @@ export async function migrateJobs(pool: Pool): Promise<void> {
   await runMigrations({ pgPool: pool, logger: quietLogger() });
 }
 
+/**
+ * Each task runs in a consumer span that continues the trace of the transaction that added the
+ * job; the trace context is taken out of the payload before the task sees it.
+ */
+function traced(tasks: TaskList): TaskList {
+  const wrapped: TaskList = {};
+  for (const [name, task] of Object.entries(tasks)) {
+    wrapped[name] = (payload, helpers) => {
+      let body = payload;
+      let carrier: unknown;
+      if (payload && typeof payload === 'object' && !Array.isArray(payload) && TRACE_PAYLOAD_KEY in payload) {
+        const { [TRACE_PAYLOAD_KEY]: found, ...rest } = payload as Record<string, unknown>;
+        carrier = found;
+        body = rest;
+      }
+      const attributes = {
+        'messaging.system': 'graphile_worker',
+        'messaging.operation.type': 'process',
+        'messaging.destination.name': name,
+        'messaging.message.id': helpers.job.id,
+      };
+      return inSpan(`process ${name}`, { kind: SpanKind.CONSUMER, attributes, parent: contextFrom(carrier) }, async () =>
+        (task as NonNullable<typeof task>)(body, helpers),
+      );
+    };
+  }
+  return wrapped;
+}
+
 export interface Worker {
   runner: Runner;
   stop(): Promise<void>;
@@ -67,7 +97,7 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   observe(events, options);
   const runner = await run({
     pgPool: options.pool,
-    taskList: options.tasks,
+    taskList: traced(options.tasks),
     // An empty crontab would make graphile-worker look for a crontab file.
     crontab: options.crontab || '# no periodic tasks',
     concurrency: options.concurrency,

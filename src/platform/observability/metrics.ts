@@ -10,6 +10,10 @@ const JOB_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5
 const WEBHOOK_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 // A surge's waiting room is passed in seconds when quiet and in up to an hour or two at peak.
 const WAIT_BUCKETS_SECONDS = [1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200];
+// Statements take from a fraction of a millisecond (a key lookup) to the statement timeout.
+const QUERY_BUCKETS_SECONDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10];
+// Provider calls take tens of milliseconds when healthy and up to the provider timeout (10 s).
+const PROVIDER_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30];
 
 export interface Metrics {
   registry: Registry;
@@ -23,12 +27,15 @@ export interface Metrics {
   waitingRoomAdmissions: Counter<'sale'>;
   waitingRoomWaitSeconds: Histogram<'sale'>;
   holdBatchSize: Histogram;
+  waitingRoomAdmitted: Gauge<'sale' | 'state'>;
+  dbQueryDuration: Histogram<'statement' | 'outcome'>;
+  providerDuration: Histogram<'operation' | 'outcome'>;
 }
 
 /** A registry per app instance, so tests can build many apps in one process. */
 export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
   const registry = new Registry();
-  if (options.defaultMetrics) collectDefaultMetrics({ register: registry, prefix: 'floodgate_' });
+  if (options.defaultMetrics) collectProcessMetrics(registry);
   const httpDuration = new Histogram({
     name: 'floodgate_http_request_duration_seconds',
     help: 'HTTP request duration by route and status class',
@@ -94,9 +101,32 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
     registers: [registry],
   });
+  const waitingRoomAdmitted = new Gauge({
+    name: 'floodgate_waiting_room_admitted',
+    help: 'Admitted buyers of the sale by state (pending: token not yet used; shopping: holding), as last seen by this node',
+    labelNames: ['sale', 'state'] as const,
+    registers: [registry],
+  });
+  const dbQueryDuration = new Histogram({
+    name: 'floodgate_db_query_duration_seconds',
+    help: 'SQL statement duration by prepared statement name (other: unnamed statements) and outcome (ok, error)',
+    labelNames: ['statement', 'outcome'] as const,
+    buckets: QUERY_BUCKETS_SECONDS,
+    registers: [registry],
+  });
+  const providerDuration = new Histogram({
+    name: 'floodgate_provider_request_duration_seconds',
+    help: 'Payment provider call duration by operation and outcome (answered, declined, unknown, unavailable)',
+    labelNames: ['operation', 'outcome'] as const,
+    buckets: PROVIDER_BUCKETS_SECONDS,
+    registers: [registry],
+  });
   return {
     registry,
     holdBatchSize,
+    waitingRoomAdmitted,
+    dbQueryDuration,
+    providerDuration,
     httpDuration,
     jobDuration,
     jobFailures,
@@ -107,4 +137,19 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     waitingRoomAdmissions,
     waitingRoomWaitSeconds,
   };
+}
+
+// prom-client's defaults name three gauges with a `_total` suffix, which Prometheus reserves for
+// counters (`promtool check metrics` refuses them); floodgate_nodejs_active_resources (by type)
+// already says the same.
+const MISNAMED_DEFAULTS = [
+  'floodgate_nodejs_active_handles_total',
+  'floodgate_nodejs_active_requests_total',
+  'floodgate_nodejs_active_resources_total',
+];
+
+/** CPU, memory, event-loop lag, GC and heap of this process, all prefixed floodgate_. */
+function collectProcessMetrics(registry: Registry): void {
+  collectDefaultMetrics({ register: registry, prefix: 'floodgate_' });
+  for (const name of MISNAMED_DEFAULTS) registry.removeSingleMetric(name);
 }
