@@ -2,12 +2,18 @@
  * Builds the HTTP app from its dependencies. No listen here: processes call listen, tests use
  * app.inject().
  */
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
+import path from 'node:path';
 import type { FastifyBaseLogger } from 'fastify';
 import { registerQueueRoutes } from './admission/routes.js';
 import { createWaitingRoom } from './admission/service.js';
 import type { Config } from './config.js';
 import { registerEventRoutes } from './events/routes.js';
+import { RedisSessionStore } from './hosted/redis-sessions.js';
+import { registerHostedRoutes } from './hosted/routes.js';
+import { createHostedSaleReader } from './hosted/service.js';
+import type { SessionStore } from './hosted/sessions.js';
+import { PostgresSessionStore } from './hosted/sql.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
 import { createAuthenticator } from './merchants/service.js';
 import { onPaymentSucceeded } from './payments/hooks.js';
@@ -20,6 +26,7 @@ import { createRateLimit } from './platform/http/rate-limit.js';
 import { checkReadiness, type ReadinessCheck } from './platform/http/readiness.js';
 import { createHttpServer, type HttpServer } from './platform/http/server.js';
 import { createShedder, type Shedder } from './platform/http/shedding.js';
+import { loadStaticAssets, type StaticAsset } from './platform/http/static-assets.js';
 import { createMetrics, type Metrics } from './platform/observability/metrics.js';
 import type { RedisConnections } from './platform/redis/client.js';
 import type { PaymentProvider } from './providers/provider.js';
@@ -41,7 +48,14 @@ export interface AppDeps {
   readinessChecks?: ReadinessCheck[];
   /** Tests pass one with their own delay source and step it; otherwise made from config. */
   shedder?: Shedder;
+  /** The provider as buyers' browsers reach it (the in-process simulator's URL under `start`). */
+  providerPublicUrl?: string;
+  /** Where hosted-page sessions live; default: Redis when given, else PostgreSQL. */
+  sessions?: SessionStore;
 }
+
+const WEB_DIR = path.resolve(import.meta.dirname, '..', 'web');
+const HOSTED_ASSET_FILES = ['hosted.js', 'hosted.css'];
 
 /** What a buyer is told when their admission token does not admit them. */
 const ADMISSION_REFUSALS = {
@@ -154,19 +168,41 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     redis: deps.redis,
   });
   app.addHook('onClose', async () => saleCache.close());
-  registerQueueRoutes(app, { room, lookup: createSaleLookup(deps.pool, deps.config.cacheStaleMs) });
-  registerSalesRoutes(
-    app,
-    {
-      pool: deps.pool,
-      idempotency: paymentDeps.idempotency,
-      admit: async (token, saleId, buyerReference) => {
-        const result = await room.consumeAdmission(token, saleId, buyerReference);
-        return result.kind === 'ok' ? { ok: true, ticketId: result.ticketId } : { ok: false, reason: ADMISSION_REFUSALS[result.kind] };
-      },
-      releaseAdmission: (saleId, ticketId) => room.releaseAdmission(saleId, ticketId),
+  const salesDeps = {
+    pool: deps.pool,
+    idempotency: paymentDeps.idempotency,
+    admit: async (token: string, saleId: string, buyerReference: string) => {
+      const result = await room.consumeAdmission(token, saleId, buyerReference);
+      return result.kind === 'ok'
+        ? ({ ok: true, ticketId: result.ticketId } as const)
+        : ({ ok: false, reason: ADMISSION_REFUSALS[result.kind] } as const);
     },
-    { cache: saleCache, staleMs: deps.config.cacheStaleMs },
-  );
+    releaseAdmission: (saleId: string, ticketId: string) => room.releaseAdmission(saleId, ticketId),
+  };
+  const publicUrl =
+    deps.config.publicUrl ?? `http://${deps.config.host === '0.0.0.0' ? '127.0.0.1' : deps.config.host}:${deps.config.port}`;
+  const lookup = createSaleLookup(deps.pool, deps.config.cacheStaleMs);
+  registerQueueRoutes(app, { room, lookup });
+  registerSalesRoutes(app, salesDeps, { cache: saleCache, staleMs: deps.config.cacheStaleMs }, publicUrl);
+
+  // The hosted sale page (/s/:sale): sessions in Redis when there is one, else PostgreSQL.
+  const assets = await loadStaticAssets(path.join(WEB_DIR, 'hosted'), HOSTED_ASSET_FILES, '/assets/hosted');
+  registerHostedRoutes(app, {
+    sales: salesDeps,
+    payments: paymentDeps,
+    room,
+    lookup,
+    sessions: deps.sessions ?? (deps.redis ? new RedisSessionStore(deps.redis.client) : new PostgresSessionStore(deps.pool)),
+    sessionTtlMs: deps.config.hostedSessionTtlSeconds * 1000,
+    staleMs: deps.config.cacheStaleMs,
+    readSale: createHostedSaleReader(deps.pool, deps.config.cacheStaleMs),
+    // Without a secret of its own, the cookie key is derived from the admission secret, which
+    // every node already shares: one secret to configure, two independent keys.
+    cookieSecret:
+      deps.config.sessionSecret ??
+      createHmac('sha256', admissionConfig.admissionSecret).update('floodgate hosted session cookie').digest('base64url'),
+    providerPublicUrl: deps.providerPublicUrl ?? deps.config.providerPublicUrl ?? deps.config.providerUrl ?? 'http://127.0.0.1:4010',
+    assets: { css: assets.get('hosted.css') as StaticAsset, js: assets.get('hosted.js') as StaticAsset },
+  });
   return app;
 }

@@ -65,6 +65,13 @@ export interface Config {
   readonly admissionSecret: string | undefined;
   readonly admissionTokenTtlSeconds: number;
   readonly admissionShoppingMaxSeconds: number;
+  /** The address buyers reach this service at: the base of each sale's hosted_url. Unset: http://host:port. */
+  readonly publicUrl: string | undefined;
+  /** The provider as a buyer's browser reaches it (card tokenization). Unset: FLOODGATE_PROVIDER_URL or the in-process simulator. */
+  readonly providerPublicUrl: string | undefined;
+  /** Signs hosted-page session cookies; the same on every API node. Unset: derived from the admission secret. */
+  readonly sessionSecret: string | undefined;
+  readonly hostedSessionTtlSeconds: number;
 }
 
 export class ConfigError extends Error {
@@ -229,6 +236,11 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     // A buyer holding stock keeps their shopper slot until released, or this long at most:
     // longer than a hold plus its payment, so only a buyer who left without a release loses it.
     admissionShoppingMaxSeconds: int('FLOODGATE_ADMISSION_SHOPPING_MAX_SECONDS', 1_800, 60, 86_400),
+    publicUrl: url('FLOODGATE_PUBLIC_URL', ['http:', 'https:']),
+    providerPublicUrl: url('FLOODGATE_PROVIDER_PUBLIC_URL', ['http:', 'https:']),
+    sessionSecret: secret('FLOODGATE_SESSION_SECRET'),
+    // Two hours: a long wait in line plus a hold and its payment; an idle buyer's session ends.
+    hostedSessionTtlSeconds: int('FLOODGATE_HOSTED_SESSION_TTL_SECONDS', 7_200, 300, 86_400),
     ...overrides,
   };
   if (config.webhookRetryBaseMs > config.webhookRetryMaxMs) {
@@ -286,5 +298,6 @@ export function describeConfig(config: Config): Record<string, unknown> {
     redisUrl: maskUrl(config.redisUrl) ?? '(single-node mode: shared state in process memory)',
     providerWebhookSecret: config.providerWebhookSecret ? '*****' : undefined,
     admissionSecret: config.admissionSecret ? '*****' : undefined,
+    sessionSecret: config.sessionSecret ? '*****' : undefined,
   };
 }

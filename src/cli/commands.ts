@@ -43,7 +43,15 @@ async function serve(config: Config, log: Logger, options: { demo: boolean; work
   const metrics = createMetrics({ defaultMetrics: true });
   registerQueueMetrics(metrics, db.pool);
   registerSalesMetrics(metrics, db.pool);
-  const app = await buildApp({ config, pool: db.pool, provider: provider.provider, logger: log, metrics, redis });
+  const app = await buildApp({
+    config,
+    pool: db.pool,
+    provider: provider.provider,
+    logger: log,
+    metrics,
+    redis,
+    providerPublicUrl: config.providerPublicUrl ?? provider.simulatorUrl,
+  });
   const worker = options.worker ? await runWorker({ config, pool: db.pool, provider: provider.provider, metrics, log }) : undefined;
   onShutdown(log, async () => {
     await app.close();
