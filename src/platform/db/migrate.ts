@@ -27,9 +27,12 @@ export async function readMigrations(dir = MIGRATIONS_DIR): Promise<Migration[]>
     if (!match) throw new Error(`migration file name "${file}" must look like 001_name.sql`);
     migrations.push({ version: Number(match[1]), name: file, sql: await readFile(path.join(dir, file), 'utf8') });
   }
+  // Numbers may skip (engineers reserve numbers for work that lands in any order; each file is
+  // applied when its own number is missing from schema_migrations), but never repeat.
   migrations.forEach((migration, index) => {
-    if (migration.version !== index + 1) {
-      throw new Error(`migrations must be numbered 1, 2, 3, ... without gaps; ${migration.name} is out of place`);
+    const previous = migrations[index - 1];
+    if (previous && migration.version <= previous.version) {
+      throw new Error(`migration numbers must not repeat; ${migration.name} has the number of ${previous.name}`);
     }
   });
   return migrations;
