@@ -184,17 +184,25 @@ function setSessionCookie(request: FastifyRequest, reply: FastifyReply, deps: Ho
  * Sec-Fetch-Site) says so, and once the buyer has a session the form carries its token.
  */
 function checkCsrf(request: FastifyRequest, stored: StoredSession | undefined): void {
+  const refuse = () => {
+    throw new ApiError('csrf_invalid', en.sessionExpired);
+  };
+  // Browsers say where a request comes from: Sec-Fetch-Site where they send it, else Origin.
   const site = request.headers['sec-fetch-site'];
-  if (site !== undefined && site !== 'same-origin' && site !== 'none') throw new ApiError('csrf_invalid', en.sessionExpired);
   const origin = request.headers.origin;
-  const expected = `${request.protocol}://${request.host}`;
-  if (origin !== undefined && origin !== expected) throw new ApiError('csrf_invalid', en.sessionExpired);
-  if (origin === undefined && site === undefined && !stored) throw new ApiError('csrf_invalid', en.sessionExpired);
+  if (site !== undefined) {
+    if (site !== 'same-origin') refuse();
+  } else if (origin !== undefined && origin !== 'null') {
+    if (origin !== `${request.protocol}://${request.host}`) refuse();
+  } else if (!stored) {
+    // No word on the origin and no session token to check: not a request a browser of ours made.
+    refuse();
+  }
   if (!stored) return;
   const body = request.body as Record<string, string> | undefined;
   const given = Buffer.from(String(body?.csrf ?? request.headers['x-csrf-token'] ?? ''));
   const wanted = Buffer.from(stored.session.csrfToken);
-  if (given.length !== wanted.length || !timingSafeEqual(given, wanted)) throw new ApiError('csrf_invalid', en.sessionExpired);
+  if (given.length !== wanted.length || !timingSafeEqual(given, wanted)) refuse();
 }
 
 function redirect(reply: FastifyReply, saleId: string, notice?: Notice) {
@@ -272,7 +280,7 @@ function send(reply: FastifyReply, deps: HostedRouteDeps, page: views.Page, cach
     .header('content-type', 'text/html; charset=utf-8')
     .header('content-security-policy', csp(page, deps.providerPublicUrl))
     .header('x-content-type-options', 'nosniff')
-    .header('referrer-policy', 'no-referrer')
+    .header('referrer-policy', 'same-origin')
     .header('cache-control', cacheControl)
     .send(page.html);
 }
@@ -373,7 +381,8 @@ async function sendSessionPage(
 <label for="line-progress">${views.esc(t.progress)}</label>
 <progress id="line-progress" max="100" value="${progress}">${progress}%</progress>
 <p>${views.esc(t.keepTabOpen)}</p>
-<noscript><a href="/s/${views.esc(sale.sale.id)}">${views.esc(t.checkAgain)}</a></noscript>`;
+<noscript><a href="/s/${views.esc(sale.sale.id)}">${views.esc(t.checkAgain)}</a></noscript>
+${views.postButton(`/s/${sale.sale.id}/leave`, t.leaveLine, session.csrfToken, 'secondary')}`;
   return page(t.waitingTitle, body, {
     poll: `/s/${sale.sale.id}/line`,
     retry: String(view.retryAfterSeconds ?? 2),
@@ -388,7 +397,8 @@ async function paymentsStatus(deps: HostedRouteDeps, merchantId: string, intentI
 
 function admittedPage(t: Strings, sale: hosted.HostedSale, csrf: string): string {
   return `<h2>${views.esc(t.admittedTitle)}</h2><p>${views.esc(t.chooseQuantities)}</p><p>${views.esc(t.admittedExpires)}</p>
-${views.quantityForm(t, sale.sale, `/s/${sale.sale.id}/hold`, csrf)}`;
+${views.quantityForm(t, sale.sale, `/s/${sale.sale.id}/hold`, csrf)}
+${views.postButton(`/s/${sale.sale.id}/leave`, t.leaveLine, csrf, 'secondary')}`;
 }
 
 type ApiHold = NonNullable<Awaited<ReturnType<typeof sales.retrieveHold>>>;

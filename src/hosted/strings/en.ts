@@ -27,6 +27,7 @@ export const en = {
   progress: 'Progress through the line',
   keepTabOpen: 'Keep this page open; it updates by itself. Reloading it keeps your place.',
   checkAgain: 'Check now',
+  leaveLine: 'Leave',
   // Admitted
   admittedTitle: 'It is your turn',
   chooseQuantities: 'Choose how many you want, then hold them while you pay.',
