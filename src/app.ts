@@ -55,7 +55,7 @@ export interface AppDeps {
 }
 
 const WEB_DIR = path.resolve(import.meta.dirname, '..', 'web');
-const HOSTED_ASSET_FILES = ['hosted.js', 'hosted.css'];
+const HOSTED_ASSET_FILES = ['hosted.js', 'hosted.css', 'icon.svg'];
 
 /** What a buyer is told when their admission token does not admit them. */
 const ADMISSION_REFUSALS = {
@@ -202,7 +202,11 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
       deps.config.sessionSecret ??
       createHmac('sha256', admissionConfig.admissionSecret).update('floodgate hosted session cookie').digest('base64url'),
     providerPublicUrl: deps.providerPublicUrl ?? deps.config.providerPublicUrl ?? deps.config.providerUrl ?? 'http://127.0.0.1:4010',
-    assets: { css: assets.get('hosted.css') as StaticAsset, js: assets.get('hosted.js') as StaticAsset },
+    assets: {
+      css: assets.get('hosted.css') as StaticAsset,
+      js: assets.get('hosted.js') as StaticAsset,
+      icon: assets.get('icon.svg') as StaticAsset,
+    },
   });
   return app;
 }

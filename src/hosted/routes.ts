@@ -25,7 +25,7 @@ export interface HostedRouteDeps extends hosted.HostedDeps {
   cookieSecret: string;
   /** Where buyers' browsers tokenize cards: the provider's public base URL. */
   providerPublicUrl: string;
-  assets: { css: StaticAsset; js: StaticAsset };
+  assets: { css: StaticAsset; js: StaticAsset; icon: StaticAsset };
 }
 
 const COOKIE_NAME = 'fg_hosted';

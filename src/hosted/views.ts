@@ -33,7 +33,7 @@ export interface Page {
 export interface Layout {
   t: Strings;
   sale: PageSale;
-  assets: { css: StaticAsset; js: StaticAsset };
+  assets: { css: StaticAsset; js: StaticAsset; icon: StaticAsset };
   /** data- attributes on <body> for the script: what to poll, count down, tokenize. */
   data?: Record<string, string>;
   title: string;
@@ -87,6 +87,7 @@ export function layout(page: Layout): Page {
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>${esc(page.title)} · ${esc(sale.name)}</title>
 <style>${style}</style>
+<link rel="icon" href="${assets.icon.url}" type="image/svg+xml">
 <link rel="stylesheet" href="${assets.css.url}" integrity="${assets.css.integrity}">
 <script src="${assets.js.url}" integrity="${assets.js.integrity}" defer></script>
 </head>

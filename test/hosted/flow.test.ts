@@ -59,16 +59,16 @@ describe('hosted sale page in a browser', { skip }, async () => {
       await page.getByLabel('Quantity of Ticket').fill('2');
       await page.getByRole('button', { name: 'Hold my tickets' }).click();
       await page.getByRole('heading', { name: 'Your items are held' }).waitFor();
-      assert.match(await page.locator('.countdown').innerText(), /Time left: \d+:\d\d/);
+      assert.match((await page.locator('.countdown').textContent()) ?? '', /Time left: \d+:\d\d/);
       await assertAccessible(page, 'hold');
       await screenshot(page, `${viewport}-3-hold`);
 
       await fillCard(page, CARDS.good);
       await page.getByRole('button', { name: /^Pay/ }).click();
       await page.getByRole('heading', { name: 'Thank you: you have paid' }).waitFor();
-      const orderId = await page.locator('#order-id').innerText();
+      const orderId = (await page.locator('#order-id').textContent()) ?? '';
       assert.match(orderId, /^ord_/);
-      assert.match(await page.getByRole('link', { name: /Continue to/ }).getAttribute('href') ?? '', new RegExp(`order=${orderId}`));
+      assert.match((await page.getByRole('link', { name: /Continue to/ }).getAttribute('href')) ?? '', new RegExp(`order=${orderId}`));
       await assertAccessible(page, 'receipt');
       await screenshot(page, `${viewport}-4-receipt`);
 
@@ -154,13 +154,13 @@ describe('hosted sale page in a browser', { skip }, async () => {
     await second.page.goto(`${node.url}/s/${sale.id}`);
     await second.page.getByRole('button', { name: 'Join the line' }).click();
     await second.page.getByRole('heading', { name: 'You are in line' }).waitFor();
-    assert.equal(await second.page.locator('#line-position').innerText(), 'Your place in line: 1');
+    assert.equal(await second.page.locator('#line-position').textContent(), 'Your place in line: 1');
     await assertAccessible(second.page, 'waiting');
     await screenshot(second.page, 'phone-waiting');
     const ticketBefore = await ticketOf(h, sale);
     await second.page.reload();
     await second.page.getByRole('heading', { name: 'You are in line' }).waitFor();
-    assert.equal(await second.page.locator('#line-position').innerText(), 'Your place in line: 1');
+    assert.equal(await second.page.locator('#line-position').textContent(), 'Your place in line: 1');
     assert.deepEqual(await ticketOf(h, sale), ticketBefore, 'the same session and ticket after the reload');
 
     // The first buyer leaves: the waiting page's own polling lets the second in.
@@ -256,12 +256,23 @@ describe('hosted sale page in a browser', { skip }, async () => {
 async function raceToTheEnd(page: Page): Promise<'paid' | 'sold_out' | string> {
   const deadline = Date.now() + 30_000;
   while (Date.now() < deadline) {
-    const heading = (await page.locator('main h2').first().innerText().catch(() => '')) ?? '';
+    const heading =
+      (await page
+        .locator('main h2')
+        .first()
+        .textContent()
+        .catch(() => '')) ?? '';
     if (heading === 'Sold out') return 'sold_out';
     if (heading === 'Thank you: you have paid') return 'paid';
     if (heading === 'It is your turn') {
-      await page.getByLabel('Quantity of Ticket').fill('1').catch(() => {});
-      await page.getByRole('button', { name: 'Hold my tickets' }).click().catch(() => {});
+      await page
+        .getByLabel('Quantity of Ticket')
+        .fill('1')
+        .catch(() => {});
+      await page
+        .getByRole('button', { name: 'Hold my tickets' })
+        .click()
+        .catch(() => {});
     } else if (heading === 'Your items are held') {
       await fillCard(page, CARDS.good);
       await page.getByRole('button', { name: /^Pay/ }).click();
@@ -270,7 +281,7 @@ async function raceToTheEnd(page: Page): Promise<'paid' | 'sold_out' | string> {
       await page.waitForTimeout(250);
     }
   }
-  return `stuck at ${await page.locator('main').innerText()}`;
+  return `stuck at ${await page.locator('main').textContent()}`;
 }
 
 async function ticketOf(h: Harness, sale: HostedSaleInfo): Promise<string[]> {
@@ -280,4 +291,3 @@ async function ticketOf(h: Harness, sale: HostedSaleInfo): Promise<string[]> {
   );
   return rows.map((row) => row.ticket);
 }
-
