@@ -7,7 +7,7 @@
 import { viewOfNewIntent } from '../src/payments/service.js';
 import { insertIntentWithFinishedKey, type NewIntent } from '../src/payments/sql.js';
 import type { Queryable } from '../src/platform/db/pool.js';
-import { fingerprint } from '../src/platform/idempotency/service.js';
+import { fingerprint } from '../src/platform/idempotency/keys.js';
 import { newId } from '../src/platform/ids.js';
 import { REQUEST_BODY } from './loadgen.js';
 

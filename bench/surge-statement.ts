@@ -19,7 +19,7 @@ import pg from 'pg';
 import { loadConfig } from '../src/config.js';
 import type { Pool } from '../src/platform/db/pool.js';
 import { createPool } from '../src/platform/db/pool.js';
-import { fingerprint } from '../src/platform/idempotency/service.js';
+import { fingerprint } from '../src/platform/idempotency/keys.js';
 import { createHold } from '../src/sales/service.js';
 import type { PgbenchScript } from './statement.js';
 
@@ -100,6 +100,7 @@ export async function captureHold(options: {
       },
       {
         merchantId: options.merchantId,
+        keyKind: 'publishable',
         idempotencyKey: KEY_MARK,
         method: 'POST',
         path: '/v1/holds',

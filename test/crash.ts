@@ -33,11 +33,14 @@ export class ProcessDied extends Error {
   }
 }
 
-/** The statement that moves a key to a recovery point, in platform/idempotency/sql.ts. */
+/**
+ * The statement that moves a key to a recovery point, in platform/idempotency/sql.ts; its values
+ * are merchant, key kind, key, recovery point, resource.
+ */
 export const committedRecoveryPoint =
   (name: string) =>
   (query: Query): boolean =>
-    query.name === 'idempotency_set_recovery_point' && query.values?.[2] === name;
+    query.name === 'idempotency_set_recovery_point' && query.values?.[3] === name;
 
 /** The statement that creates a key, locked at `started`. */
 export const insertedKey = (query: Query): boolean => query.name === 'idempotency_insert_locked';

@@ -11,7 +11,8 @@ import type { QueueView, SaleForQueue, WaitingRoom } from '../admission/service.
 import type { PaymentDeps } from '../payments/service.js';
 import * as payments from '../payments/service.js';
 import type { RequestContext } from '../platform/http/context.js';
-import { fingerprint, type Reply } from '../platform/idempotency/service.js';
+import type { Reply } from '../platform/http/reply.js';
+import { fingerprint } from '../platform/idempotency/keys.js';
 import type { SalesDeps } from '../sales/service.js';
 import * as sales from '../sales/service.js';
 import { type BuyerSession, newSession, type SessionStore, type StoredSession } from './sessions.js';
@@ -57,8 +58,13 @@ export function sessionKey(session: BuyerSession, step: string, ...parts: (strin
   return `hosted_${step}_${digest.slice(0, 40)}`;
 }
 
+/**
+ * The context of a step the hosted flow takes for the merchant. It runs on our server with the
+ * merchant's authority, as the merchant's own backend would with its secret key; its keys are
+ * derived from an unguessable session id, so no one else can name them.
+ */
 function context(merchantId: string, key: string, path: string, body: unknown): RequestContext {
-  return { merchantId, idempotencyKey: key, method: 'POST', path, fingerprint: fingerprint('POST', path, body) };
+  return { merchantId, keyKind: 'secret', idempotencyKey: key, method: 'POST', path, fingerprint: fingerprint('POST', path, body) };
 }
 
 /**

@@ -5,7 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { withTransaction } from '../platform/db/pool.js';
-import type { HeldKey, Reply } from '../platform/idempotency/service.js';
+import type { Reply } from '../platform/http/reply.js';
+import type { HeldKey, StartPoint } from '../platform/idempotency/service.js';
 import * as idempotency from '../platform/idempotency/service.js';
 import { completeAttempt, sendAttempt } from './completion.js';
 import { unavailableReply } from './outcomes.js';
@@ -13,7 +14,12 @@ import type { PaymentDeps } from './service.js';
 import type * as sql from './sql.js';
 import { selectIntent } from './sql.js';
 
-export async function callAndComplete(deps: PaymentDeps, held: HeldKey, attempt: sql.AttemptRow, retryPoint: string): Promise<Reply> {
+export async function callAndComplete<P extends string>(
+  deps: PaymentDeps,
+  held: HeldKey<P>,
+  attempt: sql.AttemptRow,
+  retryPoint: StartPoint | P,
+): Promise<Reply> {
   const intent = await selectIntent(deps.pool, held.merchantId, attempt.payment_intent_id);
   assert.ok(intent, 'an attempt belongs to an intent');
   const outcome = await sendAttempt(deps.provider, intent, attempt);
@@ -26,8 +32,5 @@ export async function callAndComplete(deps: PaymentDeps, held: HeldKey, attempt:
       return unavailableReply(outcome.retryAfterSeconds);
     });
   }
-  return idempotency.atomicPhase(deps.pool, held, async (client) => {
-    const reply = await completeAttempt(client, held.merchantId, attempt.id, outcome);
-    return { kind: 'response', status: reply.status, body: reply.body };
-  }) as Promise<Reply>;
+  return idempotency.finalPhase(deps.pool, held, (client) => completeAttempt(client, held.merchantId, attempt.id, outcome));
 }

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import type { Client, Queryable } from '../platform/db/pool.js';
-import type { Reply } from '../platform/idempotency/service.js';
+import type { Reply } from '../platform/http/reply.js';
 import type { PaymentProvider, ProviderCharge, ProviderOperation, ProviderOutcome, ProviderRefund } from '../providers/provider.js';
 import { applyOutcome } from './outcomes.js';
 import { applyRefundOutcome } from './refund-outcomes.js';

@@ -9,7 +9,7 @@ import * as events from '../events/service.js';
 import * as ledger from '../ledger/service.js';
 import type { Client } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';
-import type { Reply } from '../platform/idempotency/service.js';
+import type { Reply } from '../platform/http/reply.js';
 import type { ProviderCharge, ProviderOutcome } from '../providers/provider.js';
 import { toApiIntent } from './domain.js';
 import { notifySucceeded } from './hooks.js';

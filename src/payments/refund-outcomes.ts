@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import * as events from '../events/service.js';
 import * as ledger from '../ledger/service.js';
 import type { Client } from '../platform/db/pool.js';
-import type { Reply } from '../platform/idempotency/service.js';
+import type { Reply } from '../platform/http/reply.js';
 import type { ProviderOutcome, ProviderRefund } from '../providers/provider.js';
 import { toApiRefund } from './domain.js';
 import { scheduleReconciliation } from './reconciliation.js';

@@ -9,14 +9,17 @@
 import assert from 'node:assert/strict';
 import * as events from '../events/service.js';
 import type { Client, Pool } from '../platform/db/pool.js';
+import type { RequestContext } from '../platform/http/context.js';
 import { ApiError } from '../platform/http/errors.js';
 import { page } from '../platform/http/pagination.js';
-import type { HeldKey, PhaseResult, Reply } from '../platform/idempotency/service.js';
+import { errorReply, ok, type Reply } from '../platform/http/reply.js';
+import type { HeldKey, PhaseResult } from '../platform/idempotency/service.js';
 import * as idempotency from '../platform/idempotency/service.js';
+import { respond } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
 import { callAndComplete } from './calls.js';
 import { providerKeyFor, toApiRefund } from './domain.js';
-import { errorReply, ok, type PaymentDeps, type RequestContext, refusedReply } from './service.js';
+import type { PaymentDeps } from './service.js';
 import * as sql from './sql.js';
 
 export interface CreateRefundParams {
@@ -26,35 +29,27 @@ export interface CreateRefundParams {
   metadata?: Record<string, string>;
 }
 
-const phaseResponse = (reply: Reply): PhaseResult => ({ kind: 'response', status: reply.status, body: reply.body });
+type RefundPoint = 'refund_started';
 
 export async function createRefund(deps: PaymentDeps, ctx: RequestContext, params: CreateRefundParams): Promise<Reply> {
-  return idempotency.run(
-    deps.pool,
-    { merchantId: ctx.merchantId, key: ctx.idempotencyKey, method: ctx.method, path: ctx.path, fingerprint: ctx.fingerprint },
-    deps.idempotency,
-    async (held) => {
-      if (held.recoveryPoint === 'started') {
-        const result = await idempotency.atomicPhase(deps.pool, held, (client) => startRefund(client, held.merchantId, params));
-        if (result.kind === 'response') return result;
-      }
-      assert.equal(held.recoveryPoint, 'refund_started');
-      return callProvider(deps, held);
-    },
-    refusedReply,
-  );
+  return idempotency.idempotent<RefundPoint>(deps, ctx, async (held) => {
+    if (held.recoveryPoint === 'started') {
+      const result = await idempotency.atomicPhase(deps.pool, held, (client) => startRefund(client, held.merchantId, params));
+      if (result.kind === 'response') return result;
+    }
+    assert.equal(held.recoveryPoint, 'refund_started');
+    return callProvider(deps, held);
+  });
 }
 
 /** Phase: reserve the amount, create the pending refund and its attempt. */
-async function startRefund(client: Client, merchantId: string, params: CreateRefundParams): Promise<PhaseResult> {
+async function startRefund(client: Client, merchantId: string, params: CreateRefundParams): Promise<PhaseResult<RefundPoint>> {
   const intent = await sql.selectIntent(client, merchantId, params.payment_intent, true);
   if (!intent) {
-    return phaseResponse(
-      errorReply(new ApiError('resource_missing', `No such payment_intent: '${params.payment_intent}'`, 'payment_intent')),
-    );
+    return respond(errorReply(new ApiError('resource_missing', `No such payment_intent: '${params.payment_intent}'`, 'payment_intent')));
   }
   if (intent.status !== 'succeeded') {
-    return phaseResponse(
+    return respond(
       errorReply(
         new ApiError(
           'payment_intent_unexpected_state',
@@ -65,11 +60,11 @@ async function startRefund(client: Client, merchantId: string, params: CreateRef
   }
   const remaining = intent.amount_received - intent.amount_refunded;
   if (remaining === 0) {
-    return phaseResponse(errorReply(new ApiError('charge_already_refunded', 'This payment has already been refunded in full.')));
+    return respond(errorReply(new ApiError('charge_already_refunded', 'This payment has already been refunded in full.')));
   }
   const amount = params.amount ?? remaining;
   if (amount > remaining) {
-    return phaseResponse(
+    return respond(
       errorReply(
         new ApiError(
           'refund_exceeds_received',
@@ -103,14 +98,14 @@ async function startRefund(client: Client, merchantId: string, params: CreateRef
   return { kind: 'recoveryPoint', name: 'refund_started', resourceId: refund.id };
 }
 
-async function callProvider(deps: PaymentDeps, held: HeldKey): Promise<Reply> {
+async function callProvider(deps: PaymentDeps, held: HeldKey<RefundPoint>): Promise<Reply> {
   const refund = await sql.selectRefund(deps.pool, held.merchantId, held.resourceId as string);
   assert.ok(refund, 'the refund a key points at exists');
   const attempt = await sql.selectOpenRefundAttempt(deps.pool, held.merchantId, refund.payment_intent_id, refund.id);
   if (!attempt) {
     // Settled meanwhile (by the provider's webhook or the reconciler): answer with its state.
     const latest = (await sql.selectRefund(deps.pool, held.merchantId, refund.id)) ?? refund;
-    return idempotency.atomicPhase(deps.pool, held, async () => phaseResponse(ok(toApiRefund(latest)))) as Promise<Reply>;
+    return idempotency.finalPhase(deps.pool, held, async () => ok(toApiRefund(latest)));
   }
   // Nothing reached the provider when it is unavailable: the refund fails, its amount is
   // released, and a retry with the same key starts a new one.

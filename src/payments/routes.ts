@@ -4,8 +4,9 @@
  * schema, so the error names the parameter.
  */
 import { Type } from '@sinclair/typebox';
-import { principalOf, requestContext, sendReply } from '../platform/http/context.js';
+import { principalOf, requestContext } from '../platform/http/context.js';
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
+import { sendReply } from '../platform/http/reply.js';
 import { errorResponses, IdempotencyHeaders, IdParams, ListOf, ListQuery, Metadata } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { ID_PATTERN } from '../platform/ids.js';

@@ -15,8 +15,10 @@ import type { Client, Pool } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
 import { ApiError } from '../platform/http/errors.js';
 import { page } from '../platform/http/pagination.js';
-import type { HeldKey, IdempotencyOptions, PhaseResult, Reply } from '../platform/idempotency/service.js';
+import { errorReply, ok, type Reply } from '../platform/http/reply.js';
+import type { HeldKey, IdempotencyOptions, PhaseResult } from '../platform/idempotency/service.js';
 import * as idempotency from '../platform/idempotency/service.js';
+import { respond } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
 import type { PaymentProvider } from '../providers/provider.js';
 import { callAndComplete } from './calls.js';
@@ -40,23 +42,11 @@ export interface CreateIntentParams {
   metadata?: Record<string, string>;
 }
 
-export type { RequestContext };
-
-export const ok = (body: unknown): Reply => ({ status: 200, body });
-export const errorReply = (error: ApiError): Reply => ({ status: error.status, body: error.toBody(), headers: error.headers });
-
-export function refusedReply(refusal: idempotency.Refusal): Reply {
-  return refusal.kind === 'in_use'
-    ? errorReply(
-        new ApiError('idempotency_key_in_use', 'A request with this Idempotency-Key is still being processed; retry later.', undefined, {
-          // The first request usually finishes within a second; its response is replayed then.
-          'retry-after': '1',
-        }),
-      )
-    : errorReply(
-        new ApiError('idempotency_key_reused', 'This Idempotency-Key was used with a different request; use a new key for a new request.'),
-      );
-}
+/** The recovery points of each use case after `started` (see the top of this file). */
+type CreatePoint = 'intent_created' | 'authorization_started';
+type ConfirmPoint = 'authorization_started';
+type CapturePoint = 'capture_started';
+type CancelPoint = 'cancel_started';
 
 const missing = (id: string) => errorReply(new ApiError('resource_missing', `No such payment_intent: '${id}'`, 'id'));
 const unexpectedState = (intent: sql.PaymentIntentRow, action: string) =>
@@ -64,17 +54,9 @@ const unexpectedState = (intent: sql.PaymentIntentRow, action: string) =>
     new ApiError('payment_intent_unexpected_state', `This PaymentIntent's status is ${intent.status}; it cannot be ${action} now.`),
   );
 
-const request = (ctx: RequestContext): idempotency.IdempotencyRequest => ({
-  merchantId: ctx.merchantId,
-  key: ctx.idempotencyKey,
-  method: ctx.method,
-  path: ctx.path,
-  fingerprint: ctx.fingerprint,
-});
-
-function newIntent(ctx: RequestContext, params: CreateIntentParams): sql.NewIntent {
+function newIntent(merchantId: string, params: CreateIntentParams): sql.NewIntent {
   return {
-    merchantId: ctx.merchantId,
+    merchantId,
     id: newId('pi'),
     amount: params.amount,
     currency: params.currency,
@@ -89,7 +71,7 @@ function newIntent(ctx: RequestContext, params: CreateIntentParams): sql.NewInte
 
 export async function createPaymentIntent(deps: PaymentDeps, ctx: RequestContext, params: CreateIntentParams): Promise<Reply> {
   if (!params.confirm) return createUnconfirmed(deps, ctx, params);
-  return idempotency.run(deps.pool, request(ctx), deps.idempotency, (held) => createAndConfirm(deps, held, params), refusedReply);
+  return idempotency.idempotent<CreatePoint>(deps, ctx, (held) => createAndConfirm(deps, held, params));
 }
 
 /** What the API shows for an intent just created, before any payment activity. */
@@ -115,7 +97,7 @@ export function viewOfNewIntent(intent: sql.NewIntent) {
 
 /** One round trip: intent, event and finished key in a single statement. */
 async function createUnconfirmed(deps: PaymentDeps, ctx: RequestContext, params: CreateIntentParams): Promise<Reply> {
-  const intent = newIntent(ctx, params);
+  const intent = newIntent(ctx.merchantId, params);
   // The view is spelt out rather than spread from `intent`: a spread plus extra fields gives
   // V8 a fresh object shape on every call, and each field then costs an inline-cache miss.
   const body = viewOfNewIntent(intent);
@@ -129,41 +111,42 @@ async function createUnconfirmed(deps: PaymentDeps, ctx: RequestContext, params:
   if (created) return ok(body);
   // The key exists: replay it or refuse it. (This path stores finished keys only, so a key
   // without a response belongs to a different request and is refused as a mismatch.)
-  const begun = await idempotency.resolveExisting(deps.pool, request(ctx), deps.idempotency);
-  return idempotency.continueWith(deps.pool, begun, (held) => createAndConfirm(deps, held, params), refusedReply);
+  return idempotency.idempotentExisting<CreatePoint>(deps, ctx, (held) => createAndConfirm(deps, held, params));
 }
 
-async function createAndConfirm(deps: PaymentDeps, held: HeldKey, params: CreateIntentParams): Promise<Reply> {
+async function createAndConfirm(deps: PaymentDeps, held: HeldKey<CreatePoint>, params: CreateIntentParams): Promise<Reply> {
   for (;;) {
     switch (held.recoveryPoint) {
       case 'started': {
         await idempotency.atomicPhase(deps.pool, held, async (client) => {
-          const intent = await sql.insertIntent(client, newIntent({ merchantId: held.merchantId } as RequestContext, params));
+          const intent = await sql.insertIntent(client, newIntent(held.merchantId, params));
           await events.record(client, held.merchantId, 'payment_intent.created', toApiIntent(intent));
           return { kind: 'recoveryPoint', name: 'intent_created', resourceId: intent.id };
         });
         break;
       }
       case 'intent_created': {
-        const result = await idempotency.atomicPhase(deps.pool, held, (client) => startAuthorization(client, held, params.payment_method));
+        const result = await idempotency.atomicPhase(deps.pool, held, (client) =>
+          startAuthorization(client, held.merchantId, held.resourceId as string, params.payment_method),
+        );
         if (result.kind === 'response') return result;
         break;
       }
       case 'authorization_started':
         return callProvider(deps, held, 'authorize', 'intent_created');
       default:
-        assert.fail(`unknown recovery point ${held.recoveryPoint} for payment creation`);
+        return assert.fail(`unknown recovery point ${held.recoveryPoint satisfies never} for payment creation`);
     }
   }
 }
 
 /** The answer for a request whose work is done but whose key missed its response. */
-async function replayCurrent(deps: PaymentDeps, held: HeldKey): Promise<Reply> {
-  return idempotency.atomicPhase(deps.pool, held, async (client) => {
+async function replayCurrent<P extends string>(deps: PaymentDeps, held: HeldKey<P>): Promise<Reply> {
+  return idempotency.finalPhase(deps.pool, held, async (client) => {
     const intent = await sql.selectIntent(client, held.merchantId, held.resourceId as string);
     assert.ok(intent, 'the intent a key points at exists');
-    return { kind: 'response', status: 200, body: toApiIntent(intent) };
-  }) as Promise<Reply>;
+    return ok(toApiIntent(intent));
+  });
 }
 
 export async function confirmPaymentIntent(
@@ -172,43 +155,43 @@ export async function confirmPaymentIntent(
   id: string,
   params: { payment_method?: string },
 ): Promise<Reply> {
-  return idempotency.run(
-    deps.pool,
-    request(ctx),
-    deps.idempotency,
-    async (held) => {
-      if (held.recoveryPoint === 'started') {
-        held.resourceId = id;
-        const result = await idempotency.atomicPhase(deps.pool, held, (client) => startAuthorization(client, held, params.payment_method));
-        if (result.kind === 'response') return result;
-      }
-      assert.equal(held.recoveryPoint, 'authorization_started');
-      return callProvider(deps, held, 'authorize', 'started');
-    },
-    refusedReply,
-  );
+  return idempotency.idempotent<ConfirmPoint>(deps, ctx, async (held) => {
+    if (held.recoveryPoint === 'started') {
+      held.resourceId = id;
+      const result = await idempotency.atomicPhase(deps.pool, held, (client) =>
+        startAuthorization(client, held.merchantId, id, params.payment_method),
+      );
+      if (result.kind === 'response') return result;
+    }
+    assert.equal(held.recoveryPoint, 'authorization_started');
+    return callProvider(deps, held, 'authorize', 'started');
+  });
 }
 
 /** Phase: commit an authorization attempt and move the intent to processing. */
-async function startAuthorization(client: Client, held: HeldKey, paymentMethod: string | undefined): Promise<PhaseResult> {
-  const id = held.resourceId as string;
-  const intent = await sql.selectIntent(client, held.merchantId, id, true);
-  if (!intent) return response(missing(id));
-  if (!CONFIRMABLE.includes(intent.status)) return response(unexpectedState(intent, 'confirmed'));
+async function startAuthorization(
+  client: Client,
+  merchantId: string,
+  id: string,
+  paymentMethod: string | undefined,
+): Promise<PhaseResult<'authorization_started'>> {
+  const intent = await sql.selectIntent(client, merchantId, id, true);
+  if (!intent) return respond(missing(id));
+  if (!CONFIRMABLE.includes(intent.status)) return respond(unexpectedState(intent, 'confirmed'));
   const method = paymentMethod ?? intent.payment_method;
   if (!method) {
-    return response(
+    return respond(
       errorReply(new ApiError('parameter_missing', 'A payment_method is required to confirm this PaymentIntent.', 'payment_method')),
     );
   }
   await sql.transitionIntent(client, {
-    merchantId: held.merchantId,
+    merchantId,
     id,
     from: CONFIRMABLE,
     to: 'processing',
     set: { payment_method: method, last_payment_error: null },
   });
-  await insertAttempt(client, held.merchantId, id, 'authorize', intent.amount);
+  await insertAttempt(client, merchantId, id, 'authorize', intent.amount);
   return { kind: 'recoveryPoint', name: 'authorization_started', resourceId: id };
 }
 
@@ -218,40 +201,34 @@ export async function capturePaymentIntent(
   id: string,
   params: { amount_to_capture?: number },
 ): Promise<Reply> {
-  return idempotency.run(
-    deps.pool,
-    request(ctx),
-    deps.idempotency,
-    async (held) => {
-      if (held.recoveryPoint === 'started') {
-        held.resourceId = id;
-        const result = await idempotency.atomicPhase(deps.pool, held, async (client) => {
-          const intent = await sql.selectIntent(client, held.merchantId, id, true);
-          if (!intent) return response(missing(id));
-          if (intent.status !== 'requires_capture') return response(unexpectedState(intent, 'captured'));
-          const amount = params.amount_to_capture ?? intent.amount_capturable;
-          if (amount > intent.amount_capturable) {
-            return response(
-              errorReply(
-                new ApiError(
-                  'amount_too_large',
-                  `amount_to_capture (${amount}) is more than the amount_capturable (${intent.amount_capturable}).`,
-                  'amount_to_capture',
-                ),
+  return idempotency.idempotent<CapturePoint>(deps, ctx, async (held) => {
+    if (held.recoveryPoint === 'started') {
+      held.resourceId = id;
+      const result = await idempotency.atomicPhase(deps.pool, held, async (client) => {
+        const intent = await sql.selectIntent(client, held.merchantId, id, true);
+        if (!intent) return respond(missing(id));
+        if (intent.status !== 'requires_capture') return respond(unexpectedState(intent, 'captured'));
+        const amount = params.amount_to_capture ?? intent.amount_capturable;
+        if (amount > intent.amount_capturable) {
+          return respond(
+            errorReply(
+              new ApiError(
+                'amount_too_large',
+                `amount_to_capture (${amount}) is more than the amount_capturable (${intent.amount_capturable}).`,
+                'amount_to_capture',
               ),
-            );
-          }
-          await sql.transitionIntent(client, { merchantId: held.merchantId, id, from: ['requires_capture'], to: 'processing' });
-          await insertAttempt(client, held.merchantId, id, 'capture', amount);
-          return { kind: 'recoveryPoint', name: 'capture_started', resourceId: id };
-        });
-        if (result.kind === 'response') return result;
-      }
-      assert.equal(held.recoveryPoint, 'capture_started');
-      return callProvider(deps, held, 'capture', 'started');
-    },
-    refusedReply,
-  );
+            ),
+          );
+        }
+        await sql.transitionIntent(client, { merchantId: held.merchantId, id, from: ['requires_capture'], to: 'processing' });
+        await insertAttempt(client, held.merchantId, id, 'capture', amount);
+        return { kind: 'recoveryPoint', name: 'capture_started', resourceId: id };
+      });
+      if (result.kind === 'response') return result;
+    }
+    assert.equal(held.recoveryPoint, 'capture_started');
+    return callProvider(deps, held, 'capture', 'started');
+  });
 }
 
 export async function cancelPaymentIntent(
@@ -260,48 +237,42 @@ export async function cancelPaymentIntent(
   id: string,
   params: { cancellation_reason?: string },
 ): Promise<Reply> {
-  return idempotency.run(
-    deps.pool,
-    request(ctx),
-    deps.idempotency,
-    async (held) => {
-      if (held.recoveryPoint === 'started') {
-        held.resourceId = id;
-        const result = await idempotency.atomicPhase(deps.pool, held, async (client) => {
-          const intent = await sql.selectIntent(client, held.merchantId, id, true);
-          if (!intent) return response(missing(id));
-          if (!CANCELABLE.includes(intent.status)) return response(unexpectedState(intent, 'canceled'));
-          const reason = params.cancellation_reason ?? null;
-          if (intent.status !== 'requires_capture') {
-            // Nothing was authorized, so nothing at the provider needs releasing.
-            const canceled = await sql.transitionIntent(client, {
-              merchantId: held.merchantId,
-              id,
-              from: CANCELABLE,
-              to: 'canceled',
-              set: { cancellation_reason: reason, canceled_at: new Date() },
-            });
-            assert.ok(canceled, 'the locked intent is cancelable');
-            await events.record(client, held.merchantId, 'payment_intent.canceled', toApiIntent(canceled));
-            return response(ok(toApiIntent(canceled)));
-          }
-          await sql.transitionIntent(client, {
+  return idempotency.idempotent<CancelPoint>(deps, ctx, async (held) => {
+    if (held.recoveryPoint === 'started') {
+      held.resourceId = id;
+      const result = await idempotency.atomicPhase(deps.pool, held, async (client) => {
+        const intent = await sql.selectIntent(client, held.merchantId, id, true);
+        if (!intent) return respond(missing(id));
+        if (!CANCELABLE.includes(intent.status)) return respond(unexpectedState(intent, 'canceled'));
+        const reason = params.cancellation_reason ?? null;
+        if (intent.status !== 'requires_capture') {
+          // Nothing was authorized, so nothing at the provider needs releasing.
+          const canceled = await sql.transitionIntent(client, {
             merchantId: held.merchantId,
             id,
-            from: ['requires_capture'],
-            to: 'processing',
-            set: { cancellation_reason: reason },
+            from: CANCELABLE,
+            to: 'canceled',
+            set: { cancellation_reason: reason, canceled_at: new Date() },
           });
-          await insertAttempt(client, held.merchantId, id, 'cancel', intent.amount_capturable);
-          return { kind: 'recoveryPoint', name: 'cancel_started', resourceId: id };
+          assert.ok(canceled, 'the locked intent is cancelable');
+          await events.record(client, held.merchantId, 'payment_intent.canceled', toApiIntent(canceled));
+          return respond(ok(toApiIntent(canceled)));
+        }
+        await sql.transitionIntent(client, {
+          merchantId: held.merchantId,
+          id,
+          from: ['requires_capture'],
+          to: 'processing',
+          set: { cancellation_reason: reason },
         });
-        if (result.kind === 'response') return result;
-      }
-      assert.equal(held.recoveryPoint, 'cancel_started');
-      return callProvider(deps, held, 'cancel', 'started');
-    },
-    refusedReply,
-  );
+        await insertAttempt(client, held.merchantId, id, 'cancel', intent.amount_capturable);
+        return { kind: 'recoveryPoint', name: 'cancel_started', resourceId: id };
+      });
+      if (result.kind === 'response') return result;
+    }
+    assert.equal(held.recoveryPoint, 'cancel_started');
+    return callProvider(deps, held, 'cancel', 'started');
+  });
 }
 
 async function insertAttempt(client: Client, merchantId: string, intentId: string, operation: OpenOperation, amount: number) {
@@ -317,14 +288,15 @@ async function insertAttempt(client: Client, merchantId: string, intentId: strin
 }
 
 /** Phase: send the open attempt and complete it; answer with the current state if it is settled. */
-async function callProvider(deps: PaymentDeps, held: HeldKey, operation: OpenOperation, retryPoint: string): Promise<Reply> {
+async function callProvider<P extends string>(
+  deps: PaymentDeps,
+  held: HeldKey<P>,
+  operation: OpenOperation,
+  retryPoint: idempotency.StartPoint | P,
+): Promise<Reply> {
   const attempt = await sql.selectOpenAttempt(deps.pool, held.merchantId, held.resourceId as string, operation);
   if (!attempt) return replayCurrent(deps, held);
   return callAndComplete(deps, held, attempt, retryPoint);
-}
-
-function response(reply: Reply): PhaseResult & { kind: 'response' } {
-  return { kind: 'response', status: reply.status, body: reply.body };
 }
 
 export async function retrievePaymentIntent(pool: Pool, merchantId: string, id: string) {

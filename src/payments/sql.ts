@@ -82,9 +82,9 @@ export async function insertIntentWithFinishedKey(
   const { rows } = await db.query<{ created: boolean }>({
     name: 'payments_insert_intent_with_finished_key',
     text: `with key as (
-             insert into idempotency_keys (merchant_id, idempotency_key, request_method, request_path,
+             insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
                request_fingerprint, locked_at, recovery_point, resource_id, response_status, response_body, expires_at)
-             values ($1, $2, 'POST', '/v1/payment_intents', $3, null, 'finished', $4, 200, $5::jsonb,
+             values ($1, 'secret', $2, 'POST', '/v1/payment_intents', $3, null, 'finished', $4, 200, $5::jsonb,
                $11::timestamptz + make_interval(hours => $6))
              on conflict do nothing
              returning 1),

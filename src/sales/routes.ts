@@ -6,11 +6,12 @@ import { QUEUE_LIMITS } from '../admission/domain.js';
 import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../payments/currency.js';
 import type { Cache } from '../platform/cache/cache.js';
 import { sendCached } from '../platform/cache/http.js';
-import { principalOf, requestContext, sendReply } from '../platform/http/context.js';
+import { principalOf, requestContext } from '../platform/http/context.js';
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
+import type { Reply } from '../platform/http/reply.js';
+import { sendReply } from '../platform/http/reply.js';
 import { errorResponses, IdempotencyHeaders, IdParams, ListOf, ListQuery } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
-import type { Reply } from '../platform/idempotency/service.js';
 import { ID_PATTERN } from '../platform/ids.js';
 import {
   ADMIT_PER_SECOND_DEFAULT,

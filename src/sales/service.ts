@@ -6,14 +6,15 @@
 import { LRUCache } from 'lru-cache';
 import type { SaleForQueue } from '../admission/service.js';
 import { createIntentInTransaction } from '../payments/hooks.js';
-import { errorReply, refusedReply } from '../payments/service.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
 import { ApiError } from '../platform/http/errors.js';
 import { page } from '../platform/http/pagination.js';
-import type { IdempotencyOptions, Reply } from '../platform/idempotency/service.js';
+import { errorReply, ok, type Reply } from '../platform/http/reply.js';
+import type { IdempotencyOptions } from '../platform/idempotency/service.js';
 import * as idempotency from '../platform/idempotency/service.js';
+import { singlePhase } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
 import {
   ADMIT_PER_SECOND_DEFAULT,
@@ -48,21 +49,6 @@ export interface CreateSaleParams {
   grace_seconds?: number;
   items: { name: string; price: number; stock: number }[];
   hosted?: Partial<sql.HostedSettings>;
-}
-
-/** Runs `fn` as the one atomic phase of an idempotent request: its reply is stored with the key. */
-function singlePhase(deps: { pool: Pool; idempotency: IdempotencyOptions }, ctx: RequestContext, fn: (client: Client) => Promise<Reply>) {
-  return idempotency.run(
-    deps.pool,
-    { merchantId: ctx.merchantId, key: ctx.idempotencyKey, method: ctx.method, path: ctx.path, fingerprint: ctx.fingerprint },
-    deps.idempotency,
-    async (held) =>
-      (await idempotency.atomicPhase(deps.pool, held, async (client) => {
-        const reply = await fn(client);
-        return { kind: 'response', status: reply.status, body: reply.body };
-      })) as Reply,
-    refusedReply,
-  );
 }
 
 export function toApiSale(sale: sql.SaleRow, items: sql.ItemRow[], now = new Date()) {
@@ -125,8 +111,6 @@ export function toApiOrder(order: sql.OrderRow) {
     created: Math.floor(order.created_at.getTime() / 1000),
   };
 }
-
-const ok = (body: unknown): Reply => ({ status: 200, body });
 
 export function createSale(deps: SalesDeps, ctx: RequestContext, params: CreateSaleParams): Promise<Reply> {
   return singlePhase(deps, ctx, async (client) => {
@@ -221,23 +205,16 @@ export function createHold(
   ctx: RequestContext,
   params: { sale: string; buyer_reference: string; admission_token: string; items: { item: string; quantity: number }[] },
 ): Promise<Reply> {
-  return idempotency.run(
-    deps.pool,
-    { merchantId: ctx.merchantId, key: ctx.idempotencyKey, method: ctx.method, path: ctx.path, fingerprint: ctx.fingerprint },
-    deps.idempotency,
-    async (held) => {
-      // Spent before the stock is taken, and only by a new request (a replay returns the stored
-      // answer without spending again). A token is single-use even when the hold is refused.
-      const admission = await deps.admit(params.admission_token, params.sale, params.buyer_reference);
-      return (await idempotency.atomicPhase(deps.pool, held, async (client) => {
-        const reply = admission.ok
-          ? await holdReply(client, ctx.merchantId, params, admission.ticketId)
-          : errorReply(new ApiError('admission_invalid', `Admission refused: ${admission.reason}.`, 'admission_token'));
-        return { kind: 'response', status: reply.status, body: reply.body };
-      })) as Reply;
-    },
-    refusedReply,
-  );
+  return idempotency.idempotent<never>(deps, ctx, async (held) => {
+    // Spent before the stock is taken, and only by a new request (a replay returns the stored
+    // answer without spending again). A token is single-use even when the hold is refused.
+    const admission = await deps.admit(params.admission_token, params.sale, params.buyer_reference);
+    return idempotency.finalPhase(deps.pool, held, async (client) =>
+      admission.ok
+        ? holdReply(client, ctx.merchantId, params, admission.ticketId)
+        : errorReply(new ApiError('admission_invalid', `Admission refused: ${admission.reason}.`, 'admission_token')),
+    );
+  });
 }
 
 async function holdReply(

@@ -5,8 +5,9 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyRequest } from 'fastify';
 import { EVENT_TYPES } from '../events/service.js';
-import { principalOf, requestContext, sendReply } from '../platform/http/context.js';
+import { principalOf, requestContext } from '../platform/http/context.js';
 import { ApiError } from '../platform/http/errors.js';
+import { sendReply } from '../platform/http/reply.js';
 import { errorResponses, IdempotencyHeaders, IdParams, ListOf, ListQuery } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { ID_PATTERN } from '../platform/ids.js';

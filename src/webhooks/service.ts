@@ -11,12 +11,13 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import * as events from '../events/service.js';
-import { type Client, type Pool, withTransaction } from '../platform/db/pool.js';
+import { type Pool, withTransaction } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
 import { ApiError } from '../platform/http/errors.js';
 import { page } from '../platform/http/pagination.js';
-import type { IdempotencyOptions, Refusal, Reply } from '../platform/idempotency/service.js';
-import * as idempotency from '../platform/idempotency/service.js';
+import { errorReply, ok, type Reply } from '../platform/http/reply.js';
+import type { IdempotencyOptions } from '../platform/idempotency/service.js';
+import { singlePhase } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
 import { addJob } from '../platform/jobs/queue.js';
 import type { Metrics } from '../platform/observability/metrics.js';
@@ -61,33 +62,7 @@ export interface WebhookDeps {
 // A delivery's own page shows at most this many attempts: every attempt of a few rounds.
 const ATTEMPTS_SHOWN_MAX = 100;
 
-const ok = (body: unknown): Reply => ({ status: 200, body });
-const errorReply = (error: ApiError): Reply => ({ status: error.status, body: error.toBody() });
-
-function refused(refusal: Refusal): Reply {
-  return refusal.kind === 'in_use'
-    ? errorReply(new ApiError('idempotency_key_in_use', 'A request with this Idempotency-Key is still being processed; retry later.'))
-    : errorReply(
-        new ApiError('idempotency_key_reused', 'This Idempotency-Key was used with a different request; use a new key for a new request.'),
-      );
-}
-
 const missingEndpoint = (id: string) => new ApiError('resource_missing', `No such webhook_endpoint: '${id}'`, 'id');
-
-/** Runs `work` as the one atomic phase of a POST: its writes and the stored response commit together. */
-function runOnce(deps: WebhookDeps, ctx: RequestContext, work: (client: Client) => Promise<Reply>) {
-  const request = { merchantId: ctx.merchantId, key: ctx.idempotencyKey, method: ctx.method, path: ctx.path, fingerprint: ctx.fingerprint };
-  return idempotency.run(
-    deps.pool,
-    request,
-    deps.idempotency,
-    async (held) => {
-      const result = await idempotency.atomicPhase(deps.pool, held, async (client) => ({ kind: 'response', ...(await work(client)) }));
-      return result as Reply;
-    },
-    refused,
-  );
-}
 
 export interface CreateEndpointParams {
   url: string;
@@ -97,7 +72,7 @@ export interface CreateEndpointParams {
 
 /** Creates an endpoint; its secret is in this response and never again. The URL is checked by the caller. */
 export function createEndpoint(deps: WebhookDeps, ctx: RequestContext, params: CreateEndpointParams): Promise<Reply> {
-  return runOnce(deps, ctx, async (client) => {
+  return singlePhase(deps, ctx, async (client) => {
     const secret = newSecret();
     const row = await sql.insertEndpoint(
       client,
@@ -128,7 +103,7 @@ export function createEndpoint(deps: WebhookDeps, ctx: RequestContext, params: C
  * keeps signing for `overlapSeconds` (0: stops at once), so receivers can switch without a gap.
  */
 export function rotateSecret(deps: WebhookDeps, ctx: RequestContext, id: string, overlapSeconds: number): Promise<Reply> {
-  return runOnce(deps, ctx, async (client) => {
+  return singlePhase(deps, ctx, async (client) => {
     const secret = newSecret();
     const previousExpiresAt = overlapSeconds > 0 ? new Date(Date.now() + overlapSeconds * 1000) : null;
     const row = await sql.rotateSecret(client, ctx.merchantId, id, secret, previousExpiresAt);
@@ -187,7 +162,7 @@ export async function retrieveDelivery(pool: Pool, merchantId: string, id: strin
  * deliveries.
  */
 export function redeliverEvent(deps: WebhookDeps, ctx: RequestContext, eventId: string): Promise<Reply> {
-  return runOnce(deps, ctx, async (client) => {
+  return singlePhase(deps, ctx, async (client) => {
     const event = await events.retrieve(client, ctx.merchantId, eventId);
     if (!event) return errorReply(new ApiError('resource_missing', `No such event: '${eventId}'`, 'id'));
     const queued = await sql.requeueEvent(client, { merchantId: ctx.merchantId, id: event.id, type: event.type });

@@ -2,8 +2,8 @@
  * What the HTTP edge knows about a request once it is authenticated, and the helpers that turn
  * it into the context a use case needs (merchant, idempotency key, fingerprint).
  */
-import type { FastifyReply, FastifyRequest } from 'fastify';
-import { fingerprint, generatedKey, isValidKey, type Reply } from '../idempotency/service.js';
+import type { FastifyRequest } from 'fastify';
+import { fingerprint, generatedKey, isValidKey } from '../idempotency/keys.js';
 import { ApiError } from './errors.js';
 
 export interface Principal {
@@ -32,8 +32,11 @@ export function principalOf(request: FastifyRequest): Principal {
   return request.principal;
 }
 
+/** What a use case knows of the request it serves; the idempotency seam takes it as it is. */
 export interface RequestContext {
   merchantId: string;
+  /** Idempotency keys are scoped by it: see migrations/004_idempotency_scope.sql. */
+  keyKind: Principal['keyKind'];
   idempotencyKey: string;
   method: string;
   path: string;
@@ -51,17 +54,13 @@ export function requestContext(request: FastifyRequest): RequestContext {
     );
   }
   const path = request.url.split('?')[0] as string;
+  const principal = principalOf(request);
   return {
-    merchantId: principalOf(request).merchantId,
+    merchantId: principal.merchantId,
+    keyKind: principal.keyKind,
     idempotencyKey: header ?? generatedKey(),
     method: request.method,
     path,
     fingerprint: fingerprint(request.method, path, request.body),
   };
-}
-
-export function sendReply(reply: FastifyReply, result: Reply): FastifyReply {
-  if (result.headers) reply.headers(result.headers);
-  if (result.replayed) reply.header('idempotent-replayed', 'true');
-  return reply.code(result.status).send(result.body);
 }

@@ -1,7 +1,15 @@
 import type { Queryable } from '../db/pool.js';
 
+/** A key is named by its merchant, the kind of API key that sent it, and the client's string. */
+export interface KeyRef {
+  merchantId: string;
+  keyKind: 'secret' | 'publishable';
+  key: string;
+}
+
 export interface IdempotencyKeyRow {
   merchant_id: string;
+  key_kind: 'secret' | 'publishable';
   idempotency_key: string;
   request_method: string;
   request_path: string;
@@ -13,31 +21,32 @@ export interface IdempotencyKeyRow {
   response_body: unknown;
 }
 
-const COLUMNS = `merchant_id, idempotency_key, request_method, request_path, request_fingerprint, locked_at,
+const COLUMNS = `merchant_id, key_kind, idempotency_key, request_method, request_path, request_fingerprint, locked_at,
   recovery_point, resource_id, response_status, response_body`;
 
 /** Inserts a new key, locked by the caller; returns nothing when the key already exists. */
 export async function insertLockedKey(
   db: Queryable,
-  key: { merchantId: string; key: string; method: string; path: string; fingerprint: Buffer; ttlHours: number },
+  key: KeyRef & { method: string; path: string; fingerprint: Buffer; ttlHours: number },
 ): Promise<IdempotencyKeyRow | undefined> {
   const { rows } = await db.query<IdempotencyKeyRow>({
     name: 'idempotency_insert_locked',
-    text: `insert into idempotency_keys (merchant_id, idempotency_key, request_method, request_path,
+    text: `insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
              request_fingerprint, locked_at, recovery_point, expires_at)
-           values ($1, $2, $3, $4, $5, now(), 'started', now() + make_interval(hours => $6))
+           values ($1, $2, $3, $4, $5, $6, now(), 'started', now() + make_interval(hours => $7))
            on conflict do nothing
            returning ${COLUMNS}`,
-    values: [key.merchantId, key.key, key.method, key.path, key.fingerprint, key.ttlHours],
+    values: [key.merchantId, key.keyKind, key.key, key.method, key.path, key.fingerprint, key.ttlHours],
   });
   return rows[0];
 }
 
-export async function selectKeyForUpdate(db: Queryable, merchantId: string, key: string): Promise<IdempotencyKeyRow | undefined> {
+export async function selectKeyForUpdate(db: Queryable, ref: KeyRef): Promise<IdempotencyKeyRow | undefined> {
   const { rows } = await db.query<IdempotencyKeyRow>({
     name: 'idempotency_select_for_update',
-    text: `select ${COLUMNS} from idempotency_keys where merchant_id = $1 and idempotency_key = $2 for update`,
-    values: [merchantId, key],
+    text: `select ${COLUMNS} from idempotency_keys
+           where merchant_id = $1 and key_kind = $2 and idempotency_key = $3 for update`,
+    values: [ref.merchantId, ref.keyKind, ref.key],
   });
   return rows[0];
 }
@@ -46,48 +55,52 @@ export async function selectKeyForUpdate(db: Queryable, merchantId: string, key:
  * Takes the lock of a key nobody holds, or whose holder has been silent past the lock
  * timeout (its process died): the caller then resumes from the stored recovery point.
  */
-export async function lockKeyIfFree(db: Queryable, merchantId: string, key: string, lockTimeoutMs: number): Promise<boolean> {
+export async function lockKeyIfFree(db: Queryable, ref: KeyRef, lockTimeoutMs: number): Promise<boolean> {
   const { rowCount } = await db.query({
     name: 'idempotency_lock_if_free',
     text: `update idempotency_keys set locked_at = now()
-           where merchant_id = $1 and idempotency_key = $2 and response_status is null
-             and (locked_at is null or locked_at < now() - make_interval(secs => $3::float8 / 1000))`,
-    values: [merchantId, key, lockTimeoutMs],
+           where merchant_id = $1 and key_kind = $2 and idempotency_key = $3 and response_status is null
+             and (locked_at is null or locked_at < now() - make_interval(secs => $4::float8 / 1000))`,
+    values: [ref.merchantId, ref.keyKind, ref.key, lockTimeoutMs],
   });
   return rowCount === 1;
 }
 
-export async function setRecoveryPoint(
-  db: Queryable,
-  merchantId: string,
-  key: string,
-  recoveryPoint: string,
-  resourceId: string | null,
-): Promise<void> {
+export async function setRecoveryPoint(db: Queryable, ref: KeyRef, recoveryPoint: string, resourceId: string | null): Promise<void> {
   await db.query({
     name: 'idempotency_set_recovery_point',
-    text: `update idempotency_keys set recovery_point = $3, resource_id = coalesce($4, resource_id)
-           where merchant_id = $1 and idempotency_key = $2`,
-    values: [merchantId, key, recoveryPoint, resourceId],
+    text: `update idempotency_keys set recovery_point = $4, resource_id = coalesce($5, resource_id)
+           where merchant_id = $1 and key_kind = $2 and idempotency_key = $3`,
+    values: [ref.merchantId, ref.keyKind, ref.key, recoveryPoint, resourceId],
   });
 }
 
-export async function finishKey(db: Queryable, merchantId: string, key: string, status: number, body: unknown): Promise<void> {
+export async function finishKey(db: Queryable, ref: KeyRef, status: number, body: unknown): Promise<void> {
   await db.query({
     name: 'idempotency_finish',
     text: `update idempotency_keys
-           set recovery_point = 'finished', response_status = $3, response_body = $4, locked_at = null
-           where merchant_id = $1 and idempotency_key = $2`,
-    values: [merchantId, key, status, JSON.stringify(body)],
+           set recovery_point = 'finished', response_status = $4, response_body = $5, locked_at = null
+           where merchant_id = $1 and key_kind = $2 and idempotency_key = $3`,
+    values: [ref.merchantId, ref.keyKind, ref.key, status, JSON.stringify(body)],
+  });
+}
+
+/** Forgets a key that has no response yet: the request leaves no trace under it. */
+export async function deleteUnfinishedKey(db: Queryable, ref: KeyRef): Promise<void> {
+  await db.query({
+    name: 'idempotency_delete_unfinished',
+    text: `delete from idempotency_keys
+           where merchant_id = $1 and key_kind = $2 and idempotency_key = $3 and response_status is null`,
+    values: [ref.merchantId, ref.keyKind, ref.key],
   });
 }
 
 /** Lets a retry with the same key run again from the given recovery point. */
-export async function unlockKey(db: Queryable, merchantId: string, key: string, recoveryPoint: string): Promise<void> {
+export async function unlockKey(db: Queryable, ref: KeyRef, recoveryPoint: string): Promise<void> {
   await db.query({
     name: 'idempotency_unlock',
-    text: `update idempotency_keys set locked_at = null, recovery_point = $3
-           where merchant_id = $1 and idempotency_key = $2 and response_status is null`,
-    values: [merchantId, key, recoveryPoint],
+    text: `update idempotency_keys set locked_at = null, recovery_point = $4
+           where merchant_id = $1 and key_kind = $2 and idempotency_key = $3 and response_status is null`,
+    values: [ref.merchantId, ref.keyKind, ref.key, recoveryPoint],
   });
 }
