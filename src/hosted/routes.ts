@@ -18,6 +18,7 @@ import * as sales from '../sales/service.js';
 import * as hosted from './service.js';
 import { SESSION_ID_PATTERN, type StoredSession } from './sessions.js';
 import { en, format, type Strings } from './strings/en.js';
+import { stringsFor } from './strings/index.js';
 import * as views from './views.js';
 
 export interface HostedRouteDeps extends hosted.HostedDeps {
@@ -51,8 +52,6 @@ type SaleParams = { Params: { sale: string } };
 
 export function registerHostedRoutes(app: HttpServer, deps: HostedRouteDeps): void {
   serveStaticAssets(app, new Map(Object.entries(deps.assets)));
-  const t = en;
-
   // Forms post urlencoded bodies, parsed only inside this scope; the API stays JSON-only.
   app.register(async (scope) => {
     scope.addContentTypeParser(
@@ -64,15 +63,17 @@ export function registerHostedRoutes(app: HttpServer, deps: HostedRouteDeps): vo
     const schema = { hide: true, params };
 
     scope.get<SaleParams>('/s/:sale', { schema }, async (request, reply) => {
+      const t = stringsFor(request.headers['accept-language']);
       const sale = await findSale(deps, request.params.sale);
       if (!sale) return sendNotFound(reply, t);
       const stored = await loadSession(deps, request, sale.sale.id);
       const notice = noticeText(t, request.query as Record<string, string>, sale.sale.per_buyer_limit);
-      if (!stored) return sendPublicPage(reply, deps, sale, notice);
-      return sendSessionPage(reply, deps, sale, stored, notice);
+      if (!stored) return sendPublicPage(reply, deps, t, sale, notice);
+      return sendSessionPage(reply, deps, t, sale, stored, notice);
     });
 
     scope.get<SaleParams>('/s/:sale/line', { schema }, async (request, reply) => {
+      const t = stringsFor(request.headers['accept-language']);
       const sale = await findSale(deps, request.params.sale);
       if (!sale) throw new ApiError('resource_missing', `No such sale: '${request.params.sale}'`, 'sale');
       const stored = await loadSession(deps, request, sale.sale.id);
@@ -93,6 +94,7 @@ export function registerHostedRoutes(app: HttpServer, deps: HostedRouteDeps): vo
     });
 
     scope.post<SaleParams>('/s/:sale/join', { schema }, async (request, reply) => {
+      const t = stringsFor(request.headers['accept-language']);
       const sale = await findSale(deps, request.params.sale);
       if (!sale) return sendNotFound(reply, t);
       let stored = await loadSession(deps, request, sale.sale.id);
@@ -106,6 +108,7 @@ export function registerHostedRoutes(app: HttpServer, deps: HostedRouteDeps): vo
     });
 
     scope.post<SaleParams>('/s/:sale/hold', { schema }, async (request, reply) => {
+      const t = stringsFor(request.headers['accept-language']);
       const sale = await findSale(deps, request.params.sale);
       if (!sale) return sendNotFound(reply, t);
       const stored = await requireSession(deps, request, sale.sale.id);
@@ -121,6 +124,7 @@ export function registerHostedRoutes(app: HttpServer, deps: HostedRouteDeps): vo
     });
 
     scope.post<SaleParams>('/s/:sale/pay', { schema }, async (request, reply) => {
+      const t = stringsFor(request.headers['accept-language']);
       const sale = await findSale(deps, request.params.sale);
       if (!sale) return sendNotFound(reply, t);
       const stored = await requireSession(deps, request, sale.sale.id);
@@ -137,6 +141,7 @@ export function registerHostedRoutes(app: HttpServer, deps: HostedRouteDeps): vo
     });
 
     scope.post<SaleParams>('/s/:sale/leave', { schema }, async (request, reply) => {
+      const t = stringsFor(request.headers['accept-language']);
       const sale = await findSale(deps, request.params.sale);
       if (!sale) return sendNotFound(reply, t);
       const stored = await requireSession(deps, request, sale.sale.id);
@@ -295,17 +300,23 @@ function sendNotFound(reply: FastifyReply, t: Strings) {
     .send(body);
 }
 
-function layoutFor(deps: HostedRouteDeps, sale: hosted.HostedSale, title: string, body: string, data: Record<string, string> = {}) {
-  return views.layout({ t: en, sale: sale.sale, assets: deps.assets, title, body, data: { sale: sale.sale.id, ...data } });
+function layoutFor(
+  deps: HostedRouteDeps,
+  t: Strings,
+  sale: hosted.HostedSale,
+  title: string,
+  body: string,
+  data: Record<string, string> = {},
+) {
+  return views.layout({ t, sale: sale.sale, assets: deps.assets, title, body, data: { sale: sale.sale.id, ...data } });
 }
 
 /** The sale page before a buyer joins: the same for everyone, so caches may keep it briefly. */
-function sendPublicPage(reply: FastifyReply, deps: HostedRouteDeps, sale: hosted.HostedSale, notice?: string) {
-  const t = en;
+function sendPublicPage(reply: FastifyReply, deps: HostedRouteDeps, t: Strings, sale: hosted.HostedSale, notice?: string) {
   const body = `${views.notice(notice)}${saleStatus(t, sale, undefined)}`;
-  const page = layoutFor(deps, sale, sale.sale.name, body, { opens: sale.sale.opens_at });
+  const page = layoutFor(deps, t, sale, sale.sale.name, body, { opens: sale.sale.opens_at });
   const maxAge = Math.max(1, Math.floor(deps.staleMs / 1000));
-  reply.header('vary', 'cookie');
+  reply.header('vary', 'cookie, accept-language');
   return send(reply, deps, page, notice ? 'no-store' : `public, max-age=${maxAge}`);
 }
 
@@ -327,14 +338,14 @@ function saleStatus(t: Strings, sale: hosted.HostedSale, csrf: string | undefine
 async function sendSessionPage(
   reply: FastifyReply,
   deps: HostedRouteDeps,
+  t: Strings,
   sale: hosted.HostedSale,
   stored: StoredSession,
   notice: string | undefined,
 ) {
-  const t = en;
   const session = stored.session;
   const page = (title: string, body: string, data?: Record<string, string>) =>
-    send(reply, deps, layoutFor(deps, sale, title, `${views.notice(notice)}${body}`, data), 'no-store');
+    send(reply, deps, layoutFor(deps, t, sale, title, `${views.notice(notice)}${body}`, data), 'no-store');
   const rejoin = views.postButton(`/s/${sale.sale.id}/join`, t.joinAgain, session.csrfToken);
 
   if (session.orderId) {
