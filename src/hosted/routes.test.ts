@@ -19,6 +19,12 @@ async function join(saleId: string, headers: Record<string, string> = sameOrigin
 
 const cookieOf = (setCookie: unknown) => String(setCookie).split(';')[0] as string;
 
+// A second node whose payments go through a gate the tests can close: the provider unreachable.
+const g = await startHarness({ gate: true });
+const gate = g.gate as NonNullable<typeof g.gate>;
+const gnode = g.nodes[0] as typeof node;
+const gjoin = (saleId: string) => gnode.app.inject({ method: 'POST', url: `/s/${saleId}/join`, headers: sameOrigin, payload: '' });
+
 describe('merchant settings', () => {
   test('the hosted page is off by default and then 404; turned on, the sale names its URL', async () => {
     const sale = await h.createSale({ hosted_page: undefined, branding: undefined, success_url: undefined });
@@ -194,5 +200,56 @@ describe('static assets and the provider', () => {
     assert.equal(refused.json().error.code, 'card_declined');
     const preflight = await fetch(`${h.sim.url}/v1/tokens`, { method: 'OPTIONS', headers: { origin: node.url } });
     assert.equal(preflight.status, 204);
+  });
+});
+
+describe('states of the sale and the payment', () => {
+  test('not open yet shows a countdown and lets buyers join early; a closed sale says so', async () => {
+    const later = await h.createSale({ opens_at: new Date(Date.now() + 3_600_000).toISOString() });
+    const early = await node.app.inject({ url: `/s/${later.id}` });
+    assert.match(early.body, /The sale has not opened yet/);
+    assert.match(early.body, /data-countdown="[^"]+" data-label="Opens in \{countdown\}"/);
+    assert.match(early.body, /Join the line/);
+    const past = await h.createSale({
+      opens_at: new Date(Date.now() - 7_200_000).toISOString(),
+      closes_at: new Date(Date.now() - 3_600_000).toISOString(),
+    });
+    const closed = await node.app.inject({ url: `/s/${past.id}` });
+    assert.match(closed.body, /The sale has closed/);
+    assert.doesNotMatch(closed.body, /Join the line/);
+  });
+
+  test('provider unavailable: nothing is charged, the hold stays, and the next try pays once', async () => {
+    const sale = await g.createSale();
+    const cookie = cookieOf((await gjoin(sale.id)).headers['set-cookie']);
+    const pageOf = async () => (await gnode.app.inject({ url: `/s/${sale.id}`, headers: { cookie } })).body;
+    const csrf = /name="csrf" value="([^"]+)"/.exec(await pageOf())?.[1] as string;
+    const post = (url: string, payload: string) =>
+      gnode.app.inject({ method: 'POST', url, headers: { ...sameOrigin, cookie }, payload: `csrf=${csrf}&${payload}` });
+    assert.equal((await post(`/s/${sale.id}/hold`, `qty_${sale.items[0]?.id}=1`)).statusCode, 303);
+    const token = async () =>
+      (
+        (await (
+          await fetch(`${g.sim.url}/v1/tokens`, {
+            method: 'POST',
+            headers: { 'content-type': 'application/json' },
+            body: JSON.stringify({ card: { number: '4242424242424242', exp_month: 12, exp_year: 2034, cvc: '123' } }),
+          })
+        ).json()) as { id: string }
+      ).id;
+    const first = await token();
+    const charges = g.sim.simulator.charges.size;
+    await gate.close();
+    const down = await post(`/s/${sale.id}/pay`, `payment_method=${first}`);
+    await gate.reopen();
+    assert.equal(down.headers.location, `/s/${sale.id}?n=provider_unavailable`);
+    assert.equal(g.sim.simulator.charges.size, charges, 'nothing charged');
+    const notice = await gnode.app.inject({ url: `/s/${sale.id}?n=provider_unavailable`, headers: { cookie } });
+    assert.match(notice.body, /payment provider is unavailable right now\. Nothing was charged/);
+    assert.match(notice.body, /Your items are held/);
+    const paid = await post(`/s/${sale.id}/pay`, `payment_method=${await token()}`);
+    assert.equal(paid.headers.location, `/s/${sale.id}`);
+    assert.match(await pageOf(), /Thank you: you have paid/);
+    assert.equal(g.sim.simulator.charges.size, charges + 1);
   });
 });

@@ -11,6 +11,7 @@ import type { Pool } from '../../src/platform/db/pool.js';
 import type { HttpServer } from '../../src/platform/http/server.js';
 import type { RedisConnections } from '../../src/platform/redis/client.js';
 import { HttpProvider } from '../../src/providers/http-provider.js';
+import { buildSimulatorApp, type ProviderSimulator } from '../../src/providers/simulator/server.js';
 import {
   createTestDatabase,
   createTestMerchant,
@@ -31,6 +32,8 @@ export interface Node {
 export interface Harness {
   pool: Pool;
   sim: TestSimulator;
+  /** With `gate: true`: the provider's door for payments, to close and reopen. */
+  gate?: Awaited<ReturnType<typeof startProviderGate>>;
   merchant: TestMerchant;
   nodes: Node[];
   /** Everything every node logged, at trace level: checked for card numbers. */
@@ -44,9 +47,41 @@ export interface HostedSaleInfo {
   hosted_url: string;
 }
 
-export async function startHarness(options: { nodes?: number; redis?: RedisConnections[]; config?: Partial<Config> } = {}) {
+/**
+ * A second server for the simulator's state on a port of its own, which a test closes (the
+ * provider is unreachable: connections refused) and opens again on the same port.
+ */
+export async function startProviderGate(simulator: ProviderSimulator) {
+  let app = buildSimulatorApp(simulator);
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const address = app.server.address();
+  const port = typeof address === 'object' && address ? address.port : 0;
+  let open = true;
+  const gate = {
+    url: `http://127.0.0.1:${port}`,
+    async close() {
+      if (!open) return;
+      open = false;
+      app.server.closeAllConnections();
+      await app.close();
+    },
+    async reopen() {
+      app = buildSimulatorApp(simulator);
+      await app.listen({ host: '127.0.0.1', port });
+      open = true;
+    },
+  };
+  after(() => gate.close());
+  return gate;
+}
+
+export async function startHarness(options: { nodes?: number; redis?: RedisConnections[]; config?: Partial<Config>; gate?: boolean } = {}) {
   const { pool } = await createTestDatabase();
   const sim = await startTestSimulator({ webhookSecret: TEST_PROVIDER_WEBHOOK_SECRET });
+  // Payments go through the gate when asked, so a test can take the provider away; browsers
+  // tokenize at the simulator itself.
+  const gate = options.gate ? await startProviderGate(sim.simulator) : undefined;
+  const providerUrl = gate?.url ?? sim.url;
   const merchant = await createTestMerchant(pool);
   const logs: string[] = [];
   const sink = new Writable({
@@ -60,7 +95,8 @@ export async function startHarness(options: { nodes?: number; redis?: RedisConne
     const config = loadConfig(
       {},
       {
-        providerUrl: sim.url,
+        providerUrl,
+        providerPublicUrl: sim.url,
         providerTimeoutMs: 1_000,
         apiKeyCacheTtlMs: 0,
         providerWebhookSecret: TEST_PROVIDER_WEBHOOK_SECRET,
@@ -71,7 +107,7 @@ export async function startHarness(options: { nodes?: number; redis?: RedisConne
         ...options.config,
       },
     );
-    const provider = new HttpProvider({ baseUrl: sim.url, timeoutMs: 1_000, breakerThreshold: 5, halfOpenMs: 1_000 });
+    const provider = new HttpProvider({ baseUrl: providerUrl, timeoutMs: 1_000, breakerThreshold: 5, halfOpenMs: 1_000 });
     const logger = pino({ level: 'trace' }, sink);
     const app = await buildApp({ config, pool, provider, logger, redis: options.redis?.[index] });
     await app.listen({ host: '127.0.0.1', port: 0 });
@@ -102,7 +138,7 @@ export async function startHarness(options: { nodes?: number; redis?: RedisConne
     if (response.statusCode !== 200) throw new Error(`sale not created: ${response.body}`);
     return response.json();
   };
-  return { pool, sim, merchant, nodes, logs, createSale } satisfies Harness;
+  return { pool, sim, gate, merchant, nodes, logs, createSale } satisfies Harness;
 }
 
 /** Card numbers the tests use; none may be found in the database or the logs. */
