@@ -46,6 +46,7 @@ async function capture(merchantId: string, ttlHours: number): Promise<CapturedQu
   };
   const responseBody = viewOfNewIntent({ ...intent, id: newId('pi') });
   await insertIntentWithFinishedKey(recorder, intent, {
+    keyKind: 'secret',
     key: KEY as unknown as string,
     fingerprint: fingerprint('POST', '/v1/payment_intents', JSON.parse(REQUEST_BODY)),
     ttlHours,

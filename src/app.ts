@@ -16,9 +16,8 @@ import type { SessionStore } from './hosted/sessions.js';
 import { PostgresSessionStore } from './hosted/sql.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
 import { createAuthenticator } from './merchants/service.js';
-import { onPaymentSucceeded } from './payments/hooks.js';
 import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
-import { registerPaymentRoutes } from './payments/routes.js';
+import { completionReply, registerPaymentRoutes } from './payments/routes.js';
 import { createCache } from './platform/cache/cache.js';
 import type { Pool } from './platform/db/pool.js';
 import { ApiError } from './platform/http/errors.js';
@@ -32,7 +31,7 @@ import type { RedisConnections } from './platform/redis/client.js';
 import type { PaymentProvider } from './providers/provider.js';
 import { convertPaidHold } from './sales/holds.js';
 import { registerSalesRoutes } from './sales/routes.js';
-import { createSaleLookup, type toApiSale } from './sales/service.js';
+import { createSaleLookup, type SaleCache } from './sales/service.js';
 import { VERSION } from './version.js';
 import { registerWebhookRoutes } from './webhooks/routes.js';
 
@@ -79,9 +78,6 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     trustProxy: deps.config.trustProxy,
   });
   const authenticate = createAuthenticator(deps.pool, deps.config.apiKeyCacheTtlMs);
-  // Payments completed by this node (the confirm call, provider webhooks) mark their orders paid
-  // in the completion command's transaction.
-  onPaymentSucceeded(convertPaidHold);
 
   // Shedding first: a refused request must cost nothing, not even an API key lookup.
   const shedder =
@@ -147,12 +143,19 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   const paymentDeps = {
     pool: deps.pool,
     provider: deps.provider,
+    // Payments completed by this node (the confirm call, provider webhooks) mark their orders
+    // paid in the completion command's transaction.
+    onPaymentSucceeded: convertPaidHold,
     idempotency: { ttlHours: deps.config.idempotencyKeyTtlHours, lockTimeoutMs: deps.config.idempotencyLockTimeoutMs },
   };
   registerPaymentRoutes(app, paymentDeps);
   registerEventRoutes(app, deps.pool);
   registerLedgerRoutes(app, deps.pool);
-  registerProviderWebhookRoutes(app, { pool: deps.pool, secret: deps.config.providerWebhookSecret });
+  registerProviderWebhookRoutes(app, {
+    pool: deps.pool,
+    secret: deps.config.providerWebhookSecret,
+    onPaymentSucceeded: paymentDeps.onPaymentSucceeded,
+  });
   registerWebhookRoutes(app, { pool: deps.pool, idempotency: paymentDeps.idempotency, allowPrivate: deps.config.webhookAllowPrivate });
 
   // The surge path: the waiting room admits buyers, who then hold stock and order.
@@ -160,7 +163,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   // one (a single process, a test) signs with a secret of its own.
   const admissionConfig = { ...deps.config, admissionSecret: deps.config.admissionSecret ?? randomBytes(32).toString('base64url') };
   const room = createWaitingRoom({ config: admissionConfig, redis: deps.redis?.client, keyPrefix: 'queue:', metrics });
-  const saleCache = await createCache<ReturnType<typeof toApiSale> | null>({
+  const saleCache: SaleCache = await createCache({
     name: 'sales',
     staleMs: deps.config.cacheStaleMs,
     registry: metrics.registry,
@@ -181,7 +184,8 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   };
   const publicUrl =
     deps.config.publicUrl ?? `http://${deps.config.host === '0.0.0.0' ? '127.0.0.1' : deps.config.host}:${deps.config.port}`;
-  const lookup = createSaleLookup(deps.pool, deps.config.cacheStaleMs);
+  // The waiting room reads sales through the same cache as the sale page, so PATCH reaches both.
+  const lookup = createSaleLookup(deps.pool, saleCache);
   registerQueueRoutes(app, { room, lookup });
   registerSalesRoutes(app, salesDeps, { cache: saleCache, staleMs: deps.config.cacheStaleMs }, publicUrl);
 
@@ -189,7 +193,8 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   const assets = await loadStaticAssets(path.join(WEB_DIR, 'hosted'), HOSTED_ASSET_FILES, '/assets/hosted');
   registerHostedRoutes(app, {
     sales: salesDeps,
-    payments: paymentDeps,
+    // The hosted flow reads payment answers as the API sends them.
+    payments: { ...paymentDeps, present: completionReply },
     room,
     lookup,
     sessions: deps.sessions ?? (deps.redis ? new RedisSessionStore(deps.redis.client) : new PostgresSessionStore(deps.pool)),

@@ -11,6 +11,7 @@ import { loadConfig } from '../src/config.js';
 import { paymentTasks } from '../src/payments/jobs.js';
 import { reconcileAttempt } from '../src/payments/reconciliation.js';
 import { startWorker } from '../src/platform/jobs/runner.js';
+import { convertPaidHold } from '../src/sales/holds.js';
 import { key, setupTestContext, type TestContext } from './helpers.js';
 
 const PAYMENTS = 100;
@@ -81,7 +82,7 @@ describe('exactly-once completion', () => {
         await Promise.all(
           rows.map((row) =>
             reconcileAttempt(
-              { pool: t.pool, provider: t.provider, options: reconcileOptions },
+              { pool: t.pool, provider: t.provider, options: reconcileOptions, onPaymentSucceeded: convertPaidHold },
               { merchant_id: row.merchant_id, attempt_id: row.id, round: 1 },
             ),
           ),
@@ -124,7 +125,7 @@ describe('exactly-once completion', () => {
     const config = loadConfig({}, { logLevel: 'silent' });
     const worker = await startWorker({
       pool: t.pool,
-      tasks: paymentTasks({ pool: t.pool, provider: t.provider, options: reconcileOptions }),
+      tasks: paymentTasks({ pool: t.pool, provider: t.provider, options: reconcileOptions, onPaymentSucceeded: convertPaidHold }),
       concurrency: 5,
       lockTimeoutMs: 5_000,
       pollIntervalMs: 50,

@@ -8,7 +8,7 @@ import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { reconcileAttempt } from '../src/payments/reconciliation.js';
 import { HttpProvider } from '../src/providers/http-provider.js';
-import { expireHold } from '../src/sales/holds.js';
+import { convertPaidHold, expireHold } from '../src/sales/holds.js';
 import {
   key,
   setupTestContext,
@@ -155,7 +155,7 @@ describe('surge checkout', () => {
     const options = { baseDelayMs: 10, maxDelayMs: 10, maxAttempts: 3, staleAfterMs: 1_000 };
     assert.equal(
       await reconcileAttempt(
-        { pool: t.pool, provider: t.provider, options },
+        { pool: t.pool, provider: t.provider, options, onPaymentSucceeded: convertPaidHold },
         { merchant_id: rows[0].merchant_id, attempt_id: rows[0].id, round: 1 },
       ),
       'settled',

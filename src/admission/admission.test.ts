@@ -4,9 +4,9 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { at, BACKENDS, roomOn, T0, type TestSale, TOKEN_TTL_SECONDS, testSale } from '../../test/fixtures/admission.js';
 import { maxPollIntervalSeconds, preOpenScore, type QueueView } from './domain.js';
 import type { WaitingRoom } from './service.js';
-import { at, BACKENDS, roomOn, T0, type TestSale, TOKEN_TTL_SECONDS, testSale } from './testing.js';
 import { deriveAdmissionKeys, shuffleSeed } from './token.js';
 
 async function joinAll(room: WaitingRoom, sale: TestSale, buyers: string[], when: Date): Promise<QueueView[]> {

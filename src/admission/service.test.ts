@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import type { Redis } from 'ioredis';
+import { at, newKeyPrefix, REDIS_SKIP, redis, roomOn, TEST_ADMISSION_SECRET, testSale } from '../../test/fixtures/admission.js';
 import { loadConfig } from '../config.js';
 import { createMetrics } from '../platform/observability/metrics.js';
 import { QUEUE_STATE_IDLE_TTL_MS } from './domain.js';
 import { MemoryQueueStore } from './memory-store.js';
-import { AdmissionLoop, createWaitingRoom } from './service.js';
-import { at, newKeyPrefix, REDIS_SKIP, redis, roomOn, TEST_ADMISSION_SECRET, testSale } from './testing.js';
+import { createWaitingRoom } from './service.js';
 
 const config = loadConfig({ FLOODGATE_ADMISSION_SECRET: TEST_ADMISSION_SECRET });
 
@@ -49,37 +49,5 @@ describe('metrics', () => {
     assert.match(text, new RegExp(`floodgate_waiting_room_admissions_total\\{sale="${sale.id}"\\} 2`));
     assert.match(text, new RegExp(`floodgate_waiting_room_wait_seconds_bucket\\{le="30",sale="${sale.id}"\\} 0`));
     assert.match(text, new RegExp(`floodgate_waiting_room_wait_seconds_bucket\\{le="60",sale="${sale.id}"\\} 2`));
-  });
-});
-
-describe('AdmissionLoop', () => {
-  test('runOnce steps every active sale', async () => {
-    const room = roomOn(new MemoryQueueStore());
-    const sales = [testSale({ maxShoppers: 0 }), testSale({ maxShoppers: 0 })];
-    for (const sale of sales) for (const buyer of ['a', 'b', 'c']) await room.join(sale, buyer, at(0));
-    for (const sale of sales) sale.maxShoppers = 2;
-    const loop = new AdmissionLoop(room, async () => sales);
-    assert.equal(await loop.runOnce(at(1)), 4);
-    assert.equal(await loop.runOnce(at(2)), 0);
-  });
-
-  test('run keeps going after a failed round and stops when told', async () => {
-    const room = roomOn(new MemoryQueueStore());
-    let rounds = 0;
-    const errors: unknown[] = [];
-    const loop = new AdmissionLoop(room, async () => {
-      rounds += 1;
-      if (rounds === 1) throw new Error('sales unavailable');
-      return [];
-    });
-    const running = loop.run((error) => errors.push(error), 1);
-    // Bounded wait for a few rounds, checked every few milliseconds.
-    for (let i = 0; i < 200 && rounds < 3; i++) await new Promise((resolve) => setTimeout(resolve, 5));
-    await running.stop();
-    const stoppedAt = rounds;
-    await new Promise((resolve) => setTimeout(resolve, 20));
-    assert.ok(stoppedAt >= 3, `${stoppedAt} rounds`);
-    assert.equal(rounds, stoppedAt, 'no round after stop');
-    assert.equal(errors.length, 1);
   });
 });

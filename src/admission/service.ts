@@ -4,7 +4,8 @@
  * above the stored state — closing, views, tokens, metrics — is the same code in both modes.
  *
  * Admission happens inside join and poll (and step), so a sale needs no background loop: the
- * buyers' own polls drive it. AdmissionLoop exists for quiet moments, when few buyers poll.
+ * buyers' own polls drive it, and a buyer waiting in line polls until admitted, so there is no
+ * quiet moment in which someone waits with nobody stepping the line.
  */
 import assert from 'node:assert/strict';
 import type { Cluster, Redis } from 'ioredis';
@@ -39,6 +40,8 @@ import {
 } from './token.js';
 
 export type { QueueStatus, QueueView, SaleForQueue } from './domain.js';
+/** The waiting room's limits, for the schemas of the sales that configure it. */
+export { QUEUE_LIMITS } from './domain.js';
 export type { ConsumeResult } from './token.js';
 
 export const TICKET_PREFIX = 'qt';
@@ -187,55 +190,4 @@ export function createWaitingRoom(options: CreateWaitingRoomOptions): WaitingRoo
     shoppingMaxSeconds: config.admissionShoppingMaxSeconds,
     metrics: options.metrics,
   });
-}
-
-// Four steps a second keep admissions smooth: credit builds up for at most a second, so a
-// step at least every second loses none of the configured rate.
-export const ADMISSION_LOOP_INTERVAL_MS = 250;
-// Sales stepped per round; more active sales than this at once is not a surge but a mistake.
-export const ADMISSION_LOOP_SALES_MAX = 100;
-
-/**
- * Steps every active sale's line on a timer, so admissions continue when few buyers poll.
- * `activeSales` is the sales capability's: the sales open now or opening soon.
- */
-export class AdmissionLoop {
-  constructor(
-    private readonly room: WaitingRoom,
-    private readonly activeSales: () => Promise<SaleForQueue[]>,
-  ) {}
-
-  /** One round over the active sales; returns how many buyers it admitted. */
-  async runOnce(now = new Date()): Promise<number> {
-    let admitted = 0;
-    for (const sale of (await this.activeSales()).slice(0, ADMISSION_LOOP_SALES_MAX)) {
-      admitted += (await this.room.step(sale, now)).admitted.length;
-    }
-    return admitted;
-  }
-
-  /** Runs rounds until stopped; a failed round is reported and the next one runs as usual. */
-  run(onError: (error: unknown) => void, intervalMs = ADMISSION_LOOP_INTERVAL_MS): { stop(): Promise<void> } {
-    let stopped = false;
-    let timer: NodeJS.Timeout | undefined;
-    let round: Promise<void> = Promise.resolve();
-    const tick = () => {
-      round = this.runOnce()
-        .then(
-          () => {},
-          (error) => onError(error),
-        )
-        .finally(() => {
-          if (!stopped) timer = setTimeout(tick, intervalMs).unref();
-        });
-    };
-    timer = setTimeout(tick, 0).unref();
-    return {
-      async stop() {
-        stopped = true;
-        clearTimeout(timer);
-        await round;
-      },
-    };
-  }
 }

@@ -2,7 +2,6 @@
  * The worker's task list and schedule, composed from the capabilities' jobs.
  */
 import type { Config } from '../config.js';
-import { onPaymentSucceeded } from '../payments/hooks.js';
 import { PAYMENT_CRONTAB, paymentTasks } from '../payments/jobs.js';
 import type { Pool } from '../platform/db/pool.js';
 import { IDEMPOTENCY_CRONTAB, idempotencyTasks } from '../platform/idempotency/jobs.js';
@@ -33,10 +32,9 @@ export function runWorker(deps: {
   log: Logger;
 }): Promise<Worker> {
   const { config, pool, provider } = deps;
-  // The reconciler completes payments here: their orders are marked paid in the same transaction.
-  onPaymentSucceeded(convertPaidHold);
   const tasks = {
-    ...paymentTasks({ pool, provider, options: reconcileOptions(config) }),
+    // The reconciler completes payments here: their orders are marked paid in the same transaction.
+    ...paymentTasks({ pool, provider, options: reconcileOptions(config), onPaymentSucceeded: convertPaidHold }),
     ...idempotencyTasks({ pool, lockTimeoutMs: config.idempotencyLockTimeoutMs }),
     ...salesTasks({ pool }),
     ...webhookTasks({ pool, settings: webhookSettings(config), metrics: deps.metrics, log: deps.log }),

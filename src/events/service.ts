@@ -3,6 +3,8 @@ import { page } from '../platform/http/pagination.js';
 import { newId } from '../platform/ids.js';
 import * as sql from './sql.js';
 
+export { type EventRow, type FirstEventColumns, firstEventCte } from './sql.js';
+
 export const EVENT_TYPES = [
   'payment_intent.created',
   'payment_intent.amount_capturable_updated',

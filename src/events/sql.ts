@@ -26,6 +26,29 @@ export async function insertEvent(
   });
 }
 
+/** SQL expressions (usually the caller's placeholders) for the columns of an object's first event. */
+export interface FirstEventColumns {
+  merchantId: string;
+  id: string;
+  type: string;
+  data: string;
+  createdAt: string;
+  /** The CTE that created the object: its `id` column is the event's object. */
+  objectCte: string;
+}
+
+/**
+ * A CTE named `event` recording the first event (sequence 1) of an object the same statement
+ * creates in `objectCte`; no row there, no event. Inserting it fans it out like any event.
+ */
+export function firstEventCte(c: FirstEventColumns): string {
+  return `event as (
+             insert into events (merchant_id, id, type, object_id, sequence, data, created_at)
+             select ${c.merchantId}, ${c.id}, ${c.type}, ${c.objectCte}.id, 1, ${c.data}, ${c.createdAt}
+             from ${c.objectCte}
+             returning 1)`;
+}
+
 /** Newest first, paging by id (ids are time-ordered). */
 export async function selectEvents(
   db: Queryable,

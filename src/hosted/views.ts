@@ -5,7 +5,7 @@
  * what it needs from data- attributes.
  */
 import { createHash } from 'node:crypto';
-import { formatAmount, isCurrency } from '../payments/currency.js';
+import { formatAmount, isCurrency } from '../money/currency.js';
 import type { StaticAsset } from '../platform/http/static-assets.js';
 import { format, type Strings } from './strings/en.js';
 

@@ -4,18 +4,30 @@
  * here after a crash sends again under the same key, which the provider deduplicates.
  */
 import assert from 'node:assert/strict';
-import { withTransaction } from '../platform/db/pool.js';
+import { type Pool, withTransaction } from '../platform/db/pool.js';
 import type { Reply } from '../platform/http/reply.js';
 import type { HeldKey, StartPoint } from '../platform/idempotency/service.js';
 import * as idempotency from '../platform/idempotency/service.js';
+import type { PaymentProvider } from '../providers/service.js';
 import { completeAttempt, sendAttempt } from './completion.js';
-import { unavailableReply } from './outcomes.js';
-import type { PaymentDeps } from './service.js';
+import type { CompletionDeps } from './hooks.js';
+import type { Completion } from './outcomes.js';
 import type * as sql from './sql.js';
 import { selectIntent } from './sql.js';
 
+/** What the request path's provider call needs. */
+export interface CallDeps extends CompletionDeps {
+  pool: Pool;
+  provider: PaymentProvider;
+  /**
+   * Turns what completing the attempt came to into the request's answer, stored with the key in
+   * the completion's own transaction. routes.ts passes it in: only the HTTP edge speaks HTTP.
+   */
+  present: (completion: Completion) => Reply;
+}
+
 export async function callAndComplete<P extends string>(
-  deps: PaymentDeps,
+  deps: CallDeps,
   held: HeldKey<P>,
   attempt: sql.AttemptRow,
   retryPoint: StartPoint | P,
@@ -27,10 +39,12 @@ export async function callAndComplete<P extends string>(
     // The call certainly did not take effect: settle the attempt as failed and give the key up
     // at `retryPoint`, so a retry with the same key tries again from there.
     return withTransaction(deps.pool, async (client) => {
-      await completeAttempt(client, held.merchantId, attempt.id, outcome);
+      await completeAttempt(client, deps, held.merchantId, attempt.id, outcome);
       await idempotency.release(client, held, retryPoint);
-      return unavailableReply(outcome.retryAfterSeconds);
+      return deps.present({ kind: 'provider_unavailable', retryAfterSeconds: outcome.retryAfterSeconds });
     });
   }
-  return idempotency.finalPhase(deps.pool, held, (client) => completeAttempt(client, held.merchantId, attempt.id, outcome));
+  return idempotency.finalPhase(deps.pool, held, async (client) =>
+    deps.present(await completeAttempt(client, deps, held.merchantId, attempt.id, outcome)),
+  );
 }

@@ -7,9 +7,9 @@
  */
 import assert from 'node:assert/strict';
 import type { Client, Queryable } from '../platform/db/pool.js';
-import type { Reply } from '../platform/http/reply.js';
-import type { PaymentProvider, ProviderCharge, ProviderOperation, ProviderOutcome, ProviderRefund } from '../providers/provider.js';
-import { applyOutcome } from './outcomes.js';
+import type { PaymentProvider, ProviderCharge, ProviderOperation, ProviderOutcome, ProviderRefund } from '../providers/service.js';
+import type { CompletionDeps } from './hooks.js';
+import { applyOutcome, type Completion } from './outcomes.js';
 import { applyRefundOutcome } from './refund-outcomes.js';
 import * as sql from './sql.js';
 
@@ -41,7 +41,13 @@ export function sendAttempt(provider: PaymentProvider, intent: sql.PaymentIntent
  * Applies an outcome to the attempt `attemptId`. Locks the intent first (the order every path
  * uses: intent, then attempt), so completions of one payment are serialized.
  */
-export async function completeAttempt(client: Client, merchantId: string, attemptId: string, outcome: AttemptOutcome): Promise<Reply> {
+export async function completeAttempt(
+  client: Client,
+  deps: CompletionDeps,
+  merchantId: string,
+  attemptId: string,
+  outcome: AttemptOutcome,
+): Promise<Completion> {
   const attempt = await sql.selectAttempt(client, merchantId, attemptId);
   assert.ok(attempt, `attempt ${attemptId} exists`);
   const intent = await sql.selectIntent(client, merchantId, attempt.payment_intent_id, true);
@@ -52,7 +58,7 @@ export async function completeAttempt(client: Client, merchantId: string, attemp
     assert.ok(refund, 'a refund attempt belongs to a refund');
     return applyRefundOutcome(client, refund, current, outcome as ProviderOutcome<ProviderRefund>);
   }
-  return applyOutcome(client, { intent, attempt: current, outcome: outcome as ProviderOutcome<ProviderCharge> });
+  return applyOutcome(client, deps, { intent, attempt: current, outcome: outcome as ProviderOutcome<ProviderCharge> });
 }
 
 export async function loadAttempt(db: Queryable, merchantId: string, attemptId: string) {

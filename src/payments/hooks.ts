@@ -10,20 +10,16 @@ import { newId } from '../platform/ids.js';
 import { toApiIntent } from './domain.js';
 import * as sql from './sql.js';
 
+/**
+ * Run by the completion command when a payment succeeds, in its transaction. Every entry point
+ * that can complete a payment (the API, the worker, tests) passes one in its deps, so none can
+ * take money without reacting to it (sales turns the paid hold into sold stock).
+ */
 export type PaymentSucceededListener = (client: Client, intent: sql.PaymentIntentRow) => Promise<void>;
 
-const succeededListeners: PaymentSucceededListener[] = [];
-
-/**
- * Registers a listener run by the completion command when a payment succeeds, in its
- * transaction. Registration is per process and idempotent: call it where the process is wired.
- */
-export function onPaymentSucceeded(listener: PaymentSucceededListener): void {
-  if (!succeededListeners.includes(listener)) succeededListeners.push(listener);
-}
-
-export async function notifySucceeded(client: Client, intent: sql.PaymentIntentRow): Promise<void> {
-  for (const listener of succeededListeners) await listener(client, intent);
+/** What the completion command needs from whoever runs it. */
+export interface CompletionDeps {
+  onPaymentSucceeded: PaymentSucceededListener;
 }
 
 /** Creates an intent (and its created event) in the caller's transaction. */

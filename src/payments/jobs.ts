@@ -3,21 +3,16 @@
  * crash left open.
  */
 import type { Task, TaskList } from 'graphile-worker';
-import type { Pool } from '../platform/db/pool.js';
-import type { PaymentProvider } from '../providers/provider.js';
 import {
   RECONCILE_TASK,
-  type ReconcileOptions,
+  type ReconcileDeps,
   type ReconcilePayload,
   reconcileAttempt,
   SWEEP_TASK,
   sweepOpenAttempts,
 } from './reconciliation.js';
 
-export interface PaymentJobDeps {
-  pool: Pool;
-  provider: PaymentProvider;
-  options: ReconcileOptions;
+export interface PaymentJobDeps extends ReconcileDeps {
   onExhausted?: (payload: ReconcilePayload) => void;
 }
 

@@ -8,12 +8,10 @@ import assert from 'node:assert/strict';
 import * as events from '../events/service.js';
 import * as ledger from '../ledger/service.js';
 import type { Client } from '../platform/db/pool.js';
-import { ApiError } from '../platform/http/errors.js';
-import type { Reply } from '../platform/http/reply.js';
-import type { ProviderCharge, ProviderOutcome } from '../providers/provider.js';
-import { toApiIntent } from './domain.js';
-import { notifySucceeded } from './hooks.js';
-import { scheduleReconciliation } from './reconciliation.js';
+import type { ProviderCharge, ProviderOutcome } from '../providers/service.js';
+import { type ApiPaymentIntent, toApiIntent, type toApiRefund } from './domain.js';
+import type { CompletionDeps } from './hooks.js';
+import { scheduleReconciliation } from './reconciliation-queue.js';
 import * as sql from './sql.js';
 
 export type OpenOperation = 'authorize' | 'capture' | 'cancel';
@@ -24,16 +22,20 @@ export interface SettledCall {
   outcome: ProviderOutcome<ProviderCharge>;
 }
 
-// A provider that is down usually recovers within seconds; ask clients to wait at least this.
-const RETRY_AFTER_SECONDS_MIN = 1;
-
-export function unavailableReply(retryAfterSeconds: number): Reply {
-  const seconds = String(Math.max(RETRY_AFTER_SECONDS_MIN, retryAfterSeconds));
-  const error = new ApiError('provider_unavailable', 'The payment provider is unavailable; nothing was charged. Retry later.', undefined, {
-    'retry-after': seconds,
-  });
-  return { status: error.status, body: error.toBody(), headers: error.headers };
-}
+/**
+ * What completing an attempt came to, in the domain's words; routes.ts turns it into
+ * the request's answer, and the reconciler and the provider webhook need no answer at all.
+ */
+export type Completion =
+  /** The intent as it now stands: settled by this call, or already by another path. */
+  | { kind: 'intent'; intent: ApiPaymentIntent }
+  | { kind: 'refund'; refund: ReturnType<typeof toApiRefund> }
+  /** The card was declined; the intent is back to requires_payment_method. */
+  | { kind: 'card_declined'; code: string; message: string; intent: ApiPaymentIntent }
+  /** The provider refused a capture or cancel; the authorization is still held. */
+  | { kind: 'provider_refused'; operation: string; message: string }
+  /** The call certainly did not take effect; the intent is retryable as before. */
+  | { kind: 'provider_unavailable'; retryAfterSeconds: number };
 
 /** Where an intent returns when a call certainly did not take effect: retryable as before. */
 function statusBefore(attempt: sql.AttemptRow, intent: sql.PaymentIntentRow) {
@@ -41,7 +43,7 @@ function statusBefore(attempt: sql.AttemptRow, intent: sql.PaymentIntentRow) {
   return 'requires_capture';
 }
 
-export async function applyOutcome(client: Client, call: SettledCall): Promise<Reply> {
+export async function applyOutcome(client: Client, deps: CompletionDeps, call: SettledCall): Promise<Completion> {
   const { intent, attempt, outcome } = call;
   const where = { merchantId: intent.merchant_id, id: intent.id, from: ['processing'] as const };
   switch (outcome.kind) {
@@ -56,7 +58,7 @@ export async function applyOutcome(client: Client, call: SettledCall): Promise<R
       if (await sql.settleAttempt(client, intent.merchant_id, attempt.id, { status: 'failed', errorCode: 'provider_unavailable' })) {
         await sql.transitionIntent(client, { ...where, to: statusBefore(attempt, intent), set: { cancellation_reason: null } });
       }
-      return unavailableReply(outcome.retryAfterSeconds);
+      return { kind: 'provider_unavailable', retryAfterSeconds: outcome.retryAfterSeconds };
     }
     case 'declined':
       return applyDecline(client, call, outcome);
@@ -69,13 +71,13 @@ export async function applyOutcome(client: Client, call: SettledCall): Promise<R
   }
   switch (attempt.operation) {
     case 'authorize':
-      if (charge.status === 'captured') return succeed(client, intent, charge.amountCaptured, charge.reference);
+      if (charge.status === 'captured') return succeed(client, deps, intent, charge.amountCaptured, charge.reference);
       return transitionAndRecord(client, intent, 'requires_capture', 'payment_intent.amount_capturable_updated', {
         provider_reference: charge.reference,
         amount_capturable: charge.amount,
       });
     case 'capture':
-      return succeed(client, intent, charge.amountCaptured, charge.reference);
+      return succeed(client, deps, intent, charge.amountCaptured, charge.reference);
     case 'cancel':
       return transitionAndRecord(client, intent, 'canceled', 'payment_intent.canceled', {
         amount_capturable: 0,
@@ -86,7 +88,7 @@ export async function applyOutcome(client: Client, call: SettledCall): Promise<R
   }
 }
 
-async function applyDecline(client: Client, call: SettledCall, outcome: { code: string; message: string }): Promise<Reply> {
+async function applyDecline(client: Client, call: SettledCall, outcome: { code: string; message: string }): Promise<Completion> {
   const { intent, attempt } = call;
   if (!(await sql.settleAttempt(client, intent.merchant_id, attempt.id, { status: 'failed', errorCode: outcome.code }))) {
     return current(client, intent);
@@ -94,8 +96,7 @@ async function applyDecline(client: Client, call: SettledCall, outcome: { code: 
   if (attempt.operation !== 'authorize') {
     // The provider refused to capture or release the authorization; it is still held.
     await sql.transitionIntent(client, { merchantId: intent.merchant_id, id: intent.id, from: ['processing'], to: 'requires_capture' });
-    const error = new ApiError('provider_declined', `The provider refused the ${attempt.operation}: ${outcome.message}`);
-    return { status: error.status, body: error.toBody() };
+    return { kind: 'provider_refused', operation: attempt.operation, message: outcome.message };
   }
   const lastPaymentError = { type: 'card_error', code: 'card_declined', decline_code: outcome.code, message: outcome.message };
   const updated = await sql.transitionIntent(client, {
@@ -108,12 +109,17 @@ async function applyDecline(client: Client, call: SettledCall, outcome: { code: 
   assert.ok(updated, 'an intent with an open attempt is processing');
   const view = toApiIntent(updated);
   await events.record(client, intent.merchant_id, 'payment_intent.payment_failed', view);
-  const error = new ApiError('card_declined', outcome.message);
-  return { status: error.status, body: { error: { ...error.toBody().error, decline_code: outcome.code, payment_intent: view } } };
+  return { kind: 'card_declined', code: outcome.code, message: outcome.message, intent: view };
 }
 
 /** Marks the intent succeeded with `received` captured, and posts the capture to the ledger. */
-async function succeed(client: Client, intent: sql.PaymentIntentRow, received: number, reference: string): Promise<Reply> {
+async function succeed(
+  client: Client,
+  deps: CompletionDeps,
+  intent: sql.PaymentIntentRow,
+  received: number,
+  reference: string,
+): Promise<Completion> {
   const reply = await transitionAndRecord(client, intent, 'succeeded', 'payment_intent.succeeded', {
     provider_reference: reference,
     amount_received: received,
@@ -126,7 +132,7 @@ async function succeed(client: Client, intent: sql.PaymentIntentRow, received: n
     amount: received,
     paymentIntentId: intent.id,
   });
-  await notifySucceeded(client, intent);
+  await deps.onPaymentSucceeded(client, intent);
   return reply;
 }
 
@@ -136,16 +142,16 @@ async function transitionAndRecord(
   to: 'succeeded' | 'requires_capture' | 'canceled',
   eventType: events.EventType,
   set: sql.IntentChanges,
-): Promise<Reply> {
+): Promise<Completion> {
   const updated = await sql.transitionIntent(client, { merchantId: intent.merchant_id, id: intent.id, from: ['processing'], to, set });
   assert.ok(updated, 'an intent with an open attempt is processing');
   const view = toApiIntent(updated);
   await events.record(client, intent.merchant_id, eventType, view);
-  return { status: 200, body: view };
+  return { kind: 'intent', intent: view };
 }
 
-async function current(client: Client, intent: sql.PaymentIntentRow): Promise<Reply> {
+async function current(client: Client, intent: sql.PaymentIntentRow): Promise<Completion> {
   const latest = await sql.selectIntent(client, intent.merchant_id, intent.id);
   assert.ok(latest);
-  return { status: 200, body: toApiIntent(latest) };
+  return { kind: 'intent', intent: toApiIntent(latest) };
 }

@@ -17,7 +17,7 @@ import { audit } from '../audit/service.js';
 import { loadConfig } from '../config.js';
 import { ApiError } from '../platform/http/errors.js';
 import { HttpProvider } from '../providers/http-provider.js';
-import type { PaymentProvider } from '../providers/provider.js';
+import type { PaymentProvider } from '../providers/service.js';
 import { canTransition, type PaymentIntentStatus } from './domain.js';
 
 // Enough runs and steps to reach partial captures, refunds of refunds and replays of each,

@@ -9,9 +9,10 @@ import type { Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';
 import type { HttpServer } from '../platform/http/server.js';
-import { operationFromRecorded, type RecordedResponse } from '../providers/http-provider.js';
+import { operationFromRecorded, type RecordedResponse } from '../providers/service.js';
 import { completeAttempt, outcomeFromOperation } from './completion.js';
 import { parseProviderKey } from './domain.js';
+import type { CompletionDeps } from './hooks.js';
 import * as sql from './sql.js';
 
 export const PROVIDER_WEBHOOK_PATH = '/v1/providers/simulator/webhooks';
@@ -73,19 +74,27 @@ function isOperationBody(body: Record<string, unknown>): boolean {
 export type WebhookResult = 'applied' | 'duplicate' | 'not_ours';
 
 /** Applies one verified provider event, once. */
-export async function handleProviderEvent(pool: Pool, event: ProviderEvent): Promise<WebhookResult> {
+export interface ProviderWebhookDeps extends CompletionDeps {
+  pool: Pool;
+  secret: string | undefined;
+}
+
+export async function handleProviderEvent(
+  deps: Pick<ProviderWebhookDeps, 'pool' | 'onPaymentSucceeded'>,
+  event: ProviderEvent,
+): Promise<WebhookResult> {
   const key = parseProviderKey(event.idempotency_key);
   if (!key) return 'not_ours';
-  return withTransaction(pool, async (client) => {
+  return withTransaction(deps.pool, async (client) => {
     const attempt = await sql.selectAttempt(client, key.merchantId, key.attemptId);
     if (!attempt || attempt.provider_idempotency_key !== event.idempotency_key) return 'not_ours';
     if (!(await sql.insertProviderEvent(client, key.merchantId, PROVIDER, event.id))) return 'duplicate';
-    await completeAttempt(client, key.merchantId, key.attemptId, outcomeFromOperation(operationFromRecorded(event.response)));
+    await completeAttempt(client, deps, key.merchantId, key.attemptId, outcomeFromOperation(operationFromRecorded(event.response)));
     return 'applied';
   });
 }
 
-export function registerProviderWebhookRoutes(app: HttpServer, deps: { pool: Pool; secret: string | undefined }): void {
+export function registerProviderWebhookRoutes(app: HttpServer, deps: ProviderWebhookDeps): void {
   app.register(async (scope) => {
     // The signature covers the exact bytes sent, so this route reads the body as text.
     scope.removeContentTypeParser('application/json');
@@ -99,7 +108,7 @@ export function registerProviderWebhookRoutes(app: HttpServer, deps: { pool: Poo
       if (!check.ok) throw new ApiError('signature_invalid', `Webhook refused: ${check.reason}.`);
       const event = parseEvent(body);
       if (!event) throw new ApiError('body_invalid_json', 'The webhook body is not a provider event.');
-      return { received: true, result: await handleProviderEvent(deps.pool, event) };
+      return { received: true, result: await handleProviderEvent(deps, event) };
     });
   });
 }

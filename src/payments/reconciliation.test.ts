@@ -29,7 +29,16 @@ const { t } = r;
 const sim = t.sim.simulator;
 const AMOUNT = 3100;
 const OPTIONS: ReconcileOptions = { baseDelayMs: 60_000, maxDelayMs: 100_000, maxAttempts: 3, staleAfterMs: 60_000 };
-const deps = { pool: t.pool, provider: t.provider, options: OPTIONS };
+/** The intents whose success the completion command announced, in order: each must appear once. */
+const succeededIntents: string[] = [];
+const deps = {
+  pool: t.pool,
+  provider: t.provider,
+  options: OPTIONS,
+  onPaymentSucceeded: async (_client: unknown, intent: { id: string }) => {
+    succeededIntents.push(intent.id);
+  },
+};
 // Nothing listens on port 1: every call is refused before it is sent, as when the provider is down.
 const unreachable = new HttpProvider({ baseUrl: 'http://127.0.0.1:1', timeoutMs: 1_000, breakerThreshold: 1_000, halfOpenMs: 1_000 });
 
@@ -41,6 +50,7 @@ const createAndConfirm = (paymentMethod: string): PostRequest => ({
 interface Attempt {
   merchant_id: string;
   id: string;
+  payment_intent_id: string;
   operation: string;
   status: string;
   error_code: string | null;
@@ -49,7 +59,7 @@ interface Attempt {
 
 async function attemptsOf(merchantId: string, operation = 'authorize'): Promise<Attempt[]> {
   const { rows } = await t.pool.query<Attempt>(
-    `select merchant_id, id, operation, status, error_code, provider_idempotency_key from payment_attempts
+    `select merchant_id, id, payment_intent_id, operation, status, error_code, provider_idempotency_key from payment_attempts
      where merchant_id = $1 and operation = $2 order by id`,
     [merchantId, operation],
   );
@@ -180,6 +190,11 @@ describe('reconciling a payment attempt', () => {
     await assertSucceededOnce(m, attempt);
     assert.equal(await reconcileAttempt(deps, round(attempt, 1)), 'already_settled');
     await assertSucceededOnce(m, attempt);
+    assert.equal(
+      succeededIntents.filter((id) => id === attempt.payment_intent_id).length,
+      1,
+      'the success listener passed in the deps ran once, in the completion',
+    );
   });
 
   test('an attempt the provider never saw is sent forward under the same key and settled, charged once', async () => {

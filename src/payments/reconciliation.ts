@@ -9,15 +9,19 @@
  * both with the one result. While the provider cannot answer, it asks again with exponential
  * backoff and full jitter; after `maxAttempts` rounds it stops and reports the attempt.
  */
-import type { Client, Pool, Queryable } from '../platform/db/pool.js';
+import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import { addJob } from '../platform/jobs/queue.js';
-import type { PaymentProvider } from '../providers/provider.js';
+import type { PaymentProvider } from '../providers/service.js';
 import { type AttemptOutcome, completeAttempt, loadAttempt, outcomeFromOperation, sendAttempt } from './completion.js';
+import type { CompletionDeps } from './hooks.js';
+import { RECONCILE_TASK, type ReconcilePayload, scheduleReconciliation } from './reconciliation-queue.js';
 import type * as sql from './sql.js';
+
+export { RECONCILE_TASK, type ReconcilePayload, scheduleReconciliation };
+
 import { markReconciliationExhausted, selectStaleOpenAttempts } from './sql.js';
 
-export const RECONCILE_TASK = 'reconcile_attempt';
 export const SWEEP_TASK = 'sweep_open_attempts';
 
 export interface ReconcileOptions {
@@ -26,19 +30,6 @@ export interface ReconcileOptions {
   maxAttempts: number;
   /** Open attempts untouched for this long have certainly lost their request. */
   staleAfterMs: number;
-}
-
-export interface ReconcilePayload {
-  merchant_id: string;
-  attempt_id: string;
-  round: number;
-}
-
-/** Queues a reconciliation of the attempt, in the caller's transaction. */
-export async function scheduleReconciliation(db: Queryable, attempt: Pick<sql.AttemptRow, 'merchant_id' | 'id'>, round = 1, runAt?: Date) {
-  const payload: ReconcilePayload = { merchant_id: attempt.merchant_id, attempt_id: attempt.id, round };
-  // One reconciliation per attempt at a time; a sweep never postpones one already waiting.
-  await addJob(db, RECONCILE_TASK, { ...payload }, { jobKey: `reconcile:${attempt.id}`, jobKeyMode: 'preserve_run_at', runAt });
 }
 
 /** Full jitter: a delay drawn uniformly below the capped exponential bound. */
@@ -56,10 +47,13 @@ export function reconcileDeadlineMs(options: Pick<ReconcileOptions, 'baseDelayMs
 
 export type ReconcileResult = 'settled' | 'already_settled' | 'rescheduled' | 'exhausted' | 'missing';
 
-export async function reconcileAttempt(
-  deps: { pool: Pool; provider: PaymentProvider; options: ReconcileOptions },
-  payload: ReconcilePayload,
-): Promise<ReconcileResult> {
+export interface ReconcileDeps extends CompletionDeps {
+  pool: Pool;
+  provider: PaymentProvider;
+  options: ReconcileOptions;
+}
+
+export async function reconcileAttempt(deps: ReconcileDeps, payload: ReconcilePayload): Promise<ReconcileResult> {
   const loaded = await loadAttempt(deps.pool, payload.merchant_id, payload.attempt_id);
   if (!loaded) return 'missing';
   const { attempt, intent } = loaded;
@@ -79,7 +73,7 @@ export async function reconcileAttempt(
     return 'rescheduled';
   }
   const settled = outcome;
-  await withTransaction(deps.pool, (client) => completeAttempt(client, attempt.merchant_id, attempt.id, settled));
+  await withTransaction(deps.pool, (client) => completeAttempt(client, deps, attempt.merchant_id, attempt.id, settled));
   return 'settled';
 }
 

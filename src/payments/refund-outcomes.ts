@@ -7,26 +7,26 @@ import assert from 'node:assert/strict';
 import * as events from '../events/service.js';
 import * as ledger from '../ledger/service.js';
 import type { Client } from '../platform/db/pool.js';
-import type { Reply } from '../platform/http/reply.js';
-import type { ProviderOutcome, ProviderRefund } from '../providers/provider.js';
+import type { ProviderOutcome, ProviderRefund } from '../providers/service.js';
 import { toApiRefund } from './domain.js';
-import { scheduleReconciliation } from './reconciliation.js';
+import type { Completion } from './outcomes.js';
+import { scheduleReconciliation } from './reconciliation-queue.js';
 import * as sql from './sql.js';
 
-const ok = (body: unknown): Reply => ({ status: 200, body });
+const settledAs = (refund: sql.RefundRow): Completion => ({ kind: 'refund', refund: toApiRefund(refund) });
 
 export async function applyRefundOutcome(
   client: Client,
   refund: sql.RefundRow,
   attempt: sql.AttemptRow,
   outcome: ProviderOutcome<ProviderRefund>,
-): Promise<Reply> {
+): Promise<Completion> {
   const { merchant_id: merchantId } = refund;
   if (outcome.kind === 'unknown') {
     if (await sql.settleAttempt(client, merchantId, attempt.id, { status: 'unknown', errorCode: 'outcome_unknown' })) {
       await scheduleReconciliation(client, attempt);
     }
-    return ok(toApiRefund(refund));
+    return settledAs(refund);
   }
   const succeeded = outcome.kind === 'succeeded';
   const settledAttempt = await sql.settleAttempt(client, merchantId, attempt.id, {
@@ -37,7 +37,7 @@ export async function applyRefundOutcome(
   const settled = settledAttempt
     ? await sql.settleRefund(client, merchantId, refund.id, succeeded ? 'succeeded' : 'failed', succeeded ? null : failureReason(outcome))
     : undefined;
-  if (!settled) return ok(toApiRefund((await sql.selectRefund(client, merchantId, refund.id)) ?? refund));
+  if (!settled) return settledAs((await sql.selectRefund(client, merchantId, refund.id)) ?? refund);
   if (succeeded) {
     await ledger.post(client, {
       merchantId,
@@ -52,7 +52,7 @@ export async function applyRefundOutcome(
     assert.ok(await sql.adjustAmountRefunded(client, merchantId, refund.payment_intent_id, -refund.amount));
     await events.record(client, merchantId, 'refund.failed', toApiRefund(settled));
   }
-  return ok(toApiRefund(settled));
+  return settledAs(settled);
 }
 
 function failureReason(outcome: ProviderOutcome<ProviderRefund>): string {

@@ -1,6 +1,19 @@
-/** The refund statements of payments (re-exported from sql.ts, where the row types live). */
+/** The refund statements of payments and their row type, re-exported from sql.ts. */
 import type { Queryable } from '../platform/db/pool.js';
-import type { RefundRow } from './sql.js';
+
+export interface RefundRow {
+  merchant_id: string;
+  id: string;
+  payment_intent_id: string;
+  amount: number;
+  currency: string;
+  status: 'pending' | 'succeeded' | 'failed';
+  reason: string | null;
+  metadata: Record<string, string>;
+  failure_reason: string | null;
+  created_at: Date;
+  updated_at: Date;
+}
 
 const REFUND_COLUMNS = `merchant_id, id, payment_intent_id, amount, currency, status, reason, metadata, failure_reason,
   created_at, updated_at`;

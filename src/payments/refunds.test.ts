@@ -3,7 +3,7 @@ import { after, describe, test } from 'node:test';
 import { key, setupTestContext } from '../../test/helpers.js';
 import { buildApp } from '../app.js';
 import { audit } from '../audit/service.js';
-import type { PaymentProvider } from '../providers/provider.js';
+import type { PaymentProvider } from '../providers/service.js';
 
 const t = await setupTestContext();
 

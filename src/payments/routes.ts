@@ -4,14 +4,15 @@
  * schema, so the error names the parameter.
  */
 import { Type } from '@sinclair/typebox';
+import { CURRENCY_EXPONENTS, isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../money/currency.js';
 import { principalOf, requestContext } from '../platform/http/context.js';
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
-import { sendReply } from '../platform/http/reply.js';
+import { errorReply, ok, type Reply, sendReply } from '../platform/http/reply.js';
 import { errorResponses, IdempotencyHeaders, IdParams, ListOf, ListQuery, Metadata } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { ID_PATTERN } from '../platform/ids.js';
-import { CURRENCY_EXPONENTS, isCurrency, maxAmount, SUPPORTED_CURRENCIES } from './currency.js';
 import { CANCELLATION_REASONS, REFUND_REASONS, STATUSES } from './domain.js';
+import type { Completion } from './outcomes.js';
 import * as refunds from './refunds.js';
 import type { PaymentDeps } from './service.js';
 import * as payments from './service.js';
@@ -91,7 +92,42 @@ const intentId = IdParams(ID_PATTERN('pi'));
 const refundId = IdParams(ID_PATTERN('re'));
 const intentResponses = { 200: PaymentIntent, 402: errorResponses[400], ...errorResponses };
 
-export function registerPaymentRoutes(app: HttpServer, deps: PaymentDeps): void {
+// A provider that is down usually recovers within seconds; ask clients to wait at least this.
+const RETRY_AFTER_SECONDS_MIN = 1;
+
+function unavailableReply(retryAfterSeconds: number): Reply {
+  const seconds = String(Math.max(RETRY_AFTER_SECONDS_MIN, retryAfterSeconds));
+  return errorReply(
+    new ApiError('provider_unavailable', 'The payment provider is unavailable; nothing was charged. Retry later.', undefined, {
+      'retry-after': seconds,
+    }),
+  );
+}
+
+/** The HTTP answer to what completing a provider call came to (the request path stores it with its key). */
+export function completionReply(completion: Completion): Reply {
+  switch (completion.kind) {
+    case 'intent':
+      return ok(completion.intent);
+    case 'refund':
+      return ok(completion.refund);
+    case 'card_declined': {
+      const error = new ApiError('card_declined', completion.message);
+      return {
+        status: error.status,
+        body: { error: { ...error.toBody().error, decline_code: completion.code, payment_intent: completion.intent } },
+      };
+    }
+    case 'provider_refused':
+      return errorReply(new ApiError('provider_declined', `The provider refused the ${completion.operation}: ${completion.message}`));
+    case 'provider_unavailable':
+      return unavailableReply(completion.retryAfterSeconds);
+  }
+}
+
+export function registerPaymentRoutes(app: HttpServer, routeDeps: Omit<PaymentDeps, 'present'>): void {
+  const deps: PaymentDeps = { ...routeDeps, present: completionReply };
+
   app.post(
     '/v1/payment_intents',
     {

@@ -20,15 +20,16 @@ import type { HeldKey, IdempotencyOptions, PhaseResult } from '../platform/idemp
 import * as idempotency from '../platform/idempotency/service.js';
 import { respond } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
-import type { PaymentProvider } from '../providers/provider.js';
-import { callAndComplete } from './calls.js';
+import { type CallDeps, callAndComplete } from './calls.js';
 import { CANCELABLE, CONFIRMABLE, initialStatus, providerKeyFor, toApiIntent } from './domain.js';
+
+/** What other capabilities may do inside their own transactions: see hooks.ts. */
+export { cancelUnpaidForExpiry, createIntentInTransaction, type ExpiryDecision, type PaymentSucceededListener } from './hooks.js';
+
 import type { OpenOperation } from './outcomes.js';
 import * as sql from './sql.js';
 
-export interface PaymentDeps {
-  pool: Pool;
-  provider: PaymentProvider;
+export interface PaymentDeps extends CallDeps {
   idempotency: IdempotencyOptions;
 }
 
@@ -102,6 +103,7 @@ async function createUnconfirmed(deps: PaymentDeps, ctx: RequestContext, params:
   // V8 a fresh object shape on every call, and each field then costs an inline-cache miss.
   const body = viewOfNewIntent(intent);
   const created = await sql.insertIntentWithFinishedKey(deps.pool, intent, {
+    keyKind: ctx.keyKind,
     key: ctx.idempotencyKey,
     fingerprint: ctx.fingerprint,
     ttlHours: deps.idempotency.ttlHours,

@@ -1,4 +1,6 @@
+import { firstEventCte } from '../events/service.js';
 import type { Queryable } from '../platform/db/pool.js';
+import { finishedKeyCte } from '../platform/idempotency/sql.js';
 import type { PaymentIntentStatus } from './domain.js';
 
 export interface PaymentIntentRow {
@@ -36,20 +38,6 @@ export interface AttemptRow {
   created_at?: Date;
 }
 
-export interface RefundRow {
-  merchant_id: string;
-  id: string;
-  payment_intent_id: string;
-  amount: number;
-  currency: string;
-  status: 'pending' | 'succeeded' | 'failed';
-  reason: string | null;
-  metadata: Record<string, string>;
-  failure_reason: string | null;
-  created_at: Date;
-  updated_at: Date;
-}
-
 export interface NewIntent {
   merchantId: string;
   id: string;
@@ -71,34 +59,46 @@ const INTENT_COLUMNS = `merchant_id, id, amount, currency, status, capture_metho
  * The hot path of a surge: create a PaymentIntent, its `payment_intent.created` event and the
  * finished idempotency key in one statement, so one round trip both does the work and records
  * the response a retry will replay. When the key already exists nothing is written and the
- * result is false; the caller then resolves the existing key. The event is the new intent's
- * first (sequence 1); inserting it fans it out to webhook endpoints (migrations/002_webhooks.sql).
+ * result is false; the caller then resolves the existing key. The key's and the event's parts
+ * of the statement come from their owners (platform/idempotency, events); the event is the new
+ * intent's first, and inserting it fans it out to webhook endpoints (migrations/002_webhooks.sql).
  */
-export async function insertIntentWithFinishedKey(
-  db: Queryable,
-  intent: NewIntent,
-  key: { key: string; fingerprint: Buffer; ttlHours: number; eventId: string; responseBody: unknown },
-): Promise<boolean> {
-  const { rows } = await db.query<{ created: boolean }>({
-    name: 'payments_insert_intent_with_finished_key',
-    text: `with key as (
-             insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
-               request_fingerprint, locked_at, recovery_point, resource_id, response_status, response_body, expires_at)
-             values ($1, 'secret', $2, 'POST', '/v1/payment_intents', $3, null, 'finished', $4, 200, $5::jsonb,
-               $11::timestamptz + make_interval(hours => $6))
-             on conflict do nothing
-             returning 1),
+const INSERT_INTENT_WITH_FINISHED_KEY = `with ${finishedKeyCte({
+  merchantId: '$1',
+  keyKind: '$16',
+  key: '$2',
+  method: "'POST'",
+  path: "'/v1/payment_intents'",
+  fingerprint: '$3',
+  resourceId: '$4',
+  status: '200',
+  body: '$5::jsonb',
+  now: '$11::timestamptz',
+  ttlHours: '$6',
+})},
            intent as (
              insert into payment_intents (merchant_id, id, amount, currency, status, capture_method, payment_method,
                description, metadata, created_at, updated_at)
              select $1, $4, $7, $8, $9, $10, $12, $13, $14, $11, $11 from key
              returning id),
-           event as (
-             insert into events (merchant_id, id, type, object_id, sequence, data, created_at)
-             select $1, $15, 'payment_intent.created', intent.id, 1, jsonb_build_object('object', $5::jsonb), $11
-             from intent
-             returning 1)
-           select exists (select 1 from event) as created`,
+           ${firstEventCte({
+             merchantId: '$1',
+             id: '$15',
+             type: "'payment_intent.created'",
+             data: "jsonb_build_object('object', $5::jsonb)",
+             createdAt: '$11',
+             objectCte: 'intent',
+           })}
+           select exists (select 1 from event) as created`;
+
+export async function insertIntentWithFinishedKey(
+  db: Queryable,
+  intent: NewIntent,
+  key: { keyKind: 'secret' | 'publishable'; key: string; fingerprint: Buffer; ttlHours: number; eventId: string; responseBody: unknown },
+): Promise<boolean> {
+  const { rows } = await db.query<{ created: boolean }>({
+    name: 'payments_insert_intent_with_finished_key',
+    text: INSERT_INTENT_WITH_FINISHED_KEY,
     values: [
       intent.merchantId,
       key.key,
@@ -115,6 +115,7 @@ export async function insertIntentWithFinishedKey(
       intent.description,
       JSON.stringify(intent.metadata),
       key.eventId,
+      key.keyKind,
     ],
   });
   return rows[0]?.created === true;

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import fc from 'fast-check';
 import { createTestDatabase, createTestMerchant } from '../../test/helpers.js';
-import { createIntentInTransaction } from '../payments/hooks.js';
+import { createIntentInTransaction } from '../payments/service.js';
 import { createPool, withTransaction } from '../platform/db/pool.js';
 import { newId } from '../platform/ids.js';
 import { convertPaidHold, endHold, expireHold, takeHold } from './holds.js';

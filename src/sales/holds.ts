@@ -6,7 +6,7 @@
  * so a payment that succeeds late always finds its stock.
  */
 
-import { cancelUnpaidForExpiry } from '../payments/hooks.js';
+import { cancelUnpaidForExpiry } from '../payments/service.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';

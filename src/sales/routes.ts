@@ -2,9 +2,8 @@
  * The HTTP edge of sales: sales and their items, holds, orders.
  */
 import { Type } from '@sinclair/typebox';
-import { QUEUE_LIMITS } from '../admission/domain.js';
-import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../payments/currency.js';
-import type { Cache } from '../platform/cache/cache.js';
+import { QUEUE_LIMITS } from '../admission/service.js';
+import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../money/currency.js';
 import { sendCached } from '../platform/cache/http.js';
 import { principalOf, requestContext } from '../platform/http/context.js';
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
@@ -200,11 +199,9 @@ function parseTimes(opensAt: string | undefined, closesAt: string | null | undef
 }
 
 export interface SaleCache {
-  cache: Cache<ReturnType<typeof sales.toApiSale> | null>;
+  cache: sales.SaleCache;
   staleMs: number;
 }
-
-const saleCacheKey = (merchantId: string, saleId: string) => `${merchantId}:${saleId}`;
 
 /** Where buyers reach the hosted page of a sale, from the service's public base URL. */
 export const hostedPageUrl = (publicUrl: string, saleId: string) => `${publicUrl.replace(/\/+$/, '')}/s/${encodeURIComponent(saleId)}`;
@@ -283,11 +280,11 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
     },
     async (request, reply) => {
       const merchantId = principalOf(request).merchantId;
-      const cached = await cache.cache.get(saleCacheKey(merchantId, request.params.id), () =>
-        sales.retrieveSale(deps.pool, merchantId, request.params.id).then((sale) => (sale ? present(sale) : null)),
-      );
+      const cached = await sales.cachedSale(cache.cache, deps.pool, merchantId, request.params.id);
       if (cached.value === null) throw new ApiError('resource_missing', `No such sale: '${request.params.id}'`, 'id');
-      return sendCached(request, reply, cached, { staleMs: cache.staleMs });
+      // The cached copy is shared with the waiting room; its hosted URL is added here. The URL
+      // follows from the sale and this deployment, so the cached ETag still names the answer.
+      return sendCached(request, reply, { json: JSON.stringify(present(cached.value)), etag: cached.etag }, { staleMs: cache.staleMs });
     },
   );
 
@@ -324,7 +321,7 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
       const ctx = requestContext(request);
       const result = presentReply(await sales.updateSale(deps, ctx, request.params.id, changes, hostedChanges(request.body)));
       // Every node drops its copy: the next public read shows the change at once.
-      if (result.status === 200) await cache.cache.invalidate(saleCacheKey(ctx.merchantId, request.params.id));
+      if (result.status === 200) await cache.cache.invalidate(sales.saleCacheKey(ctx.merchantId, request.params.id));
       return sendReply(reply, result);
     },
   );

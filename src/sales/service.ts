@@ -3,9 +3,9 @@
  * atomic phase under its idempotency key, so a retry replays the first answer.
  */
 
-import { LRUCache } from 'lru-cache';
 import type { SaleForQueue } from '../admission/service.js';
-import { createIntentInTransaction } from '../payments/hooks.js';
+import { createIntentInTransaction } from '../payments/service.js';
+import type { Cache } from '../platform/cache/cache.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
@@ -257,44 +257,34 @@ export async function releaseHold(deps: SalesDeps, merchantId: string, id: strin
   return { status: reply.status, body: reply.body, headers: reply.headers };
 }
 
-// Sales a node keeps for its waiting room at once; far more than run in one surge.
-const QUEUE_SALES_CACHED_MAX = 1_000;
+/** The one cache of sales: the public sale page and the waiting room read it, and a change invalidates it on every node. */
+export type SaleCache = Cache<ReturnType<typeof toApiSale> | null>;
+
+export const saleCacheKey = (merchantId: string, saleId: string) => `${merchantId}:${saleId}`;
+
+/** The sale with its availability, stale by at most the cache's bound (FLOODGATE_CACHE_STALE_MS). */
+export function cachedSale(cache: SaleCache, pool: Pool, merchantId: string, saleId: string) {
+  return cache.get(saleCacheKey(merchantId, saleId), () => retrieveSale(pool, merchantId, saleId).then((sale) => sale ?? null));
+}
 
 /**
- * The sale as the waiting room sees it. Every join and poll asks, so the sale and its remaining
- * stock are read at most once per `staleMs` per node: the line may act on availability that
- * old, the same bound the public sale page has.
+ * The sale as the waiting room sees it. Every join and poll asks, so it comes from the sale
+ * cache: the line acts on settings and availability at most as old as the public sale page
+ * shows, and a change to the sale (PATCH) reaches the line as soon as it reaches the page.
  */
-export function createSaleLookup(pool: Pool, staleMs: number) {
-  const ttl = Math.max(1, staleMs);
-  const sales = new LRUCache<string, { sale: sql.SaleRow | null }>({ max: QUEUE_SALES_CACHED_MAX, ttl });
-  const stock = new LRUCache<string, Promise<number>>({ max: QUEUE_SALES_CACHED_MAX, ttl });
+export function createSaleLookup(pool: Pool, cache: SaleCache) {
   return async (merchantId: string, saleId: string): Promise<SaleForQueue | undefined> => {
-    const key = `${merchantId}:${saleId}`;
-    let entry = sales.get(key);
-    if (!entry) {
-      entry = { sale: (await sql.selectSale(pool, merchantId, saleId)) ?? null };
-      sales.set(key, entry);
-    }
-    const sale = entry.sale;
+    const sale = (await cachedSale(cache, pool, merchantId, saleId)).value;
     if (!sale) return undefined;
+    const available = sale.items.reduce((sum, item) => sum + item.stock.available, 0);
     return {
       id: sale.id,
-      opensAt: sale.opens_at,
-      closesAt: sale.closes_at,
-      admitPerSecond: sale.admit_per_second,
-      maxShoppers: sale.max_shoppers,
-      graceSeconds: sale.grace_seconds,
-      remainingStock: () => {
-        let available = stock.get(key);
-        if (!available) {
-          // Concurrent polls share one read; a failed read is not kept.
-          available = sql.selectAvailableUnits(pool, merchantId, saleId);
-          available.catch(() => stock.delete(key));
-          stock.set(key, available);
-        }
-        return available;
-      },
+      opensAt: new Date(sale.opens_at),
+      closesAt: sale.closes_at === null ? null : new Date(sale.closes_at),
+      admitPerSecond: sale.waiting_room.admit_per_second,
+      maxShoppers: sale.waiting_room.max_shoppers,
+      graceSeconds: sale.waiting_room.grace_seconds,
+      remainingStock: async () => available,
     };
   };
 }

@@ -14,10 +14,9 @@
  * verify them with an off-the-shelf library.
  */
 import { createHmac, randomBytes } from 'node:crypto';
-import type { DeliveryRow, EndpointRow } from './sql.js';
+import type { DeliveryRow, DeliveryStatus, EndpointRow } from './sql.js';
 
-export const DELIVERY_STATUSES = ['pending', 'succeeded', 'dead', 'canceled'] as const;
-export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
+export { DELIVERY_STATUSES, type DeliveryStatus } from './sql.js';
 
 /** Subscribes an endpoint to every event type, including those added later. */
 export const ALL_EVENTS = '*';

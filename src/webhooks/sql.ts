@@ -2,9 +2,12 @@
  * The queries of webhooks. The fan-out of a new event to its deliveries is the trigger in
  * migrations/002_webhooks.sql, so that every writer of events gets it in its own transaction.
  */
-import type { EventRow } from '../events/sql.js';
+import type { EventRow } from '../events/service.js';
 import type { Queryable } from '../platform/db/pool.js';
-import type { DeliveryStatus } from './domain.js';
+
+/** The values of webhook_deliveries.status (its check constraint in migrations/002_webhooks.sql). */
+export const DELIVERY_STATUSES = ['pending', 'succeeded', 'dead', 'canceled'] as const;
+export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
 
 export interface EndpointRow {
   merchant_id: string;

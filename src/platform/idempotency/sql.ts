@@ -24,6 +24,36 @@ export interface IdempotencyKeyRow {
 const COLUMNS = `merchant_id, key_kind, idempotency_key, request_method, request_path, request_fingerprint, locked_at,
   recovery_point, resource_id, response_status, response_body`;
 
+/** SQL expressions (usually the caller's placeholders) for the columns of a finished key. */
+export interface FinishedKeyColumns {
+  merchantId: string;
+  keyKind: string;
+  key: string;
+  method: string;
+  path: string;
+  fingerprint: string;
+  resourceId: string;
+  status: string;
+  body: string;
+  now: string;
+  ttlHours: string;
+}
+
+/**
+ * A CTE named `key` for a statement that does a request's whole work in one round trip: it
+ * inserts the key already finished, with its response, and yields one row only when the key is
+ * new, so the caller's other CTEs write `from key` and nothing happens for a key that exists.
+ */
+export function finishedKeyCte(c: FinishedKeyColumns): string {
+  return `key as (
+             insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
+               request_fingerprint, locked_at, recovery_point, resource_id, response_status, response_body, expires_at)
+             values (${c.merchantId}, ${c.keyKind}, ${c.key}, ${c.method}, ${c.path}, ${c.fingerprint}, null, 'finished',
+               ${c.resourceId}, ${c.status}, ${c.body}, ${c.now} + make_interval(hours => ${c.ttlHours}))
+             on conflict do nothing
+             returning 1)`;
+}
+
 /** Inserts a new key, locked by the caller; returns nothing when the key already exists. */
 export async function insertLockedKey(
   db: Queryable,

@@ -1,4 +1,7 @@
 /**
+ * Money, a concept of its own that payments and sales share: pure rules, no I/O, so any
+ * capability may import it (the lint rule in biome.json allows src/money/ as it does platform/).
+ *
  * ISO 4217 currencies we accept, with their exponent (minor-unit digits). Amounts are always
  * integers in minor units: 1000 USD-minor is $10.00, 1000 JPY is ¥1000, 1000 BHD-minor is
  * 1.000 BD. The exponent decides the largest amount we accept.
