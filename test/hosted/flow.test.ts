@@ -171,6 +171,38 @@ describe('hosted sale page in a browser', { skip }, async () => {
     await second.context.close();
   });
 
+  test('the waiting page polls while visible and stops while hidden', async () => {
+    const sale = await h.createSale({ max_shoppers: 1 });
+    const first = await openPage(browser, 'desktop');
+    await first.page.goto(`${node.url}/s/${sale.id}`);
+    await first.page.getByRole('button', { name: 'Join the line' }).click();
+    await first.page.getByRole('heading', { name: 'It is your turn' }).waitFor();
+    const second = await openPage(browser, 'phone');
+    await second.page.goto(`${node.url}/s/${sale.id}`);
+    await second.page.getByRole('button', { name: 'Join the line' }).click();
+    await second.page.getByRole('heading', { name: 'You are in line' }).waitFor();
+    const polls = () => second.requests.filter((url) => url.endsWith(`/s/${sale.id}/line`)).length;
+    const visible = polls();
+    await second.page.waitForTimeout(3_500);
+    assert.ok(polls() > visible, 'a visible waiting page polls');
+    const setHidden = (hidden: boolean) =>
+      second.page.evaluate(`(() => {
+        Object.defineProperty(document, 'hidden', { get: () => ${hidden}, configurable: true });
+        Object.defineProperty(document, 'visibilityState', { get: () => '${hidden ? 'hidden' : 'visible'}', configurable: true });
+        document.dispatchEvent(new Event('visibilitychange'));
+      })()`);
+    await setHidden(true);
+    await second.page.waitForTimeout(500);
+    const hidden = polls();
+    await second.page.waitForTimeout(3_500);
+    assert.equal(polls(), hidden, 'a hidden page does not poll');
+    await setHidden(false);
+    await second.page.waitForResponse((response) => response.url().endsWith(`/s/${sale.id}/line`));
+    assert.ok(polls() > hidden, 'it polls again at once when shown');
+    await first.context.close();
+    await second.context.close();
+  });
+
   test('sold out while waiting: the waiting page says so', async () => {
     // Two units, one shopper at a time: the first buyer holds both while the second waits.
     const sale = await h.createSale({ max_shoppers: 1, per_buyer_limit: 2, items: [{ name: 'Ticket', price: 2500, stock: 2 }] });
