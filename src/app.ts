@@ -2,13 +2,19 @@
  * Builds the HTTP app from its dependencies. No listen here: processes call listen, tests use
  * app.inject().
  */
-import { randomBytes } from 'node:crypto';
+import { createHmac, randomBytes } from 'node:crypto';
+import path from 'node:path';
 import type { FastifyBaseLogger } from 'fastify';
 import { registerQueueRoutes } from './admission/routes.js';
 import { createWaitingRoom, type WaitingRoom } from './admission/service.js';
 import type { Config } from './config.js';
 import { registerDashboard } from './dashboard/routes.js';
 import { registerEventRoutes } from './events/routes.js';
+import { RedisSessionStore } from './hosted/redis-sessions.js';
+import { registerHostedRoutes } from './hosted/routes.js';
+import { createHostedSaleReader } from './hosted/service.js';
+import type { SessionStore } from './hosted/sessions.js';
+import { PostgresSessionStore } from './hosted/sql.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
 import { createAuthenticator } from './merchants/service.js';
 import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
@@ -23,6 +29,7 @@ import { createRateLimit } from './platform/http/rate-limit.js';
 import { checkReadiness, type ReadinessCheck } from './platform/http/readiness.js';
 import { createHttpServer, type HttpServer } from './platform/http/server.js';
 import { createShedder, type Shedder } from './platform/http/shedding.js';
+import { loadStaticAssets, type StaticAsset } from './platform/http/static-assets.js';
 import { createMetrics, type Metrics } from './platform/observability/metrics.js';
 import type { RedisConnections } from './platform/redis/client.js';
 import type { PaymentProvider } from './providers/provider.js';
@@ -53,7 +60,14 @@ export interface AppDeps {
   waitingRoom?: WaitingRoom;
   /** Where reports read; absent: made from config.replicaUrls (and closed with the app). */
   reads?: ReadRouter;
+  /** The provider as buyers' browsers reach it (the in-process simulator's URL under `start`). */
+  providerPublicUrl?: string;
+  /** Where hosted-page sessions live; default: Redis when given, else PostgreSQL. */
+  sessions?: SessionStore;
 }
+
+const WEB_DIR = path.resolve(import.meta.dirname, '..', 'web');
+const HOSTED_ASSET_FILES = ['hosted.js', 'hosted.css', 'icon.svg'];
 
 /** What a buyer is told when their admission token does not admit them. */
 const ADMISSION_REFUSALS = {
@@ -220,36 +234,63 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     redis: deps.redis,
   });
   app.addHook('onClose', async () => saleCache.close());
-  // The waiting room reads sales through the same cache as the sale page, so PATCH reaches both.
-  registerQueueRoutes(app, { room, lookup: createSaleLookup(deps.pool, saleCache) });
-  registerSalesRoutes(
-    app,
-    {
-      pool: deps.pool,
-      idempotency: paymentDeps.idempotency,
-      checkAdmission: (token, saleId, buyerReference) => {
-        const result = room.checkAdmission(token, saleId, buyerReference);
-        return result.kind === 'ok'
-          ? { ok: true, ticketId: result.ticketId, expiresAtMs: result.expiresAtMs }
-          : { ok: false, reason: ADMISSION_REFUSALS[result.kind] };
-      },
-      confirmAdmission: (saleId, ticketId, expiresAtMs) => room.confirmAdmission(saleId, ticketId, expiresAtMs),
-      releaseAdmission: (saleId, ticketId) => room.releaseAdmission(saleId, ticketId),
-      holdBatcher:
-        deps.config.holdBatchMax > 1
-          ? new HoldBatcher({
-              pool: deps.pool,
-              idempotency: paymentDeps.idempotency,
-              windowMs: deps.config.holdBatchWindowMs,
-              batchMax: deps.config.holdBatchMax,
-              synchronousCommit: deps.config.holdSynchronousCommit,
-              view: toApiHold,
-              onBatch: (size) => metrics.holdBatchSize.observe(size),
-            })
-          : undefined,
+  const salesDeps = {
+    pool: deps.pool,
+    idempotency: paymentDeps.idempotency,
+    checkAdmission: (token: string, saleId: string, buyerReference: string) => {
+      const result = room.checkAdmission(token, saleId, buyerReference);
+      return result.kind === 'ok'
+        ? ({ ok: true, ticketId: result.ticketId, expiresAtMs: result.expiresAtMs } as const)
+        : ({ ok: false, reason: ADMISSION_REFUSALS[result.kind] } as const);
     },
-    { cache: saleCache, staleMs: deps.config.cacheStaleMs },
-  );
+    confirmAdmission: (saleId: string, ticketId: string, expiresAtMs: number) => room.confirmAdmission(saleId, ticketId, expiresAtMs),
+    releaseAdmission: (saleId: string, ticketId: string) => room.releaseAdmission(saleId, ticketId),
+    holdBatcher:
+      deps.config.holdBatchMax > 1
+        ? new HoldBatcher({
+            pool: deps.pool,
+            idempotency: paymentDeps.idempotency,
+            windowMs: deps.config.holdBatchWindowMs,
+            batchMax: deps.config.holdBatchMax,
+            synchronousCommit: deps.config.holdSynchronousCommit,
+            view: toApiHold,
+            onBatch: (size: number) => metrics.holdBatchSize.observe(size),
+          })
+        : undefined,
+  };
+  const publicUrl =
+    deps.config.publicUrl ?? `http://${deps.config.host === '0.0.0.0' ? '127.0.0.1' : deps.config.host}:${deps.config.port}`;
+  // The waiting room reads sales through the same cache as the sale page, so PATCH reaches both.
+  const lookup = createSaleLookup(deps.pool, saleCache);
+  registerQueueRoutes(app, { room, lookup });
+  registerSalesRoutes(app, salesDeps, { cache: saleCache, staleMs: deps.config.cacheStaleMs }, publicUrl);
+
+  // The hosted sale page (/s/:sale): sessions in Redis when there is one, else PostgreSQL.
+  const assets = await loadStaticAssets(path.join(WEB_DIR, 'hosted'), HOSTED_ASSET_FILES, '/assets/hosted');
+  registerHostedRoutes(app, {
+    sales: salesDeps,
+    // The hosted flow reads payment answers as the API sends them.
+    payments: { ...paymentDeps, present: completionReply },
+    room,
+    lookup,
+    sessions: deps.sessions ?? (deps.redis ? new RedisSessionStore(deps.redis.client) : new PostgresSessionStore(deps.pool)),
+    sessionTtlMs: deps.config.hostedSessionTtlSeconds * 1000,
+    staleMs: deps.config.cacheStaleMs,
+    readSale: createHostedSaleReader(deps.pool, deps.config.cacheStaleMs),
+    // Without a secret of its own, the cookie key is derived from the admission secret, which
+    // every node already shares: one secret to configure, two independent keys.
+    cookieSecret:
+      deps.config.sessionSecret ??
+      createHmac('sha256', deps.config.admissionSecret ?? randomBytes(32).toString('base64url'))
+        .update('floodgate hosted session cookie')
+        .digest('base64url'),
+    providerPublicUrl: deps.providerPublicUrl ?? deps.config.providerPublicUrl ?? deps.config.providerUrl ?? 'http://127.0.0.1:4010',
+    assets: {
+      css: assets.get('hosted.css') as StaticAsset,
+      js: assets.get('hosted.js') as StaticAsset,
+      icon: assets.get('icon.svg') as StaticAsset,
+    },
+  });
   return app;
 }
 

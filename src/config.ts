@@ -96,6 +96,13 @@ export interface Config {
   readonly otelServiceName: string;
   /** How long a dashboard sign-in lasts. */
   readonly dashboardSessionTtlSeconds: number;
+  /** The address buyers reach this service at: the base of each sale's hosted_url. Unset: http://host:port. */
+  readonly publicUrl: string | undefined;
+  /** The provider as a buyer's browser reaches it (card tokenization). Unset: FLOODGATE_PROVIDER_URL or the in-process simulator. */
+  readonly providerPublicUrl: string | undefined;
+  /** Signs hosted-page session cookies; the same on every API node. Unset: derived from the admission secret. */
+  readonly sessionSecret: string | undefined;
+  readonly hostedSessionTtlSeconds: number;
 }
 
 export class ConfigError extends Error {
@@ -301,6 +308,11 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     otelServiceName: env.OTEL_SERVICE_NAME || 'floodgate',
     // A working day: an operator signs in once per shift, and a stolen cookie dies by the evening.
     dashboardSessionTtlSeconds: int('FLOODGATE_DASHBOARD_SESSION_TTL_SECONDS', 12 * 3_600, 60, 7 * 86_400),
+    publicUrl: url('FLOODGATE_PUBLIC_URL', ['http:', 'https:']),
+    providerPublicUrl: url('FLOODGATE_PROVIDER_PUBLIC_URL', ['http:', 'https:']),
+    sessionSecret: secret('FLOODGATE_SESSION_SECRET'),
+    // Two hours: a long wait in line plus a hold and its payment; an idle buyer's session ends.
+    hostedSessionTtlSeconds: int('FLOODGATE_HOSTED_SESSION_TTL_SECONDS', 7_200, 300, 86_400),
     ...overrides,
   };
   if (config.webhookRetryBaseMs > config.webhookRetryMaxMs) {
@@ -463,5 +475,6 @@ export function describeConfig(config: Config): Record<string, unknown> {
     providerWebhookSecret: config.providerWebhookSecret ? '*****' : undefined,
     admissionSecret: config.admissionSecret ? '*****' : undefined,
     secretsKeys: config.secretsKeys ? '*****' : undefined,
+    sessionSecret: config.sessionSecret ? '*****' : undefined,
   };
 }

@@ -84,6 +84,7 @@ async function serve(config: Config, log: Logger, options: { demo: boolean; work
     redis,
     readinessChecks: [drainCheck],
     waitingRoom,
+    providerPublicUrl: config.providerPublicUrl ?? provider.simulatorUrl,
   });
   const releaseAdmission = (saleId: string, ticketId: string) => waitingRoom.releaseAdmission(saleId, ticketId);
   const worker = options.worker

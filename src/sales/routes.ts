@@ -23,6 +23,7 @@ import {
   STOCK_MAX,
 } from './domain.js';
 import * as sales from './service.js';
+import type { HostedSettings as HostedSettingsRow } from './sql.js';
 
 const Item = Type.Object({
   id: Type.String(),
@@ -46,6 +47,15 @@ const Sale = Type.Object(
     waiting_room: Type.Object({ admit_per_second: Type.Number(), max_shoppers: Type.Integer(), grace_seconds: Type.Integer() }),
     items: Type.Array(Item),
     created: Type.Integer(),
+    hosted_page: Type.Boolean({ description: 'Whether the hosted sale page at hosted_url is on.' }),
+    hosted_url: Type.Union([Type.String(), Type.Null()], { description: 'The hosted sale page to send buyers to; null while off.' }),
+    branding: Type.Object({
+      name: Type.Union([Type.String(), Type.Null()]),
+      logo_url: Type.Union([Type.String(), Type.Null()]),
+      color: Type.Union([Type.String(), Type.Null()]),
+    }),
+    success_url: Type.Union([Type.String(), Type.Null()]),
+    cancel_url: Type.Union([Type.String(), Type.Null()]),
   },
   { $id: 'Sale' },
 );
@@ -114,8 +124,47 @@ const HoldSeconds = Type.Integer({
   description: `How long a hold keeps its stock; default ${HOLD_SECONDS_DEFAULT}.`,
 });
 
+const WebUrl = (description: string) =>
+  Type.Union([Type.String({ minLength: 1, maxLength: 2000, pattern: '^https?://[^\\s]+$', description }), Type.Null()]);
+
+/** The hosted page's settings; null clears one. */
+const HostedSettings = {
+  hosted_page: Type.Optional(Type.Boolean({ description: 'Turns the hosted sale page (/s/:sale) on or off; off by default.' })),
+  branding: Type.Optional(
+    Type.Object(
+      {
+        name: Type.Optional(Type.Union([Name, Type.Null()], { description: 'Shown as the seller on the hosted page.' })),
+        logo_url: Type.Optional(
+          WebUrl('An https (or http) image the hosted page shows; its origin is the only other one the page loads from.'),
+        ),
+        color: Type.Optional(
+          Type.Union([Type.String({ pattern: '^#[0-9A-Fa-f]{6}$', description: 'Accent colour, #rrggbb.' }), Type.Null()]),
+        ),
+      },
+      { additionalProperties: false },
+    ),
+  ),
+  success_url: Type.Optional(WebUrl('Where the receipt sends the buyer on; the order id is appended as ?order=.')),
+  cancel_url: Type.Optional(WebUrl('Where a buyer who leaves the hosted page goes.')),
+};
+
+type HostedBody = { [K in keyof typeof HostedSettings]?: import('@sinclair/typebox').Static<(typeof HostedSettings)[K]> };
+
+/** The hosted settings a request gives, as the sales service takes them. */
+function hostedChanges(body: HostedBody): Partial<HostedSettingsRow> {
+  const changes: Partial<HostedSettingsRow> = {};
+  if (body.hosted_page !== undefined) changes.hosted_page = body.hosted_page;
+  if (body.branding?.name !== undefined) changes.brand_name = body.branding.name;
+  if (body.branding?.logo_url !== undefined) changes.brand_logo_url = body.branding.logo_url;
+  if (body.branding?.color !== undefined) changes.brand_color = body.branding.color?.toLowerCase() ?? null;
+  if (body.success_url !== undefined) changes.success_url = body.success_url;
+  if (body.cancel_url !== undefined) changes.cancel_url = body.cancel_url;
+  return changes;
+}
+
 /** The settings a sale is created with and may change later, all optional with defaults. */
 const SaleSettings = {
+  ...HostedSettings,
   closes_at: Type.Optional(Type.Union([Timestamp, Type.Null()])),
   per_buyer_limit: Type.Optional(PerBuyerLimit),
   hold_seconds: Type.Optional(HoldSeconds),
@@ -189,7 +238,17 @@ export interface SaleCache {
   staleMs: number;
 }
 
-export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cache: SaleCache): void {
+/** Where buyers reach the hosted page of a sale, from the service's public base URL. */
+export const hostedPageUrl = (publicUrl: string, saleId: string) => `${publicUrl.replace(/\/+$/, '')}/s/${encodeURIComponent(saleId)}`;
+
+type ApiSale = ReturnType<typeof sales.toApiSale>;
+
+export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cache: SaleCache, publicUrl: string): void {
+  // The sale's hosted URL depends on this deployment's public address, so it is added here, at
+  // the edge, to stored and cached answers alike.
+  const present = (sale: ApiSale) => ({ ...sale, hosted_url: sale.hosted_page ? hostedPageUrl(publicUrl, sale.id) : null });
+  const presentReply = (result: Reply): Reply => (result.status === 200 ? { ...result, body: present(result.body as ApiSale) } : result);
+
   app.post(
     '/v1/sales',
     {
@@ -221,8 +280,8 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
         }
       });
       const { opens, closes } = parseTimes(body.opens_at, body.closes_at);
-      const params = { ...body, currency, opens_at: opens as Date, closes_at: closes };
-      return sendReply(reply, await sales.createSale(deps, requestContext(request), params));
+      const params = { ...body, currency, opens_at: opens as Date, closes_at: closes, hosted: hostedChanges(body) };
+      return sendReply(reply, presentReply(await sales.createSale(deps, requestContext(request), params)));
     },
   );
 
@@ -236,7 +295,10 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
         response: { 200: ListOf(Sale), ...errorResponses },
       },
     },
-    async (request) => sales.listSales(deps.pool, principalOf(request).merchantId, request.query.limit, request.query.starting_after),
+    async (request) => {
+      const list = await sales.listSales(deps.pool, principalOf(request).merchantId, request.query.limit, request.query.starting_after);
+      return { ...list, data: list.data.map(present) };
+    },
   );
 
   app.get(
@@ -255,11 +317,18 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
       const { merchantId, keyKind } = principalOf(request);
       const cached = await sales.cachedSale(cache.cache, deps.pool, merchantId, request.params.id);
       if (cached.value === null) throw new ApiError('resource_missing', `No such sale: '${request.params.id}'`, 'id');
+      // The cached copy is shared with the waiting room; its hosted URL is added here. The URL
+      // follows from the sale and this deployment, so the cached ETag still names the answer.
       // The answer depends on the key (another merchant's gets 404, no key gets 401), so a CDN
       // must key its copy by it: every buyer of a sale sends the same publishable key, so the
       // copy is still shared by all of them. A read with a secret key is the merchant's own,
       // for no shared cache to keep.
-      return sendCached(request, reply, cached, { staleMs: cache.staleMs, shared: keyKind === 'publishable', vary: ['Authorization'] });
+      return sendCached(
+        request,
+        reply,
+        { json: JSON.stringify(present(cached.value)), etag: cached.etag },
+        { staleMs: cache.staleMs, shared: keyKind === 'publishable', vary: ['Authorization'] },
+      );
     },
   );
 
@@ -294,7 +363,7 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
       if (request.body.max_shoppers !== undefined) changes.max_shoppers = request.body.max_shoppers;
       if (request.body.grace_seconds !== undefined) changes.grace_seconds = request.body.grace_seconds;
       const ctx = requestContext(request);
-      const result = await sales.updateSale(deps, ctx, request.params.id, changes);
+      const result = presentReply(await sales.updateSale(deps, ctx, request.params.id, changes, hostedChanges(request.body)));
       // Every node drops its copy: the next public read shows the change at once.
       if (result.status === 200) await cache.cache.invalidate(sales.saleCacheKey(ctx.merchantId, request.params.id));
       return sendReply(reply, result);

@@ -57,6 +57,7 @@ export interface CreateSaleParams {
   max_shoppers?: number;
   grace_seconds?: number;
   items: { name: string; price: number; stock: number }[];
+  hosted?: Partial<sql.HostedSettings>;
 }
 
 export function toApiSale(sale: sql.SaleRow, items: sql.ItemRow[], now = new Date()) {
@@ -73,6 +74,10 @@ export function toApiSale(sale: sql.SaleRow, items: sql.ItemRow[], now = new Dat
     waiting_room: { admit_per_second: sale.admit_per_second, max_shoppers: sale.max_shoppers, grace_seconds: sale.grace_seconds },
     items: items.filter((item) => item.sale_id === sale.id).map(toApiItem),
     created: Math.floor(sale.created_at.getTime() / 1000),
+    hosted_page: sale.hosted_page,
+    branding: { name: sale.brand_name, logo_url: sale.brand_logo_url, color: sale.brand_color },
+    success_url: sale.success_url,
+    cancel_url: sale.cancel_url,
   };
 }
 
@@ -118,7 +123,7 @@ export function toApiOrder(order: sql.OrderRow) {
 
 export function createSale(deps: SalesDeps, ctx: RequestContext, params: CreateSaleParams): Promise<Reply> {
   return singlePhase(deps, ctx, async (client) => {
-    const sale = await sql.insertSale(client, {
+    const inserted = await sql.insertSale(client, {
       merchant_id: ctx.merchantId,
       id: newId('sale'),
       name: params.name,
@@ -131,6 +136,9 @@ export function createSale(deps: SalesDeps, ctx: RequestContext, params: CreateS
       max_shoppers: params.max_shoppers ?? MAX_SHOPPERS_DEFAULT,
       grace_seconds: params.grace_seconds ?? GRACE_SECONDS_DEFAULT,
     });
+    const sale = params.hosted
+      ? ((await sql.updateHostedSettings(client, ctx.merchantId, inserted.id, params.hosted)) as sql.SaleRow)
+      : inserted;
     const items: sql.ItemRow[] = [];
     for (const item of params.items) {
       items.push(
@@ -148,7 +156,13 @@ export function createSale(deps: SalesDeps, ctx: RequestContext, params: CreateS
   });
 }
 
-export function updateSale(deps: SalesDeps, ctx: RequestContext, id: string, changes: sql.SaleChanges): Promise<Reply> {
+export function updateSale(
+  deps: SalesDeps,
+  ctx: RequestContext,
+  id: string,
+  changes: sql.SaleChanges,
+  hosted: Partial<sql.HostedSettings> = {},
+): Promise<Reply> {
   return singlePhase(deps, ctx, async (client) => {
     const current = await sql.selectSale(client, ctx.merchantId, id);
     if (!current) return errorReply(new ApiError('resource_missing', `No such sale: '${id}'`, 'id'));
@@ -156,7 +170,8 @@ export function updateSale(deps: SalesDeps, ctx: RequestContext, id: string, cha
     const opensAt = changes.opens_at ?? current.opens_at;
     if (closesAt && closesAt <= opensAt)
       return errorReply(new ApiError('parameter_invalid', 'closes_at must be after opens_at.', 'closes_at'));
-    const sale = await sql.updateSale(client, ctx.merchantId, id, changes);
+    const updated = await sql.updateSale(client, ctx.merchantId, id, changes);
+    const sale = updated && (await sql.updateHostedSettings(client, ctx.merchantId, id, hosted));
     if (!sale) return errorReply(new ApiError('resource_missing', `No such sale: '${id}'`, 'id'));
     return ok(toApiSale(sale, await sql.selectItems(client, ctx.merchantId, [id])));
   });
@@ -166,6 +181,16 @@ export async function retrieveSale(pool: Pool, merchantId: string, id: string) {
   const sale = await sql.selectSale(pool, merchantId, id);
   if (!sale) return undefined;
   return toApiSale(sale, await sql.selectItems(pool, merchantId, [id]));
+}
+
+/**
+ * A sale whose hosted page is on, by id alone, with its merchant: what the public page at
+ * /s/:sale reads. Undefined for an unknown sale or one whose page is off.
+ */
+export async function retrieveHostedSale(pool: Pool, id: string) {
+  const sale = await sql.selectHostedSale(pool, id);
+  if (!sale) return undefined;
+  return { merchantId: sale.merchant_id, sale: toApiSale(sale, await sql.selectItems(pool, sale.merchant_id, [id])) };
 }
 
 export async function listSales(pool: Pool, merchantId: string, limit: number, startingAfter?: string) {

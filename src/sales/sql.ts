@@ -15,7 +15,16 @@ export interface SaleRow {
   grace_seconds: number;
   created_at: Date;
   updated_at: Date;
+  hosted_page: boolean;
+  brand_name: string | null;
+  brand_logo_url: string | null;
+  brand_color: string | null;
+  success_url: string | null;
+  cancel_url: string | null;
 }
+
+/** The hosted page's settings of a sale (migration 009). */
+export type HostedSettings = Pick<SaleRow, 'hosted_page' | 'brand_name' | 'brand_logo_url' | 'brand_color' | 'success_url' | 'cancel_url'>;
 
 export interface ItemRow {
   merchant_id: string;
@@ -56,12 +65,12 @@ export interface OrderRow {
 }
 
 const SALE_COLUMNS = `merchant_id, id, name, currency, opens_at, closes_at, per_buyer_limit, hold_seconds, admit_per_second,
-  max_shoppers, grace_seconds, created_at, updated_at`;
+  max_shoppers, grace_seconds, created_at, updated_at, hosted_page, brand_name, brand_logo_url, brand_color, success_url, cancel_url`;
 const ITEM_COLUMNS = 'merchant_id, id, sale_id, name, price, stock_total, stock_available, stock_held, stock_sold';
 const HOLD_COLUMNS = 'merchant_id, id, sale_id, buyer_reference, status, admission_ticket, amount, currency, expires_at, created_at';
 const ORDER_COLUMNS = 'merchant_id, id, sale_id, hold_id, payment_intent_id, amount, currency, status, paid_at, created_at';
 
-export async function insertSale(db: Queryable, sale: Omit<SaleRow, 'created_at' | 'updated_at'>): Promise<SaleRow> {
+export async function insertSale(db: Queryable, sale: Omit<SaleRow, 'created_at' | 'updated_at' | keyof HostedSettings>): Promise<SaleRow> {
   const { rows } = await db.query<SaleRow>(
     `insert into sales (merchant_id, id, name, currency, opens_at, closes_at, per_buyer_limit, hold_seconds, admit_per_second,
        max_shoppers, grace_seconds)
@@ -120,6 +129,34 @@ export async function selectSale(db: Queryable, merchantId: string, id: string):
     name: 'sales_select_sale',
     text: `select ${SALE_COLUMNS} from sales where merchant_id = $1 and id = $2`,
     values: [merchantId, id],
+  });
+  return rows[0];
+}
+
+/** Changes the hosted page's settings; a field left out keeps its value, null clears it. */
+export async function updateHostedSettings(
+  db: Queryable,
+  merchantId: string,
+  id: string,
+  changes: Partial<HostedSettings>,
+): Promise<SaleRow | undefined> {
+  const fields = ['hosted_page', 'brand_name', 'brand_logo_url', 'brand_color', 'success_url', 'cancel_url'] as const;
+  const given = fields.filter((field) => changes[field] !== undefined);
+  if (given.length === 0) return selectSale(db, merchantId, id);
+  const sets = given.map((field, index) => `${field} = $${index + 3}`).join(', ');
+  const { rows } = await db.query<SaleRow>(
+    `update sales set ${sets}, updated_at = now() where merchant_id = $1 and id = $2 returning ${SALE_COLUMNS}`,
+    [merchantId, id, ...given.map((field) => changes[field])],
+  );
+  return rows[0];
+}
+
+/** A sale whose hosted page is on, found by id alone: the page is public and knows no merchant. */
+export async function selectHostedSale(db: Queryable, id: string): Promise<SaleRow | undefined> {
+  const { rows } = await db.query<SaleRow>({
+    name: 'sales_select_hosted_sale',
+    text: `select ${SALE_COLUMNS} from sales where id = $1 and hosted_page`,
+    values: [id],
   });
   return rows[0];
 }

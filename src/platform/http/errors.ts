@@ -30,6 +30,7 @@ export const API_ERRORS = {
   buyer_limit_exceeded: { status: 409, type: 'invalid_request_error' },
   hold_not_active: { status: 409, type: 'invalid_request_error' },
   hold_payment_in_progress: { status: 409, type: 'invalid_request_error' },
+  csrf_invalid: { status: 403, type: 'invalid_request_error' },
   amount_too_large: { status: 400, type: 'invalid_request_error' },
   refund_exceeds_received: { status: 400, type: 'invalid_request_error' },
   charge_already_refunded: { status: 400, type: 'invalid_request_error' },

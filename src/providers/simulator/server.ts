@@ -11,6 +11,16 @@
  *   pm_card_cancel_declined     authorizes; releasing the authorization is refused (cancel_declined)
  *   pm_card_refund_timeout      succeeds; each refund is recorded, but its answer comes too late
  *
+ * Test cards are exchanged for a payment-method token at POST /v1/tokens, the way a real
+ * provider's hosted fields work: a buyer's browser sends the card number here, and only the
+ * token (`pm_tok_...`) goes on to Floodgate. Test card numbers (any future expiry, any CVC):
+ *
+ *   4242 4242 4242 4242   succeeds (as pm_card_visa)
+ *   4000 0000 0000 0002   declined, card_declined
+ *   4000 0000 0000 9995   declined, insufficient_funds
+ *   4000 0000 0000 0119   times out (as pm_card_timeout)
+ *   any other valid number  declined, card_declined
+ *
  * Latency and a random error rate (503 before anything is recorded) are configurable.
  *
  * Like a real acquirer it also reports each operation by webhook (when `webhookUrl` is set),
@@ -78,6 +88,29 @@ const KNOWN_METHODS = new Set([
   REFUND_TIMEOUT,
   ...Object.keys(DECLINES),
 ]);
+/** The test card numbers and the payment method each stands for. */
+export const TEST_CARDS: Record<string, string> = {
+  '4242424242424242': 'pm_card_visa',
+  '4000000000000002': 'pm_card_declined',
+  '4000000000009995': 'pm_card_insufficient_funds',
+  '4000000000000119': 'pm_card_timeout',
+};
+
+/** The Luhn check every card number passes; catches a mistyped digit. */
+export function luhnValid(number: string): boolean {
+  if (!/^[0-9]{12,19}$/.test(number)) return false;
+  let sum = 0;
+  for (let index = 0; index < number.length; index++) {
+    let digit = Number(number[number.length - 1 - index]);
+    if (index % 2 === 1) {
+      digit *= 2;
+      if (digit > 9) digit -= 9;
+    }
+    sum += digit;
+  }
+  return sum % 10 === 0;
+}
+
 // Caps memory for long simulator runs (benchmarks); the oldest records are dropped first.
 const RECORDS_MAX = 1_000_000;
 
@@ -89,6 +122,8 @@ export class ProviderSimulator {
   readonly chargesByKey = new Map<string, number>();
   /** Every webhook sent, so tests can send them again (duplicated, out of order). */
   readonly webhooksSent: SimulatorWebhook[] = [];
+  /** Payment-method tokens (pm_tok_...) → the test method each stands for. No card number is kept. */
+  readonly tokens = new Map<string, string>();
   latencyMs: number;
   errorRate: number;
   timeoutHoldMs: number;
@@ -160,7 +195,31 @@ export class ProviderSimulator {
     return result;
   }
 
-  createCharge(key: string, body: { amount: number; currency: string; payment_method: string; capture: boolean }): StoredResponse {
+  /** Exchanges a card for a token; the card number itself is not kept, only its last four digits. */
+  tokenize(card: { number: string; exp_month: number; exp_year: number; cvc: string }, now = new Date()): StoredResponse {
+    const number = card.number.replace(/[\s-]/g, '');
+    if (!luhnValid(number)) {
+      return { status: 400, body: { error: { code: 'card_number_invalid', message: 'The card number is not a valid card number.' } } };
+    }
+    const expiry = card.exp_year * 12 + card.exp_month;
+    if (expiry < now.getUTCFullYear() * 12 + now.getUTCMonth() + 1) {
+      return { status: 400, body: { error: { code: 'card_expired', message: 'The card has expired.' } } };
+    }
+    const id = `pm_tok_${randomBytes(12).toString('hex')}`;
+    this.tokens.set(id, TEST_CARDS[number] ?? 'pm_card_declined');
+    if (this.tokens.size > RECORDS_MAX) {
+      const oldest = this.tokens.keys().next().value;
+      if (oldest !== undefined) this.tokens.delete(oldest);
+    }
+    return {
+      status: 200,
+      body: { id, object: 'payment_method', card: { last4: number.slice(-4), exp_month: card.exp_month, exp_year: card.exp_year } },
+    };
+  }
+
+  createCharge(key: string, request: { amount: number; currency: string; payment_method: string; capture: boolean }): StoredResponse {
+    // A token charges as the test method it stands for; the charge still shows the token.
+    const body = { ...request, payment_method: this.tokens.get(request.payment_method) ?? request.payment_method };
     if (!KNOWN_METHODS.has(body.payment_method)) {
       return {
         status: 402,
@@ -174,7 +233,7 @@ export class ProviderSimulator {
       status: body.capture ? 'captured' : 'authorized',
       amount: body.amount,
       currency: body.currency,
-      payment_method: body.payment_method,
+      payment_method: request.payment_method,
       amount_captured: body.capture ? body.amount : 0,
       amount_refunded: 0,
     };
@@ -298,7 +357,7 @@ export function buildSimulatorApp(simulator: ProviderSimulator): FastifyInstance
         simulator.notify(key, 'charge', result);
         return result;
       });
-      if (request.body.payment_method === 'pm_card_timeout') await simulator.hold();
+      if ((simulator.tokens.get(request.body.payment_method) ?? request.body.payment_method) === 'pm_card_timeout') await simulator.hold();
       return reply.code(response.status).send(response.body);
     },
   );
@@ -327,6 +386,51 @@ export function buildSimulatorApp(simulator: ProviderSimulator): FastifyInstance
       },
     );
   }
+
+  // Tokenization is called by buyers' browsers from the merchant's page (another origin), like a
+  // real provider's hosted fields: it answers cross-origin requests, and needs no key.
+  app.options('/v1/tokens', async (_request, reply) =>
+    reply
+      .code(204)
+      .header('access-control-allow-origin', '*')
+      .header('access-control-allow-methods', 'POST')
+      .header('access-control-allow-headers', 'content-type')
+      .header('access-control-max-age', '600')
+      .send(),
+  );
+  app.post<{ Body: { card: { number: string; exp_month: number; exp_year: number; cvc: string } } }>(
+    '/v1/tokens',
+    {
+      schema: {
+        body: {
+          type: 'object',
+          required: ['card'],
+          properties: {
+            card: {
+              type: 'object',
+              required: ['number', 'exp_month', 'exp_year', 'cvc'],
+              properties: {
+                number: { type: 'string', minLength: 12, maxLength: 30 },
+                exp_month: { type: 'integer', minimum: 1, maximum: 12 },
+                exp_year: { type: 'integer', minimum: 2000, maximum: 2100 },
+                cvc: { type: 'string', pattern: '^[0-9]{3,4}$' },
+              },
+            },
+          },
+        },
+      },
+      // A bad request's message must not echo the card back.
+      errorHandler: (_error, _request, reply) =>
+        reply
+          .code(400)
+          .header('access-control-allow-origin', '*')
+          .send({ error: { code: 'card_invalid', message: 'Give number, exp_month (1-12), exp_year and a 3 or 4 digit cvc.' } }),
+    },
+    async (request, reply) => {
+      const response = simulator.tokenize(request.body.card);
+      return reply.code(response.status).header('access-control-allow-origin', '*').send(response.body);
+    },
+  );
 
   app.get<{ Params: { key: string } }>('/v1/operations/:key', async (request, reply) => {
     const stored = simulator.operations.get(request.params.key);
