@@ -115,7 +115,7 @@ describe('surge path: a process dies mid-phase, a retry after the lock timeout c
     );
   });
 
-  test("an order's confirm dies selling the stock, after the charge: the retry pays the order and sells its units once", async () => {
+  test("an order's confirm dies converting the hold, after the charge: the retry pays the order and sells its units once", async () => {
     const m = await r.newMerchant();
     const sale = await saleOf(m);
     const token = await admitted(m, sale.id, 'buyer-pay');
@@ -132,7 +132,7 @@ describe('surge path: a process dies mid-phase, a retry after the lock timeout c
     const idempotencyKey = await r.crash(
       m,
       request,
-      { atQuery: atStatement(/^sales_sell_stock$/) },
+      { atQuery: atStatement(/^sales_finish_hold$/) },
       { recoveryPoint: 'authorization_started' },
     );
     assert.deepEqual(await stockOf(sale.id), [{ stock_available: 7, stock_held: 3, stock_sold: 0 }]);
@@ -178,7 +178,7 @@ describe('surge path: a process dies mid-phase, a retry after the lock timeout c
     const send = (app: HttpServer) =>
       app.inject({ method: 'POST', url: '/v1/holds', headers: { ...buyer, 'idempotency-key': idempotencyKey }, payload });
 
-    const crash = crashing(t.pool, t.provider, { atQuery: atStatement(/^sales_insert_hold$/) });
+    const crash = crashing(t.pool, t.provider, { atQuery: atStatement(/^sales_(batch_)?insert_holds?$/) });
     const dying = await node(t.config, crash.pool, crash.provider);
     const died = await send(dying);
     await dying.close();

@@ -1,32 +1,15 @@
 /**
- * Debian's Chromium driven by playwright-core for the hosted page's browser tests: headless,
- * no sandbox (tests run as root), background networking, component updates and sync off, so
- * the browser itself makes no request to anywhere. playwright-core never downloads a browser;
- * each launch gets a fresh temporary --user-data-dir of its own.
- *
- * Without Chromium the tests are skipped with a message, except under CI=true, where a missing
- * browser is a failure (.ci/run installs it).
+ * The hosted page's browser tests: Chromium as every browser test runs it (test/browser.ts),
+ * pages watched for their requests and console errors, and axe-core for accessibility.
  */
-import { existsSync } from 'node:fs';
 import { mkdir, readFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
-import path from 'node:path';
 import { after } from 'node:test';
-import { type Browser, type BrowserContext, chromium, type Page } from 'playwright-core';
+import type { Browser, BrowserContext, Page } from 'playwright-core';
+import { artifactsDir, CHROMIUM_PATH, chromiumSkip, launchChromium, screenshotInto } from '../browser.js';
 
-export const CHROMIUM_PATH = process.env.FLOODGATE_CHROMIUM_PATH || '/usr/bin/chromium';
-const CHROMIUM_ARGS = ['--no-sandbox', '--disable-background-networking', '--disable-component-update', '--disable-sync', '--no-first-run'];
-
-/** For node:test's skip option: false when Chromium is there; under CI=true its absence throws. */
-export function chromiumSkip(): string | false {
-  if (existsSync(CHROMIUM_PATH)) return false;
-  const message = `Chromium not found at ${CHROMIUM_PATH} (apt-get install chromium)`;
-  if (process.env.CI === 'true') throw new Error(`${message}: CI must run the browser tests`);
-  console.log(`# skipped: ${message}`);
-  return `skipped: ${message}`;
-}
-
-export const ARTIFACTS_DIR = path.resolve(import.meta.dirname, '..', '..', 'test-artifacts', 'hosted');
+export { CHROMIUM_PATH, chromiumSkip };
+export const ARTIFACTS_DIR = artifactsDir('hosted');
 
 export const VIEWPORTS = {
   phone: { viewport: { width: 390, height: 844 }, deviceScaleFactor: 2, isMobile: true, hasTouch: true },
@@ -34,7 +17,7 @@ export const VIEWPORTS = {
 } as const;
 
 export async function launchBrowser(): Promise<Browser> {
-  const browser = await chromium.launch({ executablePath: CHROMIUM_PATH, headless: true, args: CHROMIUM_ARGS });
+  const browser = await launchChromium();
   after(() => browser.close());
   await mkdir(ARTIFACTS_DIR, { recursive: true });
   return browser;
@@ -63,7 +46,7 @@ export async function openPage(browser: Browser, viewport: keyof typeof VIEWPORT
 }
 
 export async function screenshot(page: Page, name: string): Promise<void> {
-  await page.screenshot({ path: path.join(ARTIFACTS_DIR, `${name}.png`), fullPage: true });
+  await screenshotInto(ARTIFACTS_DIR, page, name);
 }
 
 let axeSource: string | undefined;
