@@ -4,9 +4,11 @@
  * listens on a free port it picks itself and says which in its log; the child is killed when
  * the test file ends.
  */
+
 import { type ChildProcess, spawn } from 'node:child_process';
 import path from 'node:path';
 import { after } from 'node:test';
+import { DEV_SECRETS_KEY } from '../src/platform/crypto/sealed.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 // tsx compiles the sources on start; on a loaded machine that takes a while.
@@ -42,6 +44,8 @@ export async function startFloodgate(
       FLOODGATE_SHED_EVENT_LOOP_DELAY_MS: '60000',
       FLOODGATE_SHED_IN_FLIGHT_MAX: '1000000',
       FLOODGATE_RATE_LIMIT_IP_PER_SECOND: '0',
+      // The production roles refuse to start without a sealing key of their own.
+      FLOODGATE_SECRETS_KEYS: DEV_SECRETS_KEY,
       ...env,
     },
     stdio: ['ignore', 'pipe', 'pipe'],

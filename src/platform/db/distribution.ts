@@ -12,4 +12,11 @@ export const DISTRIBUTION_COLUMN = 'merchant_id';
  * bookkeeping, one row per migration. The job queue's tables live in the graphile_worker
  * schema, on the coordinator, and are not part of the public schema checked here.
  */
-export const REFERENCE_TABLES: readonly string[] = ['schema_migrations'];
+export const REFERENCE_TABLES: readonly string[] = [
+  'schema_migrations',
+  // Sign-in lookups that arrive without a merchant (a cookie's token, an email address): small
+  // tables, found by their own key, so they are copied to every node rather than sharded.
+  'dashboard_users',
+  'dashboard_sessions',
+  'hosted_sessions',
+];
