@@ -34,7 +34,7 @@ async function seed(merchants: [number, number], perMerchant: number, salesPerMe
   insert into sales (merchant_id, id, name, currency, opens_at, per_buyer_limit, hold_seconds, admit_per_second, max_shoppers, grace_seconds)
     select ${acct}, ${sale('s')}, 'sale', 'usd', now() - interval '1 day', 10, 600, 100, 1000, 30
     from generate_series(${first}, ${last}) m, generate_series(0, ${salesPerMerchant - 1}) s;
-  insert into items (merchant_id, id, sale_id, name, price, stock_total, stock_available)
+  insert into sale_items (merchant_id, id, sale_id, name, price, stock_total, stock_allocated)
     select ${acct}, 'item_' || lpad((m * 1000 + s * 3 + i)::text, 22, '0'), ${sale('s')}, 'item', 500, 100000, 100000
     from generate_series(${first}, ${last}) m, generate_series(0, ${salesPerMerchant - 1}) s, generate_series(0, 2) i;
   insert into holds (merchant_id, id, sale_id, buyer_reference, status, amount, currency, expires_at)

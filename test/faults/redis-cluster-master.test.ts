@@ -224,10 +224,12 @@ describe('one Redis Cluster master killed during a sale', { skip }, () => {
       [],
       'no 500s: a dead master is a 503 with Retry-After',
     );
-    // Refuses rather than admits: from the kill until the line answered again, nothing was
-    // admitted; every answer was a refusal.
-    const firstServed = line.find((answer) => answer.at >= killedAt && answer.status === 200);
-    const duringOutage = line.filter((answer) => answer.at >= killedAt && (!firstServed || answer.at < firstServed.at));
+    // Refuses rather than admits: from the first refusal after the kill (a request already on
+    // its way when the master died may still have been served) until the line answered again,
+    // nothing was admitted; every answer was a refusal.
+    const outageAt = (line.find((answer) => answer.at >= killedAt && answer.status === 503) as { at: number }).at;
+    const firstServed = line.find((answer) => answer.at >= outageAt && answer.status === 200);
+    const duringOutage = line.filter((answer) => answer.at >= outageAt && (!firstServed || answer.at < firstServed.at));
     assert.ok(duringOutage.length > 0);
     assert.ok(
       duringOutage.every((answer) => answer.status === 503 && answer.queue !== 'admitted'),
