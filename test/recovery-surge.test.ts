@@ -154,8 +154,10 @@ describe('surge path: a process dies mid-phase, a retry after the lock timeout c
     // The waiting room that issued the token must be the one the dying and the resuming node
     // check it against: API nodes share it through Redis.
     const prefix = testKeyPrefix();
+    // The single path's recovery point (one hold, one transaction). A batch whose transaction
+    // dies falls back to this path; real process deaths mid-batch are test/hold-processes.test.ts.
     const node = async (config: Config, pool: Pool, provider: PaymentProvider) =>
-      buildApp({ config, pool, provider, redis: await openTestRedis(prefix) });
+      buildApp({ config: { ...config, holdBatchMax: 1 }, pool, provider, redis: await openTestRedis(prefix) });
     const m = await r.newMerchant();
     const sale = await saleOf(m);
     const front = await node(t.config, t.pool, t.provider);
@@ -178,7 +180,7 @@ describe('surge path: a process dies mid-phase, a retry after the lock timeout c
     const send = (app: HttpServer) =>
       app.inject({ method: 'POST', url: '/v1/holds', headers: { ...buyer, 'idempotency-key': idempotencyKey }, payload });
 
-    const crash = crashing(t.pool, t.provider, { atQuery: atStatement(/^sales_(batch_)?insert_holds?$/) });
+    const crash = crashing(t.pool, t.provider, { atQuery: atStatement(/^sales_insert_hold$/) });
     const dying = await node(t.config, crash.pool, crash.provider);
     const died = await send(dying);
     await dying.close();

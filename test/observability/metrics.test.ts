@@ -133,7 +133,10 @@ describe('/metrics of every role', { skip }, () => {
     assert.deepEqual(unknown, [], 'names in the dashboard or alerts that no process exports');
     // The API's statements are timed by name, and its provider calls by operation.
     const startText = await scrape(start.url);
-    assert.match(startText, /floodgate_db_query_duration_seconds_count\{statement="sales_take_stock",outcome="ok"\} [1-9]/);
+    assert.match(
+      startText,
+      /floodgate_db_query_duration_seconds_count\{statement="sales_(batch_insert_holds|insert_hold)",outcome="ok"\} [1-9]/,
+    );
     assert.match(startText, /floodgate_provider_request_duration_seconds_count\{operation="authorize",outcome="succeeded"\} [1-9]/);
     assert.match(startText, /floodgate_provider_breaker_state\{state="closed"\} 1/);
     // The worker ran the payments' follow-up jobs (the refund's, the hold's) or at least timed its queries.
