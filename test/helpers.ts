@@ -5,6 +5,7 @@
  * Test wiring: a fresh database per test file, cloned from the template `npm test` migrated;
  * the provider simulator on a real HTTP port; and an app built exactly as a process builds it.
  */
+import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { after } from 'node:test';
 import pg from 'pg';
@@ -216,4 +217,16 @@ export async function shortTimeoutApp(ctx: TestContext, overrides: Partial<Confi
 /** A unique Idempotency-Key. */
 export function key(label = 'test'): string {
   return `${label}_${randomBytes(8).toString('hex')}`;
+}
+
+/** A sale created through the API as its merchant would (its first item's id beside its own). */
+export async function createSaleThroughApi(t: TestContext, payload: Record<string, unknown>): Promise<{ id: string; itemId: string }> {
+  const response = await t.app.inject({
+    method: 'POST',
+    url: '/v1/sales',
+    headers: t.auth({ 'idempotency-key': key('sale') }),
+    payload: { currency: 'usd', ...payload },
+  });
+  assert.equal(response.statusCode, 200, response.body);
+  return { id: response.json().id as string, itemId: response.json().items[0].id as string };
 }

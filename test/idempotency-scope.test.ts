@@ -5,28 +5,20 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { key, setupTestContext } from './helpers.js';
+import { createSaleThroughApi, key, setupTestContext } from './helpers.js';
 
 const t = await setupTestContext();
 const publishable = (extra: Record<string, string> = {}) => ({ authorization: `Bearer ${t.merchant.publishableKey}`, ...extra });
 const payment = { amount: 2000, currency: 'usd', payment_method: 'pm_card_visa', confirm: true };
 
 async function createSale() {
-  const response = await t.app.inject({
-    method: 'POST',
-    url: '/v1/sales',
-    headers: t.auth({ 'idempotency-key': key('sale') }),
-    payload: {
-      name: 'Scoped keys',
-      currency: 'usd',
-      opens_at: new Date(Date.now() - 60_000).toISOString(),
-      max_shoppers: 1000,
-      admit_per_second: 1000,
-      items: [{ name: 'Ticket', price: 1000, stock: 1 }],
-    },
+  return createSaleThroughApi(t, {
+    name: 'Scoped keys',
+    opens_at: new Date(Date.now() - 60_000).toISOString(),
+    max_shoppers: 1000,
+    admit_per_second: 1000,
+    items: [{ name: 'Ticket', price: 1000, stock: 1 }],
   });
-  assert.equal(response.statusCode, 200, response.body);
-  return { id: response.json().id as string, itemId: response.json().items[0].id as string };
 }
 
 async function keyRows(idempotencyKey: string) {

@@ -14,7 +14,7 @@ import { createPool } from '../src/platform/db/pool.js';
 import type { HttpServer } from '../src/platform/http/server.js';
 import { newId } from '../src/platform/ids.js';
 import { expireHold } from '../src/sales/holds.js';
-import { buildTestApp, createTestDatabase, key, setupTestContext, TEST_ADMISSION_SECRET } from './helpers.js';
+import { buildTestApp, createSaleThroughApi, createTestDatabase, key, setupTestContext, TEST_ADMISSION_SECRET } from './helpers.js';
 
 const database = await createTestDatabase();
 const t = await setupTestContext({ pool: database.pool });
@@ -50,19 +50,12 @@ const step: fc.Arbitrary<Step> = fc.oneof(
 );
 
 async function createSale() {
-  const response = await t.app.inject({
-    method: 'POST',
-    url: '/v1/sales',
-    headers: t.auth({ 'idempotency-key': key('sale') }),
-    payload: {
-      name: 'Property',
-      currency: 'usd',
-      opens_at: new Date(Date.now() - 60_000).toISOString(),
-      per_buyer_limit: LIMIT,
-      items: [{ name: 'Seat', price: 1_000, stock: STOCK }],
-    },
+  return createSaleThroughApi(t, {
+    name: 'Property',
+    opens_at: new Date(Date.now() - 60_000).toISOString(),
+    per_buyer_limit: LIMIT,
+    items: [{ name: 'Seat', price: 1_000, stock: STOCK }],
   });
-  return { id: response.json().id as string, itemId: response.json().items[0].id as string };
 }
 
 interface Sent {

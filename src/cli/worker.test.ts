@@ -14,7 +14,7 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { parseCrontab } from 'graphile-worker';
 import { committedRecoveryPoint, crashing } from '../../test/crash.js';
-import { createTestDatabase, key, setupTestContext, shortTimeoutApp } from '../../test/helpers.js';
+import { createSaleThroughApi, createTestDatabase, key, setupTestContext, shortTimeoutApp } from '../../test/helpers.js';
 import { waitUntil } from '../../test/receiver.js';
 import { buildApp } from '../app.js';
 import { DEV_SECRETS_KEY } from '../platform/crypto/sealed.js';
@@ -50,20 +50,12 @@ function run(env: Record<string, string>, ...args: string[]): Promise<{ code: nu
 }
 
 async function createSale() {
-  const response = await t.app.inject({
-    method: 'POST',
-    url: '/v1/sales',
-    headers: t.auth({ 'idempotency-key': key('sale') }),
-    payload: {
-      name: 'Worker release',
-      currency: 'usd',
-      opens_at: new Date(Date.now() - 3_600_000).toISOString(),
-      hold_seconds: 60,
-      items: [{ name: 'Ticket', price: 1500, stock: 10 }],
-    },
+  return createSaleThroughApi(t, {
+    name: 'Worker release',
+    opens_at: new Date(Date.now() - 3_600_000).toISOString(),
+    hold_seconds: 60,
+    items: [{ name: 'Ticket', price: 1500, stock: 10 }],
   });
-  assert.equal(response.statusCode, 200, response.body);
-  return { id: response.json().id as string, itemId: response.json().items[0].id as string };
 }
 
 /** A hold taken at `now` (its expiry job queued for now + hold_seconds), as the hold route takes it. */

@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
+import { insertOpenSale } from '../../test/fixtures/sales.js';
 import { createTestDatabase, createTestMerchant } from '../../test/helpers.js';
 import { audit } from '../audit/service.js';
 import { createPool, type Pool } from '../platform/db/pool.js';
@@ -45,28 +46,7 @@ function node(nodePool: Pool, sizes: number[] = []): SalesDeps {
 }
 
 async function createSale(stock: number, perBuyerLimit = 4) {
-  const sale = await sql.insertSale(pool, {
-    merchant_id: merchant.id,
-    id: newId('sale'),
-    name: 'Release',
-    currency: 'usd',
-    opens_at: new Date(Date.now() - 60_000),
-    closes_at: null,
-    per_buyer_limit: perBuyerLimit,
-    hold_seconds: 60,
-    admit_per_second: 20,
-    max_shoppers: 200,
-    grace_seconds: 30,
-  });
-  const item = await sql.insertItem(pool, {
-    merchant_id: merchant.id,
-    id: newId('item'),
-    sale_id: sale.id,
-    name: 'Ticket',
-    price: 5000,
-    stock_total: stock,
-  });
-  return { sale, item };
+  return insertOpenSale(pool, merchant.id, { stock, perBuyerLimit });
 }
 
 function hold(

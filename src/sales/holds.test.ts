@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import fc from 'fast-check';
+import { insertOpenSale } from '../../test/fixtures/sales.js';
 import { createTestDatabase, key, setupTestContext } from '../../test/helpers.js';
 import { assertProperty } from '../../test/property.js';
 import { maxAmount } from '../money/currency.js';
@@ -25,28 +26,7 @@ const t = await setupTestContext({ pool });
 const merchant = t.merchant;
 
 async function createSale(stock: number, perBuyerLimit = 4, price = 5000) {
-  const sale = await sql.insertSale(pool, {
-    merchant_id: merchant.id,
-    id: newId('sale'),
-    name: 'Release',
-    currency: 'usd',
-    opens_at: new Date(Date.now() - 60_000),
-    closes_at: null,
-    per_buyer_limit: perBuyerLimit,
-    hold_seconds: 60,
-    admit_per_second: 20,
-    max_shoppers: 200,
-    grace_seconds: 30,
-  });
-  const item = await sql.insertItem(pool, {
-    merchant_id: merchant.id,
-    id: newId('item'),
-    sale_id: sale.id,
-    name: 'Ticket',
-    price,
-    stock_total: stock,
-  });
-  return { sale, item };
+  return insertOpenSale(pool, merchant.id, { stock, perBuyerLimit, price });
 }
 
 async function stockOf(itemId: string) {
