@@ -103,6 +103,16 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     if (request.body === undefined && request.routeOptions.schema?.body) request.body = {};
   });
   app.decorateRequest('principal', null);
+  // Closing closes the idle keep-alive connections once; one whose request was still running
+  // then (a provider webhook arriving with the SIGTERM) would stay open after its answer, and
+  // close would wait on it until the shutdown timeout. Answered with Connection: close instead.
+  let closing = false;
+  app.addHook('preClose', async () => {
+    closing = true;
+  });
+  app.addHook('onSend', async (_request, reply) => {
+    if (closing) reply.header('connection', 'close');
+  });
 
   app.setErrorHandler((error: FastifyError | ApiError, request, reply) => {
     if (error instanceof ApiError) {
