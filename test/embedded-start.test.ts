@@ -129,7 +129,7 @@ describe('the embedded PostgreSQL as root', () => {
       // It says what it did: the binaries copied and the data kept where postgres can reach.
       assert.match(run.stdout, new RegExp(`binaries were copied to ${relocate}/postgres-`));
       assert.match(run.stdout, new RegExp(`is kept in ${relocate}/data-`));
-      assert.equal(run.code, 0, run.stderr + "\nSTDOUT\n" + run.stdout);
+      assert.equal(run.code, 0, `${run.stderr}\nstdout:\n${run.stdout}`);
     } finally {
       await rm(scratch, { recursive: true, force: true });
       await rm(relocate, { recursive: true, force: true });

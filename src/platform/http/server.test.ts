@@ -5,8 +5,15 @@ import { test } from 'node:test';
 import { createMetrics } from '../observability/metrics.js';
 import { createHttpServer } from './server.js';
 
-test('a keep-alive request still running when the server closes is answered with Connection: close, and close finishes', { timeout: 30_000 }, async () => {
-  const app = await createHttpServer({ logger: false, bodyLimitBytes: 1024, metrics: createMetrics({ defaultMetrics: false }), version: 'test' });
+test('a keep-alive request still running when the server closes is answered with Connection: close, and close finishes', {
+  timeout: 30_000,
+}, async () => {
+  const app = await createHttpServer({
+    logger: false,
+    bodyLimitBytes: 1024,
+    metrics: createMetrics({ defaultMetrics: false }),
+    version: 'test',
+  });
   let release: () => void = () => {};
   let started: () => void = () => {};
   const running = new Promise<void>((resolve) => {
