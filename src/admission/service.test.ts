@@ -51,3 +51,48 @@ describe('metrics', () => {
     assert.match(text, new RegExp(`floodgate_waiting_room_wait_seconds_bucket\\{le="60",sale="${sale.id}"\\} 2`));
   });
 });
+
+describe('confirming an admission after its hold committed', () => {
+  /** A store whose claims fail while `down` is set, as Redis does during a failover. */
+  class FailingClaims extends MemoryQueueStore {
+    down = true;
+    attempts = 0;
+    override async claim(input: Parameters<MemoryQueueStore['claim']>[0]) {
+      this.attempts += 1;
+      if (this.down) throw new Error('CLUSTERDOWN The cluster is down');
+      return super.claim(input);
+    }
+  }
+
+  test('a confirm that meets an unreachable store is retried, so the line does not count the held units twice', async () => {
+    const store = new FailingClaims();
+    const room = roomOn(store);
+    // Two units: the first buyer's admission speaks for one of them until it becomes a hold.
+    const sale = testSale({ stock: 2, maxShoppers: 10 });
+    const first = await room.join(sale, 'first', at(1));
+    assert.equal(first.status, 'admitted');
+    const check = room.checkAdmission(first.admissionToken as string, sale.id, 'first', at(2));
+    assert.equal(check.kind, 'ok');
+    assert.ok(check.kind === 'ok');
+    // The hold took both units; confirming it fails: the ticket still counts as admitted.
+    sale.stock = 0;
+    assert.equal(await room.confirmAdmission(sale.id, check.ticketId, check.expiresAtMs, at(2)), 'deferred');
+    sale.stock = 1; // one unit came back (another hold expired)
+    const waiting = await room.join(sale, 'second', at(3));
+    assert.equal(waiting.status, 'sold_out', 'the unconfirmed admission still speaks for the unit');
+    // The store comes back: the retry moves the ticket to shopping, and the unit is free again.
+    store.down = false;
+    const deadline = Date.now() + 10_000;
+    let second = await room.poll(sale, waiting.ticket as string, at(4));
+    while (second?.status !== 'admitted' && Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+      second = await room.poll(sale, waiting.ticket as string, at(4));
+    }
+    assert.equal(second?.status, 'admitted');
+    assert.ok(store.attempts >= 2, `claims tried ${store.attempts} times`);
+    // Once it landed, nothing retries any more.
+    const attempts = store.attempts;
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(store.attempts, attempts);
+  });
+});

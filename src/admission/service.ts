@@ -51,6 +51,11 @@ export type CheckResult =
 
 export const TICKET_PREFIX = 'qt';
 
+// A confirm that met an unreachable store is retried from this delay, doubling up to the cap:
+// a Redis Cluster failover takes a few seconds, and the line miscounts until the retry lands.
+const CONFIRM_RETRY_FIRST_MS = 100;
+const CONFIRM_RETRY_MAX_MS = 1_000;
+
 export interface WaitingRoomOptions {
   /** At least 32 characters, the same on every node. */
   secret: string;
@@ -130,16 +135,39 @@ export class WaitingRoom {
    * After the hold that used an admission committed: the ticket moves from admitted to
    * shopping, where its slot stays until the hold ends (releaseAdmission) or the shopping limit.
    * `replayed` and `lapsed` are harmless here: the hold is the authority.
+   *
+   * Never throws. When the store cannot be reached (a Redis failover), the move is retried in
+   * the background until the token expires: until it lands the ticket still counts as an
+   * admitted buyer without a hold, so the units the hold took would be counted twice and the
+   * line would tell those waiting `sold_out` (and admit nobody) while stock is left. After the
+   * token's expiry the admission lapses by itself and retrying is moot. Answers `deferred` then.
    */
-  confirmAdmission(saleId: string, ticketId: string, tokenExpiresAtMs: number, now = new Date()): Promise<ClaimResult> {
-    const nowMs = now.getTime();
-    return this.store.claim({
-      saleId,
-      ticketId,
-      nowMs,
-      usedTtlMs: Math.max(1, tokenExpiresAtMs - nowMs) + CLOCK_SKEW_MARGIN_MS,
-      shoppingMaxMs: this.options.shoppingMaxSeconds * 1000,
-    });
+  async confirmAdmission(saleId: string, ticketId: string, tokenExpiresAtMs: number, now = new Date()): Promise<ClaimResult | 'deferred'> {
+    const claim = (nowMs: number) =>
+      this.store.claim({
+        saleId,
+        ticketId,
+        nowMs,
+        usedTtlMs: Math.max(1, tokenExpiresAtMs - nowMs) + CLOCK_SKEW_MARGIN_MS,
+        shoppingMaxMs: this.options.shoppingMaxSeconds * 1000,
+      });
+    try {
+      return await claim(now.getTime());
+    } catch {
+      // The caller's clock, moved on by the time spent retrying.
+      const startedAt = performance.now();
+      const clock = () => now.getTime() + (performance.now() - startedAt);
+      let delayMs = CONFIRM_RETRY_FIRST_MS;
+      const retry = () => {
+        if (clock() >= tokenExpiresAtMs) return;
+        claim(clock()).catch(() => {
+          delayMs = Math.min(delayMs * 2, CONFIRM_RETRY_MAX_MS);
+          setTimeout(retry, delayMs).unref();
+        });
+      };
+      setTimeout(retry, delayMs).unref();
+      return 'deferred';
+    }
   }
 
   /**

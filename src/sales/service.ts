@@ -243,8 +243,9 @@ export async function createHold(
       return held;
     });
   }
-  // The hold committed with its ticket: the admission becomes a shopper slot. Best effort: if
-  // this is lost, the ticket's admission lapses when its token expires, and the hold stands.
+  // The hold committed with its ticket: the admission becomes a shopper slot. Retried in the
+  // background while the line's store is unreachable; should this process end first, the
+  // ticket's admission lapses when its token expires, and the hold stands.
   if (committed) await deps.confirmAdmission(params.sale, committed.ticketId, committed.expiresAtMs).catch(() => {});
   return reply;
 }
