@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { buildApp } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
+import { completeAttempt } from '../src/payments/completion.js';
 import { reconcileAttempt } from '../src/payments/reconciliation.js';
 import { HttpProvider } from '../src/providers/http-provider.js';
 import { convertPaidHold, expireHold } from '../src/sales/holds.js';
@@ -191,6 +192,63 @@ describe('surge checkout', () => {
       ),
       'settled',
     );
+    assert.equal(await orderStatus(placed.id), 'paid');
+    assert.deepEqual(await stock(sale.id), { stock_available: 8, stock_held: 0, stock_sold: 2 });
+  });
+
+  test('a hold expiring while its payment completes neither deadlocks nor expires: the payment wins', async () => {
+    const sale = await createSale(t);
+    const held = await hold(sale, 'buyer-race');
+    const placed = await order(held.id);
+    assert.equal((await confirm(placed.payment_intent, 'pm_card_timeout', timingOut)).json().status, 'processing');
+    const { rows } = await t.pool.query(`select id, amount from payment_attempts where payment_intent_id = $1 and status = 'unknown'`, [
+      placed.payment_intent,
+    ]);
+    // The completion (here: the provider's late answer) has locked the intent when the expiry
+    // job starts; it then goes on to the order and the hold, as every completion does.
+    const completion = await t.pool.connect();
+    try {
+      await completion.query('begin');
+      await completion.query('select id from payment_intents where merchant_id = $1 and id = $2 for update', [
+        t.merchant.id,
+        placed.payment_intent,
+      ]);
+      let expiryDone = false;
+      const expiry = expireHold(t.pool, { merchant_id: t.merchant.id, hold_id: held.id }, LATER()).finally(() => {
+        expiryDone = true;
+      });
+      // Until the expiry has answered or waits on a lock (it must not: the payment is being
+      // worked on, so the hold is extended without waiting for it).
+      for (let round = 0; round < 500 && !expiryDone; round++) {
+        const { rows: waiting } = await t.pool.query(
+          `select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'`,
+        );
+        if (waiting.length > 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      const charge = {
+        reference: 'ch_race',
+        status: 'captured' as const,
+        amount: rows[0].amount,
+        amountCaptured: rows[0].amount,
+        amountRefunded: 0,
+      };
+      const completed = completeAttempt(completion, { onPaymentSucceeded: convertPaidHold }, t.merchant.id, rows[0].id, {
+        kind: 'succeeded',
+        value: charge,
+      }).then(async (result) => {
+        await completion.query('commit');
+        return result;
+      });
+      const [expired, done] = await Promise.all([expiry, completed]);
+      assert.equal(expired, 'extended');
+      assert.equal(done.kind, 'intent');
+    } catch (error) {
+      await completion.query('rollback').catch(() => {});
+      throw error;
+    } finally {
+      completion.release();
+    }
     assert.equal(await orderStatus(placed.id), 'paid');
     assert.deepEqual(await stock(sale.id), { stock_available: 8, stock_held: 0, stock_sold: 2 });
   });

@@ -51,10 +51,15 @@ export type ExpiryDecision = 'canceled' | 'in_flight';
  * For a hold that is expiring: cancels its intent if no money can still move (nothing
  * authorized, nothing in flight), in the caller's transaction, so it can never be confirmed
  * afterwards. An intent processing, authorized or succeeded is left alone: `in_flight`.
+ *
+ * The caller holds the hold's row; a completion locks the intent, then the order and the hold.
+ * Waiting here for the intent would close that circle (a deadlock, PostgreSQL's 40P01), so an
+ * intent some other transaction has locked — a confirm or a completion working on it right
+ * now — counts as `in_flight` without waiting.
  */
 export async function cancelUnpaidForExpiry(client: Client, merchantId: string, intentId: string): Promise<ExpiryDecision> {
-  const intent = await sql.selectIntent(client, merchantId, intentId, true);
-  assert.ok(intent, 'an order points at an existing intent');
+  const intent = await sql.selectIntentUnlessLocked(client, merchantId, intentId);
+  if (!intent) return 'in_flight';
   if (intent.status === 'canceled') return 'canceled';
   if (intent.status !== 'requires_payment_method' && intent.status !== 'requires_confirmation') return 'in_flight';
   const canceled = await sql.transitionIntent(client, {

@@ -158,6 +158,16 @@ export async function selectIntent(
   return rows[0];
 }
 
+/** The intent, locked; undefined when another transaction holds its lock (or it does not exist). */
+export async function selectIntentUnlessLocked(db: Queryable, merchantId: string, id: string): Promise<PaymentIntentRow | undefined> {
+  const { rows } = await db.query<PaymentIntentRow>({
+    name: 'payments_select_intent_unless_locked',
+    text: `select ${INTENT_COLUMNS} from payment_intents where merchant_id = $1 and id = $2 for update skip locked`,
+    values: [merchantId, id],
+  });
+  return rows[0];
+}
+
 export async function selectIntents(db: Queryable, merchantId: string, limit: number, startingAfter?: string): Promise<PaymentIntentRow[]> {
   const { rows } = await db.query<PaymentIntentRow>({
     name: 'payments_select_intents',
