@@ -7,11 +7,12 @@
 import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
 import { parseAllDocuments } from 'yaml';
 import { ROLES } from '../src/cli/commands.js';
 import { loadConfig } from '../src/config.js';
-import { setupTestContext } from './helpers.js';
+import { createTestDatabase, setupTestContext, TEST_PROVIDER_WEBHOOK_SECRET } from './helpers.js';
+import { startFloodgate } from './processes.js';
 
 const DIR = path.resolve(import.meta.dirname, '../deploy/kubernetes');
 const CONFIG_SOURCE = readFileSync(path.resolve(import.meta.dirname, '../src/config.ts'), 'utf8');
@@ -115,13 +116,25 @@ describe('Kubernetes manifests', () => {
     assert.equal(service.spec.ports[0].targetPort, 'http');
   });
 
-  test('floodgate-worker: the probes ask the worker’s health port and paths', {
-    todo: 'a standalone worker serves no HTTP on main yet; the ops branch adds its listener (FLOODGATE_WORKER_METRICS_PORT)',
-  }, () => {
+  test('floodgate-worker: the probes ask the worker’s health port, and a real worker answers their paths', async () => {
     const spec = container(find('Deployment', 'floodgate-worker'));
     const port = spec.ports.find((candidate: { name: string }) => candidate.name === 'health');
+    assert.ok(port, 'the worker container names its health port');
     assert.equal(spec.livenessProbe.httpGet.port, 'health');
     assert.equal(spec.readinessProbe.httpGet.port, 'health');
-    assert.equal(port.containerPort, (loadConfig({}) as unknown as Record<string, unknown>).workerMetricsPort);
+    assert.equal(port.containerPort, loadConfig({}).workerMetricsPort);
+    const { url: databaseUrl } = await createTestDatabase();
+    const worker = await startFloodgate('worker', {
+      DATABASE_URL: databaseUrl,
+      FLOODGATE_PROVIDER_URL: t.sim.url,
+      FLOODGATE_PROVIDER_WEBHOOK_SECRET: TEST_PROVIDER_WEBHOOK_SECRET,
+      FLOODGATE_WORKER_METRICS_PORT: '0',
+      FLOODGATE_LOG_LEVEL: 'info',
+    });
+    after(() => worker.stop());
+    for (const probe of [spec.livenessProbe, spec.readinessProbe]) {
+      const response = await fetch(`${worker.url}${probe.httpGet.path}`);
+      assert.equal(response.status, 200, `${probe.httpGet.path}: ${await response.text()}`);
+    }
   });
 });

@@ -219,7 +219,16 @@ export const ROLES: Record<string, Role> = {
       onFailure: exitOnWorkerFailure(log),
     });
     // A worker serves no API; Prometheus scrapes it here.
-    const metricsServer = await startMetricsServer({ registry: metrics.registry, host: config.host, port: config.workerMetricsPort });
+    // Its probes ask here too: live while the process answers, ready while its database does (a
+    // runner that stops by itself ends the process, see exitOnWorkerFailure).
+    const metricsServer = await startMetricsServer({
+      registry: metrics.registry,
+      host: config.host,
+      port: config.workerMetricsPort,
+      ready: async () => {
+        await db.pool.query('select 1');
+      },
+    });
     log.info({ concurrency: config.workerConcurrency, metrics: `${metricsServer.url}/metrics` }, 'worker running');
     // Running jobs finish; jobs fetched but not started are handed back unlocked.
     onShutdown(log, config.shutdownTimeoutMs, async () => {

@@ -1,6 +1,7 @@
 /**
- * A metrics listener for processes that serve no API (a standalone worker): GET /metrics in
- * Prometheus' text format and GET /livez, nothing else.
+ * A metrics and health listener for processes that serve no API (a standalone worker): GET
+ * /metrics in Prometheus' text format, GET /livez (the process answers) and GET /readyz (the
+ * `ready` check passes: for a worker, its database answers), nothing else.
  */
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -11,7 +12,13 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-export async function startMetricsServer(options: { registry: Registry; host: string; port: number }): Promise<MetricsServer> {
+export async function startMetricsServer(options: {
+  registry: Registry;
+  host: string;
+  port: number;
+  /** Resolves when the process can do its work; throws (saying why) when it cannot. */
+  ready?: () => Promise<void>;
+}): Promise<MetricsServer> {
   const server = http.createServer((request, response) => {
     const path = (request.url ?? '/').split('?')[0];
     if (request.method !== 'GET' && request.method !== 'HEAD') {
@@ -22,8 +29,18 @@ export async function startMetricsServer(options: { registry: Registry; host: st
       response.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
       return;
     }
+    if (path === '/readyz') {
+      (options.ready ?? (async () => {}))().then(
+        () => response.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ready"}'),
+        (error: Error) =>
+          response
+            .writeHead(503, { 'content-type': 'application/json' })
+            .end(JSON.stringify({ status: 'not_ready', reason: error.message })),
+      );
+      return;
+    }
     if (path !== '/metrics') {
-      response.writeHead(404, { 'content-type': 'text/plain' }).end('only /metrics and /livez are served here\n');
+      response.writeHead(404, { 'content-type': 'text/plain' }).end('only /metrics, /livez and /readyz are served here\n');
       return;
     }
     options.registry.metrics().then(
