@@ -117,6 +117,36 @@ describe('load shedding in the app', () => {
     shedder.runOnce();
     assert.equal((await get(app, '/v1/balance', merchant.secretKey)).statusCode, 200);
   });
+  test('the line is shed first: its routes refuse at the limit while checkout and the merchant API are still served', async () => {
+    const metrics = createMetrics({ defaultMetrics: false });
+    const delay = { ms: 0, takeMs: () => delay.ms, close() {} };
+    const shedder = createShedder({ eventLoopDelayMaxMs: 100, inFlightMax: 1_000, registry: metrics.registry, delaySource: delay });
+    const app = await build({}, { shedder, metrics });
+    delay.ms = 150;
+    shedder.runOnce();
+    const line = [
+      { method: 'GET', url: '/v1/sales/sale_0000000000000000000000' },
+      { method: 'POST', url: '/v1/sales/sale_0000000000000000000000/queue' },
+      { method: 'GET', url: '/v1/sales/sale_0000000000000000000000/queue/qt_0000000000000000000000' },
+      { method: 'GET', url: '/s/sale_0000000000000000000000' },
+      { method: 'GET', url: '/s/sale_0000000000000000000000/line' },
+      { method: 'POST', url: '/s/sale_0000000000000000000000/join' },
+    ] as const;
+    for (const request of line) {
+      const refused = await app.inject({ ...request, headers: { authorization: `Bearer ${merchant.publishableKey}` } });
+      assert.equal(refused.statusCode, 503, `${request.method} ${request.url}`);
+      assert.equal(refused.json().error.code, 'overloaded');
+    }
+    assert.equal((await get(app, '/v1/balance', merchant.secretKey)).statusCode, 200);
+    // A hold is checkout: past the shedder, it fails on its (empty) body instead.
+    const hold = await app.inject({
+      method: 'POST',
+      url: '/v1/holds',
+      headers: { authorization: `Bearer ${merchant.publishableKey}`, 'idempotency-key': 'shed-first-hold' },
+      payload: {},
+    });
+    assert.equal(hold.statusCode, 400, hold.body);
+  });
 });
 
 describe('readiness', () => {

@@ -57,7 +57,7 @@ export function registerQueueRoutes(app: HttpServer, deps: QueueRouteDeps): void
   app.post(
     '/v1/sales/:id/queue',
     {
-      config: { auth: 'publishable' },
+      config: { auth: 'publishable', shedding: 'line' },
       schema: {
         tags: ['waiting_room'],
         summary: 'Join the sale’s waiting room (publishable key); the same buyer_reference again returns the same ticket',
@@ -84,7 +84,7 @@ export function registerQueueRoutes(app: HttpServer, deps: QueueRouteDeps): void
   app.get(
     '/v1/sales/:id/queue/:ticket',
     {
-      config: { auth: 'publishable' },
+      config: { auth: 'publishable', shedding: 'line' },
       schema: {
         tags: ['waiting_room'],
         summary: 'Poll a waiting-room ticket (publishable key); poll again after Retry-After seconds',

@@ -53,8 +53,10 @@ export function registerHostedRoutes(app: HttpServer, deps: HostedRouteDeps): vo
     );
     const params = { type: 'object', properties: { sale: { type: 'string', pattern: SALE_ID } }, required: ['sale'] } as const;
     const schema = { hide: true, params };
+    // The sale page and the line are the crowd's; holding and paying are an admitted buyer's.
+    const LINE = { shedding: 'line' } as const;
 
-    scope.get<SaleParams>('/s/:sale', { schema }, async (request, reply) => {
+    scope.get<SaleParams>('/s/:sale', { schema, config: LINE }, async (request, reply) => {
       const t = stringsFor(request.headers['accept-language']);
       const sale = await findSale(deps, request.params.sale);
       if (!sale) return sendNotFound(reply, t);
@@ -64,7 +66,7 @@ export function registerHostedRoutes(app: HttpServer, deps: HostedRouteDeps): vo
       return sendSessionPage(reply, deps, t, sale, stored, notice);
     });
 
-    scope.get<SaleParams>('/s/:sale/line', { schema }, async (request, reply) => {
+    scope.get<SaleParams>('/s/:sale/line', { schema, config: LINE }, async (request, reply) => {
       const t = stringsFor(request.headers['accept-language']);
       const sale = await findSale(deps, request.params.sale);
       if (!sale) throw new ApiError('resource_missing', `No such sale: '${request.params.sale}'`, 'sale');
@@ -85,7 +87,7 @@ export function registerHostedRoutes(app: HttpServer, deps: HostedRouteDeps): vo
       };
     });
 
-    scope.post<SaleParams>('/s/:sale/join', { schema }, async (request, reply) => {
+    scope.post<SaleParams>('/s/:sale/join', { schema, config: LINE }, async (request, reply) => {
       const t = stringsFor(request.headers['accept-language']);
       const sale = await findSale(deps, request.params.sale);
       if (!sale) return sendNotFound(reply, t);

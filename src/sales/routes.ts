@@ -304,8 +304,9 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
   app.get(
     '/v1/sales/:id',
     {
-      // A sale page is public: buyers' browsers read it with the publishable key.
-      config: { auth: 'publishable' },
+      // A sale page is public: buyers' browsers read it with the publishable key. The crowd
+      // reads it: shed first under load.
+      config: { auth: 'publishable', shedding: 'line' },
       schema: {
         tags: ['sales'],
         summary: 'Retrieve a sale with its availability (publishable key); cached, stale by at most FLOODGATE_CACHE_STALE_MS',

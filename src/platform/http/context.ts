@@ -24,6 +24,12 @@ declare module 'fastify' {
   }
   interface FastifyContextConfig {
     auth?: AuthScope;
+    /**
+     * `line`: the crowd's traffic (joining and polling a waiting room, reading a sale page),
+     * shed before anything else when the node is saturated, so buyers already admitted (holds,
+     * orders, payments) and merchants' servers keep their latency. See platform/http/shedding.ts.
+     */
+    shedding?: 'line';
   }
 }
 

@@ -3,7 +3,7 @@ import { connect, type Socket } from 'node:net';
 import { after, describe, test } from 'node:test';
 import { createMetrics } from '../observability/metrics.js';
 import { createHttpServer } from './server.js';
-import { createShedder, type DelaySource, eventLoopDelaySource } from './shedding.js';
+import { CHECKOUT_HEADROOM, createShedder, type DelaySource, eventLoopDelaySource } from './shedding.js';
 
 const EXEMPT = ['/livez', '/readyz', '/metrics'];
 // Held requests reach the shedder's hook within a few event-loop turns; this only bounds a
@@ -44,6 +44,8 @@ async function shedServer(options: {
   const held: Array<() => void> = [];
   app.get('/v1/held', () => new Promise((resolve) => held.push(() => resolve({ ok: true }))));
   app.get('/v1/quick', async () => ({ ok: true }));
+  // The crowd's kind of request (a waiting-room poll): shed first.
+  app.get('/v1/line', { config: { shedding: 'line' } }, async () => ({ ok: true }));
   app.post('/v1/echo', async (request) => ({ echo: request.body }));
   for (const path of EXEMPT) app.get(path, async () => ({ ok: true }));
   after(() => app.close());
@@ -64,11 +66,18 @@ async function waitFor(condition: () => boolean): Promise<void> {
 }
 
 describe('load shedding', () => {
-  test('event-loop delay over the limit: new requests get 503 with Retry-After until it falls', async () => {
+  test('event-loop delay over the limit: the line gets 503 with Retry-After; checkout only past twice the limit; both return when it falls', async () => {
     const { app, shedder, delay, registry } = await shedServer({ inFlightMax: 100, eventLoopDelayMaxMs: 100 });
+    assert.equal((await app.inject({ url: '/v1/line' })).statusCode, 200);
     assert.equal((await app.inject({ url: '/v1/quick' })).statusCode, 200);
 
     delay.ms = 150;
+    shedder.runOnce();
+    assertShed(await app.inject({ url: '/v1/line' }));
+    assert.equal((await app.inject({ url: '/v1/quick' })).statusCode, 200, 'checkout keeps its headroom');
+    for (const url of EXEMPT) assert.equal((await app.inject({ url })).statusCode, 200, url);
+
+    delay.ms = 100 * CHECKOUT_HEADROOM + 1;
     shedder.runOnce();
     assertShed(await app.inject({ url: '/v1/quick' }));
     assertShed(await app.inject({ url: '/v1/unknown-route' }));
@@ -76,31 +85,39 @@ describe('load shedding', () => {
 
     delay.ms = 20;
     shedder.runOnce();
+    assert.equal((await app.inject({ url: '/v1/line' })).statusCode, 200);
     assert.equal((await app.inject({ url: '/v1/quick' })).statusCode, 200);
 
     const text = await registry.metrics();
-    assert.match(text, /floodgate_http_shed_total\{reason="event_loop_delay"\} 2/);
+    assert.match(text, /floodgate_http_shed_total\{reason="event_loop_delay",priority="line"\} 1/);
+    assert.match(text, /floodgate_http_shed_total\{reason="event_loop_delay",priority="checkout"\} 2/);
     assert.match(text, /floodgate_event_loop_delay_seconds 0.02/);
   });
 
-  test('in-flight requests at the limit: the next gets 503; health is still served; room returns as they finish', async () => {
+  test('in-flight requests at the limit: the line gets 503, checkout is served up to twice the limit; health is always served', async () => {
     const { app, shedder, held, registry } = await shedServer({ inFlightMax: 3, eventLoopDelayMaxMs: 100 });
     const pending = Array.from({ length: 3 }, () => app.inject({ url: '/v1/held' }));
     await waitFor(() => held.length === 3);
     assert.equal(shedder.inFlight, 3);
     assert.match(await registry.metrics(), /floodgate_http_in_flight_requests 3/);
 
+    assertShed(await app.inject({ url: '/v1/line' }));
+    assert.equal((await app.inject({ url: '/v1/quick' })).statusCode, 200);
+    pending.push(...Array.from({ length: 3 }, () => app.inject({ url: '/v1/held' })));
+    await waitFor(() => held.length === 6);
     assertShed(await app.inject({ url: '/v1/quick' }));
     for (const url of EXEMPT) assert.equal((await app.inject({ url })).statusCode, 200, url);
 
     for (const release of held) release();
     assert.deepEqual(
       (await Promise.all(pending)).map((response) => response.statusCode),
-      [200, 200, 200],
+      [200, 200, 200, 200, 200, 200],
     );
     await waitFor(() => shedder.inFlight === 0);
-    assert.equal((await app.inject({ url: '/v1/quick' })).statusCode, 200);
-    assert.match(await registry.metrics(), /floodgate_http_shed_total\{reason="in_flight"\} 1/);
+    assert.equal((await app.inject({ url: '/v1/line' })).statusCode, 200);
+    const text = await registry.metrics();
+    assert.match(text, /floodgate_http_shed_total\{reason="in_flight",priority="line"\} 1/);
+    assert.match(text, /floodgate_http_shed_total\{reason="in_flight",priority="checkout"\} 1/);
   });
 
   test('the event-loop monitor reads 0 before any sample, a delay after the loop was blocked, and resets on each read', async () => {

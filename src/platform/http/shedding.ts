@@ -8,6 +8,12 @@
  * behind) and the requests in flight (work is queueing on something slower: the database,
  * the provider). Health checks and metrics scrapes are never shed: a balancer that sees
  * /readyz fail under load would take a node out just when it is needed most.
+ *
+ * Two priorities. A surge is mostly the line: thousands joining and polling for the few
+ * checking out. Routes that declare `config: { shedding: 'line' }` are shed at the configured
+ * limits; everything else (an admitted buyer's hold, order and payment, a merchant's server)
+ * only at CHECKOUT_HEADROOM times them. Shedding the line first is what keeps checkout fast
+ * in a surge: a shed poll costs a fraction of a served one, and its buyer keeps their place.
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import type { FastifyReply, FastifyRequest } from 'fastify';
@@ -26,6 +32,9 @@ const SHED_RETRY_AFTER_SECONDS_MIN = 1;
 const SHED_RETRY_AFTER_SECONDS_MAX = 3;
 
 const EXEMPT_PATHS = new Set(['/livez', '/readyz', '/metrics']);
+// Checkout is refused only when the delay or the requests in flight reach this multiple of the
+// limits the line is refused at.
+export const CHECKOUT_HEADROOM = 2;
 
 /** Where the delay comes from; tests pass their own instead of a real monitor. */
 export interface DelaySource {
@@ -88,8 +97,8 @@ export function createShedder(options: ShedderOptions): Shedder {
 
   const shed = registeredCounter(options.registry, {
     name: 'floodgate_http_shed_total',
-    help: 'Requests refused with 503 overloaded, by reason (event_loop_delay, in_flight)',
-    labelNames: ['reason'] as const,
+    help: 'Requests refused with 503 overloaded, by reason (event_loop_delay, in_flight) and priority (line, checkout)',
+    labelNames: ['reason', 'priority'] as const,
   });
   registeredGauge(options.registry, {
     name: 'floodgate_http_in_flight_requests',
@@ -110,8 +119,8 @@ export function createShedder(options: ShedderOptions): Shedder {
     delayMs = source.takeMs();
   };
 
-  const refuse = (reason: 'event_loop_delay' | 'in_flight'): never => {
-    shed.inc({ reason });
+  const refuse = (reason: 'event_loop_delay' | 'in_flight', priority: 'line' | 'checkout'): never => {
+    shed.inc({ reason, priority });
     const spread = SHED_RETRY_AFTER_SECONDS_MAX - SHED_RETRY_AFTER_SECONDS_MIN + 1;
     const retryAfter = SHED_RETRY_AFTER_SECONDS_MIN + Math.floor(Math.random() * spread);
     throw new ApiError('overloaded', 'This server is at capacity; retry after the number of seconds in Retry-After.', undefined, {
@@ -122,8 +131,11 @@ export function createShedder(options: ShedderOptions): Shedder {
   return {
     async onRequest(request) {
       if (EXEMPT_PATHS.has(request.routeOptions.url ?? '')) return;
-      if (delayMs > options.eventLoopDelayMaxMs) refuse('event_loop_delay');
-      if (inFlight >= options.inFlightMax) refuse('in_flight');
+      const line = request.routeOptions.config?.shedding === 'line';
+      const headroom = line ? 1 : CHECKOUT_HEADROOM;
+      const priority = line ? 'line' : 'checkout';
+      if (delayMs > options.eventLoopDelayMaxMs * headroom) refuse('event_loop_delay', priority);
+      if (inFlight >= options.inFlightMax * headroom) refuse('in_flight', priority);
     },
     async onBodyRead(request, reply) {
       if (EXEMPT_PATHS.has(request.routeOptions.url ?? '')) return;
