@@ -66,6 +66,8 @@ export async function runBuyer(client: DrillClient, plan: BuyerPlan): Promise<Bu
   const buyer = `drill_${randomBytes(9).toString('base64url')}`;
   const result: BuyerResult = { buyer, phase: plan.phase, arrivedMs: client.now(), outcome: 'failed', paymentIntents: [], rejoins: 0 };
   const common = { key: plan.buyerKey, phase: plan.phase };
+  // In line, a refused join or poll is tried again at Retry-After until the buyer gives up.
+  const inLine = { ...common, retryUntilMs: plan.deadlineMs };
   const end = (outcome: BuyerOutcome, failure?: string) => {
     result.outcome = outcome;
     if (failure) result.failure = failure;
@@ -76,18 +78,18 @@ export async function runBuyer(client: DrillClient, plan: BuyerPlan): Promise<Bu
 
   // --- The line.
   const joinPath = `/v1/sales/${plan.saleId}/queue`;
-  let ticket = await client.send('join', 'POST', joinPath, { ...common, body: { buyer_reference: buyer } });
+  let ticket = await client.send('join', 'POST', joinPath, { ...inLine, body: { buyer_reference: buyer } });
   while (ticket.status === 200 && ticket.body.status === 'waiting') {
     if (client.now() > plan.deadlineMs) return end('gave_up');
     await sleep(Math.max(POLL_INTERVAL_MIN_MS, (ticket.retryAfterSeconds ?? 1) * 1000));
-    const polled = await client.send('poll', 'GET', `${joinPath}/${ticket.body.ticket}`, common);
+    const polled = await client.send('poll', 'GET', `${joinPath}/${ticket.body.ticket}`, inLine);
     if (polled.status === 404) {
       // Our place was lost (a poll came too late): join again, at the back.
       result.rejoins += 1;
-      ticket = await client.send('join', 'POST', joinPath, { ...common, body: { buyer_reference: buyer } });
+      ticket = await client.send('join', 'POST', joinPath, { ...inLine, body: { buyer_reference: buyer } });
     } else ticket = polled;
   }
-  if (ticket.status !== 200) return end('failed', failureOf(ticket));
+  if (ticket.status !== 200) return end(client.now() > plan.deadlineMs ? 'gave_up' : 'failed', failureOf(ticket));
   if (ticket.body.status === 'sold_out') return end('sold_out');
   if (ticket.body.status === 'closed') return end('closed');
   result.admittedMs = client.now();

@@ -31,6 +31,8 @@ export interface Answer {
   retryAfterSeconds?: number;
 }
 
+const LINE_KINDS: ReadonlySet<RequestKind> = new Set(['join', 'poll', 'read']);
+
 // A buyer's request that takes longer than this has failed for them.
 const REQUEST_TIMEOUT_MS = 30_000;
 // Tries of one request, the first included, before the buyer gives up on it.
@@ -38,7 +40,12 @@ const TRIES_MAX = 5;
 
 export class DrillClient {
   readonly records: RequestRecord[] = [];
-  private readonly agent: http.Agent;
+  /**
+   * Sockets for the crowd in line, and apart from them for checkout (an admitted buyer's hold,
+   * the merchant server's order and payment): in a real sale these never share connections, and
+   * an admitted buyer's request must not wait here behind thousands of polls.
+   */
+  private readonly agents: { line: http.Agent; checkout: http.Agent };
   private readonly startedAt = performance.now();
 
   constructor(
@@ -46,7 +53,10 @@ export class DrillClient {
     options: { socketsMax: number },
   ) {
     const Agent = base.startsWith('https:') ? https.Agent : http.Agent;
-    this.agent = new Agent({ keepAlive: true, maxSockets: options.socketsMax });
+    this.agents = {
+      line: new Agent({ keepAlive: true, maxSockets: options.socketsMax }),
+      checkout: new Agent({ keepAlive: true, maxSockets: options.socketsMax }),
+    };
   }
 
   now(): number {
@@ -54,7 +64,8 @@ export class DrillClient {
   }
 
   close(): void {
-    this.agent.destroy();
+    this.agents.line.destroy();
+    this.agents.checkout.destroy();
   }
 
   /**
@@ -66,17 +77,28 @@ export class DrillClient {
     kind: RequestKind,
     method: string,
     path: string,
-    options: { key: string; body?: unknown; idempotencyKey?: string; phase: RequestRecord['phase']; admitted?: boolean },
+    options: {
+      key: string;
+      body?: unknown;
+      idempotencyKey?: string;
+      phase: RequestRecord['phase'];
+      admitted?: boolean;
+      /**
+       * Retry until this time (drill milliseconds) instead of TRIES_MAX tries: a buyer's page
+       * in line keeps polling at Retry-After for as long as the buyer waits (web/hosted/hosted.js).
+       */
+      retryUntilMs?: number;
+    },
   ): Promise<Answer> {
     let answer: Answer = { status: 0, body: {} };
-    for (let tries = 1; tries <= TRIES_MAX; tries += 1) {
+    for (let tries = 1; ; tries += 1) {
       answer = await this.once(kind, method, path, options);
       const code = (answer.body.error as { code?: string } | undefined)?.code;
       const retryable = answer.status === 0 || answer.status === 429 || answer.status === 503 || code === 'idempotency_key_in_use';
-      if (!retryable || tries === TRIES_MAX) return answer;
+      const triesLeft = options.retryUntilMs === undefined ? tries < TRIES_MAX : this.now() < options.retryUntilMs;
+      if (!retryable || !triesLeft) return answer;
       await sleep(((answer.retryAfterSeconds ?? 1) + Math.random() * 0.5) * 1000);
     }
-    return answer;
   }
 
   private once(
@@ -107,7 +129,7 @@ export class DrillClient {
       const url = new URL(path, this.base);
       const request = (url.protocol === 'https:' ? https : http).request(
         url,
-        { method, headers, agent: this.agent, timeout: REQUEST_TIMEOUT_MS },
+        { method, headers, agent: LINE_KINDS.has(kind) ? this.agents.line : this.agents.checkout, timeout: REQUEST_TIMEOUT_MS },
         (response) => {
           const chunks: Buffer[] = [];
           response.on('data', (chunk: Buffer) => chunks.push(chunk));
