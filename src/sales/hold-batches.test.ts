@@ -12,7 +12,6 @@ import { fingerprint } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
 import { HoldBatcher } from './hold-batches.js';
 import { createHold, type SalesDeps, toApiHold } from './service.js';
-import * as sql from './sql.js';
 
 const { url } = await createTestDatabase();
 // Thousands of requests queue here, longer than a request would wait in production.

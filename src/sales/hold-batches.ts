@@ -25,7 +25,8 @@ import type { IdempotencyOptions } from '../platform/idempotency/service.js';
 import * as idempotencySql from '../platform/idempotency/sql.js';
 import { newId } from '../platform/ids.js';
 import * as batchSql from './batch-sql.js';
-import { type HoldLine, holdAmountTooLarge, normalizeLines, salePhase, totalQuantity } from './domain.js';
+import { type HoldLine, normalizeLines, totalQuantity } from './domain.js';
+import { admissionRefused, buyerLimitRefusal, holdAmount, linesRefusal, saleRefusal, TOKEN_ALREADY_USED } from './hold-rules.js';
 import { EXPIRE_HOLD_TASK } from './holds.js';
 import * as sql from './sql.js';
 
@@ -168,11 +169,9 @@ export class HoldBatcher {
   private async decide(client: Client, merchantId: string, saleId: string, requests: HoldRequest[]): Promise<Reply[]> {
     const now = new Date();
     const sale = await sql.selectSale(client, merchantId, saleId);
-    if (!sale) return requests.map(() => refusal(new ApiError('resource_missing', `No such sale: '${saleId}'`, 'sale')));
-    const phase = salePhase(sale, now);
-    if (phase === 'scheduled')
-      return requests.map(() => refusal(new ApiError('sale_not_open', `The sale opens at ${sale.opens_at.toISOString()}.`)));
-    if (phase === 'closed') return requests.map(() => refusal(new ApiError('sale_closed', 'The sale has closed.')));
+    const closed = saleRefusal(saleId, sale, now);
+    if (closed) return requests.map(() => refusal(closed));
+    assert.ok(sale, 'saleRefusal refuses a missing sale');
     const plans = requests.map((request) => ({ request, lines: normalizeLines(request.lines) }));
     const candidates = plans.filter((plan) => plan.request.admission.ok);
     const buyers = [...new Set(candidates.map((plan) => plan.request.buyerReference))];
@@ -191,23 +190,13 @@ export class HoldBatcher {
     const holds: (batchSql.NewHold | ApiError)[] = plans.map(({ request, lines }) => {
       const admission = request.admission;
       if (!admission.ok) return admissionRefused(admission.reason);
-      for (const line of lines) {
-        if (!items.has(line.item_id)) return new ApiError('parameter_invalid', `No item '${line.item_id}' in this sale.`, 'items');
-        const item = items.get(line.item_id);
-        if ((left.get(line.item_id) ?? 0) < line.quantity) return soldOut(item, line);
-      }
-      const amount = lines.reduce((sum, line) => sum + Number(items.get(line.item_id).price) * line.quantity, 0);
-      const tooLarge = holdAmountTooLarge(sale.currency, amount);
-      if (tooLarge) return new ApiError('amount_too_large', tooLarge, 'items');
-      if (usedTickets.has(admission.ticketId)) return admissionRefused('the admission token was already used');
+      const linesRefused = linesRefusal(sale.currency, lines, items, (item) => left.get(item.id as string) ?? 0);
+      if (linesRefused) return linesRefused;
+      const amount = holdAmount(lines, items);
+      if (usedTickets.has(admission.ticketId)) return admissionRefused(TOKEN_ALREADY_USED);
       const already = held.get(request.buyerReference) ?? 0;
-      if (already + totalQuantity(lines) > sale.per_buyer_limit) {
-        return new ApiError(
-          'buyer_limit_exceeded',
-          `A buyer may hold at most ${sale.per_buyer_limit} units in this sale; this buyer has ${already}.`,
-          'items',
-        );
-      }
+      const overLimit = buyerLimitRefusal(sale, already, lines);
+      if (overLimit) return overLimit;
       usedTickets.add(admission.ticketId);
       held.set(request.buyerReference, already + totalQuantity(lines));
       for (const line of lines) {
@@ -239,10 +228,4 @@ export class HoldBatcher {
 
 function refusal(error: ApiError): Reply {
   return { status: error.status, body: error.toBody(), headers: error.headers };
-}
-
-const admissionRefused = (reason: string) => new ApiError('admission_invalid', `Admission refused: ${reason}.`, 'admission_token');
-
-function soldOut(item: { id: string; name: string }, line: HoldLine) {
-  return new ApiError('sold_out', `Item '${item.id}' (${item.name}) has fewer than ${line.quantity} left.`, 'items');
 }

@@ -10,10 +10,11 @@ import assert from 'node:assert/strict';
 import { cancelUnpaidForExpiry } from '../payments/service.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
-import { ApiError } from '../platform/http/errors.js';
+import type { ApiError } from '../platform/http/errors.js';
 import { newId } from '../platform/ids.js';
 import { addJob } from '../platform/jobs/queue.js';
-import { type HoldLine, holdAmountTooLarge, normalizeLines, salePhase, totalQuantity } from './domain.js';
+import { type HoldLine, normalizeLines } from './domain.js';
+import { admissionRefused, buyerLimitRefusal, holdAmount, linesRefusal, saleRefusal, soldOut, TOKEN_ALREADY_USED } from './hold-rules.js';
 import * as sql from './sql.js';
 
 export const EXPIRE_HOLD_TASK = 'expire_hold';
@@ -22,9 +23,6 @@ export const RELEASE_ADMISSION_TASK = 'release_admission';
 export type HoldResult = { kind: 'created'; hold: sql.HoldRow; lines: HoldLine[] } | { kind: 'refused'; error: ApiError };
 
 const refused = (error: ApiError): HoldResult => ({ kind: 'refused', error });
-const admissionRefused = (reason: string) => new ApiError('admission_invalid', `Admission refused: ${reason}.`, 'admission_token');
-const soldOut = (item: { id: string; name: string }, line: HoldLine) =>
-  new ApiError('sold_out', `Item '${item.id}' (${item.name}) has fewer than ${line.quantity} left.`, 'items');
 
 /** Takes the stock of `lines` for a buyer, in the caller's transaction. */
 export async function takeHold(
@@ -41,42 +39,26 @@ export async function takeHold(
 ): Promise<HoldResult> {
   const { merchantId, saleId, buyerReference } = request;
   const sale = await sql.selectSale(client, merchantId, saleId);
-  if (!sale) return refused(new ApiError('resource_missing', `No such sale: '${saleId}'`, 'sale'));
-  const phase = salePhase(sale, request.now);
-  if (phase === 'scheduled') return refused(new ApiError('sale_not_open', `The sale opens at ${sale.opens_at.toISOString()}.`));
-  if (phase === 'closed') return refused(new ApiError('sale_closed', 'The sale has closed.'));
+  const closed = saleRefusal(saleId, sale, request.now);
+  if (closed) return refused(closed);
+  assert.ok(sale, 'saleRefusal refuses a missing sale');
   // After the sale's ownership: another merchant's request learns nothing about the token.
   const admission = request.admission;
   if (admission && !admission.ok) return refused(admissionRefused(admission.reason));
   const ticket = admission?.ok ? admission.ticketId : null;
   const lines = normalizeLines(request.lines);
   const items = new Map((await sql.selectFreeUnits(client, merchantId, saleId)).map((item) => [item.id, item]));
-  for (const line of lines) {
-    const item = items.get(line.item_id);
-    if (!item) return refused(new ApiError('parameter_invalid', `No item '${line.item_id}' in this sale.`, 'items'));
-    // Read without a lock: once an item sells out, the crowd behind it is answered here instead
-    // of queueing for its row lock. The locked read below stays the authority.
-    if (item.free < line.quantity) return refused(soldOut(item, line));
-  }
-  const amount = lines.reduce((sum, line) => sum + Number(items.get(line.item_id)?.price ?? 0) * line.quantity, 0);
-  const tooLarge = holdAmountTooLarge(sale.currency, amount);
-  if (tooLarge) return refused(new ApiError('amount_too_large', tooLarge, 'items'));
+  // Units read without a lock: once an item sells out, the crowd behind it is answered here
+  // instead of queueing for its row lock. The locked read below stays the authority.
+  const linesRefused = linesRefusal(sale.currency, lines, items, (item) => item.free);
+  if (linesRefused) return refused(linesRefused);
+  const amount = holdAmount(lines, items);
   await sql.lockBuyer(client, merchantId, saleId, buyerReference);
   // A token is bound to one buyer, so the buyer's lock also serializes the uses of one token:
   // this check cannot race (and a unique index backs it).
-  if (ticket && (await sql.ticketUsed(client, merchantId, saleId, ticket))) {
-    return refused(admissionRefused('the admission token was already used'));
-  }
-  const already = await sql.selectBuyerQuantity(client, merchantId, saleId, buyerReference);
-  if (already + totalQuantity(lines) > sale.per_buyer_limit) {
-    return refused(
-      new ApiError(
-        'buyer_limit_exceeded',
-        `A buyer may hold at most ${sale.per_buyer_limit} units in this sale; this buyer has ${already}.`,
-        'items',
-      ),
-    );
-  }
+  if (ticket && (await sql.ticketUsed(client, merchantId, saleId, ticket))) return refused(admissionRefused(TOKEN_ALREADY_USED));
+  const overLimit = buyerLimitRefusal(sale, await sql.selectBuyerQuantity(client, merchantId, saleId, buyerReference), lines);
+  if (overLimit) return refused(overLimit);
   // A savepoint, so a sold-out line undoes the lines taken before it (and the expiry job) but
   // the refusal itself can still be stored with the idempotency key in this transaction.
   await client.query('savepoint take_stock');
