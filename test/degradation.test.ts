@@ -1,6 +1,7 @@
 /**
- * Degradation without the cluster: what a node does when PostgreSQL or Redis goes away, and
- * that it recovers without a restart. (test/faults/ does the same on a real failover.)
+ * Degradation without the cluster: what a node does when PostgreSQL or Redis goes away, or its
+ * pool of database connections is used up, and that it recovers without a restart.
+ * (test/faults/ does the same on a real failover.)
  */
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
@@ -90,6 +91,49 @@ describe('PostgreSQL going away', () => {
     const ready = await app.inject({ method: 'GET', url: '/readyz' });
     assert.equal(ready.statusCode, 503);
     assert.match(ready.json().reason, /^database: /);
+  });
+});
+
+describe('PostgreSQL saturated', () => {
+  test('with every pooled connection taken, a request is 503 service_unavailable with Retry-After 1, and its retry succeeds once', async () => {
+    // One connection, and a short wait for it: the saturation a surge makes, in miniature.
+    const tiny = createPool({ connectionString: url, max: 1, statementTimeoutMs: 10_000, connectionTimeoutMs: 200 });
+    after(() => tiny.end());
+    const app = await build({ pool: tiny });
+    const paymentKey = key('saturated');
+    const pay = () =>
+      app.inject({
+        method: 'POST',
+        url: '/v1/payment_intents',
+        headers: { ...auth(), 'idempotency-key': paymentKey },
+        payload: { amount: 1300, currency: 'usd', payment_method: 'pm_card_visa', confirm: true },
+      });
+    const busy = {
+      error: { type: 'api_error', code: 'service_unavailable', message: 'The service is busy; retry shortly.' },
+    };
+    // The one connection, held as a long transaction would hold it.
+    const held = await tiny.connect();
+    try {
+      const balance = await app.inject({ method: 'GET', url: '/v1/balance', headers: auth() });
+      assert.equal(balance.statusCode, 503, balance.body);
+      assert.equal(balance.headers['retry-after'], '1');
+      assert.deepEqual(balance.json(), busy);
+      const refused = await pay();
+      assert.equal(refused.statusCode, 503, refused.body);
+      assert.equal(refused.headers['retry-after'], '1');
+      assert.deepEqual(refused.json(), busy);
+    } finally {
+      held.release();
+    }
+    // Nothing happened: the retry with the same key pays, once.
+    const retried = await pay();
+    assert.equal(retried.statusCode, 200, retried.body);
+    assert.equal(retried.headers['idempotent-replayed'], undefined);
+    assert.equal(retried.json().status, 'succeeded');
+    const { rows } = await pool.query('select count(*)::int as intents from payment_intents where merchant_id = $1 and amount = 1300', [
+      merchant.id,
+    ]);
+    assert.deepEqual(rows, [{ intents: 1 }]);
   });
 });
 

@@ -163,7 +163,9 @@ describe('sales: list, validation, isolation', () => {
       closes_at: new Date(Date.now() - 3_600_000).toISOString(),
     });
     assert.equal(reopened.statusCode, 200, reopened.body);
-    assertError(await hold('late', late), 409, 'sale_closed');
+    const closed = await hold('late', late);
+    assertError(closed, 409, 'sale_closed');
+    assert.equal(closed.json().error.message, 'The sale has closed.');
     const { rows } = await t.pool.query('select stock_available, stock_held from items where sale_id = $1', [sale.id]);
     assert.deepEqual(rows, [{ stock_available: 5, stock_held: 0 }], 'neither refusal took stock');
   });
@@ -190,6 +192,33 @@ describe('holds and orders: reads, refusals, isolation', () => {
       404,
       'resource_missing',
     );
+    // Nor can it turn the hold into an order of its own, or hold this sale's stock with a
+    // token this sale's line handed out.
+    const theirOrder = await t.app.inject({
+      method: 'POST',
+      url: '/v1/orders',
+      headers: { ...bearer(other.secretKey), 'idempotency-key': key('order') },
+      payload: { hold: held.id },
+    });
+    assertError(theirOrder, 404, 'resource_missing', 'hold');
+    assert.equal(theirOrder.json().error.message, `No such hold: '${held.id}'`);
+    const admitted = await joinQueue(sale.id, 'borrowed-token');
+    const theirHold = await t.app.inject({
+      method: 'POST',
+      url: '/v1/holds',
+      headers: { ...publishable(other), 'idempotency-key': key('hold') },
+      payload: {
+        sale: sale.id,
+        buyer_reference: 'borrowed-token',
+        admission_token: admitted.json().admission_token,
+        items: [{ item: sale.items[0]?.id, quantity: 1 }],
+      },
+    });
+    assertError(theirHold, 404, 'resource_missing', 'sale');
+    const { rows } = await t.pool.query('select stock_available, stock_held from items where sale_id = $1', [sale.id]);
+    assert.deepEqual(rows, [{ stock_available: 3, stock_held: 2 }], 'only the merchant’s own hold took stock');
+    const still = await t.app.inject({ method: 'GET', url: `/v1/holds/${held.id}`, headers: publishable() });
+    assert.equal(still.json().status, 'active');
   });
 
   test('releasing a hold twice is 409 hold_not_active; releasing one whose payment is in flight is 409 hold_payment_in_progress', async () => {
@@ -197,18 +226,17 @@ describe('holds and orders: reads, refusals, isolation', () => {
     const released = await placeHold(sale, 'twice');
     const first = await t.app.inject({ method: 'DELETE', url: `/v1/holds/${released.id}`, headers: publishable() });
     assert.equal(first.json().status, 'released', first.body);
-    assertError(await t.app.inject({ method: 'DELETE', url: `/v1/holds/${released.id}`, headers: publishable() }), 409, 'hold_not_active');
-    assertError(
-      await t.app.inject({
-        method: 'POST',
-        url: '/v1/orders',
-        headers: t.auth({ 'idempotency-key': key('order') }),
-        payload: { hold: released.id },
-      }),
-      409,
-      'hold_not_active',
-      'hold',
-    );
+    const again = await t.app.inject({ method: 'DELETE', url: `/v1/holds/${released.id}`, headers: publishable() });
+    assertError(again, 409, 'hold_not_active');
+    assert.equal(again.json().error.message, 'This hold has already ended.');
+    const ordered = await t.app.inject({
+      method: 'POST',
+      url: '/v1/orders',
+      headers: t.auth({ 'idempotency-key': key('order') }),
+      payload: { hold: released.id },
+    });
+    assertError(ordered, 409, 'hold_not_active', 'hold');
+    assert.equal(ordered.json().error.message, 'This hold has ended; place a new hold.');
 
     const paying = await placeHold(sale, 'paying');
     const order = await placeOrder(paying.id);
@@ -219,11 +247,9 @@ describe('holds and orders: reads, refusals, isolation', () => {
       payload: { payment_method: 'pm_card_timeout' },
     });
     assert.equal(pending.json().status, 'processing', pending.body);
-    assertError(
-      await t.app.inject({ method: 'DELETE', url: `/v1/holds/${paying.id}`, headers: publishable() }),
-      409,
-      'hold_payment_in_progress',
-    );
+    const inFlight = await t.app.inject({ method: 'DELETE', url: `/v1/holds/${paying.id}`, headers: publishable() });
+    assertError(inFlight, 409, 'hold_payment_in_progress');
+    assert.equal(inFlight.json().error.message, "The hold's payment is in progress; it cannot be released now.");
   });
 
   test('GET /v1/orders lists this merchant’s orders (by sale too); another merchant sees none and cannot read one', async () => {

@@ -1,8 +1,8 @@
 /**
- * Floodgate's own processes (`floodgate start`, `api`, `worker`) run as child processes, as an
- * operator runs them, for tests that must see a real process: its /metrics, its logs. Each
- * listens on a free port it picks itself and says which in its log; the child is killed when
- * the test file ends.
+ * Floodgate's own processes (`floodgate start`, `api`, `worker`, `simulator`) run as child
+ * processes, as an operator runs them, for tests that must see a real process: its /metrics, its
+ * logs. Each listens on a free port it picks itself and says which in its log; the child is
+ * killed when the test file ends.
  */
 
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -16,7 +16,7 @@ const START_TIMEOUT_MS = 90_000;
 
 export interface FloodgateProcess {
   child: ChildProcess;
-  /** The API's base URL (start, api) or the worker's metrics listener's. */
+  /** The API's base URL (start, api), the worker's metrics listener's or the simulator's. */
   url: string;
   /** Every line the process wrote to stdout and stderr so far. */
   readonly output: string[];
@@ -28,7 +28,7 @@ export interface FloodgateProcess {
  * waits for the log line that names its URL.
  */
 export async function startFloodgate(
-  role: 'start' | 'api' | 'worker' | 'drill',
+  role: 'start' | 'api' | 'worker' | 'simulator' | 'drill',
   env: Record<string, string>,
   args: string[] = [],
 ): Promise<FloodgateProcess> {
@@ -89,6 +89,7 @@ function urlIn(line: string): string | undefined {
     const entry = JSON.parse(line) as { msg?: string; url?: string; metrics?: string };
     if (entry.msg === 'API listening' && entry.url) return entry.url;
     if (entry.msg === 'worker running' && entry.metrics) return entry.metrics.replace(/\/metrics$/, '');
+    if (entry.msg === 'provider simulator listening' && entry.url) return entry.url;
   } catch {}
   return undefined;
 }

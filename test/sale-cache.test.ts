@@ -31,6 +31,8 @@ describe('the waiting room reads sales through the one sale cache', () => {
     // Both readers fill the cache with the paused sale.
     const page = await t.app.inject({ method: 'GET', url: `/v1/sales/${saleId}`, headers: publishable() });
     assert.equal(page.json().waiting_room.max_shoppers, 0);
+    const untouched = { total: 5, available: 5, held: 0, sold: 0 };
+    assert.deepEqual(page.json().items[0].stock, untouched);
     const joined = await t.app.inject({
       method: 'POST',
       url: `/v1/sales/${saleId}/queue`,
@@ -57,5 +59,7 @@ describe('the waiting room reads sales through the one sale cache', () => {
     assert.equal(polled.json().status, 'admitted', 'the line saw the change the sale page sees');
     const pageAfter = await t.app.inject({ method: 'GET', url: `/v1/sales/${saleId}`, headers: publishable() });
     assert.equal(pageAfter.json().waiting_room.max_shoppers, 10);
+    // Admitted, not yet holding: the stock is as it was.
+    assert.deepEqual(pageAfter.json().items[0].stock, untouched);
   });
 });

@@ -104,6 +104,17 @@ async function stock(saleId: string) {
   return rows[0] as { stock_available: number; stock_held: number; stock_sold: number };
 }
 
+/**
+ * The public sale's stock, read once the copy the cache may hold (the line reads the sale into
+ * it when a buyer joins) is older than the staleness bound: all the cache promises.
+ */
+async function publicStock(saleId: string) {
+  await new Promise((resolve) => setTimeout(resolve, t.config.cacheStaleMs + 50));
+  const read = await t.app.inject({ method: 'GET', url: `/v1/sales/${saleId}`, headers: publishable() });
+  assert.equal(read.statusCode, 200, read.body);
+  return read.json().items[0].stock;
+}
+
 async function orderStatus(orderId: string) {
   const response = await t.app.inject({ method: 'GET', url: `/v1/orders/${orderId}`, headers: t.auth() });
   return response.json().status as string;
@@ -121,6 +132,7 @@ describe('surge checkout', () => {
     assert.equal(paid.json().status, 'succeeded');
     assert.equal(await orderStatus(placed.id), 'paid');
     assert.deepEqual(await stock(sale.id), { stock_available: 8, stock_held: 0, stock_sold: 2 });
+    assert.deepEqual(await publicStock(sale.id), { total: 10, available: 8, held: 0, sold: 2 });
     // The provider's webhooks arriving late complete nothing twice: each is received and applied
     // (recorded) by the app, and neither the order nor the stock moves.
     const { rows: attempts } = await t.pool.query<{ provider_idempotency_key: string }>(
@@ -291,9 +303,12 @@ describe('surge checkout', () => {
     const publicRead = await t.app.inject({ method: 'GET', url: `/v1/sales/${sale.id}`, headers: publishable() });
     assert.match(String(publicRead.headers['cache-control']), /^public, max-age=\d+$/);
     assert.match(String(publicRead.headers.vary), /\bAuthorization\b/i);
+    const untouched = { total: 10, available: 10, held: 0, sold: 0 };
+    assert.deepEqual(publicRead.json().items[0].stock, untouched);
     const merchantRead = await t.app.inject({ method: 'GET', url: `/v1/sales/${sale.id}`, headers: t.auth() });
     assert.match(String(merchantRead.headers['cache-control']), /^private, max-age=\d+$/);
     assert.match(String(merchantRead.headers.vary), /\bAuthorization\b/i);
+    assert.deepEqual(merchantRead.json().items[0].stock, untouched);
     const notModified = await t.app.inject({
       method: 'GET',
       url: `/v1/sales/${sale.id}`,
@@ -320,6 +335,7 @@ describe('surge checkout', () => {
     assert.equal(late.statusCode, 409);
     assert.equal(late.json().error.code, 'sold_out');
     assert.match(late.json().error.message, new RegExp(sale.itemId));
+    assert.deepEqual(await publicStock(sale.id), { total: 2, available: 0, held: 2, sold: 0 });
     const read = await t.app.inject({ method: 'GET', url: `/v1/sales/${sale.id}`, headers: publishable() });
     assert.equal(read.statusCode, 200);
     assert.ok(read.headers.etag);
@@ -354,8 +370,9 @@ describe('surge checkout', () => {
     const [a, b] = [await node(), await node()];
     try {
       const sale = await createSale(t);
-      const read = async () => (await b.inject({ method: 'GET', url: `/v1/sales/${sale.id}`, headers: publishable() })).json().name;
-      assert.equal(await read(), 'Spring release');
+      const read = async () => (await b.inject({ method: 'GET', url: `/v1/sales/${sale.id}`, headers: publishable() })).json();
+      const first = await read();
+      assert.deepEqual([first.name, first.items[0].stock], ['Spring release', { total: 10, available: 10, held: 0, sold: 0 }]);
       const renamed = await a.inject({
         method: 'PATCH',
         url: `/v1/sales/${sale.id}`,
@@ -364,7 +381,7 @@ describe('surge checkout', () => {
       });
       assert.equal(renamed.statusCode, 200, renamed.body);
       const deadline = Date.now() + 10_000;
-      while ((await read()) !== 'Spring release (extra date)') {
+      while ((await read()).name !== 'Spring release (extra date)') {
         assert.ok(Date.now() < deadline, 'node B still serves the old sale');
         await new Promise((resolve) => setTimeout(resolve, 20));
       }

@@ -1,13 +1,15 @@
 /**
  * The admin commands, run as the real CLI in a child process against this file's test
  * database: the keys they print work against an app on the same database, revocation takes
- * effect, and audit's exit code tells a clean database from a broken one.
+ * effect, the key list shows no key, migrate brings an empty database up to date, and audit's
+ * exit code tells a clean database from a broken one.
  */
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { createTestDatabase, key, setupTestContext } from '../../test/helpers.js';
+import { readMigrations } from '../platform/db/migrate.js';
 
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const db = await createTestDatabase();
@@ -19,16 +21,19 @@ interface Run {
   stderr: string;
 }
 
-function floodgate(...args: string[]): Promise<Run> {
+/** `floodgate ARGS` on `databaseUrl` (this file's database unless named). */
+function floodgateOn(databaseUrl: string, ...args: string[]): Promise<Run> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
       ['--import', 'tsx', 'src/cli/main.ts', ...args],
-      { cwd: ROOT, env: { ...process.env, DATABASE_URL: db.url, FLOODGATE_LOG_LEVEL: 'warn' }, timeout: 60_000 },
+      { cwd: ROOT, env: { ...process.env, DATABASE_URL: databaseUrl, FLOODGATE_LOG_LEVEL: 'warn' }, timeout: 60_000 },
       (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, stdout, stderr }),
     );
   });
 }
+
+const floodgate = (...args: string[]) => floodgateOn(db.url, ...args);
 
 /** The single JSON document a --json command prints, and nothing else. */
 function json(run: Run): Record<string, unknown> {
@@ -99,6 +104,48 @@ describe('floodgate merchants and keys', () => {
     assert.deepEqual(rows, [{ key_id: printed.key_id }], 'only that key was revoked');
   });
 
+  test('keys list shows each key of the merchant by id, kind, prefix and state, never a key itself', async () => {
+    const created = json(await floodgate('merchants', 'create', 'Key', 'lister', '--json'));
+    const merchantId = String((created.merchant as { id: string }).id);
+    const extra = json(await floodgate('keys', 'create', '--merchant', merchantId, '--kind', 'publishable', '--json'));
+    assert.equal((await floodgate('keys', 'revoke', String(extra.key_id))).code, 0);
+    const keys = [created.secret_key, created.publishable_key, extra.key].map(String);
+    const { rows } = await t.pool.query<{ key_id: string; kind: string; display_prefix: string; revoked: boolean }>(
+      'select key_id, kind, display_prefix, revoked_at is not null as revoked from api_keys where merchant_id = $1 order by key_id',
+      [merchantId],
+    );
+    assert.equal(rows.length, 3);
+
+    const listed = await floodgate('keys', 'list', '--merchant', merchantId);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.deepEqual(
+      listed.stdout
+        .trim()
+        .split('\n')
+        .map((line) => line.split(/\s+/)),
+      rows.map((row) => [row.key_id, row.kind, `${row.display_prefix}...`, row.revoked ? 'revoked' : 'active']),
+    );
+    const asJson = await floodgate('keys', 'list', '--merchant', merchantId, '--json');
+    assert.equal(asJson.code, 0, asJson.stderr);
+    const entries = JSON.parse(asJson.stdout) as Array<Record<string, unknown>>;
+    assert.deepEqual(
+      entries.map((entry) => [entry.key_id, entry.kind, entry.display_prefix, entry.revoked_at !== null]),
+      rows.map((row) => [row.key_id, row.kind, row.display_prefix, row.revoked]),
+    );
+    for (const entry of entries) {
+      assert.deepEqual(Object.keys(entry).sort(), ['created_at', 'display_prefix', 'key_id', 'kind', 'merchant_id', 'revoked_at']);
+    }
+    // A prefix names a key to its owner; what follows it, the secret part, is printed nowhere.
+    for (const printed of [listed.stdout, asJson.stdout]) {
+      for (const shown of keys) assert.ok(!printed.includes(shown.slice(0, 16)), `${shown.slice(0, 16)}... printed`);
+    }
+
+    const unknown = await floodgate('keys', 'list', '--merchant', 'mch_doesnotexist');
+    assert.equal(unknown.code, 1, unknown.stdout);
+    assert.equal(unknown.stdout, '');
+    assert.match(unknown.stderr, /no merchant mch_doesnotexist/);
+  });
+
   test('mistakes exit non-zero and change nothing', async () => {
     const { rows: before } = await t.pool.query('select key_id, revoked_at from api_keys order by key_id');
     const [noName, unknownKey] = await Promise.all([
@@ -111,6 +158,38 @@ describe('floodgate merchants and keys', () => {
     assert.match(unknownKey.stderr, /no key key_doesnotexist/);
     const { rows: after } = await t.pool.query('select key_id, revoked_at from api_keys order by key_id');
     assert.deepEqual(after, before);
+  });
+});
+
+describe('floodgate migrate', () => {
+  test('applies every migration and the job queue to an empty database; a second run applies none', async () => {
+    const empty = await createTestDatabase({ empty: true });
+    const names = (await readMigrations()).map((migration) => migration.name);
+    const first = await floodgateOn(empty.url, 'migrate');
+    assert.equal(first.code, 0, first.stderr);
+    assert.equal(first.stdout, `applied: ${names.join(', ')}\n`);
+    const applied = async () =>
+      (await empty.pool.query<{ name: string; applied_at: Date }>('select name, applied_at from schema_migrations order by version')).rows;
+    const before = await applied();
+    assert.deepEqual(
+      before.map((row) => row.name),
+      names,
+    );
+    // The job queue's schema is there too: a job can be added, as every state change does.
+    await empty.pool.query(`select graphile_worker.add_job('noop', '{}'::json)`);
+    const { rows: jobs } = await empty.pool.query('select task_identifier from graphile_worker.jobs');
+    assert.deepEqual(jobs, [{ task_identifier: 'noop' }]);
+
+    const second = await floodgateOn(empty.url, 'migrate');
+    assert.equal(second.code, 0, second.stderr);
+    assert.equal(second.stdout, 'database is up to date\n');
+    assert.deepEqual(await applied(), before, 'nothing applied again');
+  });
+
+  test('a database it cannot reach: exit 1 with one line naming the cause, no stack trace', async () => {
+    const unreachable = await floodgateOn('postgres://postgres@127.0.0.1:1/nothing', 'migrate');
+    assert.equal(unreachable.code, 1);
+    assert.equal(unreachable.stderr, 'floodgate: connect ECONNREFUSED 127.0.0.1:1\n');
   });
 });
 

@@ -337,6 +337,11 @@ export const ROLES: Record<string, Role> = {
     const merchantId = options.merchant;
     if (action === 'list') {
       return withDatabase(config, async (db) => {
+        // A mistyped id is not a merchant without keys: say so, as keys create does.
+        if (!(await merchants.merchantExists(db.pool, merchantId))) {
+          console.error(`floodgate: no merchant ${merchantId}`);
+          return 1;
+        }
         const keys = await merchants.listKeys(db.pool, merchantId);
         if (options.json) console.log(JSON.stringify(keys));
         else

@@ -272,9 +272,9 @@ function mapFrameworkError(error: FastifyError): ApiError | undefined {
       // As for any malformed id in a path: it names nothing that exists.
       return new ApiError('resource_missing', 'No such object: the id in the URL is not a valid id.', 'id');
   }
-  if (error instanceof SyntaxError || error.statusCode === 400) {
-    return new ApiError('body_invalid_json', 'The request body is not valid JSON.');
-  }
+  // Fastify marks the body errors it raises with a status. A SyntaxError without one was thrown
+  // by our own code (a stored value that does not parse): a bug for a 500, not the caller's body.
+  if (error.statusCode === 400) return new ApiError('body_invalid_json', 'The request body is not valid JSON.');
   if (error.statusCode === 413) return new ApiError('body_too_large', 'The request body is too large.');
   if (error.statusCode === 415) return new ApiError('unsupported_media_type', 'Send the request body as application/json.');
   return undefined;
