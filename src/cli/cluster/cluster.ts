@@ -253,7 +253,22 @@ export class LocalCluster {
     this.state.pids.redis = startDaemon({
       name: 'redis',
       command: 'redis-server',
-      args: ['--port', String(this.state.ports.redis), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', redisDir],
+      // Redis rewrites its process title (and with it the command line that names this
+      // directory) unless told not to; `down` finds the cluster's processes by that name.
+      args: [
+        '--port',
+        String(this.state.ports.redis),
+        '--bind',
+        '127.0.0.1',
+        '--save',
+        '',
+        '--appendonly',
+        'no',
+        '--dir',
+        redisDir,
+        '--set-proc-title',
+        'no',
+      ],
       logFile: this.logFile('redis'),
     });
     await this.save();
