@@ -11,12 +11,14 @@ export interface ClusterCommandOptions {
   dir?: string;
   api?: string;
   workers?: string;
+  /** status: print the status as JSON (for scripts and tests) instead of the table. */
+  json?: boolean;
 }
 
 const DEFAULT_DIR = path.join(os.tmpdir(), 'floodgate-cluster');
 const NODES_MAX = 16;
 
-export const CLUSTER_USAGE = 'usage: floodgate cluster up|status|down [--dir DIR] [--api N] [--workers M]';
+export const CLUSTER_USAGE = 'usage: floodgate cluster up|status|down [--dir DIR] [--api N] [--workers M] [--json (status)]';
 
 export async function clusterCommand(args: string[], options: ClusterCommandOptions): Promise<number> {
   const dir = path.resolve(options.dir ?? DEFAULT_DIR);
@@ -41,7 +43,7 @@ export async function clusterCommand(args: string[], options: ClusterCommandOpti
       }
       const cluster = await LocalCluster.load(dir);
       const status = await cluster.status();
-      console.log(describe(cluster, status));
+      console.log(options.json ? JSON.stringify(statusJson(cluster, status), null, 2) : describe(cluster, status));
       return healthy(status) ? 0 : 1;
     }
     case 'down': {
@@ -81,6 +83,22 @@ function healthy(status: ClusterStatus): boolean {
     status.api.every((a) => a.ready) &&
     status.workers.every(Boolean)
   );
+}
+
+/** The status as data: each part's health and role, whether all of it is healthy, and the URLs. */
+function statusJson(cluster: LocalCluster, status: ClusterStatus) {
+  return {
+    dir: cluster.dir,
+    healthy: healthy(status),
+    ...status,
+    urls: {
+      api: cluster.apiUrl,
+      database: cluster.databaseUrl,
+      replica: cluster.replicaUrl,
+      redis: cluster.redisUrl,
+      haproxyStats: `http://127.0.0.1:${cluster.state.ports.haproxyStats}/stats`,
+    },
+  };
 }
 
 function describe(cluster: LocalCluster, status: ClusterStatus): string {
