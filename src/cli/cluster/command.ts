@@ -71,18 +71,25 @@ function count(value: string | undefined, fallback: number, name: string): numbe
   return parsed;
 }
 
+/**
+ * Every part up, with the roles the cluster is built for: a running leader, a synchronous
+ * standby, and HAProxy sending the primary port to the leader alone, the replica port to the
+ * standby, and the API port to every node (a database that runs but is not routed serves no one).
+ */
 function healthy(status: ClusterStatus): boolean {
-  const leader = status.members.some((m) => m.role === 'leader' && m.state === 'running');
-  const standby = status.members.some((m) => m.role === 'sync_standby');
-  return (
-    status.etcd &&
-    leader &&
-    standby &&
-    status.redis &&
-    status.simulator &&
-    status.api.every((a) => a.ready) &&
-    status.workers.every(Boolean)
-  );
+  const leader = status.members.find((m) => m.role === 'leader' && m.state === 'running');
+  const standby = status.members.find((m) => m.role === 'sync_standby' && (m.state === 'running' || m.state === 'streaming'));
+  const up = (section: string) =>
+    Object.entries(status.haproxy[section] ?? {})
+      .filter(([, state]) => state === 'UP')
+      .map(([server]) => server);
+  const routed =
+    leader !== undefined &&
+    standby !== undefined &&
+    up('pg_primary').join() === leader.name &&
+    up('pg_replica').join() === standby.name &&
+    up('api').length === status.api.length;
+  return status.etcd && routed && status.redis && status.simulator && status.api.every((a) => a.ready) && status.workers.every(Boolean);
 }
 
 /** The status as data: each part's health and role, whether all of it is healthy, and the URLs. */
