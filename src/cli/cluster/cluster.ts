@@ -52,6 +52,11 @@ export interface ClusterState {
   };
   workers: number;
   env: Record<string, string>;
+  /**
+   * The FLOODGATE_* settings in the environment of the process that ran `up`. Its nodes saw them
+   * (beneath the cluster's own wiring); a node restarted later, by another process, gets them too.
+   */
+  inheritedEnv?: Record<string, string>;
   secrets: { admission: string; providerWebhook: string; sealing: string };
   binDir: string;
 }
@@ -119,6 +124,7 @@ export class LocalCluster {
         pids: { patroni: {}, api: [], workers: [] },
         workers: options.workers,
         env: options.env ?? {},
+        inheritedEnv: floodgateSettings(process.env),
         secrets: {
           admission: randomBytes(32).toString('base64url'),
           providerWebhook: randomBytes(32).toString('base64url'),
@@ -311,6 +317,7 @@ export class LocalCluster {
 
   private nodeEnv(extra: Record<string, string>): Record<string, string> {
     return {
+      ...this.state.inheritedEnv,
       FLOODGATE_LOG_LEVEL: 'warn',
       // Marks the process as this cluster's, for a teardown that trusts no recorded pid.
       FLOODGATE_CLUSTER_DIR: this.dir,
@@ -500,6 +507,12 @@ export class LocalCluster {
     );
     if (!options.keepDir && existsSync(this.dir)) await rm(this.dir, { recursive: true, force: true });
   }
+}
+
+function floodgateSettings(env: NodeJS.ProcessEnv): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(env).filter((entry): entry is [string, string] => entry[0].startsWith('FLOODGATE_') && entry[1] !== undefined),
+  );
 }
 
 async function choosePorts(apiNodes: number): Promise<ClusterPorts> {
