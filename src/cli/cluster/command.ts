@@ -5,7 +5,8 @@
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { type ClusterStatus, LocalCluster } from './cluster.js';
+import { LocalCluster } from './cluster.js';
+import type { ClusterStatus } from './health.js';
 
 export interface ClusterCommandOptions {
   dir?: string;
