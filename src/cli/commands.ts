@@ -263,7 +263,12 @@ export const ROLES: Record<string, Role> = {
 
   async cluster(_config, args, options) {
     const text = (value: unknown) => (typeof value === 'string' ? value : undefined);
-    return clusterCommand(args, { dir: text(options.dir), api: text(options.api), workers: text(options.workers) });
+    return clusterCommand(args, {
+      dir: text(options.dir),
+      api: text(options.api),
+      workers: text(options.workers),
+      json: options.json === true,
+    });
   },
 
   async simulator(config) {

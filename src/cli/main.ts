@@ -22,7 +22,9 @@ Commands:
   cluster up [--api N] [--workers M] [--dir DIR]
                                  a local HA cluster: etcd, Patroni primary + synchronous
                                  standby, HAProxy, Redis, N API nodes, M workers (free ports)
-  cluster status|down [--dir DIR]  each part's role and health; destructive teardown
+  cluster status [--dir DIR] [--json]
+                                 each part, its role and health; exit 1 if any is unhealthy
+  cluster down [--dir DIR]       destructive teardown: every process of the cluster, its directory
   migrate                        apply pending migrations and exit
   merchants create NAME [--json] create a merchant and print its keys (shown once)
   keys create --merchant ID [--kind secret|publishable] [--json]

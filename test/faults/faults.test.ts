@@ -1,8 +1,13 @@
 /**
  * Faults a deployment must survive, on a real local cluster (src/cli/cluster): etcd, two
  * PostgreSQL nodes under Patroni with a synchronous standby, HAProxy, Redis, two API nodes,
- * a worker. One cluster serves every scenario in turn (it takes ~10-20 s to start); each
+ * a worker. One cluster serves every scenario in turn (it takes ~10-40 s to start); each
  * scenario repairs what it broke and ends with `floodgate audit` clean.
+ *
+ * The cluster is started and stopped as an operator does, through the real command
+ * (`floodgate cluster up`, `status`, `down`), so the CLI is tested end to end on the same
+ * cluster the faults use; the scenarios then drive it through the handle LocalCluster.load
+ * makes from what `up` recorded.
  *
  * Each scenario is bounded: a few seconds of load from a handful of clients, and waits with
  * deadlines. Timings are printed (`# ...`), not asserted, except the issue's own bounds: a
@@ -11,11 +16,14 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import pg from 'pg';
 import { LocalCluster } from '../../src/cli/cluster/cluster.js';
-import { isRunning, sleep, waitFor } from '../../src/cli/cluster/processes.js';
+import type { ClusterStatus } from '../../src/cli/cluster/health.js';
+import { findMarked, isRunning, signal, signalGroup, sleep, waitFor } from '../../src/cli/cluster/processes.js';
 import { isDatabaseUnavailable } from '../../src/platform/db/errors.js';
 import { createPool, SyncReplicationCanceledError, withTransaction } from '../../src/platform/db/pool.js';
 import { faultsSkip } from './engines.js';
@@ -24,42 +32,57 @@ import { type Attempt, PaymentLoad, tally } from './load.js';
 const ROOT = path.resolve(import.meta.dirname, '../..');
 const skip = faultsSkip();
 const CLIENTS = 6;
+// `cluster up` waits at most 90 s for each of its phases; a loaded machine needs several of them.
+const UP_TIMEOUT_MS = 300_000;
+// The API nodes' settings, given to `cluster up` in its environment, as an operator would.
+const NODE_ENV = {
+  // One client address (the test, through HAProxy) sends all the load.
+  FLOODGATE_RATE_LIMIT_IP_PER_SECOND: '0',
+  FLOODGATE_SHED_EVENT_LOOP_DELAY_MS: '2000',
+  // A key held by a request whose node died is free for a retry after this.
+  FLOODGATE_IDEMPOTENCY_LOCK_TIMEOUT_MS: '8000',
+  FLOODGATE_PROVIDER_TIMEOUT_MS: '3000',
+  FLOODGATE_DB_POOL_MAX: '10',
+};
 
+let dir: string;
 let cluster: LocalCluster;
 let db: pg.Pool;
 let merchant: { id: string; secretKey: string; publishableKey: string };
 
 describe('faults on a local HA cluster', { skip, concurrency: 1 }, () => {
-  before(async () => {
-    cluster = await LocalCluster.up({
-      apiNodes: 2,
-      workers: 1,
-      env: {
-        // One client address (the test, through HAProxy) sends all the load.
-        FLOODGATE_RATE_LIMIT_IP_PER_SECOND: '0',
-        FLOODGATE_SHED_EVENT_LOOP_DELAY_MS: '2000',
-        // A key held by a request whose node died is free for a retry after this.
-        FLOODGATE_IDEMPOTENCY_LOCK_TIMEOUT_MS: '8000',
-        FLOODGATE_PROVIDER_TIMEOUT_MS: '3000',
-        FLOODGATE_DB_POOL_MAX: '10',
-      },
-      log: (message) => console.log(`# cluster: ${message}`),
-    });
-    const created = await cluster.runFloodgate(['merchants', 'create', 'Faults', '--json']);
-    assert.equal(created.code, 0, created.stderr);
-    const parsed = JSON.parse(created.stdout);
-    merchant = { id: parsed.merchant.id, secretKey: parsed.secret_key, publishableKey: parsed.publishable_key };
-    db = new pg.Pool({ connectionString: cluster.databaseUrl, max: 2, connectionTimeoutMillis: 5_000 });
-    db.on('error', () => {});
-  });
+  before(
+    async () => {
+      dir = await mkdtemp(path.join(os.tmpdir(), 'floodgate-faults-'));
+      const up = await shell(
+        `"${process.execPath}" --import tsx src/cli/main.ts cluster up --api 2 --workers 1 --dir "${dir}"`,
+        NODE_ENV,
+        UP_TIMEOUT_MS,
+      );
+      for (const line of up.output.trim().split('\n')) console.log(`# cluster up: ${line}`);
+      assert.equal(up.code, 0, `floodgate cluster up failed; its logs are in ${dir}`);
+      cluster = await LocalCluster.load(dir);
+      const created = await cluster.runFloodgate(['merchants', 'create', 'Faults', '--json']);
+      assert.equal(created.code, 0, created.stderr);
+      const parsed = JSON.parse(created.stdout);
+      merchant = { id: parsed.merchant.id, secretKey: parsed.secret_key, publishableKey: parsed.publishable_key };
+      db = new pg.Pool({ connectionString: cluster.databaseUrl, max: 2, connectionTimeoutMillis: 5_000 });
+      db.on('error', () => {});
+    },
+    { timeout: UP_TIMEOUT_MS + 60_000 },
+  );
 
   after(async () => {
     await db?.end().catch(() => {});
-    if (cluster && existsSync(cluster.dir)) await cluster.down();
+    // Whatever the tests left (a failed `up`, a `down` that missed something): every process
+    // naming the directory is killed and the directory removed.
+    if (!dir) return;
+    for (const pid of findMarked(dir)) signal(pid, 'SIGKILL');
+    await rm(dir, { recursive: true, force: true });
   });
 
   test('floodgate cluster status names each part, its role and health', async () => {
-    const status = await cluster.runFloodgate(['cluster', 'status', '--dir', cluster.dir]);
+    const status = await cluster.runFloodgate(['cluster', 'status', '--dir', dir]);
     assert.equal(status.code, 0, `${status.stdout}${status.stderr}`);
     assert.match(status.stdout, /etcd +up/);
     assert.match(status.stdout, /pg\d +leader +running/);
@@ -68,6 +91,60 @@ describe('faults on a local HA cluster', { skip, concurrency: 1 }, () => {
     assert.match(status.stdout, /api1 +port \d+ +running +ready/);
     assert.match(status.stdout, /api2 +port \d+ +running +ready/);
     assert.match(status.stdout, /worker1 +running/);
+
+    const json = await cluster.runFloodgate(['cluster', 'status', '--json', '--dir', dir]);
+    assert.equal(json.code, 0, `${json.stdout}${json.stderr}`);
+    const report = JSON.parse(json.stdout) as ClusterStatus & { healthy: boolean; urls: Record<string, string> };
+    assert.equal(report.healthy, true);
+    assert.equal(report.etcd, true);
+    const leaders = report.members.filter((m) => m.role === 'leader' && m.state === 'running');
+    const standbys = report.members.filter((m) => m.role === 'sync_standby' && (m.state === 'running' || m.state === 'streaming'));
+    assert.equal(report.members.length, 2, JSON.stringify(report.members));
+    assert.equal(leaders.length, 1, 'one Patroni primary');
+    assert.equal(standbys.length, 1, 'one synchronous standby');
+    assert.equal(Number(standbys[0]?.lag), 0, 'the standby has everything');
+    const up = (section: string) =>
+      Object.entries(report.haproxy[section] ?? {})
+        .filter(([, state]) => state === 'UP')
+        .map(([server]) => server);
+    assert.deepEqual(up('pg_primary'), [leaders[0]?.name], "HAProxy's primary port goes to the leader alone");
+    assert.deepEqual(up('pg_replica'), [standbys[0]?.name], "HAProxy's replica port goes to the standby");
+    assert.deepEqual(up('api').sort(), ['api1', 'api2']);
+    assert.deepEqual(
+      report.api.map((a) => ({ running: a.running, ready: a.ready })),
+      [
+        { running: true, ready: true },
+        { running: true, ready: true },
+      ],
+    );
+    assert.deepEqual(report.workers, [true], '--workers 1: one worker, running');
+    assert.equal(report.redis, true);
+    assert.equal(report.simulator, true);
+    assert.equal(report.urls.api, cluster.apiUrl);
+    assert.equal(report.urls.database, cluster.databaseUrl);
+  });
+
+  test("a payment through HAProxy's API port succeeds and is in the ledger", async () => {
+    // A merchant of its own, made as an operator makes one: the load tests count every payment
+    // of theirs made while they run, and this one must not be among them.
+    const created = await cluster.runFloodgate(['merchants', 'create', 'Cluster CLI', '--json']);
+    assert.equal(created.code, 0, created.stderr);
+    const own = JSON.parse(created.stdout) as { merchant: { id: string }; secret_key: string };
+    const paid = await api('POST', '/v1/payment_intents', own.secret_key, {
+      amount: 2_500,
+      currency: 'usd',
+      payment_method: 'pm_card_visa',
+      confirm: true,
+    });
+    assert.equal(paid.status, 200, JSON.stringify(paid.body));
+    assert.equal(paid.body.status, 'succeeded');
+    const { rows } = await db.query(
+      `select p.status, (select count(*)::int from ledger_transactions l where l.merchant_id = p.merchant_id
+         and l.payment_intent_id = p.id and l.kind = 'capture') as captures
+       from payment_intents p where p.merchant_id = $1 and p.id = $2`,
+      [own.merchant.id, paid.body.id],
+    );
+    assert.deepEqual(rows, [{ status: 'succeeded', captures: 1 }]);
   });
 
   test('SIGKILL an API node under load: retrying clients see no failed payment, none lost or doubled', async () => {
@@ -304,26 +381,54 @@ describe('faults on a local HA cluster', { skip, concurrency: 1 }, () => {
   });
 
   test('floodgate cluster down kills every part, orphans included, and removes the directory', async () => {
+    const pids = cluster.state.pids;
+    // One node's Patroni dies alone, as in a crash of Patroni only: its postmaster lives on, an
+    // orphan that no recorded pid names.
+    const node = ['pg1', 'pg2'].find((name) => cluster.postgresPids(name).length > 0);
+    assert.ok(node, 'a PostgreSQL node runs before down');
+    const patroni = pids.patroni[node];
+    if (patroni !== undefined) signalGroup(patroni, 'SIGKILL');
+    await waitFor(`${node} Patroni gone`, 10_000, async () => (patroni !== undefined && isRunning(patroni) ? undefined : true), 100);
+    const orphans = cluster.postgresPids(node);
+    assert.ok(orphans.length > 0, `${node}'s postmaster outlives its Patroni`);
+    const started = [
+      pids.etcd,
+      pids.haproxy,
+      pids.redis,
+      pids.simulator,
+      ...Object.values(pids.patroni),
+      ...pids.api,
+      ...pids.workers,
+      ...cluster.postgresPids('pg1'),
+      ...cluster.postgresPids('pg2'),
+    ];
+    // Only what runs now counts: a pid that died earlier may belong to someone else by the end.
+    const alive = started.filter((pid): pid is number => pid !== undefined && isRunning(pid));
+    for (const [name, pid] of Object.entries({ etcd: pids.etcd, haproxy: pids.haproxy, redis: pids.redis, simulator: pids.simulator })) {
+      assert.ok(pid !== undefined && alive.includes(pid), `${name} runs before down`);
+    }
     // Through a shell whose own command line names the directory too: down must not kill its caller.
-    const down = await shell(`"${process.execPath}" --import tsx src/cli/main.ts cluster down --dir "${cluster.dir}"`);
+    const down = await shell(`"${process.execPath}" --import tsx src/cli/main.ts cluster down --dir "${dir}"`);
     assert.equal(down.code, 0, down.output);
     assert.match(down.output, /stopped and removed/);
-    assert.equal(existsSync(cluster.dir), false);
-    const pids = [
-      ...Object.values(cluster.state.pids.patroni),
-      cluster.state.pids.etcd,
-      cluster.state.pids.haproxy,
-      ...cluster.state.pids.api,
-    ];
-    for (const pid of pids) assert.equal(pid !== undefined && isRunning(pid), false, `pid ${pid} is gone`);
+    assert.equal(existsSync(dir), false, 'the directory is removed');
+    const left = alive.filter((pid) => isRunning(pid));
+    assert.deepEqual(left, [], 'every process the cluster started is gone, the orphan postmaster too');
+    assert.deepEqual(findMarked(dir), [], 'no process names the directory any more');
   });
 });
 
-/** Runs a shell command line (as an operator's shell or npm would) and resolves with its exit code and output. */
-function shell(command: string): Promise<{ code: number; output: string }> {
+/**
+ * Runs a shell command line (as an operator's shell or npm would) with env added to ours, and
+ * resolves with its exit code and output; killed after timeoutMs.
+ */
+function shell(command: string, env: Record<string, string> = {}, timeoutMs = 60_000): Promise<{ code: number; output: string }> {
   return new Promise((resolve) => {
-    execFile('sh', ['-c', command], { cwd: ROOT, timeout: 60_000 }, (error, stdout, stderr) =>
-      resolve({ code: error ? Number(error.code ?? 1) : 0, output: `${stdout}${stderr}` }),
+    execFile(
+      'sh',
+      ['-c', command],
+      { cwd: ROOT, env: { ...process.env, ...env }, timeout: timeoutMs, killSignal: 'SIGKILL' },
+      (error, stdout, stderr) => resolve({ code: error ? Number(error.code ?? 1) : 0, output: `${stdout}${stderr}` }),
     );
   });
 }

@@ -5,18 +5,21 @@
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { type ClusterStatus, LocalCluster } from './cluster.js';
+import { LocalCluster } from './cluster.js';
+import type { ClusterStatus } from './health.js';
 
 export interface ClusterCommandOptions {
   dir?: string;
   api?: string;
   workers?: string;
+  /** status: print the status as JSON (for scripts and tests) instead of the table. */
+  json?: boolean;
 }
 
 const DEFAULT_DIR = path.join(os.tmpdir(), 'floodgate-cluster');
 const NODES_MAX = 16;
 
-export const CLUSTER_USAGE = 'usage: floodgate cluster up|status|down [--dir DIR] [--api N] [--workers M]';
+export const CLUSTER_USAGE = 'usage: floodgate cluster up|status|down [--dir DIR] [--api N] [--workers M] [--json (status)]';
 
 export async function clusterCommand(args: string[], options: ClusterCommandOptions): Promise<number> {
   const dir = path.resolve(options.dir ?? DEFAULT_DIR);
@@ -41,7 +44,7 @@ export async function clusterCommand(args: string[], options: ClusterCommandOpti
       }
       const cluster = await LocalCluster.load(dir);
       const status = await cluster.status();
-      console.log(describe(cluster, status));
+      console.log(options.json ? JSON.stringify(statusJson(cluster, status), null, 2) : describe(cluster, status));
       return healthy(status) ? 0 : 1;
     }
     case 'down': {
@@ -69,18 +72,41 @@ function count(value: string | undefined, fallback: number, name: string): numbe
   return parsed;
 }
 
+/**
+ * Every part up, with the roles the cluster is built for: a running leader, a synchronous
+ * standby, and HAProxy sending the primary port to the leader alone, the replica port to the
+ * standby, and the API port to every node (a database that runs but is not routed serves no one).
+ */
 function healthy(status: ClusterStatus): boolean {
-  const leader = status.members.some((m) => m.role === 'leader' && m.state === 'running');
-  const standby = status.members.some((m) => m.role === 'sync_standby');
-  return (
-    status.etcd &&
-    leader &&
-    standby &&
-    status.redis &&
-    status.simulator &&
-    status.api.every((a) => a.ready) &&
-    status.workers.every(Boolean)
-  );
+  const leader = status.members.find((m) => m.role === 'leader' && m.state === 'running');
+  const standby = status.members.find((m) => m.role === 'sync_standby' && (m.state === 'running' || m.state === 'streaming'));
+  const up = (section: string) =>
+    Object.entries(status.haproxy[section] ?? {})
+      .filter(([, state]) => state === 'UP')
+      .map(([server]) => server);
+  const routed =
+    leader !== undefined &&
+    standby !== undefined &&
+    up('pg_primary').join() === leader.name &&
+    up('pg_replica').join() === standby.name &&
+    up('api').length === status.api.length;
+  return status.etcd && routed && status.redis && status.simulator && status.api.every((a) => a.ready) && status.workers.every(Boolean);
+}
+
+/** The status as data: each part's health and role, whether all of it is healthy, and the URLs. */
+function statusJson(cluster: LocalCluster, status: ClusterStatus) {
+  return {
+    dir: cluster.dir,
+    healthy: healthy(status),
+    ...status,
+    urls: {
+      api: cluster.apiUrl,
+      database: cluster.databaseUrl,
+      replica: cluster.replicaUrl,
+      redis: cluster.redisUrl,
+      haproxyStats: `http://127.0.0.1:${cluster.state.ports.haproxyStats}/stats`,
+    },
+  };
 }
 
 function describe(cluster: LocalCluster, status: ClusterStatus): string {

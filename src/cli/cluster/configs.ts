@@ -114,12 +114,6 @@ export function etcdArgs(ports: ClusterPorts, dir: string): string[] {
 export const HAPROXY_CHECK = { interMs: 1_000, fall: 2, rise: 1 } as const;
 
 /**
- * HAProxy: a primary port and a replica port chosen by Patroni's REST checks, and the API
- * nodes behind /readyz. POST is never retried on another server once it reached one:
- * `retry-on conn-failure` retries only a connection that could not be made, before any byte of
- * the request was sent.
- */
-/**
  * HAProxy's own 503 (no API node ready: during a database failover every node's /readyz
  * fails) in the API's error shape, with the Retry-After every 503 of ours carries.
  */
@@ -143,6 +137,12 @@ export function haproxy503(): string {
   ].join('\r\n');
 }
 
+/**
+ * HAProxy: a primary port and a replica port chosen by Patroni's REST checks, and the API
+ * nodes behind /readyz. POST is never retried on another server once it reached one:
+ * `retry-on conn-failure` retries only a connection that could not be made, before any byte of
+ * the request was sent.
+ */
 export function haproxyConfig(ports: ClusterPorts, options: { maxReplicaLagBytes: number; errorFile503: string }): string {
   const check = `check inter ${HAPROXY_CHECK.interMs} fall ${HAPROXY_CHECK.fall} rise ${HAPROXY_CHECK.rise}`;
   const pgServers = ports.nodes.map((node) => `  server ${node.name} 127.0.0.1:${node.pgPort} ${check} port ${node.restPort}`).join('\n');

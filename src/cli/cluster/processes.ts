@@ -109,10 +109,25 @@ export function descendants(pid: number, processes = listProcesses()): number[] 
 export function findMarked(marker: string): number[] {
   const processes = listProcesses();
   const spared = ancestors(process.pid, processes);
-  const roots = processes.filter((proc) => !spared.has(proc.pid) && (proc.cmdline.includes(marker) || environ(proc.pid).includes(marker)));
+  const roots = processes.filter(
+    (proc) => !spared.has(proc.pid) && (mentions(proc.cmdline, marker) || mentions(environ(proc.pid), marker)),
+  );
   const found = new Set<number>();
   for (const root of roots) for (const pid of descendants(root.pid, processes)) if (!spared.has(pid)) found.add(pid);
   return [...found];
+}
+
+/**
+ * Whether text names the path `marker` itself or something inside it, not merely a longer name
+ * that starts with it: the default directory `$TMPDIR/floodgate-cluster` is a prefix of every
+ * `$TMPDIR/floodgate-cluster-XXXXXX` another cluster (a fault test's) lives in.
+ */
+export function mentions(text: string, marker: string): boolean {
+  for (let at = text.indexOf(marker); at >= 0; at = text.indexOf(marker, at + 1)) {
+    const next = text[at + marker.length];
+    if (next === undefined || !/[\w.-]/.test(next)) return true;
+  }
+  return false;
 }
 
 function environ(pid: number): string {
