@@ -8,8 +8,10 @@ import { describe, test } from 'node:test';
 import { audit } from '../src/audit/service.js';
 import { createLogger } from '../src/cli/runtime.js';
 import { loadConfig } from '../src/config.js';
+import { completeAttempt } from '../src/payments/completion.js';
 import { paymentTasks } from '../src/payments/jobs.js';
 import { reconcileAttempt } from '../src/payments/reconciliation.js';
+import { withTransaction } from '../src/platform/db/pool.js';
 import { startWorker } from '../src/platform/jobs/runner.js';
 import { convertPaidHold } from '../src/sales/holds.js';
 import { key, MANY_TIMEOUTS, setupTestContext, shortTimeoutApp, type TestContext } from './helpers.js';
@@ -108,6 +110,42 @@ describe('exactly-once completion', () => {
     const statuses = await Promise.all(shuffle([...webhooks, ...webhooks, ...webhooks]).map((event) => t.sim.simulator.sendWebhook(event)));
     assert.ok(statuses.every((status) => status === 200));
     await assertCompletedOnce(t, ids);
+  });
+
+  test('a decline the provider webhook settled first is still answered to the confirm call as card_declined, not as a 200', async () => {
+    const t = await setupTestContext({ simulator: { webhookSecret: undefined, timeoutHoldMs: 2_000 } });
+    const timingOut = await shortTimeoutApp(t, MANY_TIMEOUTS);
+    const [id] = await createIntents(t, 1, 'pm_card_timeout');
+    const pending = await timingOut.inject({
+      method: 'POST',
+      url: `/v1/payment_intents/${id}/confirm`,
+      headers: t.auth({ 'idempotency-key': key('confirm') }),
+    });
+    assert.equal(pending.json().status, 'processing');
+    const { rows } = await t.pool.query(`select id from payment_attempts where merchant_id = $1 and payment_intent_id = $2`, [
+      t.merchant.id,
+      id,
+    ]);
+    const declined = { kind: 'declined' as const, code: 'card_declined', message: 'The card was declined.' };
+    const complete = () =>
+      withTransaction(t.pool, (client) =>
+        completeAttempt(client, { onPaymentSucceeded: convertPaidHold }, t.merchant.id, rows[0].id, declined),
+      );
+    // The webhook applies the decline; the confirm call's own completion comes second with the
+    // same answer from the provider, and must tell its caller the same.
+    const byWebhook = await complete();
+    const byConfirm = await complete();
+    for (const completion of [byWebhook, byConfirm]) {
+      assert.equal(completion.kind, 'card_declined');
+      assert.ok(completion.kind === 'card_declined');
+      assert.equal(completion.code, 'card_declined');
+      assert.equal(completion.intent.status, 'requires_payment_method');
+    }
+    const { rows: events } = await t.pool.query(
+      `select count(*)::int as n from events where merchant_id = $1 and object_id = $2 and type = 'payment_intent.payment_failed'`,
+      [t.merchant.id, id],
+    );
+    assert.equal(events[0].n, 1, 'applied once');
   });
 
   test('pm_card_timeout payments all reach a final state through the worker, charged once', async () => {

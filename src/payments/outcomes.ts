@@ -91,7 +91,14 @@ export async function applyOutcome(client: Client, deps: CompletionDeps, call: S
 async function applyDecline(client: Client, call: SettledCall, outcome: { code: string; message: string }): Promise<Completion> {
   const { intent, attempt } = call;
   if (!(await sql.settleAttempt(client, intent.merchant_id, attempt.id, { status: 'failed', errorCode: outcome.code }))) {
-    return current(client, intent);
+    // Settled first by another path (the provider's webhook, the reconciler) with the same
+    // answer the provider gave us under the same key: the caller is told the same thing as if
+    // this path had applied it, a decline, not a 200 that depends on who won the race.
+    const settled = await sql.selectAttempt(client, intent.merchant_id, attempt.id);
+    const latest = await current(client, intent);
+    if (settled?.status !== 'failed' || latest.kind !== 'intent') return latest;
+    if (attempt.operation !== 'authorize') return { kind: 'provider_refused', operation: attempt.operation, message: outcome.message };
+    return { kind: 'card_declined', code: outcome.code, message: outcome.message, intent: latest.intent };
   }
   if (attempt.operation !== 'authorize') {
     // The provider refused to capture or release the authorization; it is still held.
