@@ -50,6 +50,17 @@ interface Answer {
 async function setup() {
   const cluster = await startRedisCluster({ masters: 3, replicasPerMaster: 1 });
   after(() => cluster.stop());
+  try {
+    return await connectNodes(cluster);
+  } catch (error) {
+    // A file whose top-level setup throws never runs its after hooks: stop the cluster here, or
+    // its redis-server processes outlive the test run.
+    await cluster.stop();
+    throw error;
+  }
+}
+
+async function connectNodes(cluster: Awaited<ReturnType<typeof startRedisCluster>>) {
   const { pool } = await createTestDatabase();
   const sim = await startTestSimulator({ webhookSecret: TEST_PROVIDER_WEBHOOK_SECRET });
   const prefix = testKeyPrefix();
