@@ -17,6 +17,7 @@
  * it; if the batch transaction itself fails, each of its requests runs alone on the single path.
  */
 import assert from 'node:assert/strict';
+import { GroupCommit } from '../platform/db/group-commit.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';
@@ -59,83 +60,39 @@ export interface HoldBatchOptions {
   view: (hold: sql.HoldRow, lines: HoldLine[]) => unknown;
 }
 
-interface Waiting {
-  request: HoldRequest;
-  resolve: (answer: BatchAnswer) => void;
-  reject: (error: unknown) => void;
-}
-
-interface SaleQueue {
-  waiting: Waiting[];
-  running: boolean;
-  timer: NodeJS.Timeout | undefined;
-}
-
 export class HoldBatcher {
-  private readonly queues = new Map<string, SaleQueue>();
+  private readonly commits: GroupCommit<HoldRequest, BatchAnswer>;
 
   constructor(private readonly options: HoldBatchOptions) {
-    assert.ok(options.batchMax >= 1 && options.windowMs >= 0, 'batch limits');
+    // A sale runs one batch at a time on a node (its batches contend for the items' rows):
+    // while it commits, the next gathers. The first request of an idle sale waits the window.
+    this.commits = new GroupCommit({
+      windowMs: options.windowMs,
+      batchMax: options.batchMax,
+      maxRunning: 1,
+      run: (_sale, batch) => this.run(batch),
+      onBatch: options.onBatch,
+    });
   }
 
   submit(request: HoldRequest): Promise<BatchAnswer> {
-    return new Promise((resolve, reject) => {
-      // One queue per sale and key scope: a batch's keys share one scope.
-      const key = `${request.merchantId}/${request.keyKind}/${request.saleId}`;
-      let queue = this.queues.get(key);
-      if (!queue) {
-        queue = { waiting: [], running: false, timer: undefined };
-        this.queues.set(key, queue);
-      }
-      queue.waiting.push({ request, resolve, reject });
-      this.schedule(key, queue);
-    });
+    // One group per sale and key scope: a batch's keys share one scope.
+    return this.commits.submit(`${request.merchantId}/${request.keyKind}/${request.saleId}`, request);
   }
 
-  /**
-   * A sale runs one batch at a time on a node: while it commits, the next gathers. The first
-   * request of an idle sale waits the window for company; a full batch goes at once.
-   */
-  private schedule(key: string, queue: SaleQueue): void {
-    if (queue.running) return;
-    if (queue.waiting.length >= this.options.batchMax) {
-      this.start(key, queue);
-      return;
-    }
-    if (!queue.timer) queue.timer = setTimeout(() => this.start(key, queue), this.options.windowMs);
-  }
-
-  private start(key: string, queue: SaleQueue): void {
-    clearTimeout(queue.timer);
-    queue.timer = undefined;
-    const batch = queue.waiting.splice(0, this.options.batchMax);
-    if (batch.length === 0) {
-      this.queues.delete(key);
-      return;
-    }
-    queue.running = true;
-    this.options.onBatch?.(batch.length);
-    this.run(batch).finally(() => {
-      queue.running = false;
-      if (queue.waiting.length > 0) this.schedule(key, queue);
-      else this.queues.delete(key);
-    });
-  }
-
-  private async run(batch: Waiting[]): Promise<void> {
+  private async run(batch: HoldRequest[]): Promise<BatchAnswer[]> {
     try {
-      const answers = await withTransaction(this.options.pool, (client) => this.allocate(client, batch));
-      for (const [index, waiting] of batch.entries()) waiting.resolve(answers[index] as BatchAnswer);
+      return await withTransaction(this.options.pool, (client) => this.allocate(client, batch));
     } catch {
       // The batch's transaction failed as a whole (the database went away, a deadlock): nothing
       // of it committed, so each request runs alone and meets its own outcome.
-      for (const waiting of batch) waiting.resolve({ kind: 'single' });
+      return batch.map(() => ({ kind: 'single' }));
     }
   }
 
   /** The batch's transaction; answers in the order of `batch`. */
-  private async allocate(client: Client, batch: Waiting[]): Promise<BatchAnswer[]> {
-    const first = (batch[0] as Waiting).request;
+  private async allocate(client: Client, batch: HoldRequest[]): Promise<BatchAnswer[]> {
+    const first = batch[0] as HoldRequest;
     const { merchantId, saleId } = first;
     if (!this.options.synchronousCommit) await client.query('set local synchronous_commit = off');
     // Keys first: a request whose key exists (or repeats one earlier in this batch) is not ours.
@@ -145,17 +102,17 @@ export class HoldBatcher {
       method: first.method,
       path: first.path,
       ttlHours: this.options.idempotency.ttlHours,
-      keys: batch.map((waiting) => waiting.request.idempotencyKey),
-      fingerprints: batch.map((waiting) => waiting.request.fingerprint),
+      keys: batch.map((request) => request.idempotencyKey),
+      fingerprints: batch.map((request) => request.fingerprint),
     });
     const seen = new Set<string>();
-    const mine = batch.map((waiting) => {
-      const key = waiting.request.idempotencyKey;
+    const mine = batch.map((request) => {
+      const key = request.idempotencyKey;
       const own = inserted.has(key) && !seen.has(key);
       seen.add(key);
       return own;
     });
-    const requests = batch.filter((_, index) => mine[index]).map((waiting) => waiting.request);
+    const requests = batch.filter((_, index) => mine[index]);
     const replies = requests.length > 0 ? await this.decide(client, merchantId, saleId, requests) : [];
     await idempotencySql.finishKeys(
       client,

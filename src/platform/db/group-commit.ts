@@ -1,0 +1,105 @@
+/**
+ * Group commit: requests that arrive together are written together. A surge sends many
+ * requests that each make one small write, and each write alone costs a transaction and a WAL
+ * flush; a group of them written in one statement or one transaction pays that once. Callers
+ * submit a request under a group name (the requests that can share one transaction) and get
+ * their own answer back; `run` does one batch's work and answers each request in order.
+ *
+ * Scheduling, per group: a request that finds no batch running and no window set goes at once
+ * (windowMs 0) or waits up to windowMs for company; while `maxRunning` batches are running,
+ * the next gathers; a full batch (`batchMax`) goes as soon as a slot is free. So one request
+ * alone pays at most the window, and under load batches grow to the rate × the commit time.
+ */
+import assert from 'node:assert/strict';
+
+export interface GroupCommitOptions<Request, Answer> {
+  /** How long the first request of an idle group waits for company; 0 sends it on the next turn of the event loop. */
+  windowMs: number;
+  batchMax: number;
+  /** Batches of one group that may run at once (1 when batches contend for the same rows). */
+  maxRunning: number;
+  /** One batch's work: answers in the order of `batch`. A throw rejects every request in it. */
+  run: (group: string, batch: Request[]) => Promise<Answer[]>;
+  /** Called with each batch's size, for metrics and the bench. */
+  onBatch?: (size: number) => void;
+}
+
+interface Waiting<Request, Answer> {
+  request: Request;
+  resolve: (answer: Answer) => void;
+  reject: (error: unknown) => void;
+}
+
+interface Group<Request, Answer> {
+  waiting: Waiting<Request, Answer>[];
+  running: number;
+  /** Cancels the pending start of the next batch, when one is set. */
+  cancelStart: (() => void) | undefined;
+}
+
+export class GroupCommit<Request, Answer> {
+  private readonly groups = new Map<string, Group<Request, Answer>>();
+
+  constructor(private readonly options: GroupCommitOptions<Request, Answer>) {
+    assert.ok(options.batchMax >= 1 && options.windowMs >= 0 && options.maxRunning >= 1, 'group commit limits');
+  }
+
+  submit(group: string, request: Request): Promise<Answer> {
+    return new Promise((resolve, reject) => {
+      let state = this.groups.get(group);
+      if (!state) {
+        state = { waiting: [], running: 0, cancelStart: undefined };
+        this.groups.set(group, state);
+      }
+      state.waiting.push({ request, resolve, reject });
+      this.schedule(group, state);
+    });
+  }
+
+  private schedule(name: string, group: Group<Request, Answer>): void {
+    if (group.running >= this.options.maxRunning) return;
+    if (group.waiting.length >= this.options.batchMax) {
+      this.start(name, group);
+      return;
+    }
+    if (group.cancelStart) return;
+    // setImmediate still gathers the requests parsed in the same turn of the event loop.
+    if (this.options.windowMs === 0) {
+      const immediate = setImmediate(() => this.start(name, group));
+      group.cancelStart = () => clearImmediate(immediate);
+    } else {
+      const timer = setTimeout(() => this.start(name, group), this.options.windowMs);
+      group.cancelStart = () => clearTimeout(timer);
+    }
+  }
+
+  private start(name: string, group: Group<Request, Answer>): void {
+    group.cancelStart?.();
+    group.cancelStart = undefined;
+    const batch = group.waiting.splice(0, this.options.batchMax);
+    if (batch.length === 0) {
+      if (group.running === 0) this.groups.delete(name);
+      return;
+    }
+    group.running++;
+    this.options.onBatch?.(batch.length);
+    this.runBatch(name, batch).finally(() => {
+      group.running--;
+      if (group.waiting.length > 0) this.schedule(name, group);
+      else if (group.running === 0) this.groups.delete(name);
+    });
+  }
+
+  private async runBatch(name: string, batch: Waiting<Request, Answer>[]): Promise<void> {
+    try {
+      const answers = await this.options.run(
+        name,
+        batch.map((waiting) => waiting.request),
+      );
+      assert.equal(answers.length, batch.length, 'one answer per request');
+      for (const [index, waiting] of batch.entries()) waiting.resolve(answers[index] as Answer);
+    } catch (error) {
+      for (const waiting of batch) waiting.reject(error);
+    }
+  }
+}
