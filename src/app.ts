@@ -17,6 +17,7 @@ import type { SessionStore } from './hosted/sessions.js';
 import { PostgresSessionStore } from './hosted/sql.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
 import { createAuthenticator } from './merchants/service.js';
+import { IntentCreationBatcher } from './payments/create-batches.js';
 import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
 import { createRefund, listRefunds } from './payments/refunds.js';
 import { completionReply, registerPaymentRoutes } from './payments/routes.js';
@@ -178,6 +179,19 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     // paid in the completion command's transaction.
     onPaymentSucceeded: convertPaidHold,
     idempotency: { ttlHours: deps.config.idempotencyKeyTtlHours, lockTimeoutMs: deps.config.idempotencyLockTimeoutMs },
+    intentBatcher:
+      deps.config.intentBatchMax > 1
+        ? new IntentCreationBatcher({
+            pool: deps.pool,
+            ttlHours: deps.config.idempotencyKeyTtlHours,
+            windowMs: deps.config.intentBatchWindowMs,
+            batchMax: deps.config.intentBatchMax,
+            // Creations do not contend for rows: two batches may commit at once, so one
+            // batch's WAL flush never idles the node's other waiting creations.
+            maxRunning: 2,
+            onBatch: (size: number) => metrics.intentBatchSize.observe(size),
+          })
+        : undefined,
   };
   registerPaymentRoutes(app, paymentDeps);
   registerEventRoutes(app, deps.pool);

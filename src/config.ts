@@ -87,6 +87,10 @@ export interface Config {
   readonly holdBatchMax: number;
   /** false: a batch of holds commits without waiting for its WAL flush (the README's durability contract). */
   readonly holdSynchronousCommit: boolean;
+  /** How long a node gathers unconfirmed PaymentIntent creations before writing them together; 0: the next turn of the event loop. */
+  readonly intentBatchWindowMs: number;
+  /** The most creations written in one statement. 1 turns coalescing off. */
+  readonly intentBatchMax: number;
   /** Streaming replicas that serve reports; empty: reports read from the primary. */
   readonly replicaUrls: readonly string[];
   /** A replica further behind than this is skipped, and the report reads from the primary. */
@@ -299,6 +303,12 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     // Holds are reservations: a crash may forget the last fraction of a second of them, never
     // an order or a payment (whose synchronous commit flushes the hold before it).
     holdSynchronousCommit: bool('FLOODGATE_HOLD_SYNCHRONOUS_COMMIT', false),
+    // No wait by default: a creation alone goes on the next turn of the event loop, and under
+    // load the creations that arrive while a batch commits form the next one, so one buyer
+    // never pays a window and a surge still shares commits.
+    intentBatchWindowMs: int('FLOODGATE_INTENT_BATCH_WINDOW_MS', 0, 0, 50),
+    // Rows per statement: enough to absorb a node's whole pool of waiting requests.
+    intentBatchMax: int('FLOODGATE_INTENT_BATCH_MAX', 100, 1, 1_000),
     replicaUrls: replicaUrls(env.FLOODGATE_REPLICA_URLS, problems),
     // Five seconds: a report a few seconds old answers every question a merchant asks after a
     // sale, and a replica that far behind is in trouble the primary should not wait on.

@@ -35,6 +35,8 @@ export interface FirstEventColumns {
   createdAt: string;
   /** The CTE that created the object: its `id` column is the event's object. */
   objectCte: string;
+  /** Joined to objectCte, for a batch whose other columns come from its request rows. */
+  join?: string;
 }
 
 /**
@@ -45,7 +47,7 @@ export function firstEventCte(c: FirstEventColumns): string {
   return `event as (
              insert into events (merchant_id, id, type, object_id, sequence, data, created_at)
              select ${c.merchantId}, ${c.id}, ${c.type}, ${c.objectCte}.id, 1, ${c.data}, ${c.createdAt}
-             from ${c.objectCte}
+             from ${c.objectCte} ${c.join ?? ''}
              returning 1)`;
 }
 

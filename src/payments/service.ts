@@ -21,6 +21,7 @@ import * as idempotency from '../platform/idempotency/service.js';
 import { respond } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
 import { type CallDeps, callAndComplete } from './calls.js';
+import type { IntentCreationBatcher } from './create-batches.js';
 import { CANCELABLE, CONFIRMABLE, initialStatus, providerKeyFor, toApiIntent } from './domain.js';
 
 /** What other capabilities may do inside their own transactions: see hooks.ts. */
@@ -31,6 +32,8 @@ import * as sql from './sql.js';
 
 export interface PaymentDeps extends CallDeps {
   idempotency: IdempotencyOptions;
+  /** Coalesces unconfirmed creations that arrive together (create-batches.ts); absent, each is its own statement. */
+  intentBatcher?: IntentCreationBatcher;
 }
 
 export interface CreateIntentParams {
@@ -102,14 +105,16 @@ async function createUnconfirmed(deps: PaymentDeps, ctx: RequestContext, params:
   // The view is spelt out rather than spread from `intent`: a spread plus extra fields gives
   // V8 a fresh object shape on every call, and each field then costs an inline-cache miss.
   const body = viewOfNewIntent(intent);
-  const created = await sql.insertIntentWithFinishedKey(deps.pool, intent, {
+  const creation = {
     keyKind: ctx.keyKind,
     key: ctx.idempotencyKey,
     fingerprint: ctx.fingerprint,
     ttlHours: deps.idempotency.ttlHours,
     eventId: newId('evt'),
     responseBody: body,
-  });
+  };
+  const outcome = deps.intentBatcher ? await deps.intentBatcher.submit({ intent, ...creation }) : 'single';
+  const created = outcome === 'single' ? await sql.insertIntentWithFinishedKey(deps.pool, intent, creation) : outcome === 'created';
   if (created) return ok(body);
   // The key exists: replay it or refuse it. (This path stores finished keys only, so a key
   // without a response belongs to a different request and is refused as a mismatch.)

@@ -37,6 +37,10 @@ export interface FinishedKeyColumns {
   body: string;
   now: string;
   ttlHours: string;
+  /** Rows to insert from (a batch's `unnest`); without it, one row of the values above. */
+  from?: string;
+  /** What the CTE yields per new key; `1` when not given. */
+  returning?: string;
 }
 
 /**
@@ -45,13 +49,14 @@ export interface FinishedKeyColumns {
  * new, so the caller's other CTEs write `from key` and nothing happens for a key that exists.
  */
 export function finishedKeyCte(c: FinishedKeyColumns): string {
+  const row = `${c.merchantId}, ${c.keyKind}, ${c.key}, ${c.method}, ${c.path}, ${c.fingerprint}, null, 'finished',
+               ${c.resourceId}, ${c.status}, ${c.body}, ${c.now} + make_interval(hours => ${c.ttlHours})`;
   return `key as (
              insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
                request_fingerprint, locked_at, recovery_point, resource_id, response_status, response_body, expires_at)
-             values (${c.merchantId}, ${c.keyKind}, ${c.key}, ${c.method}, ${c.path}, ${c.fingerprint}, null, 'finished',
-               ${c.resourceId}, ${c.status}, ${c.body}, ${c.now} + make_interval(hours => ${c.ttlHours}))
+             ${c.from ? `select ${row} from ${c.from}` : `values (${row})`}
              on conflict do nothing
-             returning 1)`;
+             returning ${c.returning ?? '1'})`;
 }
 
 /** Inserts a new key, locked by the caller; returns nothing when the key already exists. */

@@ -27,6 +27,7 @@ export interface Metrics {
   waitingRoomAdmissions: Counter<'sale'>;
   waitingRoomWaitSeconds: Histogram<'sale'>;
   holdBatchSize: Histogram;
+  intentBatchSize: Histogram;
   waitingRoomAdmitted: Gauge<'sale' | 'state'>;
   dbQueryDuration: Histogram<'statement' | 'outcome'>;
   providerDuration: Histogram<'operation' | 'outcome'>;
@@ -95,6 +96,12 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     buckets: WAIT_BUCKETS_SECONDS,
     registers: [registry],
   });
+  const intentBatchSize = new Histogram({
+    name: 'floodgate_payment_intent_batch_size',
+    help: 'Unconfirmed PaymentIntent creations written together in one statement (coalesced creation)',
+    buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+    registers: [registry],
+  });
   const holdBatchSize = new Histogram({
     name: 'floodgate_hold_batch_size',
     help: 'Hold requests allocated together in one transaction (batched stock allocation)',
@@ -124,6 +131,7 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
   return {
     registry,
     holdBatchSize,
+    intentBatchSize,
     waitingRoomAdmitted,
     dbQueryDuration,
     providerDuration,
