@@ -393,7 +393,8 @@ async function main(): Promise<number> {
     let workerSummary: WorkerSummary | undefined;
     if (ctx) {
       const apiMax = phases.filter((phase) => phase.side === 'api' && phase.kind === 'max');
-      workerSummary = summarizeWorker(apiMax, worker.jobs, worker.webhooks);
+      const pgbenchMax = phases.filter((phase) => phase.side === 'pgbench' && phase.kind === 'max');
+      workerSummary = summarizeWorker(apiMax, worker.jobs, worker.webhooks, pgbenchMax);
       console.log(
         `\n${formatWorkerTable(workerSummary, worker.sustained, options, { concurrency: workerConcurrency(), jobTask: JOB_TASK })}`,
       );

@@ -25,6 +25,12 @@ export interface WorkerSummary {
   rows: WorkerSummaryRow[];
   /** deliveries/s ÷ payment creation with the fan-out, median of the rounds' own ratios. */
   deliveriesPerFanOutCreation: number;
+  /**
+   * Payment creation with the fan-out ÷ pgbench running the naive one-statement creation (no
+   * endpoint) in the same round: issue 9's goal of 1.0 for a webhook merchant. NaN when the
+   * payments section (pgbench) did not run.
+   */
+  fanOutCreationPerPgbench: number;
   cpuRows: { metric: string; payment: number; job: number; delivery: number }[];
   /** deliveries/s ÷ payments/s when the cores are the only limit: payment CPU ÷ delivery CPU. */
   cpuBoundDeliveryRatio: number;
@@ -38,8 +44,18 @@ const totalCpu = (cpu: WorkerCpu) => cpu.workerUsPerJob + cpu.receiverUsPerJob +
 const paymentCpu = (phase: PhaseResult) => phase.cpu.clientUsPerTx + phase.cpu.serverUsPerTx + phase.cpu.backendsUsPerTx;
 
 /** Medians over rounds; each ratio is the median of the rounds' own ratios (rounds without a phase are skipped). */
-export function summarizeWorker(apiMax: PhaseResult[], jobs: JobsPhaseResult[], webhooks: WebhooksPhaseResult[]): WorkerSummary {
+export function summarizeWorker(
+  apiMax: PhaseResult[],
+  jobs: JobsPhaseResult[],
+  webhooks: WebhooksPhaseResult[],
+  pgbenchMax: PhaseResult[] = [],
+): WorkerSummary {
   const maxOf = new Map(apiMax.map((phase) => [phase.round, phase]));
+  const pgbenchOf = new Map(pgbenchMax.map((phase) => [phase.round, phase.throughput]));
+  const perPgbench = webhooks.flatMap((phase) => {
+    const reference = pgbenchOf.get(phase.round);
+    return reference ? [phase.creation.throughput / reference] : [];
+  });
   const ratios = <T extends { round: number }>(items: T[], value: (item: T) => number, base: (phase: PhaseResult, item: T) => number) =>
     median(
       items.flatMap((item) => {
@@ -66,6 +82,7 @@ export function summarizeWorker(apiMax: PhaseResult[], jobs: JobsPhaseResult[], 
       row('payment creation with fan-out (req/s)', webhooks, (phase) => phase.creation.throughput),
     ],
     deliveriesPerFanOutCreation: round(median(webhooks.map((phase) => phase.throughput / phase.creation.throughput)), 2),
+    fanOutCreationPerPgbench: perPgbench.length > 0 ? round(median(perPgbench), 2) : Number.NaN,
     cpuRows: [
       {
         metric: 'worker | API server + generator',
@@ -116,6 +133,7 @@ export function formatWorkerTable(
     `${pad('metric', 40)} ${pad('value', 10)} ratio`,
     ...summary.rows.map((row) => `${pad(row.metric, 40)} ${pad(num(row.value), 10)} ${ratio(row.ratio)}`),
     `${pad('deliveries/s ÷ creation with fan-out', 51)} ${ratio(summary.deliveriesPerFanOutCreation)}`,
+    `${pad('creation with fan-out ÷ pgbench (naive, no endpoint)', 51)} ${ratio(summary.fanOutCreationPerPgbench)}`,
     '',
     `${pad('CPU per unit of work (µs)', 32)} ${pad('payment', 9)} ${pad('job', 9)} delivery`,
     ...summary.cpuRows.map((row) => `${pad(row.metric, 32)} ${pad(num(row.payment), 9)} ${pad(num(row.job), 9)} ${num(row.delivery)}`),

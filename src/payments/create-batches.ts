@@ -14,11 +14,11 @@
  * twice in one batch goes once; the later copy resolves alone after the batch. If the batch's
  * statement fails as a whole (a bad row, the database gone), nothing of it committed and each
  * request runs alone on the single statement, meeting its own outcome: one bad request never
- * fails the others.
+ * fails the others. (Except a commit the synchronous standby did not confirm: see `run`.)
  */
 import { firstEventCte } from '../events/service.js';
 import { GroupCommit } from '../platform/db/group-commit.js';
-import { type Pool, type Queryable, withTransaction } from '../platform/db/pool.js';
+import { type Pool, type Queryable, SyncReplicationCanceledError, withAutocommit } from '../platform/db/pool.js';
 import { finishedKeyCte } from '../platform/idempotency/sql.js';
 import type { NewIntent } from './sql.js';
 
@@ -112,10 +112,15 @@ export class IntentCreationBatcher {
     });
     let created: Set<string>;
     try {
-      // A transaction of its own, for its guarded commit (platform/db/pool.ts): a commit the
-      // synchronous standby did not confirm is not acknowledged to any request of the batch.
-      created = await withTransaction(this.options.pool, (client) => insertIntentsWithFinishedKeys(client, writes, this.options.ttlHours));
-    } catch {
+      // One autocommit statement (no BEGIN/COMMIT round trips: a creation alone costs what the
+      // one-statement path costs), with the commit guard of platform/db/pool.ts: a commit the
+      // synchronous standby did not confirm is acknowledged to no request of the batch.
+      created = await withAutocommit(this.options.pool, (client) => insertIntentsWithFinishedKeys(client, writes, this.options.ttlHours));
+    } catch (error) {
+      // Committed here but maybe not on the standby: a request that ran alone now would find its
+      // key and replay it, acknowledging what a failover may lose. Every request fails instead
+      // (503, as withTransaction's callers do); its retry reaches the real primary.
+      if (error instanceof SyncReplicationCanceledError) throw error;
       return batch.map(() => 'single');
     }
     return batch.map((creation, index) => {

@@ -11,7 +11,7 @@
  */
 import assert from 'node:assert/strict';
 import * as events from '../events/service.js';
-import type { Client, Pool } from '../platform/db/pool.js';
+import { type Client, type Pool, withAutocommit } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
 import { ApiError } from '../platform/http/errors.js';
 import { page } from '../platform/http/pagination.js';
@@ -114,7 +114,10 @@ async function createUnconfirmed(deps: PaymentDeps, ctx: RequestContext, params:
     responseBody: body,
   };
   const outcome = deps.intentBatcher ? await deps.intentBatcher.submit({ intent, ...creation }) : 'single';
-  const created = outcome === 'single' ? await sql.insertIntentWithFinishedKey(deps.pool, intent, creation) : outcome === 'created';
+  const created =
+    outcome === 'single'
+      ? await withAutocommit(deps.pool, (client) => sql.insertIntentWithFinishedKey(client, intent, creation))
+      : outcome === 'created';
   if (created) return ok(body);
   // The key exists: replay it or refuse it. (This path stores finished keys only, so a key
   // without a response belongs to a different request and is refused as a mismatch.)

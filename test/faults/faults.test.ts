@@ -25,7 +25,7 @@ import { LocalCluster } from '../../src/cli/cluster/cluster.js';
 import type { ClusterStatus } from '../../src/cli/cluster/health.js';
 import { findMarked, isRunning, signal, signalGroup, sleep, waitFor } from '../../src/cli/cluster/processes.js';
 import { isDatabaseUnavailable } from '../../src/platform/db/errors.js';
-import { createPool, SyncReplicationCanceledError, withTransaction } from '../../src/platform/db/pool.js';
+import { createPool, SyncReplicationCanceledError, withAutocommit, withTransaction } from '../../src/platform/db/pool.js';
 import { faultsSkip } from './engines.js';
 import { type Attempt, PaymentLoad, tally } from './load.js';
 
@@ -265,31 +265,42 @@ describe('faults on a local HA cluster', { skip, concurrency: 1 }, () => {
     });
     try {
       await direct.query('create table if not exists faults_sync_probe (id int)');
-      const frozen = cluster.freezePostgres(standby.name, 'SIGSTOP');
-      let outcome: unknown;
-      try {
-        const committing = withTransaction(direct, async (client) => {
-          await client.query('insert into faults_sync_probe values (1)');
-          return (await client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]?.pid;
-        }).then(
-          () => 'acknowledged',
-          (error: unknown) => error,
-        );
-        await waitFor(
-          'the commit waits for the standby',
-          10_000,
-          async () => {
-            const { rows } = await admin.query<{ pid: number }>("select pid from pg_stat_activity where wait_event = 'SyncRep'");
-            return rows[0]?.pid;
-          },
-          100,
-        ).then((pid) => admin.query('select pg_cancel_backend($1)', [pid]));
-        outcome = await committing;
-      } finally {
-        cluster.freezePostgres(standby.name, 'SIGCONT', frozen);
+      // Both ways a request commits: a transaction (withTransaction), and one autocommit
+      // statement (withAutocommit: the payment fast path and its coalesced batches).
+      const commits = {
+        transaction: () =>
+          withTransaction(direct, async (client) => {
+            await client.query('insert into faults_sync_probe values (1)');
+          }),
+        autocommit: () =>
+          withAutocommit(direct, async (client) => {
+            await client.query('insert into faults_sync_probe values (2)');
+          }),
+      };
+      for (const [way, commit] of Object.entries(commits)) {
+        const frozen = cluster.freezePostgres(standby.name, 'SIGSTOP');
+        let outcome: unknown;
+        try {
+          const committing = commit().then(
+            () => 'acknowledged',
+            (error: unknown) => error,
+          );
+          await waitFor(
+            'the commit waits for the standby',
+            10_000,
+            async () => {
+              const { rows } = await admin.query<{ pid: number }>("select pid from pg_stat_activity where wait_event = 'SyncRep'");
+              return rows[0]?.pid;
+            },
+            100,
+          ).then((pid) => admin.query('select pg_cancel_backend($1)', [pid]));
+          outcome = await committing;
+        } finally {
+          cluster.freezePostgres(standby.name, 'SIGCONT', frozen);
+        }
+        assert.ok(outcome instanceof SyncReplicationCanceledError, `${way}: the commit must not be acknowledged, got ${String(outcome)}`);
+        assert.ok(isDatabaseUnavailable(outcome), `${way}: answered as 503, retryable`);
       }
-      assert.ok(outcome instanceof SyncReplicationCanceledError, `the commit must not be acknowledged, got ${String(outcome)}`);
-      assert.ok(isDatabaseUnavailable(outcome), 'answered as 503, retryable');
       await direct.query('drop table faults_sync_probe');
     } finally {
       await direct.end();

@@ -80,17 +80,41 @@ export async function withTransaction<T>(pool: Pool, fn: (client: Client) => Pro
  * the same Idempotency-Key goes to the real primary and replays or redoes the work).
  */
 async function commitReplicated(client: Client): Promise<void> {
+  await replicated(client, () => client.query('commit'));
+}
+
+/**
+ * Runs fn, one autocommit statement (a request's whole work in one round trip), on one pooled
+ * connection, under the same rule as withTransaction's commit: a commit the synchronous standby
+ * did not confirm throws SyncReplicationCanceledError, and the connection is closed.
+ */
+export async function withAutocommit<T>(pool: Pool, fn: (client: Client) => Promise<T>): Promise<T> {
+  const client = await pool.connect();
+  let suspect = false;
+  try {
+    return await replicated(client, () => fn(client));
+  } catch (error) {
+    if (error instanceof SyncReplicationCanceledError) suspect = true;
+    throw error;
+  } finally {
+    client.release(suspect ? true : undefined);
+  }
+}
+
+async function replicated<T>(client: Client, commit: () => Promise<T>): Promise<T> {
   let canceled = false;
   const onNotice = (notice: { message?: string }) => {
     if (notice.message?.startsWith(SYNC_REP_CANCELED)) canceled = true;
   };
   client.on('notice', onNotice);
+  let result: T;
   try {
-    await client.query('commit');
+    result = await commit();
   } finally {
     client.off('notice', onNotice);
   }
   if (canceled) throw new SyncReplicationCanceledError();
+  return result;
 }
 
 const SYNC_REP_CANCELED = 'canceling wait for synchronous replication';
