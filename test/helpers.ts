@@ -16,7 +16,8 @@ import { PROVIDER_WEBHOOK_PATH } from '../src/payments/provider-webhooks.js';
 import { createPool, type Pool } from '../src/platform/db/pool.js';
 import type { HttpServer } from '../src/platform/http/server.js';
 import { HttpProvider } from '../src/providers/http-provider.js';
-import { buildSimulatorApp, ProviderSimulator, type SimulatorOptions } from '../src/providers/simulator/server.js';
+import { buildSimulatorApp } from '../src/providers/simulator/app.js';
+import { ProviderSimulator, type SimulatorOptions } from '../src/providers/simulator/server.js';
 
 function testEnv(name: string): string {
   const value = process.env[name];

@@ -14,7 +14,8 @@ import type { Metrics } from '../platform/observability/metrics.js';
 import { openRedis, type RedisConnections } from '../platform/redis/client.js';
 import { HttpProvider } from '../providers/http-provider.js';
 import { observeProviderCalls, registerBreakerMetric } from '../providers/metrics.js';
-import { buildSimulatorApp, ProviderSimulator } from '../providers/simulator/server.js';
+import { buildSimulatorApp } from '../providers/simulator/app.js';
+import { ProviderSimulator } from '../providers/simulator/server.js';
 
 export type Logger = pino.Logger;
 

@@ -11,7 +11,8 @@ import type { Pool } from '../../src/platform/db/pool.js';
 import type { HttpServer } from '../../src/platform/http/server.js';
 import type { RedisConnections } from '../../src/platform/redis/client.js';
 import { HttpProvider } from '../../src/providers/http-provider.js';
-import { buildSimulatorApp, type ProviderSimulator } from '../../src/providers/simulator/server.js';
+import { buildSimulatorApp } from '../../src/providers/simulator/app.js';
+import type { ProviderSimulator } from '../../src/providers/simulator/server.js';
 import {
   createTestDatabase,
   createTestMerchant,
