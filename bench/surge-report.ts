@@ -1,0 +1,172 @@
+/**
+ * The surge benchmark's report: its phases' records, their one-line summaries as they run, and
+ * the table of medians over rounds (bench/README.md, "Reading the surge table").
+ */
+import type { LatencySummary } from './stats.js';
+import { median, round } from './stats.js';
+
+// A widely used open-source ticketing system documents about 300–400 tickets per minute per
+// event as its ceiling; the report puts the holds' rate beside it.
+export const TICKETING_REFERENCE_PER_MINUTE = '300-400';
+
+const GOAL_RATIO = 0.8;
+const NOISY_OTHER_CORES = 0.25;
+
+export type SurgePhaseName =
+  | 'read_api'
+  | 'read_api_memory'
+  | 'read_bare'
+  | 'join_admitted'
+  | 'join_waiting'
+  | 'poll'
+  | 'hold_api'
+  | 'hold_pgbench';
+
+export interface SurgePhase {
+  round: number;
+  name: SurgePhaseName;
+  clients: number;
+  durationS: number;
+  throughput: number;
+  latency: LatencySummary;
+  errors: Record<string, number>;
+  tokensRanOut?: boolean;
+  rows?: number;
+  cpu: {
+    machineBusy: number;
+    clientUsPerTx: number;
+    serverUsPerTx: number;
+    backendsUsPerTx: number;
+    redisUsPerTx: number;
+    otherCores: number;
+  };
+}
+
+const pad = (text: string, width: number) => text.padEnd(width);
+const num = (value: number) =>
+  Number.isFinite(value) ? (value >= 100 || Number.isInteger(value) ? String(Math.round(value)) : value.toFixed(2)) : '-';
+
+export function phaseLine(phase: SurgePhase): string {
+  const errors = Object.entries(phase.errors)
+    .map(([name, count]) => `${name}=${count}`)
+    .join(' ');
+  return (
+    `  ${phase.round === 0 ? 'warm-up' : `round ${phase.round}`} ${pad(phase.name, 15)} c=${phase.clients} ${phase.throughput}/s ` +
+    `p50=${num(phase.latency.p50Ms)} p99=${num(phase.latency.p99Ms)} ms | cpu µs/req: client ${phase.cpu.clientUsPerTx} ` +
+    `server ${phase.cpu.serverUsPerTx} db ${phase.cpu.backendsUsPerTx} redis ${num(phase.cpu.redisUsPerTx)} | machine ` +
+    `${Math.round(phase.cpu.machineBusy * 100)}% busy, others ${phase.cpu.otherCores} cores` +
+    `${phase.tokensRanOut ? ' | tokens ran out' : ''}${errors ? ` | errors: ${errors}` : ''}`
+  );
+}
+
+export interface SurgeSummaryRow {
+  metric: string;
+  api: number;
+  reference: number;
+  ratio: number;
+}
+
+export interface SurgeSummary {
+  rows: SurgeSummaryRow[];
+  rates: SurgeSummaryRow[];
+  cpuRows: { metric: string; client: number; server: number; db: number; redis: number; total: number }[];
+  otherCores: number;
+  goalRatio: number;
+}
+
+export function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSummary {
+  const measuredPhases = phases.filter((phase) => phase.round > 0);
+  const values = (name: SurgePhaseName, value: (phase: SurgePhase) => number) =>
+    measuredPhases.filter((phase) => phase.name === name).map(value);
+  const pair = (metric: string, apiName: SurgePhaseName, refName: SurgePhaseName | undefined, value: (phase: SurgePhase) => number) => {
+    const apiValues = values(apiName, value);
+    const refValues = refName ? values(refName, value) : [];
+    const ratios = refName ? Array.from({ length: rounds }, (_, index) => (apiValues[index] as number) / (refValues[index] as number)) : [];
+    return {
+      metric,
+      api: median(apiValues),
+      reference: refName ? median(refValues) : Number.NaN,
+      ratio: refName ? round(median(ratios), 2) : Number.NaN,
+    };
+  };
+  const throughput = (phase: SurgePhase) => phase.throughput;
+  const p50 = (phase: SurgePhase) => phase.latency.p50Ms;
+  const p99 = (phase: SurgePhase) => phase.latency.p99Ms;
+  const holds = pair('holds/s, one hot item', 'hold_api', 'hold_pgbench', throughput);
+  const cpuRow = (metric: string, name: SurgePhaseName) => {
+    const client = median(values(name, (phase) => phase.cpu.clientUsPerTx));
+    const server = median(values(name, (phase) => phase.cpu.serverUsPerTx));
+    const db = median(values(name, (phase) => phase.cpu.backendsUsPerTx));
+    const redis = median(values(name, (phase) => phase.cpu.redisUsPerTx));
+    return { metric, client, server, db, redis, total: client + server + db + (Number.isFinite(redis) ? redis : 0) };
+  };
+  return {
+    rows: [
+      pair('sale read, Redis mode (req/s)', 'read_api', 'read_bare', throughput),
+      pair('  p50 (ms)', 'read_api', 'read_bare', p50),
+      pair('  p99 (ms)', 'read_api', 'read_bare', p99),
+      pair('sale read, memory mode (req/s)', 'read_api_memory', 'read_bare', throughput),
+      holds,
+      pair('  p50 @ max (ms)', 'hold_api', 'hold_pgbench', p50),
+      pair('  p99 @ max (ms)', 'hold_api', 'hold_pgbench', p99),
+    ],
+    rates: [
+      { metric: 'tickets (held units) per minute', api: holds.api * 60, reference: Number.NaN, ratio: Number.NaN },
+      pair('queue joins/s, admitted at once', 'join_admitted', undefined, throughput),
+      pair('  p50 / p99 (ms)', 'join_admitted', undefined, p50),
+      pair('queue joins/s, left waiting', 'join_waiting', undefined, throughput),
+      pair('queue polls/s (waiting tickets)', 'poll', undefined, throughput),
+    ].map((row, index) => (index === 2 ? { ...row, reference: median(values('join_admitted', p99)) } : row)),
+    cpuRows: [
+      cpuRow('sale read, API (Redis)', 'read_api'),
+      cpuRow('sale read, API (memory)', 'read_api_memory'),
+      cpuRow('sale read, bare Fastify', 'read_bare'),
+      cpuRow('hold, API', 'hold_api'),
+      cpuRow('hold, pgbench', 'hold_pgbench'),
+      cpuRow('queue join, admitted', 'join_admitted'),
+      cpuRow('queue join, waiting', 'join_waiting'),
+      cpuRow('queue poll', 'poll'),
+    ],
+    otherCores: round(median(measuredPhases.map((phase) => phase.cpu.otherCores)), 2),
+    goalRatio: GOAL_RATIO,
+  };
+}
+
+export function formatSurgeTable(
+  summary: SurgeSummary,
+  options: { quick: boolean; rounds: number; durationS: number; clients: number },
+): string {
+  const ratio = (value: number) => (Number.isFinite(value) ? value.toFixed(2) : '-');
+  const line = (row: SurgeSummaryRow) =>
+    `${pad(row.metric, 34)} ${pad(num(row.api), 10)} ${pad(num(row.reference), 10)} ${ratio(row.ratio)}`;
+  const cpu = (value: number) => pad(num(value), 8);
+  const lines = [
+    `surge: ${options.quick ? 'quick' : 'full'} run, ${options.rounds} round(s) of ${options.durationS} s phases, medians shown; ` +
+      `${options.clients} keep-alive connections (= API pool size = pgbench clients) in every phase`,
+    '',
+    `${pad('metric', 34)} ${pad('api', 10)} ${pad('reference', 10)} ratio     (reads: bare Fastify; holds: pgbench)`,
+    ...summary.rows.map(line),
+    '',
+    `${pad('rates', 34)} ${pad('api', 10)} reference`,
+    `${line(summary.rates[0] as SurgeSummaryRow)
+      .trimEnd()
+      .replace(/ -$/, '')}${TICKETING_REFERENCE_PER_MINUTE} (open-source ticketing ceiling)`,
+    ...summary.rates
+      .slice(1)
+      .map((row) => `${pad(row.metric, 34)} ${pad(num(row.api), 10)} ${Number.isFinite(row.reference) ? num(row.reference) : ''}`),
+    '',
+    `${pad('CPU per request (µs)', 34)} ${pad('client', 8)} ${pad('server', 8)} ${pad('db', 8)} ${pad('redis', 8)} total`,
+    ...summary.cpuRows.map(
+      (row) => `${pad(row.metric, 34)} ${cpu(row.client)} ${cpu(row.server)} ${cpu(row.db)} ${cpu(row.redis)} ${num(row.total)}`,
+    ),
+    '',
+    `ratio = api / reference; throughput goal >= ${summary.goalRatio.toFixed(2)}. "server" is the API's (or the bare server's) process.`,
+  ];
+  const verdict = (row: SurgeSummaryRow | undefined) =>
+    row ? `${row.metric.trim()} ${ratio(row.ratio)} ${row.ratio >= summary.goalRatio ? 'meets' : 'is below'} the goal` : '';
+  const goalLine = `${verdict(summary.rows[0])}; ${verdict(summary.rows[4])}`;
+  if (summary.otherCores > NOISY_OTHER_CORES) {
+    lines.push(`noisy: other processes used ${summary.otherCores} cores (median over phases); ${goalLine} (unreliable)`);
+  } else lines.push(goalLine);
+  return lines.join('\n');
+}
