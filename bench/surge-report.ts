@@ -11,6 +11,8 @@ export const TICKETING_REFERENCE_PER_MINUTE = '300-400';
 
 const GOAL_RATIO = 0.8;
 const NOISY_OTHER_CORES = 0.25;
+// Issue 9's goal for the hot item: the batching window's latency cost at 60% of max.
+const HOLD_P99_AT_RATE_GOAL_MS = 50;
 
 export type SurgePhaseName =
   | 'read_api'
@@ -20,13 +22,18 @@ export type SurgePhaseName =
   | 'join_waiting'
   | 'poll'
   | 'hold_api'
-  | 'hold_pgbench';
+  | 'hold_pgbench'
+  | 'hold_api_rate'
+  | 'hold_pgbench_rate';
 
 export interface SurgePhase {
   round: number;
   name: SurgePhaseName;
   clients: number;
   durationS: number;
+  /** Open loop (pgbench -R): the offered rate, and whether it was not served (see bench/README.md). */
+  rate?: number;
+  overloaded?: boolean;
   throughput: number;
   latency: LatencySummary;
   errors: Record<string, number>;
@@ -50,8 +57,9 @@ export function phaseLine(phase: SurgePhase): string {
   const errors = Object.entries(phase.errors)
     .map(([name, count]) => `${name}=${count}`)
     .join(' ');
+  const offered = phase.rate === undefined ? '' : ` @${phase.rate}/s${phase.overloaded ? ' OVERLOADED' : ''}`;
   return (
-    `  ${phase.round === 0 ? 'warm-up' : `round ${phase.round}`} ${pad(phase.name, 15)} c=${phase.clients} ${phase.throughput}/s ` +
+    `  ${phase.round === 0 ? 'warm-up' : `round ${phase.round}`} ${pad(phase.name, 17)} c=${phase.clients}${offered} ${phase.throughput}/s ` +
     `p50=${num(phase.latency.p50Ms)} p99=${num(phase.latency.p99Ms)} ms | cpu µs/req: client ${phase.cpu.clientUsPerTx} ` +
     `server ${phase.cpu.serverUsPerTx} db ${phase.cpu.backendsUsPerTx} redis ${num(phase.cpu.redisUsPerTx)} | machine ` +
     `${Math.round(phase.cpu.machineBusy * 100)}% busy, others ${phase.cpu.otherCores} cores` +
@@ -66,10 +74,26 @@ export interface SurgeSummaryRow {
   ratio: number;
 }
 
+export interface SurgeCpuRow {
+  metric: string;
+  client: number;
+  server: number;
+  db: number;
+  redis: number;
+  total: number;
+}
+
 export interface SurgeSummary {
   rows: SurgeSummaryRow[];
   rates: SurgeSummaryRow[];
-  cpuRows: { metric: string; client: number; server: number; db: number; redis: number; total: number }[];
+  cpuRows: SurgeCpuRow[];
+  /** Holds offered as Poisson arrivals at 60% of the round's API max, API and pgbench -R alike. */
+  holdAtRate: {
+    offeredPerSecond: number;
+    api: { throughput: number; p50Ms: number; p99Ms: number; overloadedRounds: number };
+    pgbench: { throughput: number; p50Ms: number; p99Ms: number; overloadedRounds: number };
+    p99GoalMs: number;
+  };
   otherCores: number;
   goalRatio: number;
 }
@@ -93,13 +117,20 @@ export function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSumma
   const p50 = (phase: SurgePhase) => phase.latency.p50Ms;
   const p99 = (phase: SurgePhase) => phase.latency.p99Ms;
   const holds = pair('holds/s, one hot item', 'hold_api', 'hold_pgbench', throughput);
-  const cpuRow = (metric: string, name: SurgePhaseName) => {
+  const offered = median(values('hold_api_rate', (phase) => phase.rate ?? Number.NaN));
+  const cpuRow = (metric: string, name: SurgePhaseName): SurgeCpuRow => {
     const client = median(values(name, (phase) => phase.cpu.clientUsPerTx));
     const server = median(values(name, (phase) => phase.cpu.serverUsPerTx));
     const db = median(values(name, (phase) => phase.cpu.backendsUsPerTx));
     const redis = median(values(name, (phase) => phase.cpu.redisUsPerTx));
     return { metric, client, server, db, redis, total: client + server + db + (Number.isFinite(redis) ? redis : 0) };
   };
+  const atRate = (name: SurgePhaseName) => ({
+    throughput: median(values(name, throughput)),
+    p50Ms: median(values(name, p50)),
+    p99Ms: median(values(name, p99)),
+    overloadedRounds: values(name, (phase) => (phase.overloaded ? 1 : 0)).reduce((sum, value) => sum + value, 0),
+  });
   return {
     rows: [
       pair('sale read, Redis mode (req/s)', 'read_api', 'read_bare', throughput),
@@ -109,24 +140,35 @@ export function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSumma
       holds,
       pair('  p50 @ max (ms)', 'hold_api', 'hold_pgbench', p50),
       pair('  p99 @ max (ms)', 'hold_api', 'hold_pgbench', p99),
+      pair(`holds/s @ 60% (${num(offered)}/s offered)`, 'hold_api_rate', 'hold_pgbench_rate', throughput),
+      pair('  p50 @ 60% (ms)', 'hold_api_rate', 'hold_pgbench_rate', p50),
+      pair('  p99 @ 60% (ms)', 'hold_api_rate', 'hold_pgbench_rate', p99),
     ],
     rates: [
       { metric: 'tickets (held units) per minute', api: holds.api * 60, reference: Number.NaN, ratio: Number.NaN },
       pair('queue joins/s, admitted at once', 'join_admitted', undefined, throughput),
-      pair('  p50 / p99 (ms)', 'join_admitted', undefined, p50),
+      { ...pair('  p50 / p99 (ms)', 'join_admitted', undefined, p50), reference: median(values('join_admitted', p99)) },
       pair('queue joins/s, left waiting', 'join_waiting', undefined, throughput),
       pair('queue polls/s (waiting tickets)', 'poll', undefined, throughput),
-    ].map((row, index) => (index === 2 ? { ...row, reference: median(values('join_admitted', p99)) } : row)),
+    ],
     cpuRows: [
       cpuRow('sale read, API (Redis)', 'read_api'),
       cpuRow('sale read, API (memory)', 'read_api_memory'),
       cpuRow('sale read, bare Fastify', 'read_bare'),
       cpuRow('hold, API', 'hold_api'),
       cpuRow('hold, pgbench', 'hold_pgbench'),
+      cpuRow('hold @ 60%, API', 'hold_api_rate'),
+      cpuRow('hold @ 60%, pgbench', 'hold_pgbench_rate'),
       cpuRow('queue join, admitted', 'join_admitted'),
       cpuRow('queue join, waiting', 'join_waiting'),
       cpuRow('queue poll', 'poll'),
     ],
+    holdAtRate: {
+      offeredPerSecond: offered,
+      api: atRate('hold_api_rate'),
+      pgbench: atRate('hold_pgbench_rate'),
+      p99GoalMs: HOLD_P99_AT_RATE_GOAL_MS,
+    },
     otherCores: round(median(measuredPhases.map((phase) => phase.cpu.otherCores)), 2),
     goalRatio: GOAL_RATIO,
   };
@@ -140,12 +182,17 @@ export function formatSurgeTable(
   const line = (row: SurgeSummaryRow) =>
     `${pad(row.metric, 34)} ${pad(num(row.api), 10)} ${pad(num(row.reference), 10)} ${ratio(row.ratio)}`;
   const cpu = (value: number) => pad(num(value), 8);
+  const { holdAtRate } = summary;
+  const overloaded = (side: { overloadedRounds: number }, name: string) =>
+    side.overloadedRounds > 0 ? [`  (${name} did not keep up with the offered rate in ${side.overloadedRounds} round(s))`] : [];
   const lines = [
     `surge: ${options.quick ? 'quick' : 'full'} run, ${options.rounds} round(s) of ${options.durationS} s phases, medians shown; ` +
       `${options.clients} keep-alive connections (= API pool size = pgbench clients) in every phase`,
     '',
     `${pad('metric', 34)} ${pad('api', 10)} ${pad('reference', 10)} ratio     (reads: bare Fastify; holds: pgbench)`,
     ...summary.rows.map(line),
+    ...overloaded(holdAtRate.api, 'the API'),
+    ...overloaded(holdAtRate.pgbench, 'pgbench'),
     '',
     `${pad('rates', 34)} ${pad('api', 10)} reference`,
     `${line(summary.rates[0] as SurgeSummaryRow)
@@ -165,8 +212,11 @@ export function formatSurgeTable(
   const verdict = (row: SurgeSummaryRow | undefined) =>
     row ? `${row.metric.trim()} ${ratio(row.ratio)} ${row.ratio >= summary.goalRatio ? 'meets' : 'is below'} the goal` : '';
   const goalLine = `${verdict(summary.rows[0])}; ${verdict(summary.rows[4])}`;
+  const p99 = holdAtRate.api.p99Ms;
+  const hotItemLine = `hold p99 @ 60% of max ${num(p99)} ms ${p99 <= holdAtRate.p99GoalMs ? 'meets' : 'misses'} the goal (<= ${holdAtRate.p99GoalMs} ms)`;
   if (summary.otherCores > NOISY_OTHER_CORES) {
     lines.push(`noisy: other processes used ${summary.otherCores} cores (median over phases); ${goalLine} (unreliable)`);
-  } else lines.push(goalLine);
+    lines.push(`${hotItemLine} (unreliable)`);
+  } else lines.push(goalLine, hotItemLine);
   return lines.join('\n');
 }

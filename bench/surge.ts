@@ -6,6 +6,7 @@
  *     same bytes, with the same generator and connections;
  *   - holds per second on one hot item (POST /v1/holds, each spending a fresh admission token)
  *     beside pgbench running the SQL the API sends for a hold, captured from the server's code;
+ *     then the latency of both at 60% of the API's max, offered as Poisson arrivals (open loop);
  *   - waiting-room joins (admitted at once, or left waiting) and polls per second (Redis mode).
  *
  * See bench/README.md, "Surge", for what each number means.
@@ -38,6 +39,17 @@ const ADMIT_NONE = { admit_per_second: 1, max_shoppers: 0 };
 // Admission tokens minted for a hold phase: this many seconds of the last measured hold rate.
 const TOKEN_HEADROOM = 1.5;
 const TOKENS_MIN = 2_000;
+// The open-loop hold phase offers this share of the round's measured hold max, as the payments'
+// rate phase does (bench/run.ts): enough load that batches form, not so much that they queue.
+const RATE_FRACTION = 0.6;
+// Open loop: more than this many seconds of scheduled holds waiting for a connection means the
+// rate is not being served; the phase stops and is marked overloaded (as in bench/run.ts).
+const BACKLOG_SECONDS_MAX = 2;
+// pgbench -R that completes less than this share of its schedule fell behind it: its latency
+// then counts the lag, and the phase is marked overloaded.
+const SCHEDULE_KEPT_MIN = 0.9;
+// Long enough for the server's pool to open and prepare all its connections (after pgbench).
+const RECONNECT_S = 1;
 
 export interface SurgeOptions {
   quick: boolean;
@@ -213,6 +225,7 @@ async function loadPhase(
     name,
     clients: extra.connections ?? surge.options.clients,
     durationS,
+    ...(extra.mode === 'open' ? { rate: extra.rate, overloaded: result.overloaded } : {}),
     throughput: result.throughput,
     latency: result.latency,
     errors: result.errors,
@@ -260,35 +273,56 @@ async function mintTokens(surge: Surge, have: number, wanted: number): Promise<n
 async function holdPhases(surge: Surge, round: number, tokensLeft: number): Promise<SurgePhase[]> {
   const { durationS } = surge;
   // Enough tokens for a 1 s reconnect burst and the phase, with headroom.
-  const wanted = Math.max(TOKENS_MIN, Math.ceil(surge.lastHoldRate * (durationS + 1) * TOKEN_HEADROOM));
+  const wanted = Math.max(TOKENS_MIN, Math.ceil(surge.lastHoldRate * (durationS + RECONNECT_S) * TOKEN_HEADROOM));
   await mintTokens(surge, tokensLeft, wanted);
   // The server's pool was closed for pgbench; reopen and re-prepare before the clock starts.
-  await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, 1));
+  await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, RECONNECT_S));
   await resetHolds(surge);
   const apiPhase = await loadPhase(surge, round, 'hold_api', surge.redisApi, 'hold');
   if (round > 0) surge.lastHoldRate = Math.max(surge.lastHoldRate, apiPhase.throughput);
+  const pgPhase = await pgbenchHoldPhase(surge, round, 'hold_pgbench');
+  // Both sides get the same offered load: a share of what the API itself did this round.
+  const rate = Math.max(1, Math.round(apiPhase.throughput * RATE_FRACTION));
+  await mintTokens(surge, await tokensHeld(surge), Math.ceil((apiPhase.throughput * RECONNECT_S + rate * durationS) * TOKEN_HEADROOM));
+  await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, RECONNECT_S));
+  await resetHolds(surge);
+  const apiRatePhase = await loadPhase(surge, round, 'hold_api_rate', surge.redisApi, 'hold', {
+    mode: 'open',
+    rate,
+    queueMax: Math.ceil(rate * BACKLOG_SECONDS_MAX),
+    requestsMax: Math.ceil(rate * durationS * TOKEN_HEADROOM),
+  });
+  const pgRatePhase = await pgbenchHoldPhase(surge, round, 'hold_pgbench_rate', rate);
+  return [apiPhase, pgPhase, apiRatePhase, pgRatePhase];
+}
+
+/** pgbench running the captured hold SQL on the hot item: as fast as it can, or at `rate` (-R). */
+async function pgbenchHoldPhase(surge: Surge, round: number, name: SurgePhaseName, rate?: number): Promise<SurgePhase> {
+  const { durationS } = surge;
   await surge.db.closeServerConnections();
   await resetHolds(surge);
   const { result, cpu } = await measured(surge, undefined, async () => {
-    const run = await runPgbench(surge.capture.pgbench, { databaseUrl: surge.db.url, clients: surge.options.clients, durationS });
+    const job = { databaseUrl: surge.db.url, clients: surge.options.clients, durationS, rate };
+    const run = await runPgbench(surge.capture.pgbench, job);
     return { ...run, ok: run.transactions };
   });
-  const pgPhase: SurgePhase = {
+  const phase: SurgePhase = {
     round,
-    name: 'hold_pgbench',
+    name,
     clients: surge.options.clients,
     durationS,
+    ...(rate ? { rate, overloaded: result.tps < rate * SCHEDULE_KEPT_MIN } : {}),
     throughput: result.tps,
     latency: result.latency,
     errors: result.failed > 0 ? { failed: result.failed } : {},
     rows: await countHolds(surge),
     cpu: { ...cpu, redisUsPerTx: Number.NaN },
   };
-  console.log(phaseLine(pgPhase));
-  if (pgPhase.rows !== result.transactions) console.log(`  warning: ${result.transactions} transactions but ${pgPhase.rows} rows in holds`);
+  console.log(phaseLine(phase));
+  if (phase.rows !== result.transactions) console.log(`  warning: ${result.transactions} transactions but ${phase.rows} rows in holds`);
   // Full stock again, so the next round's sale reads answer the same bytes as the bare server.
   await resetHolds(surge);
-  return [apiPhase, pgPhase];
+  return phase;
 }
 
 async function runRound(surge: Surge, round: number): Promise<SurgePhase[]> {
