@@ -18,8 +18,9 @@
  * tokens run out.
  */
 import net from 'node:net';
+import { performance } from 'node:perf_hooks';
 import { type Done, type LoopJob, runLoop } from './load-loop.js';
-import type { LatencySummary } from './stats.js';
+import { type LatencySummary, summarize } from './stats.js';
 
 export type SurgeRequestKind = 'read' | 'join' | 'poll' | 'hold' | 'checkout';
 
@@ -62,6 +63,8 @@ export interface SurgeResult {
   tokensRanOut?: boolean;
   /** checkout: the steps answered as expected, by name (a hold counts even if its order then failed). */
   steps?: Record<string, number>;
+  /** checkout: each step's own latency, from its send to its answer (the steps of unfinished checkouts included). */
+  stepLatency?: Record<string, LatencySummary>;
   /** After the job: admission tokens and waiting tickets kept, per sale. */
   tokensLeft: number;
   ticketsKept: number;
@@ -183,7 +186,7 @@ interface Step {
 }
 
 /** Builds each unit of work of a job (undefined: no more work) and checks (and harvests) each answer. */
-function stepsFor(job: SurgeJob, steps: Record<string, number>): () => Step | undefined {
+function stepsFor(job: SurgeJob): () => Step | undefined {
   const host = `Host: 127.0.0.1:${job.port}\r\nAuthorization: ${job.authorization}\r\n`;
   const expected = EXPECTED[job.kind];
   const plainCheck = (body: Buffer) => (body.indexOf(expected) >= 0 ? 'ok' : 'unexpected_body');
@@ -239,7 +242,7 @@ function stepsFor(job: SurgeJob, steps: Record<string, number>): () => Step | un
       };
     }
     case 'checkout':
-      return checkoutSteps(job, host, steps);
+      return checkoutSteps(job, host);
   }
 }
 
@@ -259,33 +262,24 @@ function holdRequests(job: SurgeJob, host: string): () => string | undefined {
 }
 
 /** hold → order → confirm with pm_card_visa, each answer checked before the next request. */
-function checkoutSteps(job: SurgeJob, host: string, steps: Record<string, number>): () => Step | undefined {
+function checkoutSteps(job: SurgeJob, host: string): () => Step | undefined {
   const hold = holdRequests(job, host);
   const merchant = `Host: 127.0.0.1:${job.port}\r\nAuthorization: ${job.secretAuthorization}\r\nContent-Type: application/json\r\n`;
   const runTag = `${process.pid}-${Date.now()}`;
   const post = (path: string, body: string) =>
     `POST ${path} HTTP/1.1\r\n${merchant}Idempotency-Key: bench-${runTag}-${idempotencySeq++}\r\n` +
     `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
-  const passed = (name: string) => {
-    steps[name] = (steps[name] ?? 0) + 1;
-  };
   const confirm = (intent: string): Step => ({
     label: 'confirm',
     request: post(`/v1/payment_intents/${intent}/confirm`, '{"payment_method":"pm_card_visa"}'),
-    check: (body) => {
-      if (body.indexOf(EXPECTED.checkout) < 0) return 'unexpected_body';
-      passed('confirm');
-      return 'ok';
-    },
+    check: (body) => (body.indexOf(EXPECTED.checkout) >= 0 ? 'ok' : 'unexpected_body'),
   });
   const order = (holdId: string): Step => ({
     label: 'order',
     request: post('/v1/orders', `{"hold":"${holdId}"}`),
     check: (body) => {
       const intent = ORDER_INTENT.exec(body.toString('latin1'))?.[1];
-      if (!intent) return 'unexpected_body';
-      passed('order');
-      return confirm(intent);
+      return intent ? confirm(intent) : 'unexpected_body';
     },
   });
   return () => {
@@ -296,22 +290,23 @@ function checkoutSteps(job: SurgeJob, host: string, steps: Record<string, number
       request,
       check: (body) => {
         const id = body.indexOf(EXPECTED.hold) >= 0 ? HOLD_ID.exec(body.toString('latin1'))?.[1] : undefined;
-        if (!id) return 'unexpected_body';
-        passed('hold');
-        return order(id);
+        return id ? order(id) : 'unexpected_body';
       },
     };
   };
 }
 
 export async function runSurgeLoad(job: SurgeJob): Promise<SurgeResult> {
-  const steps: Record<string, number> = {};
-  const next = stepsFor(job, steps);
+  const next = stepsFor(job);
   const connections = Array.from({ length: job.connections }, () => new Connection(job.port));
   let sampleBody: string | undefined;
+  // A chain's steps, each answered as expected: how many, and their own latencies (send to answer).
+  const steps: Record<string, number> = {};
+  const stepLatenciesUs: Record<string, number[]> = {};
 
   /** Sends `step` and, while its answers give a next step, the rest of its chain on the same connection. */
-  const send = (connection: Connection, step: Step, done: Done) =>
+  const send = (connection: Connection, step: Step, done: Done) => {
+    const sentAt = performance.now();
     connection.send(step.request, (outcome, body) => {
       const named = (what: string) => (step.label ? `${step.label}: ${what}` : what);
       if (outcome !== 'ok' || !body) {
@@ -319,6 +314,12 @@ export async function runSurgeLoad(job: SurgeJob): Promise<SurgeResult> {
         return;
       }
       const checked = step.check(body);
+      if (step.label && (typeof checked !== 'string' || checked === 'ok')) {
+        steps[step.label] = (steps[step.label] ?? 0) + 1;
+        const samples = stepLatenciesUs[step.label] ?? [];
+        stepLatenciesUs[step.label] = samples;
+        samples.push((performance.now() - sentAt) * 1000);
+      }
       if (typeof checked !== 'string') send(connection, checked, done);
       else if (checked !== 'ok') done(named(checked), body.toString('utf8'));
       else {
@@ -326,6 +327,7 @@ export async function runSurgeLoad(job: SurgeJob): Promise<SurgeResult> {
         done('ok');
       }
     });
+  };
 
   const result = await runLoop({ ...job, mode: job.mode ?? 'closed' }, connections, (connection, done) => {
     const step = next();
@@ -345,7 +347,9 @@ export async function runSurgeLoad(job: SurgeJob): Promise<SurgeResult> {
     cpuMs: result.cpuMs,
     overloaded: result.overloaded,
     ...(usesTokens ? { tokensRanOut: result.ranOut } : {}),
-    ...(job.kind === 'checkout' ? { steps } : {}),
+    ...(job.kind === 'checkout'
+      ? { steps, stepLatency: Object.fromEntries(Object.entries(stepLatenciesUs).map(([name, samples]) => [name, summarize(samples)])) }
+      : {}),
     tokensLeft: admissions.get(job.saleId)?.length ?? 0,
     ticketsKept: tickets.get(job.saleId)?.length ?? 0,
     sampleBody,

@@ -7,10 +7,13 @@
  *   - holds per second on one hot item (POST /v1/holds, each spending a fresh admission token)
  *     beside pgbench running the SQL the API sends for a hold, captured from the server's code;
  *     then the latency of both at 60% of the API's max, offered as Poisson arrivals (open loop);
+ *   - paid checkouts per second on that item (hold → order → confirm with pm_card_visa, the
+ *     provider simulator in its own process), with the stock counters checked exact afterwards;
  *   - waiting-room joins (admitted at once, or left waiting) and polls per second (Redis mode).
  *
  * See bench/README.md, "Surge", for what each number means.
  */
+import assert from 'node:assert/strict';
 import { type ChildProcess, fork } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -22,9 +25,17 @@ import { createPool } from '../src/platform/db/pool.js';
 import { BackendCpuSampler } from './backends.js';
 import { busyFraction, busyMs, cpuSnapshot, freePort, processCpuMs } from './machine.js';
 import { runPgbench } from './pgbench.js';
-import { type ApiServer, type BenchDatabase, startApiServer } from './setup.js';
+import { type ApiServer, type BenchDatabase, type SimulatorProcess, startApiServer, startSimulatorProcess } from './setup.js';
 import type { SurgeJob, SurgeRequestKind, SurgeResult } from './surge-loadgen.js';
-import { formatSurgeTable, phaseLine, type SurgePhase, type SurgePhaseName, type SurgeSummary, summarizeSurge } from './surge-report.js';
+import {
+  formatSurgeTable,
+  phaseLine,
+  type StockCheck,
+  type SurgePhase,
+  type SurgePhaseName,
+  type SurgeSummary,
+  summarizeSurge,
+} from './surge-report.js';
 import { captureHold, type HoldCapture } from './surge-statement.js';
 
 const REDIS_URL = process.env.FLOODGATE_BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -157,10 +168,14 @@ interface Surge {
   capture: HoldCapture;
   readBody: string;
   redisPid: number | undefined;
+  /** The card provider the Redis-mode API pays through, for the checkout phase. */
+  simulator: SimulatorProcess;
+  secretKey: string;
   adminPool: pg.Pool;
   durationS: number;
   buyerSeq: number;
   lastHoldRate: number;
+  lastCheckoutRate: number;
 }
 
 const perTx = (cpuMs: number, transactions: number) => Math.round((cpuMs * 1000) / Math.max(transactions, 1));
@@ -169,19 +184,24 @@ async function measured<T extends { ok: number; cpuMs: number }>(
   surge: Surge,
   serverPid: number | undefined,
   run: () => Promise<T>,
+  paysThroughProvider = false,
 ): Promise<{ result: T; cpu: SurgePhase['cpu'] }> {
   await surge.sampler.start();
   const machineBefore = cpuSnapshot();
   const serverBefore = processCpuMs(serverPid) ?? 0;
   const redisBefore = processCpuMs(surge.redisPid) ?? 0;
+  const providerBefore = processCpuMs(surge.simulator.pid) ?? 0;
   const startedAt = performance.now();
   const result = await run();
   const elapsedMs = performance.now() - startedAt;
   const serverMs = (processCpuMs(serverPid) ?? 0) - serverBefore;
   const redisMs = (processCpuMs(surge.redisPid) ?? 0) - redisBefore;
+  // Idle in every phase but the checkouts' (a few ms, GC after the checkouts): never "other",
+  // but reported only where the phase pays through it.
+  const providerMs = (processCpuMs(surge.simulator.pid) ?? 0) - providerBefore;
   const machineAfter = cpuSnapshot();
   const backendsMs = await surge.sampler.stop();
-  const otherMs = busyMs(machineBefore, machineAfter) - result.cpuMs - serverMs - backendsMs - redisMs;
+  const otherMs = busyMs(machineBefore, machineAfter) - result.cpuMs - serverMs - backendsMs - redisMs - providerMs;
   return {
     result,
     cpu: {
@@ -190,6 +210,7 @@ async function measured<T extends { ok: number; cpuMs: number }>(
       serverUsPerTx: perTx(serverMs, result.ok),
       backendsUsPerTx: perTx(backendsMs, result.ok),
       redisUsPerTx: surge.redisPid === undefined ? Number.NaN : perTx(redisMs, result.ok),
+      providerUsPerTx: paysThroughProvider ? perTx(providerMs, result.ok) : Number.NaN,
       otherCores: Math.round((Math.max(otherMs, 0) / elapsedMs) * 100) / 100,
     },
   };
@@ -219,7 +240,12 @@ async function loadPhase(
   extra: Partial<SurgeJob> = {},
   durationS = surge.durationS,
 ): Promise<SurgePhase> {
-  const { result, cpu } = await measured(surge, server.pid, () => surge.loadgen.run(job(surge, kind, server.port, durationS, extra)));
+  const { result, cpu } = await measured(
+    surge,
+    server.pid,
+    () => surge.loadgen.run(job(surge, kind, server.port, durationS, extra)),
+    kind === 'checkout',
+  );
   const phase: SurgePhase = {
     round,
     name,
@@ -229,7 +255,8 @@ async function loadPhase(
     throughput: result.throughput,
     latency: result.latency,
     errors: result.errors,
-    ...(kind === 'hold' ? { tokensRanOut: result.tokensRanOut } : {}),
+    ...(kind === 'hold' || kind === 'checkout' ? { tokensRanOut: result.tokensRanOut } : {}),
+    ...(result.steps ? { steps: result.steps, stepLatency: result.stepLatency } : {}),
     cpu,
   };
   if (kind === 'hold') phase.rows = await countHolds(surge);
@@ -246,9 +273,11 @@ async function countHolds(surge: Surge): Promise<number> {
   return rows[0]?.count ?? 0;
 }
 
-/** Every hold phase starts alike: no holds, keys or jobs, full stock, nothing dirty. */
+/** Every hold phase starts alike: no holds, orders, payments, keys or jobs, full stock, nothing dirty. */
 async function resetHolds(surge: Surge): Promise<void> {
-  await surge.adminPool.query('truncate hold_lines, holds, idempotency_keys cascade');
+  // Orders go with their holds and payments (cascade), attempts with their payments. The ledger
+  // is append-only (the database refuses to truncate it): it keeps every checkout's capture.
+  await surge.adminPool.query('truncate hold_lines, holds, idempotency_keys, payment_intents, events cascade');
   await surge.adminPool.query('truncate graphile_worker._private_jobs');
   await surge.adminPool.query('update sale_items set stock_allocated = 0');
   await surge.adminPool.query('checkpoint');
@@ -325,6 +354,70 @@ async function pgbenchHoldPhase(surge: Surge, round: number, name: SurgePhaseNam
   return phase;
 }
 
+/**
+ * Paid checkouts on the hot item, closed loop: each connection runs one buyer's hold, order and
+ * confirm after another. Then the stock must add up exactly, or the phase fails.
+ */
+async function checkoutPhase(surge: Surge, round: number): Promise<SurgePhase> {
+  const { durationS } = surge;
+  const expected = Math.max(surge.lastCheckoutRate, surge.lastHoldRate);
+  await mintTokens(surge, await tokensHeld(surge), Math.max(TOKENS_MIN, Math.ceil(expected * (durationS + RECONNECT_S) * TOKEN_HEADROOM)));
+  const merchant = { secretAuthorization: `Bearer ${surge.secretKey}` };
+  // The pgbench phase closed the server's pool: reopen it (and the provider's sockets) unmeasured.
+  await surge.loadgen.run(job(surge, 'checkout', surge.redisApi.port, RECONNECT_S, merchant));
+  await resetHolds(surge);
+  const phase = await loadPhase(surge, round, 'checkout_api', surge.redisApi, 'checkout', merchant);
+  if (round > 0) surge.lastCheckoutRate = Math.max(surge.lastCheckoutRate, phase.throughput);
+  phase.stock = await checkStock(surge, phase);
+  if (phase.stock.problems.length > 0)
+    console.error(`  FAILED: ${phase.name} stock counters are not exact: ${phase.stock.problems.join('; ')}`);
+  await resetHolds(surge);
+  return phase;
+}
+
+/**
+ * The hot item's stock after a checkout phase, from the database, against what the generator
+ * was answered. Nothing expired or was released in the phase (holds last an hour), so every
+ * hold answered is still held or sold, and the allocation counter is exactly held + sold.
+ */
+async function checkStock(surge: Surge, phase: SurgePhase): Promise<StockCheck> {
+  const { rows } = await surge.adminPool.query<Omit<StockCheck, 'problems'>>(
+    `select i.stock_total as total, i.stock_available as available, i.stock_held as held, i.stock_sold as sold,
+            s.stock_allocated as allocated,
+            (select coalesce(sum(quantity), 0)::int from stock_returns r where r.item_id = i.id) as returned,
+            (select count(*)::int from orders o where o.status = 'paid') as "paidOrders"
+     from items i join sale_items s on s.merchant_id = i.merchant_id and s.id = i.id
+     where i.id = $1`,
+    [surge.hotItem],
+  );
+  const stock = rows[0];
+  assert.ok(stock, 'the hot item exists');
+  const paid = phase.steps?.confirm ?? 0;
+  const held = phase.steps?.hold ?? 0;
+  // An answer the generator gave up on (a timeout) may still have committed: only then may the
+  // database count more than the generator was told, and by no more than that.
+  const unanswered = phase.errors.timeout ?? 0;
+  const problems: string[] = [];
+  const expect = (ok: boolean, what: string) => {
+    if (!ok) problems.push(what);
+  };
+  expect(
+    stock.available + stock.held + stock.sold === stock.total,
+    `available ${stock.available} + held ${stock.held} + sold ${stock.sold} != total ${stock.total}`,
+  );
+  expect(
+    stock.allocated === stock.held + stock.sold + stock.returned,
+    `allocated ${stock.allocated} != held ${stock.held} + sold ${stock.sold} + returned ${stock.returned}`,
+  );
+  expect(stock.sold === stock.paidOrders, `sold ${stock.sold} != paid orders ${stock.paidOrders}`);
+  expect(stock.sold >= paid && stock.sold <= paid + unanswered, `sold ${stock.sold} != paid checkouts ${paid}`);
+  expect(
+    stock.held + stock.sold >= held && stock.held + stock.sold <= held + unanswered,
+    `held + sold ${stock.held + stock.sold} != holds answered ${held}`,
+  );
+  return { ...stock, problems };
+}
+
 async function runRound(surge: Surge, round: number): Promise<SurgePhase[]> {
   const phases: SurgePhase[] = [];
   const warm = round === 0;
@@ -343,6 +436,7 @@ async function runRound(surge: Surge, round: number): Promise<SurgePhase[]> {
   );
   phases.push(join);
   phases.push(...(await holdPhases(surge, round, await tokensHeld(surge))));
+  phases.push(await checkoutPhase(surge, round));
   phases.push(
     await loadPhase(
       surge,
@@ -388,6 +482,8 @@ async function deleteRedisKeys(prefix: string): Promise<number> {
 export interface SurgeRecord {
   table: string;
   summary: SurgeSummary;
+  /** Checks that failed (the checkouts' stock counters); the run exits non-zero if any did. */
+  failures: string[];
   phases: SurgePhase[];
   holdStatements: HoldCapture['statements'];
   pgbench: HoldCapture['pgbench'];
@@ -409,11 +505,14 @@ export async function runSurge(db: BenchDatabase, options: SurgeOptions): Promis
   try {
     const merchant = await createMerchant(adminPool, 'Surge bench merchant');
     const nodeArgs = options.profile ? ['--cpu-prof', `--cpu-prof-dir=${options.profileDir}`] : [];
+    const simulator = await startSimulatorProcess();
+    cleanups.push(() => simulator.stop());
     const redisApi = await startApiServer({
       databaseUrl: db.url,
       poolMax: options.clients,
       nodeArgs,
-      env: { REDIS_URL, FLOODGATE_REDIS_KEY_PREFIX: prefix },
+      // The checkouts pay through the simulator over HTTP, as a node pays through its provider.
+      env: { REDIS_URL, FLOODGATE_REDIS_KEY_PREFIX: prefix, FLOODGATE_PROVIDER_URL: simulator.url },
     });
     cleanups.push(() => redisApi.stop());
     const memoryApi = await startApiServer({ databaseUrl: db.url, poolMax: options.clients, env: { REDIS_URL: '' } });
@@ -468,10 +567,13 @@ export async function runSurge(db: BenchDatabase, options: SurgeOptions): Promis
       capture,
       readBody: read.text,
       redisPid: redisPid(),
+      simulator,
+      secretKey: secret,
       adminPool,
       durationS,
       buyerSeq: 0,
       lastHoldRate: 0,
+      lastCheckoutRate: 0,
     };
     console.log(`surge: hot sale ${surge.hotSale}, ${rounds} round(s) of ${durationS} s phases; warming up`);
     const phases: SurgePhase[] = [];
@@ -482,6 +584,7 @@ export async function runSurge(db: BenchDatabase, options: SurgeOptions): Promis
     return {
       table,
       summary,
+      failures: summary.failures,
       phases,
       holdStatements: capture.statements,
       pgbench: capture.pgbench,
