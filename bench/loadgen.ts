@@ -8,20 +8,15 @@
  * 2-core machine every microsecond the generator spends is taken from the server or the
  * database, so a cheap client keeps the comparison with pgbench (a C client) honest.
  *
- * Two modes:
- *   closed: `connections` sockets, each sends its next request as soon as the last answered,
- *           until durationMs has passed or requestsMax requests were sent; measures the most
- *           the server can do at that concurrency (or makes requestsMax requests as fast as it can).
- *   open:   requests are scheduled as a Poisson process at `rate` per second, like pgbench -R,
- *           and handed to the first idle socket (queued while all are busy). Latency is taken
- *           from the scheduled time, not the send time, so a stalled server is charged for the
- *           requests it delayed (no coordinated omission).
+ * It runs the closed or the open loop of load-loop.ts (shared with surge-loadgen.ts): closed
+ * measures the most the server can do at a concurrency; open schedules requests as a Poisson
+ * process at a rate, like pgbench -R, with latency from the scheduled time.
  */
 import { type ChildProcess, fork } from 'node:child_process';
 import net from 'node:net';
 import path from 'node:path';
-import { performance } from 'node:perf_hooks';
-import { type LatencySummary, summarize } from './stats.js';
+import { type Done, runLoop } from './load-loop.js';
+import type { LatencySummary } from './stats.js';
 
 export interface LoadJob {
   mode: 'closed' | 'open';
@@ -68,8 +63,6 @@ export function idempotencyKey(): string {
   const low = Math.floor(Math.random() * 1_000_000_000);
   return `${high}${String(low).padStart(9, '0')}`;
 }
-
-type Done = (outcome: string) => void;
 
 /** One keep-alive socket with at most one request in flight. */
 class Connection {
@@ -151,124 +144,17 @@ class Connection {
   }
 }
 
-/** Exponential gaps between arrivals: a Poisson process, as pgbench -R schedules. */
-function nextGapMs(rate: number): number {
-  return (-Math.log(1 - Math.random()) * 1000) / rate;
-}
-
 export async function runLoad(job: LoadJob): Promise<LoadResult> {
   const head =
     `POST ${PATH} HTTP/1.1\r\nHost: 127.0.0.1:${job.port}\r\nAuthorization: ${job.authorization}\r\n` +
     `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(REQUEST_BODY)}\r\nIdempotency-Key: `;
   const connections = Array.from({ length: job.connections }, () => new Connection(job.port, head));
-  const latenciesUs: number[] = [];
-  const errors: Record<string, number> = {};
-  const cpuBefore = process.cpuUsage();
-  let sent = 0;
-  let ok = 0;
-  let lastAnswerAt = 0;
-  let overloaded = false;
-  const startedAt = performance.now();
-  const deadline = startedAt + job.durationMs;
-
-  return new Promise<LoadResult>((resolve) => {
-    const queue: number[] = [];
-    let queueHead = 0;
-    let scheduling = true;
-    let finished = false;
-    let nextAt = startedAt;
-
-    const settle = (startAt: number) => (outcome: string) => {
-      const now = performance.now();
-      lastAnswerAt = now;
-      if (outcome === 'ok') {
-        ok += 1;
-        latenciesUs.push((now - startAt) * 1000);
-      } else errors[outcome] = (errors[outcome] ?? 0) + 1;
-      if (job.mode === 'closed') sendClosed(pick());
-      else dispatch();
-      maybeFinish();
-    };
-
-    const pick = (): Connection | undefined => connections.find((connection) => !connection.busy && !connection.closed);
-
-    const sendClosed = (connection: Connection | undefined) => {
-      if (!connection || performance.now() >= deadline || sent >= job.requestsMax) return;
-      sent += 1;
-      connection.send(settle(performance.now()));
-    };
-
-    const dispatch = () => {
-      while (queueHead < queue.length) {
-        const connection = pick();
-        if (!connection) return;
-        sent += 1;
-        connection.send(settle(queue[queueHead++] as number));
-      }
-    };
-
-    const schedule = () => {
-      const now = performance.now();
-      while (scheduling && nextAt <= now) {
-        if (nextAt >= deadline || sent + queue.length - queueHead >= job.requestsMax) scheduling = false;
-        else {
-          queue.push(nextAt);
-          nextAt += nextGapMs(job.rate as number);
-        }
-      }
-      if (queue.length - queueHead > (job.queueMax ?? Number.POSITIVE_INFINITY)) {
-        overloaded = true;
-        scheduling = false;
-        queue.length = queueHead;
-      }
-      dispatch();
-      if (scheduling) setTimeout(schedule, Math.max(0, nextAt - performance.now()));
-      else maybeFinish();
-    };
-
-    const maybeFinish = () => {
-      if (finished) return;
-      const stillSending =
-        job.mode === 'open' ? scheduling || queueHead < queue.length : performance.now() < deadline && sent < job.requestsMax;
-      if (stillSending || connections.some((connection) => connection.busy)) return;
-      finish();
-    };
-
-    // The hard bound: whatever the server does, the run ends drainTimeoutMs after its duration.
-    const giveUp = setTimeout(() => {
-      for (const connection of connections) {
-        if (!connection.busy) continue;
-        errors.timeout = (errors.timeout ?? 0) + 1;
-        connection.abandon();
-      }
-      const unsent = queue.length - queueHead;
-      if (unsent > 0) errors.not_sent = (errors.not_sent ?? 0) + unsent;
-      finish();
-    }, job.durationMs + job.drainTimeoutMs);
-
-    const finish = () => {
-      if (finished) return;
-      finished = true;
-      clearTimeout(giveUp);
-      for (const connection of connections) connection.destroy();
-      const elapsedMs = Math.max((lastAnswerAt || performance.now()) - startedAt, 1);
-      const cpu = process.cpuUsage(cpuBefore);
-      resolve({
-        mode: job.mode,
-        sent,
-        ok,
-        errors,
-        elapsedMs: Math.round(elapsedMs),
-        throughput: Math.round((ok / elapsedMs) * 1000),
-        latency: summarize(latenciesUs),
-        overloaded,
-        cpuMs: Math.round((cpu.user + cpu.system) / 1000),
-      });
-    };
-
-    if (job.mode === 'closed') for (const connection of connections) sendClosed(connection);
-    else schedule();
+  // Payment creations never run out of work: `ranOut` says nothing here.
+  const { ranOut: _, ...result } = await runLoop(job, connections, (connection, done) => {
+    connection.send(done);
+    return true;
   });
+  return { mode: job.mode, ...result };
 }
 
 /** The parent's handle on the forked load generator: one job at a time over IPC, each bounded in time. */

@@ -38,7 +38,7 @@ import {
 import { type ApiServer, type BenchDatabase, createBenchDatabase, startApiServer, startWorkerProcess } from './setup.js';
 import { buildPgbenchScript, type PgbenchScript } from './statement.js';
 import { median } from './stats.js';
-import { runSurge } from './surge.js';
+import { runSurge, type SurgeRecord } from './surge.js';
 import {
   JOB_TASK,
   type JobsPhaseResult,
@@ -333,7 +333,7 @@ async function main(): Promise<number> {
     if (options.sections.every((section) => section === 'surge')) {
       const file = await writeResults({ startedAt, machine, options, surge });
       console.log(`\nresults: ${path.relative(process.cwd(), file)} (and bench/results/latest.json)`);
-      return 0;
+      return surgeExitCode(surge);
     }
     // A CPU profile of the server, for finding its hot path; profiling slows it, so the
     // numbers of a profiled run are not comparable with others.
@@ -410,10 +410,17 @@ async function main(): Promise<number> {
       surge,
     });
     console.log(`\nresults: ${path.relative(process.cwd(), file)} (and bench/results/latest.json)`);
-    return 0;
+    return surgeExitCode(surge);
   } finally {
     await cleanup();
   }
+}
+
+/** A surge check that failed (stock counters not exact) fails the run, after its record is written. */
+function surgeExitCode(surge: SurgeRecord | undefined): number {
+  if (!surge || surge.failures.length === 0) return 0;
+  for (const failure of surge.failures) console.error(`surge FAILED: stock counters not exact, ${failure}`);
+  return 1;
 }
 
 /** The worker runs with the environment's setting, else the default: the same reading as its own. */

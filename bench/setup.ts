@@ -118,7 +118,8 @@ function floodgateEnv(databaseUrl: string, extra: Record<string, string>): NodeJ
     DATABASE_URL: databaseUrl,
     // The unconfirmed create never calls the provider, nor does any job the bench runs; the URL
     // only satisfies the api and worker roles. Nothing listens on the discard port, so a stray
-    // call would fail at once and locally.
+    // call would fail at once and locally. (The surge's checkouts pay: they pass the URL of a
+    // simulator process instead, see startSimulatorProcess.)
     FLOODGATE_PROVIDER_URL: 'http://127.0.0.1:9',
     // The webhook phases' receiver listens on 127.0.0.1: the API must accept the endpoint's URL
     // and the worker must connect to it. Nothing else depends on this setting.
@@ -181,6 +182,44 @@ export async function startApiServer(options: {
     throw error;
   }
   return { port, pid: child.pid as number, stop };
+}
+
+export interface SimulatorProcess {
+  url: string;
+  pid: number;
+  stop(): Promise<void>;
+}
+
+/**
+ * Starts `floodgate simulator` (the card provider, over HTTP) as its own process, so that its
+ * CPU is counted apart from the API's: no latency, no errors and no webhooks, so every
+ * pm_card_visa confirm is settled by the provider's own answer.
+ */
+export async function startSimulatorProcess(): Promise<SimulatorProcess> {
+  const port = await freePort();
+  const args = ['--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'simulator'];
+  const child = spawn(process.execPath, args, {
+    cwd: ROOT,
+    stdio: ['ignore', 'ignore', 'inherit'],
+    env: {
+      ...process.env,
+      FLOODGATE_HOST: '127.0.0.1',
+      FLOODGATE_SIMULATOR_PORT: String(port),
+      FLOODGATE_SIMULATOR_LATENCY_MS: '0',
+      FLOODGATE_SIMULATOR_ERROR_RATE: '0',
+      FLOODGATE_SIMULATOR_WEBHOOK_URL: '',
+      FLOODGATE_LOG_LEVEL: 'warn',
+    },
+  });
+  const stop = stopper(child);
+  const url = `http://127.0.0.1:${port}`;
+  try {
+    await waitUntilAnswering(child, `${url}/healthz`, 'floodgate simulator');
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { url, pid: child.pid as number, stop };
 }
 
 export interface WorkerProcess {
@@ -252,16 +291,20 @@ export async function startWorkerProcess(options: { databaseUrl: string; nodeArg
 }
 
 async function waitUntilLive(child: ChildProcess, port: number): Promise<void> {
+  await waitUntilAnswering(child, `http://127.0.0.1:${port}/livez`, 'floodgate api');
+}
+
+async function waitUntilAnswering(child: ChildProcess, url: string, name: string): Promise<void> {
   const deadline = Date.now() + SERVER_START_TIMEOUT_MS;
   while (Date.now() < deadline) {
-    if (child.exitCode !== null) throw new Error(`floodgate api exited with ${child.exitCode} before it was ready`);
+    if (child.exitCode !== null) throw new Error(`${name} exited with ${child.exitCode} before it was ready`);
     try {
-      const response = await fetch(`http://127.0.0.1:${port}/livez`, { signal: AbortSignal.timeout(1_000) });
+      const response = await fetch(url, { signal: AbortSignal.timeout(1_000) });
       if (response.ok) return;
     } catch {
       // Not listening yet.
     }
     await new Promise((resolve) => setTimeout(resolve, 200));
   }
-  throw new Error(`floodgate api did not answer /livez within ${SERVER_START_TIMEOUT_MS} ms`);
+  throw new Error(`${name} did not answer ${new URL(url).pathname} within ${SERVER_START_TIMEOUT_MS} ms`);
 }

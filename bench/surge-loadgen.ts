@@ -1,7 +1,7 @@
 /**
  * The surge load generator, run as a forked child like loadgen.ts and built the same way (raw
- * keep-alive HTTP/1.1 sockets, one request in flight per socket, closed loop), but for the
- * surge path's requests:
+ * keep-alive HTTP/1.1 sockets, one request in flight per socket, the closed or open loop of
+ * load-loop.ts), but for the surge path's requests:
  *
  *   read   GET  /v1/sales/:id (publishable key), against the API or the bare Fastify server
  *   join   POST /v1/sales/:id/queue with a fresh buyer_reference; an admitted answer's token is
@@ -9,22 +9,34 @@
  *   poll   GET  /v1/sales/:id/queue/:ticket over the tickets of earlier joins, round robin
  *   hold   POST /v1/holds, each with one kept admission token, its buyer and a fresh
  *          Idempotency-Key; one unit of one item
+ *   checkout  a buyer's whole purchase on one connection: the hold above, then, with the
+ *          merchant's secret key, POST /v1/orders on it and POST /v1/payment_intents/:id/confirm
+ *          with pm_card_visa; one unit of work ends when the confirm answers `succeeded` (the
+ *          order is paid in the same transaction), and its latency covers all three requests
  *
- * Every loop is bounded in requests and time; a hold phase also ends when the tokens run out.
+ * Every loop is bounded in requests and time; a hold or checkout phase also ends when the
+ * tokens run out.
  */
 import net from 'node:net';
 import { performance } from 'node:perf_hooks';
+import { type Done, type LoopJob, runLoop } from './load-loop.js';
 import { type LatencySummary, summarize } from './stats.js';
 
-export type SurgeRequestKind = 'read' | 'join' | 'poll' | 'hold';
+export type SurgeRequestKind = 'read' | 'join' | 'poll' | 'hold' | 'checkout';
 
 export interface SurgeJob {
   kind: SurgeRequestKind;
+  /** Closed loop unless 'open' (then `rate` and `queueMax`, as in loadgen.ts). */
+  mode?: LoopJob['mode'];
+  rate?: number;
+  queueMax?: number;
   port: number;
   connections: number;
   durationMs: number;
   /** Bearer key: the merchant's publishable key. */
   authorization: string;
+  /** checkout: the merchant's secret key, for the order and the confirm (as the merchant's server sends them). */
+  secretAuthorization?: string;
   saleId: string;
   /** hold: the item to hold one unit of. */
   itemId?: string;
@@ -45,8 +57,14 @@ export interface SurgeResult {
   throughput: number;
   latency: LatencySummary;
   cpuMs: number;
-  /** hold: true when the phase ended because no admission token was left. */
+  /** Open mode: true when the backlog passed queueMax and the phase stopped early. */
+  overloaded: boolean;
+  /** hold, checkout: true when the phase ended because no admission token was left. */
   tokensRanOut?: boolean;
+  /** checkout: the steps answered as expected, by name (a hold counts even if its order then failed). */
+  steps?: Record<string, number>;
+  /** checkout: each step's own latency, from its send to its answer (the steps of unfinished checkouts included). */
+  stepLatency?: Record<string, LatencySummary>;
   /** After the job: admission tokens and waiting tickets kept, per sale. */
   tokensLeft: number;
   ticketsKept: number;
@@ -63,7 +81,10 @@ const EXPECTED: Record<SurgeRequestKind, Buffer> = {
   join: Buffer.from('"object":"queue_ticket"'),
   poll: Buffer.from('"status":"waiting"'),
   hold: Buffer.from('"object":"hold"'),
+  checkout: Buffer.from('"status":"succeeded"'),
 };
+const HOLD_ID = /"id":"(hold_[^"]+)"/;
+const ORDER_INTENT = /"object":"order".*?"payment_intent":"(pi_[^"]+)"/;
 
 interface Admission {
   buyer: string;
@@ -75,12 +96,12 @@ const admissions = new Map<string, Admission[]>();
 const tickets = new Map<string, string[]>();
 let pollCursor = 0;
 
-type Done = (outcome: string, body: Buffer | undefined) => void;
+type Answered = (outcome: string, body: Buffer | undefined) => void;
 
 class Connection {
   private readonly socket: net.Socket;
   private buffered: Buffer | null = null;
-  private done: Done | null = null;
+  private done: Answered | null = null;
   closed = false;
 
   constructor(port: number) {
@@ -97,7 +118,7 @@ class Connection {
     return this.done !== null;
   }
 
-  send(request: string, done: Done): void {
+  send(request: string, done: Answered): void {
     this.done = done;
     this.socket.write(request, 'latin1');
   }
@@ -153,15 +174,26 @@ class Connection {
 
 let idempotencySeq = 0;
 
-/** Builds each request of a job and checks (and harvests) each answer. */
-function requestsFor(job: SurgeJob): { next: () => string | undefined; check: (body: Buffer, request: string) => string } {
+/**
+ * One request of a unit of work and the check of its answer, which says 'ok', names what was
+ * wrong, or gives the next request of the same unit (a checkout's order after its hold).
+ */
+interface Step {
+  request: string;
+  /** Names a step of a chain in its errors ("order: http_409"); single requests have none. */
+  label?: string;
+  check: (body: Buffer) => string | Step;
+}
+
+/** Builds each unit of work of a job (undefined: no more work) and checks (and harvests) each answer. */
+function stepsFor(job: SurgeJob): () => Step | undefined {
   const host = `Host: 127.0.0.1:${job.port}\r\nAuthorization: ${job.authorization}\r\n`;
   const expected = EXPECTED[job.kind];
   const plainCheck = (body: Buffer) => (body.indexOf(expected) >= 0 ? 'ok' : 'unexpected_body');
   switch (job.kind) {
     case 'read': {
-      const request = `GET /v1/sales/${job.saleId} HTTP/1.1\r\n${host}\r\n`;
-      return { next: () => request, check: plainCheck };
+      const step: Step = { request: `GET /v1/sales/${job.saleId} HTTP/1.1\r\n${host}\r\n`, check: plainCheck };
+      return () => step;
     }
     case 'join': {
       const head = `POST /v1/sales/${job.saleId}/queue HTTP/1.1\r\n${host}Content-Type: application/json\r\nContent-Length: `;
@@ -171,148 +203,157 @@ function requestsFor(job: SurgeJob): { next: () => string | undefined; check: (b
       const keptTickets = tickets.get(job.saleId) ?? [];
       tickets.set(job.saleId, keptTickets);
       const wanted = `"status":"${job.expectStatus ?? 'admitted'}"`;
-      return {
-        next: () => {
-          const body = `{"buyer_reference":"${job.buyerPrefix}-${n++}"}`;
-          return `${head}${body.length}\r\n\r\n${body}`;
-        },
-        check: (body, request) => {
-          const text = body.toString('latin1');
-          if (!text.includes(wanted)) return 'unexpected_body';
-          if (job.expectStatus === 'waiting') {
-            const ticket = TICKET.exec(text)?.[1];
-            if (!ticket) return 'no_ticket';
-            keptTickets.push(ticket);
+      return () => {
+        const buyer = `${job.buyerPrefix}-${n++}`;
+        const body = `{"buyer_reference":"${buyer}"}`;
+        return {
+          request: `${head}${body.length}\r\n\r\n${body}`,
+          check: (answer) => {
+            const text = answer.toString('latin1');
+            if (!text.includes(wanted)) return 'unexpected_body';
+            if (job.expectStatus === 'waiting') {
+              const ticket = TICKET.exec(text)?.[1];
+              if (!ticket) return 'no_ticket';
+              keptTickets.push(ticket);
+              return 'ok';
+            }
+            const token = TOKEN.exec(text)?.[1];
+            if (!token) return 'no_token';
+            kept.push({ buyer, token });
             return 'ok';
-          }
-          const token = TOKEN.exec(text)?.[1];
-          const buyer = /"buyer_reference":"([^"]+)"/.exec(request)?.[1];
-          if (!token || !buyer) return 'no_token';
-          kept.push({ buyer, token });
-          return 'ok';
-        },
+          },
+        };
       };
     }
     case 'poll': {
       const list = tickets.get(job.saleId) ?? [];
       const base = `GET /v1/sales/${job.saleId}/queue/`;
-      return {
-        next: () => {
-          if (list.length === 0) return undefined;
-          const ticket = list[pollCursor++ % list.length];
-          return `${base}${ticket} HTTP/1.1\r\n${host}\r\n`;
-        },
-        check: plainCheck,
+      return () => {
+        if (list.length === 0) return undefined;
+        const ticket = list[pollCursor++ % list.length];
+        return { request: `${base}${ticket} HTTP/1.1\r\n${host}\r\n`, check: plainCheck };
       };
     }
     case 'hold': {
-      const list = admissions.get(job.saleId) ?? [];
-      const head = `POST /v1/holds HTTP/1.1\r\n${host}Content-Type: application/json\r\nIdempotency-Key: `;
-      const runTag = `${process.pid}-${Date.now()}`;
-      return {
-        next: () => {
-          const admission = list.shift();
-          if (!admission) return undefined;
-          const body =
-            `{"sale":"${job.saleId}","buyer_reference":"${admission.buyer}","admission_token":"${admission.token}",` +
-            `"items":[{"item":"${job.itemId}","quantity":1}]}`;
-          return `${head}bench-${runTag}-${idempotencySeq++}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
-        },
-        check: plainCheck,
+      const hold = holdRequests(job, host);
+      return () => {
+        const request = hold();
+        return request === undefined ? undefined : { request, check: plainCheck };
       };
     }
+    case 'checkout':
+      return checkoutSteps(job, host);
   }
 }
 
+/** Hold requests, one per kept admission token (undefined once they have run out). */
+function holdRequests(job: SurgeJob, host: string): () => string | undefined {
+  const list = admissions.get(job.saleId) ?? [];
+  const head = `POST /v1/holds HTTP/1.1\r\n${host}Content-Type: application/json\r\nIdempotency-Key: `;
+  const runTag = `${process.pid}-${Date.now()}`;
+  return () => {
+    const admission = list.shift();
+    if (!admission) return undefined;
+    const body =
+      `{"sale":"${job.saleId}","buyer_reference":"${admission.buyer}","admission_token":"${admission.token}",` +
+      `"items":[{"item":"${job.itemId}","quantity":1}]}`;
+    return `${head}bench-${runTag}-${idempotencySeq++}\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+  };
+}
+
+/** hold → order → confirm with pm_card_visa, each answer checked before the next request. */
+function checkoutSteps(job: SurgeJob, host: string): () => Step | undefined {
+  const hold = holdRequests(job, host);
+  const merchant = `Host: 127.0.0.1:${job.port}\r\nAuthorization: ${job.secretAuthorization}\r\nContent-Type: application/json\r\n`;
+  const runTag = `${process.pid}-${Date.now()}`;
+  const post = (path: string, body: string) =>
+    `POST ${path} HTTP/1.1\r\n${merchant}Idempotency-Key: bench-${runTag}-${idempotencySeq++}\r\n` +
+    `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+  const confirm = (intent: string): Step => ({
+    label: 'confirm',
+    request: post(`/v1/payment_intents/${intent}/confirm`, '{"payment_method":"pm_card_visa"}'),
+    check: (body) => (body.indexOf(EXPECTED.checkout) >= 0 ? 'ok' : 'unexpected_body'),
+  });
+  const order = (holdId: string): Step => ({
+    label: 'order',
+    request: post('/v1/orders', `{"hold":"${holdId}"}`),
+    check: (body) => {
+      const intent = ORDER_INTENT.exec(body.toString('latin1'))?.[1];
+      return intent ? confirm(intent) : 'unexpected_body';
+    },
+  });
+  return () => {
+    const request = hold();
+    if (request === undefined) return undefined;
+    return {
+      label: 'hold',
+      request,
+      check: (body) => {
+        const id = body.indexOf(EXPECTED.hold) >= 0 ? HOLD_ID.exec(body.toString('latin1'))?.[1] : undefined;
+        return id ? order(id) : 'unexpected_body';
+      },
+    };
+  };
+}
+
 export async function runSurgeLoad(job: SurgeJob): Promise<SurgeResult> {
-  const { next, check } = requestsFor(job);
+  const next = stepsFor(job);
   const connections = Array.from({ length: job.connections }, () => new Connection(job.port));
-  const latenciesUs: number[] = [];
-  const errors: Record<string, number> = {};
-  const cpuBefore = process.cpuUsage();
-  let sent = 0;
-  let ok = 0;
-  let lastAnswerAt = 0;
-  let ranOut = false;
   let sampleBody: string | undefined;
-  const startedAt = performance.now();
-  const deadline = startedAt + job.durationMs;
+  // A chain's steps, each answered as expected: how many, and their own latencies (send to answer).
+  const steps: Record<string, number> = {};
+  const stepLatenciesUs: Record<string, number[]> = {};
 
-  return new Promise<SurgeResult>((resolve) => {
-    let finished = false;
-
-    const sendNext = (connection: Connection) => {
-      if (connection.closed || performance.now() >= deadline || sent >= job.requestsMax || ranOut) return;
-      const request = next();
-      if (request === undefined) {
-        ranOut = true;
+  /** Sends `step` and, while its answers give a next step, the rest of its chain on the same connection. */
+  const send = (connection: Connection, step: Step, done: Done) => {
+    const sentAt = performance.now();
+    connection.send(step.request, (outcome, body) => {
+      const named = (what: string) => (step.label ? `${step.label}: ${what}` : what);
+      if (outcome !== 'ok' || !body) {
+        done(named(outcome), body?.toString('utf8'));
         return;
       }
-      sent += 1;
-      const startAt = performance.now();
-      connection.send(request, (outcome, body) => {
-        const now = performance.now();
-        lastAnswerAt = now;
-        const result = outcome === 'ok' && body ? check(body, request) : outcome;
-        if (result === 'ok') {
-          ok += 1;
-          latenciesUs.push((now - startAt) * 1000);
-          if (sampleBody === undefined && body) sampleBody = body.toString('utf8');
-        } else {
-          errors[result] = (errors[result] ?? 0) + 1;
-          // The first few failures' bodies say why; kept short.
-          if ((errors[result] ?? 0) <= 1 && body) errors[`${result}: ${body.toString('utf8').slice(0, 160)}`] = 1;
-        }
-        sendNext(connection);
-        maybeFinish();
-      });
-    };
-
-    const maybeFinish = () => {
-      if (finished) return;
-      const stillSending = performance.now() < deadline && !ranOut && sent < job.requestsMax;
-      if (stillSending || connections.some((connection) => connection.busy)) return;
-      finish();
-    };
-
-    const giveUp = setTimeout(() => {
-      for (const connection of connections) {
-        if (!connection.busy) continue;
-        errors.timeout = (errors.timeout ?? 0) + 1;
-        connection.abandon();
+      const checked = step.check(body);
+      if (step.label && (typeof checked !== 'string' || checked === 'ok')) {
+        steps[step.label] = (steps[step.label] ?? 0) + 1;
+        const samples = stepLatenciesUs[step.label] ?? [];
+        stepLatenciesUs[step.label] = samples;
+        samples.push((performance.now() - sentAt) * 1000);
       }
-      finish();
-    }, job.durationMs + job.drainTimeoutMs);
-    // A closed loop whose sockets all sit idle (tokens ran out at once) must still end.
-    const idleCheck = setInterval(maybeFinish, 100);
+      if (typeof checked !== 'string') send(connection, checked, done);
+      else if (checked !== 'ok') done(named(checked), body.toString('utf8'));
+      else {
+        sampleBody ??= body.toString('utf8');
+        done('ok');
+      }
+    });
+  };
 
-    const finish = () => {
-      if (finished) return;
-      finished = true;
-      clearTimeout(giveUp);
-      clearInterval(idleCheck);
-      for (const connection of connections) connection.destroy();
-      const elapsedMs = Math.max((lastAnswerAt || performance.now()) - startedAt, 1);
-      const cpu = process.cpuUsage(cpuBefore);
-      resolve({
-        kind: job.kind,
-        sent,
-        ok,
-        errors,
-        elapsedMs: Math.round(elapsedMs),
-        throughput: Math.round((ok / elapsedMs) * 1000),
-        latency: summarize(latenciesUs),
-        cpuMs: Math.round((cpu.user + cpu.system) / 1000),
-        ...(job.kind === 'hold' ? { tokensRanOut: ranOut } : {}),
-        tokensLeft: admissions.get(job.saleId)?.length ?? 0,
-        ticketsKept: tickets.get(job.saleId)?.length ?? 0,
-        sampleBody,
-      });
-    };
-
-    for (const connection of connections) sendNext(connection);
-    maybeFinish();
+  const result = await runLoop({ ...job, mode: job.mode ?? 'closed' }, connections, (connection, done) => {
+    const step = next();
+    if (step === undefined) return false;
+    send(connection, step, done);
+    return true;
   });
+  const usesTokens = job.kind === 'hold' || job.kind === 'checkout';
+  return {
+    kind: job.kind,
+    sent: result.sent,
+    ok: result.ok,
+    errors: result.errors,
+    elapsedMs: result.elapsedMs,
+    throughput: result.throughput,
+    latency: result.latency,
+    cpuMs: result.cpuMs,
+    overloaded: result.overloaded,
+    ...(usesTokens ? { tokensRanOut: result.ranOut } : {}),
+    ...(job.kind === 'checkout'
+      ? { steps, stepLatency: Object.fromEntries(Object.entries(stepLatenciesUs).map(([name, samples]) => [name, summarize(samples)])) }
+      : {}),
+    tokensLeft: admissions.get(job.saleId)?.length ?? 0,
+    ticketsKept: tickets.get(job.saleId)?.length ?? 0,
+    sampleBody,
+  };
 }
 
 if (process.send) {

@@ -6,10 +6,14 @@
  *     same bytes, with the same generator and connections;
  *   - holds per second on one hot item (POST /v1/holds, each spending a fresh admission token)
  *     beside pgbench running the SQL the API sends for a hold, captured from the server's code;
+ *     then the latency of both at 60% of the API's max, offered as Poisson arrivals (open loop);
+ *   - paid checkouts per second on that item (hold → order → confirm with pm_card_visa, the
+ *     provider simulator in its own process), with the stock counters checked exact afterwards;
  *   - waiting-room joins (admitted at once, or left waiting) and polls per second (Redis mode).
  *
  * See bench/README.md, "Surge", for what each number means.
  */
+import assert from 'node:assert/strict';
 import { type ChildProcess, fork } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -21,10 +25,17 @@ import { createPool } from '../src/platform/db/pool.js';
 import { BackendCpuSampler } from './backends.js';
 import { busyFraction, busyMs, cpuSnapshot, freePort, processCpuMs } from './machine.js';
 import { runPgbench } from './pgbench.js';
-import { type ApiServer, type BenchDatabase, startApiServer } from './setup.js';
-import type { LatencySummary } from './stats.js';
-import { median, round } from './stats.js';
+import { type ApiServer, type BenchDatabase, type SimulatorProcess, startApiServer, startSimulatorProcess } from './setup.js';
 import type { SurgeJob, SurgeRequestKind, SurgeResult } from './surge-loadgen.js';
+import {
+  formatSurgeTable,
+  phaseLine,
+  type StockCheck,
+  type SurgePhase,
+  type SurgePhaseName,
+  type SurgeSummary,
+  summarizeSurge,
+} from './surge-report.js';
 import { captureHold, type HoldCapture } from './surge-statement.js';
 
 const REDIS_URL = process.env.FLOODGATE_BENCH_REDIS_URL ?? 'redis://127.0.0.1:6379';
@@ -36,50 +47,26 @@ const HOT_STOCK = 10_000_000;
 // admits no one (its tickets stay waiting, for the poll phase).
 const ADMIT_ALL = { admit_per_second: 10_000, max_shoppers: 1_000_000 };
 const ADMIT_NONE = { admit_per_second: 1, max_shoppers: 0 };
-// A widely used open-source ticketing system documents about 300–400 tickets per minute per
-// event as its ceiling; the report puts the holds' rate beside it.
-export const TICKETING_REFERENCE_PER_MINUTE = '300-400';
 // Admission tokens minted for a hold phase: this many seconds of the last measured hold rate.
 const TOKEN_HEADROOM = 1.5;
 const TOKENS_MIN = 2_000;
-const GOAL_RATIO = 0.8;
-const NOISY_OTHER_CORES = 0.25;
+// The open-loop hold phase offers this share of the round's measured hold max, as the payments'
+// rate phase does (bench/run.ts): enough load that batches form, not so much that they queue.
+const RATE_FRACTION = 0.6;
+// Open loop: more than this many seconds of scheduled holds waiting for a connection means the
+// rate is not being served; the phase stops and is marked overloaded (as in bench/run.ts).
+const BACKLOG_SECONDS_MAX = 2;
+// pgbench -R that completes less than this share of its schedule fell behind it: its latency
+// then counts the lag, and the phase is marked overloaded.
+const SCHEDULE_KEPT_MIN = 0.9;
+// Long enough for the server's pool to open and prepare all its connections (after pgbench).
+const RECONNECT_S = 1;
 
 export interface SurgeOptions {
   quick: boolean;
   clients: number;
   profile: boolean;
   profileDir: string;
-}
-
-export type SurgePhaseName =
-  | 'read_api'
-  | 'read_api_memory'
-  | 'read_bare'
-  | 'join_admitted'
-  | 'join_waiting'
-  | 'poll'
-  | 'hold_api'
-  | 'hold_pgbench';
-
-export interface SurgePhase {
-  round: number;
-  name: SurgePhaseName;
-  clients: number;
-  durationS: number;
-  throughput: number;
-  latency: LatencySummary;
-  errors: Record<string, number>;
-  tokensRanOut?: boolean;
-  rows?: number;
-  cpu: {
-    machineBusy: number;
-    clientUsPerTx: number;
-    serverUsPerTx: number;
-    backendsUsPerTx: number;
-    redisUsPerTx: number;
-    otherCores: number;
-  };
 }
 
 class SurgeLoadGenerator {
@@ -181,10 +168,14 @@ interface Surge {
   capture: HoldCapture;
   readBody: string;
   redisPid: number | undefined;
+  /** The card provider the Redis-mode API pays through, for the checkout phase. */
+  simulator: SimulatorProcess;
+  secretKey: string;
   adminPool: pg.Pool;
   durationS: number;
   buyerSeq: number;
   lastHoldRate: number;
+  lastCheckoutRate: number;
 }
 
 const perTx = (cpuMs: number, transactions: number) => Math.round((cpuMs * 1000) / Math.max(transactions, 1));
@@ -193,19 +184,24 @@ async function measured<T extends { ok: number; cpuMs: number }>(
   surge: Surge,
   serverPid: number | undefined,
   run: () => Promise<T>,
+  paysThroughProvider = false,
 ): Promise<{ result: T; cpu: SurgePhase['cpu'] }> {
   await surge.sampler.start();
   const machineBefore = cpuSnapshot();
   const serverBefore = processCpuMs(serverPid) ?? 0;
   const redisBefore = processCpuMs(surge.redisPid) ?? 0;
+  const providerBefore = processCpuMs(surge.simulator.pid) ?? 0;
   const startedAt = performance.now();
   const result = await run();
   const elapsedMs = performance.now() - startedAt;
   const serverMs = (processCpuMs(serverPid) ?? 0) - serverBefore;
   const redisMs = (processCpuMs(surge.redisPid) ?? 0) - redisBefore;
+  // Idle in every phase but the checkouts' (a few ms, GC after the checkouts): never "other",
+  // but reported only where the phase pays through it.
+  const providerMs = (processCpuMs(surge.simulator.pid) ?? 0) - providerBefore;
   const machineAfter = cpuSnapshot();
   const backendsMs = await surge.sampler.stop();
-  const otherMs = busyMs(machineBefore, machineAfter) - result.cpuMs - serverMs - backendsMs - redisMs;
+  const otherMs = busyMs(machineBefore, machineAfter) - result.cpuMs - serverMs - backendsMs - redisMs - providerMs;
   return {
     result,
     cpu: {
@@ -214,6 +210,7 @@ async function measured<T extends { ok: number; cpuMs: number }>(
       serverUsPerTx: perTx(serverMs, result.ok),
       backendsUsPerTx: perTx(backendsMs, result.ok),
       redisUsPerTx: surge.redisPid === undefined ? Number.NaN : perTx(redisMs, result.ok),
+      providerUsPerTx: paysThroughProvider ? perTx(providerMs, result.ok) : Number.NaN,
       otherCores: Math.round((Math.max(otherMs, 0) / elapsedMs) * 100) / 100,
     },
   };
@@ -234,23 +231,6 @@ function job(surge: Surge, kind: SurgeRequestKind, port: number, durationS: numb
   };
 }
 
-const pad = (text: string, width: number) => text.padEnd(width);
-const num = (value: number) =>
-  Number.isFinite(value) ? (value >= 100 || Number.isInteger(value) ? String(Math.round(value)) : value.toFixed(2)) : '-';
-
-function phaseLine(phase: SurgePhase): string {
-  const errors = Object.entries(phase.errors)
-    .map(([name, count]) => `${name}=${count}`)
-    .join(' ');
-  return (
-    `  ${phase.round === 0 ? 'warm-up' : `round ${phase.round}`} ${pad(phase.name, 15)} c=${phase.clients} ${phase.throughput}/s ` +
-    `p50=${num(phase.latency.p50Ms)} p99=${num(phase.latency.p99Ms)} ms | cpu µs/req: client ${phase.cpu.clientUsPerTx} ` +
-    `server ${phase.cpu.serverUsPerTx} db ${phase.cpu.backendsUsPerTx} redis ${num(phase.cpu.redisUsPerTx)} | machine ` +
-    `${Math.round(phase.cpu.machineBusy * 100)}% busy, others ${phase.cpu.otherCores} cores` +
-    `${phase.tokensRanOut ? ' | tokens ran out' : ''}${errors ? ` | errors: ${errors}` : ''}`
-  );
-}
-
 async function loadPhase(
   surge: Surge,
   round: number,
@@ -260,16 +240,23 @@ async function loadPhase(
   extra: Partial<SurgeJob> = {},
   durationS = surge.durationS,
 ): Promise<SurgePhase> {
-  const { result, cpu } = await measured(surge, server.pid, () => surge.loadgen.run(job(surge, kind, server.port, durationS, extra)));
+  const { result, cpu } = await measured(
+    surge,
+    server.pid,
+    () => surge.loadgen.run(job(surge, kind, server.port, durationS, extra)),
+    kind === 'checkout',
+  );
   const phase: SurgePhase = {
     round,
     name,
     clients: extra.connections ?? surge.options.clients,
     durationS,
+    ...(extra.mode === 'open' ? { rate: extra.rate, overloaded: result.overloaded } : {}),
     throughput: result.throughput,
     latency: result.latency,
     errors: result.errors,
-    ...(kind === 'hold' ? { tokensRanOut: result.tokensRanOut } : {}),
+    ...(kind === 'hold' || kind === 'checkout' ? { tokensRanOut: result.tokensRanOut } : {}),
+    ...(result.steps ? { steps: result.steps, stepLatency: result.stepLatency } : {}),
     cpu,
   };
   if (kind === 'hold') phase.rows = await countHolds(surge);
@@ -286,9 +273,11 @@ async function countHolds(surge: Surge): Promise<number> {
   return rows[0]?.count ?? 0;
 }
 
-/** Every hold phase starts alike: no holds, keys or jobs, full stock, nothing dirty. */
+/** Every hold phase starts alike: no holds, orders, payments, keys or jobs, full stock, nothing dirty. */
 async function resetHolds(surge: Surge): Promise<void> {
-  await surge.adminPool.query('truncate hold_lines, holds, idempotency_keys cascade');
+  // Orders go with their holds and payments (cascade), attempts with their payments. The ledger
+  // is append-only (the database refuses to truncate it): it keeps every checkout's capture.
+  await surge.adminPool.query('truncate hold_lines, holds, idempotency_keys, payment_intents, events cascade');
   await surge.adminPool.query('truncate graphile_worker._private_jobs');
   await surge.adminPool.query('update sale_items set stock_allocated = 0');
   await surge.adminPool.query('checkpoint');
@@ -313,35 +302,120 @@ async function mintTokens(surge: Surge, have: number, wanted: number): Promise<n
 async function holdPhases(surge: Surge, round: number, tokensLeft: number): Promise<SurgePhase[]> {
   const { durationS } = surge;
   // Enough tokens for a 1 s reconnect burst and the phase, with headroom.
-  const wanted = Math.max(TOKENS_MIN, Math.ceil(surge.lastHoldRate * (durationS + 1) * TOKEN_HEADROOM));
+  const wanted = Math.max(TOKENS_MIN, Math.ceil(surge.lastHoldRate * (durationS + RECONNECT_S) * TOKEN_HEADROOM));
   await mintTokens(surge, tokensLeft, wanted);
   // The server's pool was closed for pgbench; reopen and re-prepare before the clock starts.
-  await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, 1));
+  await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, RECONNECT_S));
   await resetHolds(surge);
   const apiPhase = await loadPhase(surge, round, 'hold_api', surge.redisApi, 'hold');
   if (round > 0) surge.lastHoldRate = Math.max(surge.lastHoldRate, apiPhase.throughput);
+  const pgPhase = await pgbenchHoldPhase(surge, round, 'hold_pgbench');
+  // Both sides get the same offered load: a share of what the API itself did this round.
+  const rate = Math.max(1, Math.round(apiPhase.throughput * RATE_FRACTION));
+  await mintTokens(surge, await tokensHeld(surge), Math.ceil((apiPhase.throughput * RECONNECT_S + rate * durationS) * TOKEN_HEADROOM));
+  await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, RECONNECT_S));
+  await resetHolds(surge);
+  const apiRatePhase = await loadPhase(surge, round, 'hold_api_rate', surge.redisApi, 'hold', {
+    mode: 'open',
+    rate,
+    queueMax: Math.ceil(rate * BACKLOG_SECONDS_MAX),
+    requestsMax: Math.ceil(rate * durationS * TOKEN_HEADROOM),
+  });
+  const pgRatePhase = await pgbenchHoldPhase(surge, round, 'hold_pgbench_rate', rate);
+  return [apiPhase, pgPhase, apiRatePhase, pgRatePhase];
+}
+
+/** pgbench running the captured hold SQL on the hot item: as fast as it can, or at `rate` (-R). */
+async function pgbenchHoldPhase(surge: Surge, round: number, name: SurgePhaseName, rate?: number): Promise<SurgePhase> {
+  const { durationS } = surge;
   await surge.db.closeServerConnections();
   await resetHolds(surge);
   const { result, cpu } = await measured(surge, undefined, async () => {
-    const run = await runPgbench(surge.capture.pgbench, { databaseUrl: surge.db.url, clients: surge.options.clients, durationS });
+    const job = { databaseUrl: surge.db.url, clients: surge.options.clients, durationS, rate };
+    const run = await runPgbench(surge.capture.pgbench, job);
     return { ...run, ok: run.transactions };
   });
-  const pgPhase: SurgePhase = {
+  const phase: SurgePhase = {
     round,
-    name: 'hold_pgbench',
+    name,
     clients: surge.options.clients,
     durationS,
+    ...(rate ? { rate, overloaded: result.tps < rate * SCHEDULE_KEPT_MIN } : {}),
     throughput: result.tps,
     latency: result.latency,
     errors: result.failed > 0 ? { failed: result.failed } : {},
     rows: await countHolds(surge),
     cpu: { ...cpu, redisUsPerTx: Number.NaN },
   };
-  console.log(phaseLine(pgPhase));
-  if (pgPhase.rows !== result.transactions) console.log(`  warning: ${result.transactions} transactions but ${pgPhase.rows} rows in holds`);
+  console.log(phaseLine(phase));
+  if (phase.rows !== result.transactions) console.log(`  warning: ${result.transactions} transactions but ${phase.rows} rows in holds`);
   // Full stock again, so the next round's sale reads answer the same bytes as the bare server.
   await resetHolds(surge);
-  return [apiPhase, pgPhase];
+  return phase;
+}
+
+/**
+ * Paid checkouts on the hot item, closed loop: each connection runs one buyer's hold, order and
+ * confirm after another. Then the stock must add up exactly, or the phase fails.
+ */
+async function checkoutPhase(surge: Surge, round: number): Promise<SurgePhase> {
+  const { durationS } = surge;
+  const expected = Math.max(surge.lastCheckoutRate, surge.lastHoldRate);
+  await mintTokens(surge, await tokensHeld(surge), Math.max(TOKENS_MIN, Math.ceil(expected * (durationS + RECONNECT_S) * TOKEN_HEADROOM)));
+  const merchant = { secretAuthorization: `Bearer ${surge.secretKey}` };
+  // The pgbench phase closed the server's pool: reopen it (and the provider's sockets) unmeasured.
+  await surge.loadgen.run(job(surge, 'checkout', surge.redisApi.port, RECONNECT_S, merchant));
+  await resetHolds(surge);
+  const phase = await loadPhase(surge, round, 'checkout_api', surge.redisApi, 'checkout', merchant);
+  if (round > 0) surge.lastCheckoutRate = Math.max(surge.lastCheckoutRate, phase.throughput);
+  phase.stock = await checkStock(surge, phase);
+  if (phase.stock.problems.length > 0)
+    console.error(`  FAILED: ${phase.name} stock counters are not exact: ${phase.stock.problems.join('; ')}`);
+  await resetHolds(surge);
+  return phase;
+}
+
+/**
+ * The hot item's stock after a checkout phase, from the database, against what the generator
+ * was answered. Nothing expired or was released in the phase (holds last an hour), so every
+ * hold answered is still held or sold, and the allocation counter is exactly held + sold.
+ */
+async function checkStock(surge: Surge, phase: SurgePhase): Promise<StockCheck> {
+  const { rows } = await surge.adminPool.query<Omit<StockCheck, 'problems'>>(
+    `select i.stock_total as total, i.stock_available as available, i.stock_held as held, i.stock_sold as sold,
+            s.stock_allocated as allocated,
+            (select coalesce(sum(quantity), 0)::int from stock_returns r where r.item_id = i.id) as returned,
+            (select count(*)::int from orders o where o.status = 'paid') as "paidOrders"
+     from items i join sale_items s on s.merchant_id = i.merchant_id and s.id = i.id
+     where i.id = $1`,
+    [surge.hotItem],
+  );
+  const stock = rows[0];
+  assert.ok(stock, 'the hot item exists');
+  const paid = phase.steps?.confirm ?? 0;
+  const held = phase.steps?.hold ?? 0;
+  // An answer the generator gave up on (a timeout) may still have committed: only then may the
+  // database count more than the generator was told, and by no more than that.
+  const unanswered = phase.errors.timeout ?? 0;
+  const problems: string[] = [];
+  const expect = (ok: boolean, what: string) => {
+    if (!ok) problems.push(what);
+  };
+  expect(
+    stock.available + stock.held + stock.sold === stock.total,
+    `available ${stock.available} + held ${stock.held} + sold ${stock.sold} != total ${stock.total}`,
+  );
+  expect(
+    stock.allocated === stock.held + stock.sold + stock.returned,
+    `allocated ${stock.allocated} != held ${stock.held} + sold ${stock.sold} + returned ${stock.returned}`,
+  );
+  expect(stock.sold === stock.paidOrders, `sold ${stock.sold} != paid orders ${stock.paidOrders}`);
+  expect(stock.sold >= paid && stock.sold <= paid + unanswered, `sold ${stock.sold} != paid checkouts ${paid}`);
+  expect(
+    stock.held + stock.sold >= held && stock.held + stock.sold <= held + unanswered,
+    `held + sold ${stock.held + stock.sold} != holds answered ${held}`,
+  );
+  return { ...stock, problems };
 }
 
 async function runRound(surge: Surge, round: number): Promise<SurgePhase[]> {
@@ -362,6 +436,7 @@ async function runRound(surge: Surge, round: number): Promise<SurgePhase[]> {
   );
   phases.push(join);
   phases.push(...(await holdPhases(surge, round, await tokensHeld(surge))));
+  phases.push(await checkoutPhase(surge, round));
   phases.push(
     await loadPhase(
       surge,
@@ -383,115 +458,6 @@ async function tokensHeld(surge: Surge): Promise<number> {
     job(surge, 'join', surge.redisApi.port, 1, { requestsMax: 0, expectStatus: 'admitted', buyerPrefix: 'none' }),
   );
   return result.tokensLeft;
-}
-
-export interface SurgeSummaryRow {
-  metric: string;
-  api: number;
-  reference: number;
-  ratio: number;
-}
-
-export interface SurgeSummary {
-  rows: SurgeSummaryRow[];
-  rates: SurgeSummaryRow[];
-  cpuRows: { metric: string; client: number; server: number; db: number; redis: number; total: number }[];
-  otherCores: number;
-  goalRatio: number;
-}
-
-function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSummary {
-  const measuredPhases = phases.filter((phase) => phase.round > 0);
-  const values = (name: SurgePhaseName, value: (phase: SurgePhase) => number) =>
-    measuredPhases.filter((phase) => phase.name === name).map(value);
-  const pair = (metric: string, apiName: SurgePhaseName, refName: SurgePhaseName | undefined, value: (phase: SurgePhase) => number) => {
-    const apiValues = values(apiName, value);
-    const refValues = refName ? values(refName, value) : [];
-    const ratios = refName ? Array.from({ length: rounds }, (_, index) => (apiValues[index] as number) / (refValues[index] as number)) : [];
-    return {
-      metric,
-      api: median(apiValues),
-      reference: refName ? median(refValues) : Number.NaN,
-      ratio: refName ? round(median(ratios), 2) : Number.NaN,
-    };
-  };
-  const throughput = (phase: SurgePhase) => phase.throughput;
-  const p50 = (phase: SurgePhase) => phase.latency.p50Ms;
-  const p99 = (phase: SurgePhase) => phase.latency.p99Ms;
-  const holds = pair('holds/s, one hot item', 'hold_api', 'hold_pgbench', throughput);
-  const cpuRow = (metric: string, name: SurgePhaseName) => {
-    const client = median(values(name, (phase) => phase.cpu.clientUsPerTx));
-    const server = median(values(name, (phase) => phase.cpu.serverUsPerTx));
-    const db = median(values(name, (phase) => phase.cpu.backendsUsPerTx));
-    const redis = median(values(name, (phase) => phase.cpu.redisUsPerTx));
-    return { metric, client, server, db, redis, total: client + server + db + (Number.isFinite(redis) ? redis : 0) };
-  };
-  return {
-    rows: [
-      pair('sale read, Redis mode (req/s)', 'read_api', 'read_bare', throughput),
-      pair('  p50 (ms)', 'read_api', 'read_bare', p50),
-      pair('  p99 (ms)', 'read_api', 'read_bare', p99),
-      pair('sale read, memory mode (req/s)', 'read_api_memory', 'read_bare', throughput),
-      holds,
-      pair('  p50 @ max (ms)', 'hold_api', 'hold_pgbench', p50),
-      pair('  p99 @ max (ms)', 'hold_api', 'hold_pgbench', p99),
-    ],
-    rates: [
-      { metric: 'tickets (held units) per minute', api: holds.api * 60, reference: Number.NaN, ratio: Number.NaN },
-      pair('queue joins/s, admitted at once', 'join_admitted', undefined, throughput),
-      pair('  p50 / p99 (ms)', 'join_admitted', undefined, p50),
-      pair('queue joins/s, left waiting', 'join_waiting', undefined, throughput),
-      pair('queue polls/s (waiting tickets)', 'poll', undefined, throughput),
-    ].map((row, index) => (index === 2 ? { ...row, reference: median(values('join_admitted', p99)) } : row)),
-    cpuRows: [
-      cpuRow('sale read, API (Redis)', 'read_api'),
-      cpuRow('sale read, API (memory)', 'read_api_memory'),
-      cpuRow('sale read, bare Fastify', 'read_bare'),
-      cpuRow('hold, API', 'hold_api'),
-      cpuRow('hold, pgbench', 'hold_pgbench'),
-      cpuRow('queue join, admitted', 'join_admitted'),
-      cpuRow('queue join, waiting', 'join_waiting'),
-      cpuRow('queue poll', 'poll'),
-    ],
-    otherCores: round(median(measuredPhases.map((phase) => phase.cpu.otherCores)), 2),
-    goalRatio: GOAL_RATIO,
-  };
-}
-
-function formatSurgeTable(summary: SurgeSummary, options: { quick: boolean; rounds: number; durationS: number; clients: number }): string {
-  const ratio = (value: number) => (Number.isFinite(value) ? value.toFixed(2) : '-');
-  const line = (row: SurgeSummaryRow) =>
-    `${pad(row.metric, 34)} ${pad(num(row.api), 10)} ${pad(num(row.reference), 10)} ${ratio(row.ratio)}`;
-  const cpu = (value: number) => pad(num(value), 8);
-  const lines = [
-    `surge: ${options.quick ? 'quick' : 'full'} run, ${options.rounds} round(s) of ${options.durationS} s phases, medians shown; ` +
-      `${options.clients} keep-alive connections (= API pool size = pgbench clients) in every phase`,
-    '',
-    `${pad('metric', 34)} ${pad('api', 10)} ${pad('reference', 10)} ratio     (reads: bare Fastify; holds: pgbench)`,
-    ...summary.rows.map(line),
-    '',
-    `${pad('rates', 34)} ${pad('api', 10)} reference`,
-    `${line(summary.rates[0] as SurgeSummaryRow)
-      .trimEnd()
-      .replace(/ -$/, '')}${TICKETING_REFERENCE_PER_MINUTE} (open-source ticketing ceiling)`,
-    ...summary.rates
-      .slice(1)
-      .map((row) => `${pad(row.metric, 34)} ${pad(num(row.api), 10)} ${Number.isFinite(row.reference) ? num(row.reference) : ''}`),
-    '',
-    `${pad('CPU per request (µs)', 34)} ${pad('client', 8)} ${pad('server', 8)} ${pad('db', 8)} ${pad('redis', 8)} total`,
-    ...summary.cpuRows.map(
-      (row) => `${pad(row.metric, 34)} ${cpu(row.client)} ${cpu(row.server)} ${cpu(row.db)} ${cpu(row.redis)} ${num(row.total)}`,
-    ),
-    '',
-    `ratio = api / reference; throughput goal >= ${summary.goalRatio.toFixed(2)}. "server" is the API's (or the bare server's) process.`,
-  ];
-  const verdict = (row: SurgeSummaryRow | undefined) =>
-    row ? `${row.metric.trim()} ${ratio(row.ratio)} ${row.ratio >= summary.goalRatio ? 'meets' : 'is below'} the goal` : '';
-  const goalLine = `${verdict(summary.rows[0])}; ${verdict(summary.rows[4])}`;
-  if (summary.otherCores > NOISY_OTHER_CORES) {
-    lines.push(`noisy: other processes used ${summary.otherCores} cores (median over phases); ${goalLine} (unreliable)`);
-  } else lines.push(goalLine);
-  return lines.join('\n');
 }
 
 async function deleteRedisKeys(prefix: string): Promise<number> {
@@ -516,6 +482,8 @@ async function deleteRedisKeys(prefix: string): Promise<number> {
 export interface SurgeRecord {
   table: string;
   summary: SurgeSummary;
+  /** Checks that failed (the checkouts' stock counters); the run exits non-zero if any did. */
+  failures: string[];
   phases: SurgePhase[];
   holdStatements: HoldCapture['statements'];
   pgbench: HoldCapture['pgbench'];
@@ -537,11 +505,14 @@ export async function runSurge(db: BenchDatabase, options: SurgeOptions): Promis
   try {
     const merchant = await createMerchant(adminPool, 'Surge bench merchant');
     const nodeArgs = options.profile ? ['--cpu-prof', `--cpu-prof-dir=${options.profileDir}`] : [];
+    const simulator = await startSimulatorProcess();
+    cleanups.push(() => simulator.stop());
     const redisApi = await startApiServer({
       databaseUrl: db.url,
       poolMax: options.clients,
       nodeArgs,
-      env: { REDIS_URL, FLOODGATE_REDIS_KEY_PREFIX: prefix },
+      // The checkouts pay through the simulator over HTTP, as a node pays through its provider.
+      env: { REDIS_URL, FLOODGATE_REDIS_KEY_PREFIX: prefix, FLOODGATE_PROVIDER_URL: simulator.url },
     });
     cleanups.push(() => redisApi.stop());
     const memoryApi = await startApiServer({ databaseUrl: db.url, poolMax: options.clients, env: { REDIS_URL: '' } });
@@ -596,10 +567,13 @@ export async function runSurge(db: BenchDatabase, options: SurgeOptions): Promis
       capture,
       readBody: read.text,
       redisPid: redisPid(),
+      simulator,
+      secretKey: secret,
       adminPool,
       durationS,
       buyerSeq: 0,
       lastHoldRate: 0,
+      lastCheckoutRate: 0,
     };
     console.log(`surge: hot sale ${surge.hotSale}, ${rounds} round(s) of ${durationS} s phases; warming up`);
     const phases: SurgePhase[] = [];
@@ -610,6 +584,7 @@ export async function runSurge(db: BenchDatabase, options: SurgeOptions): Promis
     return {
       table,
       summary,
+      failures: summary.failures,
       phases,
       holdStatements: capture.statements,
       pgbench: capture.pgbench,

@@ -1,0 +1,298 @@
+/**
+ * The surge benchmark's report: its phases' records, their one-line summaries as they run, and
+ * the table of medians over rounds (bench/README.md, "Reading the surge table").
+ */
+import type { LatencySummary } from './stats.js';
+import { median, round } from './stats.js';
+
+// A widely used open-source ticketing system documents about 300–400 tickets per minute per
+// event as its ceiling; the report puts the holds' rate beside it.
+export const TICKETING_REFERENCE_PER_MINUTE = '300-400';
+
+const GOAL_RATIO = 0.8;
+const NOISY_OTHER_CORES = 0.25;
+// Issue 9's goals for the hot item: the batching window's latency cost at 60% of max, and paid
+// checkouts per second on the 2-core machine.
+const HOLD_P99_AT_RATE_GOAL_MS = 50;
+const CHECKOUTS_PER_SECOND_GOAL = 1_000;
+const CHECKOUT_LATENCY_ROW = '  p50 / p99 per checkout (ms)';
+
+export type SurgePhaseName =
+  | 'read_api'
+  | 'read_api_memory'
+  | 'read_bare'
+  | 'join_admitted'
+  | 'join_waiting'
+  | 'poll'
+  | 'hold_api'
+  | 'hold_pgbench'
+  | 'hold_api_rate'
+  | 'hold_pgbench_rate'
+  | 'checkout_api';
+
+/** The hot item's stock after a checkout phase, and what did not add up (empty: exact). */
+export interface StockCheck {
+  total: number;
+  available: number;
+  held: number;
+  sold: number;
+  /** sale_items.stock_allocated: the counter batches take from. */
+  allocated: number;
+  /** Units of ended holds waiting to be credited back. */
+  returned: number;
+  paidOrders: number;
+  problems: string[];
+}
+
+export interface SurgePhase {
+  round: number;
+  name: SurgePhaseName;
+  clients: number;
+  durationS: number;
+  /** Open loop (pgbench -R): the offered rate, and whether it was not served (see bench/README.md). */
+  rate?: number;
+  overloaded?: boolean;
+  throughput: number;
+  latency: LatencySummary;
+  errors: Record<string, number>;
+  tokensRanOut?: boolean;
+  rows?: number;
+  /** Checkouts: each step answered as expected (hold, order, confirm). */
+  steps?: Record<string, number>;
+  /** Checkouts: each step's own latency, send to answer. */
+  stepLatency?: Record<string, LatencySummary>;
+  stock?: StockCheck;
+  cpu: {
+    machineBusy: number;
+    clientUsPerTx: number;
+    serverUsPerTx: number;
+    backendsUsPerTx: number;
+    redisUsPerTx: number;
+    /** The provider simulator's process; NaN in phases that do not pay. */
+    providerUsPerTx: number;
+    otherCores: number;
+  };
+}
+
+const pad = (text: string, width: number) => text.padEnd(width);
+const num = (value: number) =>
+  Number.isFinite(value) ? (value >= 100 || Number.isInteger(value) ? String(Math.round(value)) : value.toFixed(2)) : '-';
+
+export function phaseLine(phase: SurgePhase): string {
+  const errors = Object.entries(phase.errors)
+    .map(([name, count]) => `${name}=${count}`)
+    .join(' ');
+  const offered = phase.rate === undefined ? '' : ` @${phase.rate}/s${phase.overloaded ? ' OVERLOADED' : ''}`;
+  const provider = Number.isFinite(phase.cpu.providerUsPerTx) ? ` provider ${phase.cpu.providerUsPerTx}` : '';
+  const stepP50s = Object.entries(phase.stepLatency ?? {})
+    .map(([step, latency]) => `${step} ${num(latency.p50Ms)}`)
+    .join(' ');
+  return (
+    `  ${phase.round === 0 ? 'warm-up' : `round ${phase.round}`} ${pad(phase.name, 17)} c=${phase.clients}${offered} ${phase.throughput}/s ` +
+    `p50=${num(phase.latency.p50Ms)} p99=${num(phase.latency.p99Ms)} ms | cpu µs/req: client ${phase.cpu.clientUsPerTx} ` +
+    `server ${phase.cpu.serverUsPerTx} db ${phase.cpu.backendsUsPerTx} redis ${num(phase.cpu.redisUsPerTx)}${provider} | machine ` +
+    `${Math.round(phase.cpu.machineBusy * 100)}% busy, others ${phase.cpu.otherCores} cores` +
+    `${stepP50s ? ` | step p50 ms: ${stepP50s}` : ''}${phase.tokensRanOut ? ' | tokens ran out' : ''}${errors ? ` | errors: ${errors}` : ''}`
+  );
+}
+
+export interface SurgeSummaryRow {
+  metric: string;
+  api: number;
+  reference: number;
+  ratio: number;
+}
+
+export interface SurgeCpuRow {
+  metric: string;
+  client: number;
+  server: number;
+  db: number;
+  redis: number;
+  provider: number;
+  total: number;
+}
+
+export interface SurgeSummary {
+  rows: SurgeSummaryRow[];
+  rates: SurgeSummaryRow[];
+  cpuRows: SurgeCpuRow[];
+  /** Holds offered as Poisson arrivals at 60% of the round's API max, API and pgbench -R alike. */
+  holdAtRate: {
+    offeredPerSecond: number;
+    api: { throughput: number; p50Ms: number; p99Ms: number; overloadedRounds: number };
+    pgbench: { throughput: number; p50Ms: number; p99Ms: number; overloadedRounds: number };
+    p99GoalMs: number;
+  };
+  /** Paid checkouts (hold, order, confirm) on the hot item, closed loop. */
+  checkout: {
+    perSecond: number;
+    p50Ms: number;
+    p99Ms: number;
+    goalPerSecond: number;
+    /** Every checkout phase's stock added up exactly (warm-up included). */
+    stockExact: boolean;
+    cpu: SurgeCpuRow;
+  };
+  /** Checks that failed, one line each (see surgeFailures). */
+  failures: string[];
+  otherCores: number;
+  goalRatio: number;
+}
+
+/** Every check that failed, one line each: the checkouts' stock counters (warm-up included). */
+export function surgeFailures(phases: SurgePhase[]): string[] {
+  return phases
+    .filter((phase) => phase.stock && phase.stock.problems.length > 0)
+    .map((phase) => `${phase.round === 0 ? 'warm-up' : `round ${phase.round}`} ${phase.name}: ${phase.stock?.problems.join('; ')}`);
+}
+
+export function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSummary {
+  const measuredPhases = phases.filter((phase) => phase.round > 0);
+  const values = (name: SurgePhaseName, value: (phase: SurgePhase) => number) =>
+    measuredPhases.filter((phase) => phase.name === name).map(value);
+  const pair = (metric: string, apiName: SurgePhaseName, refName: SurgePhaseName | undefined, value: (phase: SurgePhase) => number) => {
+    const apiValues = values(apiName, value);
+    const refValues = refName ? values(refName, value) : [];
+    const ratios = refName ? Array.from({ length: rounds }, (_, index) => (apiValues[index] as number) / (refValues[index] as number)) : [];
+    return {
+      metric,
+      api: median(apiValues),
+      reference: refName ? median(refValues) : Number.NaN,
+      ratio: refName ? round(median(ratios), 2) : Number.NaN,
+    };
+  };
+  const throughput = (phase: SurgePhase) => phase.throughput;
+  const p50 = (phase: SurgePhase) => phase.latency.p50Ms;
+  const p99 = (phase: SurgePhase) => phase.latency.p99Ms;
+  const holds = pair('holds/s, one hot item', 'hold_api', 'hold_pgbench', throughput);
+  const offered = median(values('hold_api_rate', (phase) => phase.rate ?? Number.NaN));
+  const cpuRow = (metric: string, name: SurgePhaseName): SurgeCpuRow => {
+    const client = median(values(name, (phase) => phase.cpu.clientUsPerTx));
+    const server = median(values(name, (phase) => phase.cpu.serverUsPerTx));
+    const db = median(values(name, (phase) => phase.cpu.backendsUsPerTx));
+    const redis = median(values(name, (phase) => phase.cpu.redisUsPerTx));
+    const provider = median(values(name, (phase) => phase.cpu.providerUsPerTx));
+    const total = client + server + db + (Number.isFinite(redis) ? redis : 0) + (Number.isFinite(provider) ? provider : 0);
+    return { metric, client, server, db, redis, provider, total };
+  };
+  const atRate = (name: SurgePhaseName) => ({
+    throughput: median(values(name, throughput)),
+    p50Ms: median(values(name, p50)),
+    p99Ms: median(values(name, p99)),
+    overloadedRounds: values(name, (phase) => (phase.overloaded ? 1 : 0)).reduce((sum, value) => sum + value, 0),
+  });
+  const checkoutCpu = cpuRow('paid checkout, API', 'checkout_api');
+  return {
+    rows: [
+      pair('sale read, Redis mode (req/s)', 'read_api', 'read_bare', throughput),
+      pair('  p50 (ms)', 'read_api', 'read_bare', p50),
+      pair('  p99 (ms)', 'read_api', 'read_bare', p99),
+      pair('sale read, memory mode (req/s)', 'read_api_memory', 'read_bare', throughput),
+      holds,
+      pair('  p50 @ max (ms)', 'hold_api', 'hold_pgbench', p50),
+      pair('  p99 @ max (ms)', 'hold_api', 'hold_pgbench', p99),
+      pair(`holds/s @ 60% (${num(offered)}/s offered)`, 'hold_api_rate', 'hold_pgbench_rate', throughput),
+      pair('  p50 @ 60% (ms)', 'hold_api_rate', 'hold_pgbench_rate', p50),
+      pair('  p99 @ 60% (ms)', 'hold_api_rate', 'hold_pgbench_rate', p99),
+    ],
+    rates: [
+      { metric: 'tickets (held units) per minute', api: holds.api * 60, reference: Number.NaN, ratio: Number.NaN },
+      pair('paid checkouts/s, one hot item', 'checkout_api', undefined, throughput),
+      { ...pair(CHECKOUT_LATENCY_ROW, 'checkout_api', undefined, p50), reference: median(values('checkout_api', p99)) },
+      pair('queue joins/s, admitted at once', 'join_admitted', undefined, throughput),
+      { ...pair('  p50 / p99 (ms)', 'join_admitted', undefined, p50), reference: median(values('join_admitted', p99)) },
+      pair('queue joins/s, left waiting', 'join_waiting', undefined, throughput),
+      pair('queue polls/s (waiting tickets)', 'poll', undefined, throughput),
+    ],
+    cpuRows: [
+      cpuRow('sale read, API (Redis)', 'read_api'),
+      cpuRow('sale read, API (memory)', 'read_api_memory'),
+      cpuRow('sale read, bare Fastify', 'read_bare'),
+      cpuRow('hold, API', 'hold_api'),
+      cpuRow('hold, pgbench', 'hold_pgbench'),
+      cpuRow('hold @ 60%, API', 'hold_api_rate'),
+      cpuRow('hold @ 60%, pgbench', 'hold_pgbench_rate'),
+      checkoutCpu,
+      cpuRow('queue join, admitted', 'join_admitted'),
+      cpuRow('queue join, waiting', 'join_waiting'),
+      cpuRow('queue poll', 'poll'),
+    ],
+    holdAtRate: {
+      offeredPerSecond: offered,
+      api: atRate('hold_api_rate'),
+      pgbench: atRate('hold_pgbench_rate'),
+      p99GoalMs: HOLD_P99_AT_RATE_GOAL_MS,
+    },
+    checkout: {
+      perSecond: median(values('checkout_api', throughput)),
+      p50Ms: median(values('checkout_api', p50)),
+      p99Ms: median(values('checkout_api', p99)),
+      goalPerSecond: CHECKOUTS_PER_SECOND_GOAL,
+      stockExact: surgeFailures(phases).length === 0,
+      cpu: checkoutCpu,
+    },
+    failures: surgeFailures(phases),
+    otherCores: round(median(measuredPhases.map((phase) => phase.cpu.otherCores)), 2),
+    goalRatio: GOAL_RATIO,
+  };
+}
+
+export function formatSurgeTable(
+  summary: SurgeSummary,
+  options: { quick: boolean; rounds: number; durationS: number; clients: number },
+): string {
+  const ratio = (value: number) => (Number.isFinite(value) ? value.toFixed(2) : '-');
+  const line = (row: SurgeSummaryRow) =>
+    `${pad(row.metric, 34)} ${pad(num(row.api), 10)} ${pad(num(row.reference), 10)} ${ratio(row.ratio)}`;
+  const cpu = (value: number) => pad(num(value), 8);
+  const { holdAtRate, checkout } = summary;
+  const overloaded = (side: { overloadedRounds: number }, name: string) =>
+    side.overloadedRounds > 0 ? [`  (${name} did not keep up with the offered rate in ${side.overloadedRounds} round(s))`] : [];
+  const lines = [
+    `surge: ${options.quick ? 'quick' : 'full'} run, ${options.rounds} round(s) of ${options.durationS} s phases, medians shown; ` +
+      `${options.clients} keep-alive connections (= API pool size = pgbench clients) in every phase`,
+    '',
+    `${pad('metric', 34)} ${pad('api', 10)} ${pad('reference', 10)} ratio     (reads: bare Fastify; holds: pgbench)`,
+    ...summary.rows.map(line),
+    ...overloaded(holdAtRate.api, 'the API'),
+    ...overloaded(holdAtRate.pgbench, 'pgbench'),
+    '',
+    `${pad('rates', 34)} ${pad('api', 10)} reference`,
+    `${line(summary.rates[0] as SurgeSummaryRow)
+      .trimEnd()
+      .replace(/ -$/, '')}${TICKETING_REFERENCE_PER_MINUTE} (open-source ticketing ceiling)`,
+    ...summary.rates.slice(1).flatMap((row) => {
+      const text = `${pad(row.metric, 34)} ${pad(num(row.api), 10)} ${Number.isFinite(row.reference) ? num(row.reference) : ''}`.trimEnd();
+      // The stock check goes under the checkouts' own rows.
+      const after =
+        row.metric === CHECKOUT_LATENCY_ROW
+          ? [`${pad('  stock after checkouts', 34)} ${checkout.stockExact ? 'exact' : 'NOT EXACT (see FAILED below)'}`]
+          : [];
+      return [text, ...after];
+    }),
+    '',
+    `${pad('CPU per request (µs)', 34)} ${pad('client', 8)} ${pad('server', 8)} ${pad('db', 8)} ${pad('redis', 8)} ${pad('provider', 8)} total`,
+    ...summary.cpuRows.map(
+      (row) =>
+        `${pad(row.metric, 34)} ${cpu(row.client)} ${cpu(row.server)} ${cpu(row.db)} ${cpu(row.redis)} ${cpu(row.provider)} ${num(row.total)}`,
+    ),
+    '',
+    `ratio = api / reference; throughput goal >= ${summary.goalRatio.toFixed(2)}. "server" is the API's (or the bare server's) process; ` +
+      '"provider" the card provider simulator\'s.',
+  ];
+  const verdict = (row: SurgeSummaryRow | undefined) =>
+    row ? `${row.metric.trim()} ${ratio(row.ratio)} ${row.ratio >= summary.goalRatio ? 'meets' : 'is below'} the goal` : '';
+  const goalLine = `${verdict(summary.rows[0])}; ${verdict(summary.rows[4])}`;
+  const p99 = holdAtRate.api.p99Ms;
+  const hotItemLine =
+    `hold p99 @ 60% of max ${num(p99)} ms ${p99 <= holdAtRate.p99GoalMs ? 'meets' : 'misses'} the goal (<= ${holdAtRate.p99GoalMs} ms); ` +
+    `paid checkouts/s ${num(checkout.perSecond)} ${checkout.perSecond >= checkout.goalPerSecond ? 'meets' : 'is below'} ` +
+    `the goal (>= ${checkout.goalPerSecond})`;
+  if (summary.otherCores > NOISY_OTHER_CORES) {
+    lines.push(`noisy: other processes used ${summary.otherCores} cores (median over phases); ${goalLine} (unreliable)`);
+    lines.push(`${hotItemLine} (unreliable)`);
+  } else lines.push(goalLine, hotItemLine);
+  for (const failure of summary.failures) lines.push(`FAILED: stock counters not exact, ${failure}`);
+  return lines.join('\n');
+}
