@@ -205,13 +205,21 @@ for (const backend of BACKENDS) {
       assert.equal(await room.poll(sale, last?.ticket as string, at(235)), undefined);
     });
 
-    test('the longest Retry-After is bounded by twice the grace period', async () => {
+    test('the longest Retry-After is bounded by twice the grace period and by the token’s lifetime', async () => {
       const room = fresh();
       const sale = testSale({ maxShoppers: 0, admitPerSecond: 1, graceSeconds: 5 });
       const views = await joinAll(room, sale, buyers(40), at(0));
       assert.equal(views[39]?.retryAfterSeconds, 10);
       assert.equal((await room.step(sale, at(14.999))).waiting, 22, 'places 19 to 40 were told 10 s; those told less have lapsed');
       assert.equal((await room.step(sale, at(15))).waiting, 0);
+
+      // A buyer admitted between polls (places ahead given up) must come back before the token expires.
+      const shortTokens = roomOn(backend.store().store, { tokenTtlSeconds: 20 });
+      const long = testSale({ maxShoppers: 0, admitPerSecond: 1, graceSeconds: 30 });
+      const back = (await joinAll(shortTokens, long, buyers(100), at(0)))[99];
+      assert.equal(back?.retryAfterSeconds, 20);
+      assert.equal((await shortTokens.step(long, at(20 + 30 - 0.001))).waiting, 100 - 38, 'places 1 to 38 were told under 20 s');
+      assert.equal((await shortTokens.step(long, at(20 + 30))).waiting, 0);
     });
 
     test('an unused admission lapses with its token; a used one holds its slot until release', async () => {

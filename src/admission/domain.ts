@@ -66,7 +66,7 @@ export const QUEUE_LIMITS = {
   maxShoppersMax: 1_000_000,
   // The pre-open crowd's first polls spread over a third of it (gracePollSeconds), at least a second.
   graceSecondsMin: 3,
-  // An hour without a poll: the buyer has gone.
+  // An hour past their Retry-After without a poll: the buyer has gone.
   graceSecondsMax: 3_600,
   // Room for an email address or a UUID-based session id, and no more.
   buyerReferenceLengthMax: 200,

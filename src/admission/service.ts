@@ -69,6 +69,12 @@ export interface WaitingRoomOptions {
 
 export class WaitingRoom {
   private readonly keys: AdmissionKeys;
+  /**
+   * The deployment's bound on Retry-After, and no longer than a token lives: a buyer far back
+   * whose place improved faster than estimated (places ahead given up) can be admitted between
+   * polls, and must come back before the admission lapses.
+   */
+  private readonly pollMaxSeconds: number;
 
   constructor(
     private readonly store: QueueStore,
@@ -78,6 +84,7 @@ export class WaitingRoom {
     assert.ok(options.secret.length >= 32, 'the admission secret has at least 32 characters');
     this.keys = deriveAdmissionKeys(options.secret);
     assert.ok(Number.isInteger(options.pollMaxSeconds) && options.pollMaxSeconds >= 1, 'pollMaxSeconds is a whole number ≥ 1');
+    this.pollMaxSeconds = Math.max(1, Math.min(options.pollMaxSeconds, Math.floor(options.tokenTtlSeconds)));
   }
 
   /** Joins the line, or (same buyer again) answers as a poll of the ticket they already have. */
@@ -207,7 +214,7 @@ export class WaitingRoom {
       admitPerSecond: sale.admitPerSecond,
       maxShoppers: sale.maxShoppers,
       graceMs: sale.graceSeconds * 1000,
-      pollMaxSeconds: pollBoundSeconds(this.options.pollMaxSeconds, sale.graceSeconds),
+      pollMaxSeconds: pollBoundSeconds(this.pollMaxSeconds, sale.graceSeconds),
       availableUnits,
       tokenTtlMs: this.options.tokenTtlSeconds * 1000,
       stateTtlMs: stateTtlMs(nowMs, opensAtMs),
@@ -216,7 +223,7 @@ export class WaitingRoom {
   }
 
   private view(sale: SaleForQueue, ticketId: string, state: TicketState, outcome: StepOutcome, nowMs: number): QueueView | undefined {
-    const view = describeTicket(sale, ticketId, state, outcome, nowMs, this.options.pollMaxSeconds);
+    const view = describeTicket(sale, ticketId, state, outcome, nowMs, this.pollMaxSeconds);
     if (view?.status !== 'admitted' || state.kind !== 'admitted') return view;
     const claims = { saleId: sale.id, ticketId, buyerDigest: state.buyerDigest, expiresAtMs: state.tokenExpiresAtMs };
     return { ...view, admissionToken: signAdmissionToken(this.keys, claims) };
