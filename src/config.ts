@@ -81,6 +81,8 @@ export interface Config {
   readonly secretsKeys: string | undefined;
   readonly admissionTokenTtlSeconds: number;
   readonly admissionShoppingMaxSeconds: number;
+  /** The most a buyer in a waiting room's line is told to wait between polls (it keeps its place that long plus the sale's grace). */
+  readonly queuePollMaxSeconds: number;
   /** How long a node collects hold requests for one sale before allocating them together; 0: no wait. */
   readonly holdBatchWindowMs: number;
   /** The most hold requests allocated in one transaction. 1 turns batching off. */
@@ -294,6 +296,12 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     // A buyer holding stock keeps their shopper slot until released, or this long at most:
     // longer than a hold plus its payment, so only a buyer who left without a release loses it.
     admissionShoppingMaxSeconds: int('FLOODGATE_ADMISSION_SHOPPING_MAX_SECONDS', 1_800, 60, 86_400),
+    // A minute: a buyer far back in a long line polls a few times on the way to the front, not
+    // every few seconds (6,000 in line poll ~100 times a second, not the ~600 of a poll every
+    // 10 s), and still sees their place move, or a line that moves faster than estimated because
+    // places ahead were given up. Each sale also bounds it by twice its grace period. Up to an
+    // hour, the longest grace period.
+    queuePollMaxSeconds: int('FLOODGATE_QUEUE_POLL_MAX_SECONDS', 60, 1, 3_600),
     // A few milliseconds: at a surge's rate that gathers tens of requests, and a buyer never
     // notices it. More than 50 would be a visible wait for one buyer alone.
     holdBatchWindowMs: int('FLOODGATE_HOLD_BATCH_WINDOW_MS', 2, 0, 50),

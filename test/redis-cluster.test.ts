@@ -125,6 +125,7 @@ describe('shared state on a 3-master Redis Cluster', { skip }, () => {
           secret: TEST_ADMISSION_SECRET,
           tokenTtlSeconds: 300,
           shoppingMaxSeconds: 1_800,
+          pollMaxSeconds: 60,
         }),
     );
     const masters = new Set<number>();

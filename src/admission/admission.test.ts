@@ -4,8 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { at, BACKENDS, roomOn, T0, type TestSale, TOKEN_TTL_SECONDS, testSale } from '../../test/fixtures/admission.js';
-import { maxPollIntervalSeconds, preOpenScore, type QueueView } from './domain.js';
+import { at, BACKENDS, POLL_MAX_SECONDS, roomOn, T0, type TestSale, TOKEN_TTL_SECONDS, testSale } from '../../test/fixtures/admission.js';
+import { gracePollSeconds, pollBoundSeconds, preOpenScore, type QueueView, waitingPollSeconds } from './domain.js';
 import type { WaitingRoom } from './service.js';
 import { deriveAdmissionKeys, shuffleSeed } from './token.js';
 
@@ -70,7 +70,7 @@ for (const backend of BACKENDS) {
         assert.equal(view.position, null);
         assert.equal(view.estimatedWaitSeconds, 60);
         assert.ok(view.retryAfterSeconds !== undefined && view.retryAfterSeconds >= 60);
-        assert.ok(view.retryAfterSeconds < 60 + maxPollIntervalSeconds(sale.graceSeconds));
+        assert.ok(view.retryAfterSeconds < 60 + gracePollSeconds(sale.graceSeconds));
       }
       const late = await joinAll(room, sale, buyers(3, 'late'), at(61));
       assert.deepEqual(
@@ -146,21 +146,80 @@ for (const backend of BACKENDS) {
       }
     });
 
-    test('a place whose buyer stops polling is reclaimed after the grace period; pre-open grace starts at opening', async () => {
+    test('a place whose buyer stops polling is reclaimed the grace period after its Retry-After; pre-open grace starts at opening', async () => {
       const room = fresh();
       const sale = testSale({ maxShoppers: 0, graceSeconds: 10, opensAt: at(100) });
       const early = await room.join(sale, 'early', at(0));
       const [a, b, c] = await joinAll(room, sale, ['a', 'b', 'c'], at(100));
+      assert.deepEqual(
+        [a, b, c].map((view) => view?.retryAfterSeconds),
+        [1, 1, 1],
+        'near the front: poll again in a second',
+      );
       assert.equal((await room.poll(sale, early.ticket as string, at(109)))?.status, 'waiting', 'still within grace after opening');
       await room.poll(sale, a?.ticket as string, at(106));
       await room.poll(sale, c?.ticket as string, at(106));
       // b is the first to come back: their own late poll finds the place already given up.
-      assert.equal(await room.poll(sale, b?.ticket as string, at(110)), undefined, 'b did not poll for 10 s');
-      assert.equal((await room.poll(sale, a?.ticket as string, at(110)))?.position, 2);
-      assert.equal((await room.poll(sale, c?.ticket as string, at(110)))?.position, 3);
-      const back = await room.join(sale, 'b', at(111));
+      assert.equal((await room.step(sale, at(110.999))).waiting, 4, 'b keeps the place until 1 s + 10 s after joining');
+      assert.equal(await room.poll(sale, b?.ticket as string, at(111)), undefined, 'b did not poll within 1 s + 10 s');
+      assert.equal((await room.poll(sale, a?.ticket as string, at(111)))?.position, 2);
+      assert.equal((await room.poll(sale, c?.ticket as string, at(111)))?.position, 3);
+      const back = await room.join(sale, 'b', at(112));
       assert.notEqual(back.ticket, b?.ticket);
       assert.equal(back.position, 4, 'a reclaimed buyer joins again at the back');
+    });
+
+    test('a buyer far back is told to come back in about half their wait and keeps the place until then plus the grace period', async () => {
+      const room = fresh();
+      // One admission a second and none happening (no shopper slots), so places move only as others lapse.
+      const sale = testSale({ maxShoppers: 0, admitPerSecond: 1, graceSeconds: 30 });
+      const pollMax = pollBoundSeconds(POLL_MAX_SECONDS, sale.graceSeconds);
+      const views = await joinAll(room, sale, buyers(150), at(0));
+      assert.deepEqual(
+        views.map((view) => view.retryAfterSeconds),
+        views.map((view) => waitingPollSeconds(view.position as number, 1, pollMax)),
+      );
+      assert.deepEqual(
+        [views[0]?.retryAfterSeconds, views[3]?.retryAfterSeconds, views[99]?.retryAfterSeconds, views[149]?.retryAfterSeconds],
+        [1, 2, 50, 60],
+        'the front polls every second or two; the back once a minute at most',
+      );
+      // Every place lapses exactly at its join's Retry-After plus the grace period.
+      const kept = (seconds: number) => views.filter((view) => (view.retryAfterSeconds as number) + sale.graceSeconds > seconds).length;
+      for (const seconds of [29.999, 30.999, 31, 45, 89.999, 90]) {
+        assert.equal((await room.step(sale, at(seconds))).waiting, kept(seconds), `waiting at ${seconds} s`);
+      }
+      assert.equal(kept(89.999), 32, 'the last 32 were told 60 s and kept their places past the old 30 s grace');
+      assert.equal(kept(90), 0);
+
+      // A poll sets a new deadline from the place it finds: the last buyer, now 32nd, comes back in 16 s.
+      const again = await joinAll(room, sale, buyers(150, 'again'), at(100));
+      const last = again[149];
+      const polled = await room.poll(sale, last?.ticket as string, at(189));
+      assert.deepEqual([polled?.position, polled?.retryAfterSeconds], [32, 16]);
+      // Polling much more often than told changes nothing but the deadline.
+      for (let i = 0; i < 1_200; i++) await room.poll(sale, last?.ticket as string, at(189));
+      assert.equal((await room.step(sale, at(190))).waiting, 1, 'the other 31 lapse 60 s + 30 s after joining');
+      assert.equal((await room.step(sale, at(189 + 16 + 30 - 0.001))).waiting, 1);
+      assert.equal((await room.step(sale, at(189 + 16 + 30))).waiting, 0);
+      assert.equal(await room.poll(sale, last?.ticket as string, at(235)), undefined);
+    });
+
+    test('the longest Retry-After is bounded by twice the grace period and by the token’s lifetime', async () => {
+      const room = fresh();
+      const sale = testSale({ maxShoppers: 0, admitPerSecond: 1, graceSeconds: 5 });
+      const views = await joinAll(room, sale, buyers(40), at(0));
+      assert.equal(views[39]?.retryAfterSeconds, 10);
+      assert.equal((await room.step(sale, at(14.999))).waiting, 22, 'places 19 to 40 were told 10 s; those told less have lapsed');
+      assert.equal((await room.step(sale, at(15))).waiting, 0);
+
+      // A buyer admitted between polls (places ahead given up) must come back before the token expires.
+      const shortTokens = roomOn(backend.store().store, { tokenTtlSeconds: 20 });
+      const long = testSale({ maxShoppers: 0, admitPerSecond: 1, graceSeconds: 30 });
+      const back = (await joinAll(shortTokens, long, buyers(100), at(0)))[99];
+      assert.equal(back?.retryAfterSeconds, 20);
+      assert.equal((await shortTokens.step(long, at(20 + 30 - 0.001))).waiting, 100 - 38, 'places 1 to 38 were told under 20 s');
+      assert.equal((await shortTokens.step(long, at(20 + 30))).waiting, 0);
     });
 
     test('an unused admission lapses with its token; a used one holds its slot until release', async () => {
@@ -215,7 +274,7 @@ for (const backend of BACKENDS) {
       for (const view of views.slice(3)) {
         const polled = await room.poll(sale, view.ticket as string, at(2));
         assert.deepEqual([polled?.status, polled?.position, polled?.estimatedWaitSeconds], ['sold_out', null, null]);
-        assert.equal(polled?.retryAfterSeconds, maxPollIntervalSeconds(sale.graceSeconds));
+        assert.equal(polled?.retryAfterSeconds, 1, 'the front of a sold-out line polls often, to see returned stock at once');
       }
       const first = await room.poll(sale, views[0]?.ticket as string, at(2));
       assert.equal((await room.consumeAdmission(first?.admissionToken as string, sale.id, 'buyer-1', at(2))).kind, 'ok');

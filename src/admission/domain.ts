@@ -8,7 +8,13 @@
  *   join ──▶ waiting ──(head of the line, a credit, a free shopper slot, a unit left)──▶ admitted
  *   admitted ──(token consumed by a hold)──▶ shopping ──(releaseAdmission | shopping limit)──▶ gone
  *   admitted ──(token expires unused | releaseAdmission)──▶ gone
- *   waiting ──(no poll for graceSeconds | releaseAdmission)──▶ gone (the place is reclaimed)
+ *   waiting ──(no poll by its deadline | releaseAdmission)──▶ gone (the place is reclaimed)
+ *
+ * A waiting ticket's deadline is set by each join and poll: the Retry-After it was told plus the
+ * sale's grace period (placeDeadlineMs). A buyer far back is told to come back in about half
+ * their estimated wait and keeps their place that long, so a long line costs few polls; a buyer
+ * near the front is told a second or two. Either way a poll that is lost or late by less than
+ * the grace period never costs a place.
  *
  * `sold_out` and `closed` are what a waiting buyer is told about the sale, not ticket states:
  * a sold-out buyer keeps their place while they poll, and is admitted if expired holds return
@@ -26,7 +32,7 @@ export interface SaleForQueue {
   admitPerSecond: number;
   /** Admitted buyers shopping at once at most; 0 pauses admission. */
   maxShoppers: number;
-  /** A waiting buyer who has not polled for this long loses their place. */
+  /** A waiting buyer who has not polled this long after the Retry-After they were told loses their place. */
   graceSeconds: number;
   /**
    * Units a new hold could take right now: stock minus held minus sold. Called on every join,
@@ -58,9 +64,9 @@ export const QUEUE_LIMITS = {
   admitPerSecondMax: 10_000,
   // A million buyers shopping at once is far past any one sale; it bounds the counters.
   maxShoppersMax: 1_000_000,
-  // Buyers poll three times per grace period (see maxPollIntervalSeconds), at least a second apart.
+  // The pre-open crowd's first polls spread over a third of it (gracePollSeconds), at least a second.
   graceSecondsMin: 3,
-  // An hour without a poll: the buyer has gone.
+  // An hour past their Retry-After without a poll: the buyer has gone.
   graceSecondsMax: 3_600,
   // Room for an email address or a UUID-based session id, and no more.
   buyerReferenceLengthMax: 200,
@@ -124,13 +130,26 @@ export function preOpenScore(shuffleSeed: string, arrival: number): number {
   return Number.parseInt(hex.slice(0, 13), 16);
 }
 
-/** The time a place counts as last seen: a pre-open arrival's grace starts at opening. */
-export function seenAtMs(nowMs: number, opensAtMs: number): number {
-  return Math.max(nowMs, opensAtMs);
+/** What a waiting ticket's deadline depends on; the stores' StepInput carries all of it. */
+export interface DeadlineRule {
+  nowMs: number;
+  opensAtMs: number;
+  admitPerSecond: number;
+  graceMs: number;
+  /** The sale's bound on Retry-After (pollBoundSeconds). */
+  pollMaxSeconds: number;
 }
 
-export function isStale(seenMs: number, nowMs: number, graceMs: number): boolean {
-  return seenMs <= nowMs - graceMs;
+/**
+ * Until when a waiting ticket keeps its place after a join or poll that left it at `position`
+ * (null before opening): the Retry-After it was told, plus the grace period. Before opening
+ * the grace starts at opening, as the pre-open Retry-After points there. The place is given up
+ * once the clock reaches the deadline. The Redis store's Lua computes the same (see
+ * waitingPollSeconds); the shared store tests hold both to this function.
+ */
+export function placeDeadlineMs(rule: DeadlineRule, position: number | null): number {
+  if (position === null) return Math.max(rule.nowMs, rule.opensAtMs) + rule.graceMs;
+  return rule.nowMs + waitingPollSeconds(position, rule.admitPerSecond, rule.pollMaxSeconds) * 1000 + rule.graceMs;
 }
 
 // ---- Admission: a token bucket that holds at most one second's worth ----
@@ -208,6 +227,7 @@ export function describeTicket(
   state: TicketState,
   outcome: StepOutcome,
   nowMs: number,
+  pollMaxSeconds: number,
 ): QueueView | undefined {
   let view: QueueView;
   if (isClosed(sale, nowMs)) view = { ticket: ticketId, status: 'closed', position: null, estimatedWaitSeconds: null };
@@ -225,7 +245,8 @@ export function describeTicket(
       estimatedWaitSeconds: estimateWaitSeconds(state.position, sale.admitPerSecond),
     };
   }
-  const retryAfter = retryAfterSeconds(view, sale, nowMs);
+  const linePosition = state.kind === 'waiting' ? state.position : null;
+  const retryAfter = retryAfterSeconds(view, sale, nowMs, pollMaxSeconds, linePosition);
   return retryAfter === undefined ? view : { ...view, retryAfterSeconds: retryAfter };
 }
 
@@ -245,32 +266,63 @@ function secondsUntil(atMs: number, nowMs: number): number {
   return Math.max(0, Math.ceil((atMs - nowMs) / 1000));
 }
 
-/** Three polls per grace period, so one lost poll never costs a buyer their place. */
-export function maxPollIntervalSeconds(graceSeconds: number): number {
+/**
+ * A third of the grace period: the window over which the pre-open crowd's first polls after
+ * opening are spread, and the poll interval of a sold-out buyer whose place is not yet drawn.
+ * Three polls per grace period, so one lost poll never costs a place.
+ */
+export function gracePollSeconds(graceSeconds: number): number {
   return Math.max(1, Math.floor(graceSeconds / 3));
 }
 
 /**
- * When to poll again. Waiting: about halfway to the estimate, within the poll interval.
- * Before opening: at opening, spread over the first poll interval by ticket so the whole
- * pre-open crowd does not arrive in the same millisecond (their draw is fixed, so arriving
- * first gains nothing).
+ * The most a waiting buyer of this sale is told to wait before polling again: the deployment's
+ * bound, and at most twice the grace period, so a client that polls up to half its interval
+ * late (a page's jitter, a throttled background tab) still keeps its place.
  */
-export function retryAfterSeconds(view: QueueView, sale: SaleForQueue, nowMs: number): number | undefined {
-  const pollMax = maxPollIntervalSeconds(sale.graceSeconds);
+export function pollBoundSeconds(pollMaxSeconds: number, graceSeconds: number): number {
+  return Math.max(1, Math.min(pollMaxSeconds, 2 * graceSeconds));
+}
+
+/**
+ * Seconds until a ticket at `position` polls again: about half its estimated wait, at least 1 s,
+ * at most the bound. Halving means a buyer is told a shorter interval each time on the way to
+ * the front and a second or two near it, so admission is seen promptly while a long line's
+ * back polls rarely. The Redis store's Lua computes exactly this, in the same order of operations.
+ */
+export function waitingPollSeconds(position: number, admitPerSecond: number, pollMaxSeconds: number): number {
+  return Math.min(pollMaxSeconds, Math.max(1, Math.ceil(estimateWaitSeconds(position, admitPerSecond) / 2)));
+}
+
+/**
+ * When to poll again. Waiting, and sold out while keeping a place: waitingPollSeconds at the
+ * ticket's place (`linePosition`, known even when a sold-out view hides it), so the front of a
+ * sold-out line sees returned stock at once. Before opening: at opening, spread over the first
+ * seconds by ticket so the whole pre-open crowd does not arrive in the same millisecond (their
+ * draw is fixed, so arriving first gains nothing).
+ */
+export function retryAfterSeconds(
+  view: QueueView,
+  sale: SaleForQueue,
+  nowMs: number,
+  pollMaxSeconds: number,
+  linePosition: number | null,
+): number | undefined {
+  const pollMax = pollBoundSeconds(pollMaxSeconds, sale.graceSeconds);
   switch (view.status) {
     case 'admitted':
     case 'closed':
       return undefined;
     case 'sold_out':
-      return pollMax;
+      if (linePosition === null) return gracePollSeconds(sale.graceSeconds);
+      return waitingPollSeconds(linePosition, sale.admitPerSecond, pollMax);
     case 'waiting': {
       if (view.position === null) {
         const untilOpen = secondsUntil(sale.opensAt.getTime(), nowMs);
         if (untilOpen >= PRE_OPEN_POLL_MAX_SECONDS) return PRE_OPEN_POLL_MAX_SECONDS;
-        return Math.max(1, untilOpen + (spreadOf(view.ticket ?? '') % pollMax));
+        return Math.max(1, untilOpen + (spreadOf(view.ticket ?? '') % gracePollSeconds(sale.graceSeconds)));
       }
-      return Math.min(pollMax, Math.max(1, Math.ceil((view.estimatedWaitSeconds ?? 0) / 2)));
+      return waitingPollSeconds(view.position, sale.admitPerSecond, pollMax);
     }
   }
 }

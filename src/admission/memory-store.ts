@@ -1,21 +1,21 @@
 /**
  * The waiting room in process memory, for single-node mode. It does what redis-store.ts's Lua
  * does, step for step, using the same pure rules; the shared test table holds them to the same
- * answers. Maps keep insertion order, and a ticket is re-inserted when touched, so the entries
- * due first (lapsed places, expired admissions) are always at the front: with a clock that
- * does not run backwards, walking from the front finds exactly what a sorted set's range would.
+ * answers. Admitted and shopping tickets share one lifetime each, so their maps keep insertion
+ * order and the entries due first are at the front: with a clock that does not run backwards,
+ * walking from the front finds exactly what a sorted set's range would. Waiting tickets each
+ * have their own deadline, so they are kept in a heap (Deadlines, below).
  */
 import {
   admissionCount,
   type Credit,
   creditCap,
   isSoldOut,
-  isStale,
+  placeDeadlineMs,
   preOpenScore,
   RECLAIM_BATCH_MAX,
   refillCredit,
   type StepOutcome,
-  seenAtMs,
   type TicketState,
 } from './domain.js';
 import type { ClaimInput, ClaimResult, QueueStore, StepInput, TicketAnswer } from './store.js';
@@ -31,8 +31,8 @@ interface SaleState {
   /** Before opening: ticket → draw score. Sorted into the line at opening. */
   preOpen: Map<string, number>;
   line: Line;
-  /** Waiting tickets → when last seen, oldest first. */
-  seen: Map<string, number>;
+  /** Waiting tickets → when their place is given up. */
+  deadlines: Deadlines;
   /** Admitted, token unused → token expiry, soonest first. */
   pending: Map<string, number>;
   /** Token used → slot expiry, soonest first. */
@@ -59,16 +59,18 @@ export class MemoryQueueStore implements QueueStore {
       sale.tickets.set(ticketId, { joinedAtMs: input.nowMs, buyerDigest: input.buyerDigest });
       sale.refs.set(input.buyerDigest, ticketId);
     }
-    touch(sale, ticketId, input);
     const outcome = admit(sale, input);
-    return { ticketId, state: view(sale, ticketId), outcome };
+    const state = view(sale, ticketId);
+    touch(sale, ticketId, state, input);
+    return { ticketId, state, outcome };
   }
 
   async poll(input: StepInput & { ticketId: string }): Promise<TicketAnswer> {
     const sale = this.prepare(input);
-    touch(sale, input.ticketId, input);
     const outcome = admit(sale, input);
-    return { state: view(sale, input.ticketId), outcome };
+    const state = view(sale, input.ticketId);
+    touch(sale, input.ticketId, state, input);
+    return { state, outcome };
   }
 
   async step(input: StepInput): Promise<StepOutcome> {
@@ -80,7 +82,7 @@ export class MemoryQueueStore implements QueueStore {
     if (!sale) return false;
     const removed = sale.line.remove(ticketId) || sale.preOpen.delete(ticketId);
     const admitted = sale.pending.delete(ticketId) || sale.shopping.delete(ticketId);
-    sale.seen.delete(ticketId);
+    sale.deadlines.delete(ticketId);
     forget(sale, ticketId);
     return removed || admitted;
   }
@@ -141,7 +143,7 @@ function newSaleState(): SaleState {
     credit: { credit: 0, creditAtMs: 0 },
     preOpen: new Map(),
     line: new Line(),
-    seen: new Map(),
+    deadlines: new Deadlines(),
     pending: new Map(),
     shopping: new Map(),
     tickets: new Map(),
@@ -161,15 +163,12 @@ function openIfDue(sale: SaleState, input: StepInput): void {
 }
 
 function reclaim(sale: SaleState, input: StepInput): void {
-  let count = 0;
-  for (const [ticketId, seenMs] of sale.seen) {
-    if (count++ >= RECLAIM_BATCH_MAX || !isStale(seenMs, input.nowMs, input.graceMs)) break;
-    sale.seen.delete(ticketId);
+  for (const ticketId of sale.deadlines.takeDue(input.nowMs, RECLAIM_BATCH_MAX)) {
     if (!sale.line.remove(ticketId)) sale.preOpen.delete(ticketId);
     forget(sale, ticketId);
   }
   for (const slots of [sale.pending, sale.shopping]) {
-    count = 0;
+    let count = 0;
     for (const [ticketId, expiresAtMs] of slots) {
       if (count++ >= RECLAIM_BATCH_MAX || expiresAtMs > input.nowMs) break;
       slots.delete(ticketId);
@@ -178,10 +177,9 @@ function reclaim(sale: SaleState, input: StepInput): void {
   }
 }
 
-function touch(sale: SaleState, ticketId: string, input: StepInput): void {
-  if (!sale.line.has(ticketId) && !sale.preOpen.has(ticketId)) return;
-  sale.seen.delete(ticketId);
-  sale.seen.set(ticketId, seenAtMs(input.nowMs, input.opensAtMs));
+/** Sets a waiting ticket's deadline from the place this join or poll leaves it at. */
+function touch(sale: SaleState, ticketId: string, state: TicketState, input: StepInput): void {
+  if (state.kind === 'waiting') sale.deadlines.set(ticketId, placeDeadlineMs(input, state.position));
 }
 
 function admit(sale: SaleState, input: StepInput): StepOutcome {
@@ -198,7 +196,7 @@ function admit(sale: SaleState, input: StepInput): StepOutcome {
     });
     for (const ticketId of sale.line.first(n)) {
       sale.line.remove(ticketId);
-      sale.seen.delete(ticketId);
+      sale.deadlines.delete(ticketId);
       sale.pending.set(ticketId, input.nowMs + input.tokenTtlMs);
       admitted.push({ ticketId, joinedAtMs: sale.tickets.get(ticketId)?.joinedAtMs ?? input.nowMs });
     }
@@ -302,4 +300,83 @@ class Line {
     this.head = 0;
     for (let i = 0; i < live.length; i++) this.add(i, 1);
   }
+}
+
+// Superseded heap entries are dropped in one pass once they outnumber the live ones and pass
+// this count: a buyer polling far more often than told cannot grow the heap without bound.
+const DEADLINES_COMPACT_MIN = 1_024;
+
+/**
+ * Waiting tickets by deadline: a binary min-heap of (deadline, ticket) with lazy deletion, and
+ * the current deadline of each ticket. Setting a deadline pushes a new entry and leaves the old
+ * one to be skipped when it surfaces, so a poll costs O(log n) and finding the lapsed places
+ * costs O(1) when there are none. Ties break by ticket id, as a Redis sorted set orders them.
+ */
+class Deadlines {
+  private readonly current = new Map<string, number>();
+  private heap: Array<{ atMs: number; ticketId: string }> = [];
+
+  set(ticketId: string, atMs: number): void {
+    this.current.set(ticketId, atMs);
+    this.push({ atMs, ticketId });
+    if (this.heap.length > DEADLINES_COMPACT_MIN && this.heap.length > 2 * this.current.size) this.compact();
+  }
+
+  delete(ticketId: string): void {
+    this.current.delete(ticketId);
+  }
+
+  /** Removes and returns up to `max` tickets whose deadline is at or before `nowMs`, soonest first. */
+  takeDue(nowMs: number, max: number): string[] {
+    const due: string[] = [];
+    while (due.length < max) {
+      const top = this.heap[0];
+      if (!top || top.atMs > nowMs) break;
+      this.pop();
+      if (this.current.get(top.ticketId) !== top.atMs) continue;
+      this.current.delete(top.ticketId);
+      due.push(top.ticketId);
+    }
+    return due;
+  }
+
+  private compact(): void {
+    const live = [...this.current].map(([ticketId, atMs]) => ({ atMs, ticketId }));
+    this.heap = [];
+    for (const entry of live.sort(before)) this.heap.push(entry);
+  }
+
+  private push(entry: { atMs: number; ticketId: string }): void {
+    const heap = this.heap;
+    heap.push(entry);
+    let i = heap.length - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (before(heap[parent] as typeof entry, entry) <= 0) break;
+      heap[i] = heap[parent] as typeof entry;
+      i = parent;
+    }
+    heap[i] = entry;
+  }
+
+  private pop(): void {
+    const heap = this.heap;
+    const last = heap.pop();
+    if (last === undefined || heap.length === 0) return;
+    let i = 0;
+    for (;;) {
+      const left = 2 * i + 1;
+      if (left >= heap.length) break;
+      const right = left + 1;
+      const child = right < heap.length && before(heap[right] as typeof last, heap[left] as typeof last) < 0 ? right : left;
+      if (before(last, heap[child] as typeof last) <= 0) break;
+      heap[i] = heap[child] as typeof last;
+      i = child;
+    }
+    heap[i] = last;
+  }
+}
+
+function before(a: { atMs: number; ticketId: string }, b: { atMs: number; ticketId: string }): number {
+  return a.atMs - b.atMs || (a.ticketId < b.ticketId ? -1 : a.ticketId > b.ticketId ? 1 : 0);
 }

@@ -5,7 +5,9 @@
  *
  * Keys of a sale share the hash tag `{saleId}`, so a script's keys sit in one Redis Cluster slot:
  *   q         sorted set  waiting tickets → order (pre-open: keyed-hash draw; after: 2^52 + arrival)
- *   seen      sorted set  waiting tickets → last seen ms (for reclaiming lapsed places)
+ *   due       sorted set  waiting tickets → deadline ms (domain.ts placeDeadlineMs; reclaimed once reached).
+ *                        Not the `seen` (last-seen ms) of earlier versions: a new name, so a node
+ *                        of either version never reads the other's scores as its own.
  *   pending   sorted set  admitted, token unused → token expiry ms
  *   shopping  sorted set  token used → slot expiry ms
  *   tickets   hash        ticket → "joinedAtMs:buyerDigest"
@@ -28,7 +30,7 @@ import type { ClaimInput, ClaimResult, QueueStore, StepInput, TicketAnswer } fro
 // Lua's tostring (and so \`..\`) keeps 14 digits, which would round 2^52-sized scores and
 // fractional credit; fmt writes every double exactly, wherever a number becomes text.
 const HELPERS = `
-local q, seen, pending, shopping, tickets, refs, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
+local q, due, pending, shopping, tickets, refs, meta = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7]
 local function fmt(x) return string.format('%.17g', x) end
 local function split(info)
   local sep = string.find(info, ':', 1, true)
@@ -46,7 +48,7 @@ end
 const STEP = `${HELPERS}
 local now, opens_at, rate = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local max_shoppers, grace, available = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local token_ttl, state_ttl = tonumber(ARGV[7]), tonumber(ARGV[8])
+local token_ttl, state_ttl, poll_max = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local reclaim_max, admit_max = ${RECLAIM_BATCH_MAX}, ${ADMIT_BATCH_MAX}
 
 local function open_if_due()
@@ -57,9 +59,9 @@ local function open_if_due()
 end
 
 local function reclaim()
-  for _, t in ipairs(redis.call('ZRANGEBYSCORE', seen, '-inf', fmt(now - grace), 'LIMIT', 0, reclaim_max)) do
+  for _, t in ipairs(redis.call('ZRANGEBYSCORE', due, '-inf', fmt(now), 'LIMIT', 0, reclaim_max)) do
     redis.call('ZREM', q, t)
-    redis.call('ZREM', seen, t)
+    redis.call('ZREM', due, t)
     forget(t)
   end
   for _, slots in ipairs({pending, shopping}) do
@@ -70,8 +72,18 @@ local function reclaim()
   end
 end
 
-local function touch(t)
-  if redis.call('ZSCORE', q, t) then redis.call('ZADD', seen, fmt(math.max(now, opens_at)), t) end
+-- domain.ts placeDeadlineMs and waitingPollSeconds, in the same order of operations, from the
+-- place view() found (no position before opening).
+local function touch(t, state)
+  if state.kind ~= 'waiting' then return end
+  local deadline
+  if state.position then
+    local retry = math.min(poll_max, math.max(1, math.ceil(math.ceil(state.position / rate) / 2)))
+    deadline = now + retry * 1000 + grace
+  else
+    deadline = math.max(now, opens_at) + grace
+  end
+  redis.call('ZADD', due, fmt(deadline), t)
 end
 
 -- domain.ts refillCredit and admissionCount, in the same order of operations.
@@ -90,7 +102,7 @@ local function admit(opened)
   if n > 0 then
     for _, t in ipairs(redis.call('ZRANGE', q, 0, n - 1)) do
       redis.call('ZREM', q, t)
-      redis.call('ZREM', seen, t)
+      redis.call('ZREM', due, t)
       redis.call('ZADD', pending, fmt(now + token_ttl), t)
       local joined = split(redis.call('HGET', tickets, t))
       admitted[#admitted + 1] = {t, joined}
@@ -122,12 +134,12 @@ local function view(t, opened)
 end
 
 local function keep()
-  for _, key in ipairs({q, seen, pending, shopping, tickets, refs, meta}) do redis.call('PEXPIRE', key, state_ttl) end
+  for _, key in ipairs({q, due, pending, shopping, tickets, refs, meta}) do redis.call('PEXPIRE', key, state_ttl) end
 end
 `;
 
 const JOIN = `${STEP}
-local ticket, digest, seed = ARGV[9], ARGV[10], ARGV[11]
+local ticket, digest, seed = ARGV[10], ARGV[11], ARGV[12]
 local opened = open_if_due()
 reclaim()
 local t = redis.call('HGET', refs, digest)
@@ -141,21 +153,21 @@ if not t then
   redis.call('HSET', tickets, t, fmt(now) .. ':' .. digest)
   redis.call('HSET', refs, digest, t)
 end
-touch(t)
 local out = outcome(opened, admit(opened))
 out.ticket = t
 out.state = view(t, opened)
+touch(t, out.state)
 keep()
 return cjson.encode(out)
 `;
 
 const POLL = `${STEP}
-local t = ARGV[9]
+local t = ARGV[10]
 local opened = open_if_due()
 reclaim()
-touch(t)
 local out = outcome(opened, admit(opened))
 out.state = view(t, opened)
+touch(t, out.state)
 keep()
 return cjson.encode(out)
 `;
@@ -171,7 +183,7 @@ return cjson.encode(out)
 const RELEASE = `${HELPERS}
 local t = ARGV[1]
 local removed = redis.call('ZREM', q, t) + redis.call('ZREM', pending, t) + redis.call('ZREM', shopping, t)
-redis.call('ZREM', seen, t)
+redis.call('ZREM', due, t)
 forget(t)
 return removed
 `;
@@ -198,7 +210,7 @@ const COMMANDS = {
 } as const;
 
 type CommandName = keyof typeof COMMANDS;
-const STEP_KEYS = ['q', 'seen', 'pending', 'shopping', 'tickets', 'refs', 'meta'] as const;
+const STEP_KEYS = ['q', 'due', 'pending', 'shopping', 'tickets', 'refs', 'meta'] as const;
 type Script = (...args: Array<string | number>) => Promise<unknown>;
 
 export const DEFAULT_KEY_PREFIX = 'floodgate:';
@@ -263,6 +275,7 @@ export class RedisQueueStore implements QueueStore {
       input.availableUnits,
       input.tokenTtlMs,
       Math.max(1, Math.ceil(input.stateTtlMs)),
+      input.pollMaxSeconds,
     ];
     return JSON.parse((await this.script(name)(...this.keys(input.saleId), ...args, ...extra)) as string) as RawOutcome;
   }

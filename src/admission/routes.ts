@@ -98,7 +98,7 @@ export function registerQueueRoutes(app: HttpServer, deps: QueueRouteDeps): void
       if (!view) {
         throw new ApiError(
           'resource_missing',
-          `No such ticket: '${request.params.ticket}'. A place is given up after ${sale.graceSeconds} s without a poll; join again.`,
+          `No such ticket: '${request.params.ticket}'. A place is given up ${sale.graceSeconds} s after the Retry-After it was told passes without a poll; join again.`,
           'ticket',
         );
       }

@@ -18,6 +18,7 @@ import {
   closedView,
   describeTicket,
   isClosed,
+  pollBoundSeconds,
   QUEUE_LIMITS,
   type QueueView,
   type SaleForQueue,
@@ -61,11 +62,19 @@ export interface WaitingRoomOptions {
   secret: string;
   tokenTtlSeconds: number;
   shoppingMaxSeconds: number;
+  /** The most a waiting buyer is told to wait between polls (FLOODGATE_QUEUE_POLL_MAX_SECONDS). */
+  pollMaxSeconds: number;
   metrics?: Metrics;
 }
 
 export class WaitingRoom {
   private readonly keys: AdmissionKeys;
+  /**
+   * The deployment's bound on Retry-After, and no longer than a token lives: a buyer far back
+   * whose place improved faster than estimated (places ahead given up) can be admitted between
+   * polls, and must come back before the admission lapses.
+   */
+  private readonly pollMaxSeconds: number;
 
   constructor(
     private readonly store: QueueStore,
@@ -74,6 +83,8 @@ export class WaitingRoom {
     // Configuration checks the environment; this catches a caller that skipped it.
     assert.ok(options.secret.length >= 32, 'the admission secret has at least 32 characters');
     this.keys = deriveAdmissionKeys(options.secret);
+    assert.ok(Number.isInteger(options.pollMaxSeconds) && options.pollMaxSeconds >= 1, 'pollMaxSeconds is a whole number ≥ 1');
+    this.pollMaxSeconds = Math.max(1, Math.min(options.pollMaxSeconds, Math.floor(options.tokenTtlSeconds)));
   }
 
   /** Joins the line, or (same buyer again) answers as a poll of the ticket they already have. */
@@ -203,6 +214,7 @@ export class WaitingRoom {
       admitPerSecond: sale.admitPerSecond,
       maxShoppers: sale.maxShoppers,
       graceMs: sale.graceSeconds * 1000,
+      pollMaxSeconds: pollBoundSeconds(this.pollMaxSeconds, sale.graceSeconds),
       availableUnits,
       tokenTtlMs: this.options.tokenTtlSeconds * 1000,
       stateTtlMs: stateTtlMs(nowMs, opensAtMs),
@@ -211,7 +223,7 @@ export class WaitingRoom {
   }
 
   private view(sale: SaleForQueue, ticketId: string, state: TicketState, outcome: StepOutcome, nowMs: number): QueueView | undefined {
-    const view = describeTicket(sale, ticketId, state, outcome, nowMs);
+    const view = describeTicket(sale, ticketId, state, outcome, nowMs, this.pollMaxSeconds);
     if (view?.status !== 'admitted' || state.kind !== 'admitted') return view;
     const claims = { saleId: sale.id, ticketId, buyerDigest: state.buyerDigest, expiresAtMs: state.tokenExpiresAtMs };
     return { ...view, admissionToken: signAdmissionToken(this.keys, claims) };
@@ -234,7 +246,7 @@ export class WaitingRoom {
 }
 
 export interface CreateWaitingRoomOptions {
-  config: Pick<Config, 'admissionSecret' | 'admissionTokenTtlSeconds' | 'admissionShoppingMaxSeconds'>;
+  config: Pick<Config, 'admissionSecret' | 'admissionTokenTtlSeconds' | 'admissionShoppingMaxSeconds' | 'queuePollMaxSeconds'>;
   /** Absent: single-node mode, state in this process's memory. */
   redis?: Redis | Cluster;
   /** Prefix of every Redis key; tests use their own. */
@@ -251,6 +263,7 @@ export function createWaitingRoom(options: CreateWaitingRoomOptions): WaitingRoo
     secret: config.admissionSecret,
     tokenTtlSeconds: config.admissionTokenTtlSeconds,
     shoppingMaxSeconds: config.admissionShoppingMaxSeconds,
+    pollMaxSeconds: config.queuePollMaxSeconds,
     metrics: options.metrics,
   });
 }

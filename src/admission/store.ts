@@ -4,9 +4,10 @@
  * (Lua scripts, for any number of API nodes) and memory (single-node mode).
  *
  * Every call except release and claim runs the same step first, in this order: open the line
- * if its time has come, reclaim lapsed places and slots, then (for join and poll) place or touch
- * the buyer's ticket, then admit from the head of the line. Reclaiming before touching means a
- * buyer who comes back after their grace period has lost their place, whichever node they reach.
+ * if its time has come, reclaim lapsed places and slots, then (for join) place the buyer's
+ * ticket, admit from the head of the line, and (for join and poll) set the ticket's deadline
+ * from the place it is left at (domain.ts placeDeadlineMs). Reclaiming before touching means a
+ * buyer who comes back after their deadline has lost their place, whichever node they reach.
  */
 import type { StepOutcome, TicketState } from './domain.js';
 
@@ -17,6 +18,8 @@ export interface StepInput {
   admitPerSecond: number;
   maxShoppers: number;
   graceMs: number;
+  /** The bound on a waiting ticket's Retry-After (domain.ts pollBoundSeconds); with graceMs it sets deadlines. */
+  pollMaxSeconds: number;
   /** The sale's remainingStock() at this moment. */
   availableUnits: number;
   tokenTtlMs: number;

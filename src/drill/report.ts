@@ -13,6 +13,8 @@ export interface Timeline {
   admitted: number[];
   held: number[];
   sold: number[];
+  /** Polls answered in each second (any status): what the line costs the server. */
+  polls: number[];
   errors: number[];
   p99Ms: number[];
   /** Buyers in line, as the drill saw them, sampled each second. */
@@ -38,6 +40,7 @@ const CHARTS = [
   { title: 'Buyers per second', series: ['arrivals', 'admitted', 'held', 'sold'] },
   { title: 'p99 latency of answers in each second (ms)', series: ['p99Ms'] },
   { title: 'Waiting in line and jobs waiting', series: ['waiting', 'jobsWaiting'] },
+  { title: 'Polls per second', series: ['polls'] },
   { title: 'Errors per second (4xx, 5xx, no answer)', series: ['errors'] },
 ];
 

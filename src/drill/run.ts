@@ -263,6 +263,7 @@ function buildTimeline(
     admitted: perSecond(since(buyers.map((buyer) => buyer.admittedMs)), seconds),
     held: perSecond(since(buyers.map((buyer) => buyer.heldMs)), seconds),
     sold: perSecond(since(buyers.map((buyer) => buyer.paidMs)), seconds),
+    polls: perSecond(since(surgeRecords.filter((record) => record.kind === 'poll').map((record) => record.atMs)), seconds),
     errors: perSecond(
       since(surgeRecords.filter((record) => record.status === 0 || record.status >= 400).map((record) => record.atMs)),
       seconds,
