@@ -10,11 +10,12 @@ import { pino } from 'pino';
 import type { Counter, Histogram } from 'prom-client';
 import { createTestDatabase } from '../../../test/helpers.js';
 import { waitUntil } from '../../../test/receiver.js';
+import { createPool, type Client as PoolClient } from '../db/pool.js';
 import { createMetrics } from '../observability/metrics.js';
 import { addJob, type JobOptions } from './queue.js';
 import { startWorker, sweepLocks, type Worker, type WorkerOptions } from './runner.js';
 
-const { pool } = await createTestDatabase();
+const { pool, url } = await createTestDatabase();
 const log = pino({ level: 'silent' });
 
 interface JobRow {
@@ -193,5 +194,44 @@ describe('job metrics', () => {
     assert.equal(await observations(metrics.jobDuration, { task: 'metrics_fail', outcome: 'error' }), 2);
     assert.equal(await observations(metrics.jobDuration, { task: 'metrics_ok', outcome: 'success' }), 2);
     assert.equal(await observations(metrics.jobDuration, { task: 'metrics_ok', outcome: 'error' }), undefined);
+  });
+});
+
+describe('a runner that stalls without stopping', () => {
+  test('an idle runner that cannot fetch is reported as stopped by itself; a healthy idle one is not', async () => {
+    // Its own pool of two, one of which the runner keeps for LISTEN: taking the other makes
+    // every fetch wait, as a pool that times out under load does (the drill's stall), without
+    // touching the shared pool.
+    const small = createPool({ connectionString: url, max: 2, statementTimeoutMs: 30_000, connectionTimeoutMs: 60_000 });
+    const failures: Error[] = [];
+    const worker = await startWorker({
+      pool: small,
+      tasks: { stall_probe: async () => {} },
+      concurrency: 1,
+      lockTimeoutMs: 60_000,
+      pollIntervalMs: 50,
+      stallAfterMs: 1_000,
+      log,
+      onFailure: (error) => failures.push(error),
+    });
+    const held: PoolClient[] = [];
+    try {
+      // Healthy and idle for three stall periods: it fetches every poll interval.
+      await new Promise((resolve) => setTimeout(resolve, 3_000));
+      assert.equal(failures.length, 0, 'a healthy idle runner is not stalled');
+
+      held.push(await small.connect());
+      await waitUntil('the stall is reported', () => failures.length > 0, 10_000);
+      assert.equal(failures.length, 1);
+      assert.match(String(failures[0]?.message), /stalled: no job fetched for \d+ ms/);
+    } finally {
+      for (const client of held) client.release();
+      // A stalled runner may not stop cleanly (that is what stalled means); the process it
+      // runs in exits instead (onFailure). Here it gets a few seconds, then the test goes on.
+      const bounded = (work: Promise<unknown>) =>
+        Promise.race([work.catch(() => {}), new Promise((resolve) => setTimeout(resolve, 5_000).unref())]);
+      await bounded(worker.stop());
+      await bounded(small.end());
+    }
   });
 });

@@ -31,6 +31,8 @@ export interface WorkerOptions {
    * process. The process should exit (or start a new worker) so that a supervisor sees it.
    */
   onFailure?: (error: Error) => void;
+  /** How long an idle runner may go without fetching before it counts as stalled; see stallWatch. */
+  stallAfterMs?: number;
 }
 
 // Jobs wait at most this long in a worker's local queue before going back to the database;
@@ -126,19 +128,24 @@ export async function startWorker(options: WorkerOptions): Promise<Worker> {
   }, sweepEveryMs);
   sweeper.unref();
   let stopping = false;
+  let failed = false;
   const stoppedByItself = (error: unknown) => {
-    if (stopping) return;
+    if (stopping || failed) return;
+    failed = true;
     clearInterval(sweeper);
+    clearInterval(watch);
     const failure = error instanceof Error ? error : new Error(`the job runner stopped by itself${error ? `: ${String(error)}` : ''}`);
     options.log.error({ err: failure }, 'job runner stopped: no job will run in this process');
     options.onFailure?.(failure);
   };
   runner.promise.then(() => stoppedByItself(undefined), stoppedByItself);
+  const watch = stallWatch(events, options, stoppedByItself);
   return {
     runner,
     async stop() {
       stopping = true;
       clearInterval(sweeper);
+      clearInterval(watch);
       // Graceful: running jobs finish; jobs waiting in the local queue are returned unlocked.
       await runner.stop();
     },
@@ -159,6 +166,53 @@ export async function sweepLocks(db: Queryable, lockTimeoutMs: number): Promise<
   if (workerIds.length > 0) await db.query('select graphile_worker.force_unlock_workers($1::text[])', [workerIds]);
   return workerIds;
 }
+
+/**
+ * A runner can stall without stopping: when graphile-worker 0.17's job fetch fails in some ways
+ * (a pool connect that times out under load, seen in the drill), its local queue gives up and
+ * its runner's promise never settles, so no job runs again in this process and nothing says so.
+ * An idle runner fetches at least every poll interval, so one with a free slot that has not
+ * fetched for many poll intervals is stalled; a busy one finishes or times out a job within the
+ * lock timeout, so one silent for twice that is too. Either counts as stopping by itself.
+ */
+function stallWatch(events: WorkerEvents, options: WorkerOptions, stalled: (error: Error) => void): NodeJS.Timeout {
+  const idleStallMs = options.stallAfterMs ?? Math.max(STALL_MIN_MS, STALL_POLL_INTERVALS * options.pollIntervalMs);
+  const busyStallMs = Math.max(idleStallMs, 2 * options.lockTimeoutMs);
+  let running = 0;
+  let lastFetch = Date.now();
+  let lastActivity = Date.now();
+  const fetched = () => {
+    lastFetch = Date.now();
+    lastActivity = lastFetch;
+  };
+  events.on('localQueue:getJobs:complete', fetched);
+  events.on('worker:getJob:empty', fetched);
+  events.on('job:start', () => {
+    running++;
+    lastActivity = Date.now();
+  });
+  events.on('job:complete', () => {
+    running = Math.max(0, running - 1);
+    lastActivity = Date.now();
+  });
+  const timer = setInterval(
+    () => {
+      const now = Date.now();
+      const idle = running < options.concurrency;
+      if (idle ? now - lastFetch > idleStallMs : now - lastActivity > busyStallMs) {
+        const silentMs = now - (idle ? lastFetch : lastActivity);
+        stalled(new Error(`the job runner stalled: no job fetched${idle ? '' : ', started or finished'} for ${silentMs} ms`));
+      }
+    },
+    Math.max(100, Math.min(idleStallMs / 4, 5_000)),
+  );
+  timer.unref();
+  return timer;
+}
+// An idle runner that has not fetched for this many poll intervals (and at least STALL_MIN_MS:
+// a loaded machine delays timers by seconds) is stalled.
+const STALL_POLL_INTERVALS = 20;
+const STALL_MIN_MS = 30_000;
 
 function observe(events: WorkerEvents, options: WorkerOptions): void {
   const metrics = options.metrics;
