@@ -3,13 +3,13 @@
  * request-duration metrics by route, and OpenAPI generated from the route schemas.
  */
 
-import { randomBytes } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, LogController } from 'fastify';
 import { isDatabaseUnavailable } from '../db/errors.js';
+import { randomBase64url } from '../ids.js';
 import type { Metrics } from '../observability/metrics.js';
 import { context, contextFrom, SpanKind, SpanStatusCode, trace, tracer } from '../observability/tracing.js';
 import { isRedisUnavailable } from '../redis/client.js';
@@ -72,7 +72,7 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     requestIdHeader: false,
     genReqId: (request) => {
       const given = request.headers['x-request-id'];
-      return typeof given === 'string' && REQUEST_ID.test(given) ? given : `req_${randomBytes(9).toString('base64url')}`;
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : `req_${randomBase64url(REQUEST_ID_RANDOM_BYTES)}`;
     },
     // The router's own errors (a badly encoded path, an over-long parameter) never reach the
     // error handler; without this they were answered in Fastify's shape, not ours.
@@ -242,6 +242,9 @@ export function clientErrorRefusal(code: string | undefined): ApiError {
 }
 // Each request's server span, ended when the response has gone.
 const requestSpans = new WeakMap<object, import('@opentelemetry/api').Span>();
+
+// 72 random bits: 12 base64url characters after req_.
+const REQUEST_ID_RANDOM_BYTES = 9;
 
 // Letters, digits and - _ . : up to 128 characters (UUIDs, balancer ids); anything else is replaced.
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
