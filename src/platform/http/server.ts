@@ -14,6 +14,7 @@ import type { Metrics } from '../observability/metrics.js';
 import { context, contextFrom, SpanKind, SpanStatusCode, trace, tracer } from '../observability/tracing.js';
 import { isRedisUnavailable } from '../redis/client.js';
 import { ApiError, errorBody } from './errors.js';
+import { lazyChildLoggerFactory } from './request-logger.js';
 import { validatorCompiler } from './validation.js';
 
 // A PostgreSQL failover under Patroni takes 2-11 s (measured: docs/operations.md); asking the
@@ -64,6 +65,8 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     // A line per request is too much at surge rates; errors are still logged, and request
     // rates and latencies are in /metrics.
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'request_id' }),
+    // A request's logger becomes a pino child only if the request writes a line: see request-logger.ts.
+    childLoggerFactory: lazyChildLoggerFactory,
     // Ids in our URLs are short; anything longer is not ours.
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
