@@ -3,7 +3,7 @@ import type { Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import type { Principal } from '../platform/http/context.js';
 import { newId } from '../platform/ids.js';
-import { generateKey, hashKey, type KeyKind, parseKey } from './domain.js';
+import { generateKey, hashKeyBase64, type KeyKind, parseKey } from './domain.js';
 import * as sql from './sql.js';
 
 export interface CreatedMerchant {
@@ -67,19 +67,18 @@ export function createAuthenticator(pool: Pool, ttlMs: number) {
     if (!match) return { kind: 'invalid' };
     const presented = match[1] as string;
     // Cached by the key's SHA-256, never by the key itself: a heap snapshot or core dump of a
-    // node must not hold merchants' secret keys. Hashing a key costs about a microsecond; the
+    // node must not hold merchants' secret keys. Hashing a key costs about 0.3 µs; the
     // checksum is checked only on a miss. Only keys that parsed and exist are ever stored, for
     // at most ttlMs.
-    const hash = hashKey(presented);
-    const cacheKey = hash.toString('base64');
-    const cached = ttlMs > 0 ? cache.get(cacheKey) : undefined;
+    const cacheKey = ttlMs > 0 ? hashKeyBase64(presented) : undefined;
+    const cached = cacheKey === undefined ? undefined : cache.get(cacheKey);
     if (cached) return { kind: 'authenticated', principal: cached };
     const parsed = parseKey(presented);
     if (!parsed.ok) return { kind: 'invalid' };
-    const row = await sql.selectActiveKeyByHash(pool, hash);
+    const row = await sql.selectActiveKeyByHash(pool, parsed.hash);
     if (!row) return { kind: 'invalid' };
     const principal: Principal = { merchantId: row.merchant_id, keyId: row.key_id, keyKind: row.kind };
-    if (ttlMs > 0) cache.set(cacheKey, principal);
+    if (cacheKey !== undefined) cache.set(cacheKey, principal);
     return { kind: 'authenticated', principal };
   }
 }
