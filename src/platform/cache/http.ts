@@ -28,12 +28,13 @@ export function ifNoneMatchMatches(header: string | string[] | undefined, etag: 
 
 /**
  * Sends `cached.json` as the body (no second serialization), or 304 when the client already
- * holds this version. Works with any `{ json, etag }`, such as a Cache's get result.
+ * holds this version. Works with any `{ json, etag }`, such as a Cache's get result; `json` may
+ * be the bytes already encoded, which spares encoding them again on every send.
  */
 export function sendCached(
   request: FastifyRequest,
   reply: FastifyReply,
-  cached: { json: string; etag: string },
+  cached: { json: string | Buffer; etag: string },
   options: {
     staleMs: number;
     /** May a shared cache (a CDN) keep it? Default yes; no makes it `private` (the browser only). */
