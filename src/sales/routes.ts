@@ -2,7 +2,7 @@
  * The HTTP edge of sales: sales and their items, holds, orders.
  */
 import { Type } from '@sinclair/typebox';
-import type { FastifyRequest } from 'fastify';
+import type { FastifyReply, FastifyRequest } from 'fastify';
 import { QUEUE_LIMITS } from '../admission/service.js';
 import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../money/currency.js';
 import { sendCached } from '../platform/cache/http.js';
@@ -259,6 +259,22 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
     }
     return body;
   };
+
+  const sendSale = (request: FastifyRequest, reply: FastifyReply, saleId: string, cached: sales.CachedSale): void => {
+    if (cached.value === null) throw new ApiError('resource_missing', `No such sale: '${saleId}'`, 'id');
+    // The cached copy is shared with the waiting room; its hosted URL is added here. The URL
+    // follows from the sale and this deployment, so the cached ETag still names the answer.
+    // The answer depends on the key (another merchant's gets 404, no key gets 401), so a CDN
+    // must key its copy by it: every buyer of a sale sends the same publishable key, so the
+    // copy is still shared by all of them. A read with a secret key is the merchant's own,
+    // for no shared cache to keep.
+    sendCached(
+      request,
+      reply,
+      { json: publicBody(cached.value), etag: cached.etag },
+      { staleMs: cache.staleMs, shared: principalOf(request).keyKind === 'publishable', vary: ['Authorization'] },
+    );
+  };
   const presentReply = (result: Reply): Reply => (result.status === 200 ? { ...result, body: present(result.body as ApiSale) } : result);
 
   app.post(
@@ -326,22 +342,13 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
         response: { 200: Sale, ...errorResponses },
       },
     },
-    async (request, reply) => {
-      const { merchantId, keyKind } = principalOf(request);
-      const cached = await sales.cachedSale(cache.cache, deps.pool, merchantId, request.params.id);
-      if (cached.value === null) throw new ApiError('resource_missing', `No such sale: '${request.params.id}'`, 'id');
-      // The cached copy is shared with the waiting room; its hosted URL is added here. The URL
-      // follows from the sale and this deployment, so the cached ETag still names the answer.
-      // The answer depends on the key (another merchant's gets 404, no key gets 401), so a CDN
-      // must key its copy by it: every buyer of a sale sends the same publishable key, so the
-      // copy is still shared by all of them. A read with a secret key is the merchant's own,
-      // for no shared cache to keep.
-      return sendCached(
-        request,
-        reply,
-        { json: publicBody(cached.value), etag: cached.etag },
-        { staleMs: cache.staleMs, shared: keyKind === 'publishable', vary: ['Authorization'] },
-      );
+    (request, reply) => {
+      const saleId = request.params.id;
+      const found = sales.cachedSale(cache.cache, deps.pool, principalOf(request).merchantId, saleId);
+      // Answered at once from this node's memory, or once the cache has loaded the sale.
+      if (found instanceof Promise) return found.then((cached) => sendSale(request, reply, saleId, cached));
+      sendSale(request, reply, saleId, found);
+      return undefined;
     },
   );
 
