@@ -25,9 +25,14 @@ function levelEnabled(parent: FastifyBaseLogger, level: Level): boolean {
 export class LazyChildLogger implements FastifyBaseLogger {
   private made: FastifyBaseLogger | undefined;
 
+  /**
+   * `bindings` are this logger's own; `before` is the lazy logger it is a child of, whose
+   * bindings come first. Kept as a chain, not merged, until a line is written.
+   */
   constructor(
     private readonly parent: FastifyBaseLogger,
     private readonly bindings: Bindings,
+    private readonly before?: LazyChildLogger,
   ) {}
 
   get level(): pino.LevelWithSilentOrString {
@@ -41,7 +46,7 @@ export class LazyChildLogger implements FastifyBaseLogger {
   child(bindings: Bindings, options?: ChildOptions): FastifyBaseLogger {
     // Options (a level, serializers, a message prefix) are pino's to combine: made at once.
     if (this.made || hasOptions(options)) return this.logger().child(bindings, options);
-    return new LazyChildLogger(this.parent, { ...this.bindings, ...bindings });
+    return new LazyChildLogger(this.parent, bindings, this);
   }
 
   fatal(...args: unknown[]): void {
@@ -77,8 +82,12 @@ export class LazyChildLogger implements FastifyBaseLogger {
   }
 
   private logger(): FastifyBaseLogger {
-    this.made ??= this.parent.child(this.bindings);
+    this.made ??= this.parent.child(this.allBindings());
     return this.made;
+  }
+
+  private allBindings(): Bindings {
+    return this.before ? { ...this.before.allBindings(), ...this.bindings } : this.bindings;
   }
 }
 

@@ -148,8 +148,9 @@ export function createShedder(options: ShedderOptions): Shedder {
     onBodyRead: callbackHook((request, reply) => {
       if (EXEMPT_PATHS.has(routeConfig(request).url ?? '')) return undefined;
       inFlight += 1;
-      // 'close' fires once for every response, finished or aborted by the client.
-      reply.raw.once('close', leave);
+      // 'close' fires once for every response, finished or aborted by the client: `on`, not
+      // `once`, spares a wrapper per request.
+      reply.raw.on('close', leave);
       return undefined;
     }),
     runOnce,
