@@ -16,10 +16,13 @@ type Bindings = pino.Bindings;
 type ChildOptions = pino.ChildLoggerOptions;
 type Level = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
 
-/** A parent that can say whether a level is on (pino can); with any other, every call makes the child. */
-function levelEnabled(parent: FastifyBaseLogger, level: Level): boolean {
-  const check = (parent as Partial<Pick<pino.Logger, 'isLevelEnabled'>>).isLevelEnabled;
-  return typeof check === 'function' ? check.call(parent, level) : true;
+/**
+ * Whether the logger writes lines at `level`, for a caller that would gather a line's fields
+ * for nothing otherwise. A logger that cannot say (pino and lazy children can) is taken to.
+ */
+export function levelEnabled(logger: FastifyBaseLogger, level: Level): boolean {
+  const check = (logger as Partial<Pick<pino.Logger, 'isLevelEnabled'>>).isLevelEnabled;
+  return typeof check === 'function' ? check.call(logger, level) : true;
 }
 
 export class LazyChildLogger implements FastifyBaseLogger {
@@ -41,6 +44,10 @@ export class LazyChildLogger implements FastifyBaseLogger {
 
   set level(level: pino.LevelWithSilentOrString) {
     this.logger().level = level;
+  }
+
+  isLevelEnabled(level: Level): boolean {
+    return levelEnabled(this.made ?? this.parent, level);
   }
 
   child(bindings: Bindings, options?: ChildOptions): FastifyBaseLogger {

@@ -23,7 +23,7 @@ import { isRedisUnavailable } from '../redis/client.js';
 import { routeConfig } from './context.js';
 import { ApiError, errorBody } from './errors.js';
 import { callbackHook } from './hooks.js';
-import { lazyChildLoggerFactory } from './request-logger.js';
+import { lazyChildLoggerFactory, levelEnabled } from './request-logger.js';
 import { validatorCompiler } from './validation.js';
 
 // A PostgreSQL failover under Patroni takes 2-11 s (measured: docs/operations.md); asking the
@@ -201,14 +201,18 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
         span.end();
       }
       const route = routeConfig(request).url ?? 'unmatched';
+      const elapsedMs = reply.elapsedTime;
       // Off at the default level (a line per request is too much in a surge); on with debug.
-      request.log.debug(
-        { method: request.method, status: reply.statusCode, duration_ms: Math.round(reply.elapsedTime * 10) / 10 },
-        'request completed',
-      );
+      // The line's fields are gathered only when it is written.
+      if (levelEnabled(request.log, 'debug')) {
+        request.log.debug(
+          { method: request.method, status: reply.statusCode, duration_ms: Math.round(elapsedMs * 10) / 10 },
+          'request completed',
+        );
+      }
       options.metrics.httpDuration.observe(
         { method: request.method, route, status_class: statusClass(reply.statusCode) },
-        reply.elapsedTime / 1000,
+        elapsedMs / 1000,
       );
       return undefined;
     }),
