@@ -18,9 +18,10 @@ import Fastify, {
 import { isDatabaseUnavailable } from '../db/errors.js';
 import { randomBase64url } from '../ids.js';
 import type { Metrics } from '../observability/metrics.js';
+import type { HistogramSeries } from '../observability/series-histogram.js';
 import { context, contextFrom, SpanKind, SpanStatusCode, trace, tracer, tracingStarted } from '../observability/tracing.js';
 import { isRedisUnavailable } from '../redis/client.js';
-import { routeConfig } from './context.js';
+import { type MatchedRoute, routeConfig } from './context.js';
 import { ApiError, errorBody } from './errors.js';
 import { callbackHook } from './hooks.js';
 import { lazyChildLoggerFactory, levelEnabled } from './request-logger.js';
@@ -191,6 +192,29 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     context.with(trace.setSpan(contextFrom(request.headers), span), done);
   });
 
+  // The duration histogram's series of each route, by method and status class: found once,
+  // then held, so an answer's observation builds no labels.
+  const routeSeries = new WeakMap<MatchedRoute, Map<string, HistogramSeries[]>>();
+  const durationSeries = (method: string, status: number, config: MatchedRoute, route: string): HistogramSeries => {
+    let byMethod = routeSeries.get(config);
+    if (!byMethod) {
+      byMethod = new Map();
+      routeSeries.set(config, byMethod);
+    }
+    let byClass = byMethod.get(method);
+    if (!byClass) {
+      byClass = [];
+      byMethod.set(method, byClass);
+    }
+    const index = Math.floor(status / 100);
+    let series = byClass[index];
+    if (!series) {
+      series = options.metrics.httpDuration.series({ method, route, status_class: statusClass(status) });
+      byClass[index] = series;
+    }
+    return series;
+  };
+
   app.addHook(
     'onResponse',
     callbackHook((request, reply) => {
@@ -200,7 +224,8 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
         if (reply.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
         span.end();
       }
-      const route = routeConfig(request).url ?? 'unmatched';
+      const config = routeConfig(request);
+      const route = config.url ?? 'unmatched';
       const elapsedMs = reply.elapsedTime;
       // Off at the default level (a line per request is too much in a surge); on with debug.
       // The line's fields are gathered only when it is written.
@@ -210,10 +235,7 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
           'request completed',
         );
       }
-      options.metrics.httpDuration.observe(
-        { method: request.method, route, status_class: statusClass(reply.statusCode) },
-        elapsedMs / 1000,
-      );
+      durationSeries(request.method, reply.statusCode, config, route).observe(elapsedMs / 1000);
       return undefined;
     }),
   );
