@@ -18,7 +18,7 @@ import { createHash } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import { LRUCache } from 'lru-cache';
 import type { Registry } from 'prom-client';
-import { registeredCounter } from '../observability/registered.js';
+import { registeredCounter, Tally } from '../observability/registered.js';
 import type { RedisConnections } from '../redis/client.js';
 
 type Log = Pick<FastifyBaseLogger, 'warn'>;
@@ -129,8 +129,9 @@ class TwoLevelCache<T> implements Cache<T> {
   private readonly warn: (error: unknown, message: string) => void;
   private readonly now: () => number;
   private unsubscribe: (() => Promise<void>) | undefined;
-  private readonly l1HitLabels: { cache: string; level: CacheLevel; outcome: 'hit' };
-  private readonly l1MissLabels: { cache: string; level: CacheLevel; outcome: 'miss' };
+  // First-level lookups happen on every read: tallied, and added to the counter when scraped.
+  private readonly l1Hits: Tally<'cache' | 'level' | 'outcome'>;
+  private readonly l1Misses: Tally<'cache' | 'level' | 'outcome'>;
 
   constructor(
     options: Omit<CacheOptions, 'redis'>,
@@ -155,8 +156,8 @@ class TwoLevelCache<T> implements Cache<T> {
       labelNames: ['cache', 'level', 'outcome'] as const,
     });
     this.warn = throttledWarn(options.log, { cache: options.name });
-    this.l1HitLabels = { cache: options.name, level: 'l1', outcome: 'hit' };
-    this.l1MissLabels = { cache: options.name, level: 'l1', outcome: 'miss' };
+    this.l1Hits = new Tally(this.requests, { cache: options.name, level: 'l1', outcome: 'hit' });
+    this.l1Misses = new Tally(this.requests, { cache: options.name, level: 'l1', outcome: 'miss' });
   }
 
   async listen(redis: RedisConnections): Promise<void> {
@@ -170,14 +171,14 @@ class TwoLevelCache<T> implements Cache<T> {
     }
     const hit = this.l1.get(key);
     if (hit) {
-      this.requests.inc(this.l1HitLabels);
+      this.l1Hits.inc();
       return hit.l1 as Cached<T>;
     }
     return this.load(key, loader);
   }
 
   private load(key: string, loader: () => Promise<T>): Promise<Cached<T>> {
-    this.requests.inc(this.l1MissLabels);
+    this.l1Misses.inc();
     const joined = this.flights.get(key)?.promise;
     if (joined) return joined as Promise<Cached<T>>;
     const flight: Flight = { stale: false };
@@ -203,6 +204,8 @@ class TwoLevelCache<T> implements Cache<T> {
   async close(): Promise<void> {
     await this.unsubscribe?.();
     this.l1.clear();
+    this.l1Hits.close();
+    this.l1Misses.close();
   }
 
   private drop(key: string): void {
