@@ -4,7 +4,7 @@
  */
 import { createHmac, randomBytes } from 'node:crypto';
 import path from 'node:path';
-import type { FastifyBaseLogger } from 'fastify';
+import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
 import { registerQueueRoutes } from './admission/routes.js';
 import { createWaitingRoom, type WaitingRoom } from './admission/service.js';
 import type { Config } from './config.js';
@@ -16,7 +16,7 @@ import { createHostedSaleReader } from './hosted/service.js';
 import type { SessionStore } from './hosted/sessions.js';
 import { PostgresSessionStore } from './hosted/sql.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
-import { createAuthenticator } from './merchants/service.js';
+import { type Authentication, createAuthenticator } from './merchants/service.js';
 import { IntentCreationBatcher } from './payments/create-batches.js';
 import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
 import { createRefund, listRefunds } from './payments/refunds.js';
@@ -25,7 +25,9 @@ import { createCache } from './platform/cache/cache.js';
 import { sealerFor } from './platform/crypto/sealed.js';
 import type { Pool } from './platform/db/pool.js';
 import { createReadRouter, type ReadRouter } from './platform/db/replicas.js';
+import { type MatchedRoute, routeConfig } from './platform/http/context.js';
 import { ApiError } from './platform/http/errors.js';
+import { callbackHook } from './platform/http/hooks.js';
 import { createRateLimit } from './platform/http/rate-limit.js';
 import { checkReadiness, type ReadinessCheck } from './platform/http/readiness.js';
 import { createHttpServer, type HttpServer } from './platform/http/server.js';
@@ -127,26 +129,36 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   });
   app.addHook('onRequest', rateLimit.byIp);
 
-  app.addHook('onRequest', async (request, reply) => {
-    // Decide by the route the router matched, not the raw URL: the router decodes the path, so
-    // '/%761/payment_intents' reaches the '/v1/payment_intents' route without starting with '/v1/'.
-    // Provider webhooks authenticate by signature, in their own route.
-    const path = request.routeOptions.url ?? request.url;
-    if (!path.startsWith('/v1/') || path.startsWith(PROVIDER_PATH_PREFIX)) return;
-    const result = await authenticate(request.headers.authorization);
-    if (result.kind !== 'authenticated') await rateLimit.authenticationFailed(request, reply);
-    if (result.kind === 'missing') {
-      throw new ApiError('api_key_missing', 'No API key provided. Send Authorization: Bearer sk_test_...');
-    }
-    if (result.kind === 'invalid') throw new ApiError('api_key_invalid', 'The API key is invalid, unknown or revoked.');
+  // A request with a cached key is admitted without a promise (see platform/http/hooks.ts).
+  const admit = (request: FastifyRequest, reply: FastifyReply, route: MatchedRoute, result: Authentication) => {
+    if (result.kind !== 'authenticated') return refuseAuthentication(request, reply, result.kind);
     // A route opens itself to publishable keys explicitly (config.auth); every other route
     // needs a secret key.
-    if (result.principal.keyKind !== 'secret' && request.routeOptions.config.auth !== 'publishable') {
+    if (result.principal.keyKind !== 'secret' && route.auth !== 'publishable') {
       throw new ApiError('secret_key_required', 'This endpoint needs a secret key (sk_test_...), not a publishable one.');
     }
     request.principal = result.principal;
     request.log = request.log.child({ merchant_id: result.principal.merchantId });
-  });
+    return undefined;
+  };
+  const refuseAuthentication = async (request: FastifyRequest, reply: FastifyReply, kind: 'missing' | 'invalid') => {
+    await rateLimit.authenticationFailed(request, reply);
+    if (kind === 'missing') throw new ApiError('api_key_missing', 'No API key provided. Send Authorization: Bearer sk_test_...');
+    throw new ApiError('api_key_invalid', 'The API key is invalid, unknown or revoked.');
+  };
+  app.addHook(
+    'onRequest',
+    callbackHook((request, reply) => {
+      // Decide by the route the router matched, not the raw URL: the router decodes the path, so
+      // '/%761/payment_intents' reaches the '/v1/payment_intents' route without starting with '/v1/'.
+      // Provider webhooks authenticate by signature, in their own route.
+      const route = routeConfig(request);
+      const path = route.url ?? request.url;
+      if (!path.startsWith('/v1/') || path.startsWith(PROVIDER_PATH_PREFIX)) return undefined;
+      const result = authenticate(request.headers.authorization);
+      return result instanceof Promise ? result.then((found) => admit(request, reply, route, found)) : admit(request, reply, route, result);
+    }),
+  );
   app.addHook('onRequest', rateLimit.byKey);
 
   const redis = deps.redis;

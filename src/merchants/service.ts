@@ -3,7 +3,7 @@ import type { Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import type { Principal } from '../platform/http/context.js';
 import { newId } from '../platform/ids.js';
-import { generateKey, hashKey, type KeyKind, parseKey } from './domain.js';
+import { generateKey, hashKeyBase64, type KeyKind, parseKey } from './domain.js';
 import * as sql from './sql.js';
 
 export interface CreatedMerchant {
@@ -57,32 +57,43 @@ const KEY_CACHE_ENTRIES_MAX = 10_000;
  * Resolves `Authorization: Bearer <key>` to a merchant. Found keys are cached per node for
  * ttlMs, which bounds how long a revoked key keeps working; unknown keys are not cached, so a
  * key created a moment ago works at once. `cachedKeys()` lists what the cache holds (tests).
+ * The answer comes at once, not as a promise, when no database lookup is needed (a cached key,
+ * a missing or malformed one): the hot path then costs no turn of the event loop.
  */
 export function createAuthenticator(pool: Pool, ttlMs: number) {
-  const cache = new LRUCache<string, Principal>({ max: KEY_CACHE_ENTRIES_MAX, ttl: Math.max(ttlMs, 1) });
+  const cache = new LRUCache<string, Authentication>({ max: KEY_CACHE_ENTRIES_MAX, ttl: Math.max(ttlMs, 1) });
   return Object.assign(authenticate, { cachedKeys: () => [...cache.keys()] });
-  async function authenticate(authorization: string | undefined): Promise<Authentication> {
-    if (!authorization) return { kind: 'missing' };
+  function authenticate(authorization: string | undefined): Authentication | Promise<Authentication> {
+    if (!authorization) return MISSING;
     const match = /^Bearer ([^\s]+)$/i.exec(authorization.trim());
-    if (!match) return { kind: 'invalid' };
+    if (!match) return INVALID;
     const presented = match[1] as string;
     // Cached by the key's SHA-256, never by the key itself: a heap snapshot or core dump of a
-    // node must not hold merchants' secret keys. Hashing a key costs about a microsecond; the
+    // node must not hold merchants' secret keys. Hashing a key costs about 0.3 µs; the
     // checksum is checked only on a miss. Only keys that parsed and exist are ever stored, for
     // at most ttlMs.
-    const hash = hashKey(presented);
-    const cacheKey = hash.toString('base64');
-    const cached = ttlMs > 0 ? cache.get(cacheKey) : undefined;
-    if (cached) return { kind: 'authenticated', principal: cached };
+    const cacheKey = ttlMs > 0 ? hashKeyBase64(presented) : undefined;
+    const cached = cacheKey === undefined ? undefined : cache.get(cacheKey);
+    if (cached) return cached;
     const parsed = parseKey(presented);
-    if (!parsed.ok) return { kind: 'invalid' };
+    if (!parsed.ok) return INVALID;
+    return lookUp(parsed.hash, cacheKey);
+  }
+  async function lookUp(hash: Buffer, cacheKey: string | undefined): Promise<Authentication> {
     const row = await sql.selectActiveKeyByHash(pool, hash);
-    if (!row) return { kind: 'invalid' };
-    const principal: Principal = { merchantId: row.merchant_id, keyId: row.key_id, keyKind: row.kind };
-    if (ttlMs > 0) cache.set(cacheKey, principal);
-    return { kind: 'authenticated', principal };
+    if (!row) return INVALID;
+    // Frozen: every request authenticated by the key shares it until it leaves the cache.
+    const found: Authentication = Object.freeze({
+      kind: 'authenticated',
+      principal: Object.freeze({ merchantId: row.merchant_id, keyId: row.key_id, keyKind: row.kind }),
+    });
+    if (cacheKey !== undefined) cache.set(cacheKey, found);
+    return found;
   }
 }
+
+const MISSING: Authentication = Object.freeze({ kind: 'missing' });
+const INVALID: Authentication = Object.freeze({ kind: 'invalid' });
 
 export function toUnix(date: Date): number {
   return Math.floor(date.getTime() / 1000);

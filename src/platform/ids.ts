@@ -48,6 +48,15 @@ function randomSlice(size: number): Buffer {
   return pool.subarray(poolOffset - size, poolOffset);
 }
 
+/**
+ * `size` random bytes from the same pool, as base64url: for unguessable tokens that are not
+ * ids, such as request ids. One call into OpenSSL per page instead of one per token: on the
+ * 2-core machine a randomBytes(9) of its own cost ~19 µs, as much as a whole bare HTTP answer.
+ */
+export function randomBase64url(size: number): string {
+  return randomSlice(size).toString('base64url');
+}
+
 // The last id's millisecond and random part, so the next id in the same millisecond sorts after it.
 let lastMs = -1;
 const lastRandom = Buffer.alloc(RANDOM_BYTES);

@@ -5,7 +5,7 @@
 
 import type { SaleForQueue } from '../admission/service.js';
 import { createIntentInTransaction } from '../payments/service.js';
-import type { Cache } from '../platform/cache/cache.js';
+import type { Cache, Cached } from '../platform/cache/cache.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
@@ -292,6 +292,7 @@ export async function releaseHold(deps: SalesDeps, merchantId: string, id: strin
 
 /** The one cache of sales: the public sale page and the waiting room read it, and a change invalidates it on every node. */
 export type SaleCache = Cache<ReturnType<typeof toApiSale> | null>;
+export type CachedSale = Cached<ReturnType<typeof toApiSale> | null>;
 
 export const saleCacheKey = (merchantId: string, saleId: string) => `${merchantId}:${saleId}`;
 

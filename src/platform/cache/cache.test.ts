@@ -15,7 +15,7 @@ const POLL_DEADLINE_MS = 5_000;
 const POLL_INTERVAL_MS = 10;
 
 /** Calls get until accept(value) or the deadline; returns the last result. */
-async function pollUntil<T>(get: () => Promise<T>, accept: (value: T) => boolean): Promise<T> {
+async function pollUntil<T>(get: () => T | Promise<T>, accept: (value: T) => boolean): Promise<T> {
   const deadline = Date.now() + POLL_DEADLINE_MS;
   let last = await get();
   while (!accept(last) && Date.now() < deadline) {
@@ -166,6 +166,23 @@ for (const backend of BACKENDS) {
       }
       // null is a value like any other (a "not found" a caller chooses to cache).
       assert.equal((await cache.get('none', async () => null)).value, null);
+    });
+
+    test('a first-level hit comes back at once, the same answer every time; a miss as a promise', async () => {
+      const cache = await backend.make({ staleMs: STALE_LONG_MS });
+      const first = cache.get('k', async () => ({ n: 1 }));
+      assert.ok(first instanceof Promise);
+      const loaded = await first;
+      const hit = cache.get('k', async () => assert.fail('loaded twice'));
+      assert.ok(!(hit instanceof Promise));
+      assert.equal(hit.level, 'l1');
+      assert.equal(hit.etag, loaded.etag);
+      assert.deepEqual(hit.value, { n: 1 });
+      assert.equal(
+        cache.get('k', async () => assert.fail('loaded twice')),
+        hit,
+      );
+      await assert.rejects(async () => cache.get('', async () => 1), /a cache key is 1 to/);
     });
 
     test('hits and misses are counted per level', async () => {

@@ -4,7 +4,7 @@ import { Registry } from 'prom-client';
 import { createHttpServer } from '../http/server.js';
 import { createMetrics } from '../observability/metrics.js';
 import { createMemoryCache } from './cache.js';
-import { ifNoneMatchMatches, maxAgeSeconds, sendCached } from './http.js';
+import { cachePolicy, ifNoneMatchMatches, maxAgeSeconds, sendCached } from './http.js';
 
 describe('If-None-Match', () => {
   const etag = '"abc"';
@@ -47,7 +47,7 @@ describe('sendCached', async () => {
       loads += 1;
       return { name: `page ${id}` };
     });
-    return sendCached(request, reply, cached, { staleMs: cache.staleMs });
+    return sendCached(request, reply, cached, cachePolicy({ staleMs: cache.staleMs }));
   });
   after(() => app.close());
 

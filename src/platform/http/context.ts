@@ -2,7 +2,7 @@
  * What the HTTP edge knows about a request once it is authenticated, and the helpers that turn
  * it into the context a use case needs (merchant, idempotency key, fingerprint).
  */
-import type { FastifyRequest } from 'fastify';
+import type { FastifyContextConfig, FastifyRequest } from 'fastify';
 import { fingerprint, generatedKey, isValidKey } from '../idempotency/keys.js';
 import { ApiError } from './errors.js';
 
@@ -21,6 +21,8 @@ export type AuthScope = 'secret' | 'publishable';
 declare module 'fastify' {
   interface FastifyRequest {
     principal: Principal | null;
+    /** The matched route's config, once read: see routeConfig. */
+    matchedRoute: MatchedRoute | null;
   }
   interface FastifyContextConfig {
     auth?: AuthScope;
@@ -31,6 +33,24 @@ declare module 'fastify' {
      */
     shedding?: 'line';
   }
+}
+
+/** A route's config as Fastify keeps it: ours (auth, shedding) and its url; no url when no route matched. */
+export type MatchedRoute = FastifyContextConfig & { url?: string };
+
+/**
+ * The config of the route the router matched, read once per request. Fastify's
+ * `request.routeOptions` builds a new object of a dozen fields at every read, and the edge's
+ * hooks (tracing, shedding, rate limits, authentication, metrics) read the route about ten
+ * times per request; the config object itself is the route's own, the same for every request.
+ */
+export function routeConfig(request: FastifyRequest): MatchedRoute {
+  let config = request.matchedRoute;
+  if (!config) {
+    config = request.routeOptions.config as MatchedRoute;
+    request.matchedRoute = config;
+  }
+  return config;
 }
 
 export function principalOf(request: FastifyRequest): Principal {

@@ -13,7 +13,9 @@ import type { Registry } from 'prom-client';
 import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { registeredCounter } from '../observability/registered.js';
 import type { RedisConnections } from '../redis/client.js';
+import { routeConfig } from './context.js';
 import { ApiError } from './errors.js';
+import { type CallbackHook, callbackHook } from './hooks.js';
 
 type Log = Pick<FastifyBaseLogger, 'warn'>;
 
@@ -173,11 +175,11 @@ export interface RateLimitHooks {
    * invalid (`authenticationFailed`). A made-up key costs no database lookup (its checksum
    * fails), a well-formed unknown one an indexed lookup, and each then counts for its address.
    */
-  byIp(request: FastifyRequest, reply: FastifyReply): Promise<void>;
+  byIp: CallbackHook;
   /** When authentication refuses the request, before the refusal is sent. */
   authenticationFailed(request: FastifyRequest, reply: FastifyReply): Promise<void>;
   /** After authentication, on request.principal. */
-  byKey(request: FastifyRequest, reply: FastifyReply): Promise<void>;
+  byKey: CallbackHook;
 }
 
 // What a secret key looks like before it is checked; see merchants/domain.ts.
@@ -231,40 +233,45 @@ export function createRateLimit(options: RateLimitOptions): RateLimitHooks {
     reply.headers(rateLimitHeaders(result));
   };
 
+  // Both hooks return at once, without a promise, when no limit applies (see hooks.ts).
   return {
-    async byIp(request, reply) {
-      if (!isLimited(request)) return;
-      const address = clientBucket(request.ip);
-      if (webhooks && (request.routeOptions.url ?? request.url).startsWith(webhooks.pathPrefix)) {
-        if (providerWebhook) await apply(providerWebhook, address, request, reply);
-        return;
+    byIp: callbackHook((request, reply) => {
+      const path = limitedPath(request);
+      if (path === undefined) return undefined;
+      // The address is worked out only for a limit that counts it.
+      if (webhooks && path.startsWith(webhooks.pathPrefix)) {
+        return providerWebhook ? apply(providerWebhook, clientBucket(request.ip), request, reply) : undefined;
       }
-      if (!ip) return;
+      if (!ip) return undefined;
       if (SECRET_KEY_BEARER.test(request.headers.authorization ?? '')) {
         deferred.add(request);
-        return;
+        return undefined;
       }
-      await apply(ip, address, request, reply);
-    },
+      return apply(ip, clientBucket(request.ip), request, reply);
+    }),
     async authenticationFailed(request, reply) {
       if (ip && deferred.has(request)) await apply(ip, clientBucket(request.ip), request, reply);
     },
-    async byKey(request, reply) {
-      if (!request.principal || !isLimited(request)) return;
-      // A secret-looking key that is in fact another kind is counted as what it is.
-      if (ip && deferred.has(request) && request.principal.keyKind !== 'secret') {
-        await apply(ip, clientBucket(request.ip), request, reply);
-      }
-      if (key) await apply(key, request.principal.keyId, request, reply);
-    },
+    byKey: callbackHook((request, reply) => {
+      const principal = request.principal;
+      if (!principal || (!ip && !key) || limitedPath(request) === undefined) return undefined;
+      return (async () => {
+        // A secret-looking key that is in fact another kind is counted as what it is.
+        if (ip && deferred.has(request) && principal.keyKind !== 'secret') {
+          await apply(ip, clientBucket(request.ip), request, reply);
+        }
+        if (key) await apply(key, principal.keyId, request, reply);
+      })();
+    }),
   };
 }
 
 /**
  * Only the API is limited: health checks and metrics scrapes must always answer. The router
  * decodes paths, so '/%761/holds' reaches a /v1 route: the matched route decides, the raw URL
- * only when nothing matched.
+ * only when nothing matched. The path that decided, or undefined when the request is not limited.
  */
-function isLimited(request: FastifyRequest): boolean {
-  return (request.routeOptions.url ?? request.url).startsWith('/v1/');
+function limitedPath(request: FastifyRequest): string | undefined {
+  const path = routeConfig(request).url ?? request.url;
+  return path.startsWith('/v1/') ? path : undefined;
 }

@@ -3,17 +3,28 @@
  * request-duration metrics by route, and OpenAPI generated from the route schemas.
  */
 
-import { randomBytes } from 'node:crypto';
 import { STATUS_CODES } from 'node:http';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
-import Fastify, { type FastifyBaseLogger, type FastifyError, type FastifyInstance, type FastifyReply, LogController } from 'fastify';
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyError,
+  type FastifyInstance,
+  type FastifyReply,
+  type FastifyRequest,
+  LogController,
+} from 'fastify';
 import { isDatabaseUnavailable } from '../db/errors.js';
+import { randomBase64url } from '../ids.js';
 import type { Metrics } from '../observability/metrics.js';
-import { context, contextFrom, SpanKind, SpanStatusCode, trace, tracer } from '../observability/tracing.js';
+import type { HistogramSeries } from '../observability/series-histogram.js';
+import { context, contextFrom, SpanKind, SpanStatusCode, trace, tracer, tracingStarted } from '../observability/tracing.js';
 import { isRedisUnavailable } from '../redis/client.js';
+import { type MatchedRoute, routeConfig } from './context.js';
 import { ApiError, errorBody } from './errors.js';
+import { callbackHook } from './hooks.js';
+import { lazyChildLoggerFactory, levelEnabled } from './request-logger.js';
 import { validatorCompiler } from './validation.js';
 
 // A PostgreSQL failover under Patroni takes 2-11 s (measured: docs/operations.md); asking the
@@ -64,6 +75,8 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     // A line per request is too much at surge rates; errors are still logged, and request
     // rates and latencies are in /metrics.
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'request_id' }),
+    // A request's logger becomes a pino child only if the request writes a line: see request-logger.ts.
+    childLoggerFactory: lazyChildLoggerFactory,
     // Ids in our URLs are short; anything longer is not ours.
     routerOptions: { maxParamLength: 200 },
     return503OnClosing: true,
@@ -72,7 +85,7 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     requestIdHeader: false,
     genReqId: (request) => {
       const given = request.headers['x-request-id'];
-      return typeof given === 'string' && REQUEST_ID.test(given) ? given : `req_${randomBytes(9).toString('base64url')}`;
+      return typeof given === 'string' && REQUEST_ID.test(given) ? given : `req_${randomBase64url(REQUEST_ID_RANDOM_BYTES)}`;
     },
     // The router's own errors (a badly encoded path, an over-long parameter) never reach the
     // error handler; without this they were answered in Fastify's shape, not ours.
@@ -98,11 +111,18 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
   });
   // A POST sent without a body is a request with no parameters, which confirm, capture and
   // cancel accept (theirs are all optional); validated as undefined it failed as "must be a
-  // JSON object". A body that is present must still be a JSON object.
-  app.addHook('preValidation', async (request) => {
-    if (request.body === undefined && request.routeOptions.schema?.body) request.body = {};
+  // JSON object". A body that is present must still be a JSON object. Only routes with a body
+  // schema get the hook: the others (every read) would run it for nothing.
+  const emptyBodyIsNoParameters = async (request: FastifyRequest) => {
+    if (request.body === undefined) request.body = {};
+  };
+  app.addHook('onRoute', (route) => {
+    if (!route.schema?.body) return;
+    const own = route.preValidation === undefined ? [] : Array.isArray(route.preValidation) ? route.preValidation : [route.preValidation];
+    route.preValidation = [emptyBodyIsNoParameters, ...own];
   });
   app.decorateRequest('principal', null);
+  app.decorateRequest('matchedRoute', null);
   // Closing closes the idle keep-alive connections once; one whose request was still running
   // then (a provider webhook arriving with the SIGTERM) would stay open after its answer, and
   // close would wait on it until the shutdown timeout. Answered with Connection: close instead.
@@ -110,8 +130,10 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
   app.addHook('preClose', async () => {
     closing = true;
   });
-  app.addHook('onSend', async (_request, reply) => {
+  // A callback, not an async function: it runs for every answer and is almost always a no-op.
+  app.addHook('onSend', (_request, reply, payload, done) => {
     if (closing) reply.header('connection', 'close');
+    done(null, payload);
   });
 
   app.setErrorHandler((error: FastifyError | ApiError, request, reply) => {
@@ -145,8 +167,13 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
 
   // First of all hooks: the request's span, made the active context for everything after it
   // (the other hooks, the handler, its SQL and provider calls), continuing a caller's traceparent.
+  // Without a tracing SDK every span is a no-op: then only the request id and the route's log
+  // binding are left to do, not the span's attributes and context.
   app.addHook('onRequest', (request, reply, done) => {
-    const route = request.routeOptions.url;
+    const route = routeConfig(request).url;
+    request.log = request.log.child({ route: route ?? 'unmatched' });
+    reply.header('x-request-id', request.id);
+    if (!tracingStarted()) return done();
     const span = tracer.startSpan(
       route ? `${request.method} ${route}` : request.method,
       {
@@ -162,29 +189,56 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
       contextFrom(request.headers),
     );
     requestSpans.set(request, span);
-    request.log = request.log.child({ route: route ?? 'unmatched' });
-    reply.header('x-request-id', request.id);
     context.with(trace.setSpan(contextFrom(request.headers), span), done);
   });
 
-  app.addHook('onResponse', async (request, reply) => {
-    const span = requestSpans.get(request);
-    if (span) {
-      span.setAttribute('http.response.status_code', reply.statusCode);
-      if (reply.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
-      span.end();
+  // The duration histogram's series of each route, by method and status class: found once,
+  // then held, so an answer's observation builds no labels.
+  const routeSeries = new WeakMap<MatchedRoute, Map<string, HistogramSeries[]>>();
+  const durationSeries = (method: string, status: number, config: MatchedRoute, route: string): HistogramSeries => {
+    let byMethod = routeSeries.get(config);
+    if (!byMethod) {
+      byMethod = new Map();
+      routeSeries.set(config, byMethod);
     }
-    const route = request.routeOptions.url ?? 'unmatched';
-    // Off at the default level (a line per request is too much in a surge); on with debug.
-    request.log.debug(
-      { method: request.method, status: reply.statusCode, duration_ms: Math.round(reply.elapsedTime * 10) / 10 },
-      'request completed',
-    );
-    options.metrics.httpDuration.observe(
-      { method: request.method, route, status_class: `${Math.floor(reply.statusCode / 100)}xx` },
-      reply.elapsedTime / 1000,
-    );
-  });
+    let byClass = byMethod.get(method);
+    if (!byClass) {
+      byClass = [];
+      byMethod.set(method, byClass);
+    }
+    const index = Math.floor(status / 100);
+    let series = byClass[index];
+    if (!series) {
+      series = options.metrics.httpDuration.series({ method, route, status_class: statusClass(status) });
+      byClass[index] = series;
+    }
+    return series;
+  };
+
+  app.addHook(
+    'onResponse',
+    callbackHook((request, reply) => {
+      const span = requestSpans.get(request);
+      if (span) {
+        span.setAttribute('http.response.status_code', reply.statusCode);
+        if (reply.statusCode >= 500) span.setStatus({ code: SpanStatusCode.ERROR });
+        span.end();
+      }
+      const config = routeConfig(request);
+      const route = config.url ?? 'unmatched';
+      const elapsedMs = reply.elapsedTime;
+      // Off at the default level (a line per request is too much in a surge); on with debug.
+      // The line's fields are gathered only when it is written.
+      if (levelEnabled(request.log, 'debug')) {
+        request.log.debug(
+          { method: request.method, status: reply.statusCode, duration_ms: Math.round(elapsedMs * 10) / 10 },
+          'request completed',
+        );
+      }
+      durationSeries(request.method, reply.statusCode, config, route).observe(elapsedMs / 1000);
+      return undefined;
+    }),
+  );
 
   await app.register(swagger, {
     openapi: {
@@ -240,8 +294,18 @@ export function clientErrorRefusal(code: string | undefined): ApiError {
       return new ApiError('request_malformed', 'The request is not valid HTTP/1.1.');
   }
 }
+const STATUS_CLASSES = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx'];
+
+/** 200 → '2xx': the metric's label, without building the text on every answer. */
+function statusClass(status: number): string {
+  return STATUS_CLASSES[Math.floor(status / 100)] ?? `${Math.floor(status / 100)}xx`;
+}
+
 // Each request's server span, ended when the response has gone.
 const requestSpans = new WeakMap<object, import('@opentelemetry/api').Span>();
+
+// 72 random bits: 12 base64url characters after req_.
+const REQUEST_ID_RANDOM_BYTES = 9;
 
 // Letters, digits and - _ . : up to 128 characters (UUIDs, balancer ids); anything else is replaced.
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;

@@ -16,10 +16,11 @@
  * in a surge: a shed poll costs a fraction of a served one, and its buyer keeps their place.
  */
 import { monitorEventLoopDelay } from 'node:perf_hooks';
-import type { FastifyReply, FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
 import { registeredCounter, registeredGauge } from '../observability/registered.js';
+import { routeConfig } from './context.js';
 import { ApiError } from './errors.js';
+import { type CallbackHook, callbackHook } from './hooks.js';
 
 // Half a second: shedding starts and stops within one, and each window holds about fifty
 // samples, so one long callback does not decide alone.
@@ -71,14 +72,14 @@ export interface ShedderOptions {
 
 export interface Shedder {
   /** The onRequest hook, which refuses; register it before every other. */
-  onRequest(request: FastifyRequest, reply: FastifyReply): Promise<void>;
+  onRequest: CallbackHook;
   /**
    * The preValidation hook, which counts a request in flight once its body has been read. A
    * client that sends headers and then its body slowly, or never, holds a connection (until
    * the request timeout closes it) but not one of the in-flight places: five silent clients
    * must not make a node refuse everyone else.
    */
-  onBodyRead(request: FastifyRequest, reply: FastifyReply): Promise<void>;
+  onBodyRead: CallbackHook;
   /** Takes one delay sample and decides whether delay alone sheds until the next. */
   runOnce(): void;
   /** Samples every sampleIntervalMs until stop(). */
@@ -115,6 +116,11 @@ export function createShedder(options: ShedderOptions): Shedder {
     },
   });
 
+  // One listener for every response, not a closure per request.
+  const leave = () => {
+    inFlight -= 1;
+  };
+
   const runOnce = () => {
     delayMs = source.takeMs();
   };
@@ -129,22 +135,24 @@ export function createShedder(options: ShedderOptions): Shedder {
   };
 
   return {
-    async onRequest(request) {
-      if (EXEMPT_PATHS.has(request.routeOptions.url ?? '')) return;
-      const line = request.routeOptions.config?.shedding === 'line';
+    onRequest: callbackHook((request) => {
+      const route = routeConfig(request);
+      if (EXEMPT_PATHS.has(route.url ?? '')) return undefined;
+      const line = route.shedding === 'line';
       const headroom = line ? 1 : CHECKOUT_HEADROOM;
       const priority = line ? 'line' : 'checkout';
       if (delayMs > options.eventLoopDelayMaxMs * headroom) refuse('event_loop_delay', priority);
       if (inFlight >= options.inFlightMax * headroom) refuse('in_flight', priority);
-    },
-    async onBodyRead(request, reply) {
-      if (EXEMPT_PATHS.has(request.routeOptions.url ?? '')) return;
+      return undefined;
+    }),
+    onBodyRead: callbackHook((request, reply) => {
+      if (EXEMPT_PATHS.has(routeConfig(request).url ?? '')) return undefined;
       inFlight += 1;
-      // 'close' fires once for every response, finished or aborted by the client.
-      reply.raw.once('close', () => {
-        inFlight -= 1;
-      });
-    },
+      // 'close' fires once for every response, finished or aborted by the client: `on`, not
+      // `once`, spares a wrapper per request.
+      reply.raw.on('close', leave);
+      return undefined;
+    }),
     runOnce,
     start() {
       if (timer) return;

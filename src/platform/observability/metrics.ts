@@ -1,4 +1,5 @@
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client';
+import { SeriesHistogram } from './series-histogram.js';
 
 // Buckets from 1 ms to 10 s: a payment API's p50 sits near the bottom, provider calls near the top.
 const HTTP_BUCKETS_SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -17,7 +18,8 @@ const PROVIDER_BUCKETS_SECONDS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2
 
 export interface Metrics {
   registry: Registry;
-  httpDuration: Histogram<'method' | 'route' | 'status_class'>;
+  /** Observed on every HTTP answer: a series histogram (see series-histogram.ts). */
+  httpDuration: SeriesHistogram<'method' | 'route' | 'status_class'>;
   jobDuration: Histogram<'task' | 'outcome'>;
   jobFailures: Counter<'task'>;
   jobRetries: Counter<'task'>;
@@ -37,7 +39,7 @@ export interface Metrics {
 export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
   const registry = new Registry();
   if (options.defaultMetrics) collectProcessMetrics(registry);
-  const httpDuration = new Histogram({
+  const httpDuration = new SeriesHistogram({
     name: 'floodgate_http_request_duration_seconds',
     help: 'HTTP request duration by route and status class',
     labelNames: ['method', 'route', 'status_class'] as const,

@@ -12,6 +12,7 @@ import {
   type Attributes,
   type Context,
   context,
+  ProxyTracerProvider,
   propagation,
   ROOT_CONTEXT,
   type Span,
@@ -21,6 +22,16 @@ import {
 } from '@opentelemetry/api';
 
 export const tracer = trace.getTracer('floodgate');
+
+/**
+ * Whether an SDK records this process's spans (tracing-sdk.ts has started one). Without one
+ * every span is a no-op and carries no context, so a caller on a hot path may skip describing
+ * it. The API's provider is a proxy until an SDK registers the real one behind it.
+ */
+export function tracingStarted(): boolean {
+  const provider = trace.getTracerProvider();
+  return !(provider instanceof ProxyTracerProvider) || provider.getDelegateTracer('floodgate') !== undefined;
+}
 
 /** Where a job's payload carries the trace context of the transaction that added it. */
 export const TRACE_PAYLOAD_KEY = '_trace';
