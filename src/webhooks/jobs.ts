@@ -13,7 +13,7 @@ import { sealerFor } from '../platform/crypto/sealed.js';
 import type { Pool } from '../platform/db/pool.js';
 import type { Metrics } from '../platform/observability/metrics.js';
 import { VERSION } from '../version.js';
-import { DELIVER_TASK, deliver, pruneAttempts, type WebhookSettings } from './service.js';
+import { DELIVER_TASK, deliver, deliveryStore, pruneAttempts, type WebhookSettings } from './service.js';
 import { createTransport } from './transport.js';
 
 export const PRUNE_ATTEMPTS_TASK = 'prune_webhook_attempts';
@@ -41,12 +41,13 @@ export function webhookTasks(deps: WebhookWorkerDeps): TaskList {
     userAgent: `Floodgate-Webhooks/${VERSION}`,
   });
   const sealer = sealerFor(deps.settings.secretsKeys);
+  const store = deliveryStore(deps.pool);
   return {
     [DELIVER_TASK]: async (payload) => {
       // A payload that does not parse was not written by us; failing loudly beats guessing.
       if (!Value.Check(DeliveryJobPayload, payload)) throw new Error(`${DELIVER_TASK}: malformed payload ${JSON.stringify(payload)}`);
       const job: Static<typeof DeliveryJobPayload> = payload;
-      await deliver({ ...deps, transport, sealer }, job);
+      await deliver({ ...deps, store, transport, sealer }, job);
     },
     [PRUNE_ATTEMPTS_TASK]: async () => {
       const deleted = await pruneAttempts(deps.pool, deps.settings.attemptRetentionDays);

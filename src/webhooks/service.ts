@@ -11,6 +11,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import * as events from '../events/service.js';
+import { coalesce } from '../platform/coalesce.js';
 import type { Sealer } from '../platform/crypto/sealed.js';
 import { type Pool, withTransaction } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
@@ -252,8 +253,34 @@ export interface DeliveryJob {
   attempt: number;
 }
 
+/**
+ * The reads and writes of delivery jobs, coalesced across the jobs running at once: the jobs
+ * that start together read their deliveries in one statement, and those that finish together
+ * record their attempts in one (one commit). A worker running ten jobs at once thus makes a
+ * fraction of the round trips and commits it would make one job at a time.
+ */
+export interface DeliveryStore {
+  /** The delivery with its endpoint and event; undefined when there is none. */
+  target(key: sql.DeliveryKey): Promise<sql.DeliveryTarget | undefined>;
+  /** Records an attempt that needs nothing else written with it; true when recorded. */
+  record(attempt: sql.AttemptRecord): Promise<boolean>;
+}
+
+// At most this many deliveries per coalesced statement: above the jobs a worker runs at once in
+// any sensible setting (FLOODGATE_WORKER_CONCURRENCY, 10 by default), small enough that one
+// statement's arrays and locks stay small.
+const DELIVERY_BATCH_MAX = 100;
+
+export function deliveryStore(pool: Pool): DeliveryStore {
+  return {
+    target: coalesce({ run: (keys) => sql.selectDeliveryTargets(pool, keys), batchMax: DELIVERY_BATCH_MAX }),
+    record: coalesce({ run: (attempts) => sql.recordAttempts(pool, attempts), batchMax: DELIVERY_BATCH_MAX }),
+  };
+}
+
 export interface DeliverDeps {
   pool: Pool;
+  store: DeliveryStore;
   settings: WebhookSettings;
   sealer: Sealer;
   transport: Transport;
@@ -265,7 +292,7 @@ export type DeliverResult = { kind: 'skipped'; reason: string } | { kind: 'attem
 
 /** One attempt of one delivery: the job's body. */
 export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<DeliverResult> {
-  const target = await sql.selectDeliveryTarget(deps.pool, job.merchant_id, job.delivery_id);
+  const target = await deps.store.target({ merchantId: job.merchant_id, deliveryId: job.delivery_id });
   // Deleted endpoint, finished or canceled delivery, or a job overtaken by a later one: nothing to do.
   if (!target) return { kind: 'skipped', reason: 'delivery_missing' };
   if (target.status !== 'pending' || target.round !== job.round || target.attempts !== job.attempt - 1) {
@@ -306,14 +333,15 @@ export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<Deli
     durationMs: result.durationMs,
     attemptedAt,
   };
-  // Success or a last failure writes the attempt alone: one statement, atomic by itself, so no
-  // transaction around it. A retry (its next job) or a 410 (the endpoint disabled) writes more,
-  // all or nothing.
+  // Success or a last failure writes the attempt alone: one statement, atomic by itself and
+  // shared with the other jobs finishing now. A retry (its next job) or a 410 (the endpoint
+  // disabled) writes more, all or nothing, in a transaction of its own.
   const followUp = outcome === 'retry_scheduled' || outcome === 'endpoint_disabled';
   const recorded = !followUp
-    ? await sql.recordAttempt(deps.pool, attempt)
+    ? await deps.store.record(attempt)
     : await withTransaction(deps.pool, async (client) => {
-        if (!(await sql.recordAttempt(client, attempt))) return false;
+        const [done] = await sql.recordAttempts(client, [attempt]);
+        if (!done) return false;
         if (outcome === 'retry_scheduled') {
           const next: DeliveryJob = { ...job, attempt: job.attempt + 1 };
           await addJob(client, DELIVER_TASK, { ...next }, { runAt: nextAttemptAt as Date });

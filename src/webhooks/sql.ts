@@ -134,10 +134,21 @@ export async function rotateSecret(
   return rows[0];
 }
 
-/** The delivery, its endpoint and its event, in one round trip: a delivery job's first read. */
-export async function selectDeliveryTarget(db: Queryable, merchantId: string, deliveryId: string): Promise<DeliveryTarget | undefined> {
+/** A delivery, by its key. */
+export interface DeliveryKey {
+  merchantId: string;
+  deliveryId: string;
+}
+
+/**
+ * Deliveries with their endpoint and event, in one round trip however many: a delivery job's
+ * first read, coalesced across the jobs running at once. Answers in the order of `keys`,
+ * undefined where there is no such delivery (or its endpoint is gone).
+ */
+export async function selectDeliveryTargets(db: Queryable, keys: readonly DeliveryKey[]): Promise<(DeliveryTarget | undefined)[]> {
   const { rows } = await db.query<
     Omit<DeliveryTarget, 'event'> & {
+      n: number;
       event_type: string | null;
       event_object_id: string;
       event_sequence: number;
@@ -145,33 +156,37 @@ export async function selectDeliveryTarget(db: Queryable, merchantId: string, de
       event_created_at: Date;
     }
   >({
-    name: 'webhooks_select_delivery_target',
-    text: `select d.status, d.round, d.attempts, d.event_id, d.endpoint_id, e.url, e.status as endpoint_status,
+    name: 'webhooks_select_delivery_targets',
+    // One primary-key probe per table and key: the keys drive a nested loop, whatever the
+    // tables' sizes (the keys are few, at most a coalesced batch).
+    text: `select k.n::int as n, d.status, d.round, d.attempts, d.event_id, d.endpoint_id, e.url, e.status as endpoint_status,
              array_remove(array[e.secret,
                case when e.previous_secret_expires_at > now() then e.previous_secret end], null) as secrets,
              ev.type as event_type, ev.object_id as event_object_id, ev.sequence as event_sequence, ev.data as event_data,
              ev.created_at as event_created_at
-           from webhook_deliveries d
+           from unnest($1::text[], $2::text[]) with ordinality as k (merchant_id, delivery_id, n)
+           join webhook_deliveries d on d.merchant_id = k.merchant_id and d.id = k.delivery_id
            join webhook_endpoints e on e.merchant_id = d.merchant_id and e.id = d.endpoint_id
-           left join events ev on ev.merchant_id = d.merchant_id and ev.id = d.event_id
-           where d.merchant_id = $1 and d.id = $2`,
-    values: [merchantId, deliveryId],
+           left join events ev on ev.merchant_id = d.merchant_id and ev.id = d.event_id`,
+    values: [keys.map((key) => key.merchantId), keys.map((key) => key.deliveryId)],
   });
-  const row = rows[0];
-  if (!row) return undefined;
-  const { event_type, event_object_id, event_sequence, event_data, event_created_at, ...target } = row;
-  const event =
-    event_type === null
-      ? undefined
-      : {
-          id: row.event_id,
-          type: event_type,
-          object_id: event_object_id,
-          sequence: event_sequence,
-          data: event_data,
-          created_at: event_created_at,
-        };
-  return { ...target, event };
+  const targets: (DeliveryTarget | undefined)[] = new Array(keys.length).fill(undefined);
+  for (const row of rows) {
+    const { n, event_type, event_object_id, event_sequence, event_data, event_created_at, ...target } = row;
+    const event =
+      event_type === null
+        ? undefined
+        : {
+            id: row.event_id,
+            type: event_type,
+            object_id: event_object_id,
+            sequence: event_sequence,
+            data: event_data,
+            created_at: event_created_at,
+          };
+    targets[n - 1] = { ...target, event };
+  }
+  return targets;
 }
 
 export interface AttemptRecord {
@@ -188,38 +203,49 @@ export interface AttemptRecord {
 }
 
 /**
- * Records attempt `attempt` of round `round` and moves the delivery to `status`, only if the
- * delivery is still pending and waiting for exactly this attempt: a job run twice (its worker
- * died after sending) or overtaken by a redelivery records nothing. True when recorded.
+ * Records attempts in one statement (one commit), each only if its delivery is still pending
+ * and waiting for exactly that attempt: a job run twice (its worker died after sending) or
+ * overtaken by a redelivery records nothing. Answers, in the order of `attempts`, whether each
+ * was recorded; of two records of the same attempt in one call, one is.
  */
-export async function recordAttempt(db: Queryable, attempt: AttemptRecord): Promise<boolean> {
-  const { rows } = await db.query<{ recorded: boolean }>({
-    name: 'webhooks_record_attempt',
-    text: `with delivery as (
-             update webhook_deliveries
-             set status = $5, attempts = $4, next_attempt_at = $6, last_attempt_at = $10, last_status_code = $7,
-                 last_error = $8, last_duration_ms = $9, updated_at = now()
-             where merchant_id = $1 and id = $2 and status = 'pending' and round = $3 and attempts = $4 - 1
-             returning 1),
+export async function recordAttempts(db: Queryable, attempts: readonly AttemptRecord[]): Promise<boolean[]> {
+  const column = <T>(pick: (attempt: AttemptRecord) => T) => attempts.map(pick);
+  const { rows } = await db.query<{ n: number }>({
+    name: 'webhooks_record_attempts',
+    text: `with input as (
+             select * from unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::timestamptz[], $7::int[],
+                                  $8::text[], $9::int[], $10::timestamptz[]) with ordinality
+               as i (merchant_id, delivery_id, round, attempt, status, next_attempt_at, status_code, error, duration_ms,
+                     attempted_at, n)),
+           delivery as (
+             update webhook_deliveries d
+             set status = i.status, attempts = i.attempt, next_attempt_at = i.next_attempt_at, last_attempt_at = i.attempted_at,
+                 last_status_code = i.status_code, last_error = i.error, last_duration_ms = i.duration_ms, updated_at = now()
+             from input i
+             where d.merchant_id = i.merchant_id and d.id = i.delivery_id and d.status = 'pending' and d.round = i.round
+               and d.attempts = i.attempt - 1
+             returning i.*),
+           -- A data-modifying WITH runs to completion whether or not the query reads it.
            logged as (
              insert into webhook_delivery_attempts (merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at)
-             select $1, $2, $3, $4, $7, $8, $9, $10 from delivery
-             returning 1)
-           select exists (select 1 from logged) as recorded`,
+             select merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at from delivery)
+           select n::int as n from delivery`,
     values: [
-      attempt.merchantId,
-      attempt.deliveryId,
-      attempt.round,
-      attempt.attempt,
-      attempt.status,
-      attempt.nextAttemptAt,
-      attempt.statusCode,
-      attempt.error,
-      attempt.durationMs,
-      attempt.attemptedAt,
+      column((a) => a.merchantId),
+      column((a) => a.deliveryId),
+      column((a) => a.round),
+      column((a) => a.attempt),
+      column((a) => a.status),
+      column((a) => a.nextAttemptAt),
+      column((a) => a.statusCode),
+      column((a) => a.error),
+      column((a) => a.durationMs),
+      column((a) => a.attemptedAt),
     ],
   });
-  return rows[0]?.recorded === true;
+  const recorded = new Array<boolean>(attempts.length).fill(false);
+  for (const row of rows) recorded[row.n - 1] = true;
+  return recorded;
 }
 
 /** Disables an endpoint and cancels its pending deliveries, whose jobs then do nothing. */
