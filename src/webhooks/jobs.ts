@@ -9,7 +9,7 @@ import { type Static, Type } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import type { TaskList } from 'graphile-worker';
 import type { Logger } from 'pino';
-import { sealerFor } from '../platform/crypto/sealed.js';
+import { rememberingOpened, sealerFor } from '../platform/crypto/sealed.js';
 import type { Pool } from '../platform/db/pool.js';
 import type { Metrics } from '../platform/observability/metrics.js';
 import { VERSION } from '../version.js';
@@ -19,6 +19,10 @@ import { createTransport } from './transport.js';
 export const PRUNE_ATTEMPTS_TASK = 'prune_webhook_attempts';
 // Hourly: each run deletes at most 100,000 old attempts, so a backlog clears within hours.
 export const WEBHOOK_CRONTAB = `17 * * * * ${PRUNE_ATTEMPTS_TASK} ?max=1`;
+
+// Opened signing secrets a worker keeps: an endpoint's current and previous secret, for far more
+// endpoints than deliver at once (16 per merchant), at about 100 bytes each.
+const OPENED_SECRETS_MAX = 10_000;
 
 const DeliveryJobPayload = Type.Object({
   merchant_id: Type.String(),
@@ -40,7 +44,7 @@ export function webhookTasks(deps: WebhookWorkerDeps): TaskList {
     allowPrivate: deps.settings.allowPrivate,
     userAgent: `Floodgate-Webhooks/${VERSION}`,
   });
-  const sealer = sealerFor(deps.settings.secretsKeys);
+  const sealer = rememberingOpened(sealerFor(deps.settings.secretsKeys), OPENED_SECRETS_MAX);
   const store = deliveryStore(deps.pool);
   return {
     [DELIVER_TASK]: async (payload) => {
