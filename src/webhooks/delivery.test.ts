@@ -260,34 +260,34 @@ describe('webhook deliveries', () => {
     assert.ok(rows.every((row) => row.attempts === 1 && row.logged === 1));
   });
 
-  test('the coalesced statements: targets answer in the order asked, none for an unknown delivery; an attempt recorded twice in one call counts once', async () => {
+  test('the coalesced statement: reads answer in the order asked, none for an unknown delivery; an attempt recorded twice in one call counts once; a read beside a record sees the delivery before it', async () => {
     const receiver = await startReceiver();
     const merchant = await merchantWithEndpoint(t, receiver.url);
     const setEndpoint = (status: string) =>
       t.pool.query('update webhook_endpoints set status = $2 where merchant_id = $1', [merchant.merchantId, status]);
-    // An event made while the endpoint is disabled gets no delivery and no job; the delivery
-    // inserted here by hand then has no job either, so the running worker leaves it alone.
+    // Events made while the endpoint is disabled get no delivery and no job; the deliveries
+    // inserted here by hand then have no job either, so the running worker leaves them alone.
     await setEndpoint('disabled');
-    const intentId = await createIntent(merchant);
+    const intents = [await createIntent(merchant), await createIntent(merchant)];
     await setEndpoint('enabled');
-    const {
-      rows: [inserted],
-    } = await t.pool.query<{ id: string; event_id: string }>(
+    const { rows: inserted } = await t.pool.query<{ id: string; event_id: string; object_id: string }>(
       `insert into webhook_deliveries (merchant_id, id, endpoint_id, event_id, status, next_attempt_at, created_at, updated_at)
        select merchant_id, webhook_delivery_id(id, $2), $2, id, 'pending', now(), now(), now() from events
-       where merchant_id = $1 and object_id = $3
-       returning id, event_id`,
-      [merchant.merchantId, merchant.endpoint.id, intentId],
+       where merchant_id = $1 and object_id = any($3)
+       returning id, event_id, (select object_id from events where merchant_id = $1 and id = event_id)`,
+      [merchant.merchantId, merchant.endpoint.id, intents],
     );
-    assert.ok(inserted);
-    const known = { merchantId: merchant.merchantId, deliveryId: inserted.id };
+    assert.equal(inserted.length, 2);
+    const [first, second] = inserted as [(typeof inserted)[0], (typeof inserted)[0]];
+    const known = { merchantId: merchant.merchantId, deliveryId: first.id };
     const unknown = { merchantId: merchant.merchantId, deliveryId: 'wd_00000000000000000000' };
-    const targets = await sql.selectDeliveryTargets(t.pool, [unknown, known, known]);
+    const { targets, recorded: none } = await sql.readAndRecord(t.pool, [unknown, known, known], []);
+    assert.deepEqual(none, []);
     assert.equal(targets.length, 3);
     assert.equal(targets[0], undefined);
-    assert.equal(targets[1]?.event_id, inserted.event_id);
+    assert.equal(targets[1]?.event_id, first.event_id);
     assert.equal(targets[1]?.status, 'pending');
-    assert.equal(targets[1]?.event?.object_id, intentId);
+    assert.equal(targets[1]?.event?.object_id, first.object_id);
     assert.deepEqual(targets[2], targets[1]);
 
     const attempt: sql.AttemptRecord = {
@@ -301,15 +301,22 @@ describe('webhook deliveries', () => {
       durationMs: 3,
       attemptedAt: new Date(),
     };
-    const recorded = await sql.recordAttempts(t.pool, [attempt, { ...unknown, ...attempt, ...unknown }, attempt]);
+    const { recorded } = await sql.readAndRecord(t.pool, [], [attempt, { ...attempt, ...unknown }, attempt]);
     assert.equal(recorded[1], false);
     assert.deepEqual([recorded[0], recorded[2]].sort(), [false, true]);
-    const detail = await merchant.get(`/v1/webhook_deliveries/${inserted.id}`);
+    const detail = await merchant.get(`/v1/webhook_deliveries/${first.id}`);
     assert.equal(detail.status, 'succeeded');
     assert.equal(detail.attempts, 1);
     assert.equal(detail.attempt_log.length, 1);
     // Recorded already: the same attempt again records nothing.
-    assert.deepEqual(await sql.recordAttempts(t.pool, [attempt]), [false]);
+    assert.deepEqual((await sql.readAndRecord(t.pool, [], [attempt])).recorded, [false]);
+
+    const other = { merchantId: merchant.merchantId, deliveryId: second.id };
+    const both = await sql.readAndRecord(t.pool, [other], [{ ...attempt, ...other, status: 'dead', statusCode: 500 }]);
+    assert.deepEqual(both.recorded, [true]);
+    assert.equal(both.targets[0]?.status, 'pending');
+    assert.equal(both.targets[0]?.attempts, 0);
+    assert.equal((await merchant.get(`/v1/webhook_deliveries/${second.id}`)).status, 'dead');
   });
 
   test('each event carries its object sequence number', async () => {

@@ -255,9 +255,9 @@ export interface DeliveryJob {
 
 /**
  * The reads and writes of delivery jobs, coalesced across the jobs running at once: the jobs
- * that start together read their deliveries in one statement, and those that finish together
- * record their attempts in one (one commit). A worker running ten jobs at once thus makes a
- * fraction of the round trips and commits it would make one job at a time.
+ * that start and those that finish while one statement is in flight share the next one (see
+ * sql.readAndRecord). A worker running many deliveries thus makes a fraction of the round trips
+ * and commits it would make one job at a time.
  */
 export interface DeliveryStore {
   /** The delivery with its endpoint and event; undefined when there is none. */
@@ -266,15 +266,32 @@ export interface DeliveryStore {
   record(attempt: sql.AttemptRecord): Promise<boolean>;
 }
 
-// At most this many deliveries per coalesced statement: above the jobs a worker runs at once in
-// any sensible setting (FLOODGATE_WORKER_CONCURRENCY, 10 by default), small enough that one
+// At most this many reads and records per coalesced statement: above the jobs a worker runs at
+// once in any sensible setting (FLOODGATE_WORKER_CONCURRENCY), small enough that one
 // statement's arrays and locks stay small.
 const DELIVERY_BATCH_MAX = 100;
 
+type StoreCall = { kind: 'target'; key: sql.DeliveryKey } | { kind: 'record'; attempt: sql.AttemptRecord };
+type StoreAnswer = sql.DeliveryTarget | boolean | undefined;
+
+/** One statement for a batch of mixed calls; each call's answer in the batch's order. */
+async function runStoreCalls(pool: Pool, calls: StoreCall[]): Promise<StoreAnswer[]> {
+  const keys: sql.DeliveryKey[] = [];
+  const attempts: sql.AttemptRecord[] = [];
+  for (const call of calls) {
+    if (call.kind === 'target') keys.push(call.key);
+    else attempts.push(call.attempt);
+  }
+  const { targets, recorded } = await sql.readAndRecord(pool, keys, attempts);
+  let [target, record] = [0, 0];
+  return calls.map((call) => (call.kind === 'target' ? targets[target++] : recorded[record++]));
+}
+
 export function deliveryStore(pool: Pool): DeliveryStore {
+  const call = coalesce<StoreCall, StoreAnswer>({ run: (calls) => runStoreCalls(pool, calls), batchMax: DELIVERY_BATCH_MAX });
   return {
-    target: coalesce({ run: (keys) => sql.selectDeliveryTargets(pool, keys), batchMax: DELIVERY_BATCH_MAX }),
-    record: coalesce({ run: (attempts) => sql.recordAttempts(pool, attempts), batchMax: DELIVERY_BATCH_MAX }),
+    target: (key) => call({ kind: 'target', key }) as Promise<sql.DeliveryTarget | undefined>,
+    record: (attempt) => call({ kind: 'record', attempt }) as Promise<boolean>,
   };
 }
 
@@ -340,7 +357,9 @@ export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<Deli
   const recorded = !followUp
     ? await deps.store.record(attempt)
     : await withTransaction(deps.pool, async (client) => {
-        const [done] = await sql.recordAttempts(client, [attempt]);
+        const {
+          recorded: [done],
+        } = await sql.readAndRecord(client, [], [attempt]);
         if (!done) return false;
         if (outcome === 'retry_scheduled') {
           const next: DeliveryJob = { ...job, attempt: job.attempt + 1 };

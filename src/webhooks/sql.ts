@@ -140,55 +140,6 @@ export interface DeliveryKey {
   deliveryId: string;
 }
 
-/**
- * Deliveries with their endpoint and event, in one round trip however many: a delivery job's
- * first read, coalesced across the jobs running at once. Answers in the order of `keys`,
- * undefined where there is no such delivery (or its endpoint is gone).
- */
-export async function selectDeliveryTargets(db: Queryable, keys: readonly DeliveryKey[]): Promise<(DeliveryTarget | undefined)[]> {
-  const { rows } = await db.query<
-    Omit<DeliveryTarget, 'event'> & {
-      n: number;
-      event_type: string | null;
-      event_object_id: string;
-      event_sequence: number;
-      event_data: EventRow['data'];
-      event_created_at: Date;
-    }
-  >({
-    name: 'webhooks_select_delivery_targets',
-    // One primary-key probe per table and key: the keys drive a nested loop, whatever the
-    // tables' sizes (the keys are few, at most a coalesced batch).
-    text: `select k.n::int as n, d.status, d.round, d.attempts, d.event_id, d.endpoint_id, e.url, e.status as endpoint_status,
-             array_remove(array[e.secret,
-               case when e.previous_secret_expires_at > now() then e.previous_secret end], null) as secrets,
-             ev.type as event_type, ev.object_id as event_object_id, ev.sequence as event_sequence, ev.data as event_data,
-             ev.created_at as event_created_at
-           from unnest($1::text[], $2::text[]) with ordinality as k (merchant_id, delivery_id, n)
-           join webhook_deliveries d on d.merchant_id = k.merchant_id and d.id = k.delivery_id
-           join webhook_endpoints e on e.merchant_id = d.merchant_id and e.id = d.endpoint_id
-           left join events ev on ev.merchant_id = d.merchant_id and ev.id = d.event_id`,
-    values: [keys.map((key) => key.merchantId), keys.map((key) => key.deliveryId)],
-  });
-  const targets: (DeliveryTarget | undefined)[] = new Array(keys.length).fill(undefined);
-  for (const row of rows) {
-    const { n, event_type, event_object_id, event_sequence, event_data, event_created_at, ...target } = row;
-    const event =
-      event_type === null
-        ? undefined
-        : {
-            id: row.event_id,
-            type: event_type,
-            object_id: event_object_id,
-            sequence: event_sequence,
-            data: event_data,
-            created_at: event_created_at,
-          };
-    targets[n - 1] = { ...target, event };
-  }
-  return targets;
-}
-
 export interface AttemptRecord {
   merchantId: string;
   deliveryId: string;
@@ -202,19 +153,41 @@ export interface AttemptRecord {
   attemptedAt: Date;
 }
 
+type TargetRow = Omit<DeliveryTarget, 'event'> & {
+  n: number | null;
+  event_type: string | null;
+  event_object_id: string;
+  event_sequence: number;
+  event_data: EventRow['data'];
+  event_created_at: Date;
+};
+
 /**
- * Records attempts in one statement (one commit), each only if its delivery is still pending
- * and waiting for exactly that attempt: a job run twice (its worker died after sending) or
- * overtaken by a redelivery records nothing. Answers, in the order of `attempts`, whether each
- * was recorded; of two records of the same attempt in one call, one is.
+ * The delivery jobs' reads and writes, in one statement however many: the deliveries `keys`
+ * name, with their endpoint and event (a job's first read), and the `attempts` recorded (its
+ * last write, one commit for all). Jobs that start and jobs that finish at the same time thus
+ * share one round trip.
+ *
+ * An attempt is recorded only if its delivery is still pending and waiting for exactly that
+ * attempt: a job run twice (its worker died after sending) or overtaken by a redelivery records
+ * nothing; of two records of the same attempt in one call, one is. The reads see the deliveries
+ * as they were before this statement's records (a read and a write of one delivery never meet
+ * in one call: a job reads before it sends, and records after).
+ *
+ * Answers in the order asked: each key's target (undefined when there is no such delivery or
+ * its endpoint is gone) and whether each attempt was recorded.
  */
-export async function recordAttempts(db: Queryable, attempts: readonly AttemptRecord[]): Promise<boolean[]> {
+export async function readAndRecord(
+  db: Queryable,
+  keys: readonly DeliveryKey[],
+  attempts: readonly AttemptRecord[],
+): Promise<{ targets: (DeliveryTarget | undefined)[]; recorded: boolean[] }> {
   const column = <T>(pick: (attempt: AttemptRecord) => T) => attempts.map(pick);
-  const { rows } = await db.query<{ n: number }>({
-    name: 'webhooks_record_attempts',
+  const { rows } = await db.query<TargetRow & { recorded: number[] }>({
+    name: 'webhooks_read_and_record',
     text: `with input as (
-             select * from unnest($1::text[], $2::text[], $3::int[], $4::int[], $5::text[], $6::timestamptz[], $7::int[],
-                                  $8::text[], $9::int[], $10::timestamptz[]) with ordinality
+             select * from unnest($3::text[], $4::text[], $5::int[], $6::int[], $7::text[], $8::timestamptz[], $9::int[],
+                                  $10::text[], $11::int[], $12::timestamptz[]) with ordinality
                as i (merchant_id, delivery_id, round, attempt, status, next_attempt_at, status_code, error, duration_ms,
                      attempted_at, n)),
            delivery as (
@@ -229,8 +202,22 @@ export async function recordAttempts(db: Queryable, attempts: readonly AttemptRe
            logged as (
              insert into webhook_delivery_attempts (merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at)
              select merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at from delivery)
-           select n::int as n from delivery`,
+           -- One row at least, for the records' answer, however few targets.
+           select array(select n::int from delivery) as recorded, target.*
+           from (select) as one
+           left join (
+             select k.n::int as n, d.status, d.round, d.attempts, d.event_id, d.endpoint_id, e.url, e.status as endpoint_status,
+               array_remove(array[e.secret,
+                 case when e.previous_secret_expires_at > now() then e.previous_secret end], null) as secrets,
+               ev.type as event_type, ev.object_id as event_object_id, ev.sequence as event_sequence, ev.data as event_data,
+               ev.created_at as event_created_at
+             from unnest($1::text[], $2::text[]) with ordinality as k (merchant_id, delivery_id, n)
+             join webhook_deliveries d on d.merchant_id = k.merchant_id and d.id = k.delivery_id
+             join webhook_endpoints e on e.merchant_id = d.merchant_id and e.id = d.endpoint_id
+             left join events ev on ev.merchant_id = d.merchant_id and ev.id = d.event_id) as target on true`,
     values: [
+      keys.map((key) => key.merchantId),
+      keys.map((key) => key.deliveryId),
       column((a) => a.merchantId),
       column((a) => a.deliveryId),
       column((a) => a.round),
@@ -243,9 +230,26 @@ export async function recordAttempts(db: Queryable, attempts: readonly AttemptRe
       column((a) => a.attemptedAt),
     ],
   });
+  const targets: (DeliveryTarget | undefined)[] = new Array(keys.length).fill(undefined);
   const recorded = new Array<boolean>(attempts.length).fill(false);
-  for (const row of rows) recorded[row.n - 1] = true;
-  return recorded;
+  for (const n of rows[0]?.recorded ?? []) recorded[n - 1] = true;
+  for (const row of rows) {
+    const { n, recorded: _recorded, event_type, event_object_id, event_sequence, event_data, event_created_at, ...target } = row;
+    if (n === null) continue;
+    const event =
+      event_type === null
+        ? undefined
+        : {
+            id: row.event_id,
+            type: event_type,
+            object_id: event_object_id,
+            sequence: event_sequence,
+            data: event_data,
+            created_at: event_created_at,
+          };
+    targets[n - 1] = { ...target, event };
+  }
+  return { targets, recorded };
 }
 
 /** Disables an endpoint and cancels its pending deliveries, whose jobs then do nothing. */
