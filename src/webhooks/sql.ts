@@ -206,15 +206,22 @@ export async function readAndRecord(
            select array(select n::int from delivery) as recorded, target.*
            from (select) as one
            left join (
-             select k.n::int as n, d.status, d.round, d.attempts, d.event_id, d.endpoint_id, e.url, e.status as endpoint_status,
-               array_remove(array[e.secret,
-                 case when e.previous_secret_expires_at > now() then e.previous_secret end], null) as secrets,
-               ev.type as event_type, ev.object_id as event_object_id, ev.sequence as event_sequence, ev.data as event_data,
-               ev.created_at as event_created_at
+             select k.n::int as n, t.*
              from unnest($1::text[], $2::text[]) with ordinality as k (merchant_id, delivery_id, n)
-             join webhook_deliveries d on d.merchant_id = k.merchant_id and d.id = k.delivery_id
-             join webhook_endpoints e on e.merchant_id = d.merchant_id and e.id = d.endpoint_id
-             left join events ev on ev.merchant_id = d.merchant_id and ev.id = d.event_id) as target on true`,
+             -- Each key is looked up by itself, as a one-key query would be: the fence (offset 0)
+             -- keeps the planner from joining the keys to whole tables (guessing ten keys, it
+             -- hashed them against every endpoint of every merchant).
+             cross join lateral (
+               select d.status, d.round, d.attempts, d.event_id, d.endpoint_id, e.url, e.status as endpoint_status,
+                 array_remove(array[e.secret,
+                   case when e.previous_secret_expires_at > now() then e.previous_secret end], null) as secrets,
+                 ev.type as event_type, ev.object_id as event_object_id, ev.sequence as event_sequence, ev.data as event_data,
+                 ev.created_at as event_created_at
+               from webhook_deliveries d
+               join webhook_endpoints e on e.merchant_id = d.merchant_id and e.id = d.endpoint_id
+               left join events ev on ev.merchant_id = d.merchant_id and ev.id = d.event_id
+               where d.merchant_id = k.merchant_id and d.id = k.delivery_id
+               offset 0) as t) as target on true`,
     values: [
       keys.map((key) => key.merchantId),
       keys.map((key) => key.deliveryId),
