@@ -10,7 +10,7 @@
  *            any of the first three; surge is bench/surge.ts)
  *            --drain S (each job and webhook drain) --sustained S (0: no sustained phase)
  *            --receiver-delay MS (the webhook receiver answers this long after each request)
- *            --profile (writes the server's CPU profile to bench/results/profiles/)
+ *            --profile (writes the server's and the worker's CPU profiles to bench/results/profiles/)
  *
  * See bench/README.md for what each number means.
  */
@@ -335,10 +335,13 @@ async function main(): Promise<number> {
       console.log(`\nresults: ${path.relative(process.cwd(), file)} (and bench/results/latest.json)`);
       return surgeExitCode(surge);
     }
-    // A CPU profile of the server, for finding its hot path; profiling slows it, so the
-    // numbers of a profiled run are not comparable with others.
-    const nodeArgs = options.profile ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE_DIR}`] : [];
-    const server = await startApiServer({ databaseUrl: db.url, poolMax: options.clients, nodeArgs });
+    // CPU profiles of the server and the worker, for finding their hot paths; profiling slows
+    // them, so the numbers of a profiled run are not comparable with others. Each process writes
+    // one file per thread (its main thread, tid 0, and tsx's module loader) into a folder named
+    // after the run and its role; bench/profile-summary.ts summarizes one.
+    const nodeArgs = (role: string) =>
+      options.profile ? ['--cpu-prof', `--cpu-prof-dir=${path.join(PROFILE_DIR, startedAt.replace(/[:.]/g, '-'), role)}`] : [];
+    const server = await startApiServer({ databaseUrl: db.url, poolMax: options.clients, nodeArgs: nodeArgs('api') });
     cleanups.push(() => server.stop());
     const loadgen = new LoadGenerator();
     cleanups.push(() => loadgen.stop());
@@ -357,7 +360,7 @@ async function main(): Promise<number> {
     if (workerSections.length > 0) {
       const receiver = await Receiver.start(options.receiverDelayMs);
       cleanups.push(() => receiver.stop());
-      const worker = await startWorkerProcess({ databaseUrl: db.url, nodeArgs });
+      const worker = await startWorkerProcess({ databaseUrl: db.url, nodeArgs: nodeArgs('worker') });
       cleanups.push(() => worker.stop());
       ctx = { db, server, loadgen, sampler, worker, receiver, clients: options.clients };
       // From here on the worker is paused whenever its own phases do not run, so it takes no

@@ -247,7 +247,9 @@ export async function startWorkerProcess(options: { databaseUrl: string; nodeArg
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'inherit'],
-    env: floodgateEnv(url.toString(), { FLOODGATE_LOG_LEVEL: 'info' }),
+    // Its metrics listener on any free port: the default (4002) is taken by any other worker on
+    // the machine, another developer's bench included, and the worker would not start.
+    env: floodgateEnv(url.toString(), { FLOODGATE_LOG_LEVEL: 'info', FLOODGATE_WORKER_METRICS_PORT: '0' }),
   });
   const stop = stopper(child);
   const running = new Promise<void>((resolve, reject) => {

@@ -9,6 +9,9 @@ import type { JobsPhaseResult, SustainedResult, WebhooksPhaseResult, WorkerCpu }
 // The issue's goal: the worker delivers at least twice as fast as the API creates payments, so
 // the queue never grows under a sustained peak.
 export const DELIVERY_GOAL_RATIO = 2;
+// Issue 9's goal: a delivery costs the worker's side no more CPU than the payment that caused it
+// costs the API's side (both in full: process, client or receiver, PostgreSQL backends).
+export const DELIVERY_CPU_GOAL_RATIO = 1;
 // As in report.ts: above this many cores used by other processes, measured rates are noisy.
 const NOISY_OTHER_CORES = 0.25;
 // The sustained phase's API is behind when it completes fewer requests per second than this share of the offered rate.
@@ -34,6 +37,8 @@ export interface WorkerSummary {
   cpuRows: { metric: string; payment: number; job: number; delivery: number }[];
   /** deliveries/s ÷ payments/s when the cores are the only limit: payment CPU ÷ delivery CPU. */
   cpuBoundDeliveryRatio: number;
+  /** Delivery CPU ÷ payment CPU (totals), median of the rounds' own ratios; issue 9's goal is <= 1. */
+  deliveryPerPaymentCpu: number;
   /** The worker's write system calls per job and per delivery (see WorkerCpu). */
   writes: { job: number; delivery: number };
   otherCores: number;
@@ -107,6 +112,14 @@ export function summarizeWorker(
       ),
       2,
     ),
+    deliveryPerPaymentCpu: round(
+      ratios(
+        webhooks,
+        (phase) => totalCpu(phase.cpu),
+        (phase) => paymentCpu(phase),
+      ),
+      2,
+    ),
     writes: { job: jobCpu((c) => c.workerWritesPerJob), delivery: deliveryCpu((c) => c.workerWritesPerJob) },
     otherCores: round(median([...jobs.map((phase) => phase.cpu.otherCores), ...webhooks.map((phase) => phase.cpu.otherCores)]), 2),
     goalRatio: DELIVERY_GOAL_RATIO,
@@ -138,6 +151,7 @@ export function formatWorkerTable(
     `${pad('CPU per unit of work (µs)', 32)} ${pad('payment', 9)} ${pad('job', 9)} delivery`,
     ...summary.cpuRows.map((row) => `${pad(row.metric, 32)} ${pad(num(row.payment), 9)} ${pad(num(row.job), 9)} ${num(row.delivery)}`),
     `${pad('deliveries/s ÷ payments/s if CPU-bound', 51)} ${ratio(summary.cpuBoundDeliveryRatio)}`,
+    `${pad(`delivery CPU ÷ payment CPU (goal <= ${DELIVERY_CPU_GOAL_RATIO.toFixed(2)})`, 51)} ${ratio(summary.deliveryPerPaymentCpu)}`,
     `${pad("worker's write syscalls (≈ round trips)", 32)} ${pad('-', 9)} ${pad(num(summary.writes.job), 9)} ${num(summary.writes.delivery)}`,
   ];
   if (sustained) lines.push('', ...formatSustained(sustained));

@@ -256,8 +256,12 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     embeddedPostgresRelocateDir: path.resolve(env.FLOODGATE_EMBEDDED_PG_RELOCATE_DIR || '/var/lib/floodgate'),
     providerWebhookSecret: secret('FLOODGATE_PROVIDER_WEBHOOK_SECRET'),
     simulatorWebhookUrl: url('FLOODGATE_SIMULATOR_WEBHOOK_URL', ['http:', 'https:']),
-    // Webhook deliveries wait on the network, so a worker runs many at once.
-    workerConcurrency: int('FLOODGATE_WORKER_CONCURRENCY', 10, 1, 1000),
+    // Webhook deliveries wait on the network, so a worker runs many at once: as many as it keeps
+    // sockets per receiver host (16, src/webhooks/transport.ts), so no delivery to a busy host
+    // waits for a socket with its timeout running, and fewer than the pool's connections (20),
+    // so no job waits for one. The more run at once, the more share each round trip to
+    // PostgreSQL (see bench/README.md, The worker).
+    workerConcurrency: int('FLOODGATE_WORKER_CONCURRENCY', 16, 1, 1000),
     // A job locked longer than this belongs to a dead worker and is run again. It must exceed
     // the longest job (a 10 s webhook delivery) plus the time a job may wait in a worker's
     // local queue (30 s, or a quarter of this timeout when that is less).

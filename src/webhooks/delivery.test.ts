@@ -11,6 +11,7 @@ import { type Received, startReceiver, waitUntil } from '../../test/receiver.js'
 import { COMPRESSED, merchantWithEndpoint, type WebhookMerchant, workerSlot } from '../../test/webhooks-helpers.js';
 import { createMetrics } from '../platform/observability/metrics.js';
 import { pruneAttempts } from './service.js';
+import * as sql from './sql.js';
 
 const startWorkerOnce = workerSlot();
 const t = await setupTestContext({ config: { webhookAllowPrivate: true } });
@@ -234,6 +235,88 @@ describe('webhook deliveries', () => {
     const kept = await merchant.get(`/v1/webhook_deliveries/${delivery.id}`);
     assert.equal(kept.status, 'succeeded');
     assert.deepEqual(kept.attempt_log, []);
+  });
+
+  test('many deliveries at once (reads and records coalesced across jobs): each sent and recorded once', async () => {
+    const receiver = await startReceiver();
+    const merchant = await merchantWithEndpoint(t, receiver.url);
+    const intents = await Promise.all(Array.from({ length: 24 }, () => createIntent(merchant)));
+    await waitUntil('every delivery succeeded', async () => {
+      const deliveries = await deliveriesOf(merchant);
+      return deliveries.length === intents.length && deliveries.every((d) => d.status === 'succeeded');
+    });
+    assert.deepEqual(
+      receiver.received.map((request) => JSON.parse(request.body).data.object.id).sort(),
+      [...intents].sort(),
+      'each event once, none missing',
+    );
+    for (const request of receiver.received) new Webhook(merchant.endpoint.secret).verify(request.body, request.headers);
+    const { rows } = await t.pool.query<{ attempts: number; logged: number }>(
+      `select d.attempts, (select count(*)::int from webhook_delivery_attempts a
+                           where a.merchant_id = d.merchant_id and a.delivery_id = d.id) as logged
+       from webhook_deliveries d where d.merchant_id = $1`,
+      [merchant.merchantId],
+    );
+    assert.ok(rows.every((row) => row.attempts === 1 && row.logged === 1));
+  });
+
+  test('the coalesced statement: reads answer in the order asked, none for an unknown delivery; an attempt recorded twice in one call counts once; a read beside a record sees the delivery before it', async () => {
+    const receiver = await startReceiver();
+    const merchant = await merchantWithEndpoint(t, receiver.url);
+    const setEndpoint = (status: string) =>
+      t.pool.query('update webhook_endpoints set status = $2 where merchant_id = $1', [merchant.merchantId, status]);
+    // Events made while the endpoint is disabled get no delivery and no job; the deliveries
+    // inserted here by hand then have no job either, so the running worker leaves them alone.
+    await setEndpoint('disabled');
+    const intents = [await createIntent(merchant), await createIntent(merchant)];
+    await setEndpoint('enabled');
+    const { rows: inserted } = await t.pool.query<{ id: string; event_id: string; object_id: string }>(
+      `insert into webhook_deliveries (merchant_id, id, endpoint_id, event_id, status, next_attempt_at, created_at, updated_at)
+       select merchant_id, webhook_delivery_id(id, $2), $2, id, 'pending', now(), now(), now() from events
+       where merchant_id = $1 and object_id = any($3)
+       returning id, event_id, (select object_id from events where merchant_id = $1 and id = event_id)`,
+      [merchant.merchantId, merchant.endpoint.id, intents],
+    );
+    assert.equal(inserted.length, 2);
+    const [first, second] = inserted as [(typeof inserted)[0], (typeof inserted)[0]];
+    const known = { merchantId: merchant.merchantId, deliveryId: first.id };
+    const unknown = { merchantId: merchant.merchantId, deliveryId: 'wd_00000000000000000000' };
+    const { targets, recorded: none } = await sql.readAndRecord(t.pool, [unknown, known, known], []);
+    assert.deepEqual(none, []);
+    assert.equal(targets.length, 3);
+    assert.equal(targets[0], undefined);
+    assert.equal(targets[1]?.event_id, first.event_id);
+    assert.equal(targets[1]?.status, 'pending');
+    assert.equal(targets[1]?.event?.object_id, first.object_id);
+    assert.deepEqual(targets[2], targets[1]);
+
+    const attempt: sql.AttemptRecord = {
+      ...known,
+      round: 1,
+      attempt: 1,
+      status: 'succeeded',
+      nextAttemptAt: null,
+      statusCode: 200,
+      error: null,
+      durationMs: 3,
+      attemptedAt: new Date(),
+    };
+    const { recorded } = await sql.readAndRecord(t.pool, [], [attempt, { ...attempt, ...unknown }, attempt]);
+    assert.equal(recorded[1], false);
+    assert.deepEqual([recorded[0], recorded[2]].sort(), [false, true]);
+    const detail = await merchant.get(`/v1/webhook_deliveries/${first.id}`);
+    assert.equal(detail.status, 'succeeded');
+    assert.equal(detail.attempts, 1);
+    assert.equal(detail.attempt_log.length, 1);
+    // Recorded already: the same attempt again records nothing.
+    assert.deepEqual((await sql.readAndRecord(t.pool, [], [attempt])).recorded, [false]);
+
+    const other = { merchantId: merchant.merchantId, deliveryId: second.id };
+    const both = await sql.readAndRecord(t.pool, [other], [{ ...attempt, ...other, status: 'dead', statusCode: 500 }]);
+    assert.deepEqual(both.recorded, [true]);
+    assert.equal(both.targets[0]?.status, 'pending');
+    assert.equal(both.targets[0]?.attempts, 0);
+    assert.equal((await merchant.get(`/v1/webhook_deliveries/${second.id}`)).status, 'dead');
   });
 
   test('each event carries its object sequence number', async () => {

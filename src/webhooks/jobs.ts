@@ -9,16 +9,20 @@ import { type Static, Type } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import type { TaskList } from 'graphile-worker';
 import type { Logger } from 'pino';
-import { sealerFor } from '../platform/crypto/sealed.js';
+import { rememberingOpened, sealerFor } from '../platform/crypto/sealed.js';
 import type { Pool } from '../platform/db/pool.js';
 import type { Metrics } from '../platform/observability/metrics.js';
 import { VERSION } from '../version.js';
-import { DELIVER_TASK, deliver, pruneAttempts, type WebhookSettings } from './service.js';
+import { DELIVER_TASK, deliver, deliveryStore, pruneAttempts, type WebhookSettings } from './service.js';
 import { createTransport } from './transport.js';
 
 export const PRUNE_ATTEMPTS_TASK = 'prune_webhook_attempts';
 // Hourly: each run deletes at most 100,000 old attempts, so a backlog clears within hours.
 export const WEBHOOK_CRONTAB = `17 * * * * ${PRUNE_ATTEMPTS_TASK} ?max=1`;
+
+// Opened signing secrets a worker keeps: an endpoint's current and previous secret, for far more
+// endpoints than deliver at once (16 per merchant), at about 100 bytes each.
+const OPENED_SECRETS_MAX = 10_000;
 
 const DeliveryJobPayload = Type.Object({
   merchant_id: Type.String(),
@@ -40,13 +44,14 @@ export function webhookTasks(deps: WebhookWorkerDeps): TaskList {
     allowPrivate: deps.settings.allowPrivate,
     userAgent: `Floodgate-Webhooks/${VERSION}`,
   });
-  const sealer = sealerFor(deps.settings.secretsKeys);
+  const sealer = rememberingOpened(sealerFor(deps.settings.secretsKeys), OPENED_SECRETS_MAX);
+  const store = deliveryStore(deps.pool);
   return {
     [DELIVER_TASK]: async (payload) => {
       // A payload that does not parse was not written by us; failing loudly beats guessing.
       if (!Value.Check(DeliveryJobPayload, payload)) throw new Error(`${DELIVER_TASK}: malformed payload ${JSON.stringify(payload)}`);
       const job: Static<typeof DeliveryJobPayload> = payload;
-      await deliver({ ...deps, transport, sealer }, job);
+      await deliver({ ...deps, store, transport, sealer }, job);
     },
     [PRUNE_ATTEMPTS_TASK]: async () => {
       const deleted = await pruneAttempts(deps.pool, deps.settings.attemptRetentionDays);

@@ -11,6 +11,7 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import * as events from '../events/service.js';
+import { coalesce } from '../platform/coalesce.js';
 import type { Sealer } from '../platform/crypto/sealed.js';
 import { type Pool, withTransaction } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
@@ -252,8 +253,51 @@ export interface DeliveryJob {
   attempt: number;
 }
 
+/**
+ * The reads and writes of delivery jobs, coalesced across the jobs running at once: the jobs
+ * that start and those that finish while one statement is in flight share the next one (see
+ * sql.readAndRecord). A worker running many deliveries thus makes a fraction of the round trips
+ * and commits it would make one job at a time.
+ */
+export interface DeliveryStore {
+  /** The delivery with its endpoint and event; undefined when there is none. */
+  target(key: sql.DeliveryKey): Promise<sql.DeliveryTarget | undefined>;
+  /** Records an attempt that needs nothing else written with it; true when recorded. */
+  record(attempt: sql.AttemptRecord): Promise<boolean>;
+}
+
+// At most this many reads and records per coalesced statement: above the jobs a worker runs at
+// once in any sensible setting (FLOODGATE_WORKER_CONCURRENCY), small enough that one
+// statement's arrays and locks stay small.
+const DELIVERY_BATCH_MAX = 100;
+
+type StoreCall = { kind: 'target'; key: sql.DeliveryKey } | { kind: 'record'; attempt: sql.AttemptRecord };
+type StoreAnswer = sql.DeliveryTarget | boolean | undefined;
+
+/** One statement for a batch of mixed calls; each call's answer in the batch's order. */
+async function runStoreCalls(pool: Pool, calls: StoreCall[]): Promise<StoreAnswer[]> {
+  const keys: sql.DeliveryKey[] = [];
+  const attempts: sql.AttemptRecord[] = [];
+  for (const call of calls) {
+    if (call.kind === 'target') keys.push(call.key);
+    else attempts.push(call.attempt);
+  }
+  const { targets, recorded } = await sql.readAndRecord(pool, keys, attempts);
+  let [target, record] = [0, 0];
+  return calls.map((call) => (call.kind === 'target' ? targets[target++] : recorded[record++]));
+}
+
+export function deliveryStore(pool: Pool): DeliveryStore {
+  const call = coalesce<StoreCall, StoreAnswer>({ run: (calls) => runStoreCalls(pool, calls), batchMax: DELIVERY_BATCH_MAX });
+  return {
+    target: (key) => call({ kind: 'target', key }) as Promise<sql.DeliveryTarget | undefined>,
+    record: (attempt) => call({ kind: 'record', attempt }) as Promise<boolean>,
+  };
+}
+
 export interface DeliverDeps {
   pool: Pool;
+  store: DeliveryStore;
   settings: WebhookSettings;
   sealer: Sealer;
   transport: Transport;
@@ -265,7 +309,7 @@ export type DeliverResult = { kind: 'skipped'; reason: string } | { kind: 'attem
 
 /** One attempt of one delivery: the job's body. */
 export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<DeliverResult> {
-  const target = await sql.selectDeliveryTarget(deps.pool, job.merchant_id, job.delivery_id);
+  const target = await deps.store.target({ merchantId: job.merchant_id, deliveryId: job.delivery_id });
   // Deleted endpoint, finished or canceled delivery, or a job overtaken by a later one: nothing to do.
   if (!target) return { kind: 'skipped', reason: 'delivery_missing' };
   if (target.status !== 'pending' || target.round !== job.round || target.attempts !== job.attempt - 1) {
@@ -306,14 +350,17 @@ export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<Deli
     durationMs: result.durationMs,
     attemptedAt,
   };
-  // Success or a last failure writes the attempt alone: one statement, atomic by itself, so no
-  // transaction around it. A retry (its next job) or a 410 (the endpoint disabled) writes more,
-  // all or nothing.
+  // Success or a last failure writes the attempt alone: one statement, atomic by itself and
+  // shared with the other jobs finishing now. A retry (its next job) or a 410 (the endpoint
+  // disabled) writes more, all or nothing, in a transaction of its own.
   const followUp = outcome === 'retry_scheduled' || outcome === 'endpoint_disabled';
   const recorded = !followUp
-    ? await sql.recordAttempt(deps.pool, attempt)
+    ? await deps.store.record(attempt)
     : await withTransaction(deps.pool, async (client) => {
-        if (!(await sql.recordAttempt(client, attempt))) return false;
+        const {
+          recorded: [done],
+        } = await sql.readAndRecord(client, [], [attempt]);
+        if (!done) return false;
         if (outcome === 'retry_scheduled') {
           const next: DeliveryJob = { ...job, attempt: job.attempt + 1 };
           await addJob(client, DELIVER_TASK, { ...next }, { runAt: nextAttemptAt as Date });

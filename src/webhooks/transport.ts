@@ -19,7 +19,8 @@ import type { AttemptResult } from './domain.js';
 // resolver for longer than this.
 const REGISTRATION_LOOKUP_TIMEOUT_MS = 5_000;
 // Connections kept per receiver host by one process: enough to deliver in parallel, few enough
-// not to look like an attack to a small receiver.
+// not to look like an attack to a small receiver. A worker runs as many jobs at once by default
+// (FLOODGATE_WORKER_CONCURRENCY).
 const SOCKETS_PER_HOST_MAX = 16;
 // Only the status matters; a receiver's answer beyond this is not read.
 const RESPONSE_BYTES_MAX = 64 * 1024;

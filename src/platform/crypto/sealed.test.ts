@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { createSealer, newSecretsKey, parseSecretsKeys } from './sealed.js';
+import { createSealer, newSecretsKey, parseSecretsKeys, rememberingOpened, type Sealer } from './sealed.js';
 
 const [oldKey, newKey] = [newSecretsKey(), newSecretsKey()];
 
@@ -39,6 +39,29 @@ describe('sealed secrets', () => {
 
   test('a value written before sealing existed is read as it is', () => {
     assert.equal(createSealer(parseSecretsKeys(oldKey)).open('whsec_legacy'), 'whsec_legacy');
+  });
+
+  test('rememberingOpened opens each value once while it holds it, a new value anew, and stays bounded', () => {
+    const inner = createSealer(parseSecretsKeys(oldKey));
+    let opens = 0;
+    const counting: Sealer = {
+      ...inner,
+      open(stored) {
+        opens += 1;
+        return inner.open(stored);
+      },
+    };
+    const sealer = rememberingOpened(counting, 2);
+    const [a, b, c] = ['whsec_a', 'whsec_b', 'whsec_c'].map((plain) => inner.seal(plain)) as [string, string, string];
+    assert.deepEqual([sealer.open(a), sealer.open(a), sealer.open(b), sealer.open(a)], ['whsec_a', 'whsec_a', 'whsec_b', 'whsec_a']);
+    assert.equal(opens, 2);
+    // Full: the third value empties what it held, and what it forgot is opened again.
+    assert.equal(sealer.open(c), 'whsec_c');
+    assert.equal(sealer.open(a), 'whsec_a');
+    assert.equal(opens, 4);
+    // A value that does not open is not remembered as anything.
+    assert.throws(() => sealer.open(`${c.slice(0, -2)}xx`));
+    assert.equal(sealer.isCurrent(sealer.seal('whsec_d')), true);
   });
 
   test('keys must be 32 bytes of base64', () => {
