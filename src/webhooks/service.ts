@@ -11,8 +11,8 @@
 import type { Logger } from 'pino';
 import type { Config } from '../config.js';
 import * as events from '../events/service.js';
-import { coalesce } from '../platform/coalesce.js';
 import type { Sealer } from '../platform/crypto/sealed.js';
+import { coalesce } from '../platform/db/group-commit.js';
 import { type Pool, withTransaction } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
 import { ApiError } from '../platform/http/errors.js';

@@ -103,3 +103,22 @@ export class GroupCommit<Request, Answer> {
     }
   }
 }
+
+/**
+ * A function whose concurrent calls run in batches of `run`, one batch at a time and with no
+ * window: calls of one turn of the event loop, or made while a batch runs, go together in the
+ * next. (Group commit with one group, for a kind of call that has no natural group, such as
+ * the delivery jobs a worker runs at once.) A run that throws fails every call of its batch.
+ */
+export function coalesce<Input, Output>(options: {
+  run: (inputs: Input[]) => Promise<Output[]>;
+  batchMax: number;
+}): (input: Input) => Promise<Output> {
+  const commits = new GroupCommit<Input, Output>({
+    windowMs: 0,
+    batchMax: options.batchMax,
+    maxRunning: 1,
+    run: (_group, batch) => options.run(batch),
+  });
+  return (input) => commits.submit('', input);
+}

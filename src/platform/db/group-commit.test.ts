@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { coalesce } from './coalesce.js';
+import { coalesce } from './group-commit.js';
 
 /** A run that records its batches and answers when released. */
 function recorder() {
@@ -17,6 +17,7 @@ function recorder() {
   return { batches, run, releaseNext };
 }
 
+/** Group commit through its one-group form, coalesce (as the worker's delivery jobs use it). */
 describe('coalesce', () => {
   test('calls of one turn run as one batch, each answered with its own output', async () => {
     const { batches, run, releaseNext } = recorder();
