@@ -80,7 +80,7 @@ async function main(): Promise<number> {
     await pool.end();
 
     const code = await new Promise<number>((resolve) => {
-      const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=300000', ...files], {
+      const child = spawn(process.execPath, ['--import', 'tsx', '--test', '--test-concurrency=2', '--test-timeout=600000', ...files], {
         cwd: ROOT,
         stdio: 'inherit',
         env: { ...process.env, FLOODGATE_TEST_ADMIN_URL: server.adminUrl, FLOODGATE_TEST_TEMPLATE: TEMPLATE },
