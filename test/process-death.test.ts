@@ -50,6 +50,8 @@ function floodgate(role: string, env: Record<string, string>): { child: ChildPro
     FLOODGATE_PROVIDER_URL: t.sim.url,
     FLOODGATE_PROVIDER_TIMEOUT_MS: String(PROVIDER_TIMEOUT_MS * 6),
     FLOODGATE_LOG_LEVEL: 'warn',
+    // A worker's metrics on any free port: the default 4002 may be another process's.
+    FLOODGATE_WORKER_METRICS_PORT: '0',
     // The production roles refuse to start without a sealing key of their own.
     FLOODGATE_SECRETS_KEYS: DEV_SECRETS_KEY,
     ...env,
@@ -181,7 +183,9 @@ describe('real process deaths', () => {
     sim.latencyMs = 60_000;
     const requestsBefore = t.sim.requests;
     const first = floodgate('worker', { FLOODGATE_JOB_LOCK_TIMEOUT_MS: '120000' });
-    await waitUntil('the worker is asking the provider', () => t.sim.requests > requestsBefore, 60_000);
+    await waitUntil('the worker is asking the provider', () => t.sim.requests > requestsBefore, 60_000).catch((error: Error) => {
+      throw new Error(`${error.message}; the worker said: ${first.output().slice(-3000)}`);
+    });
     const { rows: locked } = await t.pool.query(
       `select task_identifier, locked_by is not null as locked from graphile_worker.jobs where task_identifier = 'reconcile_attempt'`,
     );
