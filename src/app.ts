@@ -39,8 +39,9 @@ import type { PaymentProvider } from './providers/provider.js';
 import { registerReportRoutes } from './reporting/routes.js';
 import { HoldBatcher } from './sales/hold-batches.js';
 import { convertPaidHold } from './sales/holds.js';
+import { OrderCreationBatcher } from './sales/order-batches.js';
 import { registerSalesRoutes } from './sales/routes.js';
-import { createSaleLookup, type SaleCache, toApiHold } from './sales/service.js';
+import { createSaleLookup, type SaleCache, toApiHold, toApiOrder } from './sales/service.js';
 import { VERSION } from './version.js';
 import { registerWebhookRoutes } from './webhooks/routes.js';
 
@@ -281,6 +282,19 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
             synchronousCommit: deps.config.holdSynchronousCommit,
             view: toApiHold,
             onBatch: (size: number) => metrics.holdBatchSize.observe(size),
+          })
+        : undefined,
+    orderBatcher:
+      deps.config.orderBatchMax > 1
+        ? new OrderCreationBatcher({
+            pool: deps.pool,
+            ttlHours: deps.config.idempotencyKeyTtlHours,
+            windowMs: 0,
+            batchMax: deps.config.orderBatchMax,
+            // Orders of different holds do not contend: two batches may commit at once.
+            maxRunning: 2,
+            view: toApiOrder,
+            onBatch: (size: number) => metrics.orderBatchSize.observe(size),
           })
         : undefined,
   };

@@ -93,6 +93,8 @@ export interface Config {
   readonly intentBatchWindowMs: number;
   /** The most creations written in one statement. 1 turns coalescing off. */
   readonly intentBatchMax: number;
+  /** The most orders written in one statement (gathered like creations, no window). 1 turns coalescing off. */
+  readonly orderBatchMax: number;
   /** Streaming replicas that serve reports; empty: reports read from the primary. */
   readonly replicaUrls: readonly string[];
   /** A replica further behind than this is skipped, and the report reads from the primary. */
@@ -321,6 +323,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     intentBatchWindowMs: int('FLOODGATE_INTENT_BATCH_WINDOW_MS', 0, 0, 50),
     // Rows per statement: enough to absorb a node's whole pool of waiting requests.
     intentBatchMax: int('FLOODGATE_INTENT_BATCH_MAX', 100, 1, 1_000),
+    orderBatchMax: int('FLOODGATE_ORDER_BATCH_MAX', 100, 1, 1_000),
     replicaUrls: replicaUrls(env.FLOODGATE_REPLICA_URLS, problems),
     // Five seconds: a report a few seconds old answers every question a merchant asks after a
     // sale, and a replica that far behind is in trouble the primary should not wait on.

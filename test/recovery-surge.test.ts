@@ -17,7 +17,10 @@ import { key } from './helpers.js';
 import { type Merchant, setupRecovery } from './recovery.js';
 import { openTestRedis, redisSkip, testKeyPrefix } from './redis.js';
 
-const r = await setupRecovery({ config: { webhookAllowPrivate: true } });
+// Orders on their single path (one order, one transaction, its key at `started` while it runs):
+// a coalesced batch is one statement that commits whole or not at all, and its requests whose
+// batch fails run this path (src/sales/order-batches.test.ts).
+const r = await setupRecovery({ config: { webhookAllowPrivate: true, orderBatchMax: 1 } });
 const { t } = r;
 
 const atStatement = (pattern: RegExp) => (query: Query) => pattern.test(query.text ?? '') || pattern.test(query.name ?? '');

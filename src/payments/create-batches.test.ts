@@ -51,6 +51,7 @@ function creation(merchantId: string, amount = 1000, idempotencyKey = key('batch
     createdAt: new Date(),
   };
   return {
+    merchantId,
     intent,
     keyKind: 'secret',
     key: idempotencyKey,

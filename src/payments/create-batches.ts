@@ -10,29 +10,54 @@
  *
  * Each request keeps its own idempotency key and answer. A key that already exists (a retry,
  * or a key reused with other parameters) is not created by the batch: the request then
- * resolves its key alone, exactly as the single statement's caller does. A key that appears
- * twice in one batch goes once; the later copy resolves alone after the batch. If the batch's
- * statement fails as a whole (a bad row, the database gone), nothing of it committed and each
- * request runs alone on the single statement, meeting its own outcome: one bad request never
- * fails the others. (Except a commit the synchronous standby did not confirm: see `run`.)
+ * resolves its key alone, exactly as the single statement's caller does. Keys twice in one
+ * batch, and a statement that fails as a whole, are handled as platform/db/keyed-batches.ts
+ * says: one bad request never fails the others.
  */
 import { firstEventCte } from '../events/service.js';
-import { GroupCommit } from '../platform/db/group-commit.js';
-import { type Pool, type Queryable, SyncReplicationCanceledError, withAutocommit } from '../platform/db/pool.js';
+import { type KeyedWrite, keyedBatch } from '../platform/db/keyed-batches.js';
+import { type Pool, type Queryable, withAutocommit } from '../platform/db/pool.js';
 import { finishedKeyCte } from '../platform/idempotency/sql.js';
 import type { NewIntent } from './sql.js';
 
-export interface IntentCreation {
+export interface IntentCreation extends KeyedWrite {
   intent: NewIntent;
-  keyKind: 'secret' | 'publishable';
-  key: string;
-  fingerprint: Buffer;
   eventId: string;
   responseBody: unknown;
 }
 
 /** `created`: written by the batch; `exists`: its key was there first; `single`: run it alone. */
 export type CreationOutcome = 'created' | 'exists' | 'single';
+
+/** SQL expressions for each column of new intents, and the FROM clause they are selected from. */
+export interface NewIntentColumns {
+  merchantId: string;
+  id: string;
+  amount: string;
+  currency: string;
+  status: string;
+  captureMethod: string;
+  paymentMethod: string;
+  description: string;
+  metadata: string;
+  createdAt: string;
+  from: string;
+}
+
+/**
+ * A CTE named `intent` inserting the intents a statement creates, one per row of `from`; it
+ * yields their ids (for their created events). For a capability whose own statement creates
+ * intents with its rows (orders), so the columns of an intent are spelt out in one place.
+ */
+export function newIntentsCte(c: NewIntentColumns): string {
+  return `intent as (
+             insert into payment_intents (merchant_id, id, amount, currency, status, capture_method, payment_method,
+               description, metadata, created_at, updated_at)
+             select ${c.merchantId}, ${c.id}, ${c.amount}, ${c.currency}, ${c.status}, ${c.captureMethod}, ${c.paymentMethod},
+               ${c.description}, ${c.metadata}, ${c.createdAt}, ${c.createdAt}
+             from ${c.from}
+             returning id)`;
+}
 
 export interface IntentBatchOptions {
   pool: Pool;
@@ -64,13 +89,19 @@ const INSERT_INTENTS_WITH_FINISHED_KEYS = `with req as (
              from: 'req r',
              returning: 'resource_id',
            })},
-           intent as (
-             insert into payment_intents (merchant_id, id, amount, currency, status, capture_method, payment_method,
-               description, metadata, created_at, updated_at)
-             select r.merchant_id, r.id, r.amount, r.currency, r.status, r.capture_method, r.payment_method,
-               r.description, r.metadata, r.created_at, r.created_at
-             from req r join key on key.resource_id = r.id
-             returning id),
+           ${newIntentsCte({
+             merchantId: 'r.merchant_id',
+             id: 'r.id',
+             amount: 'r.amount',
+             currency: 'r.currency',
+             status: 'r.status',
+             captureMethod: 'r.capture_method',
+             paymentMethod: 'r.payment_method',
+             description: 'r.description',
+             metadata: 'r.metadata',
+             createdAt: 'r.created_at',
+             from: 'req r join key on key.resource_id = r.id',
+           })},
            ${firstEventCte({
              merchantId: 'r.merchant_id',
              id: 'r.event_id',
@@ -83,49 +114,19 @@ const INSERT_INTENTS_WITH_FINISHED_KEYS = `with req as (
            select id from intent`;
 
 export class IntentCreationBatcher {
-  private readonly commits: GroupCommit<IntentCreation, CreationOutcome>;
+  readonly submit: (creation: IntentCreation) => Promise<CreationOutcome>;
 
-  constructor(private readonly options: IntentBatchOptions) {
-    // One group for the node: a batch may mix merchants, each row carries its own key scope.
-    this.commits = new GroupCommit({
-      windowMs: options.windowMs,
-      batchMax: options.batchMax,
-      maxRunning: options.maxRunning,
-      run: (_group, batch) => this.run(batch),
-      onBatch: options.onBatch,
-    });
-  }
-
-  submit(creation: IntentCreation): Promise<CreationOutcome> {
-    return this.commits.submit('payment_intents', creation);
-  }
-
-  private async run(batch: IntentCreation[]): Promise<CreationOutcome[]> {
-    const seen = new Set<string>();
-    const writes: IntentCreation[] = [];
-    const firsts = batch.map((creation) => {
-      const scoped = `${creation.intent.merchantId}\u0000${creation.keyKind}\u0000${creation.key}`;
-      if (seen.has(scoped)) return false;
-      seen.add(scoped);
-      writes.push(creation);
-      return true;
-    });
-    let created: Set<string>;
-    try {
-      // One autocommit statement (no BEGIN/COMMIT round trips: a creation alone costs what the
-      // one-statement path costs), with the commit guard of platform/db/pool.ts: a commit the
-      // synchronous standby did not confirm is acknowledged to no request of the batch.
-      created = await withAutocommit(this.options.pool, (client) => insertIntentsWithFinishedKeys(client, writes, this.options.ttlHours));
-    } catch (error) {
-      // Committed here but maybe not on the standby: a request that ran alone now would find its
-      // key and replay it, acknowledging what a failover may lose. Every request fails instead
-      // (503, as withTransaction's callers do); its retry reaches the real primary.
-      if (error instanceof SyncReplicationCanceledError) throw error;
-      return batch.map(() => 'single');
-    }
-    return batch.map((creation, index) => {
-      if (!firsts[index]) return 'single';
-      return created.has(creation.intent.id) ? 'created' : 'exists';
+  constructor(options: IntentBatchOptions) {
+    this.submit = keyedBatch<IntentCreation, CreationOutcome>({
+      ...options,
+      group: 'payment_intents',
+      single: 'single',
+      write: async (batch) => {
+        // One autocommit statement (no BEGIN/COMMIT round trips: a creation alone costs what the
+        // one-statement path costs), with the commit guard of platform/db/pool.ts.
+        const created = await withAutocommit(options.pool, (client) => insertIntentsWithFinishedKeys(client, batch, options.ttlHours));
+        return batch.map((creation) => (created.has(creation.intent.id) ? 'created' : 'exists'));
+      },
     });
   }
 }
@@ -137,7 +138,7 @@ export async function insertIntentsWithFinishedKeys(db: Queryable, batch: Intent
     name: 'payments_insert_intents_with_finished_keys',
     text: INSERT_INTENTS_WITH_FINISHED_KEYS,
     values: [
-      column((c) => c.intent.merchantId),
+      column((c) => c.merchantId),
       column((c) => c.keyKind),
       column((c) => c.key),
       column((c) => c.fingerprint),

@@ -24,8 +24,10 @@ import { type CallDeps, callAndComplete } from './calls.js';
 import type { IntentCreationBatcher } from './create-batches.js';
 import { CANCELABLE, CONFIRMABLE, initialStatus, providerKeyFor, toApiIntent } from './domain.js';
 
+export { newIntentsCte } from './create-batches.js';
 /** What other capabilities may do inside their own transactions: see hooks.ts. */
 export { cancelUnpaidForExpiry, createIntentInTransaction, type ExpiryDecision, type PaymentSucceededListener } from './hooks.js';
+export type { NewIntent } from './sql.js';
 
 import type { OpenOperation } from './outcomes.js';
 import * as sql from './sql.js';
@@ -113,7 +115,7 @@ async function createUnconfirmed(deps: PaymentDeps, ctx: RequestContext, params:
     eventId: newId('evt'),
     responseBody: body,
   };
-  const outcome = deps.intentBatcher ? await deps.intentBatcher.submit({ intent, ...creation }) : 'single';
+  const outcome = deps.intentBatcher ? await deps.intentBatcher.submit({ merchantId: ctx.merchantId, intent, ...creation }) : 'single';
   const created =
     outcome === 'single'
       ? await withAutocommit(deps.pool, (client) => sql.insertIntentWithFinishedKey(client, intent, creation))

@@ -4,9 +4,7 @@
  */
 import type { Queryable } from '../platform/db/pool.js';
 import type { HoldLine } from './domain.js';
-import type { HoldRow } from './sql.js';
-
-const HOLD_COLUMNS = 'merchant_id, id, sale_id, buyer_reference, status, admission_ticket, amount, currency, expires_at, created_at';
+import { HOLD_COLUMNS, type HoldRow } from './sql.js';
 
 /**
  * Takes each buyer's advisory lock (the single path's lockBuyer, the same key), in one sorted
@@ -97,4 +95,18 @@ export async function addExpiryJobs(db: Queryable, task: string, merchantId: str
              from unnest($4::text[]) as h))`,
     values: [merchantId, task, runAt, holdIds],
   });
+}
+
+/**
+ * The holds of a batch of orders (order-batches.ts), by `merchant\u0000hold`, read without a
+ * lock: the batch's write re-checks each under its row lock.
+ */
+export async function selectHoldsByIds(db: Queryable, merchantIds: string[], holdIds: string[]): Promise<Map<string, HoldRow>> {
+  const { rows } = await db.query<HoldRow>({
+    name: 'sales_batch_select_holds',
+    text: `select ${HOLD_COLUMNS} from holds
+           where (merchant_id, id) in (select * from unnest($1::text[], $2::text[]))`,
+    values: [merchantIds, holdIds],
+  });
+  return new Map(rows.map((row) => [`${row.merchant_id}\u0000${row.id}`, row]));
 }

@@ -26,6 +26,7 @@ import {
 } from './domain.js';
 import type { HoldBatcher } from './hold-batches.js';
 import { endHold, takeHold } from './holds.js';
+import type { OrderCreationBatcher } from './order-batches.js';
 import * as sql from './sql.js';
 
 export interface SalesDeps {
@@ -42,6 +43,8 @@ export interface SalesDeps {
   releaseAdmission: (saleId: string, ticketId: string) => Promise<unknown>;
   /** Allocates concurrent holds of a sale together; absent: every hold is its own transaction. */
   holdBatcher?: HoldBatcher;
+  /** Writes concurrent orders together; absent: every order is its own transaction. */
+  orderBatcher?: OrderCreationBatcher;
 }
 
 export type AdmissionCheck = { ok: true; ticketId: string; expiresAtMs: number } | { ok: false; reason: string };
@@ -323,7 +326,20 @@ export function createSaleLookup(pool: Pool, cache: SaleCache) {
   };
 }
 
-export function createOrder(deps: SalesDeps, ctx: RequestContext, params: { hold: string }): Promise<Reply> {
+export async function createOrder(deps: SalesDeps, ctx: RequestContext, params: { hold: string }): Promise<Reply> {
+  if (deps.orderBatcher) {
+    const outcome = await deps.orderBatcher.submit({
+      merchantId: ctx.merchantId,
+      keyKind: ctx.keyKind,
+      key: ctx.idempotencyKey,
+      fingerprint: ctx.fingerprint,
+      method: ctx.method,
+      path: ctx.path,
+      holdId: params.hold,
+    });
+    if (outcome.kind === 'created') return ok(outcome.body);
+  }
+  // Alone: no batcher, or the batch left this request to the path that answers every case.
   return singlePhase(deps, ctx, async (client) => {
     const hold = await sql.selectHold(client, ctx.merchantId, params.hold, true);
     if (!hold) return errorReply(new ApiError('resource_missing', `No such hold: '${params.hold}'`, 'hold'));

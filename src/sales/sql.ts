@@ -67,7 +67,7 @@ export interface OrderRow {
 const SALE_COLUMNS = `merchant_id, id, name, currency, opens_at, closes_at, per_buyer_limit, hold_seconds, admit_per_second,
   max_shoppers, grace_seconds, created_at, updated_at, hosted_page, brand_name, brand_logo_url, brand_color, success_url, cancel_url`;
 const ITEM_COLUMNS = 'merchant_id, id, sale_id, name, price, stock_total, stock_available, stock_held, stock_sold';
-const HOLD_COLUMNS = 'merchant_id, id, sale_id, buyer_reference, status, admission_ticket, amount, currency, expires_at, created_at';
+export const HOLD_COLUMNS = 'merchant_id, id, sale_id, buyer_reference, status, admission_ticket, amount, currency, expires_at, created_at';
 const ORDER_COLUMNS = 'merchant_id, id, sale_id, hold_id, payment_intent_id, amount, currency, status, paid_at, created_at';
 
 export async function insertSale(db: Queryable, sale: Omit<SaleRow, 'created_at' | 'updated_at' | keyof HostedSettings>): Promise<SaleRow> {

@@ -30,6 +30,7 @@ export interface Metrics {
   waitingRoomWaitSeconds: Histogram<'sale'>;
   holdBatchSize: Histogram;
   intentBatchSize: Histogram;
+  orderBatchSize: Histogram;
   waitingRoomAdmitted: Gauge<'sale' | 'state'>;
   dbQueryDuration: Histogram<'statement' | 'outcome'>;
   providerDuration: Histogram<'operation' | 'outcome'>;
@@ -104,6 +105,12 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
     registers: [registry],
   });
+  const orderBatchSize = new Histogram({
+    name: 'floodgate_order_batch_size',
+    help: 'Orders written together in one statement (coalesced order creation)',
+    buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+    registers: [registry],
+  });
   const holdBatchSize = new Histogram({
     name: 'floodgate_hold_batch_size',
     help: 'Hold requests allocated together in one transaction (batched stock allocation)',
@@ -134,6 +141,7 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     registry,
     holdBatchSize,
     intentBatchSize,
+    orderBatchSize,
     waitingRoomAdmitted,
     dbQueryDuration,
     providerDuration,

@@ -1,0 +1,215 @@
+/**
+ * Coalesced order creation. Every paying buyer of a surge turns a hold into an order, and the
+ * order alone is a transaction of nine round trips (key, hold lock, order check, intent, its
+ * event, order, stored answer, begin and commit): on these machines a round trip costs more
+ * CPU than the rows it writes. So a node gathers the orders that arrive together, reads their
+ * holds in one statement, and writes them in one more: every finished key with its answer,
+ * every intent with its `payment_intent.created` event, every order, one commit.
+ *
+ * The write re-checks each hold under its row lock (the lock the expiry job takes): still
+ * active, not past its expiry, no order yet, the amount read before. A request whose hold
+ * fails a check, whose key exists (a retry, a reused key) or repeats one earlier in the batch
+ * writes nothing here and runs alone on the single path, which answers it exactly as before
+ * (the existing order, `hold_not_active`, a replay or a refusal). The unique index of one order
+ * per hold is the last guard: an order that a concurrent single path wrote after our snapshot
+ * fails the batch's statement, and then every request of the batch runs alone.
+ */
+import { firstEventCte } from '../events/service.js';
+import { type NewIntent, newIntentsCte, viewOfNewIntent } from '../payments/service.js';
+import { type KeyedWrite, keyedBatch } from '../platform/db/keyed-batches.js';
+import { type Pool, type Queryable, withAutocommit } from '../platform/db/pool.js';
+import { finishedKeyCte } from '../platform/idempotency/sql.js';
+import { newId } from '../platform/ids.js';
+import * as batchSql from './batch-sql.js';
+import type * as sql from './sql.js';
+
+export interface OrderRequest extends KeyedWrite {
+  holdId: string;
+  method: string;
+  path: string;
+}
+
+/** `reply`: written by the batch with this answer; `single`: run it alone. */
+export type OrderOutcome = { kind: 'created'; body: unknown } | { kind: 'single' };
+
+export interface OrderBatchOptions {
+  pool: Pool;
+  ttlHours: number;
+  windowMs: number;
+  batchMax: number;
+  maxRunning: number;
+  onBatch?: (size: number) => void;
+  /** The API's view of an order (sales/service.ts), kept out of here to avoid a cycle. */
+  view: (order: sql.OrderRow) => Record<string, unknown>;
+}
+
+/** An order the batch will try to write, with everything its answer shows. */
+interface PlannedOrder {
+  request: OrderRequest;
+  order: sql.OrderRow;
+  intent: NewIntent;
+  eventId: string;
+  body: unknown;
+}
+
+const INSERT_ORDERS_WITH_FINISHED_KEYS = `with req as (
+             select * from unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::text[],
+               $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::jsonb[], $14::jsonb[], $15::text[],
+               $16::jsonb[], $17::timestamptz[], $18::text[])
+               as r(merchant_id, key_kind, key, fingerprint, method, path, hold_id, order_id, intent_id, sale_id, amount,
+                    currency, body, intent_body, description, metadata, created_at, event_id)),
+           held as (
+             select r.order_id from req r
+             join holds h on h.merchant_id = r.merchant_id and h.id = r.hold_id
+             where h.status = 'active' and h.expires_at > r.created_at and h.amount = r.amount
+               and h.currency = r.currency and h.sale_id = r.sale_id
+               and not exists (select 1 from orders o where o.merchant_id = h.merchant_id and o.hold_id = h.id)
+             for update of h),
+           ${finishedKeyCte({
+             merchantId: 'r.merchant_id',
+             keyKind: 'r.key_kind',
+             key: 'r.key',
+             method: 'r.method',
+             path: 'r.path',
+             fingerprint: 'r.fingerprint',
+             resourceId: 'r.order_id',
+             status: '200',
+             body: 'r.body',
+             now: 'r.created_at',
+             ttlHours: '$19',
+             from: 'req r join held using (order_id)',
+             returning: 'resource_id',
+           })},
+           ${newIntentsCte({
+             merchantId: 'r.merchant_id',
+             id: 'r.intent_id',
+             amount: 'r.amount',
+             currency: 'r.currency',
+             status: "'requires_payment_method'",
+             captureMethod: "'automatic'",
+             paymentMethod: 'null',
+             description: 'r.description',
+             metadata: 'r.metadata',
+             createdAt: 'r.created_at',
+             from: 'req r join key on key.resource_id = r.order_id',
+           })},
+           ${firstEventCte({
+             merchantId: 'r.merchant_id',
+             id: 'r.event_id',
+             type: "'payment_intent.created'",
+             data: "jsonb_build_object('object', r.intent_body)",
+             createdAt: 'r.created_at',
+             objectCte: 'intent',
+             join: 'join req r on r.intent_id = intent.id',
+           })},
+           ord as (
+             insert into orders (merchant_id, id, sale_id, hold_id, payment_intent_id, amount, currency, status, created_at, updated_at)
+             select r.merchant_id, r.order_id, r.sale_id, r.hold_id, r.intent_id, r.amount, r.currency, 'awaiting_payment',
+               r.created_at, r.created_at
+             from req r join key on key.resource_id = r.order_id
+             returning id)
+           select id from ord`;
+
+export class OrderCreationBatcher {
+  private readonly submitWrite: (request: OrderRequest) => Promise<OrderOutcome>;
+
+  constructor(private readonly options: OrderBatchOptions) {
+    this.submitWrite = keyedBatch<OrderRequest, OrderOutcome>({
+      ...options,
+      group: 'orders',
+      single: { kind: 'single' },
+      write: (batch) => this.write(batch),
+    });
+  }
+
+  submit(request: OrderRequest): Promise<OrderOutcome> {
+    return this.submitWrite(request);
+  }
+
+  /** Reads the batch's holds, plans each order, writes the plans in one statement. */
+  private async write(batch: OrderRequest[]): Promise<OrderOutcome[]> {
+    const holds = await batchSql.selectHoldsByIds(
+      this.options.pool,
+      batch.map((request) => request.merchantId),
+      batch.map((request) => request.holdId),
+    );
+    const now = new Date();
+    const ordered = new Set<string>();
+    const plans = batch.map((request) => {
+      const scoped = `${request.merchantId}\u0000${request.holdId}`;
+      const hold = holds.get(scoped);
+      // Missing, ended or expired: the single path gives the answer (or finds an existing order).
+      // A second request for one hold runs alone after the batch and finds the batch's order.
+      if (hold?.status !== 'active' || hold.expires_at <= now || ordered.has(scoped)) return undefined;
+      ordered.add(scoped);
+      return this.plan(request, hold, now);
+    });
+    const writes = plans.filter((plan): plan is PlannedOrder => plan !== undefined);
+    const created =
+      writes.length > 0
+        ? await withAutocommit(this.options.pool, (client) => insertOrdersWithFinishedKeys(client, writes, this.options.ttlHours))
+        : new Set<string>();
+    return plans.map((plan) => (plan && created.has(plan.order.id) ? { kind: 'created', body: plan.body } : { kind: 'single' }));
+  }
+
+  private plan(request: OrderRequest, hold: sql.HoldRow, now: Date): PlannedOrder {
+    const orderId = newId('ord');
+    const intent: NewIntent = {
+      merchantId: request.merchantId,
+      id: newId('pi'),
+      amount: hold.amount,
+      currency: hold.currency,
+      status: 'requires_payment_method',
+      captureMethod: 'automatic',
+      paymentMethod: null,
+      description: `Order ${orderId}`,
+      metadata: { order_id: orderId, hold_id: hold.id, sale_id: hold.sale_id },
+      createdAt: now,
+    };
+    const order: sql.OrderRow = {
+      merchant_id: request.merchantId,
+      id: orderId,
+      sale_id: hold.sale_id,
+      hold_id: hold.id,
+      payment_intent_id: intent.id,
+      amount: hold.amount,
+      currency: hold.currency,
+      status: 'awaiting_payment',
+      paid_at: null,
+      created_at: now,
+    };
+    const intentView = viewOfNewIntent(intent);
+    return { request, order, intent, eventId: newId('evt'), body: { ...this.options.view(order), payment_intent_object: intentView } };
+  }
+}
+
+/** One statement for a batch of orders; yields the ids of the orders it created. */
+async function insertOrdersWithFinishedKeys(db: Queryable, plans: PlannedOrder[], ttlHours: number): Promise<Set<string>> {
+  const column = <T>(pick: (plan: PlannedOrder) => T) => plans.map(pick);
+  const { rows } = await db.query<{ id: string }>({
+    name: 'sales_insert_orders_with_finished_keys',
+    text: INSERT_ORDERS_WITH_FINISHED_KEYS,
+    values: [
+      column((p) => p.request.merchantId),
+      column((p) => p.request.keyKind),
+      column((p) => p.request.key),
+      column((p) => p.request.fingerprint),
+      column((p) => p.request.method),
+      column((p) => p.request.path),
+      column((p) => p.order.hold_id),
+      column((p) => p.order.id),
+      column((p) => p.intent.id),
+      column((p) => p.order.sale_id),
+      column((p) => p.order.amount),
+      column((p) => p.order.currency),
+      column((p) => JSON.stringify(p.body)),
+      column((p) => JSON.stringify((p.body as { payment_intent_object: unknown }).payment_intent_object)),
+      column((p) => p.intent.description),
+      column((p) => JSON.stringify(p.intent.metadata)),
+      column((p) => p.intent.createdAt),
+      column((p) => p.eventId),
+      ttlHours,
+    ],
+  });
+  return new Set(rows.map((row) => row.id));
+}
