@@ -95,30 +95,31 @@ export class HoldBatcher {
     const first = batch[0] as HoldRequest;
     const { merchantId, saleId } = first;
     if (!this.options.synchronousCommit) await client.query('set local synchronous_commit = off');
-    // Keys first: a request whose key exists (or repeats one earlier in this batch) is not ours.
-    const inserted = await idempotencySql.insertLockedKeys(client, {
-      merchantId,
-      keyKind: first.keyKind,
-      method: first.method,
-      path: first.path,
-      ttlHours: this.options.idempotency.ttlHours,
-      keys: batch.map((request) => request.idempotencyKey),
-      fingerprints: batch.map((request) => request.fingerprint),
-    });
+    // A request whose key exists (a retry, a reuse) or repeats one earlier in this batch is not ours.
+    const existing = await idempotencySql.selectExistingKeys(client, { merchantId, keyKind: first.keyKind }, [
+      ...new Set(batch.map((request) => request.idempotencyKey)),
+    ]);
     const seen = new Set<string>();
     const mine = batch.map((request) => {
       const key = request.idempotencyKey;
-      const own = inserted.has(key) && !seen.has(key);
+      const own = !existing.has(key) && !seen.has(key);
       seen.add(key);
       return own;
     });
     const requests = batch.filter((_, index) => mine[index]);
     const replies = requests.length > 0 ? await this.decide(client, merchantId, saleId, requests) : [];
-    await idempotencySql.finishKeys(
-      client,
-      { merchantId, keyKind: first.keyKind },
-      replies.map((reply, index) => ({ key: (requests[index] as HoldRequest).idempotencyKey, status: reply.status, body: reply.body })),
-    );
+    // The keys last, finished with their answers, in the transaction that did their work.
+    await idempotencySql.insertFinishedKeys(client, {
+      merchantId,
+      keyKind: first.keyKind,
+      method: first.method,
+      path: first.path,
+      ttlHours: this.options.idempotency.ttlHours,
+      keys: replies.map((reply, index) => {
+        const request = requests[index] as HoldRequest;
+        return { key: request.idempotencyKey, fingerprint: request.fingerprint, status: reply.status, body: reply.body };
+      }),
+    });
     let next = 0;
     return mine.map((own) => (own ? { kind: 'reply', reply: replies[next++] as Reply } : { kind: 'single' }));
   }

@@ -140,62 +140,56 @@ export async function unlockKey(db: Queryable, ref: KeyRef, recoveryPoint: strin
   });
 }
 
-/**
- * Inserts a batch's keys, locked, in one statement; returns the keys that were new. A key that
- * already exists (a retry, or another request with it in flight) is not returned: its request
- * takes the single path, which replays, refuses or resumes it.
- */
-export async function insertLockedKeys(
+/** Which of these keys of one scope exist already: a batch leaves their requests to the single path. */
+export async function selectExistingKeys(
   db: Queryable,
-  batch: {
-    merchantId: string;
-    keyKind: KeyRef['keyKind'];
-    method: string;
-    path: string;
-    ttlHours: number;
-    keys: string[];
-    fingerprints: Buffer[];
-  },
+  scope: Pick<KeyRef, 'merchantId' | 'keyKind'>,
+  keys: string[],
 ): Promise<Set<string>> {
   const { rows } = await db.query<{ idempotency_key: string }>({
-    name: 'idempotency_insert_locked_batch',
-    text: `insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
-             request_fingerprint, locked_at, recovery_point, expires_at)
-           select $1, $7, k.key, $3, $4, k.fingerprint, now(), 'started', now() + make_interval(hours => $5)
-           from unnest($2::text[], $6::bytea[]) as k(key, fingerprint)
-           on conflict do nothing
-           returning idempotency_key`,
-    values: [batch.merchantId, batch.keys, batch.method, batch.path, batch.ttlHours, batch.fingerprints, batch.keyKind],
+    name: 'idempotency_select_existing_batch',
+    text: `select idempotency_key from idempotency_keys
+           where merchant_id = $1 and key_kind = $2 and idempotency_key = any($3::text[])`,
+    values: [scope.merchantId, scope.keyKind, keys],
   });
   return new Set(rows.map((row) => row.idempotency_key));
 }
 
 /**
- * Stores the final responses of a batch's keys in one statement. A key whose answer refused
- * authorization (401, 403) is deleted instead, as the single path does: such an answer is never
- * stored, so it cannot squat a key name.
+ * Inserts a batch's keys already finished, with their answers, in the transaction that did
+ * their work: one insert, no update of rows written moments before (a finished key's update is
+ * never HOT: it clears the indexed lock and grows the row). No `on conflict`: a key some other
+ * node wrote since the batch looked fails the whole transaction, and every request of the
+ * batch then runs alone. A key whose answer refused authorization (401, 403) is not stored, as
+ * on the single path, so it cannot squat a key name.
  */
-export async function finishKeys(
+export async function insertFinishedKeys(
   db: Queryable,
-  scope: Pick<KeyRef, 'merchantId' | 'keyKind'>,
-  replies: { key: string; status: number; body: unknown }[],
-) {
+  batch: Pick<KeyRef, 'merchantId' | 'keyKind'> & {
+    method: string;
+    path: string;
+    ttlHours: number;
+    keys: { key: string; fingerprint: Buffer; status: number; body: unknown }[];
+  },
+): Promise<void> {
+  const stored = batch.keys.filter((key) => key.status !== 401 && key.status !== 403);
+  if (stored.length === 0) return;
   await db.query({
-    name: 'idempotency_finish_batch',
-    text: `with answers as (select * from unnest($2::text[], $3::int[], $4::jsonb[]) as r(key, status, body)),
-           refused as (
-             delete from idempotency_keys k using answers a
-             where k.merchant_id = $1 and k.key_kind = $5 and k.idempotency_key = a.key and a.status in (401, 403))
-           update idempotency_keys k
-           set recovery_point = 'finished', response_status = a.status, response_body = a.body, locked_at = null
-           from answers a
-           where k.merchant_id = $1 and k.key_kind = $5 and k.idempotency_key = a.key and a.status not in (401, 403)`,
+    name: 'idempotency_insert_finished_batch',
+    text: `insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
+             request_fingerprint, locked_at, recovery_point, response_status, response_body, expires_at)
+           select $1, $2, k.key, $3, $4, k.fingerprint, null, 'finished', k.status, k.body, now() + make_interval(hours => $5)
+           from unnest($6::text[], $7::bytea[], $8::int[], $9::jsonb[]) as k(key, fingerprint, status, body)`,
     values: [
-      scope.merchantId,
-      replies.map((reply) => reply.key),
-      replies.map((reply) => reply.status),
-      replies.map((reply) => JSON.stringify(reply.body)),
-      scope.keyKind,
+      batch.merchantId,
+      batch.keyKind,
+      batch.method,
+      batch.path,
+      batch.ttlHours,
+      stored.map((key) => key.key),
+      stored.map((key) => key.fingerprint),
+      stored.map((key) => key.status),
+      stored.map((key) => JSON.stringify(key.body)),
     ],
   });
 }
