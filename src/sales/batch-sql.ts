@@ -3,6 +3,7 @@
  * batch, so a batch costs the same handful of round trips and one commit whatever its size.
  */
 import type { Queryable } from '../platform/db/pool.js';
+import { type FinishedKeys, finishedKeysCte } from '../platform/idempotency/sql.js';
 import type { HoldLine } from './domain.js';
 import { HOLD_COLUMNS, type HoldRow } from './sql.js';
 
@@ -51,28 +52,60 @@ export interface NewHold {
   lines: HoldLine[];
 }
 
-/** The batch's holds and their lines, in one statement. */
-export async function insertHolds(
+/**
+ * Everything a batch writes once its holds are decided, in one statement: the guarded
+ * allocation of each item's total, the holds and their lines, one expiry job per hold
+ * (graphile-worker's add_jobs) and every request's finished key with its answer. Its round
+ * trips are the hot item's row lock's hold time, so they are one. Returns how many items gave
+ * what was asked: fewer than asked means the guard refused, and the caller rolls back.
+ */
+export async function writeHolds(
   db: Queryable,
-  batch: { merchantId: string; saleId: string; currency: string; expiresAt: Date; holds: NewHold[] },
-): Promise<HoldRow[]> {
+  batch: {
+    merchantId: string;
+    saleId: string;
+    currency: string;
+    expiresAt: Date;
+    createdAt: Date;
+    taken: Map<string, number>;
+    holds: NewHold[];
+    expiryTask: string;
+    keys: FinishedKeys;
+  },
+): Promise<number> {
   const lines = batch.holds.flatMap((hold) => hold.lines.map((line) => ({ hold: hold.id, ...line })));
-  const { rows } = await db.query<HoldRow>({
-    name: 'sales_batch_insert_holds',
-    text: `with held as (
-             insert into holds (merchant_id, id, sale_id, buyer_reference, status, amount, currency, expires_at, admission_ticket)
-             select $1, h.id, $2, h.buyer, 'active', h.amount, $3, $4, h.ticket
-             from unnest($5::text[], $6::text[], $7::bigint[], $8::text[]) as h(id, buyer, amount, ticket)
-             returning ${HOLD_COLUMNS}),
+  const keys = finishedKeysCte(batch.keys, 16);
+  const { rows } = await db.query<{ allocated: number }>({
+    name: 'sales_batch_write_holds',
+    text: `with allocation as (
+             update sale_items i set stock_allocated = i.stock_allocated + t.quantity
+             from unnest($2::text[], $3::int[]) as t(id, quantity)
+             where i.merchant_id = $1 and i.id = t.id and i.stock_allocated + t.quantity <= i.stock_total
+             returning 1),
+           held as (
+             insert into holds (merchant_id, id, sale_id, buyer_reference, status, amount, currency, expires_at, admission_ticket, created_at)
+             select $1, h.id, $4, h.buyer, 'active', h.amount, $5, $6, h.ticket, $7
+             from unnest($8::text[], $9::text[], $10::bigint[], $11::text[]) as h(id, buyer, amount, ticket)
+             returning 1),
            lines as (
              insert into hold_lines (merchant_id, hold_id, item_id, quantity)
-             select $1, l.hold, l.item, l.quantity from unnest($9::text[], $10::text[], $11::int[]) as l(hold, item, quantity))
-           select * from held`,
+             select $1, l.hold, l.item, l.quantity from unnest($12::text[], $13::text[], $14::int[]) as l(hold, item, quantity)
+             returning 1),
+           expiry as (
+             select count(*) as jobs from graphile_worker.add_jobs(array(
+               select row($15::text, json_build_object('merchant_id', $1::text, 'hold_id', h), null, $6::timestamptz, null,
+                          'expire_hold:' || h, null, null)::graphile_worker.job_spec
+               from unnest($8::text[]) as h))),
+           ${keys.cte}
+           select (select count(*)::int from allocation) as allocated from expiry`,
     values: [
       batch.merchantId,
+      [...batch.taken.keys()],
+      [...batch.taken.values()],
       batch.saleId,
       batch.currency,
       batch.expiresAt,
+      batch.createdAt,
       batch.holds.map((hold) => hold.id),
       batch.holds.map((hold) => hold.buyer_reference),
       batch.holds.map((hold) => hold.amount),
@@ -80,21 +113,11 @@ export async function insertHolds(
       lines.map((line) => line.hold),
       lines.map((line) => line.item_id),
       lines.map((line) => line.quantity),
+      batch.expiryTask,
+      ...keys.values,
     ],
   });
-  return rows;
-}
-
-/** One expiry job per hold, added in one statement (graphile-worker's add_jobs). */
-export async function addExpiryJobs(db: Queryable, task: string, merchantId: string, holdIds: string[], runAt: Date): Promise<void> {
-  await db.query({
-    name: 'sales_batch_expiry_jobs',
-    text: `select count(*) from graphile_worker.add_jobs(array(
-             select row($2::text, json_build_object('merchant_id', $1::text, 'hold_id', h), null, $3::timestamptz, null,
-                        'expire_hold:' || h, null, null)::graphile_worker.job_spec
-             from unnest($4::text[]) as h))`,
-    values: [merchantId, task, runAt, holdIds],
-  });
+  return rows[0]?.allocated ?? 0;
 }
 
 /**

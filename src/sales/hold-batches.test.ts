@@ -151,7 +151,7 @@ describe('batched holds', () => {
               if (p !== 'query') return typeof value === 'function' ? value.bind(c) : value;
               return (...args: unknown[]) => {
                 const first = args[0] as { name?: string };
-                if (first?.name === 'sales_allocate_stock' && failures === 0) {
+                if (first?.name === 'sales_batch_write_holds' && failures === 0) {
                   failures += 1;
                   return Promise.reject(new Error('deadlock detected (simulated)'));
                 }

@@ -60,6 +60,9 @@ export interface HoldBatchOptions {
   view: (hold: sql.HoldRow, lines: HoldLine[]) => unknown;
 }
 
+/** The rows a batch writes for the holds it grants (batch-sql.ts writeHolds). */
+type HoldWrite = Pick<Parameters<typeof batchSql.writeHolds>[1], 'currency' | 'expiresAt' | 'createdAt' | 'taken' | 'holds'>;
+
 export class HoldBatcher {
   private readonly commits: GroupCommit<HoldRequest, BatchAnswer>;
 
@@ -82,7 +85,9 @@ export class HoldBatcher {
 
   private async run(batch: HoldRequest[]): Promise<BatchAnswer[]> {
     try {
-      return await withTransaction(this.options.pool, (client) => this.allocate(client, batch));
+      return await withTransaction(this.options.pool, (client) => this.allocate(client, batch), {
+        synchronousCommit: this.options.synchronousCommit,
+      });
     } catch {
       // The batch's transaction failed as a whole (the database went away, a deadlock): nothing
       // of it committed, so each request runs alone and meets its own outcome.
@@ -94,7 +99,6 @@ export class HoldBatcher {
   private async allocate(client: Client, batch: HoldRequest[]): Promise<BatchAnswer[]> {
     const first = batch[0] as HoldRequest;
     const { merchantId, saleId } = first;
-    if (!this.options.synchronousCommit) await client.query('set local synchronous_commit = off');
     // A request whose key exists (a retry, a reuse) or repeats one earlier in this batch is not ours.
     const existing = await idempotencySql.selectExistingKeys(client, { merchantId, keyKind: first.keyKind }, [
       ...new Set(batch.map((request) => request.idempotencyKey)),
@@ -107,9 +111,10 @@ export class HoldBatcher {
       return own;
     });
     const requests = batch.filter((_, index) => mine[index]);
-    const replies = requests.length > 0 ? await this.decide(client, merchantId, saleId, requests) : [];
-    // The keys last, finished with their answers, in the transaction that did their work.
-    await idempotencySql.insertFinishedKeys(client, {
+    const decided = requests.length > 0 ? await this.decide(client, merchantId, saleId, requests) : { replies: [] };
+    const { replies } = decided;
+    // The keys last, finished with their answers, in the statement that writes the holds.
+    const keys = {
       merchantId,
       keyKind: first.keyKind,
       method: first.method,
@@ -119,16 +124,28 @@ export class HoldBatcher {
         const request = requests[index] as HoldRequest;
         return { key: request.idempotencyKey, fingerprint: request.fingerprint, status: reply.status, body: reply.body };
       }),
-    });
+    };
+    if (decided.write) {
+      const allocated = await batchSql.writeHolds(client, { ...decided.write, merchantId, saleId, expiryTask: EXPIRE_HOLD_TASK, keys });
+      assert.equal(allocated, decided.write.taken.size, 'the locked items give what the batch counted');
+    } else {
+      await idempotencySql.insertFinishedKeys(client, keys);
+    }
     let next = 0;
     return mine.map((own) => (own ? { kind: 'reply', reply: replies[next++] as Reply } : { kind: 'single' }));
   }
 
-  private async decide(client: Client, merchantId: string, saleId: string, requests: HoldRequest[]): Promise<Reply[]> {
+  /** Each request's answer, and what the batch must write for the holds it grants. */
+  private async decide(
+    client: Client,
+    merchantId: string,
+    saleId: string,
+    requests: HoldRequest[],
+  ): Promise<{ replies: Reply[]; write?: HoldWrite }> {
     const now = new Date();
     const sale = await sql.selectSale(client, merchantId, saleId);
     const closed = saleRefusal(saleId, sale, now);
-    if (closed) return requests.map(() => refusal(closed));
+    if (closed) return { replies: requests.map(() => refusal(closed)) };
     assert.ok(sale, 'saleRefusal refuses a missing sale');
     const plans = requests.map((request) => ({ request, lines: normalizeLines(request.lines) }));
     const candidates = plans.filter((plan) => plan.request.admission.ok);
@@ -164,23 +181,24 @@ export class HoldBatcher {
       return { id: newId('hold'), buyer_reference: request.buyerReference, admission_ticket: admission.ticketId, amount, lines };
     });
     const created = holds.filter((hold): hold is batchSql.NewHold => !(hold instanceof ApiError));
-    if (created.length > 0) {
-      const updated = await sql.allocateStock(client, merchantId, taken);
-      assert.equal(updated, taken.size, 'the locked items give what the batch counted');
-      const rows = await batchSql.insertHolds(client, { merchantId, saleId, currency: sale.currency, expiresAt, holds: created });
-      await batchSql.addExpiryJobs(
-        client,
-        EXPIRE_HOLD_TASK,
-        merchantId,
-        created.map((hold) => hold.id),
-        expiresAt,
-      );
-      const byId = new Map(rows.map((row) => [row.id, row]));
-      return holds.map((hold) =>
-        hold instanceof ApiError ? refusal(hold) : { status: 200, body: this.options.view(byId.get(hold.id) as sql.HoldRow, hold.lines) },
-      );
-    }
-    return holds.map((hold) => refusal(hold as ApiError));
+    const replies = holds.map((hold) => {
+      if (hold instanceof ApiError) return refusal(hold);
+      const row: sql.HoldRow = {
+        merchant_id: merchantId,
+        id: hold.id,
+        sale_id: saleId,
+        buyer_reference: hold.buyer_reference,
+        status: 'active',
+        admission_ticket: hold.admission_ticket,
+        amount: hold.amount,
+        currency: sale.currency,
+        expires_at: expiresAt,
+        created_at: now,
+      };
+      return { status: 200, body: this.options.view(row, hold.lines) };
+    });
+    if (created.length === 0) return { replies };
+    return { replies, write: { currency: sale.currency, expiresAt, createdAt: now, taken, holds: created } };
   }
 }
 

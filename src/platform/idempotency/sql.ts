@@ -41,6 +41,12 @@ export interface FinishedKeyColumns {
   from?: string;
   /** What the CTE yields per new key; `1` when not given. */
   returning?: string;
+  /**
+   * `skip` (the default): a key that exists is not written and yields no row, and the caller's
+   * other CTEs write nothing for it. `fail`: the statement fails, for a caller that did its
+   * request's work before writing its key and must not commit that work under another's key.
+   */
+  onConflict?: 'skip' | 'fail';
 }
 
 /**
@@ -55,7 +61,7 @@ export function finishedKeyCte(c: FinishedKeyColumns): string {
              insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
                request_fingerprint, locked_at, recovery_point, resource_id, response_status, response_body, expires_at)
              ${c.from ? `select ${row} from ${c.from}` : `values (${row})`}
-             on conflict do nothing
+             ${c.onConflict === 'fail' ? '' : 'on conflict do nothing'}
              returning ${c.returning ?? '1'})`;
 }
 
@@ -155,31 +161,45 @@ export async function selectExistingKeys(
   return new Set(rows.map((row) => row.idempotency_key));
 }
 
+/** The columns of a batch's finished keys, for `finishedKeysCte`: what each request answered. */
+export interface FinishedKeys extends Pick<KeyRef, 'merchantId' | 'keyKind'> {
+  method: string;
+  path: string;
+  ttlHours: number;
+  keys: { key: string; fingerprint: Buffer; status: number; body: unknown }[];
+}
+
 /**
- * Inserts a batch's keys already finished, with their answers, in the transaction that did
- * their work: one insert, no update of rows written moments before (a finished key's update is
- * never HOT: it clears the indexed lock and grows the row). No `on conflict`: a key some other
- * node wrote since the batch looked fails the whole transaction, and every request of the
- * batch then runs alone. A key whose answer refused authorization (401, 403) is not stored, as
- * on the single path, so it cannot squat a key name.
+ * A batch's keys written already finished, with their answers, by the statement (or in the
+ * transaction) that did their work: one insert, no update of rows written moments before (a
+ * finished key's update is never HOT: it clears the indexed lock and grows the row). It fails
+ * on a key some other node wrote since the batch looked (the transaction rolls back and every
+ * request of the batch runs alone). A key whose answer refused authorization (401, 403) is not
+ * stored, as on the single path, so it cannot squat a key name. `first` is the number of the
+ * first of the nine placeholders it takes; `values` are theirs.
  */
-export async function insertFinishedKeys(
-  db: Queryable,
-  batch: Pick<KeyRef, 'merchantId' | 'keyKind'> & {
-    method: string;
-    path: string;
-    ttlHours: number;
-    keys: { key: string; fingerprint: Buffer; status: number; body: unknown }[];
-  },
-): Promise<void> {
+export function finishedKeysCte(batch: FinishedKeys, first: number): { cte: string; values: unknown[] } {
   const stored = batch.keys.filter((key) => key.status !== 401 && key.status !== 403);
-  if (stored.length === 0) return;
-  await db.query({
-    name: 'idempotency_insert_finished_batch',
-    text: `insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
-             request_fingerprint, locked_at, recovery_point, response_status, response_body, expires_at)
-           select $1, $2, k.key, $3, $4, k.fingerprint, null, 'finished', k.status, k.body, now() + make_interval(hours => $5)
-           from unnest($6::text[], $7::bytea[], $8::int[], $9::jsonb[]) as k(key, fingerprint, status, body)`,
+  const [merchantId, keyKind, method, path, ttlHours, keys, fingerprints, statuses, bodies] = Array.from(
+    { length: 9 },
+    (_, offset) => `$${first + offset}`,
+  );
+  return {
+    cte: finishedKeyCte({
+      merchantId: `${merchantId}::text`,
+      keyKind: `${keyKind}::text`,
+      method: `${method}::text`,
+      path: `${path}::text`,
+      key: 'k.key',
+      fingerprint: 'k.fingerprint',
+      resourceId: 'null',
+      status: 'k.status',
+      body: 'k.body',
+      now: 'now()',
+      ttlHours: `${ttlHours}::int`,
+      from: `unnest(${keys}::text[], ${fingerprints}::bytea[], ${statuses}::int[], ${bodies}::jsonb[]) as k(key, fingerprint, status, body)`,
+      onConflict: 'fail',
+    }),
     values: [
       batch.merchantId,
       batch.keyKind,
@@ -191,5 +211,11 @@ export async function insertFinishedKeys(
       stored.map((key) => key.status),
       stored.map((key) => JSON.stringify(key.body)),
     ],
-  });
+  };
+}
+
+/** `finishedKeysCte` alone: a batch whose requests were all refused writes only their keys. */
+export async function insertFinishedKeys(db: Queryable, batch: FinishedKeys): Promise<void> {
+  const { cte, values } = finishedKeysCte(batch, 1);
+  await db.query({ name: 'idempotency_insert_finished_batch', text: `with ${cte} select count(*) from key`, values });
 }
