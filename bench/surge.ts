@@ -422,6 +422,12 @@ async function runRound(surge: Surge, round: number): Promise<SurgePhase[]> {
   const phases: SurgePhase[] = [];
   const warm = round === 0;
   const durationS = warm ? (surge.options.quick ? 2 : 3) : surge.durationS;
+  if (process.env.DEBUG_CHECKOUT_ONLY) {
+    if (!warm) await surge.adminPool.query('select pg_stat_statements_reset()');
+    if (process.env.DEBUG_CHECKOUT_ONLY === 'hold') phases.push(...(await holdPhases(surge, round, await tokensHeld(surge))));
+    else phases.push(await checkoutPhase(surge, round));
+    return phases;
+  }
   phases.push(await loadPhase(surge, round, 'read_api', surge.redisApi, 'read', {}, durationS));
   phases.push(await loadPhase(surge, round, 'read_bare', surge.bare, 'read', {}, durationS));
   phases.push(await loadPhase(surge, round, 'read_api_memory', surge.memoryApi, 'read', {}, durationS));

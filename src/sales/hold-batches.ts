@@ -4,10 +4,10 @@
  * commit is one WAL flush per buyer. So a node collects the hold requests for one sale that
  * arrive within a few milliseconds (or while the sale's previous batch is committing) and
  * allocates them in one transaction: the buyers' locks, one read of what is left under the
- * items' row locks, first come first served in arrival order, one guarded update per item for
- * the batch's total, one insert of every hold and line, one statement for every expiry job and
- * one for every stored response, one commit. Several nodes each run their own batches; the row
- * lock then serializes batches, not buyers.
+ * items' row locks, first come first served in arrival order, then one statement that writes
+ * the batch's total per item (guarded), every hold and line, every expiry job and every key
+ * with its stored answer, one commit. Several nodes each run their own batches; the row lock
+ * then serializes batches, not buyers.
  *
  * Every rule of the single path holds per request: the same checks in the same order with the
  * same errors, the per-buyer limit exact (two requests of one buyer in one batch included), one
