@@ -30,6 +30,7 @@ export interface Metrics {
   waitingRoomWaitSeconds: Histogram<'sale'>;
   holdBatchSize: Histogram;
   intentBatchSize: Histogram;
+  confirmBatchSize: Histogram<'phase'>;
   waitingRoomAdmitted: Gauge<'sale' | 'state'>;
   dbQueryDuration: Histogram<'statement' | 'outcome'>;
   providerDuration: Histogram<'operation' | 'outcome'>;
@@ -104,6 +105,13 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
     registers: [registry],
   });
+  const confirmBatchSize = new Histogram({
+    name: 'floodgate_confirm_batch_size',
+    help: 'PaymentIntent confirms written together, by phase: start (keys, intents, attempts in one statement), complete (one transaction)',
+    labelNames: ['phase'] as const,
+    buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+    registers: [registry],
+  });
   const holdBatchSize = new Histogram({
     name: 'floodgate_hold_batch_size',
     help: 'Hold requests allocated together in one transaction (batched stock allocation)',
@@ -134,6 +142,7 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     registry,
     holdBatchSize,
     intentBatchSize,
+    confirmBatchSize,
     waitingRoomAdmitted,
     dbQueryDuration,
     providerDuration,
