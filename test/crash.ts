@@ -35,12 +35,14 @@ export class ProcessDied extends Error {
 
 /**
  * The statement that moves a key to a recovery point, in platform/idempotency/sql.ts; its values
- * are merchant, key kind, key, recovery point, resource.
+ * are merchant, key kind, key, recovery point, resource. A batch of confirms' first phase
+ * (payments/confirm-batch-sql.ts) inserts its keys at `authorization_started` directly.
  */
 export const committedRecoveryPoint =
   (name: string) =>
   (query: Query): boolean =>
-    query.name === 'idempotency_set_recovery_point' && query.values?.[3] === name;
+    (query.name === 'idempotency_set_recovery_point' && query.values?.[3] === name) ||
+    (name === 'authorization_started' && startedConfirmBatch(query));
 
 /** The statement that creates a key, locked at `started`. */
 export const insertedKey = (query: Query): boolean => query.name === 'idempotency_insert_locked';
