@@ -195,6 +195,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
           // Two batches of a phase lock different intents: they may commit at once.
           maxRunning: 2,
           present: completionReply,
+          // convertPaidHold for a batch of payments, in the batch's completion transaction.
           onPaymentsSucceeded: convertPaidHolds,
           onBatch: (phase, size) => metrics.confirmBatchSize.observe({ phase }, size),
         })

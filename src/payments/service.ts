@@ -25,6 +25,7 @@ import type { ConfirmBatcher } from './confirm-batches.js';
 import type { IntentCreationBatcher } from './create-batches.js';
 import { CANCELABLE, CONFIRMABLE, initialStatus, providerKeyFor, toApiIntent } from './domain.js';
 
+/** The node's batcher of confirms, which the app builds with the batch form of the payment-succeeded reaction. */
 export { ConfirmBatcher, type PaymentsSucceededListener } from './confirm-batches.js';
 /** What other capabilities may do inside their own transactions: see hooks.ts. */
 export { cancelUnpaidForExpiry, createIntentInTransaction, type ExpiryDecision, type PaymentSucceededListener } from './hooks.js';
