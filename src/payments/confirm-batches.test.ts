@@ -11,7 +11,7 @@ import { saleFlow } from '../../test/sale-flow.js';
 import { audit } from '../audit/service.js';
 import type { RequestContext } from '../platform/http/context.js';
 import { fingerprint } from '../platform/idempotency/service.js';
-import { convertPaidHolds } from '../sales/holds.js';
+import { convertPaidHold, convertPaidHolds } from '../sales/holds.js';
 import { ConfirmBatcher } from './confirm-batches.js';
 import { completionReply } from './routes.js';
 import { confirmPaymentIntent, type PaymentDeps } from './service.js';
@@ -230,6 +230,29 @@ describe('the batcher', () => {
     method: 'POST',
     path: `/v1/payment_intents/${intentId}/confirm`,
     fingerprint: fingerprint('POST', `/v1/payment_intents/${intentId}/confirm`, { payment_method: 'pm_card_visa' }),
+  });
+
+  test('a batched confirm stores and records what the general path does', async () => {
+    const [batched, alone] = (await orders(2, 'same')).map((b) => b.intentId as string);
+    const general: PaymentDeps = { ...deps, confirmBatcher: undefined, onPaymentSucceeded: convertPaidHold };
+    const [viaBatch, viaGeneral] = await Promise.all([
+      confirmPaymentIntent(deps, contextFor(batched as string), batched as string, { payment_method: 'pm_card_visa' }),
+      confirmPaymentIntent(general, contextFor(alone as string), alone as string, { payment_method: 'pm_card_visa' }),
+    ]);
+    const { rows } = await t.pool.query<{ id: string; status: number; body: Record<string, unknown>; event: Record<string, unknown> }>(
+      `select k.resource_id as id, k.response_status as status, k.response_body as body, e.data as event
+       from idempotency_keys k join events e on e.merchant_id = k.merchant_id and e.object_id = k.resource_id
+       where k.merchant_id = $1 and k.resource_id = any($2) and e.type = 'payment_intent.succeeded'`,
+      [t.merchant.id, [batched, alone]],
+    );
+    const stored = (id: string | undefined) => rows.find((row) => row.id === id);
+    const anonymous = (body: unknown) => ({ ...(body as Record<string, unknown>), id: 'pi', created: 0, description: '', metadata: {} });
+    assert.equal(viaBatch.status, 200);
+    assert.deepEqual(anonymous(viaBatch.body), anonymous(viaGeneral.body));
+    assert.deepEqual(stored(batched)?.body, viaBatch.body);
+    assert.deepEqual(anonymous(stored(batched)?.body), anonymous(stored(alone)?.body));
+    assert.deepEqual(stored(batched)?.event, { object: stored(batched)?.body });
+    assert.deepEqual(stored(alone)?.event, { object: stored(alone)?.body });
   });
 
   test('a start batch whose statement fails writes nothing, and its requests then succeed alone', async () => {
