@@ -21,6 +21,7 @@ import { IntentCreationBatcher } from './payments/create-batches.js';
 import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
 import { createRefund, listRefunds } from './payments/refunds.js';
 import { completionReply, registerPaymentRoutes } from './payments/routes.js';
+import { ConfirmBatcher } from './payments/service.js';
 import { createCache } from './platform/cache/cache.js';
 import { sealerFor } from './platform/crypto/sealed.js';
 import type { Pool } from './platform/db/pool.js';
@@ -38,7 +39,7 @@ import type { RedisConnections } from './platform/redis/client.js';
 import type { PaymentProvider } from './providers/provider.js';
 import { registerReportRoutes } from './reporting/routes.js';
 import { HoldBatcher } from './sales/hold-batches.js';
-import { convertPaidHold } from './sales/holds.js';
+import { convertPaidHold, convertPaidHolds } from './sales/holds.js';
 import { OrderCreationBatcher } from './sales/order-batches.js';
 import { registerSalesRoutes } from './sales/routes.js';
 import { createSaleLookup, type SaleCache, toApiHold, toApiOrder } from './sales/service.js';
@@ -185,6 +186,21 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     reply.type(metrics.registry.contentType).send(await metrics.registry.metrics()),
   );
 
+  const confirmBatcher =
+    deps.config.confirmBatchMax > 1
+      ? new ConfirmBatcher({
+          pool: deps.pool,
+          ttlHours: deps.config.idempotencyKeyTtlHours,
+          windowMs: deps.config.confirmBatchWindowMs,
+          batchMax: deps.config.confirmBatchMax,
+          // Two batches of a phase lock different intents: they may commit at once.
+          maxRunning: 2,
+          present: completionReply,
+          // convertPaidHold for a batch of payments, in the batch's completion transaction.
+          onPaymentsSucceeded: convertPaidHolds,
+          onBatch: (phase, size) => metrics.confirmBatchSize.observe({ phase }, size),
+        })
+      : undefined;
   const paymentDeps = {
     pool: deps.pool,
     provider: deps.provider,
@@ -205,6 +221,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
             onBatch: (size: number) => metrics.intentBatchSize.observe(size),
           })
         : undefined,
+    confirmBatcher,
   };
   registerPaymentRoutes(app, paymentDeps);
   registerEventRoutes(app, deps.pool);

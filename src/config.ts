@@ -95,6 +95,10 @@ export interface Config {
   readonly intentBatchMax: number;
   /** The most orders written in one statement (gathered like creations, no window). 1 turns coalescing off. */
   readonly orderBatchMax: number;
+  /** How long a node gathers confirms before starting (or completing) them together; 0: the next turn of the event loop. */
+  readonly confirmBatchWindowMs: number;
+  /** The most confirms started, or completed, in one batch. 1 turns coalescing off. */
+  readonly confirmBatchMax: number;
   /** Streaming replicas that serve reports; empty: reports read from the primary. */
   readonly replicaUrls: readonly string[];
   /** A replica further behind than this is skipped, and the report reads from the primary. */
@@ -324,6 +328,10 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     // Rows per statement: enough to absorb a node's whole pool of waiting requests.
     intentBatchMax: int('FLOODGATE_INTENT_BATCH_MAX', 100, 1, 1_000),
     orderBatchMax: int('FLOODGATE_ORDER_BATCH_MAX', 100, 1, 1_000),
+    // As creations: no wait by default, the confirms that arrive while a batch commits form the next.
+    confirmBatchWindowMs: int('FLOODGATE_CONFIRM_BATCH_WINDOW_MS', 0, 0, 50),
+    // Rows per batch: enough to absorb a node's whole pool of waiting requests.
+    confirmBatchMax: int('FLOODGATE_CONFIRM_BATCH_MAX', 100, 1, 1_000),
     replicaUrls: replicaUrls(env.FLOODGATE_REPLICA_URLS, problems),
     // Five seconds: a report a few seconds old answers every question a merchant asks after a
     // sale, and a replica that far behind is in trouble the primary should not wait on.

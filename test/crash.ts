@@ -35,15 +35,23 @@ export class ProcessDied extends Error {
 
 /**
  * The statement that moves a key to a recovery point, in platform/idempotency/sql.ts; its values
- * are merchant, key kind, key, recovery point, resource.
+ * are merchant, key kind, key, recovery point, resource. A batch of confirms' first phase
+ * (payments/confirm-batch-sql.ts) inserts its keys at `authorization_started` directly.
  */
 export const committedRecoveryPoint =
   (name: string) =>
   (query: Query): boolean =>
-    query.name === 'idempotency_set_recovery_point' && query.values?.[3] === name;
+    (query.name === 'idempotency_set_recovery_point' && query.values?.[3] === name) ||
+    (name === 'authorization_started' && startedConfirmBatch(query));
 
 /** The statement that creates a key, locked at `started`. */
 export const insertedKey = (query: Query): boolean => query.name === 'idempotency_insert_locked';
+
+/** The statement of a batch of confirms' first phases (payments/confirm-batch-sql.ts): keys at authorization_started. */
+export const startedConfirmBatch = (query: Query): boolean => query.name === 'payments_batch_start_authorizations';
+
+/** The completion of a batch of confirms: its transaction stores the keys' final responses. */
+export const completedConfirmBatch = (query: Query): boolean => query.name === 'payments_batch_record_succeeded';
 
 /** The statement that stores a key's final response. */
 export const finishedKey = (query: Query): boolean => query.name === 'idempotency_finish';
@@ -82,6 +90,7 @@ export function crashing(real: Pool, provider: PaymentProvider, plan: CrashPlan)
     if (died) die();
     const client = await real.connect();
     let dieAtCommit = false;
+    let inTransaction = false;
     const clientQuery = async (...args: unknown[]) => {
       const q = toQuery(args);
       // The server rolls back a dead connection's transaction; let the rollback through so the
@@ -89,8 +98,11 @@ export function crashing(real: Pool, provider: PaymentProvider, plan: CrashPlan)
       if (died && q.text === 'rollback') return client.query('rollback');
       if (died || matches(plan.atQuery, q)) die();
       const result = await (client.query as (...a: unknown[]) => Promise<unknown>)(...args);
+      if (q.text === 'begin') inTransaction = true;
+      if (q.text === 'commit' || q.text === 'rollback') inTransaction = false;
       if (matches(plan.afterCommitOf, q)) dieAtCommit = true;
-      if (dieAtCommit && q.text === 'commit') died = true;
+      // A lone statement on a client (withAutocommit) commits as it returns.
+      if (dieAtCommit && (q.text === 'commit' || !inTransaction)) died = true;
       return result;
     };
     return new Proxy(client, {

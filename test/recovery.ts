@@ -9,6 +9,7 @@ import { after } from 'node:test';
 import type { LightMyRequestResponse } from 'fastify';
 import { buildApp } from '../src/app.js';
 import { audit } from '../src/audit/service.js';
+import type { Config } from '../src/config.js';
 import { createMerchant } from '../src/merchants/service.js';
 import type { HttpServer } from '../src/platform/http/server.js';
 import { type CrashPlan, crashing } from './crash.js';
@@ -33,13 +34,29 @@ export interface Recovery {
   /** A merchant of its own per test, so counts of rows are exact. */
   newMerchant(): Promise<Merchant>;
   post(app: HttpServer, merchant: Merchant, request: PostRequest, idempotencyKey?: string): Promise<LightMyRequestResponse>;
-  /** Runs `request` in a process that dies as planned; returns the key it used and what it answered, if anything. */
-  dieDuring(merchant: Merchant, request: PostRequest, plan: CrashPlan): Promise<{ idempotencyKey: string; statusCode: number }>;
+  /**
+   * Runs `request` in a process that dies as planned; returns the key it used and what it answered, if anything.
+   * The dying process confirms on the general path, whose recovery points these tests stop at,
+   * unless `config` says otherwise (a batch of confirms writes its first phase in one statement:
+   * confirm-batches.ts, tested in recovery-confirm-batches.test.ts).
+   */
+  dieDuring(
+    merchant: Merchant,
+    request: PostRequest,
+    plan: CrashPlan,
+    config?: Partial<Config>,
+  ): Promise<{ idempotencyKey: string; statusCode: number }>;
   /**
    * Runs `request` in a process that dies as planned before finishing; checks that the key is
    * left locked at `leaves.recoveryPoint` and that a retry before the lock timeout gets 409.
    */
-  crash(merchant: Merchant, request: PostRequest, plan: CrashPlan, leaves: { recoveryPoint: string }): Promise<string>;
+  crash(
+    merchant: Merchant,
+    request: PostRequest,
+    plan: CrashPlan,
+    leaves: { recoveryPoint: string },
+    config?: Partial<Config>,
+  ): Promise<string>;
   counts(merchantId: string): Promise<Counts>;
   keyRow(merchantId: string, idempotencyKey: string): Promise<KeyRow | undefined>;
   /** No audit check finds a violation anywhere in the database. */
@@ -86,10 +103,10 @@ export async function setupRecovery(options: Parameters<typeof setupTestContext>
     return rows[0];
   };
 
-  const dieDuring: Recovery['dieDuring'] = async (merchant, request, plan) => {
+  const dieDuring: Recovery['dieDuring'] = async (merchant, request, plan, config = { confirmBatchMax: 1 }) => {
     const idempotencyKey = key('crash');
     const crash = crashing(t.pool, t.provider, plan);
-    const dying = await buildApp({ config: t.config, pool: crash.pool, provider: crash.provider });
+    const dying = await buildApp({ config: { ...t.config, ...config }, pool: crash.pool, provider: crash.provider });
     try {
       const response = await post(dying, merchant, request, idempotencyKey);
       assert.equal(crash.died, true, 'the process died at the planned moment');
@@ -116,8 +133,8 @@ export async function setupRecovery(options: Parameters<typeof setupTestContext>
 
     dieDuring,
 
-    async crash(merchant, request, plan, leaves) {
-      const { idempotencyKey, statusCode } = await dieDuring(merchant, request, plan);
+    async crash(merchant, request, plan, leaves, config) {
+      const { idempotencyKey, statusCode } = await dieDuring(merchant, request, plan, config);
       assert.equal(statusCode, 500, 'the dying request did not complete');
       const left = await keyRow(merchant.id, idempotencyKey);
       assert.ok(left, 'the key was stored');

@@ -3,7 +3,7 @@ import { page } from '../platform/http/pagination.js';
 import { newId } from '../platform/ids.js';
 import * as sql from './sql.js';
 
-export { type EventRow, type FirstEventColumns, firstEventCte } from './sql.js';
+export { type EventRow, type FirstEventColumns, firstEventCte, type NextEventColumns, nextEventCte } from './sql.js';
 
 export const EVENT_TYPES = [
   'payment_intent.created',

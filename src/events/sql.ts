@@ -51,6 +51,34 @@ export function firstEventCte(c: FirstEventColumns): string {
              returning 1)`;
 }
 
+/** SQL expressions for the columns of a batch's events, one per row of `from`. */
+export interface NextEventColumns {
+  merchantId: string;
+  id: string;
+  type: string;
+  objectId: string;
+  data: string;
+  createdAt: string;
+  /** The rows to record from: each names a different object (one event per object per statement). */
+  from: string;
+}
+
+/**
+ * A CTE named `event` recording one event for each of a batch's objects, each taking its
+ * object's next sequence number (insertEvent for many). The caller holds every object's row
+ * lock, as insertEvent's does; the unique (merchant_id, object_id, sequence) refuses a batch
+ * that names one object twice, and the statement then fails as a whole.
+ */
+export function nextEventCte(c: NextEventColumns): string {
+  return `event as (
+             insert into events (merchant_id, id, type, object_id, sequence, data, created_at)
+             select ${c.merchantId}, ${c.id}, ${c.type}, ${c.objectId},
+               (select coalesce(max(e.sequence), 0) + 1 from events e where e.merchant_id = ${c.merchantId} and e.object_id = ${c.objectId}),
+               ${c.data}, ${c.createdAt}
+             from ${c.from}
+             returning 1)`;
+}
+
 /** Newest first, paging by id (ids are time-ordered). */
 export async function selectEvents(
   db: Queryable,

@@ -5,11 +5,13 @@
  */
 import assert from 'node:assert/strict';
 import { type Pool, withTransaction } from '../platform/db/pool.js';
+import type { RequestContext } from '../platform/http/context.js';
 import type { Reply } from '../platform/http/reply.js';
 import type { HeldKey, StartPoint } from '../platform/idempotency/service.js';
 import * as idempotency from '../platform/idempotency/service.js';
 import type { PaymentProvider } from '../providers/service.js';
-import { completeAttempt, sendAttempt } from './completion.js';
+import { type AttemptOutcome, completeAttempt, sendAttempt } from './completion.js';
+import { type ConfirmBatcher, isBatchableCapture } from './confirm-batches.js';
 import type { CompletionDeps } from './hooks.js';
 import type { Completion } from './outcomes.js';
 import type * as sql from './sql.js';
@@ -34,7 +36,38 @@ export async function callAndComplete<P extends string>(
 ): Promise<Reply> {
   const intent = await selectIntent(deps.pool, held.merchantId, attempt.payment_intent_id);
   assert.ok(intent, 'an attempt belongs to an intent');
-  const outcome = await sendAttempt(deps.provider, intent, attempt);
+  return completeSent(deps, held, attempt, await sendAttempt(deps.provider, intent, attempt), retryPoint);
+}
+
+/**
+ * The provider call of a confirm whose first phase a batch wrote (confirm-batches.ts): a
+ * captured authorization completes in a batch too; any other outcome, or a batch that leaves it
+ * out, completes here as a lone request's does.
+ */
+export async function sendAndCompleteInBatch<P extends string>(
+  deps: CallDeps,
+  batcher: ConfirmBatcher,
+  held: HeldKey<P>,
+  ctx: RequestContext,
+  started: { intent: sql.PaymentIntentRow; attempt: sql.AttemptRow },
+  retryPoint: StartPoint | P,
+): Promise<Reply> {
+  const outcome = await sendAttempt(deps.provider, started.intent, started.attempt);
+  if (outcome.kind === 'succeeded' && 'status' in outcome.value && isBatchableCapture(started.attempt, outcome.value)) {
+    const completed = await batcher.complete({ ctx, intent: started.intent, attempt: started.attempt, charge: outcome.value });
+    if (completed.kind === 'completed') return completed.reply;
+  }
+  return completeSent(deps, held, started.attempt, outcome, retryPoint);
+}
+
+/** Completes a sent attempt and stores the answer with the key (or gives the key up, if the call certainly failed). */
+async function completeSent<P extends string>(
+  deps: CallDeps,
+  held: HeldKey<P>,
+  attempt: sql.AttemptRow,
+  outcome: AttemptOutcome,
+  retryPoint: StartPoint | P,
+): Promise<Reply> {
   if (outcome.kind === 'unavailable') {
     // The call certainly did not take effect: settle the attempt as failed and give the key up
     // at `retryPoint`, so a retry with the same key tries again from there.

@@ -20,10 +20,13 @@ import type { HeldKey, IdempotencyOptions, PhaseResult } from '../platform/idemp
 import * as idempotency from '../platform/idempotency/service.js';
 import { respond } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
-import { type CallDeps, callAndComplete } from './calls.js';
+import { type CallDeps, callAndComplete, sendAndCompleteInBatch } from './calls.js';
+import type { ConfirmBatcher } from './confirm-batches.js';
 import type { IntentCreationBatcher } from './create-batches.js';
 import { CANCELABLE, CONFIRMABLE, initialStatus, providerKeyFor, toApiIntent } from './domain.js';
 
+/** The node's batcher of confirms, which the app builds with the batch form of the payment-succeeded reaction. */
+export { ConfirmBatcher, type PaymentsSucceededListener } from './confirm-batches.js';
 export { newIntentsCte } from './create-batches.js';
 /** What other capabilities may do inside their own transactions: see hooks.ts. */
 export { cancelUnpaidForExpiry, createIntentInTransaction, type ExpiryDecision, type PaymentSucceededListener } from './hooks.js';
@@ -36,6 +39,8 @@ export interface PaymentDeps extends CallDeps {
   idempotency: IdempotencyOptions;
   /** Coalesces unconfirmed creations that arrive together (create-batches.ts); absent, each is its own statement. */
   intentBatcher?: IntentCreationBatcher;
+  /** Coalesces confirms that arrive together (confirm-batches.ts); absent, each runs its own phases. */
+  confirmBatcher?: ConfirmBatcher;
 }
 
 export interface CreateIntentParams {
@@ -167,6 +172,19 @@ export async function confirmPaymentIntent(
   id: string,
   params: { payment_method?: string },
 ): Promise<Reply> {
+  const batcher = deps.confirmBatcher;
+  const started = batcher ? await batcher.start({ ctx, intentId: id, paymentMethod: params.payment_method }) : undefined;
+  if (batcher && started?.kind === 'started') {
+    // The batch wrote this request's first phase: its key is held at authorization_started.
+    const held: HeldKey<ConfirmPoint> = {
+      merchantId: ctx.merchantId,
+      keyKind: ctx.keyKind,
+      key: ctx.idempotencyKey,
+      recoveryPoint: 'authorization_started',
+      resourceId: id,
+    };
+    return idempotency.continueHeld(deps.pool, held, () => sendAndCompleteInBatch(deps, batcher, held, ctx, started, 'started'));
+  }
   return idempotency.idempotent<ConfirmPoint>(deps, ctx, async (held) => {
     if (held.recoveryPoint === 'started') {
       held.resourceId = id;

@@ -133,3 +133,39 @@ export async function selectHoldsByIds(db: Queryable, merchantIds: string[], hol
   });
   return new Map(rows.map((row) => [`${row.merchant_id}\u0000${row.id}`, row]));
 }
+
+/**
+ * The payment-succeeded reaction for a batch of paid intents (holds.ts convertPaidHold for
+ * many): marks their orders paid, converts their holds, and adds one admission-release job per
+ * converted hold with a ticket, keyed as the single path keys it. Yields how many orders were
+ * paid and how many holds converted: the caller refuses a paid order whose hold had left.
+ */
+export async function convertPaidHolds(
+  db: Queryable,
+  task: string,
+  intents: { merchantId: string; id: string }[],
+): Promise<{ paid: number; converted: number }> {
+  const { rows } = await db.query<{ paid: number; converted: number }>({
+    name: 'sales_batch_convert_paid_holds',
+    text: `with paid as (
+             update orders o set status = 'paid', paid_at = now(), updated_at = now()
+             from unnest($1::text[], $2::text[]) as r(merchant_id, intent_id)
+             where o.merchant_id = r.merchant_id and o.payment_intent_id = r.intent_id and o.status = 'awaiting_payment'
+             returning o.merchant_id, o.hold_id),
+           converted as (
+             update holds h set status = 'converted', updated_at = now()
+             from paid p
+             where h.merchant_id = p.merchant_id and h.id = p.hold_id and h.status = 'active'
+             returning h.sale_id, h.admission_ticket),
+           released as (
+             select * from graphile_worker.add_jobs(array(
+               select row($3::text, json_build_object('sale_id', c.sale_id, 'ticket', c.admission_ticket), null, null, null,
+                          'release_admission:' || c.admission_ticket, null, null)::graphile_worker.job_spec
+               from converted c where c.admission_ticket is not null), job_key_preserve_run_at => true))
+           select (select count(*)::int from paid) as paid, (select count(*)::int from converted) as converted,
+                  (select count(*)::int from released) as released`,
+    values: [intents.map((intent) => intent.merchantId), intents.map((intent) => intent.id), task],
+  });
+  const row = rows[0];
+  return { paid: row?.paid ?? 0, converted: row?.converted ?? 0 };
+}

@@ -13,6 +13,7 @@ import { withTransaction } from '../platform/db/pool.js';
 import type { ApiError } from '../platform/http/errors.js';
 import { newId } from '../platform/ids.js';
 import { addJob } from '../platform/jobs/queue.js';
+import * as batchSql from './batch-sql.js';
 import { type HoldLine, normalizeLines } from './domain.js';
 import { admissionRefused, buyerLimitRefusal, holdAmount, linesRefusal, saleRefusal, soldOut, TOKEN_ALREADY_USED } from './hold-rules.js';
 import * as sql from './sql.js';
@@ -188,4 +189,20 @@ export async function convertPaidHold(client: Client, intent: { merchant_id: str
   // the converted holds say. No item row is locked on the way to paid.
   const hold = await sql.selectHold(client, order.merchant_id, order.hold_id);
   if (hold) await scheduleAdmissionRelease(client, hold);
+}
+
+/**
+ * convertPaidHold for a batch of payments completed together (coalesced confirmation), in one
+ * statement: the same orders paid, holds converted and admission releases (with their job keys).
+ */
+export async function convertPaidHolds(client: Client, intents: { merchant_id: string; id: string }[]): Promise<void> {
+  if (intents.length === 0) return;
+  const { paid, converted } = await batchSql.convertPaidHolds(
+    client,
+    RELEASE_ADMISSION_TASK,
+    intents.map((intent) => ({ merchantId: intent.merchant_id, id: intent.id })),
+  );
+  // As convertPaidHold: money taken without stock must fail loudly (here the whole batch, whose
+  // requests then complete one by one, the faulty one failing alone).
+  if (converted !== paid) throw new Error(`${paid - converted} of ${paid} paid orders found their hold no longer active`);
 }

@@ -208,14 +208,25 @@ async function continueWith<P extends string>(pool: Pool, begun: BeginResult, st
     case 'in_use':
     case 'mismatch':
       return refusalReply(begun);
-    case 'run': {
-      const held = begun.held as HeldKey<P>;
-      try {
-        return await steps(held);
-      } catch (error) {
-        await sql.unlockKey(pool, held, held.recoveryPoint).catch(() => {});
-        throw error;
-      }
-    }
+    case 'run':
+      return continueHeld(pool, begun.held as HeldKey<P>, steps);
+  }
+}
+
+/**
+ * Runs `steps` for a key this request already holds (begun here, or inserted locked by a batch
+ * of first phases, as coalesced confirmation does). If `steps` throws, the key is released at
+ * its last recovery point, as `idempotent` does.
+ */
+export async function continueHeld<P extends string>(
+  pool: Pool,
+  held: HeldKey<P>,
+  steps: (held: HeldKey<P>) => Promise<Reply>,
+): Promise<Reply> {
+  try {
+    return await steps(held);
+  } catch (error) {
+    await sql.unlockKey(pool, held, held.recoveryPoint).catch(() => {});
+    throw error;
   }
 }

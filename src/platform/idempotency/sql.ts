@@ -65,6 +65,51 @@ export function finishedKeyCte(c: FinishedKeyColumns): string {
              returning ${c.returning ?? '1'})`;
 }
 
+/** SQL expressions for a batch's keys that reach a recovery point as they are inserted, locked by their requests. */
+export interface LockedKeyColumns {
+  merchantId: string;
+  keyKind: string;
+  key: string;
+  method: string;
+  path: string;
+  fingerprint: string;
+  recoveryPoint: string;
+  resourceId: string;
+  ttlHours: string;
+  /** Rows to insert from, joined as the caller needs. */
+  from: string;
+  returning: string;
+}
+
+/**
+ * A CTE named `key` inserting a batch's new keys already at a recovery point (a batch of first
+ * phases done in one statement): one row per key that was new, none for a key that exists,
+ * whose request then resolves it alone.
+ */
+export function lockedKeysCte(c: LockedKeyColumns): string {
+  return `key as (
+             insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
+               request_fingerprint, locked_at, recovery_point, resource_id, expires_at)
+             select ${c.merchantId}, ${c.keyKind}, ${c.key}, ${c.method}, ${c.path}, ${c.fingerprint}, now(), ${c.recoveryPoint},
+               ${c.resourceId}, now() + make_interval(hours => ${c.ttlHours})
+             from ${c.from}
+             on conflict do nothing
+             returning ${c.returning})`;
+}
+
+/**
+ * A CTE named `finished_key` storing the final responses of a batch's keys (finishKey for
+ * many): `from` yields one row per key. Answers that refuse authorization are not for it.
+ */
+export function finishKeysCte(c: { merchantId: string; keyKind: string; key: string; status: string; body: string; from: string }): string {
+  return `finished_key as (
+             update idempotency_keys k
+             set recovery_point = 'finished', response_status = ${c.status}, response_body = ${c.body}, locked_at = null
+             from ${c.from}
+             where k.merchant_id = ${c.merchantId} and k.key_kind = ${c.keyKind} and k.idempotency_key = ${c.key}
+             returning 1)`;
+}
+
 /** Inserts a new key, locked by the caller; returns nothing when the key already exists. */
 export async function insertLockedKey(
   db: Queryable,

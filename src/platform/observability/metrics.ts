@@ -31,6 +31,7 @@ export interface Metrics {
   holdBatchSize: Histogram;
   intentBatchSize: Histogram;
   orderBatchSize: Histogram;
+  confirmBatchSize: Histogram<'phase'>;
   waitingRoomAdmitted: Gauge<'sale' | 'state'>;
   dbQueryDuration: Histogram<'statement' | 'outcome'>;
   providerDuration: Histogram<'operation' | 'outcome'>;
@@ -111,6 +112,13 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
     registers: [registry],
   });
+  const confirmBatchSize = new Histogram({
+    name: 'floodgate_confirm_batch_size',
+    help: 'PaymentIntent confirms written together, by phase: start (keys, intents, attempts in one statement), complete (one transaction)',
+    labelNames: ['phase'] as const,
+    buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
+    registers: [registry],
+  });
   const holdBatchSize = new Histogram({
     name: 'floodgate_hold_batch_size',
     help: 'Hold requests allocated together in one transaction (batched stock allocation)',
@@ -142,6 +150,7 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     holdBatchSize,
     intentBatchSize,
     orderBatchSize,
+    confirmBatchSize,
     waitingRoomAdmitted,
     dbQueryDuration,
     providerDuration,
