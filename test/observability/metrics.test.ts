@@ -135,7 +135,7 @@ describe('/metrics of every role', { skip }, () => {
     const startText = await scrape(start.url);
     assert.match(
       startText,
-      /floodgate_db_query_duration_seconds_count\{statement="sales_(batch_insert_holds|insert_hold)",outcome="ok"\} [1-9]/,
+      /floodgate_db_query_duration_seconds_count\{statement="sales_(batch_write_holds|insert_hold)",outcome="ok"\} [1-9]/,
     );
     assert.match(startText, /floodgate_provider_request_duration_seconds_count\{operation="authorize",outcome="succeeded"\} [1-9]/);
     assert.match(startText, /floodgate_provider_breaker_state\{state="closed"\} 1/);
