@@ -9,6 +9,8 @@
  * `unknown` for reconciliation to resolve by key; only the calls refused by the open breaker
  * are `unavailable` (certainly not sent).
  */
+import http from 'node:http';
+import https from 'node:https';
 import { performance } from 'node:perf_hooks';
 import { BrokenCircuitError, CircuitState, ConsecutiveBreaker, circuitBreaker, handleType } from 'cockatiel';
 import { inSpan, SpanKind, traceCarrier } from '../platform/observability/tracing.js';
@@ -60,9 +62,15 @@ const toRefund = (body: { id: string; charge: string; amount: number }): Provide
   amount: body.amount,
 });
 
+// Connections kept open to the provider by one process: a surge's checkouts pay in parallel.
+const SOCKETS_MAX = 64;
+// A provider's answer is a small JSON object; anything far larger is not one.
+const RESPONSE_BYTES_MAX = 1024 * 1024;
+
 export class HttpProvider implements PaymentProvider {
   private readonly breaker;
   private readonly halfOpenSeconds: number;
+  private readonly agent: http.Agent;
 
   constructor(private readonly options: HttpProviderOptions) {
     this.breaker = circuitBreaker(handleType(TransportError), {
@@ -70,6 +78,8 @@ export class HttpProvider implements PaymentProvider {
       breaker: new ConsecutiveBreaker(options.breakerThreshold),
     });
     this.halfOpenSeconds = Math.max(1, Math.ceil(options.halfOpenMs / 1000));
+    const agentOptions = { keepAlive: true, maxSockets: SOCKETS_MAX };
+    this.agent = options.baseUrl.startsWith('https:') ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
   }
 
   get breakerState(): 'closed' | 'open' | 'half_open' {
@@ -169,35 +179,55 @@ export class HttpProvider implements PaymentProvider {
     );
   }
 
-  private async fetchInSpan(method: string, url: URL, idempotencyKey: string | undefined, body: unknown): Promise<RawResponse> {
-    const headers: Record<string, string> = { accept: 'application/json', ...traceCarrier() };
+  /**
+   * One HTTP exchange on the provider's kept-alive connections. node:http rather than fetch: a
+   * checkout pays through here, and fetch's streams cost about 200 µs more CPU per call.
+   */
+  private fetchInSpan(method: string, url: URL, idempotencyKey: string | undefined, body: unknown): Promise<RawResponse> {
+    const payload = body === undefined ? undefined : JSON.stringify(body);
+    const headers: Record<string, string | number> = { accept: 'application/json', ...traceCarrier() };
     if (idempotencyKey) headers['idempotency-key'] = idempotencyKey;
-    if (body !== undefined) headers['content-type'] = 'application/json';
-    let response: Response;
-    try {
-      response = await fetch(url, {
-        method,
-        headers,
-        body: body === undefined ? undefined : JSON.stringify(body),
-        signal: AbortSignal.timeout(this.options.timeoutMs),
-        redirect: 'error',
+    if (payload !== undefined) {
+      headers['content-type'] = 'application/json';
+      headers['content-length'] = Buffer.byteLength(payload);
+    }
+    const { timeoutMs } = this.options;
+    return new Promise((resolve, reject) => {
+      let timedOut = false;
+      const client = url.protocol === 'https:' ? https : http;
+      const request = client.request(url, { method, headers, agent: this.agent }, (response) => {
+        const chunks: Buffer[] = [];
+        let bytes = 0;
+        response.on('data', (chunk: Buffer) => {
+          bytes += chunk.length;
+          chunks.push(chunk);
+          if (bytes > RESPONSE_BYTES_MAX) request.destroy(new Error(`provider answered more than ${RESPONSE_BYTES_MAX} bytes`));
+        });
+        response.on('end', () => {
+          const status = response.statusCode ?? 0;
+          let parsed: Record<string, unknown>;
+          try {
+            parsed = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
+          } catch {
+            reject(new TransportError(`provider answered ${status} with a body that is not JSON`, false));
+            return;
+          }
+          if (status >= 500) reject(new TransportError(`provider answered ${status}`, false));
+          else if (status >= 300 && status < 400) reject(new TransportError(`provider answered a redirect (${status})`, false));
+          else resolve({ status, body: parsed });
+        });
       });
-    } catch (error) {
-      const name = (error as Error).name;
-      if (name === 'TimeoutError' || name === 'AbortError') {
-        throw new TransportError(`provider timed out after ${this.options.timeoutMs} ms`, false);
-      }
-      const code = ((error as { cause?: { code?: string } }).cause?.code ?? '') as string;
-      throw new TransportError(`provider unreachable (${code || (error as Error).message})`, NOT_SENT_CODES.has(code));
-    }
-    let parsed: Record<string, unknown>;
-    try {
-      parsed = (await response.json()) as Record<string, unknown>;
-    } catch {
-      throw new TransportError(`provider answered ${response.status} with a body that is not JSON`, false);
-    }
-    if (response.status >= 500) throw new TransportError(`provider answered ${response.status}`, false);
-    return { status: response.status, body: parsed };
+      const timer = setTimeout(() => {
+        timedOut = true;
+        request.destroy();
+      }, timeoutMs);
+      request.on('close', () => clearTimeout(timer));
+      request.on('error', (error: NodeJS.ErrnoException) => {
+        if (timedOut) reject(new TransportError(`provider timed out after ${timeoutMs} ms`, false));
+        else reject(new TransportError(`provider unreachable (${error.code || error.message})`, NOT_SENT_CODES.has(error.code ?? '')));
+      });
+      request.end(payload);
+    });
   }
 }
 
