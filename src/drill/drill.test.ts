@@ -58,6 +58,8 @@ test('verdict: passes when every invariant is 0, fails on oversold, a double cha
   const blind = computeVerdict([], [], { ...clean, chargedTwice: null, auditViolations: null });
   assert.equal(blind.ok, true);
   assert.match(formatVerdict(blind), /charged twice\s+n\/a/);
+  assert.match(formatVerdict(blind), /^drill verdict: PASS \(2 of 5 invariants not checked: set DATABASE_URL\)$/m);
+  assert.match(formatVerdict(computeVerdict([], [], clean)), /^drill verdict: PASS$/m);
 });
 
 test('verdict: errors by kind, unexpected 5xx, and the admitted p99 against the baseline', () => {

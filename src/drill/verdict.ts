@@ -138,7 +138,10 @@ const fmt = (value: number, digits = 0) => value.toFixed(digits);
 export function formatVerdict(verdict: Verdict): string {
   const lines: string[] = [];
   const row = (name: string, value: string, mark = '') => lines.push(`  ${name.padEnd(42)} ${value.padStart(12)}  ${mark}`);
-  lines.push(`drill verdict: ${verdict.ok ? 'PASS' : 'FAIL'}`, '', '  invariants (must be 0)');
+  // A pass with checks it could not run says so in its first line, not only in their rows.
+  const unchecked = verdict.invariants.filter((invariant) => invariant.value === null).length;
+  const caveat = unchecked > 0 ? ` (${unchecked} of ${verdict.invariants.length} invariants not checked: set DATABASE_URL)` : '';
+  lines.push(`drill verdict: ${verdict.ok ? 'PASS' : 'FAIL'}${caveat}`, '', '  invariants (must be 0)');
   for (const invariant of verdict.invariants) {
     row(invariant.name, invariant.value === null ? 'n/a' : String(invariant.value), `${invariant.ok ? 'ok  ' : 'FAIL'}  ${invariant.note}`);
   }
