@@ -20,28 +20,35 @@ export async function lockBuyers(db: Queryable, merchantId: string, saleId: stri
   });
 }
 
-/** Units each buyer holds or bought in the sale (the per-buyer limit), for many buyers at once. */
-export async function selectBuyerQuantities(db: Queryable, merchantId: string, saleId: string, buyers: string[]) {
-  const { rows } = await db.query<{ buyer_reference: string; quantity: number }>({
-    name: 'sales_batch_buyer_quantities',
-    text: `select h.buyer_reference, sum(l.quantity)::int as quantity
+/**
+ * Read under the buyers' locks, in one round trip: units each buyer holds or bought in the sale
+ * (the per-buyer limit), and which of these waiting-room tickets a hold already used.
+ */
+export async function selectBuyersAndTickets(
+  db: Queryable,
+  merchantId: string,
+  saleId: string,
+  buyers: string[],
+  tickets: string[],
+): Promise<{ held: Map<string, number>; usedTickets: Set<string> }> {
+  const { rows } = await db.query<{ kind: 'buyer' | 'ticket'; key: string; quantity: number }>({
+    name: 'sales_batch_buyers_and_tickets',
+    text: `select 'buyer' as kind, h.buyer_reference as key, sum(l.quantity)::int as quantity
            from holds h join hold_lines l on l.merchant_id = h.merchant_id and l.hold_id = h.id
            where h.merchant_id = $1 and h.sale_id = $2 and h.buyer_reference = any($3::text[]) and h.status in ('active', 'converted')
-           group by h.buyer_reference`,
-    values: [merchantId, saleId, buyers],
+           group by h.buyer_reference
+           union all
+           select 'ticket', admission_ticket, 0 from holds
+           where merchant_id = $1 and sale_id = $2 and admission_ticket = any($4::text[])`,
+    values: [merchantId, saleId, buyers, tickets],
   });
-  return new Map(rows.map((row) => [row.buyer_reference, row.quantity]));
-}
-
-/** Which of these waiting-room tickets a hold already used. */
-export async function selectUsedTickets(db: Queryable, merchantId: string, saleId: string, tickets: string[]): Promise<Set<string>> {
-  if (tickets.length === 0) return new Set();
-  const { rows } = await db.query<{ admission_ticket: string }>({
-    name: 'sales_batch_used_tickets',
-    text: 'select admission_ticket from holds where merchant_id = $1 and sale_id = $2 and admission_ticket = any($3::text[])',
-    values: [merchantId, saleId, tickets],
-  });
-  return new Set(rows.map((row) => row.admission_ticket));
+  const held = new Map<string, number>();
+  const usedTickets = new Set<string>();
+  for (const row of rows) {
+    if (row.kind === 'buyer') held.set(row.key, row.quantity);
+    else usedTickets.add(row.key);
+  }
+  return { held, usedTickets };
 }
 
 export interface NewHold {

@@ -152,9 +152,8 @@ export class HoldBatcher {
     const buyers = [...new Set(candidates.map((plan) => plan.request.buyerReference))];
     const itemIds = [...new Set(candidates.flatMap((plan) => plan.lines.map((line) => line.item_id)))].sort();
     if (buyers.length > 0) await batchSql.lockBuyers(client, merchantId, saleId, buyers);
-    const held = buyers.length > 0 ? await batchSql.selectBuyerQuantities(client, merchantId, saleId, buyers) : new Map<string, number>();
     const tickets = candidates.flatMap((plan) => (plan.request.admission.ok ? [plan.request.admission.ticketId] : []));
-    const usedTickets = await batchSql.selectUsedTickets(client, merchantId, saleId, tickets);
+    const { held, usedTickets } = await batchSql.selectBuyersAndTickets(client, merchantId, saleId, buyers, tickets);
     const items = itemIds.length > 0 ? await sql.lockItemsForAllocation(client, merchantId, saleId, itemIds) : new Map();
     const returning = [...items.values()].filter((item) => item.returned > 0).map((item) => item.id as string);
     // Returns of ended holds come back to the items here, many in one statement, under the lock.
