@@ -49,20 +49,27 @@ export interface FinishedKeyColumns {
   onConflict?: 'skip' | 'fail';
 }
 
+/** A CTE named `key` inserting keys: the one insert the two forms below share. */
+function insertKeysCte(c: { row: string; from?: string; onConflict?: 'skip' | 'fail'; returning?: string }): string {
+  return `key as (
+             insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
+               request_fingerprint, locked_at, recovery_point, resource_id, response_status, response_body, expires_at)
+             ${c.from ? `select ${c.row} from ${c.from}` : `values (${c.row})`}
+             ${c.onConflict === 'fail' ? '' : 'on conflict do nothing'}
+             returning ${c.returning ?? '1'})`;
+}
+
 /**
  * A CTE named `key` for a statement that does a request's whole work in one round trip: it
  * inserts the key already finished, with its response, and yields one row only when the key is
  * new, so the caller's other CTEs write `from key` and nothing happens for a key that exists.
  */
 export function finishedKeyCte(c: FinishedKeyColumns): string {
-  const row = `${c.merchantId}, ${c.keyKind}, ${c.key}, ${c.method}, ${c.path}, ${c.fingerprint}, null, 'finished',
-               ${c.resourceId}, ${c.status}, ${c.body}, ${c.now} + make_interval(hours => ${c.ttlHours})`;
-  return `key as (
-             insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
-               request_fingerprint, locked_at, recovery_point, resource_id, response_status, response_body, expires_at)
-             ${c.from ? `select ${row} from ${c.from}` : `values (${row})`}
-             ${c.onConflict === 'fail' ? '' : 'on conflict do nothing'}
-             returning ${c.returning ?? '1'})`;
+  return insertKeysCte({
+    ...c,
+    row: `${c.merchantId}, ${c.keyKind}, ${c.key}, ${c.method}, ${c.path}, ${c.fingerprint}, null, 'finished',
+               ${c.resourceId}, ${c.status}, ${c.body}, ${c.now} + make_interval(hours => ${c.ttlHours})`,
+  });
 }
 
 /** SQL expressions for a batch's keys that reach a recovery point as they are inserted, locked by their requests. */
@@ -87,14 +94,12 @@ export interface LockedKeyColumns {
  * whose request then resolves it alone.
  */
 export function lockedKeysCte(c: LockedKeyColumns): string {
-  return `key as (
-             insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
-               request_fingerprint, locked_at, recovery_point, resource_id, expires_at)
-             select ${c.merchantId}, ${c.keyKind}, ${c.key}, ${c.method}, ${c.path}, ${c.fingerprint}, now(), ${c.recoveryPoint},
-               ${c.resourceId}, now() + make_interval(hours => ${c.ttlHours})
-             from ${c.from}
-             on conflict do nothing
-             returning ${c.returning})`;
+  return insertKeysCte({
+    from: c.from,
+    returning: c.returning,
+    row: `${c.merchantId}, ${c.keyKind}, ${c.key}, ${c.method}, ${c.path}, ${c.fingerprint}, now(), ${c.recoveryPoint},
+               ${c.resourceId}, null, null, now() + make_interval(hours => ${c.ttlHours})`,
+  });
 }
 
 /**
