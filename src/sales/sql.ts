@@ -1,5 +1,5 @@
 import type { Queryable } from '../platform/db/pool.js';
-import type { HoldLine, HoldStatus, OrderStatus } from './domain.js';
+import type { HoldLine, HoldStatus } from './domain.js';
 
 export interface SaleRow {
   merchant_id: string;
@@ -51,24 +51,10 @@ export interface HoldRow {
   created_at: Date;
 }
 
-export interface OrderRow {
-  merchant_id: string;
-  id: string;
-  sale_id: string;
-  hold_id: string;
-  payment_intent_id: string;
-  amount: number;
-  currency: string;
-  status: OrderStatus;
-  paid_at: Date | null;
-  created_at: Date;
-}
-
 const SALE_COLUMNS = `merchant_id, id, name, currency, opens_at, closes_at, per_buyer_limit, hold_seconds, admit_per_second,
   max_shoppers, grace_seconds, created_at, updated_at, hosted_page, brand_name, brand_logo_url, brand_color, success_url, cancel_url`;
 const ITEM_COLUMNS = 'merchant_id, id, sale_id, name, price, stock_total, stock_available, stock_held, stock_sold';
 export const HOLD_COLUMNS = 'merchant_id, id, sale_id, buyer_reference, status, admission_ticket, amount, currency, expires_at, created_at';
-const ORDER_COLUMNS = 'merchant_id, id, sale_id, hold_id, payment_intent_id, amount, currency, status, paid_at, created_at';
 
 export async function insertSale(db: Queryable, sale: Omit<SaleRow, 'created_at' | 'updated_at' | keyof HostedSettings>): Promise<SaleRow> {
   const { rows } = await db.query<SaleRow>(
@@ -360,60 +346,6 @@ export async function extendHold(db: Queryable, merchantId: string, id: string, 
   ]);
 }
 
-export async function insertOrder(db: Queryable, order: Omit<OrderRow, 'created_at' | 'paid_at' | 'status'>): Promise<OrderRow> {
-  const { rows } = await db.query<OrderRow>(
-    `insert into orders (merchant_id, id, sale_id, hold_id, payment_intent_id, amount, currency, status)
-     values ($1, $2, $3, $4, $5, $6, $7, 'awaiting_payment') returning ${ORDER_COLUMNS}`,
-    [order.merchant_id, order.id, order.sale_id, order.hold_id, order.payment_intent_id, order.amount, order.currency],
-  );
-  return rows[0] as OrderRow;
-}
-
-export async function selectOrderByHold(db: Queryable, merchantId: string, holdId: string): Promise<OrderRow | undefined> {
-  const { rows } = await db.query<OrderRow>(`select ${ORDER_COLUMNS} from orders where merchant_id = $1 and hold_id = $2`, [
-    merchantId,
-    holdId,
-  ]);
-  return rows[0];
-}
-
-export async function selectOrder(db: Queryable, merchantId: string, id: string): Promise<OrderRow | undefined> {
-  const { rows } = await db.query<OrderRow>(`select ${ORDER_COLUMNS} from orders where merchant_id = $1 and id = $2`, [merchantId, id]);
-  return rows[0];
-}
-
-export async function selectOrders(
-  db: Queryable,
-  query: { merchantId: string; limit: number; startingAfter?: string; saleId?: string },
-): Promise<OrderRow[]> {
-  const { rows } = await db.query<OrderRow>(
-    `select ${ORDER_COLUMNS} from orders
-     where merchant_id = $1 and ($2::text is null or id < $2) and ($3::text is null or sale_id = $3)
-     order by id desc limit $4`,
-    [query.merchantId, query.startingAfter ?? null, query.saleId ?? null, query.limit],
-  );
-  return rows;
-}
-
-/** Marks the order of a payment paid, once; returns it, or undefined if there is none to mark. */
-export async function markOrderPaid(db: Queryable, merchantId: string, paymentIntentId: string): Promise<OrderRow | undefined> {
-  const { rows } = await db.query<OrderRow>({
-    name: 'sales_mark_order_paid',
-    text: `update orders set status = 'paid', paid_at = now(), updated_at = now()
-           where merchant_id = $1 and payment_intent_id = $2 and status = 'awaiting_payment'
-           returning ${ORDER_COLUMNS}`,
-    values: [merchantId, paymentIntentId],
-  });
-  return rows[0];
-}
-
-export async function expireOrderOfHold(db: Queryable, merchantId: string, holdId: string): Promise<void> {
-  await db.query(
-    `update orders set status = 'expired', updated_at = now() where merchant_id = $1 and hold_id = $2 and status = 'awaiting_payment'`,
-    [merchantId, holdId],
-  );
-}
-
 /** Units still available across a sale's items: what the waiting room admits buyers for. */
 export async function selectAvailableUnits(db: Queryable, merchantId: string, saleId: string): Promise<number> {
   const { rows } = await db.query<{ available: number }>({
@@ -426,3 +358,5 @@ export async function selectAvailableUnits(db: Queryable, merchantId: string, sa
   });
   return rows[0]?.available ?? 0;
 }
+
+export * from './orders-sql.js';
