@@ -15,7 +15,10 @@ import { createTestDatabase, setupTestContext, TEST_PROVIDER_WEBHOOK_SECRET } fr
 import { startFloodgate } from './processes.js';
 
 const DIR = path.resolve(import.meta.dirname, '../deploy/kubernetes');
-const CONFIG_SOURCE = readFileSync(path.resolve(import.meta.dirname, '../src/config.ts'), 'utf8');
+// The configuration's sources: config.ts and the connection URLs it reads through config-urls.ts.
+const CONFIG_SOURCE = ['../src/config.ts', '../src/config-urls.ts']
+  .map((file) => readFileSync(path.resolve(import.meta.dirname, file), 'utf8'))
+  .join('\n');
 
 type Doc = {
   apiVersion: string;
@@ -67,7 +70,8 @@ describe('Kubernetes manifests', () => {
   });
 
   test('the environment names variables the configuration reads, with values it accepts', () => {
-    for (const name of Object.keys(environment)) assert.ok(CONFIG_SOURCE.includes(name), `${name} is read by src/config.ts`);
+    for (const name of Object.keys(environment))
+      assert.ok(CONFIG_SOURCE.includes(name), `${name} is read by src/config.ts or src/config-urls.ts`);
     const config = loadConfig(environment);
     assert.equal(config.host, '0.0.0.0');
     assert.equal(config.replicaUrls.length, 1);
