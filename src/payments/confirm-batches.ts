@@ -24,6 +24,7 @@
 import assert from 'node:assert/strict';
 import { isPostableAmount } from '../ledger/service.js';
 import { GroupCommit } from '../platform/db/group-commit.js';
+import { type KeyedWrite, keyedBatch } from '../platform/db/keyed-batches.js';
 import { type Client, type Pool, SyncReplicationCanceledError, withAutocommit, withTransaction } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
 import type { Reply } from '../platform/http/reply.js';
@@ -76,15 +77,18 @@ export function isBatchableCapture(attempt: AttemptRow, charge: ProviderCharge):
 }
 
 export class ConfirmBatcher {
-  private readonly starts: GroupCommit<ConfirmRequest, StartOutcome>;
+  private readonly starts: (request: ConfirmRequest & KeyedWrite) => Promise<StartOutcome>;
   private readonly completions: GroupCommit<CapturedCall, CompleteOutcome>;
 
   constructor(private readonly options: ConfirmBatchOptions) {
     const limits = { windowMs: options.windowMs, batchMax: options.batchMax, maxRunning: options.maxRunning };
     // One group per phase for the node: a batch may mix merchants, each row carries its own scope.
-    this.starts = new GroupCommit({
+    // A start writes keys: a key twice in a batch and a failed statement go by the keyed-batch rules.
+    this.starts = keyedBatch<ConfirmRequest & KeyedWrite, StartOutcome>({
       ...limits,
-      run: (_group, batch) => this.runStarts(batch),
+      group: 'start',
+      single: { kind: 'single' },
+      write: (batch) => this.writeStarts(batch),
       onBatch: (size) => options.onBatch?.('start', size),
     });
     this.completions = new GroupCommit({
@@ -95,25 +99,30 @@ export class ConfirmBatcher {
   }
 
   start(request: ConfirmRequest): Promise<StartOutcome> {
-    return this.starts.submit('start', request);
+    const { ctx } = request;
+    return this.starts({
+      ...request,
+      merchantId: ctx.merchantId,
+      keyKind: ctx.keyKind,
+      key: ctx.idempotencyKey,
+      fingerprint: ctx.fingerprint,
+    });
   }
 
   complete(call: CapturedCall): Promise<CompleteOutcome> {
     return this.completions.submit('complete', call);
   }
 
-  private async runStarts(batch: ConfirmRequest[]): Promise<StartOutcome[]> {
-    // One request per intent and per key in a batch; the others run alone after it, and meet
-    // what they would meet today (the intent processing, the key in use or finished).
+  /** One statement for a batch's first phases; its keys are distinct (keyed-batches.ts). */
+  private async writeStarts(batch: ConfirmRequest[]): Promise<StartOutcome[]> {
+    // One request per intent in a batch; the others run alone after it, and meet what they
+    // would meet today (the intent processing).
     const intents = new Set<string>();
-    const keys = new Set<string>();
     const rows = batch.map((request): StartRow | undefined => {
       const { ctx } = request;
       const intent = `${ctx.merchantId}\u0000${request.intentId}`;
-      const key = `${ctx.merchantId}\u0000${ctx.keyKind}\u0000${ctx.idempotencyKey}`;
-      if (intents.has(intent) || keys.has(key)) return undefined;
+      if (intents.has(intent)) return undefined;
       intents.add(intent);
-      keys.add(key);
       const attemptId = newId('pa');
       return {
         merchantId: ctx.merchantId,
@@ -129,16 +138,8 @@ export class ConfirmBatcher {
       };
     });
     const writes = rows.filter((row) => row !== undefined);
-    let started: Map<string, Started>;
-    try {
-      // One autocommit statement, with the commit guard of platform/db/pool.ts.
-      started = await withAutocommit(this.options.pool, (client) => startAuthorizations(client, writes, this.options.ttlHours));
-    } catch (error) {
-      // Maybe committed here but not on the standby: a request that ran alone now would find its
-      // key and resume it, acting on what a failover may lose. Every request fails instead (503).
-      if (error instanceof SyncReplicationCanceledError) throw error;
-      return batch.map(() => ({ kind: 'single' }));
-    }
+    // One autocommit statement, with the commit guard of platform/db/pool.ts.
+    const started = await withAutocommit(this.options.pool, (client) => startAuthorizations(client, writes, this.options.ttlHours));
     return rows.map((row) => {
       const done = row && started.get(row.intentId);
       // An intent of another merchant with the same id cannot be: ids are unique.
