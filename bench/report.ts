@@ -6,6 +6,7 @@ import path from 'node:path';
 import type { MachineInfo } from './machine.js';
 import type { LatencySummary } from './stats.js';
 import { median, round } from './stats.js';
+import type { SurgePart } from './surge.js';
 
 export type Side = 'api' | 'pgbench';
 export type PhaseKind = 'max' | 'rate' | 'single';
@@ -59,6 +60,8 @@ export interface RunOptions {
   /** How long the webhook receiver takes to answer each delivery, ms. */
   receiverDelayMs: number;
   profile: boolean;
+  /** The surge section's parts to run (bench/surge.ts). */
+  surgeParts: SurgePart[];
 }
 
 export interface SummaryRow {

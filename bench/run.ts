@@ -11,6 +11,8 @@
  *            --drain S (each job and webhook drain) --sustained S (0: no sustained phase)
  *            --receiver-delay MS (the webhook receiver answers this long after each request)
  *            --profile (writes the server's and the worker's CPU profiles to bench/results/profiles/)
+ *            --surge-parts reads|line|holds|checkouts (comma-separated; default all: the surge
+ *            section's parts, to profile or time one of them alone)
  *
  * See bench/README.md for what each number means.
  */
@@ -38,7 +40,7 @@ import {
 import { type ApiServer, type BenchDatabase, createBenchDatabase, startApiServer, startWorkerProcess } from './setup.js';
 import { buildPgbenchScript, type PgbenchScript } from './statement.js';
 import { median } from './stats.js';
-import { runSurge, type SurgeRecord } from './surge.js';
+import { runSurge, SURGE_PARTS, type SurgePart, type SurgeRecord } from './surge.js';
 import {
   JOB_TASK,
   type JobsPhaseResult,
@@ -81,6 +83,7 @@ function parseOptions(argv: string[]): RunOptions {
       sustained: { type: 'string' },
       'receiver-delay': { type: 'string' },
       profile: { type: 'boolean', default: false },
+      'surge-parts': { type: 'string' },
     },
   });
   const quick = values.quick ?? false;
@@ -98,9 +101,15 @@ function parseOptions(argv: string[]): RunOptions {
     if (!(SECTIONS as readonly string[]).includes(name))
       throw new Error(`--only takes ${SECTIONS.join(', ')} (comma-separated); got ${name}`);
   }
+  const surgeParts = values['surge-parts'] === undefined ? [...SURGE_PARTS] : values['surge-parts'].split(',').map((name) => name.trim());
+  for (const name of surgeParts) {
+    if (!(SURGE_PARTS as readonly string[]).includes(name))
+      throw new Error(`--surge-parts takes ${SURGE_PARTS.join(', ')} (comma-separated); got ${name}`);
+  }
   return {
     quick,
     sections: sections as Section[],
+    surgeParts: surgeParts as SurgePart[],
     rounds: positive(values.rounds, quick ? 1 : 5, 'rounds'),
     clients: positive(values.clients, CLIENTS_DEFAULT, 'clients'),
     warmupS: quick ? 3 : 5,
@@ -329,7 +338,9 @@ async function main(): Promise<number> {
     cleanups.push(() => db.drop());
     const machine = machineInfo(db.postgresVersion);
     console.log(`bench database ${db.name}; ${machine.cores} cores, node ${machine.node}, PostgreSQL ${machine.postgres}`);
-    const surge = options.sections.includes('surge') ? await runSurge(db, { ...options, profileDir: PROFILE_DIR }) : undefined;
+    const surge = options.sections.includes('surge')
+      ? await runSurge(db, { ...options, parts: new Set(options.surgeParts), profileDir: PROFILE_DIR })
+      : undefined;
     if (options.sections.every((section) => section === 'surge')) {
       const file = await writeResults({ startedAt, machine, options, surge });
       console.log(`\nresults: ${path.relative(process.cwd(), file)} (and bench/results/latest.json)`);

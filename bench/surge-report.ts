@@ -281,14 +281,16 @@ export function formatSurgeTable(
     `ratio = api / reference; throughput goal >= ${summary.goalRatio.toFixed(2)}. "server" is the API's (or the bare server's) process; ` +
       '"provider" the card provider simulator\'s.',
   ];
+  // A part left out by --surge-parts has no figures: say so rather than judge NaN.
+  const judged = (what: string, value: number, meets: boolean, goal: string) =>
+    Number.isFinite(value) ? `${what} ${num(value)} ${meets ? 'meets' : 'misses'} the goal (${goal})` : `${what}: not run`;
   const verdict = (row: SurgeSummaryRow | undefined) =>
-    row ? `${row.metric.trim()} ${ratio(row.ratio)} ${row.ratio >= summary.goalRatio ? 'meets' : 'is below'} the goal` : '';
+    row ? judged(row.metric.trim(), row.ratio, row.ratio >= summary.goalRatio, `>= ${summary.goalRatio.toFixed(2)}`) : '';
   const goalLine = `${verdict(summary.rows[0])}; ${verdict(summary.rows[4])}`;
   const p99 = holdAtRate.api.p99Ms;
   const hotItemLine =
-    `hold p99 @ 60% of max ${num(p99)} ms ${p99 <= holdAtRate.p99GoalMs ? 'meets' : 'misses'} the goal (<= ${holdAtRate.p99GoalMs} ms); ` +
-    `paid checkouts/s ${num(checkout.perSecond)} ${checkout.perSecond >= checkout.goalPerSecond ? 'meets' : 'is below'} ` +
-    `the goal (>= ${checkout.goalPerSecond})`;
+    `${judged('hold p99 @ 60% of max (ms)', p99, p99 <= holdAtRate.p99GoalMs, `<= ${holdAtRate.p99GoalMs} ms`)}; ` +
+    judged('paid checkouts/s', checkout.perSecond, checkout.perSecond >= checkout.goalPerSecond, `>= ${checkout.goalPerSecond}`);
   if (summary.otherCores > NOISY_OTHER_CORES) {
     lines.push(`noisy: other processes used ${summary.otherCores} cores (median over phases); ${goalLine} (unreliable)`);
     lines.push(`${hotItemLine} (unreliable)`);

@@ -62,8 +62,13 @@ const SCHEDULE_KEPT_MIN = 0.9;
 // Long enough for the server's pool to open and prepare all its connections (after pgbench).
 const RECONNECT_S = 1;
 
+/** The surge benchmark's parts; `--surge-parts` runs some of them (a profile of one part, say). */
+export const SURGE_PARTS = ['reads', 'line', 'holds', 'checkouts'] as const;
+export type SurgePart = (typeof SURGE_PARTS)[number];
+
 export interface SurgeOptions {
   quick: boolean;
+  parts: ReadonlySet<SurgePart>;
   clients: number;
   profile: boolean;
   profileDir: string;
@@ -422,39 +427,40 @@ async function runRound(surge: Surge, round: number): Promise<SurgePhase[]> {
   const phases: SurgePhase[] = [];
   const warm = round === 0;
   const durationS = warm ? (surge.options.quick ? 2 : 3) : surge.durationS;
-  if (process.env.DEBUG_CHECKOUT_ONLY) {
-    if (!warm) await surge.adminPool.query('select pg_stat_statements_reset()');
-    if (process.env.DEBUG_CHECKOUT_ONLY === 'hold') phases.push(...(await holdPhases(surge, round, await tokensHeld(surge))));
-    else phases.push(await checkoutPhase(surge, round));
-    return phases;
+  const parts = surge.options.parts;
+  if (parts.has('reads')) {
+    phases.push(await loadPhase(surge, round, 'read_api', surge.redisApi, 'read', {}, durationS));
+    phases.push(await loadPhase(surge, round, 'read_bare', surge.bare, 'read', {}, durationS));
+    phases.push(await loadPhase(surge, round, 'read_api_memory', surge.memoryApi, 'read', {}, durationS));
   }
-  phases.push(await loadPhase(surge, round, 'read_api', surge.redisApi, 'read', {}, durationS));
-  phases.push(await loadPhase(surge, round, 'read_bare', surge.bare, 'read', {}, durationS));
-  phases.push(await loadPhase(surge, round, 'read_api_memory', surge.memoryApi, 'read', {}, durationS));
-  const join = await loadPhase(
-    surge,
-    round,
-    'join_admitted',
-    surge.redisApi,
-    'join',
-    { expectStatus: 'admitted', buyerPrefix: `r${round}-admit-${surge.buyerSeq++}` },
-    durationS,
-  );
-  phases.push(join);
-  phases.push(...(await holdPhases(surge, round, await tokensHeld(surge))));
-  phases.push(await checkoutPhase(surge, round));
-  phases.push(
-    await loadPhase(
+  if (parts.has('line')) {
+    const join = await loadPhase(
       surge,
       round,
-      'join_waiting',
+      'join_admitted',
       surge.redisApi,
       'join',
-      { saleId: surge.lineSale, expectStatus: 'waiting', buyerPrefix: `r${round}-wait-${surge.buyerSeq++}` },
+      { expectStatus: 'admitted', buyerPrefix: `r${round}-admit-${surge.buyerSeq++}` },
       durationS,
-    ),
-  );
-  phases.push(await loadPhase(surge, round, 'poll', surge.redisApi, 'poll', { saleId: surge.lineSale }, durationS));
+    );
+    phases.push(join);
+  }
+  if (parts.has('holds')) phases.push(...(await holdPhases(surge, round, await tokensHeld(surge))));
+  if (parts.has('checkouts')) phases.push(await checkoutPhase(surge, round));
+  if (parts.has('line')) {
+    phases.push(
+      await loadPhase(
+        surge,
+        round,
+        'join_waiting',
+        surge.redisApi,
+        'join',
+        { saleId: surge.lineSale, expectStatus: 'waiting', buyerPrefix: `r${round}-wait-${surge.buyerSeq++}` },
+        durationS,
+      ),
+    );
+    phases.push(await loadPhase(surge, round, 'poll', surge.redisApi, 'poll', { saleId: surge.lineSale }, durationS));
+  }
   return phases;
 }
 
