@@ -17,7 +17,7 @@ import { type Answer, DrillClient, sleep } from './client.js';
 import { type Deployment, type OpenDatabase, openDeployment } from './deployment.js';
 import type { DrillOptions } from './options.js';
 import { type DrillReport, renderReport, type Timeline } from './report.js';
-import { p99PerSecond, perSecond } from './stats.js';
+import { carriedForward, p99PerSecond, perSecond } from './stats.js';
 import { computeVerdict, formatVerdict, type InvariantChecks, type Verdict } from './verdict.js';
 
 export interface DrillOutcome {
@@ -33,6 +33,11 @@ const SOCKETS_MAX = 256;
 // How long a timed-out payment may take to settle once the drill's buyers are done.
 const RECONCILE_WAIT_MS = 60_000;
 const PAGE_LIMIT = 100;
+// How often the drill scrapes the target's /metrics for its queue depth. A scrape is not free
+// (the server renders every series and counts its jobs in SQL); once a second it was load the
+// surge's requests shared and the calm baseline did not, as often as Prometheus' default (15 s)
+// it would leave the chart too coarse.
+const QUEUE_SCRAPE_EVERY_S = 5;
 
 interface Sale {
   id: string;
@@ -86,6 +91,7 @@ async function rehearse(deployment: Deployment, client: DrillClient, options: Dr
   const sampler = setInterval(() => {
     const sample = { waiting: live.inLine, jobsWaiting: null as number | null };
     samples.push(sample);
+    if ((samples.length - 1) % QUEUE_SCRAPE_EVERY_S !== 0) return;
     void jobsWaiting(deployment.url).then((value) => {
       sample.jobsWaiting = value;
     });
@@ -273,7 +279,10 @@ function buildTimeline(
       seconds,
     ).map((value) => Math.round(value * 10) / 10),
     waiting: Array.from({ length: seconds }, (_, i) => samples[i]?.waiting ?? 0),
-    jobsWaiting: Array.from({ length: seconds }, (_, i) => samples[i]?.jobsWaiting ?? null),
+    jobsWaiting: carriedForward(
+      samples.slice(0, seconds).map((sample) => sample.jobsWaiting),
+      seconds,
+    ),
   };
 }
 

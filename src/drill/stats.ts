@@ -37,3 +37,17 @@ export function p99PerSecond(samples: Array<{ atMs: number; value: number }>, se
   }
   return buckets.map((values) => percentiles(values).p99);
 }
+
+/**
+ * A reading taken every few seconds, per second: each second shows the last reading before it
+ * (a scrape that failed leaves the one before standing); null before the first and past the
+ * readings' end.
+ */
+export function carriedForward(readings: Array<number | null>, seconds: number): Array<number | null> {
+  let last: number | null = null;
+  return Array.from({ length: seconds }, (_, second) => {
+    if (second >= readings.length) return null;
+    last = readings[second] ?? last;
+    return last;
+  });
+}
