@@ -50,6 +50,9 @@ const ADMIT_NONE = { admit_per_second: 1, max_shoppers: 0 };
 // Admission tokens minted for a hold phase: this many seconds of the last measured hold rate.
 const TOKEN_HEADROOM = 1.5;
 const TOKENS_MIN = 2_000;
+// Before any hold phase has run (the warm-up, or --surge-parts without the line's joins, which
+// leave tokens over), tokens are minted for this rate: above what two cores have held.
+const HOLD_RATE_GUESS = 4_000;
 // The open-loop hold phase offers this share of the round's measured hold max, as the payments'
 // rate phase does (bench/run.ts): enough load that batches form, not so much that they queue.
 const RATE_FRACTION = 0.6;
@@ -307,13 +310,15 @@ async function mintTokens(surge: Surge, have: number, wanted: number): Promise<n
 async function holdPhases(surge: Surge, round: number, tokensLeft: number): Promise<SurgePhase[]> {
   const { durationS } = surge;
   // Enough tokens for a 1 s reconnect burst and the phase, with headroom.
-  const wanted = Math.max(TOKENS_MIN, Math.ceil(surge.lastHoldRate * (durationS + RECONNECT_S) * TOKEN_HEADROOM));
+  const expected = surge.lastHoldRate || HOLD_RATE_GUESS;
+  const wanted = Math.max(TOKENS_MIN, Math.ceil(expected * (durationS + RECONNECT_S) * TOKEN_HEADROOM));
   await mintTokens(surge, tokensLeft, wanted);
   // The server's pool was closed for pgbench; reopen and re-prepare before the clock starts.
   await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, RECONNECT_S));
   await resetHolds(surge);
   const apiPhase = await loadPhase(surge, round, 'hold_api', surge.redisApi, 'hold');
-  if (round > 0) surge.lastHoldRate = Math.max(surge.lastHoldRate, apiPhase.throughput);
+  // The warm-up's rate too: it sizes the next phase's tokens, nothing it measures.
+  surge.lastHoldRate = Math.max(surge.lastHoldRate, apiPhase.throughput);
   const pgPhase = await pgbenchHoldPhase(surge, round, 'hold_pgbench');
   // Both sides get the same offered load: a share of what the API itself did this round.
   const rate = Math.max(1, Math.round(apiPhase.throughput * RATE_FRACTION));
@@ -365,14 +370,14 @@ async function pgbenchHoldPhase(surge: Surge, round: number, name: SurgePhaseNam
  */
 async function checkoutPhase(surge: Surge, round: number): Promise<SurgePhase> {
   const { durationS } = surge;
-  const expected = Math.max(surge.lastCheckoutRate, surge.lastHoldRate);
+  const expected = Math.max(surge.lastCheckoutRate, surge.lastHoldRate) || HOLD_RATE_GUESS;
   await mintTokens(surge, await tokensHeld(surge), Math.max(TOKENS_MIN, Math.ceil(expected * (durationS + RECONNECT_S) * TOKEN_HEADROOM)));
   const merchant = { secretAuthorization: `Bearer ${surge.secretKey}` };
   // The pgbench phase closed the server's pool: reopen it (and the provider's sockets) unmeasured.
   await surge.loadgen.run(job(surge, 'checkout', surge.redisApi.port, RECONNECT_S, merchant));
   await resetHolds(surge);
   const phase = await loadPhase(surge, round, 'checkout_api', surge.redisApi, 'checkout', merchant);
-  if (round > 0) surge.lastCheckoutRate = Math.max(surge.lastCheckoutRate, phase.throughput);
+  surge.lastCheckoutRate = Math.max(surge.lastCheckoutRate, phase.throughput);
   phase.stock = await checkStock(surge, phase);
   if (phase.stock.problems.length > 0)
     console.error(`  FAILED: ${phase.name} stock counters are not exact: ${phase.stock.problems.join('; ')}`);
