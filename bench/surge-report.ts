@@ -10,6 +10,9 @@ import { median, round } from './stats.js';
 export const TICKETING_REFERENCE_PER_MINUTE = '300-400';
 
 const GOAL_RATIO = 0.8;
+// Issue 9's goal for holds on one hot item: the API with batching against the naive per-hold
+// transaction in pgbench (the reads' 0.8 is against a bare server, a different question).
+const HOLD_GOAL_RATIO = 10;
 const NOISY_OTHER_CORES = 0.25;
 // Issue 9's goals for the hot item: the batching window's latency cost at 60% of max, and paid
 // checkouts per second on the 2-core machine.
@@ -138,6 +141,7 @@ export interface SurgeSummary {
   failures: string[];
   otherCores: number;
   goalRatio: number;
+  holdGoalRatio: number;
 }
 
 /** Every check that failed, one line each: the checkouts' stock counters (warm-up included). */
@@ -235,6 +239,7 @@ export function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSumma
     failures: surgeFailures(phases),
     otherCores: round(median(measuredPhases.map((phase) => phase.cpu.otherCores)), 2),
     goalRatio: GOAL_RATIO,
+    holdGoalRatio: HOLD_GOAL_RATIO,
   };
 }
 
@@ -278,15 +283,16 @@ export function formatSurgeTable(
         `${pad(row.metric, 34)} ${cpu(row.client)} ${cpu(row.server)} ${cpu(row.db)} ${cpu(row.redis)} ${cpu(row.provider)} ${num(row.total)}`,
     ),
     '',
-    `ratio = api / reference; throughput goal >= ${summary.goalRatio.toFixed(2)}. "server" is the API's (or the bare server's) process; ` +
+    `ratio = api / reference; throughput goal >= ${summary.goalRatio.toFixed(2)} for reads, >= ${summary.holdGoalRatio} for holds. ` +
+      '"server" is the API\'s (or the bare server\'s) process; ' +
       '"provider" the card provider simulator\'s.',
   ];
   // A part left out by --surge-parts has no figures: say so rather than judge NaN.
   const judged = (what: string, value: number, meets: boolean, goal: string) =>
     Number.isFinite(value) ? `${what} ${num(value)} ${meets ? 'meets' : 'misses'} the goal (${goal})` : `${what}: not run`;
-  const verdict = (row: SurgeSummaryRow | undefined) =>
-    row ? judged(row.metric.trim(), row.ratio, row.ratio >= summary.goalRatio, `>= ${summary.goalRatio.toFixed(2)}`) : '';
-  const goalLine = `${verdict(summary.rows[0])}; ${verdict(summary.rows[4])}`;
+  const verdict = (row: SurgeSummaryRow | undefined, goal: number) =>
+    row ? judged(row.metric.trim(), row.ratio, row.ratio >= goal, `>= ${goal.toFixed(2)}`) : '';
+  const goalLine = `${verdict(summary.rows[0], summary.goalRatio)}; ${verdict(summary.rows[4], summary.holdGoalRatio)}`;
   const p99 = holdAtRate.api.p99Ms;
   const hotItemLine =
     `${judged('hold p99 @ 60% of max (ms)', p99, p99 <= holdAtRate.p99GoalMs, `<= ${holdAtRate.p99GoalMs} ms`)}; ` +
