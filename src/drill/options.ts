@@ -17,7 +17,7 @@ export interface DrillOptions {
   durationSeconds: number;
   /** Units on sale; default half the buyers, so the sale sells out and the line sees sold_out. */
   stock: number;
-  /** Buyers who arrive one by one at the sustainable rate before the surge: the no-surge baseline. */
+  /** Buyers who arrive one by one at half the sustainable rate before the surge: the no-surge baseline. */
   baselineBuyers: number;
   reportFile: string;
   /** Share of admitted buyers who walk away (before holding, or holding and never paying). */
