@@ -113,6 +113,44 @@ describe('a signed provider webhook', () => {
     assert.deepEqual(await snapshot(intentId), after);
   });
 
+  test('an event for an attempt the confirm already settled is recorded once, without waiting on the intent', async () => {
+    const confirmed = await post('/v1/payment_intents', { amount: AMOUNT, currency: 'usd', payment_method: 'pm_card_visa', confirm: true });
+    assert.equal(confirmed.json().status, 'succeeded', confirmed.body);
+    const intentId = confirmed.json().id as string;
+    const events = await webhooksFor(intentId);
+    assert.deepEqual(
+      events.map((event) => event.type),
+      ['charge.succeeded'],
+    );
+    const body = JSON.stringify(events[0]);
+    const before = await snapshot(intentId);
+    // Another transaction holds the intent's row lock (a confirm completing it, say): the event
+    // has nothing to apply, so it must not wait for that lock.
+    const holder = await t.pool.connect();
+    try {
+      await holder.query('begin');
+      await holder.query('select id from payment_intents where merchant_id = $1 and id = $2 for update', [t.merchant.id, intentId]);
+      let timer: NodeJS.Timeout | undefined;
+      const blocked = new Promise<'blocked'>((resolve) => {
+        timer = setTimeout(() => resolve('blocked'), 10_000);
+      });
+      const answer = await Promise.race([deliverSigned(body), blocked]);
+      clearTimeout(timer);
+      assert.notEqual(answer, 'blocked', "the event waited on the intent's lock");
+      if (answer === 'blocked') return;
+      assert.equal(answer.statusCode, 200, answer.body);
+      assert.deepEqual(answer.json(), { received: true, result: 'already_settled' });
+    } finally {
+      await holder.query('rollback');
+      holder.release();
+    }
+    const after = await snapshot(intentId);
+    assert.deepEqual(after, { ...before, provider_events: before.provider_events + 1 }, 'only the event is recorded');
+    const again = await deliverSigned(body, { timestamp: nowSeconds() - 60 });
+    assert.deepEqual(again.json(), { received: true, result: 'duplicate' });
+    assert.deepEqual(await snapshot(intentId), after);
+  });
+
   test('a declined charge moves the intent back to requires_payment_method with last_payment_error', async () => {
     const created = await post('/v1/payment_intents', { amount: AMOUNT, currency: 'usd', payment_method: 'pm_card_declined' });
     const intentId = created.json().id as string;

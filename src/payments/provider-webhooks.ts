@@ -71,7 +71,8 @@ function isOperationBody(body: Record<string, unknown>): boolean {
   );
 }
 
-export type WebhookResult = 'applied' | 'duplicate' | 'not_ours';
+/** `already_settled`: whoever learned the outcome first applied it; the event is only recorded. */
+export type WebhookResult = 'applied' | 'already_settled' | 'duplicate' | 'not_ours';
 
 /** Applies one verified provider event, once. */
 export interface ProviderWebhookDeps extends CompletionDeps {
@@ -85,6 +86,17 @@ export async function handleProviderEvent(
 ): Promise<WebhookResult> {
   const key = parseProviderKey(event.idempotency_key);
   if (!key) return 'not_ours';
+  // Usually the request that made the call has already applied its answer when the provider's
+  // event arrives. An attempt settled for good (succeeded or failed; `unknown` is still open)
+  // would not change under the completion command (its settle is guarded), so the event is
+  // only recorded, without locking the intent: a confirm completing a batch of payments never
+  // waits behind webhooks that have nothing to apply. Settled attempts never reopen, so reading
+  // the status without the lock cannot miss an outcome.
+  const seen = await sql.selectAttempt(deps.pool, key.merchantId, key.attemptId);
+  if (!seen || seen.provider_idempotency_key !== event.idempotency_key) return 'not_ours';
+  if (seen.status === 'succeeded' || seen.status === 'failed') {
+    return (await sql.insertProviderEvent(deps.pool, key.merchantId, PROVIDER, event.id)) ? 'already_settled' : 'duplicate';
+  }
   return withTransaction(deps.pool, async (client) => {
     const attempt = await sql.selectAttempt(client, key.merchantId, key.attemptId);
     if (!attempt || attempt.provider_idempotency_key !== event.idempotency_key) return 'not_ours';
