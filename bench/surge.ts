@@ -439,16 +439,17 @@ async function runRound(surge: Surge, round: number): Promise<SurgePhase[]> {
     phases.push(await loadPhase(surge, round, 'read_api_memory', surge.memoryApi, 'read', {}, durationS));
   }
   if (parts.has('line')) {
-    const join = await loadPhase(
-      surge,
-      round,
-      'join_admitted',
-      surge.redisApi,
-      'join',
-      { expectStatus: 'admitted', buyerPrefix: `r${round}-admit-${surge.buyerSeq++}` },
-      durationS,
+    phases.push(
+      await loadPhase(
+        surge,
+        round,
+        'join_admitted',
+        surge.redisApi,
+        'join',
+        { expectStatus: 'admitted', buyerPrefix: `r${round}-admit-${surge.buyerSeq++}` },
+        durationS,
+      ),
     );
-    phases.push(join);
   }
   if (parts.has('holds')) phases.push(...(await holdPhases(surge, round, await tokensHeld(surge))));
   if (parts.has('checkouts')) phases.push(await checkoutPhase(surge, round));

@@ -280,7 +280,7 @@ function buildTimeline(
     ).map((value) => Math.round(value * 10) / 10),
     waiting: Array.from({ length: seconds }, (_, i) => samples[i]?.waiting ?? 0),
     jobsWaiting: carriedForward(
-      samples.slice(0, seconds).map((sample) => sample.jobsWaiting),
+      samples.map((sample) => sample.jobsWaiting),
       seconds,
     ),
   };

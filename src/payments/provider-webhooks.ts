@@ -97,9 +97,8 @@ export async function handleProviderEvent(
   if (seen.status === 'succeeded' || seen.status === 'failed') {
     return (await sql.insertProviderEvent(deps.pool, key.merchantId, PROVIDER, event.id)) ? 'already_settled' : 'duplicate';
   }
+  // The attempt is ours (its key never changes); completeAttempt reads it again under the lock.
   return withTransaction(deps.pool, async (client) => {
-    const attempt = await sql.selectAttempt(client, key.merchantId, key.attemptId);
-    if (!attempt || attempt.provider_idempotency_key !== event.idempotency_key) return 'not_ours';
     if (!(await sql.insertProviderEvent(client, key.merchantId, PROVIDER, event.id))) return 'duplicate';
     await completeAttempt(client, deps, key.merchantId, key.attemptId, outcomeFromOperation(operationFromRecorded(event.response)));
     return 'applied';
