@@ -283,6 +283,14 @@ async function countHolds(surge: Surge): Promise<number> {
 
 /** Every hold phase starts alike: no holds, orders, payments, keys or jobs, full stock, nothing dirty. */
 async function resetHolds(surge: Surge): Promise<void> {
+  // Statistics first, from the rows the phase (or its unmeasured burst) just wrote: they outlive
+  // the truncation, as a production database has statistics. A bench database younger than
+  // autovacuum's first pass has none, and the planner then read a batch's keys, buyers and
+  // tickets by scanning the merchant's or the sale's every row and filtering (the worker's
+  // phases met the same, see worker.ts): each batch grew slower as the phase went on.
+  await surge.adminPool.query(
+    'analyze hold_lines, holds, idempotency_keys, orders, payment_intents, payment_attempts, events, graphile_worker._private_jobs',
+  );
   // Orders go with their holds and payments (cascade), attempts with their payments. The ledger
   // is append-only (the database refuses to truncate it): it keeps every checkout's capture.
   await surge.adminPool.query('truncate hold_lines, holds, idempotency_keys, payment_intents, events cascade');
