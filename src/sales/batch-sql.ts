@@ -1,54 +1,80 @@
 /**
  * The statements of a batch of holds (hold-batches.ts): each one carries every request of the
- * batch, so a batch costs the same handful of round trips and one commit whatever its size.
+ * batch, so a batch costs the same round trips and one commit whatever its size: begin,
+ * openBatch, lockStock, writeHolds, commit (and a credit of returns when some wait).
  */
 import type { Queryable } from '../platform/db/pool.js';
-import { type FinishedKeys, finishedKeysCte } from '../platform/idempotency/sql.js';
+import { existingKeysSql, type FinishedKeys, finishedKeysCte } from '../platform/idempotency/sql.js';
 import type { HoldLine } from './domain.js';
-import { HOLD_COLUMNS, type HoldRow } from './sql.js';
+import { type AllocatableItem, HOLD_COLUMNS, type HoldRow, lockItemsForAllocationSql, SALE_COLUMNS, type SaleRow } from './sql.js';
 
 /**
- * Takes each buyer's advisory lock (the single path's lockBuyer, the same key), in one sorted
- * order, so two batches sharing buyers cannot deadlock. Buyers before items, as the single path.
+ * A batch's first statement: the sale, which of the batch's keys exist already (their requests
+ * go down the single path), and every buyer's advisory lock (the single path's lockBuyer, the
+ * same key), taken in one sorted order so two batches sharing buyers cannot deadlock. Buyers
+ * before items, as the single path. Locking a buyer whose request turns out not to be the
+ * batch's (its key exists, the sale is closed) only makes a concurrent request of theirs wait
+ * for this commit. Always one row: the sale's columns are null when there is no such sale.
  */
-export async function lockBuyers(db: Queryable, merchantId: string, saleId: string, buyers: string[]): Promise<void> {
-  await db.query({
-    name: 'sales_batch_lock_buyers',
-    text: `select pg_advisory_xact_lock(h) from (
-             select distinct hashtextextended($1 || '/' || $2 || '/' || b, 0) as h from unnest($3::text[]) as b order by h) locks`,
-    values: [merchantId, saleId, buyers],
+export async function openBatch(
+  db: Queryable,
+  batch: { merchantId: string; keyKind: string; saleId: string; keys: string[]; buyers: string[] },
+): Promise<{ sale: SaleRow | undefined; existingKeys: Set<string> }> {
+  const { rows } = await db.query<SaleRow & { existing_keys: string[]; buyers_locked: number }>({
+    name: 'sales_batch_open',
+    text: `with buyer_locks as (
+             select pg_advisory_xact_lock(h) from (
+               select distinct hashtextextended($1 || '/' || $2 || '/' || b, 0) as h from unnest($5::text[]) as b order by h) ordered)
+           select ${SALE_COLUMNS},
+                  array(${existingKeysSql('$1', '$3', '$4')}) as existing_keys,
+                  (select count(*)::int from buyer_locks) as buyers_locked
+           from (values (1)) as one (x) left join sales on sales.merchant_id = $1 and sales.id = $2`,
+    values: [batch.merchantId, batch.saleId, batch.keyKind, batch.keys, batch.buyers],
   });
+  const {
+    existing_keys: existingKeys,
+    buyers_locked: _locked,
+    ...sale
+  } = rows[0] as SaleRow & { existing_keys: string[]; buyers_locked: number };
+  return { sale: sale.id === null ? undefined : sale, existingKeys: new Set(existingKeys) };
 }
 
 /**
- * Read under the buyers' locks, in one round trip: units each buyer holds or bought in the sale
- * (the per-buyer limit), and which of these waiting-room tickets a hold already used.
+ * A batch's second statement, under the buyers' locks (openBatch's, taken by an earlier
+ * statement, so this one's snapshot holds every hold their earlier holders committed): units
+ * each buyer holds or bought in the sale (the per-buyer limit), which of these waiting-room
+ * tickets a hold already used, and the items, locked in id order, with what each has free
+ * (sql.ts lockItemsForAllocation). The item rows come back as they are after their locks are
+ * granted, whatever the statement's snapshot.
  */
-export async function selectBuyersAndTickets(
+export async function lockStock(
   db: Queryable,
-  merchantId: string,
-  saleId: string,
-  buyers: string[],
-  tickets: string[],
-): Promise<{ held: Map<string, number>; usedTickets: Set<string> }> {
-  const { rows } = await db.query<{ kind: 'buyer' | 'ticket'; key: string; quantity: number }>({
-    name: 'sales_batch_buyers_and_tickets',
-    text: `select 'buyer' as kind, h.buyer_reference as key, sum(l.quantity)::int as quantity
+  batch: { merchantId: string; saleId: string; buyers: string[]; tickets: string[]; itemIds: string[] },
+): Promise<{ held: Map<string, number>; usedTickets: Set<string>; items: Map<string, AllocatableItem> }> {
+  type Row = { kind: 'buyer' | 'ticket' | 'item'; key: string; quantity: number; returned: number; name: string; price: number };
+  const { rows } = await db.query<Row>({
+    name: 'sales_batch_lock_stock',
+    text: `with items as (${lockItemsForAllocationSql('$1', '$2', '$5')})
+           select 'item' as kind, id as key, unallocated as quantity, returned, name, price from items
+           union all
+           select 'buyer', h.buyer_reference, sum(l.quantity)::int, null, null, null
            from holds h join hold_lines l on l.merchant_id = h.merchant_id and l.hold_id = h.id
            where h.merchant_id = $1 and h.sale_id = $2 and h.buyer_reference = any($3::text[]) and h.status in ('active', 'converted')
            group by h.buyer_reference
            union all
-           select 'ticket', admission_ticket, 0 from holds
+           select 'ticket', admission_ticket, 0, null, null, null from holds
            where merchant_id = $1 and sale_id = $2 and admission_ticket = any($4::text[])`,
-    values: [merchantId, saleId, buyers, tickets],
+    values: [batch.merchantId, batch.saleId, batch.buyers, batch.tickets, batch.itemIds],
   });
   const held = new Map<string, number>();
   const usedTickets = new Set<string>();
+  const items = new Map<string, AllocatableItem>();
   for (const row of rows) {
     if (row.kind === 'buyer') held.set(row.key, row.quantity);
-    else usedTickets.add(row.key);
+    else if (row.kind === 'ticket') usedTickets.add(row.key);
+    else items.set(row.key, { id: row.key, name: row.name, price: row.price, unallocated: row.quantity, returned: row.returned });
   }
-  return { held, usedTickets };
+  return { held, usedTickets, items };
 }
 
 export interface NewHold {

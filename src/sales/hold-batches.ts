@@ -99,19 +99,23 @@ export class HoldBatcher {
   private async allocate(client: Client, batch: HoldRequest[]): Promise<BatchAnswer[]> {
     const first = batch[0] as HoldRequest;
     const { merchantId, saleId } = first;
+    const { sale, existingKeys } = await batchSql.openBatch(client, {
+      merchantId,
+      keyKind: first.keyKind,
+      saleId,
+      keys: [...new Set(batch.map((request) => request.idempotencyKey))],
+      buyers: [...new Set(batch.flatMap((request) => (request.admission.ok ? [request.buyerReference] : [])))],
+    });
     // A request whose key exists (a retry, a reuse) or repeats one earlier in this batch is not ours.
-    const existing = await idempotencySql.selectExistingKeys(client, { merchantId, keyKind: first.keyKind }, [
-      ...new Set(batch.map((request) => request.idempotencyKey)),
-    ]);
     const seen = new Set<string>();
     const mine = batch.map((request) => {
       const key = request.idempotencyKey;
-      const own = !existing.has(key) && !seen.has(key);
+      const own = !existingKeys.has(key) && !seen.has(key);
       seen.add(key);
       return own;
     });
     const requests = batch.filter((_, index) => mine[index]);
-    const decided = requests.length > 0 ? await this.decide(client, merchantId, saleId, requests) : { replies: [] };
+    const decided = requests.length > 0 ? await this.decide(client, merchantId, saleId, sale, requests) : { replies: [] };
     const { replies } = decided;
     // The keys last, finished with their answers, in the statement that writes the holds.
     const keys = {
@@ -140,31 +144,35 @@ export class HoldBatcher {
     client: Client,
     merchantId: string,
     saleId: string,
+    sale: sql.SaleRow | undefined,
     requests: HoldRequest[],
   ): Promise<{ replies: Reply[]; write?: HoldWrite }> {
     const now = new Date();
-    const sale = await sql.selectSale(client, merchantId, saleId);
     const closed = saleRefusal(saleId, sale, now);
     if (closed) return { replies: requests.map(() => refusal(closed)) };
     assert.ok(sale, 'saleRefusal refuses a missing sale');
     const plans = requests.map((request) => ({ request, lines: normalizeLines(request.lines) }));
     const candidates = plans.filter((plan) => plan.request.admission.ok);
-    const buyers = [...new Set(candidates.map((plan) => plan.request.buyerReference))];
-    const itemIds = [...new Set(candidates.flatMap((plan) => plan.lines.map((line) => line.item_id)))].sort();
-    if (buyers.length > 0) await batchSql.lockBuyers(client, merchantId, saleId, buyers);
-    const tickets = candidates.flatMap((plan) => (plan.request.admission.ok ? [plan.request.admission.ticketId] : []));
-    const { held, usedTickets } = await batchSql.selectBuyersAndTickets(client, merchantId, saleId, buyers, tickets);
-    const items = itemIds.length > 0 ? await sql.lockItemsForAllocation(client, merchantId, saleId, itemIds) : new Map();
-    const returning = [...items.values()].filter((item) => item.returned > 0).map((item) => item.id as string);
+    const { held, usedTickets, items } =
+      candidates.length > 0
+        ? await batchSql.lockStock(client, {
+            merchantId,
+            saleId,
+            buyers: [...new Set(candidates.map((plan) => plan.request.buyerReference))],
+            tickets: candidates.flatMap((plan) => (plan.request.admission.ok ? [plan.request.admission.ticketId] : [])),
+            itemIds: [...new Set(candidates.flatMap((plan) => plan.lines.map((line) => line.item_id)))].sort(),
+          })
+        : { held: new Map<string, number>(), usedTickets: new Set<string>(), items: new Map<string, sql.AllocatableItem>() };
+    const returning = [...items.values()].filter((item) => item.returned > 0).map((item) => item.id);
     // Returns of ended holds come back to the items here, many in one statement, under the lock.
     if (returning.length > 0) await sql.creditReturns(client, merchantId, returning);
-    const left = new Map([...items.values()].map((item) => [item.id as string, (item.unallocated + item.returned) as number]));
+    const left = new Map([...items.values()].map((item) => [item.id, item.unallocated + item.returned]));
     const taken = new Map<string, number>();
     const expiresAt = new Date(now.getTime() + sale.hold_seconds * 1000);
     const holds: (batchSql.NewHold | ApiError)[] = plans.map(({ request, lines }) => {
       const admission = request.admission;
       if (!admission.ok) return admissionRefused(admission.reason);
-      const linesRefused = linesRefusal(sale.currency, lines, items, (item) => left.get(item.id as string) ?? 0);
+      const linesRefused = linesRefusal(sale.currency, lines, items, (item) => left.get(item.id) ?? 0);
       if (linesRefused) return linesRefused;
       const amount = holdAmount(lines, items);
       if (usedTickets.has(admission.ticketId)) return admissionRefused(TOKEN_ALREADY_USED);

@@ -51,7 +51,7 @@ export interface HoldRow {
   created_at: Date;
 }
 
-const SALE_COLUMNS = `merchant_id, id, name, currency, opens_at, closes_at, per_buyer_limit, hold_seconds, admit_per_second,
+export const SALE_COLUMNS = `merchant_id, id, name, currency, opens_at, closes_at, per_buyer_limit, hold_seconds, admit_per_second,
   max_shoppers, grace_seconds, created_at, updated_at, hosted_page, brand_name, brand_logo_url, brand_color, success_url, cancel_url`;
 const ITEM_COLUMNS = 'merchant_id, id, sale_id, name, price, stock_total, stock_available, stock_held, stock_sold';
 export const HOLD_COLUMNS = 'merchant_id, id, sale_id, buyer_reference, status, admission_ticket, amount, currency, expires_at, created_at';
@@ -199,15 +199,29 @@ export async function selectFreeUnits(db: Queryable, merchantId: string, saleId:
  * (key share) do not wait for it.
  */
 export async function lockItemsForAllocation(db: Queryable, merchantId: string, saleId: string, itemIds: string[]) {
-  const { rows } = await db.query<{ id: string; name: string; price: number; unallocated: number; returned: number }>({
+  const { rows } = await db.query<AllocatableItem>({
     name: 'sales_lock_items_for_allocation',
-    text: `select i.id, i.name, i.price, i.stock_total - i.stock_allocated as unallocated,
-                  (select coalesce(sum(r.quantity), 0) from stock_returns r where r.merchant_id = $1 and r.item_id = i.id)::int as returned
-           from sale_items i
-           where i.merchant_id = $1 and i.sale_id = $2 and i.id = any($3::text[]) order by i.id for no key update of i`,
+    text: lockItemsForAllocationSql('$1', '$2', '$3'),
     values: [merchantId, saleId, itemIds],
   });
   return new Map(rows.map((row) => [row.id, row]));
+}
+
+/** An item as an allocation reads it under its row lock (lockItemsForAllocation). */
+export interface AllocatableItem {
+  id: string;
+  name: string;
+  price: number;
+  unallocated: number;
+  returned: number;
+}
+
+/** lockItemsForAllocation's statement, with its merchant, sale and item-ids parameters named by the caller. */
+export function lockItemsForAllocationSql(merchant: string, sale: string, itemIds: string): string {
+  return `select i.id, i.name, i.price, i.stock_total - i.stock_allocated as unallocated,
+                 (select coalesce(sum(r.quantity), 0) from stock_returns r where r.merchant_id = ${merchant} and r.item_id = i.id)::int as returned
+          from sale_items i
+          where i.merchant_id = ${merchant} and i.sale_id = ${sale} and i.id = any(${itemIds}::text[]) order by i.id for no key update of i`;
 }
 
 /** Credits the waiting returns of these items (whose rows the caller has locked), many at once. */

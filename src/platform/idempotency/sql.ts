@@ -197,26 +197,18 @@ export async function unlockKey(db: Queryable, ref: KeyRef, recoveryPoint: strin
 }
 
 /**
- * Which of these keys of one scope exist already: a batch leaves their requests to the single path.
- * One primary-key probe per key: a lateral subquery with a limit is never flattened, so each
- * probe is the whole key. Written as `idempotency_key = any($3)`, a plan made while the table
- * was nearly empty (a new database, or the bench's truncated one) scanned it whole and was kept
- * as the table grew: in a surge every batch then read every key the sale had written.
+ * A subquery yielding which of the keys in the `keys` array parameter exist already in one
+ * scope: a batch leaves their requests to the single path. One primary-key probe per key: a
+ * lateral subquery with a limit is never flattened, so each probe is the whole key. Written as
+ * `idempotency_key = any($n)`, a plan made while the table was nearly empty (a new database, or
+ * the bench's truncated one) scanned it whole and was kept as the table grew: in a surge every
+ * batch then read every key the sale had written.
  */
-export async function selectExistingKeys(
-  db: Queryable,
-  scope: Pick<KeyRef, 'merchantId' | 'keyKind'>,
-  keys: string[],
-): Promise<Set<string>> {
-  const { rows } = await db.query<{ idempotency_key: string }>({
-    name: 'idempotency_select_existing_batch',
-    text: `select k.idempotency_key from unnest($3::text[]) as r(key)
-           cross join lateral (
-             select idempotency_key from idempotency_keys
-             where merchant_id = $1 and key_kind = $2 and idempotency_key = r.key limit 1) k`,
-    values: [scope.merchantId, scope.keyKind, keys],
-  });
-  return new Set(rows.map((row) => row.idempotency_key));
+export function existingKeysSql(merchant: string, keyKind: string, keys: string): string {
+  return `select k.idempotency_key from unnest(${keys}::text[]) as r(key)
+          cross join lateral (
+            select idempotency_key from idempotency_keys
+            where merchant_id = ${merchant} and key_kind = ${keyKind} and idempotency_key = r.key limit 1) k`;
 }
 
 /** The columns of a batch's finished keys, for `finishedKeysCte`: what each request answered. */
