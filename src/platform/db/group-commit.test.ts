@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { coalesce } from './group-commit.js';
+import { coalesce, GroupCommit } from './group-commit.js';
 
 /** A run that records its batches and answers when released. */
 function recorder() {
@@ -61,5 +61,66 @@ describe('coalesce', () => {
     );
     fail = false;
     assert.deepEqual(await Promise.all([call(3), call(4)]), [6, 8]);
+  });
+});
+
+describe('group commit with a window', () => {
+  /** A group commit over recorder() whose window is long enough to see whether a batch waited it. */
+  function windowed(windowMs: number) {
+    const recorded = recorder();
+    const commits = new GroupCommit<number, string>({ windowMs, batchMax: 10, maxRunning: 1, run: (_group, batch) => recorded.run(batch) });
+    return { ...recorded, submit: (input: number) => commits.submit('sale', input) };
+  }
+  const elapse = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  test("a group's first batch waits out the window for company", async () => {
+    const { batches, submit, releaseNext } = windowed(30);
+    const answers = Promise.all([submit(1), submit(2)]);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(batches, [], 'nothing runs before the window ends');
+    await elapse(40);
+    assert.deepEqual(batches, [[1, 2]]);
+    await releaseNext();
+    assert.deepEqual(await answers, ['answer 1', 'answer 2']);
+  });
+
+  test("once as many requests wait as the group's last batch had, the batch goes without waiting out the window", async () => {
+    const { batches, submit, releaseNext } = windowed(30);
+    const first = Promise.all([submit(1), submit(2), submit(3)]);
+    await elapse(40);
+    await releaseNext();
+    await first;
+    const second = Promise.all([submit(4), submit(5)]);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(batches, [[1, 2, 3]], 'two of the three expected: the window still runs');
+    const third = submit(6);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(
+      batches,
+      [
+        [1, 2, 3],
+        [4, 5, 6],
+      ],
+      "the third starts the batch on the next turn, not at the window's end",
+    );
+    await releaseNext();
+    assert.deepEqual(await second, ['answer 4', 'answer 5']);
+    assert.equal(await third, 'answer 6');
+  });
+
+  test('after a batch of one, a lone request still waits for company: two are the least a batch expects', async () => {
+    const { batches, submit, releaseNext } = windowed(30);
+    const first = submit(1);
+    await elapse(40);
+    await releaseNext();
+    await first;
+    const second = submit(2);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(batches, [[1]], 'one request does not start a batch');
+    const third = submit(3);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(batches, [[1], [2, 3]]);
+    await releaseNext();
+    assert.deepEqual(await Promise.all([second, third]), ['answer 2', 'answer 3']);
   });
 });

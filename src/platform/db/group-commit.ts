@@ -7,8 +7,11 @@
  *
  * Scheduling, per group: a request that finds no batch running and no window set goes at once
  * (windowMs 0) or waits up to windowMs for company; while `maxRunning` batches are running,
- * the next gathers; a full batch (`batchMax`) goes as soon as a slot is free. So one request
- * alone pays at most the window, and under load batches grow to the rate × the commit time.
+ * the next gathers; a full batch (`batchMax`) goes as soon as a slot is free, and a window ends
+ * on the next turn once as many requests wait as the group's last batch had (the company it
+ * waits for has come).
+ * So one request alone pays at most the window, and under load batches grow to the rate × the
+ * commit time.
  */
 import assert from 'node:assert/strict';
 
@@ -35,10 +38,17 @@ interface Group<Request, Answer> {
   running: number;
   /** Cancels the pending start of the next batch, when one is set. */
   cancelStart: (() => void) | undefined;
+  /** Whether that start is on the next turn of the event loop (not at the window's end). */
+  startsNextTurn: boolean;
 }
+
+/** Groups whose last batch size is remembered while they are idle; the oldest is forgotten first. */
+const REMEMBERED_GROUPS_MAX = 1_000;
 
 export class GroupCommit<Request, Answer> {
   private readonly groups = new Map<string, Group<Request, Answer>>();
+  /** Each group's last batch size: the company its next batch expects (see schedule). */
+  private readonly lastSizes = new Map<string, number>();
 
   constructor(private readonly options: GroupCommitOptions<Request, Answer>) {
     assert.ok(options.batchMax >= 1 && options.windowMs >= 0 && options.maxRunning >= 1, 'group commit limits');
@@ -48,7 +58,7 @@ export class GroupCommit<Request, Answer> {
     return new Promise((resolve, reject) => {
       let state = this.groups.get(group);
       if (!state) {
-        state = { waiting: [], running: 0, cancelStart: undefined };
+        state = { waiting: [], running: 0, cancelStart: undefined, startsNextTurn: false };
         this.groups.set(group, state);
       }
       state.waiting.push({ request, resolve, reject });
@@ -62,14 +72,22 @@ export class GroupCommit<Request, Answer> {
       this.start(name, group);
       return;
     }
-    if (group.cancelStart) return;
+    // A window ends early, on the next turn, once as many requests wait as the group's last
+    // batch had: that company has come. Under a steady load (a closed loop of buyers, or
+    // arrivals at a rate) the window then costs nothing; a lone request, or the first of a
+    // burst, still waits for company. Never fewer than two, or one request would end it.
+    const companyCame = group.waiting.length >= Math.max(2, this.lastSizes.get(name) ?? this.options.batchMax);
+    if (group.cancelStart && (group.startsNextTurn || !companyCame)) return;
+    group.cancelStart?.();
     // setImmediate still gathers the requests parsed in the same turn of the event loop.
-    if (this.options.windowMs === 0) {
+    if (this.options.windowMs === 0 || companyCame) {
       const immediate = setImmediate(() => this.start(name, group));
       group.cancelStart = () => clearImmediate(immediate);
+      group.startsNextTurn = true;
     } else {
       const timer = setTimeout(() => this.start(name, group), this.options.windowMs);
       group.cancelStart = () => clearTimeout(timer);
+      group.startsNextTurn = false;
     }
   }
 
@@ -82,12 +100,20 @@ export class GroupCommit<Request, Answer> {
       return;
     }
     group.running++;
+    this.remember(name, batch.length);
     this.options.onBatch?.(batch.length);
     this.runBatch(name, batch).finally(() => {
       group.running--;
       if (group.waiting.length > 0) this.schedule(name, group);
       else if (group.running === 0) this.groups.delete(name);
     });
+  }
+
+  /** Keeps a group's last batch size, the most recent groups' only. */
+  private remember(name: string, size: number): void {
+    this.lastSizes.delete(name);
+    this.lastSizes.set(name, size);
+    if (this.lastSizes.size > REMEMBERED_GROUPS_MAX) this.lastSizes.delete(this.lastSizes.keys().next().value as string);
   }
 
   private async runBatch(name: string, batch: Waiting<Request, Answer>[]): Promise<void> {
