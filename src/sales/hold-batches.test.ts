@@ -173,4 +173,25 @@ describe('batched holds', () => {
     );
     assert.deepEqual((await audit(pool)).violations, []);
   });
+
+  test("a hold is answered without waiting for the line's store, and its ticket is moved there once", async () => {
+    const { sale, item } = await createSale(10);
+    const moved: string[] = [];
+    const deps: SalesDeps = {
+      ...node(pool),
+      // A line's store that takes the move and never answers (a Redis that hangs).
+      confirmAdmission: (_sale, ticketId) => {
+        moved.push(ticketId);
+        return new Promise(() => {});
+      },
+    };
+    const reply = await hold(deps, {
+      sale: sale.id,
+      buyer: 'hanging-store',
+      token: 'ok:qt_hanging',
+      items: [{ item: item.id, quantity: 1 }],
+    });
+    assert.equal(reply.status, 200);
+    assert.deepEqual(moved, ['qt_hanging']);
+  });
 });

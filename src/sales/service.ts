@@ -246,10 +246,14 @@ export async function createHold(
       return held;
     });
   }
-  // The hold committed with its ticket: the admission becomes a shopper slot. Retried in the
-  // background while the line's store is unreachable; should this process end first, the
-  // ticket's admission lapses when its token expires, and the hold stands.
-  if (committed) await deps.confirmAdmission(params.sale, committed.ticketId, committed.expiresAtMs).catch(() => {});
+  // The hold committed with its ticket: the admission becomes a shopper slot. The buyer's
+  // answer does not wait for the line's store: the hold is the authority, and the move is the
+  // line's bookkeeping (until it lands the unit counts as an admitted buyer's, as it did while
+  // the hold committed). A release or an expiry that reaches the store first leaves the move
+  // nothing to do (the ticket has lapsed). Retried in the background while the store is
+  // unreachable; should this process end first, the ticket's admission lapses when its token
+  // expires, and the hold stands.
+  if (committed) void deps.confirmAdmission(params.sale, committed.ticketId, committed.expiresAtMs).catch(() => {});
   return reply;
 }
 
