@@ -253,6 +253,28 @@ for (const backend of BACKENDS) {
       );
     });
 
+    test('claims made at once are each answered as if alone: a ticket once ok then replayed, an unknown ticket lapsed', async () => {
+      const { store } = backend.store();
+      const room = roomOn(store);
+      const sale = testSale({ maxShoppers: 10, graceSeconds: 3_600 });
+      const [a, b] = await joinAll(room, sale, ['a', 'b'], at(0));
+      assert.deepEqual([a?.status, b?.status], ['admitted', 'admitted']);
+      const claim = (ticketId: string) =>
+        store.claim({ saleId: sale.id, ticketId, nowMs: at(1).getTime(), usedTtlMs: 60_000, shoppingMaxMs: 1_800_000 });
+      // One turn of the event loop: the Redis store sends these four in one script call.
+      const results = await Promise.all([
+        claim(a?.ticket as string),
+        claim(b?.ticket as string),
+        claim(a?.ticket as string),
+        claim('qt_unknown'),
+      ]);
+      assert.deepEqual(results, ['ok', 'ok', 'replayed', 'lapsed']);
+      for (const ticket of [a?.ticket, b?.ticket]) {
+        const view = await room.poll(sale, ticket as string, at(2));
+        assert.deepEqual([view?.status, view?.admissionToken], ['admitted', undefined], 'a claimed ticket is shopping');
+      }
+    });
+
     test('the shopping limit takes back a slot that was never released', async () => {
       const room = fresh();
       const sale = testSale({ maxShoppers: 1, graceSeconds: 3_600 });
