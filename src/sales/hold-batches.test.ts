@@ -174,6 +174,31 @@ describe('batched holds', () => {
     assert.deepEqual((await audit(pool)).violations, []);
   });
 
+  test('a batch for a sale that does not exist refuses each request with 404, and each replay answers the same', async () => {
+    const deps = node(pool);
+    const item = { item: 'item_doesnotexist', quantity: 1 };
+    const requests = ['p', 'q'].map((buyer) => ({
+      sale: 'sale_doesnotexist',
+      buyer,
+      key: newId('key'),
+      token: `ok:${newId('qt')}`,
+      items: [item],
+    }));
+    const replies = await Promise.all(requests.map((request) => hold(deps, request)));
+    assert.deepEqual(
+      replies.map((reply) => [reply.status, code(reply)]),
+      [
+        [404, 'resource_missing'],
+        [404, 'resource_missing'],
+      ],
+    );
+    const replays = await Promise.all(requests.map((request) => hold(deps, request)));
+    assert.deepEqual(
+      replays.map((reply) => reply.body),
+      replies.map((reply) => reply.body),
+    );
+  });
+
   test("a hold is answered without waiting for the line's store, and its ticket is moved there once", async () => {
     const { sale, item } = await createSale(10);
     const moved: string[] = [];
