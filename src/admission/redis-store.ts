@@ -278,16 +278,16 @@ export class RedisQueueStore implements QueueStore {
    * is out, go to Redis as one script call: a batch of holds commits tens of tickets at once,
    * and one call each cost the API more than the claim costs Redis.
    */
-  claim(input: ClaimInput): Promise<ClaimResult> {
-    return this.claims.submit(input.saleId, input);
-  }
-
   private readonly claims = new GroupCommit<ClaimInput, ClaimResult>({
     windowMs: 0,
     batchMax: CLAIM_BATCH_MAX,
     maxRunning: 1,
     run: (saleId, batch) => this.claimAll(saleId, batch),
   });
+
+  claim(input: ClaimInput): Promise<ClaimResult> {
+    return this.claims.submit(input.saleId, input);
+  }
 
   private async claimAll(saleId: string, batch: ClaimInput[]): Promise<ClaimResult[]> {
     const base = this.base(saleId);

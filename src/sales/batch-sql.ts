@@ -27,6 +27,7 @@ export async function openBatch(
                select distinct hashtextextended($1 || '/' || $2 || '/' || b, 0) as h from unnest($5::text[]) as b order by h) ordered)
            select ${SALE_COLUMNS},
                   array(${existingKeysSql('$1', '$3', '$4')}) as existing_keys,
+                  -- Read so that the locks are taken: an unread WITH query never runs.
                   (select count(*)::int from buyer_locks) as buyers_locked
            from (values (1)) as one (x) left join sales on sales.merchant_id = $1 and sales.id = $2`,
     values: [batch.merchantId, batch.saleId, batch.keyKind, batch.keys, batch.buyers],

@@ -100,7 +100,8 @@ export class GroupCommit<Request, Answer> {
       return;
     }
     group.running++;
-    this.remember(name, batch.length);
+    // Only a window reads it (schedule): a windowless group keeps no size.
+    if (this.options.windowMs > 0) this.remember(name, batch.length);
     this.options.onBatch?.(batch.length);
     this.runBatch(name, batch).finally(() => {
       group.running--;
