@@ -11,9 +11,10 @@
  * Commands may run during a provider outage (the simulator answers 503 before recording
  * anything, so the outcome is unknown): a command that would have called the provider answers
  * `processing` (a refund: `pending`), and once the reconciler has run, the intent or refund ends
- * exactly as the command would have left it with the provider up. Two commands may race on one intent: each
- * answers as predicted from the state before the race or is refused with a 4xx, at least one
- * answers as predicted, and every invariant still holds afterwards.
+ * exactly as the command would have left it with the provider up. Two commands may race on one
+ * intent: each answers as predicted from the state before the race, or from the state the other
+ * left if that one succeeded, or is refused with a 4xx; at least one answers as predicted from
+ * the state before, and every invariant still holds afterwards.
  *
  *   FC_RUNS=300 FC_SEED=42 npm test -- src/payments/properties     (see test/property.ts)
  */
@@ -266,20 +267,26 @@ function expectedOutcome(cmd: Single, request: Request): Outcome {
 }
 
 /**
- * What a refund answers when it runs after the other command of a race has succeeded, from the
- * intent as that command left it; undefined for any other pair. (An Outcome carries the amount
- * received or refunded, which is all a refund depends on.)
+ * What a command answers when it runs after the other command of a race has succeeded, from the
+ * intent as that command left it; undefined when the other did not move the intent. Either
+ * order is a valid one: a capture may meet the intent its racing confirm has just authorized, a
+ * refund the intent a confirm or capture has just charged or the other refund partly refunded.
+ * (An Outcome carries the amount received or refunded, which is all the later command depends on.)
  */
-function refundAfter(cmd: Single, request: Request, other: Single, otherOutcome: Outcome): Outcome | undefined {
-  if (cmd.kind !== 'refund' || otherOutcome[0] !== 200 || otherOutcome[1] !== 'succeeded' || request.intent === undefined) return undefined;
-  const done = otherOutcome[2] ?? 0;
+function outcomeAfter(cmd: Single, request: Request, other: Single, otherOutcome: Outcome): Outcome | undefined {
   const { intent } = request;
-  const after =
+  if (otherOutcome[0] !== 200 || intent === undefined) return undefined;
+  const moved = otherOutcome[2] ?? 0;
+  const after: ApiIntent | undefined =
     other.kind === 'refund'
-      ? { ...intent, amount_refunded: intent.amount_refunded + done }
-      : other.kind === 'confirm' || other.kind === 'capture'
-        ? { ...intent, status: 'succeeded' as const, amount_received: done }
-        : undefined;
+      ? { ...intent, amount_refunded: intent.amount_refunded + moved }
+      : otherOutcome[1] === 'succeeded'
+        ? { ...intent, status: 'succeeded', amount_received: moved, amount_capturable: 0 }
+        : otherOutcome[1] === 'requires_capture'
+          ? { ...intent, status: 'requires_capture', amount_capturable: intent.amount }
+          : otherOutcome[1] === 'canceled'
+            ? { ...intent, status: 'canceled', amount_capturable: 0 }
+            : undefined;
   return after ? expectedWithProviderUp(cmd, { ...request, intent: after }) : undefined;
 }
 
@@ -419,16 +426,15 @@ async function runSequence(commands: Command[]): Promise<void> {
       const requests = [first, second];
       for (const [index, outcome] of outcomes.entries()) {
         const asPredicted = isDeepStrictEqual(outcome, predicted[index]);
-        // A refund that goes second meets the intent as the other command left it: captured by
-        // a confirm or capture, or partly refunded by the other refund.
-        const refundAfterOther = refundAfter(
+        // A command that goes second meets the intent as the other command left it.
+        const afterOther = outcomeAfter(
           [cmd.first, cmd.second][index] as Single,
           requests[index] as Request,
           [cmd.first, cmd.second][1 - index] as Single,
           outcomes[1 - index] as Outcome,
         );
         assert.ok(
-          asPredicted || isDeepStrictEqual(outcome, refundAfterOther) || (outcome[0] >= 400 && outcome[0] < 500),
+          asPredicted || isDeepStrictEqual(outcome, afterOther) || (outcome[0] >= 400 && outcome[0] < 500),
           `${where}: ${JSON.stringify(outcome)} is neither predicted nor a refusal`,
         );
       }
