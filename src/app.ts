@@ -28,6 +28,7 @@ import type { Pool } from './platform/db/pool.js';
 import { createReadRouter, type ReadRouter } from './platform/db/replicas.js';
 import { type MatchedRoute, routeConfig } from './platform/http/context.js';
 import { ApiError } from './platform/http/errors.js';
+import type { FastLane } from './platform/http/fast-lane.js';
 import { callbackHook } from './platform/http/hooks.js';
 import { createRateLimit } from './platform/http/rate-limit.js';
 import { checkReadiness, type ReadinessCheck } from './platform/http/readiness.js';
@@ -91,7 +92,12 @@ const READINESS_TIMEOUT_MS = 1_000;
 
 export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   const metrics = deps.metrics ?? createMetrics({ defaultMetrics: false });
+  // Reads answered from this node's memory before Fastify (platform/http/fast-lane.ts): only
+  // while nothing counts or sheds requests, which a lane cannot do (the gate is set below).
+  const fastLanes: FastLane[] = [];
+  let fastLanesOpen = () => false;
   const app = await createHttpServer({
+    fastLanes: { lanes: fastLanes, open: () => fastLanesOpen() },
     logger: deps.logger ?? false,
     bodyLimitBytes: deps.config.bodyLimitBytes,
     headersTimeoutMs: deps.config.httpHeadersTimeoutMs,
@@ -130,6 +136,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     redis: deps.redis,
   });
   app.addHook('onRequest', rateLimit.byIp);
+  fastLanesOpen = () => !rateLimit.counting && !shedder.wouldShed('line');
 
   // A request with a cached key is admitted without a promise (see platform/http/hooks.ts).
   const admit = (request: FastifyRequest, reply: FastifyReply, route: MatchedRoute, result: Authentication) => {
@@ -320,7 +327,10 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   // The waiting room reads sales through the same cache as the sale page, so PATCH reaches both.
   const lookup = createSaleLookup(deps.pool, saleCache);
   registerQueueRoutes(app, { room, lookup });
-  registerSalesRoutes(app, salesDeps, { cache: saleCache, staleMs: deps.config.cacheStaleMs }, publicUrl);
+  registerSalesRoutes(app, salesDeps, { cache: saleCache, staleMs: deps.config.cacheStaleMs }, publicUrl, {
+    lanes: fastLanes,
+    principal: authenticate.peek,
+  });
 
   // The hosted sale page (/s/:sale): sessions in Redis when there is one, else PostgreSQL.
   const assets = await loadStaticAssets(path.join(WEB_DIR, 'hosted'), HOSTED_ASSET_FILES, '/assets/hosted');

@@ -62,12 +62,11 @@ const KEY_CACHE_ENTRIES_MAX = 10_000;
  */
 export function createAuthenticator(pool: Pool, ttlMs: number) {
   const cache = new LRUCache<string, Authentication>({ max: KEY_CACHE_ENTRIES_MAX, ttl: Math.max(ttlMs, 1) });
-  return Object.assign(authenticate, { cachedKeys: () => [...cache.keys()] });
+  return Object.assign(authenticate, { cachedKeys: () => [...cache.keys()], peek });
   function authenticate(authorization: string | undefined): Authentication | Promise<Authentication> {
     if (!authorization) return MISSING;
-    const match = /^Bearer ([^\s]+)$/i.exec(authorization.trim());
-    if (!match) return INVALID;
-    const presented = match[1] as string;
+    const presented = bearerKey(authorization);
+    if (presented === undefined) return INVALID;
     // Cached by the key's SHA-256, never by the key itself: a heap snapshot or core dump of a
     // node must not hold merchants' secret keys. Hashing a key costs about 0.3 µs; the
     // checksum is checked only on a miss. Only keys that parsed and exist are ever stored, for
@@ -78,6 +77,12 @@ export function createAuthenticator(pool: Pool, ttlMs: number) {
     const parsed = parseKey(presented);
     if (!parsed.ok) return INVALID;
     return lookUp(parsed.hash, cacheKey);
+  }
+  /** The principal of a key this node has authenticated lately; undefined for anything else, with no lookup. */
+  function peek(authorization: string | undefined): Principal | undefined {
+    const presented = authorization && ttlMs > 0 ? bearerKey(authorization) : undefined;
+    const cached = presented === undefined ? undefined : cache.get(hashKeyBase64(presented));
+    return cached?.kind === 'authenticated' ? cached.principal : undefined;
   }
   async function lookUp(hash: Buffer, cacheKey: string | undefined): Promise<Authentication> {
     const row = await sql.selectActiveKeyByHash(pool, hash);
@@ -90,6 +95,10 @@ export function createAuthenticator(pool: Pool, ttlMs: number) {
     if (cacheKey !== undefined) cache.set(cacheKey, found);
     return found;
   }
+}
+
+function bearerKey(authorization: string): string | undefined {
+  return /^Bearer ([^\s]+)$/i.exec(authorization.trim())?.[1];
 }
 
 const MISSING: Authentication = Object.freeze({ kind: 'missing' });

@@ -4,9 +4,10 @@
 import { Type } from '@sinclair/typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../money/currency.js';
-import { cachePolicy, sendCached } from '../platform/cache/http.js';
-import { principalOf, requestContext } from '../platform/http/context.js';
+import { cachedAnswer, cachePolicy, sendCached } from '../platform/cache/http.js';
+import { type Principal, principalOf, requestContext } from '../platform/http/context.js';
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
+import type { FastLane } from '../platform/http/fast-lane.js';
 import { type Reply, sendReply } from '../platform/http/reply.js';
 import { errorResponses, IdempotencyHeaders, ListOf, ListQuery } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
@@ -59,12 +60,28 @@ export interface SaleCache {
   staleMs: number;
 }
 
+const SALE_PAGE_ROUTE = '/v1/sales/:id';
+const SALE_PAGE_PREFIX = '/v1/sales/';
+const SALE_ID = new RegExp(ID_PATTERN('sale'));
+
 /** Where buyers reach the hosted page of a sale, from the service's public base URL. */
 export const hostedPageUrl = (publicUrl: string, saleId: string) => `${publicUrl.replace(/\/+$/, '')}/s/${encodeURIComponent(saleId)}`;
 
 type ApiSale = ReturnType<typeof sales.toApiSale>;
 
-export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cache: SaleCache, publicUrl: string): void {
+/** What the sale page's fast lane needs from the edge: where lanes go, and the keys it knows. */
+export interface SalePageLane {
+  lanes: FastLane[];
+  principal(authorization: string | undefined): Principal | undefined;
+}
+
+export function registerSalesRoutes(
+  app: HttpServer,
+  deps: sales.SalesDeps,
+  cache: SaleCache,
+  publicUrl: string,
+  fastLane?: SalePageLane,
+): void {
   // The sale's hosted URL depends on this deployment's public address, so it is added here, at
   // the edge, to stored and cached answers alike.
   const present = (sale: ApiSale) => ({ ...sale, hosted_url: sale.hosted_page ? hostedPageUrl(publicUrl, sale.id) : null });
@@ -93,6 +110,21 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
     const policy = principalOf(request).keyKind === 'publishable' ? publicPolicy : privatePolicy;
     sendCached(request, reply, publicRead(cached.value, cached.etag), policy);
   };
+  // The crowd's read of a sale this node holds, answered before Fastify's pipeline: the same
+  // bytes and headers the route below sends. Anything else (a key or sale not in this node's
+  // memory, a missing sale, a query string, a body) goes down the full pipeline.
+  fastLane?.lanes.push((request) => {
+    const url = request.url;
+    if (request.method !== 'GET' || !url?.startsWith(SALE_PAGE_PREFIX)) return undefined;
+    if (request.headers['content-length'] !== undefined || request.headers['transfer-encoding'] !== undefined) return undefined;
+    const id = url.slice(SALE_PAGE_PREFIX.length);
+    if (!SALE_ID.test(id)) return undefined;
+    const principal = fastLane.principal(request.headers.authorization);
+    const cached = principal && sales.peekSale(cache.cache, principal.merchantId, id);
+    if (!principal || !cached || cached.value === null) return undefined;
+    const policy = principal.keyKind === 'publishable' ? publicPolicy : privatePolicy;
+    return cachedAnswer(request, SALE_PAGE_ROUTE, publicRead(cached.value, cached.etag), policy);
+  });
   const presentReply = (result: Reply): Reply => (result.status === 200 ? { ...result, body: present(result.body as ApiSale) } : result);
 
   app.post(
@@ -148,7 +180,7 @@ export function registerSalesRoutes(app: HttpServer, deps: sales.SalesDeps, cach
   );
 
   app.get(
-    '/v1/sales/:id',
+    SALE_PAGE_ROUTE,
     {
       // A sale page is public: buyers' browsers read it with the publishable key. The crowd
       // reads it: shed first under load.

@@ -49,6 +49,8 @@ export interface Cache<T> {
    * from this node's memory costs no turn of the event loop; await the result either way.
    */
   get(key: string, loader: () => Promise<T>): Cached<T> | Promise<Cached<T>>;
+  /** This node's copy of key, counted as a first-level hit, or undefined (nothing is loaded or counted). */
+  peek(key: string): Cached<T> | undefined;
   /**
    * Drops key on every node; call it after the change has committed. Never rejects: if Redis
    * is unreachable the copies expire within staleMs anyway, and the failure is logged.
@@ -175,6 +177,13 @@ class TwoLevelCache<T> implements Cache<T> {
       return hit.l1 as Cached<T>;
     }
     return this.load(key, loader);
+  }
+
+  peek(key: string): Cached<T> | undefined {
+    const hit = this.l1.get(key);
+    if (!hit) return undefined;
+    this.l1Hits.inc();
+    return hit.l1 as Cached<T>;
   }
 
   private load(key: string, loader: () => Promise<T>): Promise<Cached<T>> {

@@ -169,6 +169,8 @@ export interface RateLimitOptions {
 }
 
 export interface RateLimitHooks {
+  /** Whether any limit counts /v1 requests (a fast lane cannot count them: it then declines). */
+  readonly counting: boolean;
   /**
    * Before authentication: an unknown key costs a database lookup, so floods of them count too.
    * A request presenting a secret key is not counted here; it counts once its key turns out
@@ -235,6 +237,7 @@ export function createRateLimit(options: RateLimitOptions): RateLimitHooks {
 
   // Both hooks return at once, without a promise, when no limit applies (see hooks.ts).
   return {
+    counting: ip !== undefined || key !== undefined,
     byIp: callbackHook((request, reply) => {
       const path = limitedPath(request);
       if (path === undefined) return undefined;

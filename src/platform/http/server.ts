@@ -3,7 +3,7 @@
  * request-duration metrics by route, and OpenAPI generated from the route schemas.
  */
 
-import { STATUS_CODES } from 'node:http';
+import type { IncomingHttpHeaders } from 'node:http';
 import swagger from '@fastify/swagger';
 import swaggerUi from '@fastify/swagger-ui';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
@@ -18,11 +18,14 @@ import Fastify, {
 import { isDatabaseUnavailable } from '../db/errors.js';
 import { randomBase64url } from '../ids.js';
 import type { Metrics } from '../observability/metrics.js';
+import { registeredCounter, Tally } from '../observability/registered.js';
 import type { HistogramSeries } from '../observability/series-histogram.js';
 import { context, contextFrom, SpanKind, SpanStatusCode, trace, tracer, tracingStarted } from '../observability/tracing.js';
 import { isRedisUnavailable } from '../redis/client.js';
+import { answerClientError } from './client-errors.js';
 import { type MatchedRoute, routeConfig } from './context.js';
 import { ApiError, errorBody } from './errors.js';
+import { type FastLane, type LaneEdge, laneServerFactory } from './fast-lane.js';
 import { callbackHook } from './hooks.js';
 import { lazyChildLoggerFactory, levelEnabled } from './request-logger.js';
 import { validatorCompiler } from './validation.js';
@@ -42,6 +45,12 @@ export interface HttpOptions {
   version: string;
   /** Whose X-Forwarded-For sets request.ip: none, the nearest N hops, or listed addresses. */
   trustProxy?: false | number | string;
+  /**
+   * Requests answered before Fastify sees them (fast-lane.ts), tried in order; the app adds to
+   * the list as it registers its routes. `open` says when the app's own per-request policies
+   * allow them; the server adds its own conditions (not closing, no tracing, no debug lines).
+   */
+  fastLanes?: { lanes: FastLane[]; open(): boolean };
 }
 
 export type HttpServer = FastifyInstance<
@@ -57,7 +66,21 @@ export type HttpServer = FastifyInstance<
 const CONNECTIONS_CHECKING_INTERVAL_MS = 1_000;
 
 export async function createHttpServer(options: HttpOptions): Promise<HttpServer> {
+  let closing = false;
+  const fastLanes = options.fastLanes;
+  const laneEdge: LaneEdge | undefined = fastLanes && {
+    lanes: fastLanes.lanes,
+    open: () => !closing && !tracingStarted() && !(options.logger && levelEnabled(options.logger, 'debug')) && fastLanes.open(),
+    requestId: (request) => requestIdFrom(request.headers),
+    answered: (request, answer, seconds) => {
+      laneAnswers(answer.route).inc();
+      laneSeries(request.method ?? 'GET', answer.status, answer.route).observe(seconds);
+    },
+    log: options.logger,
+  };
   const app = Fastify({
+    // The server Fastify would make, with the fast lanes in front when the app has any.
+    ...(laneEdge ? { serverFactory: laneServerFactory(laneEdge) } : {}),
     loggerInstance: options.logger || undefined,
     logger: options.logger ? undefined : false,
     bodyLimit: options.bodyLimitBytes,
@@ -83,10 +106,7 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
     // Every log line of a request carries its id: the caller's X-Request-Id when it is a sane
     // one (a balancer's), else one of ours; the response says which.
     requestIdHeader: false,
-    genReqId: (request) => {
-      const given = request.headers['x-request-id'];
-      return typeof given === 'string' && REQUEST_ID.test(given) ? given : `req_${randomBase64url(REQUEST_ID_RANDOM_BYTES)}`;
-    },
+    genReqId: (request) => requestIdFrom(request.headers),
     // The router's own errors (a badly encoded path, an over-long parameter) never reach the
     // error handler; without this they were answered in Fastify's shape, not ours.
     // Requests Node's HTTP parser refuses (a control byte in a header, headers too large, a
@@ -126,7 +146,6 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
   // Closing closes the idle keep-alive connections once; one whose request was still running
   // then (a provider webhook arriving with the SIGTERM) would stay open after its answer, and
   // close would wait on it until the shutdown timeout. Answered with Connection: close instead.
-  let closing = false;
   app.addHook('preClose', async () => {
     closing = true;
   });
@@ -195,12 +214,7 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
   // The duration histogram's series of each route, by method and status class: found once,
   // then held, so an answer's observation builds no labels.
   const routeSeries = new WeakMap<MatchedRoute, Map<string, HistogramSeries[]>>();
-  const durationSeries = (method: string, status: number, config: MatchedRoute, route: string): HistogramSeries => {
-    let byMethod = routeSeries.get(config);
-    if (!byMethod) {
-      byMethod = new Map();
-      routeSeries.set(config, byMethod);
-    }
+  const seriesOf = (byMethod: Map<string, HistogramSeries[]>, method: string, status: number, route: string): HistogramSeries => {
     let byClass = byMethod.get(method);
     if (!byClass) {
       byClass = [];
@@ -213,6 +227,39 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
       byClass[index] = series;
     }
     return series;
+  };
+  const durationSeries = (method: string, status: number, config: MatchedRoute, route: string): HistogramSeries => {
+    let byMethod = routeSeries.get(config);
+    if (!byMethod) {
+      byMethod = new Map();
+      routeSeries.set(config, byMethod);
+    }
+    return seriesOf(byMethod, method, status, route);
+  };
+
+  // The fast lanes' answers, in the same histogram by the route's name, and counted apart.
+  const laneRoutes = new Map<string, Map<string, HistogramSeries[]>>();
+  const laneSeries = (method: string, status: number, route: string): HistogramSeries => {
+    let byMethod = laneRoutes.get(route);
+    if (!byMethod) {
+      byMethod = new Map();
+      laneRoutes.set(route, byMethod);
+    }
+    return seriesOf(byMethod, method, status, route);
+  };
+  const laneAnswerCounter = registeredCounter(options.metrics.registry, {
+    name: 'floodgate_http_fast_lane_answers_total',
+    help: "Requests answered from this node's memory before Fastify's pipeline (platform/http/fast-lane.ts), by route",
+    labelNames: ['route'] as const,
+  });
+  const laneTallies = new Map<string, Tally<'route'>>();
+  const laneAnswers = (route: string): Tally<'route'> => {
+    let tally = laneTallies.get(route);
+    if (!tally) {
+      tally = new Tally(laneAnswerCounter, { route });
+      laneTallies.set(route, tally);
+    }
+    return tally;
   };
 
   app.addHook(
@@ -261,39 +308,6 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
   return app;
 }
 
-/** Writes our error body to a connection the HTTP parser gave up on, then closes it. */
-function answerClientError(error: NodeJS.ErrnoException, socket: import('node:stream').Duplex): void {
-  if (error.code === 'ECONNRESET' || socket.destroyed) return;
-  const refusal = clientErrorRefusal(error.code);
-  if (socket.writable) {
-    const body = JSON.stringify(refusal.toBody());
-    socket.write(
-      `HTTP/1.1 ${refusal.status} ${STATUS_CODES[refusal.status]}\r\nContent-Type: application/json; charset=utf-8\r\n` +
-        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
-    );
-  }
-  socket.destroy();
-}
-
-export function clientErrorRefusal(code: string | undefined): ApiError {
-  switch (code) {
-    case 'ERR_HTTP_REQUEST_TIMEOUT':
-      return new ApiError('request_timeout', 'The request did not arrive in time; send it again, whole.');
-    case 'HPE_HEADER_OVERFLOW':
-      return new ApiError('headers_too_large', 'The request headers are too large.');
-    case 'HPE_INVALID_HEADER_TOKEN':
-    case 'HPE_INVALID_HEADER_VALUE':
-    case 'HPE_INVALID_HEADER_CHARACTER':
-    case 'HPE_LF_EXPECTED':
-    case 'HPE_CR_EXPECTED':
-      return new ApiError(
-        'request_malformed',
-        'A request header holds a character HTTP does not allow (a control byte or a bare line break); send header names and values as printable text.',
-      );
-    default:
-      return new ApiError('request_malformed', 'The request is not valid HTTP/1.1.');
-  }
-}
 const STATUS_CLASSES = ['0xx', '1xx', '2xx', '3xx', '4xx', '5xx'];
 
 /** 200 → '2xx': the metric's label, without building the text on every answer. */
@@ -303,6 +317,12 @@ function statusClass(status: number): string {
 
 // Each request's server span, ended when the response has gone.
 const requestSpans = new WeakMap<object, import('@opentelemetry/api').Span>();
+
+/** The caller's X-Request-Id when it is a sane one (a balancer's), else one of ours. */
+function requestIdFrom(headers: IncomingHttpHeaders): string {
+  const given = headers['x-request-id'];
+  return typeof given === 'string' && REQUEST_ID.test(given) ? given : `req_${randomBase64url(REQUEST_ID_RANDOM_BYTES)}`;
+}
 
 // 72 random bits: 12 base64url characters after req_.
 const REQUEST_ID_RANDOM_BYTES = 9;

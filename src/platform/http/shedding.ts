@@ -80,6 +80,8 @@ export interface Shedder {
    * must not make a node refuse everyone else.
    */
   onBodyRead: CallbackHook;
+  /** Whether a request of this priority would be refused now: for a fast lane, which must leave it to onRequest. */
+  wouldShed(priority: 'line' | 'checkout'): boolean;
   /** Takes one delay sample and decides whether delay alone sheds until the next. */
   runOnce(): void;
   /** Samples every sampleIntervalMs until stop(). */
@@ -153,6 +155,10 @@ export function createShedder(options: ShedderOptions): Shedder {
       reply.raw.on('close', leave);
       return undefined;
     }),
+    wouldShed(priority) {
+      const headroom = priority === 'line' ? 1 : CHECKOUT_HEADROOM;
+      return delayMs > options.eventLoopDelayMaxMs * headroom || inFlight >= options.inFlightMax * headroom;
+    },
     runOnce,
     start() {
       if (timer) return;

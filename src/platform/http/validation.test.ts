@@ -9,8 +9,9 @@ import { after, describe, test } from 'node:test';
 import { key, setupTestContext } from '../../../test/helpers.js';
 import { newId } from '../ids.js';
 import { createMetrics } from '../observability/metrics.js';
+import { clientErrorRefusal } from './client-errors.js';
 import { API_ERRORS, type ApiErrorCode } from './errors.js';
-import { clientErrorRefusal, createHttpServer } from './server.js';
+import { createHttpServer } from './server.js';
 
 const t = await setupTestContext();
 

@@ -1,0 +1,154 @@
+/**
+ * The sale page's fast lane (routes.ts, platform/http/fast-lane.ts): a cached read answered
+ * before Fastify must be the answer the full pipeline gives, and everything else must still
+ * take the pipeline.
+ */
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import { createSaleThroughApi, createTestMerchant, setupTestContext, type TestContext } from '../../test/helpers.js';
+import { buildApp } from '../app.js';
+import { createShedder } from '../platform/http/shedding.js';
+import { createMetrics } from '../platform/observability/metrics.js';
+
+// Tests turn the API key cache off; the lane answers only for keys this node holds.
+const KEYS_CACHED = { apiKeyCacheTtlMs: 60_000 };
+
+const LANE_ANSWERS = /floodgate_http_fast_lane_answers_total\{route="\/v1\/sales\/:id"\} (\d+)/;
+
+async function laneAnswers(t: TestContext): Promise<number> {
+  const metrics = await t.app.inject({ method: 'GET', url: '/metrics' });
+  return Number(LANE_ANSWERS.exec(metrics.body)?.[1] ?? 0);
+}
+
+/** Headers as a sorted list, without those that differ on every answer. */
+function stableHeaders(headers: Record<string, unknown>): Array<[string, string]> {
+  return Object.entries(headers)
+    .filter(([name]) => !['date', 'x-request-id', 'connection', 'keep-alive'].includes(name))
+    .map(([name, value]): [string, string] => [name, String(value)])
+    .sort(([a], [b]) => a.localeCompare(b));
+}
+
+function headersOf(response: Response): Record<string, string> {
+  const headers: Record<string, string> = {};
+  response.headers.forEach((value, name) => {
+    headers[name] = value;
+  });
+  return headers;
+}
+
+/** The same request through Fastify's pipeline (inject never meets the lane) and over HTTP. */
+async function bothWays(t: TestContext, url: string, headers: Record<string, string>) {
+  const pipeline = await t.app.inject({ method: 'GET', url, headers });
+  const before = await laneAnswers(t);
+  const response = await fetch(`${t.url}${url}`, { headers });
+  const body = await response.text();
+  return {
+    pipeline,
+    http: { status: response.status, headers: headersOf(response), body },
+    byLane: (await laneAnswers(t)) - before,
+  };
+}
+
+function sale(t: TestContext) {
+  return createSaleThroughApi(t, {
+    name: 'Lane release',
+    currency: 'thb',
+    opens_at: new Date(Date.now() - 60_000).toISOString(),
+    items: [{ name: 'Ticket', price: 150_000, stock: 10 }],
+  });
+}
+
+describe('the sale page fast lane', () => {
+  test('a cached sale page is answered by the lane with the bytes and headers of the pipeline, for either key', async () => {
+    const t = await setupTestContext({ listen: true, config: KEYS_CACHED });
+    const { id } = await sale(t);
+    for (const key of [t.merchant.publishableKey, t.merchant.secretKey]) {
+      const headers = { authorization: `Bearer ${key}` };
+      const { pipeline, http, byLane } = await bothWays(t, `/v1/sales/${id}`, headers);
+      assert.equal(byLane, 1, 'answered by the lane');
+      assert.equal(http.status, pipeline.statusCode);
+      assert.equal(http.body, pipeline.body);
+      assert.deepEqual(stableHeaders(http.headers), stableHeaders(pipeline.headers));
+      assert.match(http.headers['x-request-id'] ?? '', /^req_/);
+
+      const etag = pipeline.headers.etag as string;
+      const notModified = await bothWays(t, `/v1/sales/${id}`, { ...headers, 'if-none-match': etag });
+      assert.equal(notModified.byLane, 1);
+      assert.equal(notModified.http.status, 304);
+      assert.equal(notModified.pipeline.statusCode, 304);
+      assert.equal(notModified.http.body, '');
+      assert.deepEqual(stableHeaders(notModified.http.headers), stableHeaders(notModified.pipeline.headers));
+    }
+  });
+
+  test('what the lane cannot answer from memory takes the pipeline and gets its answer', async () => {
+    const t = await setupTestContext({ listen: true, config: KEYS_CACHED });
+    const { id } = await sale(t);
+    const publishable = { authorization: `Bearer ${t.merchant.publishableKey}` };
+    const other = await createTestMerchant(t.pool);
+    const cases: Array<[string, Record<string, string>, number, string?]> = [
+      // Not yet in this node's cache: the pipeline loads it.
+      [`/v1/sales/${id}`, publishable, 200],
+      ['/v1/sales/sale_0000000000000000000000', publishable, 404, 'resource_missing'],
+      [`/v1/sales/${id}`, {}, 401, 'api_key_missing'],
+      [`/v1/sales/${id}`, { authorization: 'Bearer pk_test_nonsense' }, 401, 'api_key_invalid'],
+      [`/v1/sales/${id}`, { authorization: `Bearer ${other.publishableKey}` }, 404, 'resource_missing'],
+      [`/v1/sales/${id}?expand=items`, publishable, 200],
+      [`/v1/sales/${id.toUpperCase()}`, publishable, 404, 'resource_missing'],
+    ];
+    for (const [url, headers, status, code] of cases) {
+      const response = await fetch(`${t.url}${url}`, { headers });
+      const body = await response.json();
+      assert.equal(response.status, status, `${url}: ${JSON.stringify(body)}`);
+      if (code) assert.equal(body.error.code, code, url);
+    }
+    assert.equal(await laneAnswers(t), 0, 'the lane answered none of them');
+    // The first read left the sale and the key in memory: now the lane answers.
+    await (await fetch(`${t.url}/v1/sales/${id}`, { headers: publishable })).text();
+    assert.equal(await laneAnswers(t), 1);
+  });
+
+  test('with rate limits counting, or the node shedding, the lane stays shut', async () => {
+    const limited = await setupTestContext({ listen: true, config: { ...KEYS_CACHED, rateLimitIpPerSecond: 1_000 } });
+    const limitedSale = await sale(limited);
+    const headers = { authorization: `Bearer ${limited.merchant.publishableKey}` };
+    await limited.app.inject({ method: 'GET', url: `/v1/sales/${limitedSale.id}`, headers });
+    const counted = await fetch(`${limited.url}/v1/sales/${limitedSale.id}`, { headers });
+    assert.equal(counted.status, 200);
+    assert.ok(counted.headers.get('ratelimit-remaining'), 'the limit counted the read');
+    await counted.text();
+    assert.equal(await laneAnswers(limited), 0);
+
+    // A node whose event loop lags sheds the line first: the lane must not serve past it.
+    const t = await setupTestContext({ listen: true, config: KEYS_CACHED });
+    const delay = {
+      ms: 0,
+      takeMs() {
+        return this.ms;
+      },
+      close() {},
+    };
+    const metrics = createMetrics({ defaultMetrics: false });
+    const shedder = createShedder({ eventLoopDelayMaxMs: 50, inFlightMax: 1_000, registry: metrics.registry, delaySource: delay });
+    const app = await buildApp({ config: t.config, pool: t.pool, provider: t.provider, shedder, metrics });
+    after(() => app.close());
+    await app.listen({ host: '127.0.0.1', port: 0 });
+    const address = app.server.address();
+    assert.ok(address && typeof address === 'object');
+    const { id } = await sale(t);
+    const read = () =>
+      fetch(`http://127.0.0.1:${address.port}/v1/sales/${id}`, { headers: { authorization: `Bearer ${t.merchant.publishableKey}` } });
+    const first = await read();
+    assert.equal(first.status, 200, 'the first read loads the sale through the pipeline');
+    await first.text();
+    const answeredByLane = async () => Number(LANE_ANSWERS.exec(await metrics.registry.metrics())?.[1] ?? 0);
+    assert.ok((await (await read()).text()).length > 0);
+    assert.equal(await answeredByLane(), 1, 'a calm node serves the cached read in the lane');
+    delay.ms = 200;
+    shedder.runOnce();
+    const shed = await read();
+    assert.equal(shed.status, 503);
+    assert.equal((await shed.json()).error.code, 'overloaded');
+    assert.equal(await answeredByLane(), 1, 'the lagging node left the read to the shedder');
+  });
+});
