@@ -65,17 +65,35 @@ export function sendCached(
   return reply.type(JSON_TYPE).send(cached.json);
 }
 
-/** The same answer as sendCached, for a fast lane (platform/http/fast-lane.ts) to write. */
+/**
+ * The same answer as sendCached, for a fast lane (platform/http/fast-lane.ts) to write. Both of
+ * a cached copy's answers (200 and 304) are made once per policy and then shared by every read
+ * of that copy: a lane's answer is never changed after it is made.
+ */
 export function cachedAnswer(
   request: IncomingMessage,
   route: string,
   cached: { json: Buffer; etag: string },
   policy: CachePolicy,
 ): LaneAnswer {
-  const headers = validators(cached.etag, policy);
-  if (ifNoneMatchMatches(request.headers['if-none-match'], cached.etag)) return { route, status: 304, headers };
-  return { route, status: 200, headers: { ...headers, 'content-type': JSON_TYPE }, body: cached.json };
+  let byPolicy = laneAnswers.get(cached);
+  if (!byPolicy) {
+    byPolicy = new Map();
+    laneAnswers.set(cached, byPolicy);
+  }
+  let answers = byPolicy.get(policy);
+  if (!answers || answers.ok.route !== route) {
+    const headers = validators(cached.etag, policy);
+    answers = {
+      ok: { route, status: 200, headers: { ...headers, 'content-type': JSON_TYPE }, body: cached.json },
+      notModified: { route, status: 304, headers },
+    };
+    byPolicy.set(policy, answers);
+  }
+  return ifNoneMatchMatches(request.headers['if-none-match'], cached.etag) ? answers.notModified : answers.ok;
 }
+
+const laneAnswers = new WeakMap<object, Map<CachePolicy, { ok: LaneAnswer; notModified: LaneAnswer }>>();
 
 const JSON_TYPE = 'application/json; charset=utf-8';
 
