@@ -59,6 +59,8 @@ export interface SurgePhase {
   latency: LatencySummary;
   errors: Record<string, number>;
   tokensRanOut?: boolean;
+  /** Reads of the API: the share its fast lane answered (src/platform/http/fast-lane.ts). */
+  laneShare?: number;
   rows?: number;
   /** Checkouts: each step answered as expected (hold, order, confirm). */
   steps?: Record<string, number>;
@@ -95,7 +97,8 @@ export function phaseLine(phase: SurgePhase): string {
     `p50=${num(phase.latency.p50Ms)} p99=${num(phase.latency.p99Ms)} ms | cpu µs/req: client ${phase.cpu.clientUsPerTx} ` +
     `server ${phase.cpu.serverUsPerTx} db ${phase.cpu.backendsUsPerTx} redis ${num(phase.cpu.redisUsPerTx)}${provider} | machine ` +
     `${Math.round(phase.cpu.machineBusy * 100)}% busy, others ${phase.cpu.otherCores} cores` +
-    `${stepP50s ? ` | step p50 ms: ${stepP50s}` : ''}${phase.tokensRanOut ? ' | tokens ran out' : ''}${errors ? ` | errors: ${errors}` : ''}`
+    `${stepP50s ? ` | step p50 ms: ${stepP50s}` : ''}` +
+    `${phase.laneShare === undefined ? '' : ` | fast lane ${Math.round(phase.laneShare * 1000) / 10}%`}${phase.tokensRanOut ? ' | tokens ran out' : ''}${errors ? ` | errors: ${errors}` : ''}`
   );
 }
 

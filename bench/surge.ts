@@ -248,12 +248,16 @@ async function loadPhase(
   extra: Partial<SurgeJob> = {},
   durationS = surge.durationS,
 ): Promise<SurgePhase> {
+  // The API's reads are answered by its fast lane or by the pipeline: the share says which ran.
+  const laneBefore = kind === 'read' && server !== surge.bare ? await laneAnswers(server.port) : undefined;
   const { result, cpu } = await measured(
     surge,
     server.pid,
     () => surge.loadgen.run(job(surge, kind, server.port, durationS, extra)),
     kind === 'checkout',
   );
+  const requests = result.throughput * durationS;
+  const laneShare = laneBefore === undefined || requests === 0 ? undefined : ((await laneAnswers(server.port)) - laneBefore) / requests;
   const phase: SurgePhase = {
     round,
     name,
@@ -264,6 +268,7 @@ async function loadPhase(
     latency: result.latency,
     errors: result.errors,
     ...(kind === 'hold' || kind === 'checkout' ? { tokensRanOut: result.tokensRanOut } : {}),
+    ...(laneShare === undefined ? {} : { laneShare }),
     ...(result.steps ? { steps: result.steps, stepLatency: result.stepLatency } : {}),
     cpu,
   };
@@ -274,6 +279,12 @@ async function loadPhase(
   if (phase.rows !== undefined && phase.rows !== result.ok)
     console.log(`  warning: ${result.ok} holds answered but ${phase.rows} rows in holds`);
   return phase;
+}
+
+/** The sale page reads the API's fast lane has answered so far (its /metrics counter). */
+async function laneAnswers(port: number): Promise<number> {
+  const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
+  return Number(/^floodgate_http_fast_lane_answers_total\{route="\/v1\/sales\/:id"\} (\d+)/m.exec(text)?.[1] ?? 0);
 }
 
 async function countHolds(surge: Surge): Promise<number> {

@@ -85,7 +85,12 @@ export function cachedAnswer(
   if (!answers || answers.ok.route !== route) {
     const headers = validators(cached.etag, policy);
     answers = {
-      ok: { route, status: 200, headers: { ...headers, 'content-type': JSON_TYPE }, body: cached.json },
+      ok: {
+        route,
+        status: 200,
+        headers: { ...headers, 'content-type': JSON_TYPE, 'content-length': String(cached.json.length) },
+        body: cached.json.toString(),
+      },
       notModified: { route, status: 304, headers },
     };
     byPolicy.set(policy, answers);

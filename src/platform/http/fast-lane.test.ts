@@ -20,7 +20,7 @@ async function laneServer(lanes: FastLane[], open: () => boolean, logged: string
 
 const fromLane: FastLane = (request) =>
   request.url === '/thing'
-    ? { route: '/thing', status: 200, headers: { 'content-type': 'application/json' }, body: Buffer.from('{"from":"lane"}') }
+    ? { route: '/thing', status: 200, headers: { 'content-type': 'application/json', 'content-length': '15' }, body: '{"from":"lane"}' }
     : undefined;
 
 test('a lane answers before the pipeline, with a request id, counted and timed under its route', async () => {

@@ -24,8 +24,13 @@ export interface LaneAnswer {
   /** The route as the pipeline names it in metrics (`/v1/sales/:id`). */
   route: string;
   status: number;
+  /** Content-Length included when there is a body. */
   headers: Record<string, string>;
-  body?: Buffer;
+  /**
+   * Text rather than bytes: Node then sends the head and the body as one string in one write,
+   * where bytes go as two chunks of a writev (measured: the answer cost the kernel more).
+   */
+  body?: string;
 }
 
 /** Answers the request, or returns undefined to leave it to the full pipeline. Never waits. */
@@ -85,9 +90,7 @@ function serveFromLane(edge: LaneEdge, request: IncomingMessage, response: Serve
     return false;
   }
   if (!answer) return false;
-  const headers: Record<string, string | number> = { 'x-request-id': edge.requestId(request), ...answer.headers };
-  if (answer.body !== undefined) headers['content-length'] = answer.body.length;
-  response.writeHead(answer.status, headers);
+  response.writeHead(answer.status, { 'x-request-id': edge.requestId(request), ...answer.headers });
   response.end(answer.body);
   edge.answered(request, answer, (performance.now() - startedAt) / 1000);
   return true;
