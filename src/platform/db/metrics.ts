@@ -6,7 +6,8 @@
 import { performance } from 'node:perf_hooks';
 import { Gauge } from 'prom-client';
 import type { Metrics } from '../observability/metrics.js';
-import { SpanKind, SpanStatusCode, tracer } from '../observability/tracing.js';
+import type { HistogramSeries } from '../observability/series-histogram.js';
+import { SpanKind, SpanStatusCode, tracer, tracingStarted } from '../observability/tracing.js';
 import type { Client, Pool } from './pool.js';
 
 const INSTRUMENTED = Symbol('floodgate.instrumented');
@@ -33,33 +34,73 @@ function instrumentClient(client: Client, metrics: Metrics): void {
   if (tagged[INSTRUMENTED]) return;
   tagged[INSTRUMENTED] = true;
   const original = client.query as unknown as QueryFn;
+  const durations = statementDurations(metrics);
   const wrapped: QueryFn = function (this: unknown, ...args: unknown[]) {
     const started = performance.now();
     const statement = statementLabel(args[0]);
-    const text = queryText(args[0]);
-    // A client span per statement (database semantic conventions): the text, never the values.
-    const span = tracer.startSpan(statement === 'other' ? (text.split(/\s+/, 1)[0]?.toUpperCase() ?? 'SQL') : statement, {
-      kind: SpanKind.CLIENT,
-      attributes: {
-        'db.system.name': 'postgresql',
-        'db.system': 'postgresql',
-        'db.query.text': text.slice(0, 2_000),
-        'db.query.summary': statement,
-      },
-    });
+    // Without a tracing SDK a span is a no-op, but its attributes (a copy of the statement's
+    // text) were still built for every statement.
+    const span = tracingStarted() ? statementSpan(statement, queryText(args[0])) : undefined;
     const result = original.apply(this, args);
     // Callback-style calls and submittables (cursors) return no promise; they are not timed.
     if (result instanceof Promise) {
-      const observe = (outcome: 'ok' | 'error') => (error?: unknown) => {
-        metrics.dbQueryDuration.observe({ statement, outcome }, (performance.now() - started) / 1000);
-        if (outcome === 'error') span.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error | undefined)?.message });
-        span.end();
-      };
-      result.then(observe('ok'), observe('error'));
-    } else span.end();
+      const series = durations(statement);
+      result.then(
+        () => {
+          series.ok.observe((performance.now() - started) / 1000);
+          span?.end();
+        },
+        (error: unknown) => {
+          series.error.observe((performance.now() - started) / 1000);
+          span?.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error | undefined)?.message });
+          span?.end();
+        },
+      );
+    } else span?.end();
     return result;
   };
   (client as unknown as { query: QueryFn }).query = wrapped;
+}
+
+/** A client span per statement (database semantic conventions): the text, never the values. */
+function statementSpan(statement: string, text: string) {
+  return tracer.startSpan(statement === 'other' ? (text.split(/\s+/, 1)[0]?.toUpperCase() ?? 'SQL') : statement, {
+    kind: SpanKind.CLIENT,
+    attributes: {
+      'db.system.name': 'postgresql',
+      'db.system': 'postgresql',
+      'db.query.text': text.slice(0, 2_000),
+      'db.query.summary': statement,
+    },
+  });
+}
+
+// Each registry's duration series by statement name, shared by every connection of its pools.
+const durationsByMetrics = new WeakMap<Metrics, (statement: string) => StatementSeries>();
+
+interface StatementSeries {
+  ok: HistogramSeries;
+  error: HistogramSeries;
+}
+
+function statementDurations(metrics: Metrics): (statement: string) => StatementSeries {
+  let durations = durationsByMetrics.get(metrics);
+  if (!durations) {
+    const byStatement = new Map<string, StatementSeries>();
+    durations = (statement) => {
+      let series = byStatement.get(statement);
+      if (!series) {
+        series = {
+          ok: metrics.dbQueryDuration.series({ statement, outcome: 'ok' }),
+          error: metrics.dbQueryDuration.series({ statement, outcome: 'error' }),
+        };
+        byStatement.set(statement, series);
+      }
+      return series;
+    };
+    durationsByMetrics.set(metrics, durations);
+  }
+  return durations;
 }
 
 /**

@@ -33,7 +33,7 @@ export interface Metrics {
   orderBatchSize: Histogram;
   confirmBatchSize: Histogram<'phase'>;
   waitingRoomAdmitted: Gauge<'sale' | 'state'>;
-  dbQueryDuration: Histogram<'statement' | 'outcome'>;
+  dbQueryDuration: SeriesHistogram<'statement' | 'outcome'>;
   providerDuration: Histogram<'operation' | 'outcome'>;
 }
 
@@ -131,7 +131,8 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     labelNames: ['sale', 'state'] as const,
     registers: [registry],
   });
-  const dbQueryDuration = new Histogram({
+  // Observed on every statement: a series is found once per statement name, then held.
+  const dbQueryDuration = new SeriesHistogram({
     name: 'floodgate_db_query_duration_seconds',
     help: 'SQL statement duration by prepared statement name (other: unnamed statements) and outcome (ok, error)',
     labelNames: ['statement', 'outcome'] as const,
