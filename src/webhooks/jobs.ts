@@ -13,7 +13,8 @@ import { rememberingOpened, sealerFor } from '../platform/crypto/sealed.js';
 import type { Pool } from '../platform/db/pool.js';
 import type { Metrics } from '../platform/observability/metrics.js';
 import { VERSION } from '../version.js';
-import { DELIVER_TASK, deliver, deliveryStore, pruneAttempts, type WebhookSettings } from './service.js';
+import { deliver, deliveryStore } from './delivery.js';
+import { DELIVER_TASK, pruneAttempts, type WebhookSettings } from './service.js';
 import { createTransport } from './transport.js';
 
 export const PRUNE_ATTEMPTS_TASK = 'prune_webhook_attempts';
