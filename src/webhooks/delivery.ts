@@ -13,7 +13,8 @@ import { coalesce } from '../platform/db/group-commit.js';
 import { type Pool, withTransaction } from '../platform/db/pool.js';
 import { addJob } from '../platform/jobs/queue.js';
 import type { Metrics } from '../platform/observability/metrics.js';
-import { outcomeOf, resultLabel, retryDelayMs, signatureHeader, statusAfter } from './domain.js';
+import { context, inSpan, SpanKind } from '../platform/observability/tracing.js';
+import { type AttemptOutcome, type AttemptResult, outcomeOf, resultLabel, retryDelayMs, signatureHeader, statusAfter } from './domain.js';
 import { DELIVER_TASK, type WebhookSettings } from './service.js';
 import * as sql from './sql.js';
 import type { Transport } from './transport.js';
@@ -80,18 +81,174 @@ export interface DeliverDeps {
 
 export type DeliverResult = { kind: 'skipped'; reason: string } | { kind: 'attempted'; outcome: string };
 
-/** One attempt of one delivery: the job's body. */
+/** One attempt of one delivery: the deliver_webhook job's body. */
 export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<DeliverResult> {
-  const target = await deps.store.target({ merchantId: job.merchant_id, deliveryId: job.delivery_id });
-  // Deleted endpoint, finished or canceled delivery, or a job overtaken by a later one: nothing to do.
-  if (!target) return { kind: 'skipped', reason: 'delivery_missing' };
-  if (target.status !== 'pending' || target.round !== job.round || target.attempts !== job.attempt - 1) {
-    return { kind: 'skipped', reason: 'not_waiting_for_this_attempt' };
+  const step = await sendOnce(deps, job, await deps.store.target(keyOf(job)));
+  if (step.kind === 'skipped') return step.result;
+  // Shared with the other jobs finishing now (see DeliveryStore).
+  const recorded = needsFollowUp(step.sent) ? await recordWithFollowUp(deps, step.sent) : await deps.store.record(step.sent.attempt);
+  return account(deps, step.sent, recorded);
+}
+
+/**
+ * A batch job's payload: deliveries of one merchant, each waiting for the same attempt of the
+ * same round (the fan-out's batches, migrations/011_batched_deliveries.sql: round 1, attempt 1).
+ */
+export interface DeliveryBatch {
+  merchant_id: string;
+  delivery_ids: string[];
+  round: number;
+  attempt: number;
+}
+
+/**
+ * One attempt of each delivery of a batch: the deliver_webhooks job's body. A job costs about
+ * as much as a delivery's own work, so the fan-out gives a statement's deliveries one job.
+ *
+ * The deliveries are read in one query and sent at once; the transport's per-host socket limit
+ * queues what one receiver cannot take, and its timeout runs from the moment the batch hands
+ * it the request, so every request has ended within that timeout. Each delivery then goes the
+ * single job's way, in a span of its own like a deliver_webhook job's, with the same skips,
+ * metrics and log lines, except that the attempts that need only their record (a success, a
+ * last failure) are recorded together in one statement once every request has ended. A
+ * failure that schedules a retry or disables its endpoint is recorded with that, in a
+ * transaction of its own, as the single job does.
+ *
+ * A delivery that throws (its failure path's transaction, say) fails only itself: the others
+ * are still recorded, then the job throws. graphile-worker runs it again later, as it does
+ * after a worker's death mid-batch; the run again skips each delivery already recorded (no
+ * longer waiting for this attempt) and sends the others again: at-least-once, as for a single job.
+ */
+export async function deliverBatch(deps: DeliverDeps, batch: DeliveryBatch, jobId: string): Promise<DeliverResult[]> {
+  const { merchant_id, round, attempt } = batch;
+  const jobs = batch.delivery_ids.map((delivery_id): DeliveryJob => ({ merchant_id, delivery_id, round, attempt }));
+  const { targets } = await sql.readAndRecord(deps.pool, jobs.map(keyOf), []);
+  const together = recordTogether(deps.pool, jobs.length);
+  const settled = await Promise.allSettled(
+    jobs.map((job, n) =>
+      inSpan(`process ${DELIVER_TASK}`, { kind: SpanKind.CONSUMER, attributes: spanAttributes(job, jobId) }, () =>
+        deliverOfBatch(deps, job, targets[n], together),
+      ),
+    ),
+  );
+  const failures = settled.flatMap((result) => (result.status === 'rejected' ? [result.reason] : []));
+  if (failures.length === 1) throw failures[0];
+  if (failures.length > 1) throw new AggregateError(failures, `${failures.length} of ${jobs.length} deliveries failed`);
+  return settled.map((result) => (result as PromiseFulfilledResult<DeliverResult>).value);
+}
+
+/** One delivery of a batch: deliver's steps, its record shared with the batch's when it can be. */
+async function deliverOfBatch(
+  deps: DeliverDeps,
+  job: DeliveryJob,
+  target: sql.DeliveryTarget | undefined,
+  together: RecordTogether,
+): Promise<DeliverResult> {
+  let step: Step;
+  try {
+    step = await sendOnce(deps, job, target);
+  } catch (error) {
+    together.pass();
+    throw error;
   }
-  if (target.endpoint_status !== 'enabled') return { kind: 'skipped', reason: 'endpoint_disabled' };
+  if (step.kind === 'skipped') {
+    together.pass();
+    return step.result;
+  }
+  if (!needsFollowUp(step.sent)) return account(deps, step.sent, await together.record(step.sent.attempt));
+  together.pass();
+  return account(deps, step.sent, await recordWithFollowUp(deps, step.sent));
+}
+
+/** The batch's shared record: each delivery comes once, with the attempt to record or without one. */
+interface RecordTogether {
+  /** Resolves once the batch's statement has run: true when this attempt was recorded. */
+  record(attempt: sql.AttemptRecord): Promise<boolean>;
+  pass(): void;
+}
+
+/**
+ * Records the attempts of a batch's deliveries in one statement once each of `expected`
+ * deliveries has come. The statement runs in the batch job's trace context, not in the span
+ * of whichever delivery came last.
+ */
+function recordTogether(pool: Pool, expected: number): RecordTogether {
+  const batchContext = context.active();
+  const attempts: sql.AttemptRecord[] = [];
+  const answers: { resolve: (recorded: boolean) => void; reject: (error: unknown) => void }[] = [];
+  let came = 0;
+  const arrive = () => {
+    came += 1;
+    if (came !== expected || attempts.length === 0) return;
+    context
+      .with(batchContext, () => sql.readAndRecord(pool, [], attempts))
+      .then(
+        ({ recorded }) => {
+          for (const [n, answer] of answers.entries()) answer.resolve(recorded[n] === true);
+        },
+        (error: unknown) => {
+          for (const answer of answers) answer.reject(error);
+        },
+      );
+  };
+  return {
+    record: (attempt) =>
+      new Promise<boolean>((resolve, reject) => {
+        attempts.push(attempt);
+        answers.push({ resolve, reject });
+        arrive();
+      }),
+    pass: arrive,
+  };
+}
+
+const keyOf = (job: DeliveryJob): sql.DeliveryKey => ({ merchantId: job.merchant_id, deliveryId: job.delivery_id });
+
+/** A delivery's span in a batch: the one graphile-worker's runner gives a deliver_webhook job (platform/jobs/runner.ts). */
+function spanAttributes(job: DeliveryJob, jobId: string) {
+  return {
+    'messaging.system': 'graphile_worker',
+    'messaging.operation.type': 'process',
+    'messaging.destination.name': DELIVER_TASK,
+    'messaging.message.id': jobId,
+    'floodgate.webhook_delivery.id': job.delivery_id,
+  };
+}
+
+/** An attempt sent, not yet recorded. */
+interface Sent {
+  job: DeliveryJob;
+  endpointId: string;
+  result: AttemptResult;
+  outcome: AttemptOutcome;
+  attempt: sql.AttemptRecord;
+}
+
+type Step = { kind: 'skipped'; result: DeliverResult } | { kind: 'sent'; sent: Sent };
+
+/** A delivery's checks, then its request unless there is nothing to send. */
+async function sendOnce(deps: DeliverDeps, job: DeliveryJob, target: sql.DeliveryTarget | undefined): Promise<Step> {
+  const skipped = (reason: string): Step => ({ kind: 'skipped', result: { kind: 'skipped', reason } });
+  // Deleted endpoint, finished or canceled delivery, or a job overtaken by a later one: nothing to do.
+  if (!target) return skipped('delivery_missing');
+  if (target.status !== 'pending' || target.round !== job.round || target.attempts !== job.attempt - 1) {
+    return skipped('not_waiting_for_this_attempt');
+  }
+  if (target.endpoint_status !== 'enabled') return skipped('endpoint_disabled');
+  return { kind: 'sent', sent: await send(deps, job, target) };
+}
+
+/**
+ * Success or a last failure writes the attempt alone: one statement, atomic by itself, which
+ * the caller shares with others. A retry (its next job) or a 410 (the endpoint disabled)
+ * writes more, all or nothing, in a transaction of its own (recordWithFollowUp).
+ */
+const needsFollowUp = (sent: Sent) => sent.outcome === 'retry_scheduled' || sent.outcome === 'endpoint_disabled';
+
+/** Signs the delivery's event and POSTs it once. */
+async function send(deps: DeliverDeps, job: DeliveryJob, target: sql.DeliveryTarget): Promise<Sent> {
   if (!target.event) throw new Error(`event ${target.event_id} of delivery ${job.delivery_id} is missing`);
   const event = events.toApiEvent(target.event);
-
   const body = JSON.stringify(event);
   const timestamp = Math.floor(Date.now() / 1000);
   const headers = {
@@ -110,7 +267,6 @@ export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<Deli
   const result = await deps.transport.post(target.url, headers, body);
   const outcome = outcomeOf(result, job.attempt, deps.settings.maxAttempts);
   const nextAttemptAt = outcome === 'retry_scheduled' ? new Date(Date.now() + retryDelayMs(job.attempt, deps.settings)) : null;
-
   const attempt: sql.AttemptRecord = {
     merchantId: job.merchant_id,
     deliveryId: job.delivery_id,
@@ -123,30 +279,35 @@ export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<Deli
     durationMs: result.durationMs,
     attemptedAt,
   };
-  // Success or a last failure writes the attempt alone: one statement, atomic by itself and
-  // shared with the other jobs finishing now. A retry (its next job) or a 410 (the endpoint
-  // disabled) writes more, all or nothing, in a transaction of its own.
-  const followUp = outcome === 'retry_scheduled' || outcome === 'endpoint_disabled';
-  const recorded = !followUp
-    ? await deps.store.record(attempt)
-    : await withTransaction(deps.pool, async (client) => {
-        const {
-          recorded: [done],
-        } = await sql.readAndRecord(client, [], [attempt]);
-        if (!done) return false;
-        if (outcome === 'retry_scheduled') {
-          const next: DeliveryJob = { ...job, attempt: job.attempt + 1 };
-          await addJob(client, DELIVER_TASK, { ...next }, { runAt: nextAttemptAt as Date });
-        } else {
-          await sql.disableEndpoint(client, job.merchant_id, target.endpoint_id, 'The endpoint answered 410 Gone.');
-        }
-        return true;
-      });
+  return { job, endpointId: target.endpoint_id, result, outcome, attempt };
+}
+
+/** Records a failed attempt with its retry's job, or with its endpoint disabled (410); true when recorded. */
+function recordWithFollowUp(deps: DeliverDeps, sent: Sent): Promise<boolean> {
+  const { job, attempt } = sent;
+  return withTransaction(deps.pool, async (client) => {
+    const {
+      recorded: [done],
+    } = await sql.readAndRecord(client, [], [attempt]);
+    if (!done) return false;
+    if (sent.outcome === 'retry_scheduled') {
+      const next: DeliveryJob = { ...job, attempt: job.attempt + 1 };
+      await addJob(client, DELIVER_TASK, { ...next }, { runAt: attempt.nextAttemptAt as Date });
+    } else {
+      await sql.disableEndpoint(client, job.merchant_id, sent.endpointId, 'The endpoint answered 410 Gone.');
+    }
+    return true;
+  });
+}
+
+/** An attempt's metrics and log line, the same whichever job made it. */
+function account(deps: DeliverDeps, sent: Sent, recorded: boolean): DeliverResult {
+  const { job, result, outcome } = sent;
   deps.metrics?.webhookDeliveryDuration.observe({ result: resultLabel(result) }, result.durationMs / 1000);
   if (!recorded) return { kind: 'skipped', reason: 'recorded_by_another_run' };
   deps.metrics?.webhookDeliveries.inc({ outcome });
   if (outcome === 'dead' || outcome === 'endpoint_disabled') {
-    deps.log?.warn({ deliveryId: job.delivery_id, endpointId: target.endpoint_id, outcome }, 'webhook delivery stopped');
+    deps.log?.warn({ deliveryId: job.delivery_id, endpointId: sent.endpointId, outcome }, 'webhook delivery stopped');
   }
   return { kind: 'attempted', outcome };
 }

@@ -17,8 +17,14 @@ import { addJob } from '../platform/jobs/queue.js';
 import { ENDPOINTS_PER_MERCHANT_MAX, newSecret, type RetrySchedule, toApiDelivery, toApiEndpoint } from './domain.js';
 import * as sql from './sql.js';
 
-/** The task that delivers; the fan-out trigger in migrations/002_webhooks.sql names it too. */
+/** The task that makes one attempt of one delivery: retries, redeliveries, and jobs queued before migrations/011. */
 export const DELIVER_TASK = 'deliver_webhook';
+/** The task that makes the first attempt of a batch of deliveries; the fan-out trigger (migrations/011) names it too. */
+export const DELIVER_BATCH_TASK = 'deliver_webhooks';
+// The most deliveries one batch job names: the fan-out trigger's chunk (migrations/011). A
+// batch is read in one query and recorded in one statement, so their arrays stay this small,
+// and its requests all start at once.
+export const DELIVERIES_PER_BATCH_MAX = 100;
 
 export interface WebhookSettings extends RetrySchedule {
   timeoutMs: number;
