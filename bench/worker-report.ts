@@ -211,7 +211,8 @@ export function formatWebhooksPhase(phase: WebhooksPhaseResult): string {
     errors ? `creation errors: ${errors}` : '',
   ].filter(Boolean);
   return (
-    `  ${phase.round === 0 ? 'warm-up' : `round ${phase.round}`} webhooks ${phase.deliveries} created at ${phase.creation.throughput} req/s, ` +
+    `  ${phase.round === 0 ? 'warm-up' : `round ${phase.round}`} webhooks ${phase.deliveries} created at ${phase.creation.throughput} req/s` +
+    `${phase.jobs === undefined ? '' : ` in ${phase.jobs} jobs`}, ` +
     `delivered in ${phase.elapsedMs} ms: ${phase.throughput} deliveries/s | ${cpuLine(phase.cpu, 'delivery')}` +
     `${problems.length ? ` | ${problems.join(', ')}` : ''}`
   );

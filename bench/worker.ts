@@ -105,6 +105,8 @@ export interface WebhooksPhaseResult {
   round: number;
   /** Deliveries the events' trigger created: one per payment created. */
   deliveries: number;
+  /** Delivery jobs queued for them when the drain began: fewer than the deliveries when the fan-out batched them. */
+  jobs: number;
   /** The API creating those payments, closed loop: its rate with the fan-out to one endpoint. */
   creation: { throughput: number; ok: number; errors: Record<string, number> };
   elapsedMs: number;
@@ -319,6 +321,7 @@ export async function webhooksPhase(ctx: WorkerContext, roundNumber: number, del
   await ctx.receiver.take();
   const creation = await createPayments(ctx, deliveries);
   const created = await countDeliveries(ctx.db, merchantId);
+  const jobs = await countJobs(ctx.db, DELIVERY_TASKS);
   // Like every measured phase, the drain starts without the dirty pages of what came before.
   await ctx.db.query('checkpoint');
   const startedAt = performance.now();
@@ -344,6 +347,7 @@ export async function webhooksPhase(ctx: WorkerContext, roundNumber: number, del
   return {
     round: roundNumber,
     deliveries: created,
+    jobs,
     creation: { throughput: creation.throughput, ok: creation.ok, errors: creation.errors },
     elapsedMs: Math.round(elapsedMs),
     throughput: Math.round(((created - remaining) / elapsedMs) * 1000),
