@@ -289,7 +289,6 @@ describe('a batch job', () => {
       {},
       { ...good, delivery_ids: [] },
       { ...good, delivery_ids: 'wd_0000000000000000000000' },
-      { ...good, delivery_ids: ['wd_1', 'wd_1'] },
       { ...good, delivery_ids: Array.from({ length: DELIVERIES_PER_BATCH_MAX + 1 }, (_, n) => `wd_${n}`) },
       { ...good, round: 0 },
       { ...good, merchant_id: undefined },
