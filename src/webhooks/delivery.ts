@@ -13,7 +13,7 @@ import { coalesce } from '../platform/db/group-commit.js';
 import { type Pool, withTransaction } from '../platform/db/pool.js';
 import { addJob } from '../platform/jobs/queue.js';
 import type { Metrics } from '../platform/observability/metrics.js';
-import { context, inSpan, SpanKind } from '../platform/observability/tracing.js';
+import { inSpan, SpanKind } from '../platform/observability/tracing.js';
 import { type AttemptOutcome, type AttemptResult, outcomeOf, resultLabel, retryDelayMs, signatureHeader, statusAfter } from './domain.js';
 import { DELIVER_TASK, type WebhookSettings } from './service.js';
 import * as sql from './sql.js';
@@ -31,41 +31,54 @@ export interface DeliveryJob {
  * The reads and writes of delivery jobs, coalesced across the jobs running at once: the jobs
  * that start and those that finish while one statement is in flight share the next one (see
  * sql.readAndRecord). A worker running many deliveries thus makes a fraction of the round trips
- * and commits it would make one job at a time.
+ * and commits it would make one job at a time. A batch job's reads, and its records, are one
+ * call each: they go in one statement, with other jobs' calls when there is room.
  */
 export interface DeliveryStore {
-  /** The delivery with its endpoint and event; undefined when there is none. */
-  target(key: sql.DeliveryKey): Promise<sql.DeliveryTarget | undefined>;
-  /** Records an attempt that needs nothing else written with it; true when recorded. */
-  record(attempt: sql.AttemptRecord): Promise<boolean>;
+  /** The deliveries with their endpoint and event, in the order asked; undefined for one there is not. */
+  targets(keys: readonly sql.DeliveryKey[]): Promise<(sql.DeliveryTarget | undefined)[]>;
+  /** Records attempts that need nothing else written with them; for each, true when recorded. */
+  record(attempts: readonly sql.AttemptRecord[]): Promise<boolean[]>;
 }
 
-// At most this many reads and records per coalesced statement: above the jobs a worker runs at
-// once in any sensible setting (FLOODGATE_WORKER_CONCURRENCY), small enough that one
-// statement's arrays and locks stay small.
+// At most this many reads and records per coalesced statement (a batch job's call, at most
+// DELIVERIES_PER_BATCH_MAX, goes whole): above the jobs a worker runs at once in any sensible
+// setting (FLOODGATE_WORKER_CONCURRENCY), small enough that one statement's arrays and locks
+// stay small.
 const DELIVERY_BATCH_MAX = 100;
 
-type StoreCall = { kind: 'target'; key: sql.DeliveryKey } | { kind: 'record'; attempt: sql.AttemptRecord };
-type StoreAnswer = sql.DeliveryTarget | boolean | undefined;
+type StoreCall = { kind: 'targets'; keys: readonly sql.DeliveryKey[] } | { kind: 'record'; attempts: readonly sql.AttemptRecord[] };
+type StoreAnswer = (sql.DeliveryTarget | undefined)[] | boolean[];
 
-/** One statement for a batch of mixed calls; each call's answer in the batch's order. */
+/** One statement for a batch of mixed calls; each call's answers in the batch's order. */
 async function runStoreCalls(pool: Pool, calls: StoreCall[]): Promise<StoreAnswer[]> {
   const keys: sql.DeliveryKey[] = [];
   const attempts: sql.AttemptRecord[] = [];
   for (const call of calls) {
-    if (call.kind === 'target') keys.push(call.key);
-    else attempts.push(call.attempt);
+    if (call.kind === 'targets') keys.push(...call.keys);
+    else attempts.push(...call.attempts);
   }
   const { targets, recorded } = await sql.readAndRecord(pool, keys, attempts);
   let [target, record] = [0, 0];
-  return calls.map((call) => (call.kind === 'target' ? targets[target++] : recorded[record++]));
+  return calls.map((call) => {
+    if (call.kind === 'targets') {
+      target += call.keys.length;
+      return targets.slice(target - call.keys.length, target);
+    }
+    record += call.attempts.length;
+    return recorded.slice(record - call.attempts.length, record);
+  });
 }
 
 export function deliveryStore(pool: Pool): DeliveryStore {
-  const call = coalesce<StoreCall, StoreAnswer>({ run: (calls) => runStoreCalls(pool, calls), batchMax: DELIVERY_BATCH_MAX });
+  const call = coalesce<StoreCall, StoreAnswer>({
+    run: (calls) => runStoreCalls(pool, calls),
+    batchMax: DELIVERY_BATCH_MAX,
+    sizeOf: (call) => (call.kind === 'targets' ? call.keys.length : call.attempts.length),
+  });
   return {
-    target: (key) => call({ kind: 'target', key }) as Promise<sql.DeliveryTarget | undefined>,
-    record: (attempt) => call({ kind: 'record', attempt }) as Promise<boolean>,
+    targets: (keys) => call({ kind: 'targets', keys }) as Promise<(sql.DeliveryTarget | undefined)[]>,
+    record: (attempts) => call({ kind: 'record', attempts }) as Promise<boolean[]>,
   };
 }
 
@@ -83,10 +96,13 @@ export type DeliverResult = { kind: 'skipped'; reason: string } | { kind: 'attem
 
 /** One attempt of one delivery: the deliver_webhook job's body. */
 export async function deliver(deps: DeliverDeps, job: DeliveryJob): Promise<DeliverResult> {
-  const step = await sendOnce(deps, job, await deps.store.target(keyOf(job)));
+  const [target] = await deps.store.targets([keyOf(job)]);
+  const step = await sendOnce(deps, job, target);
   if (step.kind === 'skipped') return step.result;
   // Shared with the other jobs finishing now (see DeliveryStore).
-  const recorded = needsFollowUp(step.sent) ? await recordWithFollowUp(deps, step.sent) : await deps.store.record(step.sent.attempt);
+  const recorded = needsFollowUp(step.sent)
+    ? await recordWithFollowUp(deps, step.sent)
+    : (await deps.store.record([step.sent.attempt]))[0] === true;
   return account(deps, step.sent, recorded);
 }
 
@@ -105,12 +121,13 @@ export interface DeliveryBatch {
  * One attempt of each delivery of a batch: the deliver_webhooks job's body. A job costs about
  * as much as a delivery's own work, so the fan-out gives a statement's deliveries one job.
  *
- * The deliveries are read in one query and sent at once; the transport's per-host socket limit
+ * The deliveries are read in one query (one call of the store: other jobs' reads and records
+ * share it when there is room) and sent at once; the transport's per-host socket limit
  * queues what one receiver cannot take, and its timeout runs from the moment the batch hands
  * it the request, so every request has ended within that timeout. Each delivery then goes the
  * single job's way, in a span of its own like a deliver_webhook job's, with the same skips,
  * metrics and log lines, except that the attempts that need only their record (a success, a
- * last failure) are recorded together in one statement once every request has ended. A
+ * last failure) are recorded together, one call of the store, once every request has ended. A
  * failure that schedules a retry or disables its endpoint is recorded with that, in a
  * transaction of its own, as the single job does.
  *
@@ -122,8 +139,8 @@ export interface DeliveryBatch {
 export async function deliverBatch(deps: DeliverDeps, batch: DeliveryBatch, jobId: string): Promise<DeliverResult[]> {
   const { merchant_id, round, attempt } = batch;
   const jobs = batch.delivery_ids.map((delivery_id): DeliveryJob => ({ merchant_id, delivery_id, round, attempt }));
-  const { targets } = await sql.readAndRecord(deps.pool, jobs.map(keyOf), []);
-  const together = recordTogether(deps.pool, jobs.length);
+  const targets = await deps.store.targets(jobs.map(keyOf));
+  const together = recordTogether(deps.store, jobs.length);
   const settled = await Promise.allSettled(
     jobs.map((job, n) =>
       inSpan(`process ${DELIVER_TASK}`, { kind: SpanKind.CONSUMER, attributes: spanAttributes(job, jobId) }, () =>
@@ -167,29 +184,22 @@ interface RecordTogether {
   pass(): void;
 }
 
-/**
- * Records the attempts of a batch's deliveries in one statement once each of `expected`
- * deliveries has come. The statement runs in the batch job's trace context, not in the span
- * of whichever delivery came last.
- */
-function recordTogether(pool: Pool, expected: number): RecordTogether {
-  const batchContext = context.active();
+/** Records the attempts of a batch's deliveries in one call of the store once each of `expected` deliveries has come. */
+function recordTogether(store: DeliveryStore, expected: number): RecordTogether {
   const attempts: sql.AttemptRecord[] = [];
   const answers: { resolve: (recorded: boolean) => void; reject: (error: unknown) => void }[] = [];
   let came = 0;
   const arrive = () => {
     came += 1;
     if (came !== expected || attempts.length === 0) return;
-    context
-      .with(batchContext, () => sql.readAndRecord(pool, [], attempts))
-      .then(
-        ({ recorded }) => {
-          for (const [n, answer] of answers.entries()) answer.resolve(recorded[n] === true);
-        },
-        (error: unknown) => {
-          for (const answer of answers) answer.reject(error);
-        },
-      );
+    store.record(attempts).then(
+      (recorded) => {
+        for (const [n, answer] of answers.entries()) answer.resolve(recorded[n] === true);
+      },
+      (error: unknown) => {
+        for (const answer of answers) answer.reject(error);
+      },
+    );
   };
   return {
     record: (attempt) =>
