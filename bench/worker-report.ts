@@ -169,9 +169,9 @@ export function formatWorkerTable(
 }
 
 function formatSustained(result: SustainedResult): string[] {
-  const first = result.depth[0]?.jobs ?? 0;
+  const first = result.depth[0]?.deliveries ?? 0;
   const during = result.depth.filter((sample) => sample.atS <= result.durationS + 0.5);
-  const last = during.at(-1)?.jobs ?? 0;
+  const last = during.at(-1)?.deliveries ?? 0;
   const after = result.depth.slice(during.length);
   const errors = Object.entries(result.api.errors)
     .map(([name, count]) => `${name}=${count}`)
@@ -183,9 +183,9 @@ function formatSustained(result: SustainedResult): string[] {
       // Sharing the cores with the worker, the API may not keep up the offered rate; then it, not
       // the worker, is what limits the phase, and a flat queue says less.
       `${!result.api.overloaded && result.api.throughput < result.rate * BEHIND_SHARE ? `, behind the offered ${result.rate} req/s` : ''}`,
-    `  queue depth (deliver_webhook jobs) ${first} -> ${last} over the phase, slope ${result.slopePerS} jobs/s: ` +
+    `  queue depth (deliveries pending) ${first} -> ${last} over the phase, slope ${result.slopePerS} deliveries/s: ` +
       `${result.grows ? 'GROWS' : 'flat'}`,
-    `  per second: ${during.map((sample) => sample.jobs).join(' ')}${after.length ? ` | after the API stopped: ${after.map((sample) => sample.jobs).join(' ')}` : ''}`,
+    `  per second: ${during.map((sample) => sample.deliveries).join(' ')}${after.length ? ` | after the API stopped: ${after.map((sample) => sample.deliveries).join(' ')}` : ''}`,
     `  delivery latency, event created -> received: p50 ${num(result.latency.p50Ms)} ms, p99 ${num(result.latency.p99Ms)} ms, ` +
       `max ${num(result.latency.maxMs)} ms (${result.delivered} of ${result.deliveries} delivered` +
       `${result.drainS === undefined ? ', the rest not within the wait after the phase' : `, the last ${result.drainS} s after the API stopped`})`,
@@ -211,7 +211,8 @@ export function formatWebhooksPhase(phase: WebhooksPhaseResult): string {
     errors ? `creation errors: ${errors}` : '',
   ].filter(Boolean);
   return (
-    `  ${phase.round === 0 ? 'warm-up' : `round ${phase.round}`} webhooks ${phase.deliveries} created at ${phase.creation.throughput} req/s, ` +
+    `  ${phase.round === 0 ? 'warm-up' : `round ${phase.round}`} webhooks ${phase.deliveries} created at ${phase.creation.throughput} req/s` +
+    `${phase.jobs === undefined ? '' : ` in ${phase.jobs} jobs`}, ` +
     `delivered in ${phase.elapsedMs} ms: ${phase.throughput} deliveries/s | ${cpuLine(phase.cpu, 'delivery')}` +
     `${problems.length ? ` | ${problems.join(', ')}` : ''}`
   );

@@ -19,7 +19,7 @@
  */
 import { performance } from 'node:perf_hooks';
 import { CLEANUP_TASK } from '../src/platform/idempotency/jobs.js';
-import { DELIVER_TASK } from '../src/webhooks/service.js';
+import { DELIVER_BATCH_TASK, DELIVER_TASK } from '../src/webhooks/service.js';
 import type { BackendCpuSampler } from './backends.js';
 import type { LoadGenerator } from './loadgen.js';
 import { busyFraction, busyMs, cpuSnapshot, processCpuMs, processWrites } from './machine.js';
@@ -55,11 +55,11 @@ const WARM_DELIVERIES_SHARE = 0.1;
 const WARM_DELIVERIES_MIN = 100;
 // The sustained phase: the API's open loop stops as overloaded past this much backlog.
 const BACKLOG_SECONDS_MAX = 2;
-// The queue "grows" when its depth rises faster than this share of the offered rate and ends
-// above GROWTH_FLOOR_JOBS (more than the worker holds at once: its local queue of 50 and the
-// jobs running). Below either, it is flat.
+// The queue "grows" when its depth (deliveries pending) rises faster than this share of the
+// offered rate and ends above GROWTH_FLOOR_DELIVERIES (about what the worker had at once when
+// each delivery was a job: its local queue of 50 and the jobs running). Below either, it is flat.
 const GROWTH_SHARE = 0.02;
-const GROWTH_FLOOR_JOBS = 100;
+const GROWTH_FLOOR_DELIVERIES = 100;
 
 export interface WorkerContext {
   db: BenchDatabase;
@@ -105,6 +105,8 @@ export interface WebhooksPhaseResult {
   round: number;
   /** Deliveries the events' trigger created: one per payment created. */
   deliveries: number;
+  /** Delivery jobs queued for them when the drain began: fewer than the deliveries when the fan-out batched them. */
+  jobs: number;
   /** The API creating those payments, closed loop: its rate with the fan-out to one endpoint. */
   creation: { throughput: number; ok: number; errors: Record<string, number> };
   elapsedMs: number;
@@ -124,9 +126,12 @@ export interface SustainedResult {
   rate: number;
   durationS: number;
   api: { throughput: number; ok: number; latency: LatencySummary; errors: Record<string, number>; overloaded: boolean };
-  /** deliver_webhook jobs in the queue, sampled every second while the API ran and the worker finished. */
-  depth: { atS: number; jobs: number }[];
-  /** Least-squares slope of the depth over the phase, jobs per second. */
+  /**
+   * Deliveries pending (their job waiting or running), sampled every second while the API ran
+   * and the worker finished. Jobs are no measure of the queue since a job delivers a batch.
+   */
+  depth: { atS: number; deliveries: number }[];
+  /** Least-squares slope of the depth over the phase, deliveries per second. */
   slopePerS: number;
   grows: boolean;
   /** Deliveries created during the phase, and delivered by the end of the wait after it. */
@@ -212,16 +217,19 @@ async function pollUntilAtMost(read: () => Promise<number>, target: number, time
   }
 }
 
-async function countJobs(db: BenchDatabase, task: string): Promise<number> {
+async function countJobs(db: BenchDatabase, tasks: string | readonly string[]): Promise<number> {
   // The private table rather than the jobs view: the count is all that is needed, without the
   // view's joins. Locked jobs (running, or waiting in a worker's local queue) count too.
   const { rows } = await db.query<{ count: number }>(
     `select count(*)::int as count from graphile_worker._private_jobs
-     where task_id = (select id from graphile_worker._private_tasks where identifier = $1)`,
-    [task],
+     where task_id in (select id from graphile_worker._private_tasks where identifier = any($1))`,
+    [typeof tasks === 'string' ? [tasks] : tasks],
   );
   return rows[0]?.count ?? 0;
 }
+
+// The fan-out's batch jobs and the single delivery jobs (retries).
+const DELIVERY_TASKS = [DELIVER_BATCH_TASK, DELIVER_TASK] as const;
 
 async function countDeliveries(db: BenchDatabase, merchantId: string, status?: string): Promise<number> {
   const { rows } = await db.query<{ count: number }>(
@@ -313,6 +321,7 @@ export async function webhooksPhase(ctx: WorkerContext, roundNumber: number, del
   await ctx.receiver.take();
   const creation = await createPayments(ctx, deliveries);
   const created = await countDeliveries(ctx.db, merchantId);
+  const jobs = await countJobs(ctx.db, DELIVERY_TASKS);
   // Like every measured phase, the drain starts without the dirty pages of what came before.
   await ctx.db.query('checkpoint');
   const startedAt = performance.now();
@@ -325,7 +334,7 @@ export async function webhooksPhase(ctx: WorkerContext, roundNumber: number, del
   const { remaining, at } = await pollUntilZero(() => countDeliveries(ctx.db, merchantId, 'pending'), DRAIN_TIMEOUT_MS);
   // A job's completion (graphile-worker deleting it) follows its delivery's record; that work
   // counts in the CPU per delivery, not in the time.
-  await pollUntilZero(() => countJobs(ctx.db, DELIVER_TASK), JOBS_SETTLE_TIMEOUT_MS);
+  await pollUntilZero(() => countJobs(ctx.db, DELIVERY_TASKS), JOBS_SETTLE_TIMEOUT_MS);
   const cpu = await window.close(pendingAtOpen - remaining);
   ctx.worker.pause();
   const elapsedMs = at - startedAt;
@@ -338,6 +347,7 @@ export async function webhooksPhase(ctx: WorkerContext, roundNumber: number, del
   return {
     round: roundNumber,
     deliveries: created,
+    jobs,
     creation: { throughput: creation.throughput, ok: creation.ok, errors: creation.errors },
     elapsedMs: Math.round(elapsedMs),
     throughput: Math.round(((created - remaining) / elapsedMs) * 1000),
@@ -385,8 +395,8 @@ export async function sustainedPhase(ctx: WorkerContext, rate: number, durationS
         };
       });
       if (!sampling) break;
-      const jobs = await countJobs(ctx.db, DELIVER_TASK);
-      depth.push({ atS: round((performance.now() - startedAt) / 1000, 2), jobs });
+      const deliveries = await countDeliveries(ctx.db, merchantId, 'pending');
+      depth.push({ atS: round((performance.now() - startedAt) / 1000, 2), deliveries });
     }
   })();
   const api = await ctx.loadgen.run({
@@ -402,7 +412,7 @@ export async function sustainedPhase(ctx: WorkerContext, rate: number, durationS
   });
   const loadEndedAt = performance.now();
   const drained = await pollUntilZero(() => countDeliveries(ctx.db, merchantId, 'pending'), drainWaitS * 1000);
-  if (drained.remaining === 0) await pollUntilZero(() => countJobs(ctx.db, DELIVER_TASK), JOBS_SETTLE_TIMEOUT_MS);
+  if (drained.remaining === 0) await pollUntilZero(() => countJobs(ctx.db, DELIVERY_TASKS), JOBS_SETTLE_TIMEOUT_MS);
   sampling = false;
   wake();
   await sampler;
@@ -425,15 +435,15 @@ export async function sustainedPhase(ctx: WorkerContext, rate: number, durationS
     latenciesUs.push(((arrivals.times[index] as number) - created) * 1000);
   });
   const during = depth.filter((sample) => sample.atS <= durationS + 0.5);
-  const slopePerS = round(slope(during.map((sample) => ({ x: sample.atS, y: sample.jobs }))), 1);
-  const finalDepth = during.at(-1)?.jobs ?? 0;
+  const slopePerS = round(slope(during.map((sample) => ({ x: sample.atS, y: sample.deliveries }))), 1);
+  const finalDepth = during.at(-1)?.deliveries ?? 0;
   return {
     rate,
     durationS,
     api: { throughput: api.throughput, ok: api.ok, latency: api.latency, errors: api.errors, overloaded: api.overloaded },
     depth,
     slopePerS,
-    grows: slopePerS > rate * GROWTH_SHARE && finalDepth > GROWTH_FLOOR_JOBS,
+    grows: slopePerS > rate * GROWTH_SHARE && finalDepth > GROWTH_FLOOR_DELIVERIES,
     deliveries,
     delivered: seen.size,
     drainS: drained.remaining === 0 ? round((drained.at - loadEndedAt) / 1000, 2) : undefined,

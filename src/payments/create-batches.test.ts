@@ -196,7 +196,7 @@ describe('the batcher', () => {
     assert.equal(results[2]?.status === 'fulfilled' && results[2].value.status, 200);
   });
 
-  test("a webhook merchant's batch: one delivery and one job per event, one notification for the batch", async () => {
+  test("a webhook merchant's batch: one delivery per event, one delivery job and one notification for the batch", async () => {
     const merchant = await createTestMerchant(t.pool);
     await t.pool.query(
       `insert into webhook_endpoints (merchant_id, id, url, enabled_events, status, secret, created_at, updated_at)
@@ -223,19 +223,19 @@ describe('the batcher', () => {
     await listener.query('select 1');
     await listener.query('unlisten "jobs:insert"');
     assert.equal(notifications.length, 1, `one notification, not one per event: ${notifications.join(' ')}`);
-    assert.equal(JSON.parse(notifications[0] as string).count, 20);
+    assert.equal(JSON.parse(notifications[0] as string).count, 1, 'for one job');
 
     const eventIds = batch.map((c) => c.eventId);
     assert.equal(await countOf('select count(*)::int as n from webhook_deliveries where event_id = any($1)', [eventIds]), 20);
+    // One batch job names the twenty (migrations/011_batched_deliveries.sql).
     assert.equal(
       await countOf(
         `select count(*)::int as n from graphile_worker._private_jobs j
-         join graphile_worker._private_tasks task on task.id = j.task_id and task.identifier = 'deliver_webhook'
-         join webhook_deliveries d on d.id = j.payload->>'delivery_id'
-         where d.event_id = any($1)`,
-        [eventIds],
+         join graphile_worker._private_tasks task on task.id = j.task_id and task.identifier = 'deliver_webhooks'
+         where j.payload->>'merchant_id' = $1 and jsonb_array_length((j.payload::jsonb)->'delivery_ids') = 20`,
+        [merchant.id],
       ),
-      20,
+      1,
     );
   });
 });

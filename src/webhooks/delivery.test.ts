@@ -173,7 +173,7 @@ describe('webhook deliveries', () => {
       const { rows } = await t.pool.query(
         `select count(*)::int as jobs from graphile_worker._private_jobs job
          join graphile_worker._private_tasks task on task.id = job.task_id
-         where task.identifier = 'deliver_webhook' and job.payload->>'merchant_id' = $1`,
+         where task.identifier in ('deliver_webhook', 'deliver_webhooks') and job.payload->>'merchant_id' = $1`,
         [merchant.merchantId],
       );
       return rows[0].jobs === 0;

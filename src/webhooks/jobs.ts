@@ -1,5 +1,7 @@
 /**
- * The jobs webhooks define, for the worker role to run. Deliveries schedule their own retries
+ * The jobs webhooks define, for the worker role to run. The fan-out adds deliver_webhooks jobs,
+ * each a batch of a statement's deliveries (migrations/011_batched_deliveries.sql); retries and
+ * redeliveries are deliver_webhook jobs, one delivery each. Deliveries schedule their own retries
  * (a new job per attempt, with its run_at, in the transaction that records the failed one), so
  * graphile-worker's own retries only cover a task that threw: the database was unreachable.
  * Those keep graphile-worker's default of 25 attempts with its exponential backoff, longer than
@@ -13,7 +15,8 @@ import { rememberingOpened, sealerFor } from '../platform/crypto/sealed.js';
 import type { Pool } from '../platform/db/pool.js';
 import type { Metrics } from '../platform/observability/metrics.js';
 import { VERSION } from '../version.js';
-import { DELIVER_TASK, deliver, deliveryStore, pruneAttempts, type WebhookSettings } from './service.js';
+import { deliver, deliverBatch, deliveryStore } from './delivery.js';
+import { DELIVER_BATCH_TASK, DELIVER_TASK, DELIVERIES_PER_BATCH_MAX, pruneAttempts, type WebhookSettings } from './service.js';
 import { createTransport } from './transport.js';
 
 export const PRUNE_ATTEMPTS_TASK = 'prune_webhook_attempts';
@@ -27,6 +30,15 @@ const OPENED_SECRETS_MAX = 10_000;
 const DeliveryJobPayload = Type.Object({
   merchant_id: Type.String(),
   delivery_id: Type.String(),
+  round: Type.Integer({ minimum: 1 }),
+  attempt: Type.Integer({ minimum: 1 }),
+});
+
+const DeliveryBatchPayload = Type.Object({
+  merchant_id: Type.String(),
+  // Not checked for duplicates (hashing every id showed in profiles): a delivery named twice is
+  // sent twice and recorded once, which at-least-once delivery allows.
+  delivery_ids: Type.Array(Type.String(), { minItems: 1, maxItems: DELIVERIES_PER_BATCH_MAX }),
   round: Type.Integer({ minimum: 1 }),
   attempt: Type.Integer({ minimum: 1 }),
 });
@@ -46,12 +58,20 @@ export function webhookTasks(deps: WebhookWorkerDeps): TaskList {
   });
   const sealer = rememberingOpened(sealerFor(deps.settings.secretsKeys), OPENED_SECRETS_MAX);
   const store = deliveryStore(deps.pool);
+  const deliverDeps = { ...deps, store, transport, sealer };
   return {
     [DELIVER_TASK]: async (payload) => {
       // A payload that does not parse was not written by us; failing loudly beats guessing.
       if (!Value.Check(DeliveryJobPayload, payload)) throw new Error(`${DELIVER_TASK}: malformed payload ${JSON.stringify(payload)}`);
       const job: Static<typeof DeliveryJobPayload> = payload;
-      await deliver({ ...deps, store, transport, sealer }, job);
+      await deliver(deliverDeps, job);
+    },
+    [DELIVER_BATCH_TASK]: async (payload, helpers) => {
+      if (!Value.Check(DeliveryBatchPayload, payload)) {
+        throw new Error(`${DELIVER_BATCH_TASK}: malformed payload ${JSON.stringify(payload)}`);
+      }
+      const batch: Static<typeof DeliveryBatchPayload> = payload;
+      await deliverBatch(deliverDeps, batch, helpers.job.id);
     },
     [PRUNE_ATTEMPTS_TASK]: async () => {
       const deleted = await pruneAttempts(deps.pool, deps.settings.attemptRetentionDays);

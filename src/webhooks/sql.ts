@@ -1,6 +1,7 @@
 /**
- * The queries of webhooks. The fan-out of a new event to its deliveries is the trigger in
- * migrations/002_webhooks.sql, so that every writer of events gets it in its own transaction.
+ * The queries of webhooks. The fan-out of new events to their deliveries and delivery jobs is
+ * the trigger of migrations/002_webhooks.sql (now as migrations/011_batched_deliveries.sql
+ * defines it), so that every writer of events gets it in its own transaction.
  */
 import type { EventRow } from '../events/service.js';
 import type { Queryable } from '../platform/db/pool.js';

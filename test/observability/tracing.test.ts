@@ -3,7 +3,7 @@
  * receiver in this test exports one trace per payment request: the HTTP server span, its SQL
  * statements and its provider call as children, and the webhook job it enqueued running as a
  * consumer span in the same trace (the context travelled in the job's payload), with the job's
- * own SQL under it. Logs of the request carry the trace id.
+ * own SQL under it and a span per delivery. Logs of the request carry the trace id.
  */
 import assert from 'node:assert/strict';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
@@ -85,18 +85,21 @@ test('one trace from the HTTP request through its SQL, the provider call and the
   // Wait for the request's span and the webhook job's run to be exported.
   let server: OtlpSpan | undefined;
   let consumer: OtlpSpan | undefined;
-  for (let tries = 0; tries < 300 && !(server && consumer); tries += 1) {
+  let delivery: OtlpSpan | undefined;
+  for (let tries = 0; tries < 300 && !(server && consumer && delivery); tries += 1) {
     await new Promise((resolve) => setTimeout(resolve, 100));
     server = receiver.spans.find((span) => span.kind === KIND.server && span.name === 'POST /v1/payment_intents');
     consumer = receiver.spans.find(
-      (span) => span.kind === KIND.consumer && span.name === 'process deliver_webhook' && span.traceId === server?.traceId,
+      (span) => span.kind === KIND.consumer && span.name === 'process deliver_webhooks' && span.traceId === server?.traceId,
     );
+    delivery = receiver.spans.find((span) => span.name === 'process deliver_webhook' && span.parentSpanId === consumer?.spanId);
   }
   assert.ok(server, `no server span; got ${receiver.spans.map((s) => s.name).join(', ')}`);
   assert.ok(
     consumer,
-    `no deliver_webhook span in the request's trace; got ${receiver.spans.map((s) => `${s.name}@${s.traceId}`).join(', ')}`,
+    `no deliver_webhooks span in the request's trace; got ${receiver.spans.map((s) => `${s.name}@${s.traceId}`).join(', ')}`,
   );
+  assert.ok(delivery, `no span of the delivery under the batch's; got ${receiver.spans.map((s) => s.name).join(', ')}`);
   assert.equal(attribute(server, 'http.request.method'), 'POST');
   assert.equal(attribute(server, 'http.route'), '/v1/payment_intents');
   assert.equal(attribute(server, 'http.response.status_code'), 200);
@@ -111,10 +114,14 @@ test('one trace from the HTTP request through its SQL, the provider call and the
   assert.equal(attribute(provider, 'http.request.method'), 'POST');
   assert.equal(attribute(provider, 'http.response.status_code'), 200);
 
-  // The job continues the request's trace, with its own SQL beneath it.
+  // The batch job continues the request's trace, with its own SQL beneath it; the delivery has
+  // the span a deliver_webhook job has, beneath the batch's.
   assert.equal(consumer.parentSpanId, server.spanId);
-  assert.equal(attribute(consumer, 'messaging.destination.name'), 'deliver_webhook');
+  assert.equal(attribute(consumer, 'messaging.destination.name'), 'deliver_webhooks');
   assert.ok(receiver.spans.some((span) => span.parentSpanId === consumer.spanId && attribute(span, 'db.system.name') === 'postgresql'));
+  assert.equal(delivery.kind, KIND.consumer);
+  assert.equal(attribute(delivery, 'messaging.destination.name'), 'deliver_webhook');
+  assert.match(String(attribute(delivery, 'floodgate.webhook_delivery.id')), /^wd_/);
 
   // The request's log lines carry its trace id.
   const traced = floodgate.output.some(

@@ -45,6 +45,17 @@ describe('coalesce', () => {
     assert.deepEqual(batches, [[1], [2, 3], [4]]);
   });
 
+  test('with sizeOf, a batch holds at most batchMax in size; a call larger than that goes alone', async () => {
+    const { batches, run, releaseNext } = recorder();
+    const call = coalesce({ run, batchMax: 10, sizeOf: (input: number) => input });
+    const first = call(1);
+    await new Promise((resolve) => setImmediate(resolve));
+    const later = Promise.all([call(4), call(5), call(2), call(12), call(3)]);
+    for (let batch = 0; batch < 5; batch++) await releaseNext();
+    await Promise.all([first, later]);
+    assert.deepEqual(batches, [[1], [4, 5], [2], [12], [3]]);
+  });
+
   test("a failed run fails every call of its batch with the run's error; the next batch runs", async () => {
     let fail = true;
     const call = coalesce({

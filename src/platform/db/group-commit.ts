@@ -18,7 +18,14 @@ import assert from 'node:assert/strict';
 export interface GroupCommitOptions<Request, Answer> {
   /** How long the first request of an idle group waits for company; 0 sends it on the next turn of the event loop. */
   windowMs: number;
+  /** The most requests in a batch or, with sizeOf, the largest total size of a batch's requests. */
   batchMax: number;
+  /**
+   * A request's size, for requests that carry several items into one statement (its arrays are
+   * what must stay small); every request counts 1 without it. A request larger than batchMax
+   * still goes, alone.
+   */
+  sizeOf?: (request: Request) => number;
   /** Batches of one group that may run at once (1 when batches contend for the same rows). */
   maxRunning: number;
   /** One batch's work: answers in the order of `batch`. A throw rejects every request in it. */
@@ -94,7 +101,7 @@ export class GroupCommit<Request, Answer> {
   private start(name: string, group: Group<Request, Answer>): void {
     group.cancelStart?.();
     group.cancelStart = undefined;
-    const batch = group.waiting.splice(0, this.options.batchMax);
+    const batch = group.waiting.splice(0, this.batchLength(group.waiting));
     if (batch.length === 0) {
       if (group.running === 0) this.groups.delete(name);
       return;
@@ -108,6 +115,20 @@ export class GroupCommit<Request, Answer> {
       if (group.waiting.length > 0) this.schedule(name, group);
       else if (group.running === 0) this.groups.delete(name);
     });
+  }
+
+  /** How many of the waiting requests, from the first, the next batch takes: at least one. */
+  private batchLength(waiting: Waiting<Request, Answer>[]): number {
+    const { batchMax, sizeOf } = this.options;
+    if (!sizeOf) return batchMax;
+    let size = 0;
+    let length = 0;
+    for (const { request } of waiting) {
+      size += sizeOf(request);
+      if (length > 0 && size > batchMax) break;
+      length += 1;
+    }
+    return length;
   }
 
   /** Keeps a group's last batch size, the most recent groups' only. */
@@ -140,12 +161,14 @@ export class GroupCommit<Request, Answer> {
 export function coalesce<Input, Output>(options: {
   run: (inputs: Input[]) => Promise<Output[]>;
   batchMax: number;
+  sizeOf?: (input: Input) => number;
 }): (input: Input) => Promise<Output> {
   const commits = new GroupCommit<Input, Output>({
     windowMs: 0,
     batchMax: options.batchMax,
     maxRunning: 1,
     run: (_group, batch) => options.run(batch),
+    ...(options.sizeOf ? { sizeOf: options.sizeOf } : {}),
   });
   return (input) => commits.submit('', input);
 }
