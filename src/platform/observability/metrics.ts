@@ -25,14 +25,17 @@ export interface Metrics {
   jobRetries: Counter<'task'>;
   webhookDeliveryDuration: Histogram<'result'>;
   webhookDeliveries: Counter<'outcome'>;
-  waitingRoomLength: Gauge<'sale'>;
+  /**
+   * Each sale's line as this node last saw it (waiting; admitted, pending and shopping): set on
+   * every join and poll, read into floodgate_waiting_room_length and _admitted when scraped.
+   */
+  waitingRoomSeen: Map<string, { waiting: number; pending: number; shopping: number }>;
   waitingRoomAdmissions: Counter<'sale'>;
   waitingRoomWaitSeconds: Histogram<'sale'>;
   holdBatchSize: Histogram;
   intentBatchSize: Histogram;
   orderBatchSize: Histogram;
   confirmBatchSize: Histogram<'phase'>;
-  waitingRoomAdmitted: Gauge<'sale' | 'state'>;
   dbQueryDuration: SeriesHistogram<'statement' | 'outcome'>;
   providerDuration: Histogram<'operation' | 'outcome'>;
 }
@@ -81,11 +84,17 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     registers: [registry],
   });
   // Every node sets the length it last saw of the shared line: aggregate with max, not sum.
-  const waitingRoomLength = new Gauge({
+  // Kept in a map and read when scraped: setting a labelled gauge on every join and poll cost
+  // more than the value is worth between two scrapes.
+  const waitingRoomSeen: Metrics['waitingRoomSeen'] = new Map();
+  new Gauge({
     name: 'floodgate_waiting_room_length',
     help: "Buyers waiting in the sale's line, as last seen by this node",
     labelNames: ['sale'] as const,
     registers: [registry],
+    collect() {
+      for (const [sale, seen] of waitingRoomSeen) this.set({ sale }, seen.waiting);
+    },
   });
   const waitingRoomAdmissions = new Counter({
     name: 'floodgate_waiting_room_admissions_total',
@@ -125,11 +134,17 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     buckets: [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000],
     registers: [registry],
   });
-  const waitingRoomAdmitted = new Gauge({
+  new Gauge({
     name: 'floodgate_waiting_room_admitted',
     help: 'Admitted buyers of the sale by state (pending: token not yet used; shopping: holding), as last seen by this node',
     labelNames: ['sale', 'state'] as const,
     registers: [registry],
+    collect() {
+      for (const [sale, seen] of waitingRoomSeen) {
+        this.set({ sale, state: 'pending' }, seen.pending);
+        this.set({ sale, state: 'shopping' }, seen.shopping);
+      }
+    },
   });
   // Observed on every statement: a series is found once per statement name, then held.
   const dbQueryDuration = new SeriesHistogram({
@@ -152,7 +167,6 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     intentBatchSize,
     orderBatchSize,
     confirmBatchSize,
-    waitingRoomAdmitted,
     dbQueryDuration,
     providerDuration,
     httpDuration,
@@ -161,7 +175,7 @@ export function createMetrics(options: { defaultMetrics: boolean }): Metrics {
     jobRetries,
     webhookDeliveryDuration,
     webhookDeliveries,
-    waitingRoomLength,
+    waitingRoomSeen,
     waitingRoomAdmissions,
     waitingRoomWaitSeconds,
   };
