@@ -303,12 +303,12 @@ export type CachedSale = Cached<ReturnType<typeof toApiSale> | null>;
 
 export const saleCacheKey = (merchantId: string, saleId: string) => `${merchantId}:${saleId}`;
 
-/** The sale with its availability, stale by at most the cache's bound (FLOODGATE_CACHE_STALE_MS). */
 /** The sale as this node holds it now, or undefined (nothing is loaded). */
 export function peekSale(cache: SaleCache, merchantId: string, saleId: string) {
   return cache.peek(saleCacheKey(merchantId, saleId));
 }
 
+/** The sale with its availability, stale by at most the cache's bound (FLOODGATE_CACHE_STALE_MS). */
 export function cachedSale(cache: SaleCache, pool: Pool, merchantId: string, saleId: string) {
   return cache.get(saleCacheKey(merchantId, saleId), () => retrieveSale(pool, merchantId, saleId).then((sale) => sale ?? null));
 }

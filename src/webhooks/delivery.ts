@@ -12,6 +12,7 @@ import type { Sealer } from '../platform/crypto/sealed.js';
 import { coalesce } from '../platform/db/group-commit.js';
 import { type Pool, withTransaction } from '../platform/db/pool.js';
 import { addJob } from '../platform/jobs/queue.js';
+import { jobSpanAttributes } from '../platform/jobs/runner.js';
 import type { Metrics } from '../platform/observability/metrics.js';
 import { inSpan, SpanKind } from '../platform/observability/tracing.js';
 import { type AttemptOutcome, type AttemptResult, outcomeOf, resultLabel, retryDelayMs, signatureHeader, statusAfter } from './domain.js';
@@ -216,13 +217,7 @@ const keyOf = (job: DeliveryJob): sql.DeliveryKey => ({ merchantId: job.merchant
 
 /** A delivery's span in a batch: the one graphile-worker's runner gives a deliver_webhook job (platform/jobs/runner.ts). */
 function spanAttributes(job: DeliveryJob, jobId: string) {
-  return {
-    'messaging.system': 'graphile_worker',
-    'messaging.operation.type': 'process',
-    'messaging.destination.name': DELIVER_TASK,
-    'messaging.message.id': jobId,
-    'floodgate.webhook_delivery.id': job.delivery_id,
-  };
+  return { ...jobSpanAttributes(DELIVER_TASK, jobId), 'floodgate.webhook_delivery.id': job.delivery_id };
 }
 
 /** An attempt sent, not yet recorded. */

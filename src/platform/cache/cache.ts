@@ -171,12 +171,7 @@ class TwoLevelCache<T> implements Cache<T> {
     if (key.length === 0 || key.length > CACHE_KEY_CHARS_MAX) {
       return Promise.reject(new assert.AssertionError({ message: `a cache key is 1 to ${CACHE_KEY_CHARS_MAX} characters` }));
     }
-    const hit = this.l1.get(key);
-    if (hit) {
-      this.l1Hits.inc();
-      return hit.l1 as Cached<T>;
-    }
-    return this.load(key, loader);
+    return this.peek(key) ?? this.load(key, loader);
   }
 
   peek(key: string): Cached<T> | undefined {

@@ -127,6 +127,14 @@ export function createShedder(options: ShedderOptions): Shedder {
     delayMs = source.takeMs();
   };
 
+  /** Why a request of this priority would be refused now, if it would: the one rule for both uses. */
+  const shedReason = (priority: 'line' | 'checkout'): 'event_loop_delay' | 'in_flight' | undefined => {
+    const headroom = priority === 'line' ? 1 : CHECKOUT_HEADROOM;
+    if (delayMs > options.eventLoopDelayMaxMs * headroom) return 'event_loop_delay';
+    if (inFlight >= options.inFlightMax * headroom) return 'in_flight';
+    return undefined;
+  };
+
   const refuse = (reason: 'event_loop_delay' | 'in_flight', priority: 'line' | 'checkout'): never => {
     shed.inc({ reason, priority });
     const spread = SHED_RETRY_AFTER_SECONDS_MAX - SHED_RETRY_AFTER_SECONDS_MIN + 1;
@@ -140,11 +148,9 @@ export function createShedder(options: ShedderOptions): Shedder {
     onRequest: callbackHook((request) => {
       const route = routeConfig(request);
       if (EXEMPT_PATHS.has(route.url ?? '')) return undefined;
-      const line = route.shedding === 'line';
-      const headroom = line ? 1 : CHECKOUT_HEADROOM;
-      const priority = line ? 'line' : 'checkout';
-      if (delayMs > options.eventLoopDelayMaxMs * headroom) refuse('event_loop_delay', priority);
-      if (inFlight >= options.inFlightMax * headroom) refuse('in_flight', priority);
+      const priority = route.shedding === 'line' ? 'line' : 'checkout';
+      const reason = shedReason(priority);
+      if (reason) refuse(reason, priority);
       return undefined;
     }),
     onBodyRead: callbackHook((request, reply) => {
@@ -155,10 +161,7 @@ export function createShedder(options: ShedderOptions): Shedder {
       reply.raw.on('close', leave);
       return undefined;
     }),
-    wouldShed(priority) {
-      const headroom = priority === 'line' ? 1 : CHECKOUT_HEADROOM;
-      return delayMs > options.eventLoopDelayMaxMs * headroom || inFlight >= options.inFlightMax * headroom;
-    },
+    wouldShed: (priority) => shedReason(priority) !== undefined,
     runOnce,
     start() {
       if (timer) return;

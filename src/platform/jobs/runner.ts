@@ -60,6 +60,16 @@ export async function migrateJobs(pool: Pool): Promise<void> {
   await runMigrations({ pgPool: pool, logger: quietLogger() });
 }
 
+/** A job's consumer span attributes (messaging semantic conventions). */
+export function jobSpanAttributes(task: string, jobId: string) {
+  return {
+    'messaging.system': 'graphile_worker',
+    'messaging.operation.type': 'process',
+    'messaging.destination.name': task,
+    'messaging.message.id': jobId,
+  };
+}
+
 /**
  * Each task runs in a consumer span that continues the trace of the transaction that added the
  * job; the trace context is taken out of the payload before the task sees it.
@@ -75,12 +85,7 @@ function traced(tasks: TaskList): TaskList {
         carrier = found;
         body = rest;
       }
-      const attributes = {
-        'messaging.system': 'graphile_worker',
-        'messaging.operation.type': 'process',
-        'messaging.destination.name': name,
-        'messaging.message.id': helpers.job.id,
-      };
+      const attributes = jobSpanAttributes(name, helpers.job.id);
       return inSpan(`process ${name}`, { kind: SpanKind.CONSUMER, attributes, parent: contextFrom(carrier) }, async () =>
         (task as NonNullable<typeof task>)(body, helpers),
       );
