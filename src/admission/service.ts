@@ -80,7 +80,7 @@ export class WaitingRoom {
   private readonly pollMaxSeconds: number;
   /**
    * Each sale's fairness seed, an HMAC that every join and poll needs and that never changes:
-   * made once per sale (it was 4 % of a join's CPU). Bounded; past the bound it starts over.
+   * made once per sale (it was about 4 % of the line's CPU in a profile). Bounded; past the bound it starts over.
    */
   private readonly seeds = new Map<string, string>();
 
