@@ -13,7 +13,7 @@ import { waitUntil } from '../../../test/receiver.js';
 import { createPool, type Client as PoolClient } from '../db/pool.js';
 import { createMetrics } from '../observability/metrics.js';
 import { addJob, type JobOptions } from './queue.js';
-import { startWorker, sweepLocks, type Worker, type WorkerOptions } from './runner.js';
+import { StallClock, startWorker, sweepLocks, type Worker, type WorkerOptions } from './runner.js';
 
 const { pool, url } = await createTestDatabase();
 const log = pino({ level: 'silent' });
@@ -233,5 +233,40 @@ describe('a runner that stalls without stopping', () => {
       await bounded(worker.stop());
       await bounded(small.end());
     }
+  });
+});
+
+describe('the stall watch clock', () => {
+  const limits = { idleStallMs: 30_000, busyStallMs: 60_000, checkEveryMs: 5_000, concurrency: 2 };
+
+  test('an idle runner silent past the idle limit is stalled; a busy one past the busy limit', () => {
+    const idle = new StallClock({ ...limits, now: 0 });
+    for (let now = 5_000; now <= 30_000; now += 5_000) assert.equal(idle.check(now), undefined, `not yet at ${now} ms`);
+    assert.match(String(idle.check(35_000)?.message), /stalled: no job fetched for 35000 ms/);
+
+    const busy = new StallClock({ ...limits, now: 0 });
+    busy.started(0);
+    busy.started(0);
+    for (let now = 5_000; now <= 60_000; now += 5_000) assert.equal(busy.check(now), undefined, `not yet at ${now} ms`);
+    assert.match(String(busy.check(65_000)?.message), /no job fetched, started or finished for 65000 ms/);
+  });
+
+  test('fetches and job activity keep it healthy', () => {
+    const clock = new StallClock({ ...limits, now: 0 });
+    for (let now = 5_000; now <= 120_000; now += 5_000) {
+      if (now % 20_000 === 0) clock.fetched(now);
+      assert.equal(clock.check(now), undefined, `healthy at ${now} ms`);
+    }
+  });
+
+  test('a check far later than its interval (the process was stopped or paused) restarts the clocks instead of reporting', () => {
+    const clock = new StallClock({ ...limits, now: 0 });
+    clock.fetched(4_000);
+    assert.equal(clock.check(5_000), undefined);
+    // SIGSTOP for 40 s, then SIGCONT: the next check comes 40 s late.
+    assert.equal(clock.check(45_000), undefined, 'a pause is not a stall');
+    // The runner then gets a whole stall period from the resume.
+    for (let now = 50_000; now <= 75_000; now += 5_000) assert.equal(clock.check(now), undefined, `not yet at ${now} ms`);
+    assert.match(String(clock.check(80_000)?.message), /for 35000 ms/);
   });
 });

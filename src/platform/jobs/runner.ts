@@ -182,38 +182,78 @@ export async function sweepLocks(db: Queryable, lockTimeoutMs: number): Promise<
  */
 function stallWatch(events: WorkerEvents, options: WorkerOptions, stalled: (error: Error) => void): NodeJS.Timeout {
   const idleStallMs = options.stallAfterMs ?? Math.max(STALL_MIN_MS, STALL_POLL_INTERVALS * options.pollIntervalMs);
-  const busyStallMs = Math.max(idleStallMs, 2 * options.lockTimeoutMs);
-  let running = 0;
-  let lastFetch = Date.now();
-  let lastActivity = Date.now();
-  const fetched = () => {
-    lastFetch = Date.now();
-    lastActivity = lastFetch;
-  };
-  events.on('localQueue:getJobs:complete', fetched);
-  events.on('worker:getJob:empty', fetched);
-  events.on('job:start', () => {
-    running++;
-    lastActivity = Date.now();
+  const checkEveryMs = Math.max(100, Math.min(idleStallMs / 4, 5_000));
+  const clock = new StallClock({
+    idleStallMs,
+    busyStallMs: Math.max(idleStallMs, 2 * options.lockTimeoutMs),
+    checkEveryMs,
+    concurrency: options.concurrency,
+    now: Date.now(),
   });
-  events.on('job:complete', () => {
-    running = Math.max(0, running - 1);
-    lastActivity = Date.now();
-  });
-  const timer = setInterval(
-    () => {
-      const now = Date.now();
-      const idle = running < options.concurrency;
-      if (idle ? now - lastFetch > idleStallMs : now - lastActivity > busyStallMs) {
-        const silentMs = now - (idle ? lastFetch : lastActivity);
-        stalled(new Error(`the job runner stalled: no job fetched${idle ? '' : ', started or finished'} for ${silentMs} ms`));
-      }
-    },
-    Math.max(100, Math.min(idleStallMs / 4, 5_000)),
-  );
+  events.on('localQueue:getJobs:complete', () => clock.fetched(Date.now()));
+  events.on('worker:getJob:empty', () => clock.fetched(Date.now()));
+  events.on('job:start', () => clock.started(Date.now()));
+  events.on('job:complete', () => clock.completed(Date.now()));
+  const timer = setInterval(() => {
+    const error = clock.check(Date.now());
+    if (error) stalled(error);
+  }, checkEveryMs);
   timer.unref();
   return timer;
 }
+
+/**
+ * The stall watch's clocks, apart from timers so a test can drive them. A check that comes far
+ * later than its interval means this process did not run meanwhile (stopped by a signal, a
+ * paused VM or container, an event loop blocked by something else): the runner could not have
+ * fetched either, so the clocks restart rather than report a stall the next fetch would end.
+ */
+export class StallClock {
+  private running = 0;
+  private lastFetch: number;
+  private lastActivity: number;
+  private lastCheck: number;
+
+  constructor(
+    private readonly limits: { idleStallMs: number; busyStallMs: number; checkEveryMs: number; concurrency: number; now: number },
+  ) {
+    this.lastFetch = limits.now;
+    this.lastActivity = limits.now;
+    this.lastCheck = limits.now;
+  }
+
+  fetched(now: number): void {
+    this.lastFetch = now;
+    this.lastActivity = now;
+  }
+
+  started(now: number): void {
+    this.running++;
+    this.lastActivity = now;
+  }
+
+  completed(now: number): void {
+    this.running = Math.max(0, this.running - 1);
+    this.lastActivity = now;
+  }
+
+  /** The stall to report now, if any. */
+  check(now: number): Error | undefined {
+    const late = now - this.lastCheck > PAUSED_CHECKS * this.limits.checkEveryMs;
+    this.lastCheck = now;
+    if (late) {
+      this.lastFetch = now;
+      this.lastActivity = now;
+      return undefined;
+    }
+    const idle = this.running < this.limits.concurrency;
+    const silentMs = now - (idle ? this.lastFetch : this.lastActivity);
+    if (silentMs <= (idle ? this.limits.idleStallMs : this.limits.busyStallMs)) return undefined;
+    return new Error(`the job runner stalled: no job fetched${idle ? '' : ', started or finished'} for ${silentMs} ms`);
+  }
+}
+// A check this many intervals late means the process itself was not running.
+const PAUSED_CHECKS = 3;
 // An idle runner that has not fetched for this many poll intervals (and at least STALL_MIN_MS:
 // a loaded machine delays timers by seconds) is stalled.
 const STALL_POLL_INTERVALS = 20;
