@@ -9,7 +9,11 @@ import { median, round } from './stats.js';
 import type { SurgePart } from './surge.js';
 
 export type Side = 'api' | 'pgbench';
-export type PhaseKind = 'max' | 'rate' | 'single';
+/**
+ * `fanout` is a max phase for the merchant with a webhook endpoint: each creation's event fans
+ * out to a delivery, which the paused worker leaves queued (issue 9's creation with fan-out).
+ */
+export type PhaseKind = 'max' | 'rate' | 'single' | 'fanout';
 
 export interface PhaseResult {
   round: number;

@@ -30,10 +30,13 @@ export interface WorkerSummary {
   deliveriesPerFanOutCreation: number;
   /**
    * Payment creation with the fan-out ÷ pgbench running the naive one-statement creation (no
-   * endpoint) in the same round: issue 9's goal of 1.0 for a webhook merchant. NaN when the
-   * payments section (pgbench) did not run.
+   * endpoint) in the same round: issue 9's goal of 1.0 for a webhook merchant. The creation is
+   * the `fanout` max phase when it ran (warm and as long as the API max), else the burst that
+   * fills the drain's queue. NaN when the payments section (pgbench) did not run.
    */
   fanOutCreationPerPgbench: number;
+  /** CPU per creation in the fan-out max phases (µs): API server + generator, PostgreSQL. */
+  fanOutCpu?: { api: number; backends: number };
   cpuRows: { metric: string; payment: number; job: number; delivery: number }[];
   /** deliveries/s ÷ payments/s when the cores are the only limit: payment CPU ÷ delivery CPU. */
   cpuBoundDeliveryRatio: number;
@@ -54,12 +57,16 @@ export function summarizeWorker(
   jobs: JobsPhaseResult[],
   webhooks: WebhooksPhaseResult[],
   pgbenchMax: PhaseResult[] = [],
+  fanOutMax: PhaseResult[] = [],
 ): WorkerSummary {
   const maxOf = new Map(apiMax.map((phase) => [phase.round, phase]));
   const pgbenchOf = new Map(pgbenchMax.map((phase) => [phase.round, phase.throughput]));
+  const fanOutOf = new Map(fanOutMax.map((phase) => [phase.round, phase.throughput]));
+  // Each round's creation with fan-out: its max phase, or the burst when none ran.
+  const fanOutCreation = (phase: WebhooksPhaseResult) => fanOutOf.get(phase.round) ?? phase.creation.throughput;
   const perPgbench = webhooks.flatMap((phase) => {
     const reference = pgbenchOf.get(phase.round);
-    return reference ? [phase.creation.throughput / reference] : [];
+    return reference ? [fanOutCreation(phase) / reference] : [];
   });
   const ratios = <T extends { round: number }>(items: T[], value: (item: T) => number, base: (phase: PhaseResult, item: T) => number) =>
     median(
@@ -84,10 +91,18 @@ export function summarizeWorker(
       { metric: 'payment creation, API max (req/s)', value: median(apiMax.map((phase) => phase.throughput)), ratio: 1 },
       row('jobs drained (jobs/s)', jobs, (phase) => phase.throughput),
       row('webhook deliveries (deliveries/s)', webhooks, (phase) => phase.throughput),
-      row('payment creation with fan-out (req/s)', webhooks, (phase) => phase.creation.throughput),
+      ...(fanOutMax.length > 0 ? [row('payment creation with fan-out, API max (req/s)', fanOutMax, (phase) => phase.throughput)] : []),
+      row('payment creation with fan-out, burst (req/s)', webhooks, (phase) => phase.creation.throughput),
     ],
-    deliveriesPerFanOutCreation: round(median(webhooks.map((phase) => phase.throughput / phase.creation.throughput)), 2),
+    deliveriesPerFanOutCreation: round(median(webhooks.map((phase) => phase.throughput / fanOutCreation(phase))), 2),
     fanOutCreationPerPgbench: perPgbench.length > 0 ? round(median(perPgbench), 2) : Number.NaN,
+    fanOutCpu:
+      fanOutMax.length > 0
+        ? {
+            api: median(fanOutMax.map((p) => p.cpu.serverUsPerTx + p.cpu.clientUsPerTx)),
+            backends: median(fanOutMax.map((p) => p.cpu.backendsUsPerTx)),
+          }
+        : undefined,
     cpuRows: [
       {
         metric: 'worker | API server + generator',
@@ -147,6 +162,12 @@ export function formatWorkerTable(
     ...summary.rows.map((row) => `${pad(row.metric, 40)} ${pad(num(row.value), 10)} ${ratio(row.ratio)}`),
     `${pad('deliveries/s ÷ creation with fan-out', 51)} ${ratio(summary.deliveriesPerFanOutCreation)}`,
     `${pad('creation with fan-out ÷ pgbench (naive, no endpoint)', 51)} ${ratio(summary.fanOutCreationPerPgbench)}`,
+    ...(summary.fanOutCpu
+      ? [
+          `${pad('creation with fan-out, CPU per creation (µs)', 51)} API + generator ${num(summary.fanOutCpu.api)}, ` +
+            `PostgreSQL ${num(summary.fanOutCpu.backends)}`,
+        ]
+      : []),
     '',
     `${pad('CPU per unit of work (µs)', 32)} ${pad('payment', 9)} ${pad('job', 9)} delivery`,
     ...summary.cpuRows.map((row) => `${pad(row.metric, 32)} ${pad(num(row.payment), 9)} ${pad(num(row.job), 9)} ${num(row.delivery)}`),

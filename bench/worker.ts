@@ -231,6 +231,19 @@ async function countJobs(db: BenchDatabase, tasks: string | readonly string[]): 
 // The fan-out's batch jobs and the single delivery jobs (retries).
 const DELIVERY_TASKS = [DELIVER_BATCH_TASK, DELIVER_TASK] as const;
 
+/**
+ * Deletes the delivery jobs a phase left queued while the worker was paused (the fan-out max
+ * phase's): a reset truncates their deliveries but not graphile-worker's jobs, and the next
+ * drain would count and run them.
+ */
+export async function dropQueuedDeliveries(db: BenchDatabase): Promise<void> {
+  await db.query(
+    `delete from graphile_worker._private_jobs
+     where task_id in (select id from graphile_worker._private_tasks where identifier = any($1))`,
+    [DELIVERY_TASKS],
+  );
+}
+
 async function countDeliveries(db: BenchDatabase, merchantId: string, status?: string): Promise<number> {
   const { rows } = await db.query<{ count: number }>(
     'select count(*)::int as count from webhook_deliveries where merchant_id = $1 and ($2::text is null or status = $2)',
