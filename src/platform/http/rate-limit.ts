@@ -10,31 +10,30 @@
 import { isIP } from 'node:net';
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
-import { type RateLimiterAbstract, RateLimiterMemory, RateLimiterRedis, RateLimiterRes } from 'rate-limiter-flexible';
 import { registeredCounter } from '../observability/registered.js';
 import type { RedisConnections } from '../redis/client.js';
 import { routeConfig } from './context.js';
 import { ApiError } from './errors.js';
 import { type CallbackHook, callbackHook } from './hooks.js';
+import { type RateDecision, WindowLimiter } from './window-limiter.js';
+
+export type { RateDecision } from './window-limiter.js';
 
 type Log = Pick<FastifyBaseLogger, 'warn'>;
 
 // Falling back repeats on every request while Redis is down; one warning per interval.
 const FALLBACK_LOG_INTERVAL_MS = 10_000;
 
-export interface RateDecision {
-  allowed: boolean;
-  limit: number;
-  remaining: number;
-  /** Seconds until the window ends and the full limit is available again. */
-  resetSeconds: number;
-}
-
 export interface Limiter {
   readonly name: string;
   readonly points: number;
-  /** Takes one point for key. Never rejects: a broken store allows the request (see below). */
-  consume(key: string): Promise<RateDecision>;
+  /**
+   * Takes one point for key: synchronously when this node can decide from its memory, else
+   * once it has leased points from Redis. Never rejects: without Redis it counts in memory.
+   */
+  consume(key: string): RateDecision | Promise<RateDecision>;
+  /** The decision this node can make now without Redis (taking the point when `take`), or undefined. */
+  decideNow(key: string, take: boolean): RateDecision | undefined;
 }
 
 export interface LimiterOptions {
@@ -50,76 +49,41 @@ export interface LimiterOptions {
 
 /**
  * A fixed-window limiter of `points` per `windowSeconds`, the window starting at a key's first
- * request. Exported so capabilities can limit their own things (joins per buyer, say).
+ * request, shared by every node through Redis (window-limiter.ts). Exported so capabilities
+ * can limit their own things (joins per buyer, say).
  */
 export function createLimiter(options: LimiterOptions): Limiter {
-  const base = { points: options.points, duration: options.windowSeconds, keyPrefix: `ratelimit:${options.name}` };
   const fallbacks = registeredCounter(options.registry, {
     name: 'floodgate_rate_limit_fallbacks_total',
-    help: 'Rate-limit decisions made without the shared store (counted in this process, or allowed), by limit',
+    help: 'Rate-limit decisions made without the shared store (counted in this process), by limit',
     labelNames: ['limit'] as const,
   });
   let warnedAt = Number.NEGATIVE_INFINITY;
-  const fellBack = (message: string, error?: unknown) => {
-    fallbacks.inc({ limit: options.name });
-    const now = performance.now();
-    if (now - warnedAt < FALLBACK_LOG_INTERVAL_MS) return;
-    warnedAt = now;
-    options.log.warn({ limit: options.name, err: error }, message);
-  };
-  // Failing open, in two steps. When Redis cannot answer, the insurance limiter counts in this
-  // process: each node still holds every client to the limit, only no longer summed across
-  // nodes. Should even that fail, the request is allowed. A rate limit protects capacity; it
-  // must not turn a Redis outage into an outage of the payment API, and overload is still
-  // caught by load shedding.
-  const limiter: RateLimiterAbstract = options.redis
-    ? new RateLimiterRedis({
-        ...base,
-        storeClient: options.redis.client,
-        // Disconnected: straight to the insurance limiter, without a doomed round trip.
-        rejectIfRedisNotReady: true,
-        insuranceLimiter: new InsuranceLimiter(base, () =>
-          fellBack('rate limit store unavailable: counting in this process, so each node allows the full limit until it is back'),
-        ),
-      })
-    : new RateLimiterMemory(base);
-
+  // Failing open, in one step: when Redis cannot answer, this process counts. Each node still
+  // holds every client to the limit, only no longer summed across nodes. A rate limit protects
+  // capacity; it must not turn a Redis outage into an outage of the payment API, and overload
+  // is still caught by load shedding.
+  const limiter = new WindowLimiter({
+    name: options.name,
+    points: options.points,
+    windowSeconds: options.windowSeconds,
+    redis: options.redis,
+    fellBack(error) {
+      fallbacks.inc({ limit: options.name });
+      const now = performance.now();
+      if (now - warnedAt < FALLBACK_LOG_INTERVAL_MS) return;
+      warnedAt = now;
+      options.log.warn(
+        { limit: options.name, err: error },
+        'rate limit store unavailable: counting in this process, so each node allows the full limit until it is back',
+      );
+    },
+  });
   return {
     name: options.name,
     points: options.points,
-    async consume(key) {
-      try {
-        return decision(options.points, await limiter.consume(key), true);
-      } catch (result) {
-        if (result instanceof RateLimiterRes) return decision(options.points, result, false);
-        fellBack('rate limit could not be decided: request allowed', result);
-        return { allowed: true, limit: options.points, remaining: options.points, resetSeconds: options.windowSeconds };
-      }
-    },
-  };
-}
-
-/** The memory limiter Redis falls back to, reporting each use. */
-class InsuranceLimiter extends RateLimiterMemory {
-  constructor(
-    options: ConstructorParameters<typeof RateLimiterMemory>[0],
-    private readonly onUse: () => void,
-  ) {
-    super(options);
-  }
-
-  override consume(key: string | number, points?: number, options?: { [key: string]: unknown }): Promise<RateLimiterRes> {
-    this.onUse();
-    return super.consume(key, points, options);
-  }
-}
-
-function decision(points: number, result: RateLimiterRes, allowed: boolean): RateDecision {
-  return {
-    allowed,
-    limit: points,
-    remaining: Math.max(0, result.remainingPoints),
-    resetSeconds: Math.max(0, Math.ceil(result.msBeforeNext / 1000)),
+    consume: (key) => limiter.consume(key),
+    decideNow: (key, take) => limiter.decideNow(key, take),
   };
 }
 
@@ -215,8 +179,7 @@ export function createRateLimit(options: RateLimitOptions): RateLimitHooks {
   // the limit the client will meet first (both limits count the same requests).
   const sent = new WeakMap<FastifyRequest, RateDecision>();
 
-  const apply = async (limiter: Limiter, subject: string, request: FastifyRequest, reply: FastifyReply) => {
-    const result = await limiter.consume(subject);
+  const settle = (limiter: Limiter, result: RateDecision, request: FastifyRequest, reply: FastifyReply): void => {
     if (!result.allowed) {
       refused.inc({ limit: limiter.name });
       throw new ApiError(
@@ -233,6 +196,13 @@ export function createRateLimit(options: RateLimitOptions): RateLimitHooks {
     if (previous && previous.remaining <= result.remaining) return;
     sent.set(request, result);
     reply.headers(rateLimitHeaders(result));
+  };
+  // Undefined when decided at once (most requests: this node holds leased points).
+  const apply = (limiter: Limiter, subject: string, request: FastifyRequest, reply: FastifyReply): Promise<void> | undefined => {
+    const result = limiter.consume(subject);
+    if (result instanceof Promise) return result.then((decided) => settle(limiter, decided, request, reply));
+    settle(limiter, result, request, reply);
+    return undefined;
   };
 
   // Both hooks return at once, without a promise, when no limit applies (see hooks.ts).
@@ -258,13 +228,11 @@ export function createRateLimit(options: RateLimitOptions): RateLimitHooks {
     byKey: callbackHook((request, reply) => {
       const principal = request.principal;
       if (!principal || (!ip && !key) || limitedPath(request) === undefined) return undefined;
-      return (async () => {
-        // A secret-looking key that is in fact another kind is counted as what it is.
-        if (ip && deferred.has(request) && principal.keyKind !== 'secret') {
-          await apply(ip, clientBucket(request.ip), request, reply);
-        }
-        if (key) await apply(key, principal.keyId, request, reply);
-      })();
+      // A secret-looking key that is in fact another kind is counted as what it is.
+      const byAddress =
+        ip && deferred.has(request) && principal.keyKind !== 'secret' ? apply(ip, clientBucket(request.ip), request, reply) : undefined;
+      if (!key) return byAddress;
+      return byAddress ? byAddress.then(() => apply(key, principal.keyId, request, reply)) : apply(key, principal.keyId, request, reply);
     }),
   };
 }
