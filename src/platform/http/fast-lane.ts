@@ -13,8 +13,8 @@
  * have sent for that request, with the same status, body and headers.
  *
  * The edge decides when no lane may run at all (see `open`): while the node is closing, when
- * tracing or debug logging wants every request seen, or when a per-request policy the lane
- * cannot apply synchronously is in force (rate limits counted in Redis, load shedding).
+ * tracing or debug logging wants every request seen, or when a per-request policy the lanes
+ * do not apply is in force (rate limits, load shedding).
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { FastifyBaseLogger } from 'fastify';
