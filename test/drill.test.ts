@@ -80,6 +80,7 @@ test('a small drill passes its invariants, writes its report, and logs no secret
       invariants: Array<{ name: string; value: number | null }>;
       buyers: Record<string, number>;
       unexpected5xx: number;
+      clientLoopDelayMs?: Record<'baseline' | 'surge', { p50: number; p99: number; max: number }>;
     };
     report: string;
     json: string;
@@ -90,6 +91,12 @@ test('a small drill passes its invariants, writes its report, and logs no secret
   assert.ok((outcome.verdict.buyers.sold_out ?? 0) > 0, 'the sale sold out (stock is half the buyers)');
   const buyers = Object.values(outcome.verdict.buyers).reduce((a, b) => a + b, 0);
   assert.equal(buyers, 200);
+  // The drill reports its own event-loop delay per phase, which every latency it timed includes.
+  const loop = outcome.verdict.clientLoopDelayMs;
+  assert.ok(loop, 'the verdict carries the client loop delay');
+  for (const phase of [loop.baseline, loop.surge]) {
+    assert.ok(Number.isFinite(phase.p99) && phase.p99 >= phase.p50 && phase.max >= phase.p99, JSON.stringify(phase));
+  }
 
   const html = await readFile(report, 'utf8');
   assert.match(html, /Floodgate drill: <span class="pass">PASS/);

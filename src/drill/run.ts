@@ -7,6 +7,7 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
 import path from 'node:path';
+import { type IntervalHistogram, monitorEventLoopDelay } from 'node:perf_hooks';
 import { audit } from '../audit/service.js';
 import type { Config } from '../config.js';
 import { createAuthenticator } from '../merchants/service.js';
@@ -18,7 +19,7 @@ import { type Deployment, type OpenDatabase, openDeployment } from './deployment
 import type { DrillOptions } from './options.js';
 import { type DrillReport, renderReport, type Timeline } from './report.js';
 import { carriedForward, p99PerSecond, perSecond } from './stats.js';
-import { computeVerdict, formatVerdict, type InvariantChecks, type Verdict } from './verdict.js';
+import { computeVerdict, formatVerdict, type InvariantChecks, type LoopDelay, type Verdict } from './verdict.js';
 
 export interface DrillOutcome {
   verdict: Verdict;
@@ -77,9 +78,11 @@ async function rehearse(deployment: Deployment, client: DrillClient, options: Dr
   // --- No surge: arrivals at half the sustainable rate, so nobody waits long.
   const calmRate = options.rate / 2;
   const baselineDeadline = client.now() + (options.baselineBuyers / calmRate) * 1000 + 60_000;
+  const calmLoop = loopDelay();
   await arrive(options.baselineBuyers, calmRate, Number.POSITIVE_INFINITY, () =>
     runBuyer(client, buyerPlan(baselineSale, 'baseline', baselineDeadline)),
   );
+  calmLoop.disable();
 
   // --- The surge.
   const surgeRate = options.rate * options.surge;
@@ -97,6 +100,7 @@ async function rehearse(deployment: Deployment, client: DrillClient, options: Dr
     });
   }, 1000);
   const bar = startProgress(progress, options, live);
+  const surgeLoop = loopDelay();
   let surgeBuyers: BuyerResult[];
   try {
     surgeBuyers = await arrive(options.buyers, surgeRate, options.durationSeconds * 1000, async () => {
@@ -114,6 +118,7 @@ async function rehearse(deployment: Deployment, client: DrillClient, options: Dr
       return result;
     });
   } finally {
+    surgeLoop.disable();
     clearInterval(sampler);
     bar.stop();
   }
@@ -124,6 +129,7 @@ async function rehearse(deployment: Deployment, client: DrillClient, options: Dr
   const checks = await checkInvariants(client, deployment, surgeSale, options.stock, notFinal);
   const records = client.records.filter((record) => record.phase !== 'setup');
   const verdict = computeVerdict(surgeBuyers, records, checks);
+  verdict.clientLoopDelayMs = { baseline: loopSummary(calmLoop), surge: loopSummary(surgeLoop) };
   const timeline = buildTimeline(surgeBuyers, client, surgeStartMs, surgeEndMs, samples);
   const report: DrillReport = {
     startedAt,
@@ -138,6 +144,22 @@ async function rehearse(deployment: Deployment, client: DrillClient, options: Dr
   await writeFile(options.reportFile, await renderReport(report));
   await writeFile(jsonFile, `${JSON.stringify(report, null, 2)}\n`);
   return { verdict, reportFile: options.reportFile, jsonFile, logFile: deployment.logFile };
+}
+
+// Node times a timer of this interval; what it records beyond it is the loop's delay.
+const LOOP_RESOLUTION_MS = 10;
+
+/** The drill's own event-loop delay from now until disabled. */
+function loopDelay(): IntervalHistogram {
+  const histogram = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
+  histogram.enable();
+  return histogram;
+}
+
+function loopSummary(histogram: IntervalHistogram): LoopDelay {
+  const ms = (ns: number) => Math.round(Math.max(0, ns / 1e6 - LOOP_RESOLUTION_MS) * 10) / 10;
+  if (histogram.count === 0) return { p50: 0, p99: 0, max: 0 };
+  return { p50: ms(histogram.percentile(50)), p99: ms(histogram.percentile(99)), max: ms(histogram.max) };
 }
 
 /**

@@ -41,6 +41,18 @@ export interface Verdict {
   /** p99 of the admitted buyers' requests (hold, order, confirm), surge against baseline. */
   admittedP99: { baselineMs: number; surgeMs: number; ratio: number | null; baselineCount: number; surgeCount: number };
   byKind: Record<string, { baseline: Percentiles; surge: Percentiles }>;
+  /**
+   * The drill's own event-loop delay in each phase (ms): an answer that arrives while the
+   * client's loop is busy waits that long before it is timed, so a surge phase's latencies
+   * include it. Absent when not measured.
+   */
+  clientLoopDelayMs?: { baseline: LoopDelay; surge: LoopDelay };
+}
+
+export interface LoopDelay {
+  p50: number;
+  p99: number;
+  max: number;
 }
 
 const OUTCOMES: BuyerOutcome[] = [
@@ -163,6 +175,14 @@ export function formatVerdict(verdict: Verdict): string {
   for (const [kind, { baseline, surge }] of Object.entries(verdict.byKind)) {
     if (baseline.count > 0) pct(`${kind}, no surge (${baseline.count})`, baseline, ' ms');
     if (surge.count > 0) pct(`${kind}, surge (${surge.count})`, surge, ' ms');
+  }
+  const loop = verdict.clientLoopDelayMs;
+  if (loop) {
+    const delay = (d: LoopDelay) => `p50 ${fmt(d.p50, 1)} / p99 ${fmt(d.p99, 1)} / max ${fmt(d.max)} ms`;
+    lines.push(
+      '',
+      `  the drill's own event-loop delay (in every latency above): no surge ${delay(loop.baseline)}; surge ${delay(loop.surge)}`,
+    );
   }
   const { baselineMs, surgeMs, ratio } = verdict.admittedP99;
   lines.push(
