@@ -26,6 +26,7 @@ import { createCache } from './platform/cache/cache.js';
 import { sealerFor } from './platform/crypto/sealed.js';
 import type { Pool } from './platform/db/pool.js';
 import { createReadRouter, type ReadRouter } from './platform/db/replicas.js';
+import { clientAddress, trustFunction } from './platform/http/client-address.js';
 import { type MatchedRoute, routeConfig } from './platform/http/context.js';
 import { ApiError } from './platform/http/errors.js';
 import type { FastLane } from './platform/http/fast-lane.js';
@@ -93,7 +94,8 @@ const READINESS_TIMEOUT_MS = 1_000;
 export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   const metrics = deps.metrics ?? createMetrics({ defaultMetrics: false });
   // Reads answered from this node's memory before Fastify (platform/http/fast-lane.ts): only
-  // while nothing counts or sheds requests, which a lane cannot do (the gate is set below).
+  // while the node would not shed them, which a lane cannot do (the gate is set below); a lane
+  // counts rate limits itself (rate-limit.ts laneAdmit).
   const fastLanes: FastLane[] = [];
   let fastLanesOpen = () => false;
   const app = await createHttpServer({
@@ -136,7 +138,8 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     redis: deps.redis,
   });
   app.addHook('onRequest', rateLimit.byIp);
-  fastLanesOpen = () => !rateLimit.counting && !shedder.wouldShed('line');
+  fastLanesOpen = () => !shedder.wouldShed('line');
+  const clientAddressOf = clientAddress(trustFunction(deps.config.trustProxy));
 
   // A request with a cached key is admitted without a promise (see platform/http/hooks.ts).
   const admit = (request: FastifyRequest, reply: FastifyReply, route: MatchedRoute, result: Authentication) => {
@@ -330,6 +333,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   registerSalesRoutes(app, salesDeps, { cache: saleCache, staleMs: deps.config.cacheStaleMs }, publicUrl, {
     lanes: fastLanes,
     principal: authenticate.peek,
+    rateLimit: (principal, request) => rateLimit.laneAdmit(principal, () => clientAddressOf(request)),
   });
 
   // The hosted sale page (/s/:sale): sessions in Redis when there is one, else PostgreSQL.

@@ -1,6 +1,8 @@
 /**
  * The HTTP edge of sales: sales and their items, holds, orders.
  */
+
+import type { IncomingMessage } from 'node:http';
 import { Type } from '@sinclair/typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../money/currency.js';
@@ -8,6 +10,7 @@ import { cachedAnswer, cachePolicy, sendCached } from '../platform/cache/http.js
 import { type Principal, principalOf, requestContext } from '../platform/http/context.js';
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
 import type { FastLane } from '../platform/http/fast-lane.js';
+import { NO_RATE_LIMITS } from '../platform/http/rate-limit.js';
 import { type Reply, sendReply } from '../platform/http/reply.js';
 import { errorResponses, IdempotencyHeaders, ListOf, ListQuery } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
@@ -73,6 +76,8 @@ type ApiSale = ReturnType<typeof sales.toApiSale>;
 export interface SalePageLane {
   lanes: FastLane[];
   principal(authorization: string | undefined): Principal | undefined;
+  /** The RateLimit-* headers of a read the limits allow and counted, or undefined to decline (rate-limit.ts laneAdmit). */
+  rateLimit(principal: Principal, request: IncomingMessage): Readonly<Record<string, string>> | undefined;
 }
 
 export function registerSalesRoutes(
@@ -122,8 +127,12 @@ export function registerSalesRoutes(
     const principal = fastLane.principal(request.headers.authorization);
     const cached = principal && sales.peekSale(cache.cache, principal.merchantId, id);
     if (!principal || !cached || cached.value === null) return undefined;
+    // Counted last, once the lane knows it can answer: a declined read is counted by the pipeline.
+    const limits = fastLane.rateLimit(principal, request);
+    if (!limits) return undefined;
     const policy = principal.keyKind === 'publishable' ? publicPolicy : privatePolicy;
-    return cachedAnswer(request, SALE_PAGE_ROUTE, publicRead(cached.value, cached.etag), policy);
+    const answer = cachedAnswer(request, SALE_PAGE_ROUTE, publicRead(cached.value, cached.etag), policy);
+    return limits === NO_RATE_LIMITS ? answer : { ...answer, headers: { ...limits, ...answer.headers } };
   });
   const presentReply = (result: Reply): Reply => (result.status === 200 ? { ...result, body: present(result.body as ApiSale) } : result);
 

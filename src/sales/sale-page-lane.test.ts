@@ -108,17 +108,38 @@ describe('the sale page fast lane', () => {
     assert.equal(await laneAnswers(t), 1);
   });
 
-  test('with rate limits counting, or the node shedding, the lane stays shut', async () => {
-    const limited = await setupTestContext({ listen: true, config: { ...KEYS_CACHED, rateLimitIpPerSecond: 1_000 } });
-    const limitedSale = await sale(limited);
-    const headers = { authorization: `Bearer ${limited.merchant.publishableKey}` };
-    await limited.app.inject({ method: 'GET', url: `/v1/sales/${limitedSale.id}`, headers });
-    const counted = await fetch(`${limited.url}/v1/sales/${limitedSale.id}`, { headers });
-    assert.equal(counted.status, 200);
-    assert.ok(counted.headers.get('ratelimit-remaining'), 'the limit counted the read');
-    await counted.text();
-    assert.equal(await laneAnswers(limited), 0);
+  test('with rate limits on, the lane counts each read as the pipeline does, and leaves a refusal to the pipeline', async () => {
+    // Thirty reads per address in a window far longer than the test; the key's limit is wider.
+    const limits = { rateLimitWindowSeconds: 30, rateLimitIpPerSecond: 1, rateLimitKeyPerSecond: 1_000 };
+    const t = await setupTestContext({ listen: true, config: { ...KEYS_CACHED, ...limits } });
+    const { id } = await sale(t);
+    const headers = { authorization: `Bearer ${t.merchant.publishableKey}` };
+    // The pipeline loads the sale and the key into memory, and counts the first read.
+    const first = await t.app.inject({ method: 'GET', url: `/v1/sales/${id}`, headers });
+    assert.equal(first.statusCode, 200);
+    assert.equal(first.headers['ratelimit-limit'], '30');
+    assert.equal(first.headers['ratelimit-remaining'], '29');
+    for (let remaining = 28; remaining >= 0; remaining--) {
+      const response = await fetch(`${t.url}/v1/sales/${id}`, { headers });
+      const body = await response.text();
+      assert.equal(response.status, 200);
+      assert.equal(body, first.body);
+      const answered = headersOf(response);
+      assert.equal(answered['ratelimit-remaining'], String(remaining), 'the lane counted the read against the address');
+      const unlimited = (list: Array<[string, string]>) => list.filter(([name]) => !name.startsWith('ratelimit-'));
+      assert.deepEqual(unlimited(stableHeaders(answered)), unlimited(stableHeaders(first.headers)));
+      assert.equal(answered['ratelimit-limit'], '30');
+      assert.ok(Number(answered['ratelimit-reset']) >= 1);
+    }
+    assert.equal(await laneAnswers(t), 29, "every read after the first was the lane's");
+    const refused = await fetch(`${t.url}/v1/sales/${id}`, { headers });
+    assert.equal(refused.status, 429);
+    assert.equal((await refused.json()).error.code, 'rate_limited');
+    assert.ok(Number(refused.headers.get('retry-after')) >= 1);
+    assert.equal(await laneAnswers(t), 29, 'the refusal came from the pipeline');
+  });
 
+  test('a node that would shed the line keeps the lane shut', async () => {
     // A node whose event loop lags sheds the line first: the lane must not serve past it.
     const t = await setupTestContext({ listen: true, config: KEYS_CACHED });
     const delay = {

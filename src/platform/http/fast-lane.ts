@@ -13,8 +13,9 @@
  * have sent for that request, with the same status, body and headers.
  *
  * The edge decides when no lane may run at all (see `open`): while the node is closing, when
- * tracing or debug logging wants every request seen, or when a per-request policy the lanes
- * do not apply is in force (rate limits, load shedding).
+ * tracing or debug logging wants every request seen, or when the node would shed the request.
+ * Rate limits are the lane's own to apply: it counts what it answers as the pipeline would
+ * (rate-limit.ts laneAdmit) and declines whatever it cannot decide at once.
  */
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { FastifyBaseLogger } from 'fastify';

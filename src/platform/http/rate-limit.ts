@@ -12,6 +12,7 @@ import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
 import { registeredCounter } from '../observability/registered.js';
 import type { RedisConnections } from '../redis/client.js';
+import type { Principal } from './context.js';
 import { routeConfig } from './context.js';
 import { ApiError } from './errors.js';
 import { type CallbackHook, callbackHook } from './hooks.js';
@@ -87,6 +88,9 @@ export function createLimiter(options: LimiterOptions): Limiter {
   };
 }
 
+/** laneAdmit's answer when no limit applies: nothing to count, no headers to add. */
+export const NO_RATE_LIMITS: Readonly<Record<string, string>> = Object.freeze({});
+
 export function rateLimitHeaders(decision: RateDecision): Record<string, string> {
   return {
     'ratelimit-limit': String(decision.limit),
@@ -133,8 +137,6 @@ export interface RateLimitOptions {
 }
 
 export interface RateLimitHooks {
-  /** Whether any limit counts /v1 requests (a fast lane cannot count them: it then declines). */
-  readonly counting: boolean;
   /**
    * Before authentication: an unknown key costs a database lookup, so floods of them count too.
    * A request presenting a secret key is not counted here; it counts once its key turns out
@@ -146,6 +148,13 @@ export interface RateLimitHooks {
   authenticationFailed(request: FastifyRequest, reply: FastifyReply): Promise<void>;
   /** After authentication, on request.principal. */
   byKey: CallbackHook;
+  /**
+   * For a fast lane answering a /v1 request itself: counts it as the hooks above would, and
+   * gives the RateLimit-* headers to send, when every limit it meets can be decided in memory
+   * and allows it. Undefined, with nothing counted, when the lane must leave the request to the
+   * pipeline (a limit to lease from Redis, or a refusal for the pipeline to send).
+   */
+  laneAdmit(principal: Principal, address: () => string): Readonly<Record<string, string>> | undefined;
 }
 
 // What a secret key looks like before it is checked; see merchants/domain.ts.
@@ -207,7 +216,6 @@ export function createRateLimit(options: RateLimitOptions): RateLimitHooks {
 
   // Both hooks return at once, without a promise, when no limit applies (see hooks.ts).
   return {
-    counting: ip !== undefined || key !== undefined,
     byIp: callbackHook((request, reply) => {
       const path = limitedPath(request);
       if (path === undefined) return undefined;
@@ -224,6 +232,21 @@ export function createRateLimit(options: RateLimitOptions): RateLimitHooks {
     }),
     async authenticationFailed(request, reply) {
       if (ip && deferred.has(request)) await apply(ip, clientBucket(request.ip), request, reply);
+    },
+    laneAdmit(principal, address) {
+      // The limits the pipeline would count: the address's for anything but a secret key, the key's.
+      const checks: Array<[Limiter, string]> = [];
+      if (ip && principal.keyKind !== 'secret') checks.push([ip, clientBucket(address())]);
+      if (key) checks.push([key, principal.keyId]);
+      if (checks.length === 0) return NO_RATE_LIMITS;
+      // Nothing is taken unless every limit allows: a declined request is counted once, by the pipeline.
+      for (const [limiter, subject] of checks) if (!limiter.decideNow(subject, false)?.allowed) return undefined;
+      let tightest: RateDecision | undefined;
+      for (const [limiter, subject] of checks) {
+        const decision = limiter.decideNow(subject, true) as RateDecision;
+        if (!tightest || decision.remaining < tightest.remaining) tightest = decision;
+      }
+      return rateLimitHeaders(tightest as RateDecision);
     },
     byKey: callbackHook((request, reply) => {
       const principal = request.principal;

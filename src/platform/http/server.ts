@@ -22,6 +22,7 @@ import { registeredCounter, Tally } from '../observability/registered.js';
 import type { HistogramSeries } from '../observability/series-histogram.js';
 import { context, contextFrom, SpanKind, SpanStatusCode, trace, tracer, tracingStarted } from '../observability/tracing.js';
 import { isRedisUnavailable } from '../redis/client.js';
+import { type TrustProxy, trustFunction } from './client-address.js';
 import { answerClientError } from './client-errors.js';
 import { type MatchedRoute, routeConfig } from './context.js';
 import { ApiError, errorBody } from './errors.js';
@@ -44,7 +45,7 @@ export interface HttpOptions {
   metrics: Metrics;
   version: string;
   /** Whose X-Forwarded-For sets request.ip: none, the nearest N hops, or listed addresses. */
-  trustProxy?: false | number | string;
+  trustProxy?: TrustProxy;
   /**
    * Requests answered before Fastify sees them (fast-lane.ts), tried in order; the app adds to
    * the list as it registers its routes. `open` says when the app's own per-request policies
@@ -93,8 +94,7 @@ export async function createHttpServer(options: HttpOptions): Promise<HttpServer
       requestTimeout: options.requestTimeoutMs,
       connectionsCheckingInterval: CONNECTIONS_CHECKING_INTERVAL_MS,
     },
-    // Fastify accepts a hop count at run time but its types do not; this is what it does with one.
-    trustProxy: typeof options.trustProxy === 'number' ? trustHops(options.trustProxy) : (options.trustProxy ?? false),
+    trustProxy: trustFunction(options.trustProxy),
     // A line per request is too much at surge rates; errors are still logged, and request
     // rates and latencies are in /metrics.
     logController: new LogController({ disableRequestLogging: true, requestIdLogLabel: 'request_id' }),
@@ -329,10 +329,6 @@ const REQUEST_ID_RANDOM_BYTES = 9;
 
 // Letters, digits and - _ . : up to 128 characters (UUIDs, balancer ids); anything else is replaced.
 const REQUEST_ID = /^[A-Za-z0-9._:-]{1,128}$/;
-
-function trustHops(hops: number) {
-  return (_address: string, hop: number) => hop < hops;
-}
 
 function mapFrameworkError(error: FastifyError): ApiError | undefined {
   if ('validation' in error && error.validation) {
