@@ -108,12 +108,13 @@ class SurgeLoadGenerator {
 interface BareServer {
   port: number;
   pid: number;
-  stop(): void;
+  stop(): Promise<void>;
 }
 
-async function startBareServer(response: { body: string; etag: string; cacheControl: string }): Promise<BareServer> {
+async function startBareServer(response: { body: string; etag: string; cacheControl: string }, nodeArgs: string[]): Promise<BareServer> {
   const port = await freePort();
-  const child = fork(path.join(import.meta.dirname, 'bare-server.ts'), [], { execArgv: ['--import', 'tsx'] });
+  // Profiled with the API (--profile): the reference's profile is what the API's is read against.
+  const child = fork(path.join(import.meta.dirname, 'bare-server.ts'), [], { execArgv: [...nodeArgs, '--import', 'tsx'] });
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('bare server did not start')), 30_000);
     child.once('message', () => {
@@ -126,12 +127,19 @@ async function startBareServer(response: { body: string; etag: string; cacheCont
   return {
     port,
     pid: child.pid as number,
-    stop() {
+    async stop() {
+      // Disconnected, it exits by itself, writing its profile when it has one; killed if it does not.
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      const exited = new Promise((resolve) => child.once('exit', resolve));
       if (child.connected) child.disconnect();
-      child.kill();
+      const timer = setTimeout(() => child.kill(), BARE_EXIT_WAIT_MS);
+      await exited;
+      clearTimeout(timer);
     },
   };
 }
+
+const BARE_EXIT_WAIT_MS = 5_000;
 
 /** The Redis server's pid, for its CPU time, if it runs on this machine. */
 function redisPid(): number | undefined {
@@ -581,11 +589,14 @@ export async function runSurge(db: BenchDatabase, options: SurgeOptions): Promis
     // Past the cache's staleness bound, so the reference body shows the full stock.
     await new Promise((resolve) => setTimeout(resolve, 1_100));
     const read = await api(redisApi.port, merchant.publishable_key, 'GET', `/v1/sales/${hot.json.id}`);
-    const bare = await startBareServer({
-      body: read.text,
-      etag: read.headers.get('etag') ?? '',
-      cacheControl: read.headers.get('cache-control') ?? '',
-    });
+    const bare = await startBareServer(
+      {
+        body: read.text,
+        etag: read.headers.get('etag') ?? '',
+        cacheControl: read.headers.get('cache-control') ?? '',
+      },
+      nodeArgs,
+    );
     cleanups.push(() => bare.stop());
     const loadgen = new SurgeLoadGenerator();
     cleanups.push(() => loadgen.stop());
