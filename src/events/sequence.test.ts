@@ -78,8 +78,11 @@ describe('event sequence numbers', () => {
         );
         return rows[0].waiting === 1;
       });
+      // Its refusal is awaited before the commit that causes it: the error can come back in the
+      // same turn as the commit's answer, and a rejection nobody awaits yet fails the run.
+      const refused = assert.rejects(second, { code: '23505' });
       await first.query('commit');
-      await assert.rejects(second, { code: '23505' });
+      await refused;
     } finally {
       first.release();
     }
