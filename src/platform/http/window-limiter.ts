@@ -115,7 +115,7 @@ export class WindowLimiter {
     }
     if (window.local) {
       // Counted here alone: the whole limit is this node's.
-      if (window.failure !== undefined) this.options.fellBack(window.failure);
+      if (take && window.failure !== undefined) this.options.fellBack(window.failure);
       if (window.taken >= this.options.points) return this.decision(false, window, now);
       if (take) window.taken += 1;
       return this.decision(true, window, now);
