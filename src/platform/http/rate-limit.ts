@@ -2,7 +2,8 @@
  * Rate limits on /v1: per API key for authenticated requests; per client address for those
  * without a valid secret key (a buyer's browser with a publishable key, unauthenticated
  * requests, bad keys); the provider's webhooks per address under a limit of their own.
- * Counters live in Redis so every node enforces one limit, or in memory in single-node mode.
+ * Counters live in Redis so every node enforces one limit (each node leasing shares of it:
+ * window-limiter.ts), or in memory in single-node mode.
  * Allowed responses carry RateLimit-Limit, -Remaining and -Reset (IETF httpapi ratelimit
  * headers draft, the three-field form) for the tighter of the two limits; a refusal is 429
  * `rate_limited` with Retry-After as well.
@@ -12,8 +13,7 @@ import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
 import { registeredCounter } from '../observability/registered.js';
 import type { RedisConnections } from '../redis/client.js';
-import type { Principal } from './context.js';
-import { routeConfig } from './context.js';
+import { type Principal, routeConfig } from './context.js';
 import { ApiError } from './errors.js';
 import { type CallbackHook, callbackHook } from './hooks.js';
 import { type RateDecision, WindowLimiter } from './window-limiter.js';
