@@ -80,6 +80,8 @@ test('verdict: errors by kind, unexpected 5xx, and the admitted p99 against the 
   assert.equal(verdict.admittedP99.baselineMs, 10);
   assert.equal(verdict.admittedP99.surgeMs, 30);
   assert.equal(verdict.admittedP99.ratio, 3);
+  // The table gives each p99's sample size, so a reader can tell how steady it is.
+  assert.match(formatVerdict(verdict), /admitted requests' p99: surge 30 ms \((\d+) requests\) vs no surge 10 ms \(100\) = 3\.00x/);
 });
 
 test('stats and card mix', () => {

@@ -184,10 +184,11 @@ export function formatVerdict(verdict: Verdict): string {
       `  the drill's own event-loop delay (in every latency above): no surge ${delay(loop.baseline)}; surge ${delay(loop.surge)}`,
     );
   }
-  const { baselineMs, surgeMs, ratio } = verdict.admittedP99;
+  const { baselineMs, surgeMs, ratio, baselineCount, surgeCount } = verdict.admittedP99;
+  // The counts say how steady each p99 is: of a few hundred requests it is a handful of the slowest.
   lines.push(
     '',
-    `  admitted requests' p99: surge ${fmt(surgeMs)} ms vs no surge ${fmt(baselineMs)} ms` +
+    `  admitted requests' p99: surge ${fmt(surgeMs)} ms (${surgeCount} requests) vs no surge ${fmt(baselineMs)} ms (${baselineCount})` +
       (ratio === null ? ' (no baseline)' : ` = ${ratio.toFixed(2)}x (goal <= 2x)`),
   );
   return lines.join('\n');
