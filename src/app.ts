@@ -136,10 +136,10 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     log: app.log,
     registry: metrics.registry,
     redis: deps.redis,
+    clientAddress: clientAddress(trustFunction(deps.config.trustProxy)),
   });
   app.addHook('onRequest', rateLimit.byIp);
   fastLanesOpen = () => !shedder.wouldShed('line');
-  const clientAddressOf = clientAddress(trustFunction(deps.config.trustProxy));
 
   // A request with a cached key is admitted without a promise (see platform/http/hooks.ts).
   const admit = (request: FastifyRequest, reply: FastifyReply, route: MatchedRoute, result: Authentication) => {
@@ -333,7 +333,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   registerSalesRoutes(app, salesDeps, { cache: saleCache, staleMs: deps.config.cacheStaleMs }, publicUrl, {
     lanes: fastLanes,
     principal: authenticate.peek,
-    rateLimit: (principal, request) => rateLimit.laneAdmit(principal, () => clientAddressOf(request)),
+    rateLimit: rateLimit.laneAdmit,
   });
 
   // The hosted sale page (/s/:sale): sessions in Redis when there is one, else PostgreSQL.

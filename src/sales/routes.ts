@@ -1,7 +1,6 @@
 /**
  * The HTTP edge of sales: sales and their items, holds, orders.
  */
-
 import type { IncomingMessage } from 'node:http';
 import { Type } from '@sinclair/typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';

@@ -4,6 +4,7 @@ import { Registry } from 'prom-client';
 import { openTestRedis, redisSkip } from '../../../test/redis.js';
 import { createMetrics } from '../observability/metrics.js';
 import type { RedisConnections } from '../redis/client.js';
+import { clientAddress, trustFunction } from './client-address.js';
 import { clientBucket, createLimiter, createRateLimit, type RateLimitOptions } from './rate-limit.js';
 import { createHttpServer } from './server.js';
 
@@ -21,6 +22,7 @@ async function limitedServer(options: Partial<RateLimitOptions> & { trustProxy?:
     windowSeconds: WINDOW_SECONDS,
     log: silent,
     registry: metrics.registry,
+    clientAddress: clientAddress(trustFunction(options.trustProxy)),
     ...options,
   });
   app.addHook('onRequest', limits.byIp);

@@ -8,6 +8,7 @@
  * headers draft, the three-field form) for the tighter of the two limits; a refusal is 429
  * `rate_limited` with Retry-After as well.
  */
+import type { IncomingMessage } from 'node:http';
 import { isIP } from 'node:net';
 import type { FastifyBaseLogger, FastifyReply, FastifyRequest } from 'fastify';
 import type { Registry } from 'prom-client';
@@ -134,6 +135,8 @@ export interface RateLimitOptions {
   log: Log;
   registry: Registry;
   redis?: RedisConnections;
+  /** A raw request's client address, as Fastify's request.ip gives it (client-address.ts): for laneAdmit. */
+  clientAddress(request: IncomingMessage): string;
 }
 
 export interface RateLimitHooks {
@@ -154,7 +157,7 @@ export interface RateLimitHooks {
    * and allows it. Undefined, with nothing counted, when the lane must leave the request to the
    * pipeline (a limit to lease from Redis, or a refusal for the pipeline to send).
    */
-  laneAdmit(principal: Principal, address: () => string): Readonly<Record<string, string>> | undefined;
+  laneAdmit(principal: Principal, request: IncomingMessage): Readonly<Record<string, string>> | undefined;
 }
 
 // What a secret key looks like before it is checked; see merchants/domain.ts.
@@ -233,10 +236,10 @@ export function createRateLimit(options: RateLimitOptions): RateLimitHooks {
     async authenticationFailed(request, reply) {
       if (ip && deferred.has(request)) await apply(ip, clientBucket(request.ip), request, reply);
     },
-    laneAdmit(principal, address) {
+    laneAdmit(principal, request) {
       // The limits the pipeline would count: the address's for anything but a secret key, the key's.
       const checks: Array<[Limiter, string]> = [];
-      if (ip && principal.keyKind !== 'secret') checks.push([ip, clientBucket(address())]);
+      if (ip && principal.keyKind !== 'secret') checks.push([ip, clientBucket(options.clientAddress(request))]);
       if (key) checks.push([key, principal.keyId]);
       if (checks.length === 0) return NO_RATE_LIMITS;
       // Nothing is taken unless every limit allows: a declined request is counted once, by the pipeline.
