@@ -17,6 +17,7 @@ import type { SessionStore } from './hosted/sessions.js';
 import { PostgresSessionStore } from './hosted/sql.js';
 import { registerLedgerRoutes } from './ledger/routes.js';
 import { type Authentication, createAuthenticator } from './merchants/service.js';
+import { AttemptsInFlight } from './payments/attempts-in-flight.js';
 import { IntentCreationBatcher } from './payments/create-batches.js';
 import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
 import { createRefund, listRefunds } from './payments/refunds.js';
@@ -211,9 +212,11 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
           onBatch: (phase, size) => metrics.confirmBatchSize.observe({ phase }, size),
         })
       : undefined;
+  const inFlight = new AttemptsInFlight();
   const paymentDeps = {
     pool: deps.pool,
     provider: deps.provider,
+    inFlight,
     // Payments completed by this node (the confirm call, provider webhooks) mark their orders
     // paid in the completion command's transaction.
     onPaymentSucceeded: convertPaidHold,
@@ -240,6 +243,9 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     pool: deps.pool,
     secret: deps.config.providerWebhookSecret,
     onPaymentSucceeded: paymentDeps.onPaymentSucceeded,
+    // As long as this node's request may wait for the same answer.
+    inFlight,
+    inFlightWaitMs: deps.config.providerTimeoutMs,
   });
   registerWebhookRoutes(app, {
     pool: deps.pool,

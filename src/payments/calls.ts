@@ -10,6 +10,7 @@ import type { Reply } from '../platform/http/reply.js';
 import type { HeldKey, StartPoint } from '../platform/idempotency/service.js';
 import * as idempotency from '../platform/idempotency/service.js';
 import type { PaymentProvider } from '../providers/service.js';
+import type { AttemptsInFlight } from './attempts-in-flight.js';
 import { type AttemptOutcome, completeAttempt, sendAttempt } from './completion.js';
 import { type ConfirmBatcher, isBatchableCapture } from './confirm-batches.js';
 import type { CompletionDeps } from './hooks.js';
@@ -26,6 +27,13 @@ export interface CallDeps extends CompletionDeps {
    * the completion's own transaction. routes.ts passes it in: only the HTTP edge speaks HTTP.
    */
   present: (completion: Completion) => Reply;
+  /** Marks each attempt in flight from its call to its completion, so the provider's webhook for it waits for this path rather than racing it. */
+  inFlight?: AttemptsInFlight;
+}
+
+/** Runs an attempt's call and completion marked in flight, when the node keeps track. */
+function inFlight<T>(deps: CallDeps, merchantId: string, attemptId: string, work: () => Promise<T>): Promise<T> {
+  return deps.inFlight ? deps.inFlight.run(merchantId, attemptId, work) : work();
 }
 
 export async function callAndComplete<P extends string>(
@@ -36,7 +44,9 @@ export async function callAndComplete<P extends string>(
 ): Promise<Reply> {
   const intent = await selectIntent(deps.pool, held.merchantId, attempt.payment_intent_id);
   assert.ok(intent, 'an attempt belongs to an intent');
-  return completeSent(deps, held, attempt, await sendAttempt(deps.provider, intent, attempt), retryPoint);
+  return inFlight(deps, held.merchantId, attempt.id, async () =>
+    completeSent(deps, held, attempt, await sendAttempt(deps.provider, intent, attempt), retryPoint),
+  );
 }
 
 /**
@@ -52,12 +62,14 @@ export async function sendAndCompleteInBatch<P extends string>(
   started: { intent: sql.PaymentIntentRow; attempt: sql.AttemptRow },
   retryPoint: StartPoint | P,
 ): Promise<Reply> {
-  const outcome = await sendAttempt(deps.provider, started.intent, started.attempt);
-  if (outcome.kind === 'succeeded' && 'status' in outcome.value && isBatchableCapture(started.attempt, outcome.value)) {
-    const completed = await batcher.complete({ ctx, intent: started.intent, attempt: started.attempt, charge: outcome.value });
-    if (completed.kind === 'completed') return completed.reply;
-  }
-  return completeSent(deps, held, started.attempt, outcome, retryPoint);
+  return inFlight(deps, held.merchantId, started.attempt.id, async () => {
+    const outcome = await sendAttempt(deps.provider, started.intent, started.attempt);
+    if (outcome.kind === 'succeeded' && 'status' in outcome.value && isBatchableCapture(started.attempt, outcome.value)) {
+      const completed = await batcher.complete({ ctx, intent: started.intent, attempt: started.attempt, charge: outcome.value });
+      if (completed.kind === 'completed') return completed.reply;
+    }
+    return completeSent(deps, held, started.attempt, outcome, retryPoint);
+  });
 }
 
 /** Completes a sent attempt and stores the answer with the key (or gives the key up, if the call certainly failed). */

@@ -10,6 +10,7 @@ import { withTransaction } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { operationFromRecorded, type RecordedResponse } from '../providers/service.js';
+import type { AttemptsInFlight } from './attempts-in-flight.js';
 import { completeAttempt, outcomeFromOperation } from './completion.js';
 import { parseProviderKey } from './domain.js';
 import type { CompletionDeps } from './hooks.js';
@@ -78,10 +79,14 @@ export type WebhookResult = 'applied' | 'already_settled' | 'duplicate' | 'not_o
 export interface ProviderWebhookDeps extends CompletionDeps {
   pool: Pool;
   secret: string | undefined;
+  /** This node's requests' provider calls in flight (the same registry their CallDeps carry). */
+  inFlight?: AttemptsInFlight;
+  /** The longest an event waits for such a call to end before completing the attempt itself. */
+  inFlightWaitMs?: number;
 }
 
 export async function handleProviderEvent(
-  deps: Pick<ProviderWebhookDeps, 'pool' | 'onPaymentSucceeded'>,
+  deps: Pick<ProviderWebhookDeps, 'pool' | 'onPaymentSucceeded' | 'inFlight' | 'inFlightWaitMs'>,
   event: ProviderEvent,
 ): Promise<WebhookResult> {
   const key = parseProviderKey(event.idempotency_key);
@@ -92,9 +97,15 @@ export async function handleProviderEvent(
   // only recorded, without locking the intent: a confirm completing a batch of payments never
   // waits behind webhooks that have nothing to apply. Settled attempts never reopen, so reading
   // the status without the lock cannot miss an outcome.
-  const seen = await sql.selectAttempt(deps.pool, key.merchantId, key.attemptId);
+  let seen = await sql.selectAttempt(deps.pool, key.merchantId, key.attemptId);
   if (!seen || seen.provider_idempotency_key !== event.idempotency_key) return 'not_ours';
-  if (seen.status === 'succeeded' || seen.status === 'failed') {
+  // The event often comes while this node's request is still waiting for the same answer or
+  // completing it (attempts-in-flight.ts): it waits for that, rather than racing it.
+  if (!settledForGood(seen) && deps.inFlight?.has(key.merchantId, key.attemptId)) {
+    await deps.inFlight.ended(key.merchantId, key.attemptId, deps.inFlightWaitMs ?? 0);
+    seen = (await sql.selectAttempt(deps.pool, key.merchantId, key.attemptId)) ?? seen;
+  }
+  if (settledForGood(seen)) {
     return (await sql.insertProviderEvent(deps.pool, key.merchantId, PROVIDER, event.id)) ? 'already_settled' : 'duplicate';
   }
   // The attempt is ours (its key never changes); completeAttempt reads it again under the lock.
@@ -103,6 +114,10 @@ export async function handleProviderEvent(
     await completeAttempt(client, deps, key.merchantId, key.attemptId, outcomeFromOperation(operationFromRecorded(event.response)));
     return 'applied';
   });
+}
+
+function settledForGood(attempt: { status: string }): boolean {
+  return attempt.status === 'succeeded' || attempt.status === 'failed';
 }
 
 export function registerProviderWebhookRoutes(app: HttpServer, deps: ProviderWebhookDeps): void {
