@@ -154,8 +154,10 @@ export interface AttemptRecord {
   attemptedAt: Date;
 }
 
-type TargetRow = Omit<DeliveryTarget, 'event'> & {
+type TargetRow = Omit<DeliveryTarget, 'event' | 'secrets'> & {
   n: number | null;
+  secret: string;
+  previous_secret: string | null;
   event_type: string | null;
   event_object_id: string;
   event_sequence: number;
@@ -184,7 +186,7 @@ export async function readAndRecord(
   attempts: readonly AttemptRecord[],
 ): Promise<{ targets: (DeliveryTarget | undefined)[]; recorded: boolean[] }> {
   const column = <T>(pick: (attempt: AttemptRecord) => T) => attempts.map(pick);
-  const { rows } = await db.query<TargetRow & { recorded: number[] }>({
+  const { rows } = await db.query<TargetRow & { recorded: number[] | null }>({
     name: 'webhooks_read_and_record',
     // Every array is read through a scalar subquery, (select $n): hidden from the planner, a batch
     // is estimated at ten rows whatever its size, so PostgreSQL keeps one generic plan. Seen as
@@ -208,8 +210,10 @@ export async function readAndRecord(
            logged as (
              insert into webhook_delivery_attempts (merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at)
              select merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at from delivery)
-           -- One row at least, for the records' answer, however few targets.
-           select array(select n::int from delivery) as recorded, target.*
+           -- One row at least, for the records' answer, however few targets; the answer rides on
+           -- one row only (node-postgres parses an array in JavaScript, character by character,
+           -- and a call of a hundred records and a hundred reads sent it a hundred times).
+           select case when row_number() over () = 1 then array(select n::int from delivery) end as recorded, target.*
            from (select) as one
            left join (
              select k.n::int as n, t.*
@@ -218,9 +222,8 @@ export async function readAndRecord(
              -- keeps the planner from joining the keys to whole tables (guessing ten keys, it
              -- hashed them against every endpoint of every merchant).
              cross join lateral (
-               select d.status, d.round, d.attempts, d.event_id, d.endpoint_id, e.url, e.status as endpoint_status,
-                 array_remove(array[e.secret,
-                   case when e.previous_secret_expires_at > now() then e.previous_secret end], null) as secrets,
+               select d.status, d.round, d.attempts, d.event_id, d.endpoint_id, e.url, e.status as endpoint_status, e.secret,
+                 case when e.previous_secret_expires_at > now() then e.previous_secret end as previous_secret,
                  ev.type as event_type, ev.object_id as event_object_id, ev.sequence as event_sequence, ev.data as event_data,
                  ev.created_at as event_created_at
                from webhook_deliveries d
@@ -245,9 +248,20 @@ export async function readAndRecord(
   });
   const targets: (DeliveryTarget | undefined)[] = new Array(keys.length).fill(undefined);
   const recorded = new Array<boolean>(attempts.length).fill(false);
-  for (const n of rows[0]?.recorded ?? []) recorded[n - 1] = true;
+  for (const row of rows) for (const n of row.recorded ?? []) recorded[n - 1] = true;
   for (const row of rows) {
-    const { n, recorded: _recorded, event_type, event_object_id, event_sequence, event_data, event_created_at, ...target } = row;
+    const {
+      n,
+      recorded: _recorded,
+      secret,
+      previous_secret,
+      event_type,
+      event_object_id,
+      event_sequence,
+      event_data,
+      event_created_at,
+      ...target
+    } = row;
     if (n === null) continue;
     const event =
       event_type === null
@@ -260,7 +274,7 @@ export async function readAndRecord(
             data: event_data,
             created_at: event_created_at,
           };
-    targets[n - 1] = { ...target, event };
+    targets[n - 1] = { ...target, secrets: previous_secret === null ? [secret] : [secret, previous_secret], event };
   }
   return { targets, recorded };
 }
