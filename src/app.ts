@@ -243,9 +243,9 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     pool: deps.pool,
     secret: deps.config.providerWebhookSecret,
     onPaymentSucceeded: paymentDeps.onPaymentSucceeded,
-    // As long as this node's request may wait for the same answer.
     inFlight,
-    inFlightWaitMs: deps.config.providerTimeoutMs,
+    // As long as the request that made the call may wait for the same answer.
+    requestWaitMs: deps.config.providerTimeoutMs,
   });
   registerWebhookRoutes(app, {
     pool: deps.pool,

@@ -1,13 +1,16 @@
 /**
- * A provider webhook for an attempt this node's request is still calling or completing waits
- * for that request (attempts-in-flight.ts) instead of completing the payment itself: the
- * registry's own rules, then the race itself through a node whose provider answers only when
- * the test lets it.
+ * A provider webhook for an attempt whose request is still calling or completing it waits for
+ * that request (attempts-in-flight.ts, provider-webhooks.ts awaitRequest) instead of completing
+ * the payment itself: the registry's own rules, then the race itself, through a node whose
+ * provider answers only when the test lets it, with the webhook on that node or on another one,
+ * and the bound past which the webhook completes the attempt itself.
  */
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
-import { key, setupTestContext, TEST_PROVIDER_WEBHOOK_SECRET } from '../../test/helpers.js';
+import { key, setupTestContext, TEST_PROVIDER_WEBHOOK_SECRET, type TestContext } from '../../test/helpers.js';
 import { buildApp } from '../app.js';
+import type { Config } from '../config.js';
+import type { HttpServer } from '../platform/http/server.js';
 import type { PaymentProvider } from '../providers/provider.js';
 import { signSimulatorWebhook } from '../providers/simulator/server.js';
 import { AttemptsInFlight } from './attempts-in-flight.js';
@@ -47,68 +50,111 @@ describe('AttemptsInFlight', () => {
   });
 });
 
-describe('a provider webhook for an attempt in flight on this node', () => {
-  test("waits for the request's completion, then only records its event: the payment completes once, in the request", async () => {
-    const t = await setupTestContext();
-    // The provider's answer reaches the request only when the test opens the gate; the
-    // simulator has recorded its webhook by then, as a provider that reports at once would.
-    let answered!: (idempotencyKey: string) => void;
-    const providerAnswered = new Promise<string>((resolve) => (answered = resolve));
-    let openGate!: () => void;
-    const gate = new Promise<void>((resolve) => (openGate = resolve));
-    const provider: PaymentProvider = {
-      authorize: async (request) => {
-        const outcome = await t.provider.authorize(request);
-        answered(request.idempotencyKey);
-        await gate;
-        return outcome;
-      },
-      capture: (request) => t.provider.capture(request),
-      cancel: (request) => t.provider.cancel(request),
-      refund: (request) => t.provider.refund(request),
-      retrieve: (idempotencyKey) => t.provider.retrieve(idempotencyKey),
-    };
-    const node = await buildApp({ config: t.config, pool: t.pool, provider });
-    after(() => node.close());
+const t = await setupTestContext();
 
-    const confirm = node.inject({
-      method: 'POST',
-      url: '/v1/payment_intents',
-      headers: t.auth({ 'idempotency-key': key() }),
-      payload: { amount: 4500, currency: 'usd', payment_method: 'pm_card_visa', confirm: true },
-    });
-    const providerKey = await providerAnswered;
-    const event = t.sim.simulator.webhooksSent.find((sent) => sent.idempotency_key === providerKey);
-    assert.ok(event, 'the simulator recorded its webhook');
-    const body = JSON.stringify(event);
-    const webhook = node.inject({
-      method: 'POST',
-      url: PROVIDER_WEBHOOK_PATH,
-      headers: {
-        'content-type': 'application/json',
-        'simulator-signature': signSimulatorWebhook(TEST_PROVIDER_WEBHOOK_SECRET, Math.floor(Date.now() / 1000), body),
-      },
-      payload: body,
-    });
-    // Before this change the webhook completed the payment itself here, while the request
-    // waited: it must still be waiting when the request's answer is let through.
-    const early = await Promise.race([webhook.then(() => 'answered' as const), new Promise((resolve) => setTimeout(resolve, 500))]);
-    assert.notEqual(early, 'answered', 'the webhook did not wait for the request in flight');
-    openGate();
+/** A node whose provider's answers reach their request only once the test opens the gate; the simulator has recorded its webhook by then. */
+async function gatedNode(ctx: TestContext) {
+  let answered!: (idempotencyKey: string) => void;
+  const providerAnswered = new Promise<string>((resolve) => (answered = resolve));
+  let openGate!: () => void;
+  const gate = new Promise<void>((resolve) => (openGate = resolve));
+  const provider: PaymentProvider = {
+    authorize: async (request) => {
+      const outcome = await ctx.provider.authorize(request);
+      answered(request.idempotencyKey);
+      await gate;
+      return outcome;
+    },
+    capture: (request) => ctx.provider.capture(request),
+    cancel: (request) => ctx.provider.cancel(request),
+    refund: (request) => ctx.provider.refund(request),
+    retrieve: (idempotencyKey) => ctx.provider.retrieve(idempotencyKey),
+  };
+  return { node: await plainNode(ctx, {}, provider), providerAnswered, openGate };
+}
 
+async function plainNode(ctx: TestContext, overrides: Partial<Config>, provider: PaymentProvider = ctx.provider): Promise<HttpServer> {
+  const node = await buildApp({ config: { ...ctx.config, ...overrides }, pool: ctx.pool, provider });
+  after(() => node.close());
+  return node;
+}
+
+/** A confirmed creation on `node`, held at the gate: its answer and the provider's webhook for it, not yet delivered. */
+async function confirmHeld(node: HttpServer, providerAnswered: Promise<string>) {
+  const confirm = node.inject({
+    method: 'POST',
+    url: '/v1/payment_intents',
+    headers: t.auth({ 'idempotency-key': key() }),
+    payload: { amount: 4500, currency: 'usd', payment_method: 'pm_card_visa', confirm: true },
+  });
+  const providerKey = await providerAnswered;
+  const event = t.sim.simulator.webhooksSent.find((sent) => sent.idempotency_key === providerKey);
+  assert.ok(event, 'the simulator recorded its webhook');
+  return { confirm, body: JSON.stringify(event) };
+}
+
+function deliver(node: HttpServer, body: string) {
+  return node.inject({
+    method: 'POST',
+    url: PROVIDER_WEBHOOK_PATH,
+    headers: {
+      'content-type': 'application/json',
+      'simulator-signature': signSimulatorWebhook(TEST_PROVIDER_WEBHOOK_SECRET, Math.floor(Date.now() / 1000), body),
+    },
+    payload: body,
+  });
+}
+
+/** Whether `webhook` has answered within half a second (it must not have, while its request is held). */
+async function answeredEarly(webhook: Promise<unknown>): Promise<boolean> {
+  const early = await Promise.race([webhook.then(() => 'answered' as const), new Promise((resolve) => setTimeout(resolve, 500))]);
+  return early === 'answered';
+}
+
+/** The payment was completed once: one posting, one succeeded event, the one provider event recorded. */
+async function assertCompletedOnce(intentId: string, providerEventId: string) {
+  const { rows } = await t.pool.query(
+    `select (select count(*)::int from ledger_transactions l where l.merchant_id = p.merchant_id and l.payment_intent_id = p.id) as postings,
+            (select array_agg(e.type order by e.id) from events e where e.merchant_id = p.merchant_id and e.object_id = p.id) as events,
+            (select count(*)::int from provider_events v where v.merchant_id = p.merchant_id and v.event_id = $3) as provider_events
+     from payment_intents p where p.merchant_id = $1 and p.id = $2`,
+    [t.merchant.id, intentId, providerEventId],
+  );
+  assert.deepEqual(rows[0], { postings: 1, events: ['payment_intent.created', 'payment_intent.succeeded'], provider_events: 1 });
+}
+
+describe('a provider webhook for an attempt whose request is still calling', () => {
+  for (const where of ['the same node', 'another node'] as const) {
+    test(`on ${where}: waits for the request's completion, then only records its event`, async () => {
+      const held = await gatedNode(t);
+      const receiver = where === 'the same node' ? held.node : await plainNode(t, {});
+      const { confirm, body } = await confirmHeld(held.node, held.providerAnswered);
+      const webhook = deliver(receiver, body);
+      // Before the wait, the webhook completed the payment itself here while the request was held.
+      assert.equal(await answeredEarly(webhook), false, 'the webhook did not wait for the request in flight');
+      held.openGate();
+
+      const confirmed = await confirm;
+      assert.equal(confirmed.statusCode, 200, confirmed.body);
+      assert.equal(confirmed.json().status, 'succeeded');
+      const delivered = await webhook;
+      assert.equal(delivered.statusCode, 200, delivered.body);
+      assert.deepEqual(delivered.json(), { received: true, result: 'already_settled' });
+      await assertCompletedOnce(confirmed.json().id, JSON.parse(body).id);
+    });
+  }
+
+  test('past the bound (the provider timeout after the call started) completes the attempt itself; the request then finds it done', async () => {
+    const held = await gatedNode(t);
+    const impatient = await plainNode(t, { providerTimeoutMs: 300 });
+    const { confirm, body } = await confirmHeld(held.node, held.providerAnswered);
+    const delivered = await deliver(impatient, body);
+    assert.equal(delivered.statusCode, 200, delivered.body);
+    assert.deepEqual(delivered.json(), { received: true, result: 'applied' });
+    held.openGate();
     const confirmed = await confirm;
     assert.equal(confirmed.statusCode, 200, confirmed.body);
     assert.equal(confirmed.json().status, 'succeeded');
-    const delivered = await webhook;
-    assert.equal(delivered.statusCode, 200, delivered.body);
-    assert.deepEqual(delivered.json(), { received: true, result: 'already_settled' });
-    const { rows } = await t.pool.query(
-      `select (select count(*)::int from ledger_transactions l where l.merchant_id = p.merchant_id and l.payment_intent_id = p.id) as postings,
-              (select array_agg(e.type order by e.id) from events e where e.merchant_id = p.merchant_id and e.object_id = p.id) as events,
-              (select count(*)::int from provider_events v where v.merchant_id = p.merchant_id) as provider_events
-       from payment_intents p where p.merchant_id = $1 and p.id = $2`,
-      [t.merchant.id, confirmed.json().id],
-    );
-    assert.deepEqual(rows[0], { postings: 1, events: ['payment_intent.created', 'payment_intent.succeeded'], provider_events: 1 });
+    await assertCompletedOnce(confirmed.json().id, JSON.parse(body).id);
   });
 });

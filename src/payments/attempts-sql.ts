@@ -115,6 +115,30 @@ export async function selectAttempt(db: Queryable, merchantId: string, id: strin
 }
 
 /**
+ * An attempt's status and, while it is `started`, how much longer the request that made its
+ * call may still be waiting for the answer: `waitMs` after the attempt was last touched, by the
+ * database's clock (selectStaleOpenAttempts below is the same rule read the other way). 0 once
+ * that request has certainly ended, or when the attempt is no longer started.
+ */
+export async function selectAttemptRequestWait(
+  db: Queryable,
+  merchantId: string,
+  id: string,
+  waitMs: number,
+): Promise<{ status: AttemptRow['status']; remaining_ms: number } | undefined> {
+  const { rows } = await db.query<{ status: AttemptRow['status']; remaining_ms: number }>({
+    name: 'payments_select_attempt_request_wait',
+    text: `select status,
+             case when status = 'started'
+               then greatest(0, ceil(extract(epoch from updated_at + make_interval(secs => $3::float8 / 1000) - now()) * 1000))::int
+               else 0 end as remaining_ms
+           from payment_attempts where merchant_id = $1 and id = $2`,
+    values: [merchantId, id, waitMs],
+  });
+  return rows[0];
+}
+
+/**
  * Attempts still open (started or unknown) that were last touched before `olderThanMs` ago:
  * their request has certainly ended, so the reconciler may settle them.
  */

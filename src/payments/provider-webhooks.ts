@@ -5,6 +5,7 @@
  * through the completion command.
  */
 import { createHmac, timingSafeEqual } from 'node:crypto';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';
@@ -21,6 +22,10 @@ export const PROVIDER_WEBHOOK_PATH = '/v1/providers/simulator/webhooks';
 // enough that a captured request cannot be replayed later.
 export const WEBHOOK_TOLERANCE_SECONDS = 300;
 const PROVIDER = 'simulator';
+// Reading again the attempt another node's request is completing: first after 10 ms, doubling
+// up to a quarter of a second (a provider's answer and a completion batch take tens of ms).
+const REQUEST_POLL_FIRST_MS = 10;
+const REQUEST_POLL_MAX_MS = 250;
 
 interface ProviderEvent {
   id: string;
@@ -81,12 +86,16 @@ export interface ProviderWebhookDeps extends CompletionDeps {
   secret: string | undefined;
   /** This node's requests' provider calls in flight (the same registry their CallDeps carry). */
   inFlight?: AttemptsInFlight;
-  /** The longest an event waits for such a call to end before completing the attempt itself. */
-  inFlightWaitMs?: number;
+  /**
+   * How long after a call started its request may still wait for the answer (the provider
+   * timeout): an event for a started attempt waits up to then for that request to complete it.
+   * 0 or absent: the event completes the attempt at once.
+   */
+  requestWaitMs?: number;
 }
 
 export async function handleProviderEvent(
-  deps: Pick<ProviderWebhookDeps, 'pool' | 'onPaymentSucceeded' | 'inFlight' | 'inFlightWaitMs'>,
+  deps: Pick<ProviderWebhookDeps, 'pool' | 'onPaymentSucceeded' | 'inFlight' | 'requestWaitMs'>,
   event: ProviderEvent,
 ): Promise<WebhookResult> {
   const key = parseProviderKey(event.idempotency_key);
@@ -99,10 +108,10 @@ export async function handleProviderEvent(
   // the status without the lock cannot miss an outcome.
   let seen = await sql.selectAttempt(deps.pool, key.merchantId, key.attemptId);
   if (!seen || seen.provider_idempotency_key !== event.idempotency_key) return 'not_ours';
-  // The event often comes while this node's request is still waiting for the same answer or
-  // completing it (attempts-in-flight.ts): it waits for that, rather than racing it.
-  if (!settledForGood(seen) && deps.inFlight?.has(key.merchantId, key.attemptId)) {
-    await deps.inFlight.ended(key.merchantId, key.attemptId, deps.inFlightWaitMs ?? 0);
+  // The event often comes while the request that made the call is still waiting for the same
+  // answer or completing it (attempts-in-flight.ts): it waits for that, rather than racing it.
+  if (seen.status === 'started' && deps.requestWaitMs) {
+    await awaitRequest(deps, key.merchantId, key.attemptId, deps.requestWaitMs);
     seen = (await sql.selectAttempt(deps.pool, key.merchantId, key.attemptId)) ?? seen;
   }
   if (settledForGood(seen)) {
@@ -114,6 +123,32 @@ export async function handleProviderEvent(
     await completeAttempt(client, deps, key.merchantId, key.attemptId, outcomeFromOperation(operationFromRecorded(event.response)));
     return 'applied';
   });
+}
+
+/**
+ * Waits until the request that started the attempt's call has ended, or certainly would have
+ * (`waitMs` after the attempt was last touched). This node's own requests are known in memory;
+ * another node's (or a worker's) are watched by reading the attempt again, at growing intervals:
+ * the usual wait is the provider's answer and one completion batch, a few tens of milliseconds,
+ * and a request that died leaves its attempt to this event once the bound has passed.
+ */
+async function awaitRequest(
+  deps: Pick<ProviderWebhookDeps, 'pool' | 'inFlight'>,
+  merchantId: string,
+  attemptId: string,
+  waitMs: number,
+): Promise<void> {
+  if (deps.inFlight?.has(merchantId, attemptId)) {
+    await deps.inFlight.ended(merchantId, attemptId, waitMs);
+    return;
+  }
+  let pause = REQUEST_POLL_FIRST_MS;
+  for (;;) {
+    const attempt = await sql.selectAttemptRequestWait(deps.pool, merchantId, attemptId, waitMs);
+    if (!attempt || attempt.remaining_ms <= 0) return;
+    await sleep(Math.min(pause, attempt.remaining_ms));
+    pause = Math.min(pause * 2, REQUEST_POLL_MAX_MS);
+  }
 }
 
 function settledForGood(attempt: { status: string }): boolean {
