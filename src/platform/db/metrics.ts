@@ -41,22 +41,27 @@ function instrumentClient(client: Client, metrics: Metrics): void {
     // Without a tracing SDK a span is a no-op, but its attributes (a copy of the statement's
     // text) were still built for every statement.
     const span = tracingStarted() ? statementSpan(statement, queryText(args[0])) : undefined;
-    const result = original.apply(this, args);
-    // Callback-style calls and submittables (cursors) return no promise; they are not timed.
-    if (result instanceof Promise) {
+    const finished = (error: unknown) => {
       const series = durations(statement);
-      result.then(
-        () => {
-          series.ok.observe((performance.now() - started) / 1000);
-          span?.end();
-        },
-        (error: unknown) => {
-          series.error.observe((performance.now() - started) / 1000);
-          span?.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error | undefined)?.message });
-          span?.end();
-        },
-      );
-    } else span?.end();
+      (error ? series.error : series.ok).observe((performance.now() - started) / 1000);
+      if (error) span?.setStatus({ code: SpanStatusCode.ERROR, message: (error as Error | undefined)?.message });
+      span?.end();
+    };
+    // A callback-style call is how pool.query runs its statement (pg-pool passes a callback):
+    // timed when its callback is called. Without this every autocommit statement sent through
+    // the pool was missing from the durations.
+    const last = args.length - 1;
+    const callback = args[last];
+    if (typeof callback === 'function') {
+      args[last] = function (this: unknown, error: unknown, ...rest: unknown[]) {
+        finished(error);
+        return callback.call(this, error, ...rest);
+      };
+    }
+    const result = original.apply(this, args);
+    if (result instanceof Promise) result.then(() => finished(undefined), finished);
+    // A submittable (a cursor) returns neither a promise nor takes a callback: not timed.
+    else if (typeof callback !== 'function') span?.end();
     return result;
   };
   (client as unknown as { query: QueryFn }).query = wrapped;
@@ -104,8 +109,9 @@ function statementDurations(metrics: Metrics): (statement: string) => StatementS
 }
 
 /**
- * Times every statement that runs on a connection of this pool (pool.query checks one out too),
- * and exports the pool's use and the replicas' lag when scraped.
+ * Times every statement that runs on a connection of this pool (pool.query checks one out too,
+ * and runs its statement with a callback), and exports the pool's use and the replicas' lag
+ * when scraped.
  */
 export function instrumentPool(pool: Pool, metrics: Metrics, options: { name: string; max: number }): void {
   pool.on('acquire', (client) => instrumentClient(client, metrics));
