@@ -19,7 +19,7 @@ import { registerLedgerRoutes } from './ledger/routes.js';
 import { type Authentication, createAuthenticator } from './merchants/service.js';
 import { AttemptsInFlight } from './payments/attempts-in-flight.js';
 import { IntentCreationBatcher } from './payments/create-batches.js';
-import { registerProviderWebhookRoutes } from './payments/provider-webhooks.js';
+import { registerProviderWebhookRoutes, requestWaitMs } from './payments/provider-webhooks.js';
 import { createRefund, listRefunds } from './payments/refunds.js';
 import { completionReply, registerPaymentRoutes } from './payments/routes.js';
 import { ConfirmBatcher } from './payments/service.js';
@@ -244,8 +244,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     secret: deps.config.providerWebhookSecret,
     onPaymentSucceeded: paymentDeps.onPaymentSucceeded,
     inFlight,
-    // As long as the request that made the call may wait for the same answer.
-    requestWaitMs: deps.config.providerTimeoutMs,
+    requestWaitMs: requestWaitMs(deps.config.providerTimeoutMs),
   });
   registerWebhookRoutes(app, {
     pool: deps.pool,

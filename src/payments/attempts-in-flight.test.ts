@@ -10,11 +10,12 @@ import { after, describe, test } from 'node:test';
 import { key, setupTestContext, TEST_PROVIDER_WEBHOOK_SECRET, type TestContext } from '../../test/helpers.js';
 import { buildApp } from '../app.js';
 import type { Config } from '../config.js';
+import type { Pool } from '../platform/db/pool.js';
 import type { HttpServer } from '../platform/http/server.js';
 import type { PaymentProvider } from '../providers/provider.js';
 import { signSimulatorWebhook } from '../providers/simulator/server.js';
 import { AttemptsInFlight } from './attempts-in-flight.js';
-import { PROVIDER_WEBHOOK_PATH } from './provider-webhooks.js';
+import { PROVIDER_WEBHOOK_PATH, waitingSlots } from './provider-webhooks.js';
 
 describe('AttemptsInFlight', () => {
   test('marks an attempt from the start of its work to its end, whether the work succeeds or fails', async () => {
@@ -52,7 +53,25 @@ describe('AttemptsInFlight', () => {
 
 const t = await setupTestContext();
 
-/** A node whose provider's answers reach their request only once the test opens the gate; the simulator has recorded its webhook by then. */
+/** The pool, with the name of every statement sent through pool.query (an event's attempt reads among them) recorded. */
+function recordingPool(pool: Pool, names: string[]): Pool {
+  return new Proxy(pool, {
+    get(target, property) {
+      const value: unknown = Reflect.get(target, property, target);
+      if (typeof value !== 'function') return value;
+      if (property !== 'query') return value.bind(target);
+      return (...args: unknown[]) => {
+        names.push((args[0] as { name?: string } | undefined)?.name ?? 'other');
+        return value.apply(target, args);
+      };
+    },
+  });
+}
+
+/**
+ * A node whose provider's answers reach their request only once the test opens the gate (the
+ * simulator has recorded its webhook by then), with the statements it sends through pool.query.
+ */
 async function gatedNode(ctx: TestContext) {
   let answered!: (idempotencyKey: string) => void;
   const providerAnswered = new Promise<string>((resolve) => (answered = resolve));
@@ -70,11 +89,17 @@ async function gatedNode(ctx: TestContext) {
     refund: (request) => ctx.provider.refund(request),
     retrieve: (idempotencyKey) => ctx.provider.retrieve(idempotencyKey),
   };
-  return { node: await plainNode(ctx, {}, provider), providerAnswered, openGate };
+  const statements: string[] = [];
+  return { node: await plainNode(ctx, {}, statements, provider), statements, providerAnswered, openGate };
 }
 
-async function plainNode(ctx: TestContext, overrides: Partial<Config>, provider: PaymentProvider = ctx.provider): Promise<HttpServer> {
-  const node = await buildApp({ config: { ...ctx.config, ...overrides }, pool: ctx.pool, provider });
+async function plainNode(
+  ctx: TestContext,
+  overrides: Partial<Config>,
+  statements: string[] = [],
+  provider: PaymentProvider = ctx.provider,
+): Promise<HttpServer> {
+  const node = await buildApp({ config: { ...ctx.config, ...overrides }, pool: recordingPool(ctx.pool, statements), provider });
   after(() => node.close());
   return node;
 }
@@ -127,7 +152,8 @@ describe('a provider webhook for an attempt whose request is still calling', () 
   for (const where of ['the same node', 'another node'] as const) {
     test(`on ${where}: waits for the request's completion, then only records its event`, async () => {
       const held = await gatedNode(t);
-      const receiver = where === 'the same node' ? held.node : await plainNode(t, {});
+      const receiverStatements: string[] = [];
+      const receiver = where === 'the same node' ? held.node : await plainNode(t, {}, receiverStatements);
       const { confirm, body } = await confirmHeld(held.node, held.providerAnswered);
       const webhook = deliver(receiver, body);
       // Before the wait, the webhook completed the payment itself here while the request was held.
@@ -141,10 +167,15 @@ describe('a provider webhook for an attempt whose request is still calling', () 
       assert.equal(delivered.statusCode, 200, delivered.body);
       assert.deepEqual(delivered.json(), { received: true, result: 'already_settled' });
       await assertCompletedOnce(confirmed.json().id, JSON.parse(body).id);
+      // The calling node knows its request in memory; another node reads the attempt again.
+      const polled = (where === 'the same node' ? held.statements : receiverStatements).includes('payments_select_attempt_request_wait');
+      assert.equal(polled, where === 'another node');
     });
   }
 
-  test('past the bound (the provider timeout after the call started) completes the attempt itself; the request then finds it done', async () => {
+  test('past the bound (half the provider timeout after the attempt was written) completes the attempt itself', {
+    timeout: 30_000,
+  }, async () => {
     const held = await gatedNode(t);
     const impatient = await plainNode(t, { providerTimeoutMs: 300 });
     const { confirm, body } = await confirmHeld(held.node, held.providerAnswered);
@@ -156,5 +187,39 @@ describe('a provider webhook for an attempt whose request is still calling', () 
     assert.equal(confirmed.statusCode, 200, confirmed.body);
     assert.equal(confirmed.json().status, 'succeeded');
     await assertCompletedOnce(confirmed.json().id, JSON.parse(body).id);
+  });
+
+  test("applies a late answer before the calling request gives up on it: the confirm answers the event's outcome", {
+    timeout: 30_000,
+  }, async () => {
+    // pm_card_timeout: the simulator charges and reports at once, and holds its answer past
+    // the node's provider timeout (1 s), so the event carries the only answer the request gets.
+    const node = await plainNode(t, { providerTimeoutMs: 1_000 });
+    const sent = t.sim.simulator.webhooksSent.length;
+    const confirm = node.inject({
+      method: 'POST',
+      url: '/v1/payment_intents',
+      headers: t.auth({ 'idempotency-key': key() }),
+      payload: { amount: 4500, currency: 'usd', payment_method: 'pm_card_timeout', confirm: true },
+    });
+    while (t.sim.simulator.webhooksSent.length === sent) await new Promise((resolve) => setTimeout(resolve, 5));
+    const body = JSON.stringify(t.sim.simulator.webhooksSent[sent]);
+    const delivered = await deliver(node, body);
+    assert.deepEqual(delivered.json(), { received: true, result: 'applied' });
+    const confirmed = await confirm;
+    assert.equal(confirmed.statusCode, 200, confirmed.body);
+    assert.equal(confirmed.json().status, 'succeeded', 'the request found the payment completed by the event');
+    await assertCompletedOnce(confirmed.json().id, JSON.parse(body).id);
+  });
+});
+
+describe('waitingSlots', () => {
+  test('lets at most max events wait at once, and a slot given back is taken again', () => {
+    const slots = waitingSlots(2);
+    assert.equal(slots.take(), true);
+    assert.equal(slots.take(), true);
+    assert.equal(slots.take(), false, 'a third event completes at once');
+    slots.give();
+    assert.equal(slots.take(), true);
   });
 });

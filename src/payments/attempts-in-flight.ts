@@ -10,10 +10,10 @@
  * drill on one node, the webhooks ran more statements than all the checkout's batches.
  *
  * Now a webhook for an attempt in flight here waits until the request's completion has ended
- * (committed or failed), and then usually has only its event to record. The wait is bounded:
- * past it, or for an attempt another node is completing, the webhook completes the attempt as
- * before, which is always correct (the completion command is idempotent under the intent's
- * lock), only dearer.
+ * (committed or failed), and then usually has only its event to record; on another node it
+ * waits by reading the attempt again (provider-webhooks.ts awaitRequest). The wait is bounded:
+ * past it the webhook completes the attempt as before, which is always correct (the completion
+ * command is idempotent under the intent's lock), only dearer.
  */
 export class AttemptsInFlight {
   /** Each in-flight attempt's end, which never rejects. Bounded by the node's requests in flight. */

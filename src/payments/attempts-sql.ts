@@ -115,10 +115,10 @@ export async function selectAttempt(db: Queryable, merchantId: string, id: strin
 }
 
 /**
- * An attempt's status and, while it is `started`, how much longer the request that made its
- * call may still be waiting for the answer: `waitMs` after the attempt was last touched, by the
- * database's clock (selectStaleOpenAttempts below is the same rule read the other way). 0 once
- * that request has certainly ended, or when the attempt is no longer started.
+ * An attempt's status and, while it is `started`, how much of `waitMs` after the attempt was
+ * last written is left, by the database's clock: how long more a provider event waits for the
+ * request that made the call (provider-webhooks.ts awaitRequest). 0 once that is past, or when
+ * the attempt is no longer started.
  */
 export async function selectAttemptRequestWait(
   db: Queryable,

@@ -27,12 +27,15 @@ export interface CallDeps extends CompletionDeps {
    * the completion's own transaction. routes.ts passes it in: only the HTTP edge speaks HTTP.
    */
   present: (completion: Completion) => Reply;
-  /** Marks each attempt in flight from its call to its completion, so the provider's webhook for it waits for this path rather than racing it. */
+  /**
+   * Marks each attempt in flight from its call to its completion, so that the provider's
+   * webhook for it waits for this path rather than racing it.
+   */
   inFlight?: AttemptsInFlight;
 }
 
 /** Runs an attempt's call and completion marked in flight, when the node keeps track. */
-function inFlight<T>(deps: CallDeps, merchantId: string, attemptId: string, work: () => Promise<T>): Promise<T> {
+function markedInFlight<T>(deps: CallDeps, merchantId: string, attemptId: string, work: () => Promise<T>): Promise<T> {
   return deps.inFlight ? deps.inFlight.run(merchantId, attemptId, work) : work();
 }
 
@@ -44,7 +47,7 @@ export async function callAndComplete<P extends string>(
 ): Promise<Reply> {
   const intent = await selectIntent(deps.pool, held.merchantId, attempt.payment_intent_id);
   assert.ok(intent, 'an attempt belongs to an intent');
-  return inFlight(deps, held.merchantId, attempt.id, async () =>
+  return markedInFlight(deps, held.merchantId, attempt.id, async () =>
     completeSent(deps, held, attempt, await sendAttempt(deps.provider, intent, attempt), retryPoint),
   );
 }
@@ -62,7 +65,7 @@ export async function sendAndCompleteInBatch<P extends string>(
   started: { intent: sql.PaymentIntentRow; attempt: sql.AttemptRow },
   retryPoint: StartPoint | P,
 ): Promise<Reply> {
-  return inFlight(deps, held.merchantId, started.attempt.id, async () => {
+  return markedInFlight(deps, held.merchantId, started.attempt.id, async () => {
     const outcome = await sendAttempt(deps.provider, started.intent, started.attempt);
     if (outcome.kind === 'succeeded' && 'status' in outcome.value && isBatchableCapture(started.attempt, outcome.value)) {
       const completed = await batcher.complete({ ctx, intent: started.intent, attempt: started.attempt, charge: outcome.value });

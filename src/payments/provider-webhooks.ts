@@ -26,6 +26,22 @@ const PROVIDER = 'simulator';
 // up to a quarter of a second (a provider's answer and a completion batch take tens of ms).
 const REQUEST_POLL_FIRST_MS = 10;
 const REQUEST_POLL_MAX_MS = 250;
+// The longest an event waits for the calling request: well inside a provider's own timeout for
+// a webhook (the simulator's is 5 s), past which it would send the event again.
+const REQUEST_WAIT_MAX_MS = 2_000;
+// Events waiting at once on a node; past it an event completes the attempt at once (correct,
+// only dearer), so a slow provider cannot fill the node's in-flight requests with waiting events.
+const WAITING_EVENTS_MAX = 200;
+
+/**
+ * How long an event waits for the request that made the call: at most half the request's own
+ * wait for the answer, so that when the provider's answer is late (a call about to time out)
+ * the event, which carries that answer, applies it rather than waiting for the request to give
+ * up on the call (which then answers with whatever its retrieve finds, or `processing`).
+ */
+export function requestWaitMs(providerTimeoutMs: number): number {
+  return Math.min(REQUEST_WAIT_MAX_MS, Math.floor(providerTimeoutMs / 2));
+}
 
 interface ProviderEvent {
   id: string;
@@ -87,15 +103,37 @@ export interface ProviderWebhookDeps extends CompletionDeps {
   /** This node's requests' provider calls in flight (the same registry their CallDeps carry). */
   inFlight?: AttemptsInFlight;
   /**
-   * How long after a call started its request may still wait for the answer (the provider
-   * timeout): an event for a started attempt waits up to then for that request to complete it.
-   * 0 or absent: the event completes the attempt at once.
+   * How long after its attempt was written an event waits for the calling request to complete
+   * it (requestWaitMs above). 0 or absent: the event completes the attempt at once.
    */
   requestWaitMs?: number;
+  /** Bounds the events waiting at once (waitingSlots); unbounded when absent. */
+  waiting?: WaitingSlots;
+}
+
+/** The events allowed to wait at once on a node. */
+export interface WaitingSlots {
+  /** True when the event may wait (and must give the slot back), false when it must not. */
+  take(): boolean;
+  give(): void;
+}
+
+export function waitingSlots(max = WAITING_EVENTS_MAX): WaitingSlots {
+  let waiting = 0;
+  return {
+    take: () => {
+      if (waiting >= max) return false;
+      waiting += 1;
+      return true;
+    },
+    give: () => {
+      waiting -= 1;
+    },
+  };
 }
 
 export async function handleProviderEvent(
-  deps: Pick<ProviderWebhookDeps, 'pool' | 'onPaymentSucceeded' | 'inFlight' | 'requestWaitMs'>,
+  deps: Pick<ProviderWebhookDeps, 'pool' | 'onPaymentSucceeded' | 'inFlight' | 'requestWaitMs' | 'waiting'>,
   event: ProviderEvent,
 ): Promise<WebhookResult> {
   const key = parseProviderKey(event.idempotency_key);
@@ -110,8 +148,12 @@ export async function handleProviderEvent(
   if (!seen || seen.provider_idempotency_key !== event.idempotency_key) return 'not_ours';
   // The event often comes while the request that made the call is still waiting for the same
   // answer or completing it (attempts-in-flight.ts): it waits for that, rather than racing it.
-  if (seen.status === 'started' && deps.requestWaitMs) {
-    await awaitRequest(deps, key.merchantId, key.attemptId, deps.requestWaitMs);
+  if (seen.status === 'started' && deps.requestWaitMs && (deps.waiting?.take() ?? true)) {
+    try {
+      await awaitRequest(deps, key.merchantId, key.attemptId, deps.requestWaitMs);
+    } finally {
+      deps.waiting?.give();
+    }
     seen = (await sql.selectAttempt(deps.pool, key.merchantId, key.attemptId)) ?? seen;
   }
   if (settledForGood(seen)) {
@@ -126,11 +168,12 @@ export async function handleProviderEvent(
 }
 
 /**
- * Waits until the request that started the attempt's call has ended, or certainly would have
- * (`waitMs` after the attempt was last touched). This node's own requests are known in memory;
- * another node's (or a worker's) are watched by reading the attempt again, at growing intervals:
- * the usual wait is the provider's answer and one completion batch, a few tens of milliseconds,
- * and a request that died leaves its attempt to this event once the bound has passed.
+ * Waits until the request that started the attempt's call has ended, or until `waitMs` after
+ * the attempt was last written (by the database's clock). This node's own requests are known in
+ * memory; another node's (or a worker's) are watched by reading the attempt again, at growing
+ * intervals. The usual wait is the provider's answer and one completion batch, a few tens of
+ * milliseconds; a request that died, or one resumed after a crash (it does not write the
+ * attempt again), leaves its attempt to this event once the bound has passed.
  */
 async function awaitRequest(
   deps: Pick<ProviderWebhookDeps, 'pool' | 'inFlight'>,
@@ -156,6 +199,7 @@ function settledForGood(attempt: { status: string }): boolean {
 }
 
 export function registerProviderWebhookRoutes(app: HttpServer, deps: ProviderWebhookDeps): void {
+  const handlerDeps = { ...deps, waiting: deps.waiting ?? waitingSlots() };
   app.register(async (scope) => {
     // The signature covers the exact bytes sent, so this route reads the body as text.
     scope.removeContentTypeParser('application/json');
@@ -169,7 +213,7 @@ export function registerProviderWebhookRoutes(app: HttpServer, deps: ProviderWeb
       if (!check.ok) throw new ApiError('signature_invalid', `Webhook refused: ${check.reason}.`);
       const event = parseEvent(body);
       if (!event) throw new ApiError('body_invalid_json', 'The webhook body is not a provider event.');
-      return { received: true, result: await handleProviderEvent(deps, event) };
+      return { received: true, result: await handleProviderEvent(handlerDeps, event) };
     });
   });
 }
