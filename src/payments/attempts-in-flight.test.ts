@@ -72,21 +72,23 @@ function recordingPool(pool: Pool, names: string[]): Pool {
  * A node whose provider's answers reach their request only once the test opens the gate (the
  * simulator has recorded its webhook by then), with the statements it sends through pool.query.
  */
-async function gatedNode(ctx: TestContext) {
+async function gatedNode(ctx: TestContext, gated: 'authorize' | 'refund' = 'authorize') {
   let answered!: (idempotencyKey: string) => void;
   const providerAnswered = new Promise<string>((resolve) => (answered = resolve));
   let openGate!: () => void;
   const gate = new Promise<void>((resolve) => (openGate = resolve));
+  const held = async <T>(idempotencyKey: string, call: Promise<T>): Promise<T> => {
+    const outcome = await call;
+    answered(idempotencyKey);
+    await gate;
+    return outcome;
+  };
   const provider: PaymentProvider = {
-    authorize: async (request) => {
-      const outcome = await ctx.provider.authorize(request);
-      answered(request.idempotencyKey);
-      await gate;
-      return outcome;
-    },
+    authorize: (request) =>
+      gated === 'authorize' ? held(request.idempotencyKey, ctx.provider.authorize(request)) : ctx.provider.authorize(request),
     capture: (request) => ctx.provider.capture(request),
     cancel: (request) => ctx.provider.cancel(request),
-    refund: (request) => ctx.provider.refund(request),
+    refund: (request) => (gated === 'refund' ? held(request.idempotencyKey, ctx.provider.refund(request)) : ctx.provider.refund(request)),
     retrieve: (idempotencyKey) => ctx.provider.retrieve(idempotencyKey),
   };
   const statements: string[] = [];
@@ -210,6 +212,43 @@ describe('a provider webhook for an attempt whose request is still calling', () 
     assert.equal(confirmed.statusCode, 200, confirmed.body);
     assert.equal(confirmed.json().status, 'succeeded', 'the request found the payment completed by the event');
     await assertCompletedOnce(confirmed.json().id, JSON.parse(body).id);
+  });
+});
+
+describe('a provider webhook for a refund whose request is still calling', () => {
+  test('waits for the refund request on its node, then only records its event: the refund is applied once', async () => {
+    const held = await gatedNode(t, 'refund');
+    const paid = await held.node.inject({
+      method: 'POST',
+      url: '/v1/payment_intents',
+      headers: t.auth({ 'idempotency-key': key() }),
+      payload: { amount: 4500, currency: 'usd', payment_method: 'pm_card_visa', confirm: true },
+    });
+    assert.equal(paid.json().status, 'succeeded', paid.body);
+    const refund = held.node.inject({
+      method: 'POST',
+      url: '/v1/refunds',
+      headers: t.auth({ 'idempotency-key': key() }),
+      payload: { payment_intent: paid.json().id, amount: 1500 },
+    });
+    const providerKey = await held.providerAnswered;
+    const event = t.sim.simulator.webhooksSent.find((sent) => sent.idempotency_key === providerKey);
+    assert.ok(event, 'the simulator recorded its refund webhook');
+    const webhook = deliver(held.node, JSON.stringify(event));
+    assert.equal(await answeredEarly(webhook), false, 'the webhook did not wait for the refund in flight');
+    held.openGate();
+    const refunded = await refund;
+    assert.equal(refunded.statusCode, 200, refunded.body);
+    assert.equal(refunded.json().status, 'succeeded');
+    assert.deepEqual((await webhook).json(), { received: true, result: 'already_settled' });
+    assert.equal(held.statements.includes('payments_select_attempt_request_wait'), false, 'known in memory on its node');
+    const { rows } = await t.pool.query(
+      `select (select count(*)::int from refunds r where r.merchant_id = p.merchant_id and r.payment_intent_id = p.id) as refunds,
+              p.amount_refunded
+       from payment_intents p where p.merchant_id = $1 and p.id = $2`,
+      [t.merchant.id, paid.json().id],
+    );
+    assert.deepEqual(rows[0], { refunds: 1, amount_refunded: 1500 });
   });
 });
 
