@@ -168,12 +168,13 @@ export async function handleProviderEvent(
 }
 
 /**
- * Waits until the request that started the attempt's call has ended, or until `waitMs` after
- * the attempt was last written (by the database's clock). This node's own requests are known in
- * memory; another node's (or a worker's) are watched by reading the attempt again, at growing
- * intervals. The usual wait is the provider's answer and one completion batch, a few tens of
- * milliseconds; a request that died, or one resumed after a crash (it does not write the
- * attempt again), leaves its attempt to this event once the bound has passed.
+ * Waits until the request that started the attempt's call has ended, for `waitMs` at most. This
+ * node's own requests are known in memory (the wait counts from now); another node's (or a
+ * worker's) are watched by reading the attempt again, at growing intervals, until `waitMs` after
+ * the attempt was last written, by the database's clock. The usual wait is the provider's answer
+ * and one completion batch, a few tens of milliseconds; a request that died, or one resumed after
+ * a crash (it does not write the attempt again), leaves its attempt to this event once the bound
+ * has passed.
  */
 async function awaitRequest(
   deps: Pick<ProviderWebhookDeps, 'pool' | 'inFlight'>,
