@@ -10,8 +10,8 @@ import { key, setupTestContext } from '../../test/helpers.js';
 import { type Received, startReceiver, waitUntil } from '../../test/receiver.js';
 import { COMPRESSED, merchantWithEndpoint, type WebhookMerchant, workerSlot } from '../../test/webhooks-helpers.js';
 import { createMetrics } from '../platform/observability/metrics.js';
+import { type AttemptRecord, readAndRecord } from './delivery-sql.js';
 import { pruneAttempts } from './service.js';
-import * as sql from './sql.js';
 
 const startWorkerOnce = workerSlot();
 const t = await setupTestContext({ config: { webhookAllowPrivate: true } });
@@ -281,7 +281,7 @@ describe('webhook deliveries', () => {
     const [first, second] = inserted as [(typeof inserted)[0], (typeof inserted)[0]];
     const known = { merchantId: merchant.merchantId, deliveryId: first.id };
     const unknown = { merchantId: merchant.merchantId, deliveryId: 'wd_00000000000000000000' };
-    const { targets, recorded: none } = await sql.readAndRecord(t.pool, [unknown, known, known], []);
+    const { targets, recorded: none } = await readAndRecord(t.pool, [unknown, known, known], []);
     assert.deepEqual(none, []);
     assert.equal(targets.length, 3);
     assert.equal(targets[0], undefined);
@@ -290,7 +290,7 @@ describe('webhook deliveries', () => {
     assert.equal(targets[1]?.event?.object_id, first.object_id);
     assert.deepEqual(targets[2], targets[1]);
 
-    const attempt: sql.AttemptRecord = {
+    const attempt: AttemptRecord = {
       ...known,
       round: 1,
       attempt: 1,
@@ -301,7 +301,7 @@ describe('webhook deliveries', () => {
       durationMs: 3,
       attemptedAt: new Date(),
     };
-    const { recorded } = await sql.readAndRecord(t.pool, [], [attempt, { ...attempt, ...unknown }, attempt]);
+    const { recorded } = await readAndRecord(t.pool, [], [attempt, { ...attempt, ...unknown }, attempt]);
     assert.equal(recorded[1], false);
     assert.deepEqual([recorded[0], recorded[2]].sort(), [false, true]);
     const detail = await merchant.get(`/v1/webhook_deliveries/${first.id}`);
@@ -309,10 +309,10 @@ describe('webhook deliveries', () => {
     assert.equal(detail.attempts, 1);
     assert.equal(detail.attempt_log.length, 1);
     // Recorded already: the same attempt again records nothing.
-    assert.deepEqual((await sql.readAndRecord(t.pool, [], [attempt])).recorded, [false]);
+    assert.deepEqual((await readAndRecord(t.pool, [], [attempt])).recorded, [false]);
 
     const other = { merchantId: merchant.merchantId, deliveryId: second.id };
-    const both = await sql.readAndRecord(t.pool, [other], [{ ...attempt, ...other, status: 'dead', statusCode: 500 }]);
+    const both = await readAndRecord(t.pool, [other], [{ ...attempt, ...other, status: 'dead', statusCode: 500 }]);
     assert.deepEqual(both.recorded, [true]);
     assert.equal(both.targets[0]?.status, 'pending');
     assert.equal(both.targets[0]?.attempts, 0);

@@ -15,6 +15,7 @@ import { addJob } from '../platform/jobs/queue.js';
 import { jobSpanAttributes } from '../platform/jobs/runner.js';
 import type { Metrics } from '../platform/observability/metrics.js';
 import { inSpan, SpanKind } from '../platform/observability/tracing.js';
+import { type AttemptRecord, type DeliveryKey, type DeliveryTarget, readAndRecord } from './delivery-sql.js';
 import { type AttemptOutcome, type AttemptResult, outcomeOf, resultLabel, retryDelayMs, signatureHeader, statusAfter } from './domain.js';
 import { DELIVER_TASK, type WebhookSettings } from './service.js';
 import * as sql from './sql.js';
@@ -31,15 +32,15 @@ export interface DeliveryJob {
 /**
  * The reads and writes of delivery jobs, coalesced across the jobs running at once: the jobs
  * that start and those that finish while one statement is in flight share the next one (see
- * sql.readAndRecord). A worker running many deliveries thus makes a fraction of the round trips
+ * readAndRecord). A worker running many deliveries thus makes a fraction of the round trips
  * and commits it would make one job at a time. A batch job's reads, and its records, are one
  * call each: they go in one statement, with other jobs' calls when there is room.
  */
 export interface DeliveryStore {
   /** The deliveries with their endpoint and event, in the order asked; undefined for one there is not. */
-  targets(keys: readonly sql.DeliveryKey[]): Promise<(sql.DeliveryTarget | undefined)[]>;
+  targets(keys: readonly DeliveryKey[]): Promise<(DeliveryTarget | undefined)[]>;
   /** Records attempts that need nothing else written with them; for each, true when recorded. */
-  record(attempts: readonly sql.AttemptRecord[]): Promise<boolean[]>;
+  record(attempts: readonly AttemptRecord[]): Promise<boolean[]>;
 }
 
 // At most this many reads and records per coalesced statement (a batch job's call, at most
@@ -48,18 +49,18 @@ export interface DeliveryStore {
 // stay small.
 const DELIVERY_BATCH_MAX = 100;
 
-type StoreCall = { kind: 'targets'; keys: readonly sql.DeliveryKey[] } | { kind: 'record'; attempts: readonly sql.AttemptRecord[] };
-type StoreAnswer = (sql.DeliveryTarget | undefined)[] | boolean[];
+type StoreCall = { kind: 'targets'; keys: readonly DeliveryKey[] } | { kind: 'record'; attempts: readonly AttemptRecord[] };
+type StoreAnswer = (DeliveryTarget | undefined)[] | boolean[];
 
 /** One statement for a batch of mixed calls; each call's answers in the batch's order. */
 async function runStoreCalls(pool: Pool, calls: StoreCall[]): Promise<StoreAnswer[]> {
-  const keys: sql.DeliveryKey[] = [];
-  const attempts: sql.AttemptRecord[] = [];
+  const keys: DeliveryKey[] = [];
+  const attempts: AttemptRecord[] = [];
   for (const call of calls) {
     if (call.kind === 'targets') keys.push(...call.keys);
     else attempts.push(...call.attempts);
   }
-  const { targets, recorded } = await sql.readAndRecord(pool, keys, attempts);
+  const { targets, recorded } = await readAndRecord(pool, keys, attempts);
   let [target, record] = [0, 0];
   return calls.map((call) => {
     if (call.kind === 'targets') {
@@ -78,7 +79,7 @@ export function deliveryStore(pool: Pool): DeliveryStore {
     sizeOf: (call) => (call.kind === 'targets' ? call.keys.length : call.attempts.length),
   });
   return {
-    targets: (keys) => call({ kind: 'targets', keys }) as Promise<(sql.DeliveryTarget | undefined)[]>,
+    targets: (keys) => call({ kind: 'targets', keys }) as Promise<(DeliveryTarget | undefined)[]>,
     record: (attempts) => call({ kind: 'record', attempts }) as Promise<boolean[]>,
   };
 }
@@ -159,7 +160,7 @@ export async function deliverBatch(deps: DeliverDeps, batch: DeliveryBatch, jobI
 async function deliverOfBatch(
   deps: DeliverDeps,
   job: DeliveryJob,
-  target: sql.DeliveryTarget | undefined,
+  target: DeliveryTarget | undefined,
   together: RecordTogether,
 ): Promise<DeliverResult> {
   let step: Step;
@@ -181,13 +182,13 @@ async function deliverOfBatch(
 /** The batch's shared record: each delivery comes once, with the attempt to record or without one. */
 interface RecordTogether {
   /** Resolves once the batch's statement has run: true when this attempt was recorded. */
-  record(attempt: sql.AttemptRecord): Promise<boolean>;
+  record(attempt: AttemptRecord): Promise<boolean>;
   pass(): void;
 }
 
 /** Records the attempts of a batch's deliveries in one call of the store once each of `expected` deliveries has come. */
 function recordTogether(store: DeliveryStore, expected: number): RecordTogether {
-  const attempts: sql.AttemptRecord[] = [];
+  const attempts: AttemptRecord[] = [];
   const answers: { resolve: (recorded: boolean) => void; reject: (error: unknown) => void }[] = [];
   let came = 0;
   const arrive = () => {
@@ -213,7 +214,7 @@ function recordTogether(store: DeliveryStore, expected: number): RecordTogether 
   };
 }
 
-const keyOf = (job: DeliveryJob): sql.DeliveryKey => ({ merchantId: job.merchant_id, deliveryId: job.delivery_id });
+const keyOf = (job: DeliveryJob): DeliveryKey => ({ merchantId: job.merchant_id, deliveryId: job.delivery_id });
 
 /** A delivery's span in a batch: the one graphile-worker's runner gives a deliver_webhook job (platform/jobs/runner.ts). */
 function spanAttributes(job: DeliveryJob, jobId: string) {
@@ -226,13 +227,13 @@ interface Sent {
   endpointId: string;
   result: AttemptResult;
   outcome: AttemptOutcome;
-  attempt: sql.AttemptRecord;
+  attempt: AttemptRecord;
 }
 
 type Step = { kind: 'skipped'; result: DeliverResult } | { kind: 'sent'; sent: Sent };
 
 /** A delivery's checks, then its request unless there is nothing to send. */
-async function sendOnce(deps: DeliverDeps, job: DeliveryJob, target: sql.DeliveryTarget | undefined): Promise<Step> {
+async function sendOnce(deps: DeliverDeps, job: DeliveryJob, target: DeliveryTarget | undefined): Promise<Step> {
   const skipped = (reason: string): Step => ({ kind: 'skipped', result: { kind: 'skipped', reason } });
   // Deleted endpoint, finished or canceled delivery, or a job overtaken by a later one: nothing to do.
   if (!target) return skipped('delivery_missing');
@@ -251,7 +252,7 @@ async function sendOnce(deps: DeliverDeps, job: DeliveryJob, target: sql.Deliver
 const needsFollowUp = (sent: Sent) => sent.outcome === 'retry_scheduled' || sent.outcome === 'endpoint_disabled';
 
 /** Signs the delivery's event and POSTs it once. */
-async function send(deps: DeliverDeps, job: DeliveryJob, target: sql.DeliveryTarget): Promise<Sent> {
+async function send(deps: DeliverDeps, job: DeliveryJob, target: DeliveryTarget): Promise<Sent> {
   if (!target.event) throw new Error(`event ${target.event_id} of delivery ${job.delivery_id} is missing`);
   const event = events.toApiEvent(target.event);
   const body = JSON.stringify(event);
@@ -272,7 +273,7 @@ async function send(deps: DeliverDeps, job: DeliveryJob, target: sql.DeliveryTar
   const result = await deps.transport.post(target.url, headers, body);
   const outcome = outcomeOf(result, job.attempt, deps.settings.maxAttempts);
   const nextAttemptAt = outcome === 'retry_scheduled' ? new Date(Date.now() + retryDelayMs(job.attempt, deps.settings)) : null;
-  const attempt: sql.AttemptRecord = {
+  const attempt: AttemptRecord = {
     merchantId: job.merchant_id,
     deliveryId: job.delivery_id,
     round: job.round,
@@ -293,7 +294,7 @@ function recordWithFollowUp(deps: DeliverDeps, sent: Sent): Promise<boolean> {
   return withTransaction(deps.pool, async (client) => {
     const {
       recorded: [done],
-    } = await sql.readAndRecord(client, [], [attempt]);
+    } = await readAndRecord(client, [], [attempt]);
     if (!done) return false;
     if (sent.outcome === 'retry_scheduled') {
       const next: DeliveryJob = { ...job, attempt: job.attempt + 1 };

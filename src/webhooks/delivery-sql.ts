@@ -1,0 +1,166 @@
+/**
+ * The delivery jobs' statement: what a job reads before it sends (the delivery, its endpoint and
+ * secrets, its event) and what it records after, for every job of a node in one round trip.
+ */
+import type { EventRow } from '../events/service.js';
+import type { Queryable } from '../platform/db/pool.js';
+import type { DeliveryStatus } from './sql.js';
+
+/** What a delivery job needs: the delivery's state, where and how to send it, and what. */
+export interface DeliveryTarget {
+  status: DeliveryStatus;
+  round: number;
+  attempts: number;
+  event_id: string;
+  endpoint_id: string;
+  url: string;
+  endpoint_status: 'enabled' | 'disabled';
+  /** The current secret first, then the previous one while its overlap lasts. */
+  secrets: string[];
+  /** The event to send; undefined if it is missing (deliveries reference events, so never). */
+  event: EventRow | undefined;
+}
+
+/** A delivery, by its key. */
+export interface DeliveryKey {
+  merchantId: string;
+  deliveryId: string;
+}
+
+export interface AttemptRecord {
+  merchantId: string;
+  deliveryId: string;
+  round: number;
+  attempt: number;
+  status: DeliveryStatus;
+  nextAttemptAt: Date | null;
+  statusCode: number | null;
+  error: string | null;
+  durationMs: number;
+  attemptedAt: Date;
+}
+
+type TargetRow = Omit<DeliveryTarget, 'event' | 'secrets'> & {
+  n: number | null;
+  secret: string;
+  previous_secret: string | null;
+  event_type: string | null;
+  event_object_id: string;
+  event_sequence: number;
+  event_data: EventRow['data'];
+  event_created_at: Date;
+};
+
+/**
+ * The delivery jobs' reads and writes, in one statement however many: the deliveries `keys`
+ * name, with their endpoint and event (a job's first read), and the `attempts` recorded (its
+ * last write, one commit for all). Jobs that start and jobs that finish at the same time thus
+ * share one round trip.
+ *
+ * An attempt is recorded only if its delivery is still pending and waiting for exactly that
+ * attempt: a job run twice (its worker died after sending) or overtaken by a redelivery records
+ * nothing; of two records of the same attempt in one call, one is. The reads see the deliveries
+ * as they were before this statement's records (a read and a write of one delivery never meet
+ * in one call: a job reads before it sends, and records after).
+ *
+ * Answers in the order asked: each key's target (undefined when there is no such delivery or
+ * its endpoint is gone) and whether each attempt was recorded.
+ */
+export async function readAndRecord(
+  db: Queryable,
+  keys: readonly DeliveryKey[],
+  attempts: readonly AttemptRecord[],
+): Promise<{ targets: (DeliveryTarget | undefined)[]; recorded: boolean[] }> {
+  const column = <T>(pick: (attempt: AttemptRecord) => T) => attempts.map(pick);
+  const { rows } = await db.query<TargetRow & { recorded: number[] | null }>({
+    name: 'webhooks_read_and_record',
+    // Every array is read through a scalar subquery, (select $n): hidden from the planner, a batch
+    // is estimated at ten rows whatever its size, so PostgreSQL keeps one generic plan. Seen as
+    // constants, small batches looked cheaper to plan each time, and it did: planning this
+    // statement took three times as long as running it.
+    text: `with input as (
+             select * from unnest((select $3::text[]), (select $4::text[]), (select $5::int[]), (select $6::int[]),
+                                  (select $7::text[]), (select $8::timestamptz[]), (select $9::int[]), (select $10::text[]),
+                                  (select $11::int[]), (select $12::timestamptz[])) with ordinality
+               as i (merchant_id, delivery_id, round, attempt, status, next_attempt_at, status_code, error, duration_ms,
+                     attempted_at, n)),
+           delivery as (
+             update webhook_deliveries d
+             set status = i.status, attempts = i.attempt, next_attempt_at = i.next_attempt_at, last_attempt_at = i.attempted_at,
+                 last_status_code = i.status_code, last_error = i.error, last_duration_ms = i.duration_ms, updated_at = now()
+             from input i
+             where d.merchant_id = i.merchant_id and d.id = i.delivery_id and d.status = 'pending' and d.round = i.round
+               and d.attempts = i.attempt - 1
+             returning i.*),
+           -- A data-modifying WITH runs to completion whether or not the query reads it.
+           logged as (
+             insert into webhook_delivery_attempts (merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at)
+             select merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at from delivery)
+           -- One row at least, for the records' answer, however few targets; the answer rides on
+           -- one row only (node-postgres parses an array in JavaScript, character by character,
+           -- and a call of a hundred records and a hundred reads sent it a hundred times).
+           select case when row_number() over () = 1 then array(select n::int from delivery) end as recorded, target.*
+           from (select) as one
+           left join (
+             select k.n::int as n, t.*
+             from unnest((select $1::text[]), (select $2::text[])) with ordinality as k (merchant_id, delivery_id, n)
+             -- Each key is looked up by itself, as a one-key query would be: the fence (offset 0)
+             -- keeps the planner from joining the keys to whole tables (guessing ten keys, it
+             -- hashed them against every endpoint of every merchant).
+             cross join lateral (
+               select d.status, d.round, d.attempts, d.event_id, d.endpoint_id, e.url, e.status as endpoint_status, e.secret,
+                 case when e.previous_secret_expires_at > now() then e.previous_secret end as previous_secret,
+                 ev.type as event_type, ev.object_id as event_object_id, ev.sequence as event_sequence, ev.data as event_data,
+                 ev.created_at as event_created_at
+               from webhook_deliveries d
+               join webhook_endpoints e on e.merchant_id = d.merchant_id and e.id = d.endpoint_id
+               left join events ev on ev.merchant_id = d.merchant_id and ev.id = d.event_id
+               where d.merchant_id = k.merchant_id and d.id = k.delivery_id
+               offset 0) as t) as target on true`,
+    values: [
+      keys.map((key) => key.merchantId),
+      keys.map((key) => key.deliveryId),
+      column((a) => a.merchantId),
+      column((a) => a.deliveryId),
+      column((a) => a.round),
+      column((a) => a.attempt),
+      column((a) => a.status),
+      column((a) => a.nextAttemptAt),
+      column((a) => a.statusCode),
+      column((a) => a.error),
+      column((a) => a.durationMs),
+      column((a) => a.attemptedAt),
+    ],
+  });
+  const targets: (DeliveryTarget | undefined)[] = new Array(keys.length).fill(undefined);
+  const recorded = new Array<boolean>(attempts.length).fill(false);
+  for (const row of rows) for (const n of row.recorded ?? []) recorded[n - 1] = true;
+  for (const row of rows) {
+    const {
+      n,
+      recorded: _recorded,
+      secret,
+      previous_secret,
+      event_type,
+      event_object_id,
+      event_sequence,
+      event_data,
+      event_created_at,
+      ...target
+    } = row;
+    if (n === null) continue;
+    const event =
+      event_type === null
+        ? undefined
+        : {
+            id: row.event_id,
+            type: event_type,
+            object_id: event_object_id,
+            sequence: event_sequence,
+            data: event_data,
+            created_at: event_created_at,
+          };
+    targets[n - 1] = { ...target, secrets: previous_secret === null ? [secret] : [secret, previous_secret], event };
+  }
+  return { targets, recorded };
+}
