@@ -144,19 +144,19 @@ export async function handleProviderEvent(
   // only recorded, without locking the intent: a confirm completing a batch of payments never
   // waits behind webhooks that have nothing to apply. Settled attempts never reopen, so reading
   // the status without the lock cannot miss an outcome.
-  let seen = await sql.selectAttempt(deps.pool, key.merchantId, key.attemptId);
+  const seen = await sql.selectAttempt(deps.pool, key.merchantId, key.attemptId);
   if (!seen || seen.provider_idempotency_key !== event.idempotency_key) return 'not_ours';
+  let status = seen.status;
   // The event often comes while the request that made the call is still waiting for the same
   // answer or completing it (attempts-in-flight.ts): it waits for that, rather than racing it.
-  if (seen.status === 'started' && deps.requestWaitMs && (deps.waiting?.take() ?? true)) {
+  if (status === 'started' && deps.requestWaitMs && (deps.waiting?.take() ?? true)) {
     try {
-      await awaitRequest(deps, key.merchantId, key.attemptId, deps.requestWaitMs);
+      status = (await awaitRequest(deps, key.merchantId, key.attemptId, deps.requestWaitMs)) ?? status;
     } finally {
       deps.waiting?.give();
     }
-    seen = (await sql.selectAttempt(deps.pool, key.merchantId, key.attemptId)) ?? seen;
   }
-  if (settledForGood(seen)) {
+  if (settledForGood(status)) {
     return (await sql.insertProviderEvent(deps.pool, key.merchantId, PROVIDER, event.id)) ? 'already_settled' : 'duplicate';
   }
   // The attempt is ours (its key never changes); completeAttempt reads it again under the lock.
@@ -174,29 +174,29 @@ export async function handleProviderEvent(
  * the attempt was last written, by the database's clock. The usual wait is the provider's answer
  * and one completion batch, a few tens of milliseconds; a request that died, or one resumed after
  * a crash (it does not write the attempt again), leaves its attempt to this event once the bound
- * has passed.
+ * has passed. Yields the attempt's status as last read once the wait is over.
  */
 async function awaitRequest(
   deps: Pick<ProviderWebhookDeps, 'pool' | 'inFlight'>,
   merchantId: string,
   attemptId: string,
   waitMs: number,
-): Promise<void> {
+): Promise<sql.AttemptRow['status'] | undefined> {
   if (deps.inFlight?.has(merchantId, attemptId)) {
     await deps.inFlight.ended(merchantId, attemptId, waitMs);
-    return;
+    return (await sql.selectAttempt(deps.pool, merchantId, attemptId))?.status;
   }
   let pause = REQUEST_POLL_FIRST_MS;
   for (;;) {
     const attempt = await sql.selectAttemptRequestWait(deps.pool, merchantId, attemptId, waitMs);
-    if (!attempt || attempt.remaining_ms <= 0) return;
+    if (!attempt || attempt.remaining_ms <= 0) return attempt?.status;
     await sleep(Math.min(pause, attempt.remaining_ms));
     pause = Math.min(pause * 2, REQUEST_POLL_MAX_MS);
   }
 }
 
-function settledForGood(attempt: { status: string }): boolean {
-  return attempt.status === 'succeeded' || attempt.status === 'failed';
+function settledForGood(status: sql.AttemptRow['status']): boolean {
+  return status === 'succeeded' || status === 'failed';
 }
 
 export function registerProviderWebhookRoutes(app: HttpServer, deps: ProviderWebhookDeps): void {
