@@ -17,39 +17,45 @@
 import { readdirSync, readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
+import { busyFraction, cpuSnapshot, processCpuMs } from './machine.js';
 
 const { values } = parseArgs({ options: { 'database-url': { type: 'string' }, seconds: { type: 'string', default: '600' } } });
 if (!values['database-url']) {
   console.error('usage: npx tsx bench/drill-sampler.ts --database-url URL [--seconds N]');
   process.exit(2);
 }
-const CLOCK_TICKS_PER_SECOND = 100;
 const SAMPLE_MS = 100;
 const LINE_MS = 10_000;
 
-/** CPU ticks so far of every process, by a name that groups a kind (each PostgreSQL backend counts as postgres). */
-function processTicks(): Map<string, { name: string; ticks: number }> {
-  const byPid = new Map<string, { name: string; ticks: number }>();
-  for (const pid of readdirSync('/proc')) {
-    if (!/^\d+$/.test(pid)) continue;
+/** Each live process's name, grouping a kind: every PostgreSQL backend counts as postgres, a Floodgate process by its role. */
+function processNames(): Map<number, string> {
+  const names = new Map<number, string>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
     try {
-      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
       const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
-      const command = readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+      const command = readFileSync(`/proc/${entry}/cmdline`, 'utf8').replace(/\0/g, ' ');
       const role = /floodgate\.js (\S+)|cli\/main\.ts (\S+)/.exec(command);
-      const name = comm === 'node' || comm.startsWith('MainThread') ? `node ${role?.[1] ?? role?.[2] ?? command.slice(0, 24)}` : comm;
-      byPid.set(pid, { name, ticks: Number(fields[11]) + Number(fields[12]) });
+      names.set(
+        Number(entry),
+        comm === 'node' || comm.startsWith('MainThread') ? `node ${role?.[1] ?? role?.[2] ?? command.slice(0, 24)}` : comm,
+      );
     } catch {
       // The process ended between the listing and the read.
     }
   }
-  return byPid;
+  return names;
 }
 
-function machineTicks(): { idle: number; total: number } {
-  const ticks = (readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').split(/\s+/).slice(1).map(Number);
-  return { idle: (ticks[3] ?? 0) + (ticks[4] ?? 0), total: ticks.reduce((sum, tick) => sum + tick, 0) };
+/** CPU ms so far of every live process (machine.ts processCpuMs), with its name. */
+function processCpu(): Map<number, { name: string; ms: number }> {
+  const cpu = new Map<number, { name: string; ms: number }>();
+  for (const [pid, name] of processNames()) {
+    const ms = processCpuMs(pid);
+    if (ms !== undefined) cpu.set(pid, { name, ms });
+  }
+  return cpu;
 }
 
 const client = new pg.Client({ connectionString: values['database-url'] });
@@ -57,8 +63,8 @@ await client.connect();
 let waits = new Map<string, number>();
 let samples = 0;
 let active = 0;
-let lastProcesses = processTicks();
-let lastMachine = machineTicks();
+let lastProcesses = processCpu();
+let lastMachine = cpuSnapshot();
 const startedAt = Date.now();
 
 const sampler = setInterval(async () => {
@@ -72,18 +78,18 @@ const sampler = setInterval(async () => {
 }, SAMPLE_MS);
 
 const reporter = setInterval(() => {
-  const processes = processTicks();
-  const machine = machineTicks();
+  const processes = processCpu();
+  const machine = cpuSnapshot();
   const byName = new Map<string, number>();
   for (const [pid, now] of processes) {
-    const used = now.ticks - (lastProcesses.get(pid)?.ticks ?? now.ticks);
+    const used = now.ms - (lastProcesses.get(pid)?.ms ?? now.ms);
     if (used > 0) byName.set(now.name, (byName.get(now.name) ?? 0) + used);
   }
-  const busy = 100 * (1 - (machine.idle - lastMachine.idle) / (machine.total - lastMachine.total));
+  const busy = busyFraction(lastMachine, machine) * 100;
   const top = [...byName]
     .sort((a, b) => b[1] - a[1])
     .slice(0, 6)
-    .map(([name, ticks]) => `${name} ${((ticks / CLOCK_TICKS_PER_SECOND / (LINE_MS / 1000)) * 100).toFixed(0)}%`);
+    .map(([name, ms]) => `${name} ${((ms / LINE_MS) * 100).toFixed(0)}%`);
   const topWaits = [...waits]
     .sort((a, b) => b[1] - a[1])
     .slice(0, 5)
