@@ -4,6 +4,7 @@
  * (test/faults/ does the same on a real failover.)
  */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
 import { after, describe, test } from 'node:test';
 import { type AppDeps, buildApp } from '../src/app.js';
 import { freePort } from '../src/cli/cluster/processes.js';
@@ -166,7 +167,11 @@ describe('Redis going away', { skip: redisSkip }, () => {
       });
     assert.equal((await join('before')).json().status, 'admitted');
 
+    // disconnect() only half-closes the socket; the client is down once it says 'end'. Before
+    // that, a request could still reach Redis, and connect() below would refuse to start.
+    const ended = once(redis.client, 'end');
     redis.client.disconnect();
+    await ended;
     const refused = await join('during');
     assert.equal(refused.statusCode, 503, refused.body);
     assert.equal(refused.json().error.code, 'waiting_room_unavailable');
