@@ -47,6 +47,7 @@ export interface Config {
   readonly providerUrl: string | undefined;
   readonly providerTimeoutMs: number;
   readonly providerBreakerThreshold: number;
+  readonly providerBreakerWindow: number;
   readonly providerBreakerHalfOpenMs: number;
   readonly simulatorPort: number;
   /** Port of a standalone worker's metrics listener (0: any free port). */
@@ -198,6 +199,7 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     providerUrl: url('FLOODGATE_PROVIDER_URL', ['http:', 'https:']),
     providerTimeoutMs: int('FLOODGATE_PROVIDER_TIMEOUT_MS', 10_000, 50, 120_000),
     providerBreakerThreshold: int('FLOODGATE_PROVIDER_BREAKER_THRESHOLD', 5, 1, 1000),
+    providerBreakerWindow: int('FLOODGATE_PROVIDER_BREAKER_WINDOW', 20, 1, 1000),
     providerBreakerHalfOpenMs: int('FLOODGATE_PROVIDER_BREAKER_HALF_OPEN_MS', 10_000, 100, 600_000),
     simulatorPort: int('FLOODGATE_SIMULATOR_PORT', 4010, 0, 65535),
     // A worker serves no API, so Prometheus scrapes it on a port of its own (next to the API's 4000).

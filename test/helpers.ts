@@ -140,6 +140,7 @@ export async function buildTestApp(pool: Pool, providerUrl: string, overrides: P
     baseUrl: providerUrl,
     timeoutMs: config.providerTimeoutMs,
     breakerThreshold: config.providerBreakerThreshold,
+    breakerWindow: config.providerBreakerWindow,
     halfOpenMs: config.providerBreakerHalfOpenMs,
   });
   const app = await buildApp({ config, pool, provider });

@@ -124,6 +124,7 @@ export async function openProvider(
     baseUrl,
     timeoutMs: config.providerTimeoutMs,
     breakerThreshold: config.providerBreakerThreshold,
+    breakerWindow: config.providerBreakerWindow,
     halfOpenMs: config.providerBreakerHalfOpenMs,
     observe: options.metrics ? observeProviderCalls(options.metrics) : undefined,
   });

@@ -177,6 +177,29 @@ describe('circuit breaker', () => {
     assert.equal(sim.simulator.charges.size, 0);
   });
 
+  test('a burst of failures among successes leaves it closed; failing more than half of the window opens it', async () => {
+    const sim = await startTestSimulator();
+    const provider = new HttpProvider({ baseUrl: sim.url, timeoutMs: 5_000, breakerThreshold: 5, breakerWindow: 20, halfOpenMs: 60_000 });
+    const calls = async (count: number) => {
+      const kinds = [];
+      for (let i = 0; i < count; i++) kinds.push((await authorizeWith(provider)).kind);
+      return kinds;
+    };
+    assert.deepEqual(new Set(await calls(14)), new Set(['succeeded']));
+    // A surge's charges that fail on their own end together: six in a row, 6 of the last 20.
+    sim.simulator.errorRate = 1;
+    assert.deepEqual(new Set(await calls(6)), new Set(['unknown']));
+    assert.equal(provider.breakerState, 'closed');
+    // The provider keeps failing: the 11th failure of the last 20 opens it; the next call sends nothing.
+    assert.deepEqual(new Set(await calls(4)), new Set(['unknown']));
+    assert.equal(provider.breakerState, 'closed');
+    assert.equal((await authorizeWith(provider)).kind, 'unknown');
+    assert.equal(provider.breakerState, 'open');
+    const sent = sim.requests;
+    assert.equal((await authorizeWith(provider)).kind, 'unavailable');
+    assert.equal(sim.requests, sent);
+  });
+
   test('half-opens after the delay: one trial call at a time, closing once a trial succeeds', async () => {
     const sim = await startTestSimulator({ errorRate: 1 });
     const provider = new HttpProvider({ baseUrl: sim.url, timeoutMs: 5_000, breakerThreshold: 2, halfOpenMs: 200 });
