@@ -253,6 +253,16 @@ describe('the batcher', () => {
     assert.deepEqual(anonymous(stored(batched)?.body), anonymous(stored(alone)?.body));
     assert.deepEqual(stored(batched)?.event, { object: stored(batched)?.body });
     assert.deepEqual(stored(alone)?.event, { object: stored(alone)?.body });
+    // Both paths remove the paid hold's expiry job; an unpaid order's hold keeps its own.
+    const [unpaid] = (await orders(1, 'unpaid')).map((b) => b.intentId as string);
+    const expiryJobs = await t.pool.query<{ intent: string; jobs: number }>(
+      `select o.payment_intent_id as intent, count(j.id)::int as jobs
+       from orders o left join graphile_worker.jobs j on j.key = 'expire_hold:' || o.hold_id and j.task_identifier = 'expire_hold'
+       where o.merchant_id = $1 and o.payment_intent_id = any($2) group by o.payment_intent_id`,
+      [t.merchant.id, [batched, alone, unpaid]],
+    );
+    const jobsOf = (intent: string | undefined) => expiryJobs.rows.find((row) => row.intent === intent)?.jobs;
+    assert.deepEqual([jobsOf(batched), jobsOf(alone), jobsOf(unpaid)], [0, 0, 1]);
   });
 
   test('a start batch whose statement fails writes nothing, and its requests then succeed alone', async () => {

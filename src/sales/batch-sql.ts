@@ -170,9 +170,10 @@ export async function selectHoldsByIds(db: Queryable, merchantIds: string[], hol
 
 /**
  * The payment-succeeded reaction for a batch of paid intents (holds.ts convertPaidHold for
- * many): marks their orders paid, converts their holds, and adds one admission-release job per
- * converted hold with a ticket, keyed as the single path keys it. Yields how many orders were
- * paid and how many holds converted: the caller refuses a paid order whose hold had left.
+ * many): marks their orders paid, converts their holds, removes their expiry jobs and adds one
+ * admission-release job per converted hold with a ticket, keyed as the single path keys them.
+ * Yields how many orders were paid and how many holds converted: the caller refuses a paid
+ * order whose hold had left.
  */
 export async function convertPaidHolds(
   db: Queryable,
@@ -190,14 +191,17 @@ export async function convertPaidHolds(
              update holds h set status = 'converted', updated_at = now()
              from paid p
              where h.merchant_id = p.merchant_id and h.id = p.hold_id and h.status = 'active'
-             returning h.sale_id, h.admission_ticket),
+             returning h.id, h.sale_id, h.admission_ticket),
+           unscheduled as (select graphile_worker.remove_job('expire_hold:' || c.id) from converted c),
            released as (
              select * from graphile_worker.add_jobs(array(
                select row($3::text, json_build_object('sale_id', c.sale_id, 'ticket', c.admission_ticket), null, null, null,
                           'release_admission:' || c.admission_ticket, null, null)::graphile_worker.job_spec
                from converted c where c.admission_ticket is not null), job_key_preserve_run_at => true))
            select (select count(*)::int from paid) as paid, (select count(*)::int from converted) as converted,
-                  (select count(*)::int from released) as released`,
+                  (select count(*)::int from released) as released,
+                  -- Read so that the expiry jobs are removed: an unread WITH query never runs.
+                  (select count(*)::int from unscheduled) as unscheduled`,
     values: [intents.map((intent) => intent.merchantId), intents.map((intent) => intent.id), task],
   });
   const row = rows[0];

@@ -12,13 +12,15 @@ import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
 import type { ApiError } from '../platform/http/errors.js';
 import { newId } from '../platform/ids.js';
-import { addJob } from '../platform/jobs/queue.js';
+import { addJob, removeJob } from '../platform/jobs/queue.js';
 import * as batchSql from './batch-sql.js';
 import { type HoldLine, normalizeLines } from './domain.js';
 import { admissionRefused, buyerLimitRefusal, holdAmount, linesRefusal, saleRefusal, soldOut, TOKEN_ALREADY_USED } from './hold-rules.js';
 import * as sql from './sql.js';
 
 export const EXPIRE_HOLD_TASK = 'expire_hold';
+/** A hold's one expiry job (batch-sql.ts writes and removes the same key in SQL: 'expire_hold:' || id). */
+const expiryJobKey = (holdId: string) => `expire_hold:${holdId}`;
 export const RELEASE_ADMISSION_TASK = 'release_admission';
 
 export type HoldResult = { kind: 'created'; hold: sql.HoldRow; lines: HoldLine[] } | { kind: 'refused'; error: ApiError };
@@ -111,7 +113,7 @@ async function scheduleExpiry(client: Client, hold: Pick<sql.HoldRow, 'merchant_
     { merchant_id: hold.merchant_id, hold_id: hold.id },
     {
       runAt: hold.expires_at,
-      jobKey: `expire_hold:${hold.id}`,
+      jobKey: expiryJobKey(hold.id),
     },
   );
 }
@@ -186,7 +188,9 @@ export async function convertPaidHold(client: Client, intent: { merchant_id: str
     throw new Error(`order ${order.id} was paid but its hold ${order.hold_id} is no longer active`);
   }
   // Nothing else: the hold's units were allocated when it was taken and stay so; sold is what
-  // the converted holds say. No item row is locked on the way to paid.
+  // the converted holds say. No item row is locked on the way to paid. Its expiry has nothing
+  // left to do: removed, instead of a worker's transaction finding the hold converted.
+  await removeJob(client, expiryJobKey(order.hold_id));
   const hold = await sql.selectHold(client, order.merchant_id, order.hold_id);
   if (hold) await scheduleAdmissionRelease(client, hold);
 }

@@ -40,6 +40,15 @@ export async function addJob(db: Queryable, task: string, payload: Record<string
   });
 }
 
+/**
+ * Removes the job with this key that has not run yet (graphile-worker's remove_job: a job running
+ * now keeps running, and will not be retried). For a job whose cause went away in this
+ * transaction, so that no worker spends a transaction finding there is nothing to do.
+ */
+export async function removeJob(db: Queryable, jobKey: string): Promise<void> {
+  await db.query({ name: 'jobs_remove_job', text: 'select graphile_worker.remove_job($1)', values: [jobKey] });
+}
+
 export interface QueueRow {
   task: string;
   waiting: number;
