@@ -160,6 +160,11 @@ export async function expireHold(
   payload: { merchant_id: string; hold_id: string },
   now = new Date(),
 ): Promise<ReleaseResult | 'extended' | 'not_due'> {
+  // An ended hold (paid, released, expired) never becomes active again, so a job that finds
+  // its hold ended needs no transaction: one read answers it.
+  const seen = await sql.selectHold(pool, payload.merchant_id, payload.hold_id);
+  if (!seen) return 'missing';
+  if (seen.status !== 'active') return 'not_active';
   return withTransaction(pool, async (client) => {
     const hold = await sql.selectHold(client, payload.merchant_id, payload.hold_id, true);
     if (!hold) return 'missing';
