@@ -102,12 +102,18 @@ test('a small drill passes its invariants, writes its report, and logs no secret
   assert.match(html, /Floodgate drill: <span class="pass">PASS/);
   assert.match(html, /new uPlot\(/);
   assert.doesNotMatch(html, /<script[^>]+src=|<link[^>]+href=/, 'self-contained: nothing is fetched');
-  const data = JSON.parse(await readFile(outcome.json, 'utf8')) as { timeline: { arrivals: number[]; sold: number[] } };
+  const data = JSON.parse(await readFile(outcome.json, 'utf8')) as {
+    timeline: { arrivals: number[]; sold: number[]; jobsWaiting: Array<number | null> };
+  };
   assert.equal(
     data.timeline.arrivals.reduce((a, b) => a + b, 0),
     200,
   );
   assert.ok(data.timeline.sold.reduce((a, b) => a + b, 0) > 0);
+  assert.ok(
+    data.timeline.jobsWaiting.some((value) => typeof value === 'number'),
+    "the queue depth was read from the target's /metrics",
+  );
 
   // The whole drill's log: every request at debug level, errors, the worker's jobs.
   const log = await readFile(report.replace(/\.html$/, '.log'), 'utf8');

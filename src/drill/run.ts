@@ -34,10 +34,13 @@ const SOCKETS_MAX = 256;
 // How long a timed-out payment may take to settle once the drill's buyers are done.
 const RECONCILE_WAIT_MS = 60_000;
 const PAGE_LIMIT = 100;
-// How often the drill scrapes the target's /metrics for its queue depth. A scrape is not free
-// (the server renders every series and counts its jobs in SQL); once a second it was load the
-// surge's requests shared and the calm baseline did not, as often as Prometheus' default (15 s)
-// it would leave the chart too coarse.
+// How often the drill scrapes the target's /metrics for its queue depth, from the calm phase's
+// first arrival to the end, as a Prometheus would. A scrape is not free (the server renders
+// every series and counts its jobs in SQL: about 10 ms of its CPU, in slices that hold up the
+// requests in flight), so both phases must carry it for their latencies to compare: scraped in
+// the surge only, it was load the surge's requests shared and the calm baseline did not. Once a
+// second was too much of it; as seldom as Prometheus' default (15 s) would leave the chart too
+// coarse.
 const QUEUE_SCRAPE_EVERY_S = 5;
 
 interface Sale {
@@ -78,11 +81,18 @@ async function rehearse(deployment: Deployment, client: DrillClient, options: Dr
   // --- No surge: arrivals at half the sustainable rate, so nobody waits long.
   const calmRate = options.rate / 2;
   const baselineDeadline = client.now() + (options.baselineBuyers / calmRate) * 1000 + 60_000;
+  const queue = scrapeQueue(deployment.url);
   const calmLoop = loopDelay();
-  await arrive(options.baselineBuyers, calmRate, Number.POSITIVE_INFINITY, () =>
-    runBuyer(client, buyerPlan(baselineSale, 'baseline', baselineDeadline)),
-  );
-  calmLoop.disable();
+  try {
+    await arrive(options.baselineBuyers, calmRate, Number.POSITIVE_INFINITY, () =>
+      runBuyer(client, buyerPlan(baselineSale, 'baseline', baselineDeadline)),
+    );
+  } catch (error) {
+    queue.stop();
+    throw error;
+  } finally {
+    calmLoop.disable();
+  }
 
   // --- The surge.
   const surgeRate = options.rate * options.surge;
@@ -91,14 +101,7 @@ async function rehearse(deployment: Deployment, client: DrillClient, options: Dr
   const deadlineMs = surgeStartMs + options.durationSeconds * 1000 + drainMs;
   const live = { arrived: 0, inLine: 0, done: 0, paid: 0 };
   const samples: Array<{ waiting: number; jobsWaiting: number | null }> = [];
-  const sampler = setInterval(() => {
-    const sample = { waiting: live.inLine, jobsWaiting: null as number | null };
-    samples.push(sample);
-    if ((samples.length - 1) % QUEUE_SCRAPE_EVERY_S !== 0) return;
-    void jobsWaiting(deployment.url).then((value) => {
-      sample.jobsWaiting = value;
-    });
-  }, 1000);
+  const sampler = setInterval(() => samples.push({ waiting: live.inLine, jobsWaiting: queue.fresh() }), 1000);
   const bar = startProgress(progress, options, live);
   const surgeLoop = loopDelay();
   let surgeBuyers: BuyerResult[];
@@ -120,6 +123,7 @@ async function rehearse(deployment: Deployment, client: DrillClient, options: Dr
   } finally {
     surgeLoop.disable();
     clearInterval(sampler);
+    queue.stop();
     bar.stop();
   }
   const surgeEndMs = client.now();
@@ -259,6 +263,29 @@ async function checkInvariants(
     auditViolations = (await audit(deployment.pool)).violations.length;
   }
   return { stockTotal: stock, soldUnits: item.stock.sold, paidOrders, chargedTwice, notFinal, auditViolations };
+}
+
+/**
+ * The target's queue depth, scraped every QUEUE_SCRAPE_EVERY_S until stopped. `fresh` gives a
+ * scrape's reading once, the first time it is asked after the scrape landed, and null otherwise
+ * (the chart carries the last reading forward).
+ */
+function scrapeQueue(base: string): { fresh(): number | null; stop(): void } {
+  let reading: number | null = null;
+  const scrape = () =>
+    void jobsWaiting(base).then((value) => {
+      reading = value;
+    });
+  scrape();
+  const timer = setInterval(scrape, QUEUE_SCRAPE_EVERY_S * 1000);
+  return {
+    fresh() {
+      const value = reading;
+      reading = null;
+      return value;
+    },
+    stop: () => clearInterval(timer),
+  };
 }
 
 /** Sum of floodgate_jobs_waiting on the target's /metrics; null when it cannot be read. */
