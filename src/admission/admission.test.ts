@@ -146,6 +146,28 @@ for (const backend of BACKENDS) {
       }
     });
 
+    test('the front of the line is told to the millisecond when its admission is due; further back, whole seconds', async () => {
+      const room = fresh();
+      // Ten admissions a second, and no shopper slots, so the line only forms.
+      const sale = testSale({ maxShoppers: 0, admitPerSecond: 10 });
+      const views = await joinAll(room, sale, buyers(30), at(0));
+      assert.deepEqual(
+        views.slice(0, 10).map((view) => view.retryAfterMs),
+        [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000],
+        'the first nine are due within the second, a tenth of it apart; the tenth, due in a second, is told whole seconds',
+      );
+      assert.deepEqual(
+        views.slice(0, 10).map((view) => view.retryAfterSeconds),
+        Array.from({ length: 10 }, () => 1),
+        'Retry-After keeps whole seconds',
+      );
+      for (const view of views.slice(10)) assert.equal(view.retryAfterMs, (view.retryAfterSeconds as number) * 1000);
+      // The place's deadline keeps the whole seconds: a buyer told 100 ms who polls a second late keeps it.
+      assert.equal((await room.step(sale, at(1 + sale.graceSeconds - 0.001))).waiting, 30);
+      const polled = await room.poll(sale, views[0]?.ticket as string, at(1 + sale.graceSeconds - 0.001));
+      assert.deepEqual([polled?.position, polled?.retryAfterMs], [1, 100]);
+    });
+
     test('a place whose buyer stops polling is reclaimed the grace period after its Retry-After; pre-open grace starts at opening', async () => {
       const room = fresh();
       const sale = testSale({ maxShoppers: 0, graceSeconds: 10, opensAt: at(100) });

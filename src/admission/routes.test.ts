@@ -61,8 +61,10 @@ describe('waiting room routes', () => {
       status: 'waiting',
       position: 1,
       estimated_wait_seconds: 1,
+      retry_after_ms: second.json().retry_after_ms,
     });
     assert.equal(second.headers['retry-after'], '1');
+    assert.ok(second.json().retry_after_ms >= 100 && second.json().retry_after_ms <= 1000, 'the front: when its admission is due');
     const again = await join(sale.id, { buyer_reference: 'cust_2' });
     assert.equal(again.json().ticket, second.json().ticket, 'the same buyer gets the same ticket');
 
@@ -91,7 +93,15 @@ describe('waiting room routes', () => {
     const sale = await openSale({ maxShoppers: 0 });
     const joined = await join(sale.id, { buyer_reference: 'server-side' }, t.auth());
     assert.equal(joined.statusCode, 200, joined.body);
-    const waiting = { object: 'queue_ticket', ticket: joined.json().ticket, sale: sale.id, status: 'waiting', position: 1 };
+    // Position 1 of a sale admitting one a second: due in a second, so told in whole seconds.
+    const waiting = {
+      object: 'queue_ticket',
+      ticket: joined.json().ticket,
+      sale: sale.id,
+      status: 'waiting',
+      position: 1,
+      retry_after_ms: 1000,
+    };
     assert.match(joined.json().ticket, /^qt_/);
     assert.deepEqual(withoutWait(joined.json()), withoutWait(waiting));
     const polled = await poll(sale.id, joined.json().ticket, t.auth());

@@ -44,6 +44,12 @@ const QueueTicket = Type.Object(
     estimated_wait_seconds: Type.Union([Type.Integer(), Type.Null()], {
       description: 'Seconds until admission at the sale’s rate; a lower bound while shopper slots are full.',
     }),
+    retry_after_ms: Type.Optional(
+      Type.Integer({
+        description:
+          'When to poll again, in milliseconds; Retry-After says it in whole seconds. At the front of the line it is the moment this buyer’s admission is due, so poll then rather than at the rounded Retry-After. Absent when there is nothing to poll for (admitted, closed).',
+      }),
+    ),
     admission_token: Type.Optional(
       Type.String({ description: 'Single use, bound to this sale and buyer_reference, short-lived. Present until used.' }),
     ),
@@ -146,6 +152,7 @@ function send(reply: FastifyReply, saleId: string, view: QueueView) {
     status: view.status,
     position: view.position,
     estimated_wait_seconds: view.estimatedWaitSeconds,
+    ...(view.retryAfterMs === undefined ? {} : { retry_after_ms: view.retryAfterMs }),
     ...(view.admissionToken === undefined ? {} : { admission_token: view.admissionToken }),
   };
 }

@@ -60,7 +60,8 @@ export function chooseCard(roll: number): 'pm_card_visa' | 'pm_card_declined' | 
   return 'pm_card_timeout';
 }
 
-const POLL_INTERVAL_MIN_MS = 250;
+// The server's front-of-line interval is at least 100 ms (admission/domain.ts FRONT_POLL_MS_MIN).
+const POLL_INTERVAL_MIN_MS = 100;
 
 export async function runBuyer(client: DrillClient, plan: BuyerPlan): Promise<BuyerResult> {
   const buyer = `drill_${randomBytes(9).toString('base64url')}`;
@@ -81,7 +82,10 @@ export async function runBuyer(client: DrillClient, plan: BuyerPlan): Promise<Bu
   let ticket = await client.send('join', 'POST', joinPath, { ...inLine, body: { buyer_reference: buyer } });
   while (ticket.status === 200 && ticket.body.status === 'waiting') {
     if (client.now() > plan.deadlineMs) return end('gave_up');
-    await sleep(Math.max(POLL_INTERVAL_MIN_MS, (ticket.retryAfterSeconds ?? 1) * 1000));
+    // As the hosted page does: the body's milliseconds when given, else Retry-After's seconds.
+    const retryAfterMs =
+      typeof ticket.body.retry_after_ms === 'number' ? ticket.body.retry_after_ms : (ticket.retryAfterSeconds ?? 1) * 1000;
+    await sleep(Math.max(POLL_INTERVAL_MIN_MS, retryAfterMs));
     const polled = await client.send('poll', 'GET', `${joinPath}/${ticket.body.ticket}`, inLine);
     if (polled.status === 404) {
       // Our place was lost (a poll came too late): join again, at the back.

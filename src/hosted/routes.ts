@@ -82,6 +82,7 @@ export function registerHostedRoutes(app: HttpServer, deps: HostedRouteDeps): vo
         position: view.position,
         estimated_wait_seconds: view.estimatedWaitSeconds,
         retry_after: view.retryAfterSeconds ?? null,
+        retry_after_ms: view.retryAfterMs ?? null,
         progress: progressOf(line.joinedPosition, view.position),
         text: lineTexts(t, view.position, view.estimatedWaitSeconds),
       };

@@ -39,7 +39,7 @@
       clearTimeout(timer);
       if (document.hidden) return;
       // ±20% jitter keeps a crowd that loaded the page together from polling together.
-      const ms = Math.max(500, seconds * 1000 * (0.8 + Math.random() * 0.4));
+      const ms = Math.max(100, seconds * 1000 * (0.8 + Math.random() * 0.4));
       timer = setTimeout(poll, ms);
     };
     const poll = async () => {
@@ -51,6 +51,8 @@
         retry = Number(response.headers.get('retry-after')) || retry;
         if (response.ok) {
           const line = await response.json();
+          // To the millisecond: at the front of the line, when this buyer's admission is due.
+          if (typeof line.retry_after_ms === 'number') retry = line.retry_after_ms / 1000;
           if (line.status !== data.status) {
             location.reload();
             return;
