@@ -148,9 +148,14 @@ for (const backend of BACKENDS) {
 
     test('the front of the line is told to the millisecond when its admission is due; further back, whole seconds', async () => {
       const room = fresh();
-      // Ten admissions a second, and no shopper slots, so the line only forms.
-      const sale = testSale({ maxShoppers: 0, admitPerSecond: 10 });
-      const views = await joinAll(room, sale, buyers(30), at(0));
+      // Ten admissions a second: the first ten joins take the full bucket, the next twenty wait.
+      const sale = testSale({ maxShoppers: 100, admitPerSecond: 10 });
+      const joined = await joinAll(room, sale, buyers(30), at(0));
+      assert.deepEqual(
+        joined.slice(0, 10).map((view) => view.status),
+        Array.from({ length: 10 }, () => 'admitted'),
+      );
+      const views = joined.slice(10);
       assert.deepEqual(
         views.slice(0, 10).map((view) => view.retryAfterMs),
         [100, 200, 300, 400, 500, 600, 700, 800, 900, 1000],
@@ -162,10 +167,19 @@ for (const backend of BACKENDS) {
         'Retry-After keeps whole seconds',
       );
       for (const view of views.slice(10)) assert.equal(view.retryAfterMs, (view.retryAfterSeconds as number) * 1000);
-      // The place's deadline keeps the whole seconds: a buyer told 100 ms who polls a second late keeps it.
-      assert.equal((await room.step(sale, at(1 + sale.graceSeconds - 0.001))).waiting, 30);
-      const polled = await room.poll(sale, views[0]?.ticket as string, at(1 + sale.graceSeconds - 0.001));
-      assert.deepEqual([polled?.position, polled?.retryAfterMs], [1, 100]);
+      // A poll when told admits: a tenth of a second's credit is one admission.
+      const first = await room.poll(sale, views[0]?.ticket as string, at(0.1));
+      assert.equal(first?.status, 'admitted');
+
+      // With no shopper slot free (admission paused here), the front is told whole seconds: polling
+      // it faster would only add polls. The place's deadline keeps the whole seconds either way.
+      const paused = testSale({ maxShoppers: 0, admitPerSecond: 10 });
+      const line = await joinAll(room, paused, buyers(5, 'paused'), at(0));
+      assert.deepEqual(
+        line.map((view) => [view.position, view.retryAfterMs]),
+        [1, 2, 3, 4, 5].map((position) => [position, 1000]),
+      );
+      assert.equal((await room.step(paused, at(1 + paused.graceSeconds - 0.001))).waiting, 5);
     });
 
     test('a place whose buyer stops polling is reclaimed the grace period after its Retry-After; pre-open grace starts at opening', async () => {

@@ -250,7 +250,11 @@ export function describeTicket(
   const linePosition = state.kind === 'waiting' ? state.position : null;
   const retryAfter = retryAfterSeconds(view, sale, nowMs, pollMaxSeconds, linePosition);
   if (retryAfter === undefined) return view;
-  const front = view.status === 'waiting' && view.position !== null ? frontPollMs(view.position, sale.admitPerSecond) : undefined;
+  // Only while a shopper slot is free: with the slots full (or admission paused) admission waits
+  // for a slot, not for the rate, and polling the front faster would only add polls.
+  const slotFree = outcome.pending + outcome.shopping < sale.maxShoppers;
+  const front =
+    view.status === 'waiting' && view.position !== null && slotFree ? frontPollMs(view.position, sale.admitPerSecond) : undefined;
   return { ...view, retryAfterSeconds: retryAfter, retryAfterMs: front ?? retryAfter * 1000 };
 }
 
@@ -259,7 +263,7 @@ export function describeTicket(
 export const FRONT_POLL_MS_MIN = 100;
 
 /**
- * At the front of the line (admission due within a second), when this buyer's admission is due:
+ * At the front of the line (admission due within a second, a shopper slot free), when this buyer's admission is due:
  * position ÷ rate, to the millisecond. Whole seconds (Retry-After's unit) told the front's buyers
  * all to come back at the same moments, so a second's admissions were seen, and their holds,
  * orders and payments started, within the same few milliseconds (a drill measured a second's
