@@ -61,10 +61,10 @@ describe('waiting room routes', () => {
       status: 'waiting',
       position: 1,
       estimated_wait_seconds: 1,
-      retry_after_ms: second.json().retry_after_ms,
+      // Whole seconds: the one shopper slot is taken, and at one a second position 1 is due in a second.
+      retry_after_ms: 1000,
     });
     assert.equal(second.headers['retry-after'], '1');
-    assert.ok(second.json().retry_after_ms >= 100 && second.json().retry_after_ms <= 1000, 'the front: when its admission is due');
     const again = await join(sale.id, { buyer_reference: 'cust_2' });
     assert.equal(again.json().ticket, second.json().ticket, 'the same buyer gets the same ticket');
 
