@@ -213,6 +213,10 @@ async function runHoldSteps(steps: Array<{ op: 'hold' | 'expire' | 'release' | '
             ? await expireHold(pool, { merchant_id: merchant.id, hold_id: hold.id }, later)
             : await withTransaction(pool, (client) => endHold(client, merchant.id, hold.id, 'released'));
         assert.equal(result, active ? 'released' : 'not_active', where);
+        if (active && step.op === 'release') {
+          const { rows } = await pool.query('select 1 from graphile_worker.jobs where key = $1', [`expire_hold:${hold.id}`]);
+          assert.equal(rows.length, 0, `${where}: a released hold's expiry job is removed`);
+        }
         if (active) {
           hold.status = step.op === 'expire' ? 'expired' : 'released';
           model.available += hold.quantity;

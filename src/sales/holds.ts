@@ -149,8 +149,10 @@ export async function endHold(client: Client, merchantId: string, holdId: string
   await sql.returnHoldStock(client, merchantId, holdId);
   if (order) await sql.expireOrderOfHold(client, merchantId, holdId);
   // A buyer who releases is answered after the commit and frees the slot then, at once; an
-  // expiry has no one to answer, so its job does it.
+  // expiry has no one to answer, so its job does it. A released hold's expiry has nothing left
+  // to do: removed, as a paid one's is, instead of a worker's transaction finding it released.
   if (status === 'expired') await scheduleAdmissionRelease(client, hold);
+  else await removeJob(client, expiryJobKey(holdId));
   return 'released';
 }
 
@@ -160,11 +162,6 @@ export async function expireHold(
   payload: { merchant_id: string; hold_id: string },
   now = new Date(),
 ): Promise<ReleaseResult | 'extended' | 'not_due'> {
-  // An ended hold (paid, released, expired) never becomes active again, so a job that finds
-  // its hold ended needs no transaction: one read answers it.
-  const seen = await sql.selectHold(pool, payload.merchant_id, payload.hold_id);
-  if (!seen) return 'missing';
-  if (seen.status !== 'active') return 'not_active';
   return withTransaction(pool, async (client) => {
     const hold = await sql.selectHold(client, payload.merchant_id, payload.hold_id, true);
     if (!hold) return 'missing';
