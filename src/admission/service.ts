@@ -42,7 +42,7 @@ import {
 
 export type { QueueStatus, QueueView, SaleForQueue } from './domain.js';
 /** The waiting room's limits, for the schemas of the sales that configure it. */
-export { QUEUE_LIMITS } from './domain.js';
+export { FRONT_POLL_MS_MIN, QUEUE_LIMITS } from './domain.js';
 export type { ConsumeResult } from './token.js';
 
 /** What checking a token (without spending it) finds. */

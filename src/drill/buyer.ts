@@ -4,6 +4,7 @@
  * or whose answer times out, then with another), and sometimes walk away.
  */
 import { randomBytes } from 'node:crypto';
+import { FRONT_POLL_MS_MIN } from '../admission/service.js';
 import { type DrillClient, type RequestRecord, sleep } from './client.js';
 
 export type BuyerOutcome =
@@ -60,8 +61,8 @@ export function chooseCard(roll: number): 'pm_card_visa' | 'pm_card_declined' | 
   return 'pm_card_timeout';
 }
 
-// The server's front-of-line interval is at least 100 ms (admission/domain.ts FRONT_POLL_MS_MIN).
-const POLL_INTERVAL_MIN_MS = 100;
+// Never sooner than the server tells the front of its line.
+const POLL_INTERVAL_MIN_MS = FRONT_POLL_MS_MIN;
 
 export async function runBuyer(client: DrillClient, plan: BuyerPlan): Promise<BuyerResult> {
   const buyer = `drill_${randomBytes(9).toString('base64url')}`;
