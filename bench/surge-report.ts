@@ -61,6 +61,8 @@ export interface SurgePhase {
   tokensRanOut?: boolean;
   /** Reads of the API: the share its fast lane answered (src/platform/http/fast-lane.ts). */
   laneShare?: number;
+  /** Holds of the API: the mean size of its hold batches in the phase. */
+  holdBatchMean?: number;
   rows?: number;
   /** Checkouts: each step answered as expected (hold, order, confirm). */
   steps?: Record<string, number>;
@@ -98,7 +100,7 @@ export function phaseLine(phase: SurgePhase): string {
     `server ${phase.cpu.serverUsPerTx} db ${phase.cpu.backendsUsPerTx} redis ${num(phase.cpu.redisUsPerTx)}${provider} | machine ` +
     `${Math.round(phase.cpu.machineBusy * 100)}% busy, others ${phase.cpu.otherCores} cores` +
     `${stepP50s ? ` | step p50 ms: ${stepP50s}` : ''}` +
-    `${phase.laneShare === undefined ? '' : ` | fast lane ${Math.round(phase.laneShare * 1000) / 10}%`}${phase.tokensRanOut ? ' | tokens ran out' : ''}${errors ? ` | errors: ${errors}` : ''}`
+    `${phase.laneShare === undefined ? '' : ` | fast lane ${Math.round(phase.laneShare * 1000) / 10}%`}${phase.holdBatchMean === undefined ? '' : ` | batches of ${phase.holdBatchMean.toFixed(1)}`}${phase.tokensRanOut ? ' | tokens ran out' : ''}${errors ? ` | errors: ${errors}` : ''}`
   );
 }
 

@@ -258,6 +258,8 @@ async function loadPhase(
 ): Promise<SurgePhase> {
   // The API's reads are answered by its fast lane or by the pipeline: the share says which ran.
   const laneBefore = kind === 'read' && server !== surge.bare ? await laneAnswers(server.port) : undefined;
+  // A hold's CPU is part per request and part per batch: the batches' mean size says which.
+  const batchesBefore = kind === 'hold' ? await holdBatches(server.port) : undefined;
   const { result, cpu } = await measured(
     surge,
     server.pid,
@@ -266,6 +268,11 @@ async function loadPhase(
   );
   const requests = result.throughput * durationS;
   const laneShare = laneBefore === undefined || requests === 0 ? undefined : ((await laneAnswers(server.port)) - laneBefore) / requests;
+  const batchesAfter = batchesBefore && (await holdBatches(server.port));
+  const holdBatchMean =
+    batchesBefore && batchesAfter && batchesAfter.count > batchesBefore.count
+      ? (batchesAfter.sum - batchesBefore.sum) / (batchesAfter.count - batchesBefore.count)
+      : undefined;
   const phase: SurgePhase = {
     round,
     name,
@@ -277,6 +284,7 @@ async function loadPhase(
     errors: result.errors,
     ...(kind === 'hold' || kind === 'checkout' ? { tokensRanOut: result.tokensRanOut } : {}),
     ...(laneShare === undefined ? {} : { laneShare }),
+    ...(holdBatchMean === undefined ? {} : { holdBatchMean }),
     ...(result.steps ? { steps: result.steps, stepLatency: result.stepLatency } : {}),
     cpu,
   };
@@ -289,10 +297,24 @@ async function loadPhase(
   return phase;
 }
 
-/** The sale page reads the API's fast lane has answered so far (its /metrics counter). */
-async function laneAnswers(port: number): Promise<number> {
+/** One sample of the API's /metrics, by its exact name and labels; 0 when absent. */
+async function metricSample(port: number, sample: string): Promise<number> {
   const text = await (await fetch(`http://127.0.0.1:${port}/metrics`)).text();
-  return Number(/^floodgate_http_fast_lane_answers_total\{route="\/v1\/sales\/:id"\} (\d+)/m.exec(text)?.[1] ?? 0);
+  const line = text.split('\n').find((candidate) => candidate.startsWith(`${sample} `));
+  return Number(line?.slice(sample.length + 1) ?? 0);
+}
+
+/** The sale page reads the API's fast lane has answered so far. */
+function laneAnswers(port: number): Promise<number> {
+  return metricSample(port, 'floodgate_http_fast_lane_answers_total{route="/v1/sales/:id"}');
+}
+
+/** The hold batches the API has run so far, and the requests they carried. */
+async function holdBatches(port: number): Promise<{ count: number; sum: number }> {
+  return {
+    count: await metricSample(port, 'floodgate_hold_batch_size_count'),
+    sum: await metricSample(port, 'floodgate_hold_batch_size_sum'),
+  };
 }
 
 async function countHolds(surge: Surge): Promise<number> {
