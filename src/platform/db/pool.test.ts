@@ -1,0 +1,71 @@
+/**
+ * Transactions on a pipelining pool: BEGIN travels with the first statement, and
+ * withTransactionEndingIn's last statement with the COMMIT. Neither may change what commits.
+ */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { createTestDatabase } from '../../../test/helpers.js';
+import { withTransaction, withTransactionEndingIn } from './pool.js';
+
+const { pool } = await createTestDatabase({ empty: true });
+await pool.query('create table pipelined (id int primary key, n int not null check (n >= 0))');
+
+async function ids(): Promise<number[]> {
+  const { rows } = await pool.query<{ id: number }>('select id from pipelined order by id');
+  return rows.map((row) => row.id);
+}
+
+test('a transaction whose BEGIN was pipelined is one transaction: a throw rolls back every statement', async () => {
+  await pool.query('truncate pipelined');
+  await assert.rejects(
+    withTransaction(pool, async (client) => {
+      await client.query('insert into pipelined values (1, 1)');
+      await client.query('insert into pipelined values (2, 1)');
+      throw new Error('refused after two writes');
+    }),
+    /refused after two writes/,
+  );
+  assert.deepEqual(await ids(), []);
+  // And it commits when fn returns.
+  await withTransaction(pool, async (client) => {
+    await client.query('insert into pipelined values (3, 1)');
+  });
+  assert.deepEqual(await ids(), [3]);
+});
+
+test('withTransactionEndingIn commits its last statement with the others, and returns its answer', async () => {
+  await pool.query('truncate pipelined');
+  const { value, last } = await withTransactionEndingIn(pool, async (client) => {
+    await client.query('insert into pipelined values (1, 1)');
+    return { value: 'decided', last: client.query<{ id: number }>('insert into pipelined values (2, 1) returning id') };
+  });
+  assert.equal(value, 'decided');
+  assert.deepEqual(
+    last.rows.map((row) => row.id),
+    [2],
+  );
+  assert.deepEqual(await ids(), [1, 2]);
+});
+
+test('a last statement that fails turns its pipelined COMMIT into a rollback, and the call rejects with its error', async () => {
+  await pool.query('truncate pipelined');
+  await pool.query('insert into pipelined values (9, 5)');
+  await assert.rejects(
+    withTransactionEndingIn(pool, async (client) => {
+      await client.query('insert into pipelined values (1, 1)');
+      // The constraint refuses what a count checked afterwards could no longer undo.
+      return { value: 'decided', last: client.query('update pipelined set n = n - 6 where id = 9') };
+    }),
+    /pipelined_n_check/,
+  );
+  assert.deepEqual(await ids(), [9]);
+  const { rows } = await pool.query<{ n: number }>('select n from pipelined where id = 9');
+  assert.equal(rows[0]?.n, 5);
+  // The connection went back to the pool usable, outside any transaction.
+  const client = await pool.connect();
+  try {
+    assert.equal((await client.query<{ open: boolean }>('select now() <> statement_timestamp() as open')).rows[0]?.open, false);
+  } finally {
+    client.release();
+  }
+});
