@@ -87,11 +87,14 @@ export interface NewHold {
 }
 
 /**
- * Everything a batch writes once its holds are decided, in one statement: the guarded
- * allocation of each item's total, the holds and their lines, one expiry job per hold
- * (graphile-worker's add_jobs) and every request's finished key with its answer. Its round
- * trips are the hot item's row lock's hold time, so they are one. Returns how many items gave
- * what was asked: fewer than asked means the guard refused, and the caller rolls back.
+ * Everything a batch writes once its holds are decided, in one statement: the allocation of
+ * each item's total, the holds and their lines, one expiry job per hold (graphile-worker's
+ * add_jobs) and every request's finished key with its answer. Its round trips are the hot item's
+ * row lock's hold time, so it is one, and it goes out with the COMMIT (withTransactionEndingIn).
+ * So it refuses a wrong batch itself instead of leaving a count to check: an allocation past an
+ * item's total fails its check constraint, a line of a missing item its foreign key, and the
+ * transaction then rolls back. Returns how many items were allocated, for the caller's sanity
+ * check (the items were locked and counted by lockStock).
  */
 export async function writeHolds(
   db: Queryable,
@@ -114,7 +117,8 @@ export async function writeHolds(
     text: `with allocation as (
              update sale_items i set stock_allocated = i.stock_allocated + t.quantity
              from unnest($2::text[], $3::int[]) as t(id, quantity)
-             where i.merchant_id = $1 and i.id = t.id and i.stock_allocated + t.quantity <= i.stock_total
+             -- No guard here: sale_items_allocated_within_total refuses an over-allocation.
+             where i.merchant_id = $1 and i.id = t.id
              returning 1),
            held as (
              insert into holds (merchant_id, id, sale_id, buyer_reference, status, amount, currency, expires_at, admission_ticket, created_at)

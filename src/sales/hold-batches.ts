@@ -19,7 +19,7 @@
 import assert from 'node:assert/strict';
 import { GroupCommit } from '../platform/db/group-commit.js';
 import type { Client, Pool } from '../platform/db/pool.js';
-import { withTransaction } from '../platform/db/pool.js';
+import { withTransactionEndingIn } from '../platform/db/pool.js';
 import { ApiError } from '../platform/http/errors.js';
 import type { Reply } from '../platform/http/reply.js';
 import type { IdempotencyOptions } from '../platform/idempotency/service.js';
@@ -85,9 +85,13 @@ export class HoldBatcher {
 
   private async run(batch: HoldRequest[]): Promise<BatchAnswer[]> {
     try {
-      return await withTransaction(this.options.pool, (client) => this.allocate(client, batch), {
+      const { value, last } = await withTransactionEndingIn(this.options.pool, (client) => this.allocate(client, batch), {
         synchronousCommit: this.options.synchronousCommit,
       });
+      // A sanity check after the commit: the statement refuses a wrong allocation itself. Were
+      // it to fail, each request would take the single path and replay its stored answer.
+      assert.equal(last.allocated, last.expected, 'the locked items give what the batch counted');
+      return value;
     } catch {
       // The batch's transaction failed as a whole (the database went away, a deadlock): nothing
       // of it committed, so each request runs alone and meets its own outcome.
@@ -95,8 +99,14 @@ export class HoldBatcher {
     }
   }
 
-  /** The batch's transaction; answers in the order of `batch`. */
-  private async allocate(client: Client, batch: HoldRequest[]): Promise<BatchAnswer[]> {
+  /**
+   * The batch's transaction; answers in the order of `batch`. Its last statement, which writes
+   * the holds (or only the refusals' keys), is left in flight to go out with the COMMIT.
+   */
+  private async allocate(
+    client: Client,
+    batch: HoldRequest[],
+  ): Promise<{ value: BatchAnswer[]; last: Promise<{ allocated: number; expected: number }> }> {
     const first = batch[0] as HoldRequest;
     const { merchantId, saleId } = first;
     const { sale, existingKeys } = await batchSql.openBatch(client, {
@@ -129,14 +139,15 @@ export class HoldBatcher {
         return { key: request.idempotencyKey, fingerprint: request.fingerprint, status: reply.status, body: reply.body };
       }),
     };
-    if (decided.write) {
-      const allocated = await batchSql.writeHolds(client, { ...decided.write, merchantId, saleId, expiryTask: EXPIRE_HOLD_TASK, keys });
-      assert.equal(allocated, decided.write.taken.size, 'the locked items give what the batch counted');
-    } else {
-      await idempotencySql.insertFinishedKeys(client, keys);
-    }
+    const write = decided.write;
+    const last = write
+      ? batchSql
+          .writeHolds(client, { ...write, merchantId, saleId, expiryTask: EXPIRE_HOLD_TASK, keys })
+          .then((allocated) => ({ allocated, expected: write.taken.size }))
+      : idempotencySql.insertFinishedKeys(client, keys).then(() => ({ allocated: 0, expected: 0 }));
     let next = 0;
-    return mine.map((own) => (own ? { kind: 'reply', reply: replies[next++] as Reply } : { kind: 'single' }));
+    const value = mine.map((own): BatchAnswer => (own ? { kind: 'reply', reply: replies[next++] as Reply } : { kind: 'single' }));
+    return { value, last };
   }
 
   /** Each request's answer, and what the batch must write for the holds it grants. */
