@@ -209,10 +209,12 @@ export class ConfirmBatcher {
       });
     }
     if (records.length === 0) return replies;
-    const written = await recordSucceeded(client, records, new Date());
+    // The record and the payment-succeeded reaction go out together (the pool pipelines), one
+    // round trip for both, and are answered in order: a failed record aborts the transaction,
+    // so the reaction fails after it and the record's error is the one thrown.
+    const [written] = await Promise.all([recordSucceeded(client, records, new Date()), this.options.onPaymentsSucceeded(client, moved)]);
     assert.equal(written.events, records.length, 'one event per succeeded payment');
     assert.equal(written.keys, records.length, 'every completed request holds its key');
-    await this.options.onPaymentsSucceeded(client, moved);
     return replies;
   }
 }
