@@ -1,7 +1,8 @@
 /**
  * The statements of a batch of holds (hold-batches.ts): each one carries every request of the
- * batch, so a batch costs the same round trips and one commit whatever its size: begin,
- * openBatch, lockStock, writeHolds, commit (and a credit of returns when some wait).
+ * batch, so a batch costs the same round trips and one commit whatever its size: begin with
+ * openBatch, lockStock, writeHolds with the commit (the pool pipelines: three round trips; and
+ * a credit of returns when some wait).
  */
 import type { Queryable } from '../platform/db/pool.js';
 import { existingKeysSql, type FinishedKeys, finishedKeysCte } from '../platform/idempotency/sql.js';
