@@ -582,7 +582,8 @@ export async function runSurge(db: BenchDatabase, options: SurgeOptions): Promis
       env: { REDIS_URL, FLOODGATE_REDIS_KEY_PREFIX: prefix, FLOODGATE_PROVIDER_URL: simulator.url },
     });
     cleanups.push(() => redisApi.stop());
-    const memoryApi = await startApiServer({ databaseUrl: db.url, poolMax: options.clients, env: { REDIS_URL: '' } });
+    // Profiled too, so that the two modes' reads can be set side by side.
+    const memoryApi = await startApiServer({ databaseUrl: db.url, poolMax: options.clients, nodeArgs, env: { REDIS_URL: '' } });
     cleanups.push(() => memoryApi.stop());
     const secret = merchant.secret_key;
     const opensAt = new Date(Date.now() - 60_000).toISOString();
