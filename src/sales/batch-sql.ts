@@ -1,8 +1,8 @@
 /**
  * The statements of a batch of holds (hold-batches.ts): each one carries every request of the
- * batch, so a batch costs the same round trips and one commit whatever its size: begin with
- * openBatch, lockStock, writeHolds with the commit (the pool pipelines: three round trips; and
- * a credit of returns when some wait).
+ * batch, so a batch costs the same round trips and one commit whatever its size: begin,
+ * openBatch and lockStock together, then writeHolds with the commit (the pool pipelines: two
+ * round trips; and a credit of returns when some wait).
  */
 import type { Queryable } from '../platform/db/pool.js';
 import { existingKeysSql, type FinishedKeys, finishedKeysCte } from '../platform/idempotency/sql.js';
@@ -43,7 +43,8 @@ export async function openBatch(
 
 /**
  * A batch's second statement, under the buyers' locks (openBatch's, taken by an earlier
- * statement, so this one's snapshot holds every hold their earlier holders committed): units
+ * statement: sent in the same round trip, run before this one, so this one's snapshot holds
+ * every hold their earlier holders committed): units
  * each buyer holds or bought in the sale (the per-buyer limit), which of these waiting-room
  * tickets a hold already used, and the items, locked in id order, with what each has free
  * (sql.ts lockItemsForAllocation). The item rows come back as they are after their locks are

@@ -5,8 +5,9 @@
  * arrive within a few milliseconds (or while the sale's previous batch is committing) and
  * allocates them in one transaction: the buyers' locks, one read of what is left under the
  * items' row locks, first come first served in arrival order, then one statement that writes
- * the batch's total per item (guarded), every hold and line, every expiry job and every key
- * with its stored answer, one commit. Several nodes each run their own batches; the row lock
+ * the batch's total per item (the items' check constraint refuses going past the total),
+ * every hold and line, every expiry job and every key with its stored answer, one commit: two
+ * round trips, the pool pipelining the statements that do not wait for an answer. Several nodes each run their own batches; the row lock
  * then serializes batches, not buyers.
  *
  * Every rule of the single path holds per request: the same checks in the same order with the
@@ -109,13 +110,23 @@ export class HoldBatcher {
   ): Promise<{ value: BatchAnswer[]; last: Promise<{ allocated: number; expected: number }> }> {
     const first = batch[0] as HoldRequest;
     const { merchantId, saleId } = first;
-    const { sale, existingKeys } = await batchSql.openBatch(client, {
+    const admitted = batch.filter((request) => request.admission.ok);
+    const opened = batchSql.openBatch(client, {
       merchantId,
       keyKind: first.keyKind,
       saleId,
       keys: [...new Set(batch.map((request) => request.idempotencyKey))],
-      buyers: [...new Set(batch.flatMap((request) => (request.admission.ok ? [request.buyerReference] : [])))],
+      buyers: [...new Set(admitted.map((request) => request.buyerReference))],
     });
+    // The stock's read and lock go out right behind openBatch (the pool pipelines), one round
+    // trip for both. PostgreSQL runs them in order, so this statement's snapshot still comes
+    // after the buyers' locks. It is sent before openBatch says which requests are the batch's
+    // (a retry's key may exist, the sale may be closed), so it covers every admitted request:
+    // reading a few more rows, or locking an item no request of ours takes, only makes a
+    // concurrent request wait for this commit.
+    const stock = admitted.length > 0 ? batchSql.lockStock(client, stockScope(merchantId, saleId, admitted)) : Promise.resolve(noStock());
+    stock.catch(() => {});
+    const { sale, existingKeys } = await opened;
     // A request whose key exists (a retry, a reuse) or repeats one earlier in this batch is not ours.
     const seen = new Set<string>();
     const mine = batch.map((request) => {
@@ -125,7 +136,7 @@ export class HoldBatcher {
       return own;
     });
     const requests = batch.filter((_, index) => mine[index]);
-    const decided = requests.length > 0 ? await this.decide(client, merchantId, saleId, sale, requests) : { replies: [] };
+    const decided = requests.length > 0 ? await this.decide(client, merchantId, saleId, sale, requests, stock) : { replies: [] };
     const { replies } = decided;
     // The keys last, finished with their answers, in the statement that writes the holds.
     const keys = {
@@ -157,23 +168,14 @@ export class HoldBatcher {
     saleId: string,
     sale: sql.SaleRow | undefined,
     requests: HoldRequest[],
+    stock: Promise<BatchStock>,
   ): Promise<{ replies: Reply[]; write?: HoldWrite }> {
     const now = new Date();
     const closed = saleRefusal(saleId, sale, now);
     if (closed) return { replies: requests.map(() => refusal(closed)) };
     assert.ok(sale, 'saleRefusal refuses a missing sale');
     const plans = requests.map((request) => ({ request, lines: normalizeLines(request.lines) }));
-    const candidates = plans.filter((plan) => plan.request.admission.ok);
-    const { held, usedTickets, items } =
-      candidates.length > 0
-        ? await batchSql.lockStock(client, {
-            merchantId,
-            saleId,
-            buyers: [...new Set(candidates.map((plan) => plan.request.buyerReference))],
-            tickets: candidates.flatMap((plan) => (plan.request.admission.ok ? [plan.request.admission.ticketId] : [])),
-            itemIds: [...new Set(candidates.flatMap((plan) => plan.lines.map((line) => line.item_id)))].sort(),
-          })
-        : { held: new Map<string, number>(), usedTickets: new Set<string>(), items: new Map<string, sql.AllocatableItem>() };
+    const { held, usedTickets, items } = await stock;
     const returning = [...items.values()].filter((item) => item.returned > 0).map((item) => item.id);
     // Returns of ended holds come back to the items here, many in one statement, under the lock.
     if (returning.length > 0) await sql.creditReturns(client, merchantId, returning);
@@ -218,6 +220,25 @@ export class HoldBatcher {
     if (created.length === 0) return { replies };
     return { replies, write: { currency: sale.currency, expiresAt, createdAt: now, taken, holds: created } };
   }
+}
+
+/** What lockStock reads for a batch: each buyer's units, the tickets used, the items locked. */
+type BatchStock = Awaited<ReturnType<typeof batchSql.lockStock>>;
+
+/** A batch with no admitted request reads no stock (fresh maps: decide adds to them). */
+function noStock(): BatchStock {
+  return { held: new Map(), usedTickets: new Set(), items: new Map() };
+}
+
+/** The buyers, tickets and items (in lock order) that the admitted requests of a batch name. */
+function stockScope(merchantId: string, saleId: string, admitted: HoldRequest[]): Parameters<typeof batchSql.lockStock>[1] {
+  return {
+    merchantId,
+    saleId,
+    buyers: [...new Set(admitted.map((request) => request.buyerReference))],
+    tickets: admitted.flatMap((request) => (request.admission.ok ? [request.admission.ticketId] : [])),
+    itemIds: [...new Set(admitted.flatMap((request) => normalizeLines(request.lines).map((line) => line.item_id)))].sort(),
+  };
 }
 
 function refusal(error: ApiError): Reply {
