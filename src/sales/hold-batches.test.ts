@@ -108,6 +108,32 @@ describe('batched holds', () => {
     assert.equal(rows[0].n, 1);
   });
 
+  test("a retry in a batch of new requests replays, and its buyer's new requests still count its hold against the limit", async () => {
+    // The batch reads its stock before it knows which requests are retries: the retry's rows
+    // are read too, and must change nothing for the others.
+    const { sale, item } = await createSale(100, 2);
+    const deps = node(pool);
+    const earlier = {
+      sale: sale.id,
+      buyer: 'returning',
+      token: `ok:${newId('qt')}`,
+      items: [{ item: item.id, quantity: 1 }],
+      key: newId('key'),
+    };
+    const first = await hold(deps, earlier);
+    assert.equal(first.status, 200);
+    const [replayed, ...fresh] = await Promise.all([
+      hold(deps, earlier),
+      hold(deps, { sale: sale.id, buyer: 'returning', items: [{ item: item.id, quantity: 1 }] }),
+      hold(deps, { sale: sale.id, buyer: 'returning', items: [{ item: item.id, quantity: 1 }] }),
+    ]);
+    assert.equal(replayed?.replayed, true);
+    assert.deepEqual(replayed?.body, first.body);
+    assert.deepEqual(fresh.map((reply) => reply.status === 200 || code(reply)).sort(), [true, 'buyer_limit_exceeded'].sort());
+    const { rows } = await pool.query('select stock_held from items where id = $1', [item.id]);
+    assert.equal(rows[0].stock_held, 2);
+  });
+
   test('refusals in a batch are their own: the others are held, every answer replays identically, a 403 stores no key', async () => {
     const { sale, item } = await createSale(3, 10);
     const deps = node(pool);
