@@ -38,7 +38,8 @@
     const schedule = (seconds) => {
       clearTimeout(timer);
       if (document.hidden) return;
-      // ±20% jitter keeps a crowd that loaded the page together from polling together.
+      // ±20% jitter keeps a crowd that loaded the page together from polling together. The
+      // floor is the server's FRONT_POLL_MS_MIN (src/admission/domain.ts), the soonest it tells.
       const ms = Math.max(100, seconds * 1000 * (0.8 + Math.random() * 0.4));
       timer = setTimeout(poll, ms);
     };
