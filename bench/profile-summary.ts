@@ -3,6 +3,7 @@
  * bench/results/profiles/) as text small enough to commit beside a bench record:
  *
  *   npx tsx bench/profile-summary.ts bench/results/profiles/<run>/worker [--top N]
+ *   npx tsx bench/profile-summary.ts bench/results/profiles/CPU.<…>.cpuprofile --phase hold_api
  *
  * Given a folder, it reads the main thread's profile in it (Node names it
  * CPU.<date>.<time>.<pid>.<tid>.<seq>.cpuprofile, the main thread with tid 0; the others are
@@ -17,6 +18,10 @@
  *   the JavaScript that called them: a package of node_modules, a part of Node, or our own
  *   source by folder;
  * - by function, self: where the samples are;
+ * `--phase NAME` keeps only the samples taken during the surge phases of that name (all rounds)
+ * that loaded this profile's process: the surge bench writes each phase's window, in the
+ * profiles' own clock, to phases.json beside the profiles when it runs with --profile.
+ *
  * - our functions, inclusive: each of Floodgate's functions with everything it called (a
  *   callback's own stack starts at the event loop, so an awaited continuation counts apart).
  */
@@ -38,9 +43,22 @@ interface ProfileNode {
 
 interface CpuProfile {
   nodes: ProfileNode[];
+  /** When the profile started, in µs of CLOCK_MONOTONIC (process.hrtime's clock). */
+  startTime: number;
   samples: number[];
   timeDeltas: number[];
 }
+
+/** A surge phase's time, in the profiles' clock, and the process it loaded. */
+export interface PhaseWindow {
+  name: string;
+  round: number;
+  pid: number;
+  startUs: number;
+  endUs: number;
+}
+
+export const PHASE_WINDOWS_FILE = 'phases.json';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const TOP_DEFAULT = 30;
@@ -81,7 +99,18 @@ function shortUrl(url: string): string {
   return relative.startsWith('..') ? file : relative;
 }
 
-export function summarizeProfile(profile: CpuProfile, top: number): string {
+/** The samples taken inside one of `windows` (all of them without windows). */
+function sampleIndexes(profile: CpuProfile, windows: PhaseWindow[] | undefined): number[] {
+  const indexes: number[] = [];
+  let at = profile.startTime;
+  for (const [index, delta] of profile.timeDeltas.entries()) {
+    at += delta;
+    if (!windows || windows.some((window) => at >= window.startUs && at <= window.endUs)) indexes.push(index);
+  }
+  return indexes;
+}
+
+export function summarizeProfile(profile: CpuProfile, top: number, windows?: PhaseWindow[]): string {
   const byId = new Map(profile.nodes.map((node) => [node.id, node]));
   const parent = new Map<number, number>();
   for (const node of profile.nodes) for (const child of node.children ?? []) parent.set(child, node.id);
@@ -93,8 +122,9 @@ export function summarizeProfile(profile: CpuProfile, top: number): string {
   let busy = 0;
   const callers = new Map<string, number>();
   let loading = 0;
-  for (const id of profile.samples) {
-    const node = byId.get(id);
+  const kept = sampleIndexes(profile, windows);
+  for (const index of kept) {
+    const node = byId.get(profile.samples[index] as number);
     if (!node || IDLE.has(node.callFrame.functionName)) continue;
     const stack: ProfileNode[] = [];
     for (let at: ProfileNode | undefined = node; at; at = byId.get(parent.get(at.id) ?? -1)) stack.push(at);
@@ -131,7 +161,10 @@ export function summarizeProfile(profile: CpuProfile, top: number): string {
   ];
   return [
     `${busy} busy samples (about ${((busy * intervalUs) / 1e6).toFixed(1)} s of CPU at a ${Math.round(intervalUs)} µs interval); ` +
-      `${loading} more loading modules, ${profile.samples.length - busy - loading} idle`,
+      `${loading} more loading modules, ${kept.length - busy - loading} idle` +
+      (windows
+        ? ` (in ${windows.length} phase window(s) of ${Math.round(windows.reduce((sum, w) => sum + w.endUs - w.startUs, 0) / 1000)} ms)`
+        : ''),
     '',
     ...table('by owner (native code charged to its JavaScript caller)', owners, top),
     '',
@@ -151,18 +184,35 @@ function mainThreadProfile(file: string): string {
   return path.join(file, main);
 }
 
+/** The windows of the phases named `name` that loaded the process of `profileFile`. */
+function phaseWindows(profileFile: string, name: string): PhaseWindow[] {
+  const file = path.join(path.dirname(profileFile), PHASE_WINDOWS_FILE);
+  // Node names a profile CPU.<date>.<time>.<pid>.<tid>.<seq>.cpuprofile.
+  const pid = Number(path.basename(profileFile).split('.')[3]);
+  const windows = (JSON.parse(readFileSync(file, 'utf8')) as PhaseWindow[]).filter((window) => window.name === name && window.pid === pid);
+  if (windows.length === 0) throw new Error(`no phase ${name} of process ${pid} in ${file}`);
+  return windows;
+}
+
 function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
   return sorted[Math.floor(sorted.length / 2)] ?? 0;
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) {
-  const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string' } } });
+  const { values, positionals } = parseArgs({ allowPositionals: true, options: { top: { type: 'string' }, phase: { type: 'string' } } });
   const file = positionals[0];
   if (!file) {
-    console.error('usage: npx tsx bench/profile-summary.ts <file.cpuprofile> [--top N]');
+    console.error('usage: npx tsx bench/profile-summary.ts <file.cpuprofile> [--top N] [--phase NAME]');
     process.exit(2);
   }
   const top = values.top === undefined ? TOP_DEFAULT : Number(values.top);
-  console.log(summarizeProfile(JSON.parse(readFileSync(mainThreadProfile(file), 'utf8')) as CpuProfile, top));
+  const profileFile = mainThreadProfile(file);
+  console.log(
+    summarizeProfile(
+      JSON.parse(readFileSync(profileFile, 'utf8')) as CpuProfile,
+      top,
+      values.phase === undefined ? undefined : phaseWindows(profileFile, values.phase),
+    ),
+  );
 }

@@ -15,7 +15,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, fork } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { Redis } from 'ioredis';
@@ -25,6 +25,7 @@ import { createPool } from '../src/platform/db/pool.js';
 import { BackendCpuSampler } from './backends.js';
 import { busyFraction, busyMs, cpuSnapshot, freePort, processCpuMs } from './machine.js';
 import { runPgbench } from './pgbench.js';
+import { PHASE_WINDOWS_FILE, type PhaseWindow } from './profile-summary.js';
 import { type ApiServer, type BenchDatabase, type SimulatorProcess, startApiServer, startSimulatorProcess } from './setup.js';
 import type { SurgeJob, SurgeRequestKind, SurgeResult } from './surge-loadgen.js';
 import {
@@ -260,12 +261,15 @@ async function loadPhase(
   const laneBefore = kind === 'read' && server !== surge.bare ? await laneAnswers(server.port) : undefined;
   // A hold's CPU is part per request and part per batch: the batches' mean size says which.
   const batchesBefore = kind === 'hold' ? await holdBatches(server.port) : undefined;
+  const startedUs = monotonicUs();
   const { result, cpu } = await measured(
     surge,
     server.pid,
     () => surge.loadgen.run(job(surge, kind, server.port, durationS, extra)),
     kind === 'checkout',
   );
+  if (surge.options.profile)
+    recordPhaseWindow(surge.options.profileDir, { name, round, pid: server.pid, startUs: startedUs, endUs: monotonicUs() });
   const requests = result.throughput * durationS;
   const laneShare = laneBefore === undefined || requests === 0 ? undefined : ((await laneAnswers(server.port)) - laneBefore) / requests;
   const batchesAfter = batchesBefore && (await holdBatches(server.port));
@@ -295,6 +299,22 @@ async function loadPhase(
   if (phase.rows !== undefined && phase.rows !== result.ok)
     console.log(`  warning: ${result.ok} holds answered but ${phase.rows} rows in holds`);
   return phase;
+}
+
+/**
+ * The clock of V8's CPU profiles (CLOCK_MONOTONIC, in µs), which every process on the machine
+ * shares: a phase's window in it picks that phase's samples out of a profile of the whole run.
+ */
+function monotonicUs(): number {
+  return Number(process.hrtime.bigint() / 1000n);
+}
+
+/** Adds a phase's window to the profile folder's phases.json, for `profile-summary --phase`. */
+function recordPhaseWindow(profileDir: string, window: PhaseWindow): void {
+  const file = path.join(profileDir, PHASE_WINDOWS_FILE);
+  const windows: PhaseWindow[] = existsSync(file) ? JSON.parse(readFileSync(file, 'utf8')) : [];
+  mkdirSync(profileDir, { recursive: true });
+  writeFileSync(file, JSON.stringify([...windows, window], null, 1));
 }
 
 /**
@@ -573,6 +593,8 @@ export async function runSurge(db: BenchDatabase, options: SurgeOptions): Promis
   try {
     const merchant = await createMerchant(adminPool, 'Surge bench merchant');
     const nodeArgs = options.profile ? ['--cpu-prof', `--cpu-prof-dir=${options.profileDir}`] : [];
+    // This run's phases only: an earlier run's processes may have had the same pids.
+    if (options.profile) rmSync(path.join(options.profileDir, PHASE_WINDOWS_FILE), { force: true });
     const simulator = await startSimulatorProcess();
     cleanups.push(() => simulator.stop());
     const redisApi = await startApiServer({
