@@ -49,6 +49,12 @@ export async function openBatch(
  * tickets a hold already used, and the items, locked in id order, with what each has free
  * (sql.ts lockItemsForAllocation). The item rows come back as they are after their locks are
  * granted, whatever the statement's snapshot.
+ *
+ * Buyers and tickets are probed one at a time (a lateral subquery per element, each hold's
+ * lines by their key), as existingKeysSql probes keys: written as `= any($n)` with a join, a
+ * plan made while holds was nearly empty (a new deployment's first sale, the bench's truncated
+ * tables) scanned holds and hold_lines whole, and was kept while a surge grew them: each batch
+ * then read every hold of the sale.
  */
 export async function lockStock(
   db: Queryable,
@@ -60,13 +66,18 @@ export async function lockStock(
     text: `with items as (${lockItemsForAllocationSql('$1', '$2', '$5')})
            select 'item' as kind, id as key, unallocated as quantity, returned, name, price from items
            union all
-           select 'buyer', h.buyer_reference, sum(l.quantity)::int, null, null, null
-           from holds h join hold_lines l on l.merchant_id = h.merchant_id and l.hold_id = h.id
-           where h.merchant_id = $1 and h.sale_id = $2 and h.buyer_reference = any($3::text[]) and h.status in ('active', 'converted')
-           group by h.buyer_reference
+           select 'buyer', b.buyer, q.quantity, null, null, null
+           from unnest($3::text[]) as b(buyer)
+           cross join lateral (
+             select sum((select sum(l.quantity) from hold_lines l where l.merchant_id = h.merchant_id and l.hold_id = h.id))::int as quantity
+             from holds h
+             where h.merchant_id = $1 and h.sale_id = $2 and h.buyer_reference = b.buyer and h.status in ('active', 'converted')) q
+           where q.quantity is not null
            union all
-           select 'ticket', admission_ticket, 0, null, null, null from holds
-           where merchant_id = $1 and sale_id = $2 and admission_ticket = any($4::text[])`,
+           select 'ticket', t.ticket, 0, null, null, null
+           from unnest($4::text[]) as t(ticket)
+           cross join lateral (
+             select 1 from holds where merchant_id = $1 and sale_id = $2 and admission_ticket = t.ticket limit 1) used`,
     values: [batch.merchantId, batch.saleId, batch.buyers, batch.tickets, batch.itemIds],
   });
   const held = new Map<string, number>();
