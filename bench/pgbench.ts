@@ -36,7 +36,12 @@ export async function runPgbench(script: PgbenchScript, job: PgbenchJob): Promis
   try {
     const scriptFile = path.join(dir, 'create_intent.sql');
     await writeFile(scriptFile, script.script);
-    const variables = { ...script.variables, idbase: String(100_000_000_000_000_000 + Date.now() * 1000) };
+    // A script whose ids step by :clients (the hold capture's) steps by this run's client count.
+    const variables = {
+      ...script.variables,
+      ...('clients' in script.variables ? { clients: String(job.clients) } : {}),
+      idbase: String(100_000_000_000_000_000 + Date.now() * 1000),
+    };
     const args = [
       '--no-vacuum',
       '--protocol=prepared',

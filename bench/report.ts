@@ -12,8 +12,18 @@ export type Side = 'api' | 'pgbench';
 /**
  * `fanout` is a max phase for the merchant with a webhook endpoint: each creation's event fans
  * out to a delivery, which the paused worker leaves queued (issue 9's creation with fan-out).
+ * `crowd` and `fanout_crowd` are the same max phases with CROWD_FACTOR times the connections.
  */
-export type PhaseKind = 'max' | 'rate' | 'single' | 'fanout';
+export type PhaseKind = 'max' | 'rate' | 'single' | 'fanout' | 'crowd' | 'fanout_crowd';
+
+/**
+ * A closed loop of `clients` connections serves at most clients ÷ latency: a server that
+ * batches (the API's group commit) is still waiting for its next batch to fill when that many
+ * callers are all it has, with cores to spare, while pgbench's naive transactions queue on
+ * PostgreSQL's own locks and flushes. So each side's max is also measured with this many times
+ * the connections, and each is credited with the better of its two: its own best concurrency.
+ */
+export const CROWD_FACTOR = 3;
 
 export interface PhaseResult {
   round: number;
@@ -105,9 +115,12 @@ export function summarize(phases: PhaseResult[], rounds: number): Summary {
     return { metric: name, api: median(api), pgbench: median(pgbench), ratio: round(median(ratios), 2) };
   };
   const cpuBound = metric('', 'max', totalCpu);
+  const crowd = metric(`throughput, ${CROWD_FACTOR}x clients`, 'crowd', (phase) => phase.throughput);
+  const best = bestThroughput(phases);
   return {
     rows: [
       metric('throughput (req/s)', 'max', (phase) => phase.throughput),
+      ...(Number.isFinite(crowd.api) ? [crowd, { metric: 'best throughput (req/s)', ...best }] : []),
       metric('p50 @ max (ms)', 'max', (phase) => phase.latency.p50Ms),
       metric('p50 @ 60% rate (ms)', 'rate', (phase) => phase.latency.p50Ms),
       metric('p99 @ 60% rate (ms)', 'rate', (phase) => phase.latency.p99Ms),
@@ -130,6 +143,20 @@ export function summarize(phases: PhaseResult[], rounds: number): Summary {
   };
 }
 
+/**
+ * Each side's best max throughput (the median over rounds of its max phase or of its crowd
+ * phase, whichever is higher), and their ratio.
+ */
+export function bestThroughput(phases: PhaseResult[]): { api: number; pgbench: number; ratio: number } {
+  const best = (side: Side) =>
+    Math.max(
+      ...(['max', 'crowd'] as const).map((kind) => median(pick(phases, side, kind, (phase) => phase.throughput))).filter(Number.isFinite),
+    );
+  const api = best('api');
+  const pgbench = best('pgbench');
+  return { api, pgbench, ratio: round(api / pgbench, 2) };
+}
+
 const pad = (text: string, width: number) => text.padEnd(width);
 const num = (value: number) =>
   Number.isFinite(value) ? (value >= 100 || Number.isInteger(value) ? String(Math.round(value)) : value.toFixed(2)) : '-';
@@ -143,7 +170,8 @@ export function formatTable(summary: Summary, machine: MachineInfo, options: Run
       `${machine.pgbench}, load average at start ${machine.loadAverage.join(' ')}`,
     `${options.quick ? 'quick' : 'full'} run: ${options.rounds} round(s), medians shown; each phase ${options.maxS} s at max, ` +
       `${options.rateS} s at fixed rate, ${options.singleS} s with 1 client; ${options.warmupS} s HTTP warm-up`,
-    `concurrency ${options.clients} (HTTP keep-alive connections = server pool size = pgbench clients); ` +
+    `concurrency ${options.clients} (HTTP keep-alive connections = server pool size = pgbench clients; ` +
+      `${options.clients * CROWD_FACTOR} HTTP connections and pgbench clients in the crowd phases); ` +
       `fixed rate = ${Math.round(options.rateFraction * 100)}% of the API's max, per round: ${rates.join(', ')} req/s`,
     '',
     `${pad('metric', 30)} ${pad('api', 10)} ${pad('pgbench', 10)} ratio`,
@@ -167,8 +195,12 @@ export function formatTable(summary: Summary, machine: MachineInfo, options: Run
       `are not reliable; the CPU-bound ratio ${ratio(summary.cpuBoundRatio)} ${verdict(summary.cpuBoundRatio)} the goal of ${goal}`,
     );
   } else {
-    const throughput = summary.rows[0]?.ratio ?? Number.NaN;
-    lines.push(`throughput ratio ${ratio(throughput)} ${verdict(throughput)} the goal of ${goal}`);
+    // The best throughputs' ratio when the crowd phases ran (each side at its best concurrency).
+    const best = summary.rows.find((row) => row.metric.startsWith('best throughput')) ?? summary.rows[0];
+    const throughput = best?.ratio ?? Number.NaN;
+    lines.push(
+      `${best === summary.rows[0] ? 'throughput' : 'best throughput'} ratio ${ratio(throughput)} ${verdict(throughput)} the goal of ${goal}`,
+    );
   }
   return lines.join('\n');
 }

@@ -27,6 +27,7 @@ import { busyFraction, busyMs, cpuSnapshot, machineInfo, processCpuMs } from './
 import { runPgbench } from './pgbench.js';
 import { Receiver } from './receiver.js';
 import {
+  CROWD_FACTOR,
   formatPhase,
   formatTable,
   type PhaseKind,
@@ -270,13 +271,17 @@ async function runRound(bench: Bench, round: number): Promise<PhaseResult[]> {
   const { clients, maxS, rateS, singleS } = bench.options;
   const apiMax = await apiPhase(bench, round, 'max', clients, maxS);
   const pgMax = await pgbenchPhase(bench, round, 'max', clients, maxS);
+  // Each side's max again with a crowd of connections (report.ts CROWD_FACTOR); the API's pool
+  // stays at `clients` connections, pgbench gets one per client.
+  const apiCrowd = await apiPhase(bench, round, 'crowd', clients * CROWD_FACTOR, maxS);
+  const pgCrowd = await pgbenchPhase(bench, round, 'crowd', clients * CROWD_FACTOR, maxS);
   // Both sides get the same offered load: a share of what the API itself can do.
   const rate = Math.max(1, Math.round(apiMax.throughput * bench.options.rateFraction));
   const apiRate = await apiPhase(bench, round, 'rate', clients, rateS, rate);
   const pgRate = await pgbenchPhase(bench, round, 'rate', clients, rateS, rate);
   const apiSingle = await apiPhase(bench, round, 'single', 1, singleS);
   const pgSingle = await pgbenchPhase(bench, round, 'single', 1, singleS);
-  return [apiMax, pgMax, apiRate, pgRate, apiSingle, pgSingle];
+  return [apiMax, pgMax, apiCrowd, pgCrowd, apiRate, pgRate, apiSingle, pgSingle];
 }
 
 /** The worker's phases of one round, each sized by the rates the previous round measured. */
@@ -295,6 +300,11 @@ async function runWorkerRound(bench: Bench, ctx: WorkerContext, round: number, s
     const fanOut = await apiPhase(bench, round, 'fanout', bench.options.clients, bench.options.maxS);
     await dropQueuedDeliveries(ctx.db);
     if (round > 0) results.fanOut.push(fanOut);
+    // With a crowd, as the payments section's crowd phases (read against pgbench's best).
+    if (round > 0 && bench.options.sections.includes('payments')) {
+      results.fanOut.push(await apiPhase(bench, round, 'fanout_crowd', bench.options.clients * CROWD_FACTOR, bench.options.maxS));
+      await dropQueuedDeliveries(ctx.db);
+    }
     // The pgbench phases closed the server's connections; reopen them before the clock starts.
     await apiLoad(bench, bench.options.clients, RECONNECT_S);
     const phase = await webhooksPhase(ctx, round, sizes.deliveries);
@@ -417,7 +427,7 @@ async function main(): Promise<number> {
     let workerSummary: WorkerSummary | undefined;
     if (ctx) {
       const apiMax = phases.filter((phase) => phase.side === 'api' && phase.kind === 'max');
-      const pgbenchMax = phases.filter((phase) => phase.side === 'pgbench' && phase.kind === 'max');
+      const pgbenchMax = phases.filter((phase) => phase.side === 'pgbench' && (phase.kind === 'max' || phase.kind === 'crowd'));
       workerSummary = summarizeWorker(apiMax, worker.jobs, worker.webhooks, pgbenchMax, worker.fanOut);
       console.log(
         `\n${formatWorkerTable(workerSummary, worker.sustained, options, { concurrency: workerConcurrency(), jobTask: JOB_TASK })}`,

@@ -26,6 +26,7 @@ import { BackendCpuSampler } from './backends.js';
 import { busyFraction, busyMs, cpuSnapshot, freePort, processCpuMs } from './machine.js';
 import { runPgbench } from './pgbench.js';
 import { PHASE_WINDOWS_FILE, type PhaseWindow } from './profile-summary.js';
+import { CROWD_FACTOR } from './report.js';
 import { type ApiServer, type BenchDatabase, type SimulatorProcess, startApiServer, startSimulatorProcess } from './setup.js';
 import type { SurgeJob, SurgeRequestKind, SurgeResult } from './surge-loadgen.js';
 import {
@@ -390,35 +391,58 @@ async function holdPhases(surge: Surge, round: number, tokensLeft: number): Prom
   // The warm-up's rate too: it sizes the next phase's tokens, nothing it measures.
   surge.lastHoldRate = Math.max(surge.lastHoldRate, apiPhase.throughput);
   const pgPhase = await pgbenchHoldPhase(surge, round, 'hold_pgbench');
-  // Both sides get the same offered load: a share of what the API itself did this round.
-  const rate = Math.max(1, Math.round(apiPhase.throughput * RATE_FRACTION));
-  await mintTokens(surge, await tokensHeld(surge), Math.ceil((apiPhase.throughput * RECONNECT_S + rate * durationS) * TOKEN_HEADROOM));
-  await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, RECONNECT_S));
+  // Each side's max again with a crowd of connections (report.ts CROWD_FACTOR): a closed loop of
+  // `clients` buyers leaves the API's batches waiting to fill with cores to spare.
+  const crowd = surge.options.clients * CROWD_FACTOR;
+  // A crowd may take more holds: twice the tokens (the joins that mint them are quick).
+  await mintTokens(
+    surge,
+    await tokensHeld(surge),
+    2 * Math.max(wanted, Math.ceil(surge.lastHoldRate * (durationS + RECONNECT_S) * TOKEN_HEADROOM)),
+  );
+  await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, RECONNECT_S, { connections: crowd }));
+  await resetHolds(surge);
+  const apiCrowdPhase = await loadPhase(surge, round, 'hold_api_crowd', surge.redisApi, 'hold', { connections: crowd });
+  surge.lastHoldRate = Math.max(surge.lastHoldRate, apiCrowdPhase.throughput);
+  const pgCrowdPhase = await pgbenchHoldPhase(surge, round, 'hold_pgbench_crowd', undefined, crowd);
+  // Both sides get the same offered load: a share of what the API itself did this round at its
+  // best, over the connections it did it with.
+  const best = apiCrowdPhase.throughput > apiPhase.throughput ? apiCrowdPhase : apiPhase;
+  const rate = Math.max(1, Math.round(best.throughput * RATE_FRACTION));
+  await mintTokens(surge, await tokensHeld(surge), Math.ceil((best.throughput * RECONNECT_S + rate * durationS) * TOKEN_HEADROOM));
+  await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, RECONNECT_S, { connections: best.clients }));
   await resetHolds(surge);
   const apiRatePhase = await loadPhase(surge, round, 'hold_api_rate', surge.redisApi, 'hold', {
+    connections: best.clients,
     mode: 'open',
     rate,
     queueMax: Math.ceil(rate * BACKLOG_SECONDS_MAX),
     requestsMax: Math.ceil(rate * durationS * TOKEN_HEADROOM),
   });
   const pgRatePhase = await pgbenchHoldPhase(surge, round, 'hold_pgbench_rate', rate);
-  return [apiPhase, pgPhase, apiRatePhase, pgRatePhase];
+  return [apiPhase, pgPhase, apiCrowdPhase, pgCrowdPhase, apiRatePhase, pgRatePhase];
 }
 
 /** pgbench running the captured hold SQL on the hot item: as fast as it can, or at `rate` (-R). */
-async function pgbenchHoldPhase(surge: Surge, round: number, name: SurgePhaseName, rate?: number): Promise<SurgePhase> {
+async function pgbenchHoldPhase(
+  surge: Surge,
+  round: number,
+  name: SurgePhaseName,
+  rate?: number,
+  clients = surge.options.clients,
+): Promise<SurgePhase> {
   const { durationS } = surge;
   await surge.db.closeServerConnections();
   await resetHolds(surge);
   const { result, cpu } = await measured(surge, undefined, async () => {
-    const job = { databaseUrl: surge.db.url, clients: surge.options.clients, durationS, rate };
+    const job = { databaseUrl: surge.db.url, clients, durationS, rate };
     const run = await runPgbench(surge.capture.pgbench, job);
     return { ...run, ok: run.transactions };
   });
   const phase: SurgePhase = {
     round,
     name,
-    clients: surge.options.clients,
+    clients,
     durationS,
     ...(rate ? { rate, overloaded: result.tps < rate * SCHEDULE_KEPT_MIN } : {}),
     throughput: result.tps,
