@@ -101,8 +101,20 @@ export interface NewHold {
 
 /**
  * Everything a batch writes once its holds are decided, in one statement: the allocation of
- * each item's total, the holds and their lines, one expiry job per hold (graphile-worker's
- * add_jobs) and every request's finished key with its answer. Its round trips are the hot item's
+ * each item's total, the holds and their lines, one expiry job per hold and every request's
+ * finished key with its answer.
+ *
+ * The expiry jobs go straight into graphile-worker's job table, not through its add_jobs: for
+ * these jobs add_jobs' other work is void and was half of this statement's time (the bench's
+ * hold phases: 73–78 against 101–111 µs of PostgreSQL CPU per hold). Its update of locked jobs
+ * with the same key finds none (each key names a hold this statement creates) and, planned
+ * while the job table was near empty (a quiet service's, before the sale), it scanned the whole
+ * table on every batch; and its NOTIFY wakes workers for jobs due a hold's lifetime later (they
+ * poll for due jobs) while serializing every commit that sends one. Its columns are the ones
+ * add_jobs fills, with its defaults (25 attempts, priority 0, no queue, no flags); the version
+ * is pinned (package.json), and hold-batches.test.ts runs such a job through graphile-worker. The
+ * task's row comes from the single path: a deployment's first batch finds none, fails on the
+ * missing task_id and sends its requests down the single path, whose add_job adds it. Its round trips are the hot item's
  * row lock's hold time, so it is one, and it goes out with the COMMIT (withTransactionEndingIn).
  * So it refuses a wrong batch itself instead of leaving a count to check: an allocation past an
  * item's total fails its check constraint, a line of a missing item its foreign key, and the
@@ -142,13 +154,15 @@ export async function writeHolds(
              insert into hold_lines (merchant_id, hold_id, item_id, quantity)
              select $1, l.hold, l.item, l.quantity from unnest($12::text[], $13::text[], $14::int[]) as l(hold, item, quantity)
              returning 1),
+           -- graphile-worker's own rows, written as its add_jobs writes them (see above).
            expiry as (
-             select count(*) as jobs from graphile_worker.add_jobs(array(
-               select row($15::text, json_build_object('merchant_id', $1::text, 'hold_id', h), null, $6::timestamptz, null,
-                          'expire_hold:' || h, null, null)::graphile_worker.job_spec
-               from unnest($8::text[]) as h))),
+             insert into graphile_worker._private_jobs (task_id, payload, run_at, max_attempts, key, priority)
+             select (select id from graphile_worker._private_tasks where identifier = $15::text),
+                    json_build_object('merchant_id', $1::text, 'hold_id', h), $6::timestamptz, 25, 'expire_hold:' || h, 0
+             from unnest($8::text[]) as h
+             returning 1),
            ${keys.cte}
-           select (select count(*)::int from allocation) as allocated from expiry`,
+           select (select count(*)::int from allocation) as allocated`,
     values: [
       batch.merchantId,
       [...batch.taken.keys()],

@@ -7,10 +7,14 @@ import { after, describe, test } from 'node:test';
 import { insertOpenSale } from '../../test/fixtures/sales.js';
 import { createTestDatabase, createTestMerchant } from '../../test/helpers.js';
 import { audit } from '../audit/service.js';
+import { createLogger } from '../cli/runtime.js';
+import { loadConfig } from '../config.js';
 import { createPool, type Pool } from '../platform/db/pool.js';
 import { fingerprint } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
+import { startWorker } from '../platform/jobs/runner.js';
 import { HoldBatcher } from './hold-batches.js';
+import { salesTasks } from './jobs.js';
 import { createHold, type SalesDeps, toApiHold } from './service.js';
 
 const { url } = await createTestDatabase();
@@ -50,7 +54,7 @@ async function createSale(stock: number, perBuyerLimit = 4) {
 
 function hold(
   deps: SalesDeps,
-  request: { sale: string; buyer: string; items: { item: string; quantity: number }[]; token?: string; key?: string },
+  request: { sale: string; buyer: string; items: { item: string; quantity: number }[]; token?: string; key?: string; merchantId?: string },
 ) {
   const params = {
     sale: request.sale,
@@ -59,7 +63,7 @@ function hold(
     items: request.items,
   };
   const ctx = {
-    merchantId: merchant.id,
+    merchantId: request.merchantId ?? merchant.id,
     keyKind: 'publishable' as const,
     idempotencyKey: request.key ?? newId('key'),
     method: 'POST',
@@ -244,5 +248,86 @@ describe('batched holds', () => {
     });
     assert.equal(reply.status, 200);
     assert.deepEqual(moved, ['qt_hanging']);
+  });
+
+  test("a batch's expiry jobs are graphile-worker's own: its runner expires the holds, one job each", async () => {
+    // A new database: no expiry has been queued there yet, so graphile-worker has no task row.
+    const fresh = await createTestDatabase();
+    const freshMerchant = await createTestMerchant(fresh.pool);
+    const { sale, item } = await insertOpenSale(fresh.pool, freshMerchant.id, { stock: 10 });
+    let batchWrites = 0;
+    let failedWrites = 0;
+    const counting = new Proxy(fresh.pool, {
+      get(target, prop) {
+        const value = Reflect.get(target, prop);
+        if (prop !== 'connect') return typeof value === 'function' ? value.bind(target) : value;
+        return async () => {
+          const client = await target.connect();
+          return new Proxy(client, {
+            get(c, p) {
+              const value = Reflect.get(c, p);
+              if (p !== 'query') return typeof value === 'function' ? value.bind(c) : value;
+              return async (...args: unknown[]) => {
+                const write = (args[0] as { name?: string })?.name === 'sales_batch_write_holds';
+                try {
+                  const result = await (c.query as (...a: unknown[]) => Promise<unknown>)(...args);
+                  if (write) batchWrites += 1;
+                  return result;
+                } catch (error) {
+                  if (write) failedWrites += 1;
+                  throw error;
+                }
+              };
+            },
+          });
+        };
+      },
+    });
+    const deps = node(counting);
+    const holdAll = (buyers: string[]) =>
+      Promise.all(
+        buyers.map((buyer) =>
+          hold(deps, { sale: sale.id, buyer, items: [{ item: item.id, quantity: 1 }], merchantId: freshMerchant.id }).then((reply) => {
+            assert.equal(reply.status, 200, JSON.stringify(reply.body));
+            return (reply.body as { id: string }).id;
+          }),
+        ),
+      );
+    // The first batch finds no task row and its requests take the single path, whose add_job
+    // adds it; the second batch writes its jobs itself.
+    const ids = [...(await holdAll(['a', 'b', 'c'])), ...(await holdAll(['d', 'e', 'f']))];
+    assert.deepEqual({ failedWrites, batchWrites }, { failedWrites: 1, batchWrites: 1 });
+    const jobs = await fresh.pool.query<{ key: string; id: string }>(
+      `select key, id from graphile_worker.jobs where task_identifier = 'expire_hold' and key = any($1::text[])`,
+      [ids.map((id) => `expire_hold:${id}`)],
+    );
+    assert.deepEqual(jobs.rows.map((job) => job.key).sort(), ids.map((id) => `expire_hold:${id}`).sort());
+    // Due now: the holds' lifetime over, their jobs moved to now through graphile-worker's API.
+    await fresh.pool.query(`update holds set expires_at = now() - interval '1 second' where id = any($1::text[])`, [ids]);
+    await fresh.pool.query('select graphile_worker.reschedule_jobs($1::bigint[], run_at => now())', [jobs.rows.map((job) => job.id)]);
+    const worker = await startWorker({
+      pool: fresh.pool,
+      tasks: salesTasks({ pool: fresh.pool, releaseAdmission: async () => undefined }),
+      concurrency: 2,
+      lockTimeoutMs: 5_000,
+      pollIntervalMs: 50,
+      log: createLogger(loadConfig({}, { logLevel: 'silent' })),
+    });
+    try {
+      const deadline = Date.now() + 30_000;
+      for (;;) {
+        const { rows } = await fresh.pool.query<{ status: string }>('select status from holds where id = any($1::text[])', [ids]);
+        if (rows.every((row) => row.status === 'expired')) break;
+        assert.ok(Date.now() < deadline, `holds not expired: ${rows.map((row) => row.status).join(', ')}`);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    } finally {
+      await worker.stop();
+    }
+    const { rows } = await fresh.pool.query<{ n: number }>(
+      `select count(*)::int as n from graphile_worker.jobs where task_identifier = 'expire_hold'`,
+    );
+    assert.equal(rows[0]?.n, 0, 'every expiry job ran and is gone');
+    assert.deepEqual((await audit(fresh.pool)).violations, []);
   });
 });
