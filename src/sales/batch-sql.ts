@@ -114,8 +114,9 @@ export interface NewHold {
  * add_jobs fills, with its defaults (25 attempts, priority 0, no queue, no flags); the version
  * is pinned (package.json), and hold-batches.test.ts runs such a job through graphile-worker. The
  * task's row comes from the single path: a deployment's first batch finds none, fails on the
- * missing task_id and sends its requests down the single path, whose add_job adds it. Its round trips are the hot item's
- * row lock's hold time, so it is one, and it goes out with the COMMIT (withTransactionEndingIn).
+ * missing task_id and sends its requests down the single path, whose add_job adds it.
+ *
+ * Its round trips are the hot item's row lock's hold time, so it is one, and it goes out with the COMMIT (withTransactionEndingIn).
  * So it refuses a wrong batch itself instead of leaving a count to check: an allocation past an
  * item's total fails its check constraint, a line of a missing item its foreign key, and the
  * transaction then rolls back. Returns how many items were allocated, for the caller's sanity
