@@ -68,14 +68,16 @@ export function summarizeWorker(
     return best;
   };
   const pgbenchOf = bestOf(pgbenchMax);
-  const fanOutOf = bestOf(fanOutMax);
   const fanOutCrowd = fanOutMax.filter((phase) => phase.kind === 'fanout_crowd');
   const fanOut = fanOutMax.filter((phase) => phase.kind !== 'fanout_crowd');
-  // Each round's creation with fan-out: its max phase, or the burst when none ran.
+  const fanOutOf = bestOf(fanOut);
+  const fanOutBestOf = bestOf(fanOutMax);
+  // Each round's creation with fan-out: its max phase, or the burst when none ran (the
+  // deliveries are read against it); against pgbench, the better of it and the crowd's.
   const fanOutCreation = (phase: WebhooksPhaseResult) => fanOutOf.get(phase.round) ?? phase.creation.throughput;
   const perPgbench = webhooks.flatMap((phase) => {
     const reference = pgbenchOf.get(phase.round);
-    return reference ? [fanOutCreation(phase) / reference] : [];
+    return reference ? [(fanOutBestOf.get(phase.round) ?? phase.creation.throughput) / reference] : [];
   });
   const ratios = <T extends { round: number }>(items: T[], value: (item: T) => number, base: (phase: PhaseResult, item: T) => number) =>
     median(
