@@ -73,6 +73,27 @@ function hold(
   return createHold(deps, ctx, params);
 }
 
+/** The pool, with every query of its clients passed through `around` with the statement's name. */
+function intercepted(target: Pool, around: (name: string | undefined, run: () => Promise<unknown>) => Promise<unknown>): Pool {
+  return new Proxy(target, {
+    get(poolTarget, prop) {
+      const value = Reflect.get(poolTarget, prop);
+      if (prop !== 'connect') return typeof value === 'function' ? value.bind(poolTarget) : value;
+      return async () => {
+        const client = await poolTarget.connect();
+        return new Proxy(client, {
+          get(c, p) {
+            const member = Reflect.get(c, p);
+            if (p !== 'query') return typeof member === 'function' ? member.bind(c) : member;
+            return (...args: unknown[]) =>
+              around((args[0] as { name?: string })?.name, () => (c.query as (...a: unknown[]) => Promise<unknown>)(...args));
+          },
+        });
+      };
+    },
+  });
+}
+
 const code = (reply: { body: unknown }) => (reply.body as { error?: { code: string } }).error?.code;
 
 describe('batched holds', () => {
@@ -167,30 +188,10 @@ describe('batched holds', () => {
   test('a batch whose transaction fails sends each request down the single path', async () => {
     const { sale, item } = await createSale(10);
     let failures = 0;
-    const failing = new Proxy(pool, {
-      get(target, prop) {
-        if (prop !== 'connect') {
-          const value = Reflect.get(target, prop);
-          return typeof value === 'function' ? value.bind(target) : value;
-        }
-        return async () => {
-          const client = await target.connect();
-          return new Proxy(client, {
-            get(c, p) {
-              const value = Reflect.get(c, p);
-              if (p !== 'query') return typeof value === 'function' ? value.bind(c) : value;
-              return (...args: unknown[]) => {
-                const first = args[0] as { name?: string };
-                if (first?.name === 'sales_batch_write_holds' && failures === 0) {
-                  failures += 1;
-                  return Promise.reject(new Error('deadlock detected (simulated)'));
-                }
-                return (c.query as (...a: unknown[]) => Promise<unknown>)(...args);
-              };
-            },
-          });
-        };
-      },
+    const failing = intercepted(pool, (name, run) => {
+      if (name !== 'sales_batch_write_holds' || failures > 0) return run();
+      failures += 1;
+      return Promise.reject(new Error('deadlock detected (simulated)'));
     });
     const deps = node(failing);
     const replies = await Promise.all(
@@ -257,31 +258,16 @@ describe('batched holds', () => {
     const { sale, item } = await insertOpenSale(fresh.pool, freshMerchant.id, { stock: 10 });
     let batchWrites = 0;
     let failedWrites = 0;
-    const counting = new Proxy(fresh.pool, {
-      get(target, prop) {
-        const value = Reflect.get(target, prop);
-        if (prop !== 'connect') return typeof value === 'function' ? value.bind(target) : value;
-        return async () => {
-          const client = await target.connect();
-          return new Proxy(client, {
-            get(c, p) {
-              const value = Reflect.get(c, p);
-              if (p !== 'query') return typeof value === 'function' ? value.bind(c) : value;
-              return async (...args: unknown[]) => {
-                const write = (args[0] as { name?: string })?.name === 'sales_batch_write_holds';
-                try {
-                  const result = await (c.query as (...a: unknown[]) => Promise<unknown>)(...args);
-                  if (write) batchWrites += 1;
-                  return result;
-                } catch (error) {
-                  if (write) failedWrites += 1;
-                  throw error;
-                }
-              };
-            },
-          });
-        };
-      },
+    const counting = intercepted(fresh.pool, async (name, run) => {
+      if (name !== 'sales_batch_write_holds') return run();
+      try {
+        const result = await run();
+        batchWrites += 1;
+        return result;
+      } catch (error) {
+        failedWrites += 1;
+        throw error;
+      }
     });
     const deps = node(counting);
     const holdAll = (buyers: string[]) =>
