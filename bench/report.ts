@@ -3,6 +3,7 @@
  */
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { CROWD_FACTOR } from './crowd.js';
 import type { MachineInfo } from './machine.js';
 import type { LatencySummary } from './stats.js';
 import { median, round } from './stats.js';
@@ -15,15 +16,6 @@ export type Side = 'api' | 'pgbench';
  * `crowd` and `fanout_crowd` are the same max phases with CROWD_FACTOR times the connections.
  */
 export type PhaseKind = 'max' | 'rate' | 'single' | 'fanout' | 'crowd' | 'fanout_crowd';
-
-/**
- * A closed loop of `clients` connections serves at most clients ÷ latency: a server that
- * batches (the API's group commit) is still waiting for its next batch to fill when that many
- * callers are all it has, with cores to spare, while pgbench's naive transactions queue on
- * PostgreSQL's own locks and flushes. So each side's max is also measured with this many times
- * the connections, and each is credited with the better of its two: its own best concurrency.
- */
-export const CROWD_FACTOR = 3;
 
 export interface PhaseResult {
   round: number;

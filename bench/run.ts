@@ -22,12 +22,12 @@ import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { loadConfig } from '../src/config.js';
 import { BackendCpuSampler } from './backends.js';
+import { CROWD_FACTOR } from './crowd.js';
 import { LoadGenerator, type LoadResult } from './loadgen.js';
 import { busyFraction, busyMs, cpuSnapshot, machineInfo, processCpuMs } from './machine.js';
 import { runPgbench } from './pgbench.js';
 import { Receiver } from './receiver.js';
 import {
-  CROWD_FACTOR,
   formatPhase,
   formatTable,
   type PhaseKind,
@@ -271,7 +271,7 @@ async function runRound(bench: Bench, round: number): Promise<PhaseResult[]> {
   const { clients, maxS, rateS, singleS } = bench.options;
   const apiMax = await apiPhase(bench, round, 'max', clients, maxS);
   const pgMax = await pgbenchPhase(bench, round, 'max', clients, maxS);
-  // Each side's max again with a crowd of connections (report.ts CROWD_FACTOR); the API's pool
+  // Each side's max again with a crowd of connections (crowd.ts); the API's pool
   // stays at `clients` connections, pgbench gets one per client.
   const apiCrowd = await apiPhase(bench, round, 'crowd', clients * CROWD_FACTOR, maxS);
   const pgCrowd = await pgbenchPhase(bench, round, 'crowd', clients * CROWD_FACTOR, maxS);

@@ -2,7 +2,7 @@
  * The surge benchmark's report: its phases' records, their one-line summaries as they run, and
  * the table of medians over rounds (bench/README.md, "Reading the surge table").
  */
-import { CROWD_FACTOR } from './report.js';
+import { CROWD_FACTOR } from './crowd.js';
 import type { LatencySummary } from './stats.js';
 import { median, round } from './stats.js';
 
@@ -179,7 +179,7 @@ export function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSumma
   const p99 = (phase: SurgePhase) => phase.latency.p99Ms;
   const holds = pair('holds/s, one hot item', 'hold_api', 'hold_pgbench', throughput);
   const crowd = pair(`holds/s, ${CROWD_FACTOR}x connections`, 'hold_api_crowd', 'hold_pgbench_crowd', throughput);
-  // Each side at its best concurrency (report.ts CROWD_FACTOR): the ratio the hold goal reads.
+  // Each side at its best concurrency (crowd.ts): the ratio the hold goal reads.
   const bestApi = Math.max(...[holds.api, crowd.api].filter(Number.isFinite));
   const bestReference = Math.max(...[holds.reference, crowd.reference].filter(Number.isFinite));
   const best = {

@@ -23,10 +23,10 @@ import type pg from 'pg';
 import { createMerchant } from '../src/merchants/service.js';
 import { createPool } from '../src/platform/db/pool.js';
 import { BackendCpuSampler } from './backends.js';
+import { CROWD_FACTOR } from './crowd.js';
 import { busyFraction, busyMs, cpuSnapshot, freePort, processCpuMs } from './machine.js';
 import { runPgbench } from './pgbench.js';
 import { PHASE_WINDOWS_FILE, type PhaseWindow } from './profile-summary.js';
-import { CROWD_FACTOR } from './report.js';
 import { type ApiServer, type BenchDatabase, type SimulatorProcess, startApiServer, startSimulatorProcess } from './setup.js';
 import type { SurgeJob, SurgeRequestKind, SurgeResult } from './surge-loadgen.js';
 import {
@@ -391,7 +391,7 @@ async function holdPhases(surge: Surge, round: number, tokensLeft: number): Prom
   // The warm-up's rate too: it sizes the next phase's tokens, nothing it measures.
   surge.lastHoldRate = Math.max(surge.lastHoldRate, apiPhase.throughput);
   const pgPhase = await pgbenchHoldPhase(surge, round, 'hold_pgbench');
-  // Each side's max again with a crowd of connections (report.ts CROWD_FACTOR): a closed loop of
+  // Each side's max again with a crowd of connections (crowd.ts): a closed loop of
   // `clients` buyers leaves the API's batches waiting to fill with cores to spare.
   const crowd = surge.options.clients * CROWD_FACTOR;
   // A crowd may take more holds: twice the tokens (the joins that mint them are quick).

@@ -61,7 +61,7 @@ export function summarizeWorker(
   fanOutMax: PhaseResult[] = [],
 ): WorkerSummary {
   const maxOf = new Map(apiMax.map((phase) => [phase.round, phase]));
-  // Each round's best of its phases (at the run's concurrency and with a crowd: report.ts CROWD_FACTOR).
+  // Each round's best of its phases (at the run's concurrency and with a crowd: crowd.ts).
   const bestOf = (phases: PhaseResult[]) => {
     const best = new Map<number, number>();
     for (const phase of phases) best.set(phase.round, Math.max(best.get(phase.round) ?? 0, phase.throughput));
