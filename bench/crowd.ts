@@ -8,3 +8,9 @@
  * the connections, and each is credited with the better of its two: its own best concurrency.
  */
 export const CROWD_FACTOR = 3;
+
+/** The better of a side's figures at the run's concurrency and with a crowd; NaN when neither ran. */
+export function best(...values: number[]): number {
+  const measured = values.filter(Number.isFinite);
+  return measured.length > 0 ? Math.max(...measured) : Number.NaN;
+}
