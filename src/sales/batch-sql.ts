@@ -116,8 +116,8 @@ export interface NewHold {
  * task's row comes from the single path: a deployment's first batch finds none, fails on the
  * missing task_id and sends its requests down the single path, whose add_job adds it.
  *
- * Its round trips are the hot item's row lock's hold time, so it is one, and it goes out with the COMMIT (withTransactionEndingIn).
- * So it refuses a wrong batch itself instead of leaving a count to check: an allocation past an
+ * Its round trips are the hot item's row lock's hold time, so it is one, and it goes out with
+ * the COMMIT (withTransactionEndingIn). So it refuses a wrong batch itself instead of leaving a count to check: an allocation past an
  * item's total fails its check constraint, a line of a missing item its foreign key, and the
  * transaction then rolls back. Returns how many items were allocated, for the caller's sanity
  * check (the items were locked and counted by lockStock).
@@ -155,7 +155,7 @@ export async function writeHolds(
              insert into hold_lines (merchant_id, hold_id, item_id, quantity)
              select $1, l.hold, l.item, l.quantity from unnest($12::text[], $13::text[], $14::int[]) as l(hold, item, quantity)
              returning 1),
-           -- graphile-worker's own rows, written as its add_jobs writes them (see above).
+           -- graphile-worker's own rows, as its add_jobs writes them (see above).
            expiry as (
              insert into graphile_worker._private_jobs (task_id, payload, run_at, max_attempts, key, priority)
              select (select id from graphile_worker._private_tasks where identifier = $15::text),

@@ -7,8 +7,8 @@
  * items' row locks, first come first served in arrival order, then one statement that writes
  * the batch's total per item (the items' check constraint refuses going past the total),
  * every hold and line, every expiry job and every key with its stored answer, one commit: two
- * round trips, the pool pipelining the statements that do not wait for an answer. Several nodes each run their own batches; the row lock
- * then serializes batches, not buyers.
+ * round trips, the pool pipelining the statements that do not wait for an answer. Several
+ * nodes each run their own batches; the row lock then serializes batches, not buyers.
  *
  * Every rule of the single path holds per request: the same checks in the same order with the
  * same errors, the per-buyer limit exact (two requests of one buyer in one batch included), one

@@ -94,10 +94,10 @@ export async function withTransaction<T>(
  * fn issues that statement without awaiting it and returns its promise as `last`, and the
  * COMMIT goes out pipelined right behind it, one round trip for both (on a hot row, the time
  * its lock is held). The statement must be issued by the time fn returns (its `query` called,
- * nothing awaited before it), or the COMMIT would overtake it. A failing last statement aborts the transaction, and PostgreSQL answers
- * the COMMIT with a rollback: its rejection is then this call's, with nothing committed. So
- * the statement must itself refuse what would make the commit wrong (a constraint, not a
- * count checked afterwards).
+ * nothing awaited before it), or the COMMIT would overtake it. A failing last statement aborts
+ * the transaction, and PostgreSQL answers the COMMIT with a rollback: its rejection is then this
+ * call's, with nothing committed. So the statement must itself refuse what would make the
+ * commit wrong (a constraint, not a count checked afterwards).
  */
 export async function withTransactionEndingIn<T, Last>(
   pool: Pool,
