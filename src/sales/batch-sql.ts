@@ -203,38 +203,75 @@ export async function selectHoldsByIds(db: Queryable, merchantIds: string[], hol
 /**
  * The payment-succeeded reaction for a batch of paid intents (holds.ts convertPaidHold for
  * many): marks their orders paid, converts their holds, removes their expiry jobs and adds one
- * admission-release job per converted hold with a ticket, keyed as the single path keys them.
- * Yields how many orders were paid and how many holds converted: the caller refuses a paid
- * order whose hold had left.
+ * admission-release job per sale for the converted holds' tickets. Yields how many orders were
+ * paid and how many holds converted: the caller refuses a paid order whose hold had left.
+ *
+ * graphile-worker's rows are written here directly, as writeHolds writes the expiry jobs, not
+ * through its functions: remove_job ran once per hold, each call a statement of its own plus a
+ * NOTIFY, and add_jobs did its void work per batch (see writeHolds), together about a fifth of
+ * this statement's time in the bench's checkouts. A NOTIFY also serializes the commits that send
+ * one (PostgreSQL takes one global lock for them), and the completion is the checkout's only
+ * such commit: without it the release jobs wait for the workers' next poll (at most
+ * FLOODGATE_JOB_POLL_INTERVAL_MS, a second by default) to free slots that are freed on a timer
+ * anyway if they are not.
+ *
+ * An expiry job is removed as remove_job removes it: deleted unless a worker has it now; one
+ * running loses its key and its retries (it then finds its hold converted and does nothing).
+ * The release is one job per sale and batch, without a key (releasing a ticket is idempotent,
+ * and a ticket's hold converts once): a job per ticket cost the worker a job's overhead per
+ * checkout. A deployment's first batch may find no task row for it: the batch then fails and
+ * its requests complete on the general path, whose add_job adds the task (as writeHolds').
+ *
+ * Each row is probed by its key, one lateral subquery per element: a plan made while the tables
+ * were nearly empty (a new sale, the bench's truncated tables) would otherwise scan them whole
+ * on every batch as they grow (see lockStock).
  */
 export async function convertPaidHolds(
   db: Queryable,
-  task: string,
+  releaseTask: string,
   intents: { merchantId: string; id: string }[],
 ): Promise<{ paid: number; converted: number }> {
   const { rows } = await db.query<{ paid: number; converted: number }>({
     name: 'sales_batch_convert_paid_holds',
-    text: `with paid as (
-             update orders o set status = 'paid', paid_at = now(), updated_at = now()
+    text: `with awaiting as (
+             select o.merchant_id, o.id
              from unnest($1::text[], $2::text[]) as r(merchant_id, intent_id)
-             where o.merchant_id = r.merchant_id and o.payment_intent_id = r.intent_id and o.status = 'awaiting_payment'
+             cross join lateral (
+               select merchant_id, id from orders
+               where merchant_id = r.merchant_id and payment_intent_id = r.intent_id and status = 'awaiting_payment') o),
+           paid as (
+             update orders o set status = 'paid', paid_at = now(), updated_at = now()
+             from awaiting a
+             where o.merchant_id = a.merchant_id and o.id = a.id and o.status = 'awaiting_payment'
              returning o.merchant_id, o.hold_id),
            converted as (
              update holds h set status = 'converted', updated_at = now()
              from paid p
              where h.merchant_id = p.merchant_id and h.id = p.hold_id and h.status = 'active'
              returning h.id, h.sale_id, h.admission_ticket),
-           unscheduled as (select graphile_worker.remove_job('expire_hold:' || c.id) from converted c),
+           expiry as (
+             select j.id, j.locked_at
+             from converted c
+             cross join lateral (select id, locked_at from graphile_worker._private_jobs where key = 'expire_hold:' || c.id) j),
+           unscheduled as (
+             delete from graphile_worker._private_jobs j using expiry e
+             where j.id = e.id and (j.locked_at is null or j.locked_at < now() - interval '4 hours')
+             returning 1),
+           disarmed as (
+             update graphile_worker._private_jobs j set key = null, attempts = j.max_attempts, updated_at = now()
+             from expiry e
+             where j.id = e.id and e.locked_at >= now() - interval '4 hours'
+             returning 1),
            released as (
-             select * from graphile_worker.add_jobs(array(
-               select row($3::text, json_build_object('sale_id', c.sale_id, 'ticket', c.admission_ticket), null, null, null,
-                          'release_admission:' || c.admission_ticket, null, null)::graphile_worker.job_spec
-               from converted c where c.admission_ticket is not null), job_key_preserve_run_at => true))
-           select (select count(*)::int from paid) as paid, (select count(*)::int from converted) as converted,
-                  (select count(*)::int from released) as released,
-                  -- Read so that the expiry jobs are removed: an unread WITH query never runs.
-                  (select count(*)::int from unscheduled) as unscheduled`,
-    values: [intents.map((intent) => intent.merchantId), intents.map((intent) => intent.id), task],
+             insert into graphile_worker._private_jobs (task_id, payload, run_at, max_attempts, priority)
+             select (select id from graphile_worker._private_tasks where identifier = $3::text),
+                    json_build_object('sale_id', c.sale_id, 'tickets', json_agg(c.admission_ticket)), now(), 25, 0
+             from converted c where c.admission_ticket is not null
+             group by c.sale_id
+             returning 1)
+           -- Each modifying WITH query runs whether or not it is read.
+           select (select count(*)::int from paid) as paid, (select count(*)::int from converted) as converted`,
+    values: [intents.map((intent) => intent.merchantId), intents.map((intent) => intent.id), releaseTask],
   });
   const row = rows[0];
   return { paid: row?.paid ?? 0, converted: row?.converted ?? 0 };

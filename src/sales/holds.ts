@@ -199,7 +199,8 @@ export async function convertPaidHold(client: Client, intent: { merchant_id: str
 
 /**
  * convertPaidHold for a batch of payments completed together (coalesced confirmation), in one
- * statement: the same orders paid, holds converted and admission releases (with their job keys).
+ * statement: the same orders paid, holds converted and expiry jobs removed, and one admission
+ * release job per sale for the batch's tickets (batch-sql.ts convertPaidHolds).
  */
 export async function convertPaidHolds(client: Client, intents: { merchant_id: string; id: string }[]): Promise<void> {
   if (intents.length === 0) return;

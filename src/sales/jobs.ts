@@ -1,6 +1,6 @@
 /**
  * The jobs sales defines: a hold's expiry, queued in the transaction that takes the stock, and
- * freeing a paid or expired hold's waiting-room slot, queued in the transaction that ends it.
+ * freeing the waiting-room slots of paid or expired holds, queued in the transaction that ends them.
  */
 import type { Task, TaskList } from 'graphile-worker';
 import type { Pool } from '../platform/db/pool.js';
@@ -17,8 +17,13 @@ export function salesTasks(deps: SalesTaskDeps): TaskList {
     await expireHold(deps.pool, payload as { merchant_id: string; hold_id: string });
   };
   const release: Task = async (payload) => {
-    const { sale_id, ticket } = payload as { sale_id: string; ticket: string };
-    await deps.releaseAdmission(sale_id, ticket);
+    // One ticket (a hold that ended alone) or several (the holds of a batch of payments, see
+    // batch-sql.ts convertPaidHolds); a release is idempotent, so a job run again does no harm.
+    const { sale_id, ticket, tickets } = payload as { sale_id: string; ticket?: string; tickets?: string[] };
+    for (const each of tickets ?? [ticket]) {
+      if (typeof each !== 'string') throw new Error(`${RELEASE_ADMISSION_TASK}: malformed payload ${JSON.stringify(payload)}`);
+      await deps.releaseAdmission(sale_id, each);
+    }
   };
   return { [EXPIRE_HOLD_TASK]: expire, [RELEASE_ADMISSION_TASK]: release };
 }
