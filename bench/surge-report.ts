@@ -20,6 +20,7 @@ const NOISY_OTHER_CORES = 0.25;
 const HOLD_P99_AT_RATE_GOAL_MS = 50;
 const CHECKOUTS_PER_SECOND_GOAL = 1_000;
 const CHECKOUT_LATENCY_ROW = '  p50 / p99 per checkout (ms)';
+const CHECKOUT_CROWD_LATENCY_ROW = '  p50 / p99, crowd (ms)';
 
 export type SurgePhaseName =
   | 'read_api'
@@ -34,7 +35,8 @@ export type SurgePhaseName =
   | 'hold_pgbench_crowd'
   | 'hold_api_rate'
   | 'hold_pgbench_rate'
-  | 'checkout_api';
+  | 'checkout_api'
+  | 'checkout_api_crowd';
 
 /** The hot item's stock after a checkout phase, and what did not add up (empty: exact). */
 export interface StockCheck {
@@ -139,6 +141,7 @@ export interface SurgeSummary {
   };
   /** Paid checkouts (hold, order, confirm) on the hot item, closed loop. */
   checkout: {
+    /** At the API's best concurrency: the run's connections or the crowd's (the goal's figure). */
     perSecond: number;
     p50Ms: number;
     p99Ms: number;
@@ -208,6 +211,10 @@ export function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSumma
     overloadedRounds: values(name, (phase) => (phase.overloaded ? 1 : 0)).reduce((sum, value) => sum + value, 0),
   });
   const checkoutCpu = cpuRow('paid checkout, API', 'checkout_api');
+  const checkoutCrowdCpu = cpuRow(`paid checkout, ${CROWD_FACTOR}x connections`, 'checkout_api_crowd');
+  const checkoutCrowdRan = values('checkout_api_crowd', throughput).length > 0;
+  // The goal reads the API at its best concurrency (crowd.ts), as the holds' does.
+  const checkoutsAtBest = best(median(values('checkout_api', throughput)), median(values('checkout_api_crowd', throughput)));
   return {
     rows: [
       pair('sale read, Redis mode (req/s)', 'read_api', 'read_bare', throughput),
@@ -238,6 +245,15 @@ export function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSumma
       },
       pair('paid checkouts/s, one hot item', 'checkout_api', undefined, throughput),
       { ...pair(CHECKOUT_LATENCY_ROW, 'checkout_api', undefined, p50), reference: median(values('checkout_api', p99)) },
+      ...(checkoutCrowdRan
+        ? [
+            pair(`paid checkouts/s, ${CROWD_FACTOR}x connections`, 'checkout_api_crowd', undefined, throughput),
+            {
+              ...pair(CHECKOUT_CROWD_LATENCY_ROW, 'checkout_api_crowd', undefined, p50),
+              reference: median(values('checkout_api_crowd', p99)),
+            },
+          ]
+        : []),
       pair('queue joins/s, admitted at once', 'join_admitted', undefined, throughput),
       { ...pair('  p50 / p99 (ms)', 'join_admitted', undefined, p50), reference: median(values('join_admitted', p99)) },
       pair('queue joins/s, left waiting', 'join_waiting', undefined, throughput),
@@ -254,6 +270,7 @@ export function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSumma
       cpuRow('hold @ 60%, API', 'hold_api_rate'),
       cpuRow('hold @ 60%, pgbench', 'hold_pgbench_rate'),
       checkoutCpu,
+      ...(checkoutCrowdRan ? [checkoutCrowdCpu] : []),
       cpuRow('queue join, admitted', 'join_admitted'),
       cpuRow('queue join, waiting', 'join_waiting'),
       cpuRow('queue poll', 'poll'),
@@ -265,7 +282,7 @@ export function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSumma
       p99GoalMs: HOLD_P99_AT_RATE_GOAL_MS,
     },
     checkout: {
-      perSecond: median(values('checkout_api', throughput)),
+      perSecond: checkoutsAtBest,
       p50Ms: median(values('checkout_api', p50)),
       p99Ms: median(values('checkout_api', p99)),
       goalPerSecond: CHECKOUTS_PER_SECOND_GOAL,
@@ -294,7 +311,7 @@ export function formatSurgeTable(
   const lines = [
     `surge: ${options.quick ? 'quick' : 'full'} run, ${options.rounds} round(s) of ${options.durationS} s phases, medians shown; ` +
       `${options.clients} keep-alive connections (= API pool size = pgbench clients) in every phase, ` +
-      `${options.clients * CROWD_FACTOR} connections (and pgbench clients) in the holds' crowd phases`,
+      `${options.clients * CROWD_FACTOR} connections (and pgbench clients) in the crowd phases (holds, checkouts)`,
     '',
     `${pad('metric', 34)} ${pad('api', 10)} ${pad('reference', 10)} ratio     (reads: bare Fastify; holds: pgbench)`,
     ...summary.rows.map(line),
@@ -305,11 +322,14 @@ export function formatSurgeTable(
     `${line(summary.rates[0] as SurgeSummaryRow)
       .trimEnd()
       .replace(/ -$/, '')}${TICKETING_REFERENCE_PER_MINUTE} (open-source ticketing ceiling)`,
-    ...summary.rates.slice(1).flatMap((row) => {
+    ...summary.rates.slice(1).flatMap((row, _, rows) => {
+      const lastCheckoutRow = rows.some((each) => each.metric === CHECKOUT_CROWD_LATENCY_ROW)
+        ? CHECKOUT_CROWD_LATENCY_ROW
+        : CHECKOUT_LATENCY_ROW;
       const text = `${pad(row.metric, 34)} ${pad(num(row.api), 10)} ${Number.isFinite(row.reference) ? num(row.reference) : ''}`.trimEnd();
       // The stock check goes under the checkouts' own rows.
       const after =
-        row.metric === CHECKOUT_LATENCY_ROW
+        row.metric === lastCheckoutRow
           ? [`${pad('  stock after checkouts', 34)} ${checkout.stockExact ? 'exact' : 'NOT EXACT (see FAILED below)'}`]
           : [];
       return [text, ...after];

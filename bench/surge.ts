@@ -460,17 +460,30 @@ async function pgbenchHoldPhase(
 
 /**
  * Paid checkouts on the hot item, closed loop: each connection runs one buyer's hold, order and
- * confirm after another. Then the stock must add up exactly, or the phase fails.
+ * confirm after another, at the run's connections and again with a crowd of them (crowd.ts: a
+ * surge has far more buyers in flight than 20, and each step's batches fill with them). After
+ * each phase the stock must add up exactly, or the phase fails.
  */
-async function checkoutPhase(surge: Surge, round: number): Promise<SurgePhase> {
+async function checkoutPhases(surge: Surge, round: number): Promise<SurgePhase[]> {
+  const crowd = surge.options.clients * CROWD_FACTOR;
+  return [
+    await checkoutPhase(surge, round, 'checkout_api', surge.options.clients),
+    await checkoutPhase(surge, round, 'checkout_api_crowd', crowd),
+  ];
+}
+
+async function checkoutPhase(surge: Surge, round: number, name: SurgePhaseName, connections: number): Promise<SurgePhase> {
   const { durationS } = surge;
   const expected = Math.max(surge.lastCheckoutRate, surge.lastHoldRate) || HOLD_RATE_GUESS;
-  await mintTokens(surge, await tokensHeld(surge), Math.max(TOKENS_MIN, Math.ceil(expected * (durationS + RECONNECT_S) * TOKEN_HEADROOM)));
-  const merchant = { secretAuthorization: `Bearer ${surge.secretKey}` };
+  // A crowd may check out faster: twice the tokens, as the holds' crowd.
+  const crowdFactor = connections > surge.options.clients ? 2 : 1;
+  const wanted = crowdFactor * Math.ceil(expected * (durationS + RECONNECT_S) * TOKEN_HEADROOM);
+  await mintTokens(surge, await tokensHeld(surge), Math.max(TOKENS_MIN, wanted));
+  const options = { secretAuthorization: `Bearer ${surge.secretKey}`, connections };
   // The pgbench phase closed the server's pool: reopen it (and the provider's sockets) unmeasured.
-  await surge.loadgen.run(job(surge, 'checkout', surge.redisApi.port, RECONNECT_S, merchant));
+  await surge.loadgen.run(job(surge, 'checkout', surge.redisApi.port, RECONNECT_S, options));
   await resetHolds(surge);
-  const phase = await loadPhase(surge, round, 'checkout_api', surge.redisApi, 'checkout', merchant);
+  const phase = await loadPhase(surge, round, name, surge.redisApi, 'checkout', options);
   surge.lastCheckoutRate = Math.max(surge.lastCheckoutRate, phase.throughput);
   phase.stock = await checkStock(surge, phase);
   if (phase.stock.problems.length > 0)
@@ -546,7 +559,7 @@ async function runRound(surge: Surge, round: number): Promise<SurgePhase[]> {
     );
   }
   if (parts.has('holds')) phases.push(...(await holdPhases(surge, round, await tokensHeld(surge))));
-  if (parts.has('checkouts')) phases.push(await checkoutPhase(surge, round));
+  if (parts.has('checkouts')) phases.push(...(await checkoutPhases(surge, round)));
   if (parts.has('line')) {
     phases.push(
       await loadPhase(
