@@ -54,7 +54,9 @@ export async function openBatch(
  * lines by their key), as existingKeysSql probes keys: written as `= any($n)` with a join, a
  * plan made while holds was nearly empty (a new deployment's first sale, the bench's truncated
  * tables) scanned holds and hold_lines whole, and was kept while a surge grew them: each batch
- * then read every hold of the sale.
+ * then read every hold of the sale. A probe of a unique key says `limit 1` (convertPaidHolds):
+ * without it PostgreSQL flattens the subquery into a plain join, which it may plan as a hash
+ * join over the whole table again.
  */
 export async function lockStock(
   db: Queryable,
@@ -222,9 +224,9 @@ export async function selectHoldsByIds(db: Queryable, merchantIds: string[], hol
  * checkout. A deployment's first batch may find no task row for it: the batch then fails and
  * its requests complete on the general path, whose add_job adds the task (as writeHolds').
  *
- * Each row is probed by its key, one lateral subquery per element: a plan made while the tables
- * were nearly empty (a new sale, the bench's truncated tables) would otherwise scan them whole
- * on every batch as they grow (see lockStock).
+ * Orders and expiry jobs are probed by key, one lateral subquery per element: a plan made while
+ * the tables were nearly empty (a new sale, the bench's truncated tables) would otherwise scan
+ * them whole on every batch as they grow (see lockStock).
  */
 export async function convertPaidHolds(
   db: Queryable,
@@ -238,7 +240,8 @@ export async function convertPaidHolds(
              from unnest($1::text[], $2::text[]) as r(merchant_id, intent_id)
              cross join lateral (
                select merchant_id, id from orders
-               where merchant_id = r.merchant_id and payment_intent_id = r.intent_id and status = 'awaiting_payment') o),
+               where merchant_id = r.merchant_id and payment_intent_id = r.intent_id and status = 'awaiting_payment'
+               limit 1) o),
            paid as (
              update orders o set status = 'paid', paid_at = now(), updated_at = now()
              from awaiting a
@@ -252,7 +255,8 @@ export async function convertPaidHolds(
            expiry as (
              select j.id, j.locked_at
              from converted c
-             cross join lateral (select id, locked_at from graphile_worker._private_jobs where key = 'expire_hold:' || c.id) j),
+             cross join lateral (
+               select id, locked_at from graphile_worker._private_jobs where key = 'expire_hold:' || c.id limit 1) j),
            unscheduled as (
              delete from graphile_worker._private_jobs j using expiry e
              where j.id = e.id and (j.locked_at is null or j.locked_at < now() - interval '4 hours')
