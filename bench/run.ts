@@ -327,11 +327,14 @@ interface WorkerResults {
 }
 
 // The warm-up's drains (quick run, full run): long enough that the worker's hot path is
-// compiled before round 1 (after only 300 deliveries, round 1's worker still spent about a
-// third more CPU per delivery than later rounds). Every later drain is sized to take about
-// --drain seconds at the rate the one before it measured, within the bounds below.
+// compiled before round 1, as the API's is by its own warm-up (thousands of requests). After
+// only 300 deliveries, round 1's worker still spent about a third more CPU per delivery than
+// later rounds; after 500, a quarter of its CPU in round 1 (perf, with --perf-basic-prof) was
+// V8 compiling, and the receiver's CPU per delivery was three times its warm figure. After
+// 5,000, compiling was 2%. Every later drain is sized to take about --drain seconds at the rate
+// the one before it measured, within the bounds below.
 const JOBS_WARMUP = [1_500, 3_000];
-const DELIVERIES_WARMUP = [500, 1_000];
+const DELIVERIES_WARMUP = [5_000, 5_000];
 const JOBS_MIN = 500;
 const JOBS_MAX = 100_000;
 const DELIVERIES_MIN = 200;
