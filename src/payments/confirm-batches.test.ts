@@ -11,7 +11,8 @@ import { saleFlow } from '../../test/sale-flow.js';
 import { audit } from '../audit/service.js';
 import type { RequestContext } from '../platform/http/context.js';
 import { fingerprint } from '../platform/idempotency/service.js';
-import { convertPaidHold, convertPaidHolds } from '../sales/holds.js';
+import { convertPaidHold, convertPaidHolds, RELEASE_ADMISSION_TASK } from '../sales/holds.js';
+import { salesTasks } from '../sales/jobs.js';
 import { ConfirmBatcher } from './confirm-batches.js';
 import { completionReply } from './routes.js';
 import { confirmPaymentIntent, type PaymentDeps } from './service.js';
@@ -120,6 +121,22 @@ describe('coalesced confirmation', () => {
     // Most in a batch's job: fewer jobs than checkouts.
     const releaseJobs = await countOf(`select count(*)::int as n from ${RELEASE_JOBS}`, []);
     assert.ok(releaseJobs !== undefined && releaseJobs < 30, `${releaseJobs} release jobs for 30 checkouts`);
+    // The worker's task, run on those jobs, frees each of the 30 tickets once.
+    const freed: string[] = [];
+    const release = salesTasks({ pool: t.pool, releaseAdmission: async (_sale, ticket) => freed.push(ticket) })[RELEASE_ADMISSION_TASK] as (
+      payload: unknown,
+      helpers: never,
+    ) => Promise<void>;
+    for (const job of (await t.pool.query<{ payload: unknown }>(`select j.payload from ${RELEASE_JOBS}`)).rows) {
+      await release(job.payload, undefined as never);
+    }
+    const tickets = await t.pool.query<{ ticket: string }>(
+      `select h.admission_ticket as ticket from holds h join orders o on o.merchant_id = h.merchant_id and o.hold_id = h.id
+       where h.merchant_id = $1 and o.payment_intent_id = any($2)`,
+      [t.merchant.id, ids],
+    );
+    assert.deepEqual(freed.sort(), tickets.rows.map((row) => row.ticket).sort());
+    await assert.rejects(release({ sale_id: 'sale_x', tickets: ['tkt_a', 7] }, undefined as never), /malformed payload/);
 
     const replays = await Promise.all(ids.map((id, i) => confirm(id, keys[i])));
     for (const [i, replay] of replays.entries()) {
