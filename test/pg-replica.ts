@@ -17,6 +17,7 @@ import pg from 'pg';
 import { migrate } from '../src/platform/db/migrate.js';
 import { createPool } from '../src/platform/db/pool.js';
 import { migrateJobs } from '../src/platform/jobs/runner.js';
+import { DIRECTLY_WRITTEN_TASKS } from '../src/sales/jobs.js';
 import { engineSkip, freePort } from './engines.js';
 
 const PG_BIN = process.env.FLOODGATE_TEST_PG_BIN || '/usr/lib/postgresql/15/bin';
@@ -135,7 +136,7 @@ export async function startStreamingPair(options: { database?: string } = {}): P
     const pool = createPool({ connectionString: primaryUrl, max: 1, statementTimeoutMs: 60_000 });
     try {
       await migrate(pool);
-      await migrateJobs(pool);
+      await migrateJobs(pool, DIRECTLY_WRITTEN_TASKS);
     } finally {
       await pool.end();
     }

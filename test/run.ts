@@ -15,6 +15,7 @@ import { startEmbeddedPostgres } from '../src/platform/db/embedded.js';
 import { migrate } from '../src/platform/db/migrate.js';
 import { createPool } from '../src/platform/db/pool.js';
 import { migrateJobs } from '../src/platform/jobs/runner.js';
+import { DIRECTLY_WRITTEN_TASKS } from '../src/sales/jobs.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
 const TEMPLATE = `floodgate_test_template_${process.pid}`;
@@ -76,7 +77,7 @@ async function main(): Promise<number> {
     const templateUrl = withDatabase(server.adminUrl, TEMPLATE);
     const pool = createPool({ connectionString: templateUrl, max: 1, statementTimeoutMs: 60_000 });
     await migrate(pool);
-    await migrateJobs(pool);
+    await migrateJobs(pool, DIRECTLY_WRITTEN_TASKS);
     await pool.end();
 
     const code = await new Promise<number>((resolve) => {

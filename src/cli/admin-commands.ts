@@ -51,7 +51,8 @@ export const ADMIN_COMMANDS: Record<string, Role> = {
       const { migrate } = await import('../platform/db/migrate.js');
       const applied = await migrate(db.pool);
       const { migrateJobs } = await import('../platform/jobs/runner.js');
-      await migrateJobs(db.pool);
+      const { DIRECTLY_WRITTEN_TASKS } = await import('../sales/jobs.js');
+      await migrateJobs(db.pool, DIRECTLY_WRITTEN_TASKS);
       console.log(applied.length ? `applied: ${applied.join(', ')}` : 'database is up to date');
       return 0;
     } finally {

@@ -16,6 +16,7 @@ import { HttpProvider } from '../providers/http-provider.js';
 import { observeProviderCalls, registerBreakerMetric } from '../providers/metrics.js';
 import { buildSimulatorApp } from '../providers/simulator/app.js';
 import { ProviderSimulator } from '../providers/simulator/server.js';
+import { DIRECTLY_WRITTEN_TASKS } from '../sales/jobs.js';
 
 export type Logger = pino.Logger;
 
@@ -56,7 +57,7 @@ export async function openDatabase(config: Config, log: Logger, options: { migra
     if (options.migrate) {
       const applied = await migrate(pool);
       if (applied.length > 0) log.info({ applied }, 'migrations applied');
-      await migrateJobs(pool);
+      await migrateJobs(pool, DIRECTLY_WRITTEN_TASKS);
     }
   } catch (error) {
     await pool.end();

@@ -105,8 +105,7 @@ describe('coalesced confirmation', () => {
       30,
     );
     // The admission releases: each paid hold's ticket in exactly one job of its sale, a batch's
-    // job (its tickets) or, for a batch that found no task row yet (this database's first), a
-    // job of the general path (its ticket).
+    // job (its tickets) or, for a request a batch left to the general path, that path's (its ticket).
     assert.equal(
       await perIntent(
         `select count(*)::int as n from holds h

@@ -115,8 +115,9 @@ export interface NewHold {
  * poll for due jobs) while serializing every commit that sends one. Its columns are the ones
  * add_jobs fills, with its defaults (25 attempts, priority 0, no queue, no flags); the version
  * is pinned (package.json), and hold-batches.test.ts runs such a job through graphile-worker. The
- * task's row comes from the single path: a deployment's first batch finds none, fails on the
- * missing task_id and sends its requests down the single path, whose add_job adds it.
+ * task's row is added when the schema is migrated (migrateJobs, DIRECTLY_WRITTEN_TASKS); a
+ * database without it (migrated by an older version) fails its first batch on the missing
+ * task_id, which sends its requests down the single path, whose add_job adds it.
  *
  * Its round trips are the hot item's row lock's hold time, so it is one, and it goes out with
  * the COMMIT (withTransactionEndingIn). So it refuses a wrong batch itself instead of leaving a count to check: an allocation past an
@@ -221,8 +222,8 @@ export async function selectHoldsByIds(db: Queryable, merchantIds: string[], hol
  * running loses its key and its retries (it then finds its hold converted and does nothing).
  * The release is one job per sale and batch, without a key (releasing a ticket is idempotent,
  * and a ticket's hold converts once): a job per ticket cost the worker a job's overhead per
- * checkout. A deployment's first batch may find no task row for it: the batch then fails and
- * its requests complete on the general path, whose add_job adds the task (as writeHolds').
+ * checkout. The task's row is added when the schema is migrated; without it the batch fails
+ * and its requests complete on the general path, whose add_job adds it (as writeHolds').
  *
  * Orders and expiry jobs are probed by key, one lateral subquery per element: a plan made while
  * the tables were nearly empty (a new sale, the bench's truncated tables) would otherwise scan

@@ -14,7 +14,7 @@ import { fingerprint } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
 import { startWorker } from '../platform/jobs/runner.js';
 import { HoldBatcher } from './hold-batches.js';
-import { salesTasks } from './jobs.js';
+import { DIRECTLY_WRITTEN_TASKS, salesTasks } from './jobs.js';
 import { createHold, type SalesDeps, toApiHold } from './service.js';
 
 const { url } = await createTestDatabase();
@@ -252,8 +252,15 @@ describe('batched holds', () => {
   });
 
   test("a batch's expiry jobs are graphile-worker's own: its runner expires the holds, one job each", async () => {
-    // A new database: no expiry has been queued there yet, so graphile-worker has no task row.
+    // A new database has a task row for each job our statements write themselves (migrateJobs).
     const fresh = await createTestDatabase();
+    const tasks = await fresh.pool.query<{ identifier: string }>('select identifier from graphile_worker._private_tasks order by 1');
+    assert.deepEqual(
+      tasks.rows.map((task) => task.identifier),
+      [...DIRECTLY_WRITTEN_TASKS].sort(),
+    );
+    // One migrated before they were registered has none until a job of the task is added.
+    await fresh.pool.query(`delete from graphile_worker._private_tasks where identifier = 'expire_hold'`);
     const freshMerchant = await createTestMerchant(fresh.pool);
     const { sale, item } = await insertOpenSale(fresh.pool, freshMerchant.id, { stock: 10 });
     let batchWrites = 0;

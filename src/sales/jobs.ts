@@ -6,6 +6,9 @@ import type { Task, TaskList } from 'graphile-worker';
 import type { Pool } from '../platform/db/pool.js';
 import { EXPIRE_HOLD_TASK, expireHold, RELEASE_ADMISSION_TASK } from './holds.js';
 
+/** The tasks whose jobs the sales batches insert into graphile-worker's job table themselves (batch-sql.ts). */
+export const DIRECTLY_WRITTEN_TASKS = [EXPIRE_HOLD_TASK, RELEASE_ADMISSION_TASK] as const;
+
 export interface SalesTaskDeps {
   pool: Pool;
   /** Frees a ticket's shopper slot in the waiting room (idempotent). */

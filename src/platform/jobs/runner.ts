@@ -56,8 +56,18 @@ const LOCAL_QUEUE_SIZE = 50;
 // allows for (a worker can always die between finishing a job and marking it complete).
 const COMPLETE_JOB_BATCH_DELAY_MS = 10;
 
-export async function migrateJobs(pool: Pool): Promise<void> {
+/**
+ * graphile-worker's schema, and a task row for each of `directTasks`: the tasks whose jobs our
+ * statements insert into its job table themselves (sales/jobs.ts). graphile-worker adds a task's
+ * row with the first job its own functions add or when a worker starts; a statement that finds
+ * none fails, so on a new deployment the first sale's first batches would fail and fall back to
+ * the single path, one request at a time on the hot item, at the worst moment.
+ */
+export async function migrateJobs(pool: Pool, directTasks: readonly string[]): Promise<void> {
   await runMigrations({ pgPool: pool, logger: quietLogger() });
+  await pool.query('insert into graphile_worker._private_tasks (identifier) select unnest($1::text[]) on conflict do nothing', [
+    directTasks,
+  ]);
 }
 
 /** A job's consumer span attributes (messaging semantic conventions). */
