@@ -6,6 +6,7 @@
  */
 import type { Queryable } from '../platform/db/pool.js';
 import { existingKeysSql, type FinishedKeys, finishedKeysCte } from '../platform/idempotency/sql.js';
+import { insertJobsSql, removeJobsCtes } from '../platform/jobs/queue.js';
 import type { HoldLine } from './domain.js';
 import { type AllocatableItem, HOLD_COLUMNS, type HoldRow, lockItemsForAllocationSql, SALE_COLUMNS, type SaleRow } from './sql.js';
 
@@ -106,23 +107,23 @@ export interface NewHold {
  * each item's total, the holds and their lines, one expiry job per hold and every request's
  * finished key with its answer.
  *
- * The expiry jobs go straight into graphile-worker's job table, not through its add_jobs: for
+ * The expiry jobs go straight into graphile-worker's job table (platform/jobs/queue.ts
+ * insertJobsSql), not through its add_jobs: for
  * these jobs add_jobs' other work is void and was half of this statement's time (the bench's
  * hold phases: 73–78 against 101–111 µs of PostgreSQL CPU per hold). Its update of locked jobs
  * with the same key finds none (each key names a hold this statement creates) and, planned
  * while the job table was near empty (a quiet service's, before the sale), it scanned the whole
  * table on every batch; and its NOTIFY wakes workers for jobs due a hold's lifetime later (they
- * poll for due jobs) while serializing every commit that sends one. Its columns are the ones
- * add_jobs fills, with its defaults (25 attempts, priority 0, no queue, no flags); the version
- * is pinned (package.json), and hold-batches.test.ts runs such a job through graphile-worker. The
- * task's row is added when the schema is migrated (migrateJobs, DIRECTLY_WRITTEN_TASKS); a
- * database without it (migrated by an older version) fails its first batch on the missing
- * task_id, which sends its requests down the single path, whose add_job adds it.
+ * poll for due jobs) while serializing every commit that sends one. hold-batches.test.ts runs
+ * such a job through graphile-worker. The task's row is added when the schema is migrated
+ * (migrateJobs, DIRECTLY_WRITTEN_TASKS); a database without it (migrated by an older version)
+ * fails its first batch on the missing task_id, which sends its requests down the single path,
+ * whose add_job adds it.
  *
  * Its round trips are the hot item's row lock's hold time, so it is one, and it goes out with
- * the COMMIT (withTransactionEndingIn). So it refuses a wrong batch itself instead of leaving a count to check: an allocation past an
- * item's total fails its check constraint, a line of a missing item its foreign key, and the
- * transaction then rolls back. Returns how many items were allocated, for the caller's sanity
+ * the COMMIT (withTransactionEndingIn). So it refuses a wrong batch itself instead of leaving a
+ * count to check: an allocation past an item's total fails its check constraint, a line of a
+ * missing item its foreign key, and the transaction then rolls back. Returns how many items were allocated, for the caller's sanity
  * check (the items were locked and counted by lockStock).
  */
 export async function writeHolds(
@@ -160,10 +161,13 @@ export async function writeHolds(
              returning 1),
            -- graphile-worker's own rows, as its add_jobs writes them (see above).
            expiry as (
-             insert into graphile_worker._private_jobs (task_id, payload, run_at, max_attempts, key, priority)
-             select (select id from graphile_worker._private_tasks where identifier = $15::text),
-                    json_build_object('merchant_id', $1::text, 'hold_id', h), $6::timestamptz, 25, 'expire_hold:' || h, 0
-             from unnest($8::text[]) as h
+             ${insertJobsSql({
+               task: '$15::text',
+               payload: "json_build_object('merchant_id', $1::text, 'hold_id', h)",
+               runAt: '$6::timestamptz',
+               key: "'expire_hold:' || h",
+               from: 'from unnest($8::text[]) as h',
+             })}
              returning 1),
            ${keys.cte}
            select (select count(*)::int from allocation) as allocated`,
@@ -212,14 +216,15 @@ export async function selectHoldsByIds(db: Queryable, merchantIds: string[], hol
  * graphile-worker's rows are written here directly, as writeHolds writes the expiry jobs, not
  * through its functions: remove_job ran once per hold, each call a statement of its own plus a
  * NOTIFY, and add_jobs did its void work per batch (see writeHolds): the statement took half
- * the time without them in the bench's checkouts (0.87 against 1.77 ms a call). A NOTIFY also serializes the commits that send
- * one (PostgreSQL takes one global lock for them), and the completion is the checkout's only
- * such commit: without it the release jobs wait for the workers' next poll (at most
+ * the time without them in the bench's checkouts (0.87 against 1.77 ms a call). A NOTIFY also
+ * serializes the commits that send one (PostgreSQL takes one global lock for them), and the
+ * completion is the checkout's only such commit: without it the release jobs wait for the workers' next poll (at most
  * FLOODGATE_JOB_POLL_INTERVAL_MS, a second by default) to free slots that are freed on a timer
  * anyway if they are not.
  *
- * An expiry job is removed as remove_job removes it: deleted unless a worker has it now; one
- * running loses its key and its retries (it then finds its hold converted and does nothing).
+ * An expiry job is removed as remove_job removes it (queue.ts removeJobsCtes): deleted unless a
+ * worker has it now; one running loses its key and its retries (it then finds its hold
+ * converted and does nothing).
  * The release is one job per sale and batch, without a key (releasing a ticket is idempotent,
  * and a ticket's hold converts once): a job per ticket cost the worker a job's overhead per
  * checkout. The task's row is added when the schema is migrated; without it the batch fails
@@ -253,26 +258,14 @@ export async function convertPaidHolds(
              from paid p
              where h.merchant_id = p.merchant_id and h.id = p.hold_id and h.status = 'active'
              returning h.id, h.sale_id, h.admission_ticket),
-           expiry as (
-             select j.id, j.locked_at
-             from converted c
-             cross join lateral (
-               select id, locked_at from graphile_worker._private_jobs where key = 'expire_hold:' || c.id limit 1) j),
-           unscheduled as (
-             delete from graphile_worker._private_jobs j using expiry e
-             where j.id = e.id and (j.locked_at is null or j.locked_at < now() - interval '4 hours')
-             returning 1),
-           disarmed as (
-             update graphile_worker._private_jobs j set key = null, attempts = j.max_attempts, updated_at = now()
-             from expiry e
-             where j.id = e.id and e.locked_at >= now() - interval '4 hours'
-             returning 1),
+           ${removeJobsCtes('unscheduled', "select 'expire_hold:' || c.id as key from converted c")},
            released as (
-             insert into graphile_worker._private_jobs (task_id, payload, run_at, max_attempts, priority)
-             select (select id from graphile_worker._private_tasks where identifier = $3::text),
-                    json_build_object('sale_id', c.sale_id, 'tickets', json_agg(c.admission_ticket)), now(), 25, 0
-             from converted c where c.admission_ticket is not null
-             group by c.sale_id
+             ${insertJobsSql({
+               task: '$3::text',
+               payload: "json_build_object('sale_id', c.sale_id, 'tickets', json_agg(c.admission_ticket))",
+               runAt: 'now()',
+               from: 'from converted c where c.admission_ticket is not null group by c.sale_id',
+             })}
              returning 1)
            -- Each modifying WITH query runs whether or not it is read.
            select (select count(*)::int from paid) as paid, (select count(*)::int from converted) as converted`,

@@ -49,6 +49,47 @@ export async function removeJob(db: Queryable, jobKey: string): Promise<void> {
   await db.query({ name: 'jobs_remove_job', text: 'select graphile_worker.remove_job($1)', values: [jobKey] });
 }
 
+/**
+ * SQL for job rows a statement writes into graphile-worker's job table itself, as add_jobs writes
+ * them with its defaults (25 attempts, priority 0, no queue, no flags): for batch statements whose
+ * jobs need none of add_jobs' other work (see sales/batch-sql.ts writeHolds for what that costs).
+ * The version is pinned (package.json). The task's row must exist: migrateJobs adds one for each
+ * task written this way, and without it the statement fails on the missing task_id.
+ *
+ * `task` is an SQL expression of the task's identifier; `payload`, `runAt` and `key` (null when
+ * omitted) are expressions over the rows of `from` (a FROM clause, with WHERE or GROUP BY).
+ */
+export function insertJobsSql(job: { task: string; payload: string; runAt: string; key?: string; from: string }): string {
+  return `insert into graphile_worker._private_jobs (task_id, payload, run_at, max_attempts, key, priority)
+             select (select id from graphile_worker._private_tasks where identifier = ${job.task}),
+                    ${job.payload}, ${job.runAt}, 25, ${job.key ?? 'null'}, 0
+             ${job.from}`;
+}
+
+/**
+ * WITH queries that remove the jobs whose keys a query yields (`keys`: one column named key), as
+ * graphile-worker's remove_job removes one, for a statement that removes many at once: a job
+ * not locked (or whose lock is older than the 4 hours after which graphile-worker frees it) is
+ * deleted; one a worker holds now keeps running, without its key and its retries. Each key is
+ * probed by itself (`limit 1`: see sales/batch-sql.ts lockStock). Named `<name>_found`, `<name>`
+ * (the deleted) and `<name>_disarmed`; a modifying WITH query runs whether or not it is read.
+ */
+export function removeJobsCtes(name: string, keys: string): string {
+  return `${name}_found as (
+             select j.id, j.locked_at
+             from (${keys}) as k
+             cross join lateral (select id, locked_at from graphile_worker._private_jobs where key = k.key limit 1) j),
+           ${name} as (
+             delete from graphile_worker._private_jobs j using ${name}_found f
+             where j.id = f.id and (j.locked_at is null or j.locked_at < now() - interval '4 hours')
+             returning 1),
+           ${name}_disarmed as (
+             update graphile_worker._private_jobs j set key = null, attempts = j.max_attempts, updated_at = now()
+             from ${name}_found f
+             where j.id = f.id and f.locked_at >= now() - interval '4 hours'
+             returning 1)`;
+}
+
 export interface QueueRow {
   task: string;
   waiting: number;
