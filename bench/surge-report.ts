@@ -66,8 +66,8 @@ export interface SurgePhase {
   tokensRanOut?: boolean;
   /** Reads of the API: the share its fast lane answered (src/platform/http/fast-lane.ts). */
   laneShare?: number;
-  /** Holds of the API: the mean size of its hold batches in the phase. */
-  holdBatchMean?: number;
+  /** Holds and checkouts of the API: the mean size of each batched step's batches in the phase (hold, order, start, complete). */
+  batchMeans?: Record<string, number>;
   rows?: number;
   /** Checkouts: each step answered as expected (hold, order, confirm). */
   steps?: Record<string, number>;
@@ -105,8 +105,16 @@ export function phaseLine(phase: SurgePhase): string {
     `server ${phase.cpu.serverUsPerTx} db ${phase.cpu.backendsUsPerTx} redis ${num(phase.cpu.redisUsPerTx)}${provider} | machine ` +
     `${Math.round(phase.cpu.machineBusy * 100)}% busy, others ${phase.cpu.otherCores} cores` +
     `${stepP50s ? ` | step p50 ms: ${stepP50s}` : ''}` +
-    `${phase.laneShare === undefined ? '' : ` | fast lane ${Math.round(phase.laneShare * 1000) / 10}%`}${phase.holdBatchMean === undefined ? '' : ` | batches of ${phase.holdBatchMean.toFixed(1)}`}${phase.tokensRanOut ? ' | tokens ran out' : ''}${errors ? ` | errors: ${errors}` : ''}`
+    `${phase.laneShare === undefined ? '' : ` | fast lane ${Math.round(phase.laneShare * 1000) / 10}%`}${batchesText(phase.batchMeans)}${phase.tokensRanOut ? ' | tokens ran out' : ''}${errors ? ` | errors: ${errors}` : ''}`
   );
+}
+
+/** ` | batches of 15.7` for one batched step, ` | batches: hold 9.1 order 8.0 ...` for several. */
+function batchesText(means: Record<string, number> | undefined): string {
+  const steps = Object.entries(means ?? {});
+  if (steps.length === 0) return '';
+  if (steps.length === 1) return ` | batches of ${(steps[0] as [string, number])[1].toFixed(1)}`;
+  return ` | batches: ${steps.map(([step, mean]) => `${step} ${mean.toFixed(1)}`).join(' ')}`;
 }
 
 export interface SurgeSummaryRow {

@@ -260,8 +260,8 @@ async function loadPhase(
 ): Promise<SurgePhase> {
   // The API's reads are answered by its fast lane or by the pipeline: the share says which ran.
   const laneBefore = kind === 'read' && server !== surge.bare ? await laneAnswers(server.port) : undefined;
-  // A hold's CPU is part per request and part per batch: the batches' mean size says which.
-  const batchesBefore = kind === 'hold' ? await holdBatches(server.port) : undefined;
+  // A hold's or checkout's CPU is part per request and part per batch: the batches' mean sizes say which.
+  const batchesBefore = kind === 'hold' || kind === 'checkout' ? await batchCounts(server.port) : undefined;
   const startedUs = monotonicUs();
   const { result, cpu } = await measured(
     surge,
@@ -273,11 +273,7 @@ async function loadPhase(
     recordPhaseWindow(surge.options.profileDir, { name, round, pid: server.pid, startUs: startedUs, endUs: monotonicUs() });
   const requests = result.throughput * durationS;
   const laneShare = laneBefore === undefined || requests === 0 ? undefined : ((await laneAnswers(server.port)) - laneBefore) / requests;
-  const batchesAfter = batchesBefore && (await holdBatches(server.port));
-  const holdBatchMean =
-    batchesBefore && batchesAfter && batchesAfter.count > batchesBefore.count
-      ? (batchesAfter.sum - batchesBefore.sum) / (batchesAfter.count - batchesBefore.count)
-      : undefined;
+  const batchMeans = batchesBefore && meanBatches(batchesBefore, await batchCounts(server.port), kind);
   const phase: SurgePhase = {
     round,
     name,
@@ -289,7 +285,7 @@ async function loadPhase(
     errors: result.errors,
     ...(kind === 'hold' || kind === 'checkout' ? { tokensRanOut: result.tokensRanOut } : {}),
     ...(laneShare === undefined ? {} : { laneShare }),
-    ...(holdBatchMean === undefined ? {} : { holdBatchMean }),
+    ...(batchMeans === undefined ? {} : { batchMeans }),
     ...(result.steps ? { steps: result.steps, stepLatency: result.stepLatency } : {}),
     cpu,
   };
@@ -333,10 +329,45 @@ async function laneAnswers(port: number): Promise<number> {
   return answers ?? 0;
 }
 
-/** The hold batches the API has run so far, and the requests they carried. */
-async function holdBatches(port: number): Promise<{ count: number; sum: number }> {
-  const [count = 0, sum = 0] = await metricSamples(port, ['floodgate_hold_batch_size_count', 'floodgate_hold_batch_size_sum']);
-  return { count, sum };
+/** The API's batched writes, by step: its histogram of batch sizes (src/platform/observability/metrics.ts). */
+const BATCH_HISTOGRAMS = {
+  hold: 'floodgate_hold_batch_size',
+  order: 'floodgate_order_batch_size',
+  start: 'floodgate_confirm_batch_size{phase="start"}',
+  complete: 'floodgate_confirm_batch_size{phase="complete"}',
+} as const;
+type BatchedStep = keyof typeof BATCH_HISTOGRAMS;
+/** The steps of a kind of request that the API batches. */
+const BATCHED_STEPS: Partial<Record<SurgeRequestKind, BatchedStep[]>> = {
+  hold: ['hold'],
+  checkout: ['hold', 'order', 'start', 'complete'],
+};
+
+/** Each batched step's batches so far, and the requests they carried. */
+async function batchCounts(port: number): Promise<Record<BatchedStep, { count: number; sum: number }>> {
+  const names = Object.values(BATCH_HISTOGRAMS).flatMap((histogram) => {
+    // A labelled histogram's _count and _sum carry its labels after the suffix.
+    const [name, labels = ''] = histogram.split(/(?=\{)/);
+    return [`${name}_count${labels}`, `${name}_sum${labels}`];
+  });
+  const samples = await metricSamples(port, names);
+  return Object.fromEntries(
+    Object.keys(BATCH_HISTOGRAMS).map((step, index) => [step, { count: samples[2 * index] ?? 0, sum: samples[2 * index + 1] ?? 0 }]),
+  ) as Record<BatchedStep, { count: number; sum: number }>;
+}
+
+/** The mean batch size of each of kind's batched steps between two readings (a step with no batch is left out). */
+function meanBatches(
+  before: Record<BatchedStep, { count: number; sum: number }>,
+  after: Record<BatchedStep, { count: number; sum: number }>,
+  kind: SurgeRequestKind,
+): Partial<Record<BatchedStep, number>> {
+  const means: Partial<Record<BatchedStep, number>> = {};
+  for (const step of BATCHED_STEPS[kind] ?? []) {
+    const batches = after[step].count - before[step].count;
+    if (batches > 0) means[step] = (after[step].sum - before[step].sum) / batches;
+  }
+  return means;
 }
 
 async function countHolds(surge: Surge): Promise<number> {
