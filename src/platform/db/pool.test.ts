@@ -69,3 +69,18 @@ test('a last statement that fails turns its pipelined COMMIT into a rollback, an
     client.release();
   }
 });
+
+test("a pool's sessions plan a prepared statement once, however its values change", async () => {
+  const client = await pool.connect();
+  try {
+    const lookup = (id: number) => ({ name: 'pool_test_lookup', text: 'select n from pipelined where id = $1', values: [id] });
+    for (let id = 1; id <= 8; id += 1) await client.query(lookup(id));
+    const { rows } = await client.query<{ generic: number; custom: number }>(
+      `select generic_plans::int as generic, custom_plans::int as custom from pg_prepared_statements where name = 'pool_test_lookup'`,
+    );
+    // PostgreSQL's default plans the first five executions for their values (custom plans).
+    assert.deepEqual(rows, [{ generic: 8, custom: 0 }]);
+  } finally {
+    client.release();
+  }
+});

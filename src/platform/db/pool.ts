@@ -19,9 +19,23 @@ export interface PoolOptions {
   applicationName?: string;
 }
 
+/**
+ * Each pooled session plans a prepared statement once and keeps that plan. Our statements are
+ * named (prepared once per connection), and the hot path's are large batch statements (a dozen
+ * CTEs over unnested arrays) whose plans do not depend on the values: PostgreSQL's default
+ * nevertheless re-plans them on every execution, because a generic plan's estimated cost comes
+ * out above a custom plan's. Measured on a surge's checkouts (bench/README.md, the thirteenth
+ * session), planning was a third of the batch statements' time and this setting removed most of
+ * it with the same execution time. Every partial index's predicate is written as a literal in
+ * the statements that use it, so a generic plan can use it too. An operator's own PGOPTIONS
+ * (or `options` in the connection string) comes after, and wins.
+ */
+const SESSION_OPTIONS = ['-c plan_cache_mode=force_generic_plan', process.env.PGOPTIONS].filter(Boolean).join(' ');
+
 export function createPool(options: PoolOptions): Pool {
   const pool = new pg.Pool({
     connectionString: options.connectionString,
+    options: SESSION_OPTIONS,
     max: options.max,
     statement_timeout: options.statementTimeoutMs,
     // Fail fast when the database is unreachable or the pool is saturated, instead of queueing
