@@ -28,7 +28,8 @@ export interface PoolOptions {
  * session), planning was a third of the batch statements' time and this setting removed most of
  * it with the same execution time. Every partial index's predicate is written as a literal in
  * the statements that use it, so a generic plan can use it too. An operator's own PGOPTIONS
- * (or `options` in the connection string) comes after, and wins.
+ * comes after ours and wins; `options` in the connection string replaces ours (node-postgres
+ * lets the URL's parameters override the pool's).
  */
 const SESSION_OPTIONS = ['-c plan_cache_mode=force_generic_plan', process.env.PGOPTIONS].filter(Boolean).join(' ');
 
