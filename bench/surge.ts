@@ -329,12 +329,12 @@ async function laneAnswers(port: number): Promise<number> {
   return answers ?? 0;
 }
 
-/** The API's batched writes, by step: its histogram of batch sizes (src/platform/observability/metrics.ts). */
+/** The API's batched writes, by step: its histogram of batch sizes and the series' labels (src/platform/observability/metrics.ts). */
 const BATCH_HISTOGRAMS = {
-  hold: 'floodgate_hold_batch_size',
-  order: 'floodgate_order_batch_size',
-  start: 'floodgate_confirm_batch_size{phase="start"}',
-  complete: 'floodgate_confirm_batch_size{phase="complete"}',
+  hold: ['floodgate_hold_batch_size', ''],
+  order: ['floodgate_order_batch_size', ''],
+  start: ['floodgate_confirm_batch_size', '{phase="start"}'],
+  complete: ['floodgate_confirm_batch_size', '{phase="complete"}'],
 } as const;
 type BatchedStep = keyof typeof BATCH_HISTOGRAMS;
 /** The steps of a kind of request that the API batches. */
@@ -345,11 +345,8 @@ const BATCHED_STEPS: Partial<Record<SurgeRequestKind, BatchedStep[]>> = {
 
 /** Each batched step's batches so far, and the requests they carried. */
 async function batchCounts(port: number): Promise<Record<BatchedStep, { count: number; sum: number }>> {
-  const names = Object.values(BATCH_HISTOGRAMS).flatMap((histogram) => {
-    // A labelled histogram's _count and _sum carry its labels after the suffix.
-    const [name, labels = ''] = histogram.split(/(?=\{)/);
-    return [`${name}_count${labels}`, `${name}_sum${labels}`];
-  });
+  // A labelled histogram's _count and _sum carry its labels after the suffix.
+  const names = Object.values(BATCH_HISTOGRAMS).flatMap(([name, labels]) => [`${name}_count${labels}`, `${name}_sum${labels}`]);
   const samples = await metricSamples(port, names);
   return Object.fromEntries(
     Object.keys(BATCH_HISTOGRAMS).map((step, index) => [step, { count: samples[2 * index] ?? 0, sum: samples[2 * index + 1] ?? 0 }]),
