@@ -207,7 +207,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
           // One batch of a phase at a time: the next gathers every confirm that arrives while it
           // runs. Two could commit at once (they lock different intents), but in a surge the
           // cores are what runs out, and half-size batches cost each checkout more CPU (about
-          // 13% more in all, bench/README.md, the thirteenth session).
+          // 15% more in all, bench/README.md, the thirteenth session).
           maxRunning: 1,
           present: completionReply,
           // convertPaidHold for a batch of payments, in the batch's completion transaction.
