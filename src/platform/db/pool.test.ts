@@ -4,10 +4,12 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import type pg from 'pg';
 import { createTestDatabase } from '../../../test/helpers.js';
-import { withTransaction, withTransactionEndingIn } from './pool.js';
+import { createPool, withTransaction, withTransactionEndingIn } from './pool.js';
 
-const { pool } = await createTestDatabase({ empty: true });
+const { pool, url } = await createTestDatabase({ empty: true });
 await pool.query('create table pipelined (id int primary key, n int not null check (n >= 0))');
 
 async function ids(): Promise<number[]> {
@@ -82,5 +84,45 @@ test("a pool's sessions plan a prepared statement once, however its values chang
     assert.deepEqual(rows, [{ generic: 8, custom: 0 }]);
   } finally {
     client.release();
+  }
+});
+
+test('a session plans its statements again once its plans are old, at the sizes the tables have grown to', async () => {
+  await pool.query('create table growing (k text primary key, n int not null); analyze growing');
+  const refreshing = createPool({ connectionString: url, max: 1, statementTimeoutMs: 30_000, planRefreshMs: 100 });
+  const bump = {
+    name: 'pool_test_bump',
+    text: 'update growing g set n = g.n + 1 from unnest($1::text[]) as r(k) where g.k = r.k',
+    values: [['k1', 'k2']],
+  };
+  const plan = async (client: pg.PoolClient) =>
+    (await client.query<{ 'QUERY PLAN': string }>(`explain execute pool_test_bump('{k1,k2}')`)).rows
+      .map((row) => row['QUERY PLAN'])
+      .join('\n');
+  try {
+    const client = await refreshing.connect();
+    try {
+      await client.query(bump);
+      // Planned on an empty table: it reads the table whole.
+      assert.match(await plan(client), /Seq Scan on growing/);
+      await client.query(`insert into growing select 'k' || i, 0 from generate_series(1, 50000) i`);
+      await client.query(bump);
+      // The plan is kept while it is young, though the table grew.
+      assert.match(await plan(client), /Seq Scan on growing/);
+    } finally {
+      client.release();
+    }
+    await sleep(150);
+    const later = await refreshing.connect();
+    try {
+      const { rowCount } = await later.query(bump);
+      assert.equal(rowCount, 2);
+      // The same prepared statement, planned again at the table's size: by its key.
+      assert.match(await plan(later), /Index Scan using growing_pkey/);
+    } finally {
+      later.release();
+    }
+  } finally {
+    await refreshing.end();
   }
 });

@@ -17,6 +17,8 @@ export interface PoolOptions {
   /** How long a caller waits for a free connection before giving up (default 5 s). */
   connectionTimeoutMs?: number;
   applicationName?: string;
+  /** How long a session keeps its plans before planning again at the tables' sizes of then (default PLAN_REFRESH_MS). */
+  planRefreshMs?: number;
 }
 
 /**
@@ -30,8 +32,25 @@ export interface PoolOptions {
  * the statements that use it, so a generic plan can use it too. An operator's own PGOPTIONS
  * comes after ours and wins; `options` in the connection string replaces ours (node-postgres
  * lets the URL's parameters override the pool's).
+ *
+ * A plan kept is a plan made at the tables' sizes of the moment it was made: made while a table
+ * was near empty (a new database's first sale, or the bench's tables just truncated), it scans
+ * that table whole, and keeps scanning it while the surge fills it with thousands of rows a
+ * second, until autovacuum's next analyze invalidates it (up to a minute, autovacuum_naptime).
+ * Measured: a batch update by key planned on an empty table took 10.4 ms per execution once the
+ * table held 50,000 rows, 0.23 ms planned again. So each session drops its plans (`discard
+ * plans`: the prepared statements stay) once they are PLAN_REFRESH_MS old, on the first use
+ * after that, and plans each statement again when it next runs.
  */
 const SESSION_OPTIONS = ['-c plan_cache_mode=force_generic_plan', process.env.PGOPTIONS].filter(Boolean).join(' ');
+
+/**
+ * Ten seconds: a table the hot path fills grows by some 20,000 rows in that time on the 2-core
+ * machine. Planning again is cheap at this period: in a quick checkouts bench it added about 70
+ * plannings (some 80 ms of PostgreSQL's CPU) to the 770 a run makes anyway (bench/README.md, the
+ * fourteenth session).
+ */
+export const PLAN_REFRESH_MS = 10_000;
 
 export function createPool(options: PoolOptions): Pool {
   const pool = new pg.Pool({
@@ -54,7 +73,21 @@ export function createPool(options: PoolOptions): Pool {
   // A client losing its connection must not crash the process: the pool replaces idle ones,
   // and a query in flight fails with its own error.
   pool.on('error', () => {});
-  pool.on('connect', (client) => client.on('error', () => {}));
+  const plannedAt = new WeakMap<pg.PoolClient, number>();
+  const refreshMs = options.planRefreshMs ?? PLAN_REFRESH_MS;
+  pool.on('connect', (client) => {
+    client.on('error', () => {});
+    plannedAt.set(client, performance.now());
+  });
+  pool.on('acquire', (client) => {
+    const now = performance.now();
+    if (now - (plannedAt.get(client) ?? now) < refreshMs) return;
+    plannedAt.set(client, now);
+    // Not awaited: it goes out ahead of the caller's first statement (pipelined, or queued on
+    // the client), outside any transaction. Should it fail, the connection is broken and the
+    // caller's statement fails with its own error.
+    client.query('discard plans').catch(() => {});
+  });
   return pool;
 }
 
