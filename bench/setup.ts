@@ -9,6 +9,7 @@ import pg from 'pg';
 import { createMerchant } from '../src/merchants/service.js';
 import { migrate } from '../src/platform/db/migrate.js';
 import { createPool } from '../src/platform/db/pool.js';
+import { SERVER_NODE_FLAGS } from '../src/platform/node-flags.js';
 import { freePort } from './machine.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
@@ -158,7 +159,7 @@ export async function startApiServer(options: {
   env?: Record<string, string>;
 }): Promise<ApiServer> {
   const port = await freePort();
-  const args = [...(options.nodeArgs ?? []), '--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'api'];
+  const args = [...SERVER_NODE_FLAGS, ...(options.nodeArgs ?? []), '--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'api'];
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
     stdio: ['ignore', 'inherit', 'inherit'],
@@ -243,7 +244,7 @@ export const WORKER_APPLICATION_NAME = 'floodgate-worker';
 export async function startWorkerProcess(options: { databaseUrl: string; nodeArgs?: string[] }): Promise<WorkerProcess> {
   const url = new URL(options.databaseUrl);
   url.searchParams.set('application_name', WORKER_APPLICATION_NAME);
-  const args = [...(options.nodeArgs ?? []), '--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'worker'];
+  const args = [...SERVER_NODE_FLAGS, ...(options.nodeArgs ?? []), '--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'worker'];
   const child = spawn(process.execPath, args, {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'inherit'],

@@ -22,6 +22,7 @@ import { Redis } from 'ioredis';
 import type pg from 'pg';
 import { createMerchant } from '../src/merchants/service.js';
 import { createPool } from '../src/platform/db/pool.js';
+import { SERVER_NODE_FLAGS } from '../src/platform/node-flags.js';
 import { BackendCpuSampler } from './backends.js';
 import { CROWD_FACTOR } from './crowd.js';
 import { busyFraction, busyMs, cpuSnapshot, freePort, processCpuMs } from './machine.js';
@@ -116,7 +117,10 @@ interface BareServer {
 async function startBareServer(response: { body: string; etag: string; cacheControl: string }, nodeArgs: string[]): Promise<BareServer> {
   const port = await freePort();
   // Profiled with the API (--profile): the reference's profile is what the API's is read against.
-  const child = fork(path.join(import.meta.dirname, 'bare-server.ts'), [], { execArgv: [...nodeArgs, '--import', 'tsx'] });
+  // The same runtime flags as the API's process: the reference differs only in what it runs.
+  const child = fork(path.join(import.meta.dirname, 'bare-server.ts'), [], {
+    execArgv: [...SERVER_NODE_FLAGS, ...nodeArgs, '--import', 'tsx'],
+  });
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('bare server did not start')), 30_000);
     child.once('message', () => {

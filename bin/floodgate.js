@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=64
 // Runs the TypeScript CLI through tsx, so `npx floodgate ...` works without a build step.
 import { register } from 'tsx/esm/api';
 

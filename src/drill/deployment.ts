@@ -10,6 +10,7 @@ import path from 'node:path';
 import type { Config } from '../config.js';
 import { createMerchant } from '../merchants/service.js';
 import { createPool, type Pool } from '../platform/db/pool.js';
+import { SERVER_NODE_FLAGS } from '../platform/node-flags.js';
 import type { DrillOptions } from './options.js';
 
 export interface Deployment {
@@ -58,8 +59,9 @@ async function startOwn(config: Config, options: DrillOptions, openDatabase: Ope
   const logFile = options.reportFile.replace(/\.html$/, '') + '.log';
   await mkdir(path.dirname(logFile), { recursive: true });
   const log = createWriteStream(logFile);
-  // The same entry point and loader this process was started with (bin/floodgate.js or tsx).
-  const child = spawn(process.execPath, [...process.execArgv, process.argv[1] as string, 'start', '--no-demo'], {
+  // The same entry point and loader this process was started with (bin/floodgate.js or tsx),
+  // with the flags a server process runs with.
+  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, ...process.execArgv, process.argv[1] as string, 'start', '--no-demo'], {
     env: {
       ...process.env,
       ...OWN_START_ENV,

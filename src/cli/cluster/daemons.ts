@@ -8,6 +8,7 @@ import { execFile } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { chown, mkdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { SERVER_NODE_FLAGS } from '../../platform/node-flags.js';
 import { etcdArgs, haproxy503, haproxyConfig, type PgNodePorts, patroniConfig } from './configs.js';
 import { findMarked, isRunning, postmasterPid, signal, startDaemon, waitFor } from './processes.js';
 import { type ClusterState, clusterUrls, postgresUser } from './state.js';
@@ -136,7 +137,7 @@ export function startFloodgate(state: ClusterState, name: string, role: string, 
   return startDaemon({
     name,
     command: process.execPath,
-    args: ['--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), role],
+    args: [...SERVER_NODE_FLAGS, '--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), role],
     cwd: ROOT,
     env: nodeEnv(state, env),
     logFile: logFile(state, name),
