@@ -1,9 +1,10 @@
 /**
  * The Node.js flags Floodgate's long-running processes (`start`, `api`, `worker`) run with.
- * Node takes them on its command line only, so every launcher passes them: `npm start`,
- * `bin/floodgate.js`'s shebang, the Kubernetes manifests, the local cluster's daemons, the
- * drill's own deployment and the bench (node-flags.test.ts checks the files that cannot import
- * this list). A launcher of an operator's own sets them in NODE_OPTIONS.
+ * Node takes them on its command line only, so every launcher of the project's passes them:
+ * `npm start`, the Kubernetes manifests, the local cluster's daemons, the drill's own
+ * deployment and the bench (node-flags.test.ts checks the files that cannot import this list).
+ * `bin/floodgate.js` (`npx floodgate`) keeps a plain shebang; a launcher of an operator's own,
+ * or that one, sets them in NODE_OPTIONS.
  *
  * `--max-semi-space-size=64`: a request allocates a few short-lived objects per step (its
  * parsed body, its context, its statement's values), and V8 collects the young generation each
