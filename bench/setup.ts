@@ -13,6 +13,11 @@ import { SERVER_NODE_FLAGS } from '../src/platform/node-flags.js';
 import { freePort } from './machine.js';
 
 const ROOT = path.resolve(import.meta.dirname, '..');
+
+/** `floodgate <role>` as a server process is launched: the server flags, then the caller's (a profiler's). */
+function serverArgs(role: 'api' | 'worker', nodeArgs: string[] = []): string[] {
+  return [...SERVER_NODE_FLAGS, ...nodeArgs, '--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), role];
+}
 // The server answers /livez well within this once its modules are loaded; tsx's first
 // compile of the sources takes a few seconds on a busy machine.
 const SERVER_START_TIMEOUT_MS = 30_000;
@@ -159,8 +164,7 @@ export async function startApiServer(options: {
   env?: Record<string, string>;
 }): Promise<ApiServer> {
   const port = await freePort();
-  const args = [...SERVER_NODE_FLAGS, ...(options.nodeArgs ?? []), '--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'api'];
-  const child = spawn(process.execPath, args, {
+  const child = spawn(process.execPath, serverArgs('api', options.nodeArgs), {
     cwd: ROOT,
     stdio: ['ignore', 'inherit', 'inherit'],
     env: floodgateEnv(options.databaseUrl, {
@@ -244,8 +248,7 @@ export const WORKER_APPLICATION_NAME = 'floodgate-worker';
 export async function startWorkerProcess(options: { databaseUrl: string; nodeArgs?: string[] }): Promise<WorkerProcess> {
   const url = new URL(options.databaseUrl);
   url.searchParams.set('application_name', WORKER_APPLICATION_NAME);
-  const args = [...SERVER_NODE_FLAGS, ...(options.nodeArgs ?? []), '--import', 'tsx', path.join(ROOT, 'src/cli/main.ts'), 'worker'];
-  const child = spawn(process.execPath, args, {
+  const child = spawn(process.execPath, serverArgs('worker', options.nodeArgs), {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'inherit'],
     // Its metrics listener on any free port: the default (4002) is taken by any other worker on
