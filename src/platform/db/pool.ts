@@ -45,10 +45,11 @@ export interface PoolOptions {
 const SESSION_OPTIONS = ['-c plan_cache_mode=force_generic_plan', process.env.PGOPTIONS].filter(Boolean).join(' ');
 
 /**
- * Ten seconds: a table the hot path fills grows by some 20,000 rows in that time on the 2-core
- * machine. Planning again is cheap at this period: in a quick checkouts bench it added about 70
- * plannings (some 80 ms of PostgreSQL's CPU) to the 770 a run makes anyway (bench/README.md, the
- * fourteenth session).
+ * Ten seconds: at the 600 checkouts a second the 2-core machine carries, `idempotency_keys`
+ * grows by about 18,000 rows (three keys a checkout) in that time. Planning again is cheap at
+ * this period: in a quick checkouts bench it added about 70 plannings to the 770 a run makes
+ * anyway, and the run's total planning time stayed within its spread (844 and 995 ms with it,
+ * 976 and 1,128 without; bench/README.md, the fourteenth session).
  */
 export const PLAN_REFRESH_MS = 10_000;
 
