@@ -25,7 +25,7 @@ function batchTask() {
   const metrics = createMetrics({ defaultMetrics: false });
   const tasks = webhookTasks({ pool: t.pool, settings: { ...COMPRESSED, timeoutMs: TIMEOUT_MS }, metrics });
   const task = tasks[DELIVER_BATCH_TASK] as Task;
-  const run = (payload: unknown) => task(payload, { job: { id: '1' } } as unknown as JobHelpers) as Promise<void>;
+  const run = (payload: unknown) => task(payload, { job: { id: '1', run_at: new Date() } } as unknown as JobHelpers) as Promise<void>;
   const attempts = () => metrics.registry.getSingleMetricAsString('floodgate_webhook_delivery_attempts_total');
   return { run, attempts };
 }
@@ -296,5 +296,113 @@ describe('a batch job', () => {
       await assert.rejects(task.run(payload), /deliver_webhooks: malformed payload/, JSON.stringify(payload).slice(0, 80));
     }
     await task.run(good);
+  });
+});
+
+describe('a batch job that starts late', () => {
+  type QueuedJobRow = { id: string; payload: { delivery_ids: string[] } };
+
+  /** The merchant's waiting batch jobs, by id: one per statement that created events. */
+  async function batchJobsOf(merchantId: string) {
+    const { rows } = await t.pool.query<QueuedJobRow>(
+      `select job.id::text, job.payload::jsonb as payload from graphile_worker._private_jobs job
+       join graphile_worker._private_tasks task on task.id = job.task_id
+       where task.identifier = $1 and job.payload->>'merchant_id' = $2
+       order by job.id`,
+      [DELIVER_BATCH_TASK, merchantId],
+    );
+    return rows;
+  }
+
+  /** Takes the job as a worker does (locks it), then runs it `lateMs` after it was due. */
+  async function runAsWorker(job: { id: string }, lateMs: number) {
+    const { rows } = await t.pool.query<{ payload: unknown }>(
+      `update graphile_worker._private_jobs set locked_at = now(), locked_by = 'test', attempts = attempts + 1
+       where id = $1 returning payload`,
+      [job.id],
+    );
+    assert.equal(rows.length, 1, `job ${job.id} is queued`);
+    const { _trace, ...payload } = (rows[0] as { payload: Record<string, unknown> }).payload;
+    const task = webhookTasks({ pool: t.pool, settings: COMPRESSED })[DELIVER_BATCH_TASK] as Task;
+    await task(payload, { job: { id: job.id, run_at: new Date(Date.now() - lateMs) } } as unknown as JobHelpers);
+  }
+
+  /** `count` events of the merchant in one statement: one batch job of `count` deliveries. */
+  async function eventsInOneStatement(merchantId: string, count: number) {
+    await t.pool.query(
+      `insert into events (merchant_id, id, type, object_id, sequence, data, created_at)
+       select $1, id, 'payment_intent.created', object_id, 1, '{}', now() from unnest($2::text[], $3::text[]) as event (id, object_id)`,
+      [merchantId, Array.from({ length: count }, () => newId('evt')), Array.from({ length: count }, () => newId('pi'))],
+    );
+  }
+
+  test('takes the waiting jobs of its merchant that no worker holds, and keeps their deliveries in its payload', async () => {
+    const receiver = await startReceiver();
+    const merchant = await merchantWithEndpoint(t, receiver.url);
+    const other = await merchantWithEndpoint(t, receiver.url);
+    for (let n = 0; n < 4; n++) await createIntent(merchant);
+    await createIntent(other);
+    const [first, second, third, held] = (await batchJobsOf(merchant.merchantId)) as [
+      QueuedJobRow,
+      QueuedJobRow,
+      QueuedJobRow,
+      QueuedJobRow,
+    ];
+    // Another worker holds the fourth.
+    await t.pool.query(`update graphile_worker._private_jobs set locked_at = now(), locked_by = 'other' where id = $1`, [held.id]);
+
+    await runAsWorker(first, 5_000);
+    const taken = [first, second, third].flatMap((job) => job.payload.delivery_ids);
+    assert.equal(receiver.received.length, 3);
+    const byId = new Map((await deliveries(merchant.merchantId)).map((d) => [d.id, d.status]));
+    assert.deepEqual(
+      taken.map((id) => byId.get(id)),
+      ['succeeded', 'succeeded', 'succeeded'],
+    );
+    assert.equal(byId.get(held.payload.delivery_ids[0] as string), 'pending');
+    // The taken jobs are gone; the running job names their deliveries, so a run again (its
+    // worker died) sends them; the held one and the other merchant's job stay.
+    const left = await batchJobsOf(merchant.merchantId);
+    assert.deepEqual(
+      left.map((job) => job.id),
+      [first.id, held.id],
+    );
+    assert.deepEqual(left[0]?.payload.delivery_ids, taken);
+    assert.equal((await batchJobsOf(other.merchantId)).length, 1);
+  });
+
+  test('takes nothing when it starts on time', async () => {
+    const receiver = await startReceiver();
+    const merchant = await merchantWithEndpoint(t, receiver.url);
+    await createIntent(merchant);
+    await createIntent(merchant);
+    const [first, second] = (await batchJobsOf(merchant.merchantId)) as [QueuedJobRow, QueuedJobRow];
+    await runAsWorker(first, 0);
+    assert.equal(receiver.received.length, 1);
+    assert.deepEqual(
+      (await batchJobsOf(merchant.merchantId)).map((job) => [job.id, job.payload.delivery_ids.length]),
+      [
+        [first.id, 1],
+        [second.id, 1],
+      ],
+    );
+  });
+
+  test(`takes no more than fill it to ${DELIVERIES_PER_BATCH_MAX} deliveries, in the order the jobs were added`, async () => {
+    const receiver = await startReceiver();
+    const merchant = await merchantWithEndpoint(t, receiver.url);
+    await eventsInOneStatement(merchant.merchantId, DELIVERIES_PER_BATCH_MAX - 1);
+    await createIntent(merchant);
+    await createIntent(merchant);
+    const [big, next, last] = (await batchJobsOf(merchant.merchantId)) as [QueuedJobRow, QueuedJobRow, QueuedJobRow];
+    assert.equal(big.payload.delivery_ids.length, DELIVERIES_PER_BATCH_MAX - 1);
+    await runAsWorker(big, 5_000);
+    assert.equal(receiver.received.length, DELIVERIES_PER_BATCH_MAX);
+    const left = await batchJobsOf(merchant.merchantId);
+    assert.deepEqual(
+      left.map((job) => job.id),
+      [big.id, last.id],
+    );
+    assert.deepEqual(left[0]?.payload.delivery_ids, [...big.payload.delivery_ids, ...next.payload.delivery_ids]);
   });
 });

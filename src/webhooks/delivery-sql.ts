@@ -164,3 +164,78 @@ export async function readAndRecord(
   }
   return { targets, recorded };
 }
+
+/** The running batch job that takes waiting ones: its id, and what its deliveries wait for. */
+export interface RunningBatch {
+  jobId: string;
+  task: string;
+  merchantId: string;
+  round: number;
+  attempt: number;
+  /** How many deliveries its own payload names. */
+  deliveries: number;
+}
+
+// Waiting jobs a take looks at, from the queue's head: other tasks' and merchants' jobs wait
+// there too, and graphile-worker's own fetch looks at its head the same way.
+const QUEUE_HEAD_LOOKED_AT = 200;
+// At most this many jobs a take locks: each is a write, even if the take then leaves it.
+const JOBS_TAKEN_MAX = 64;
+
+/**
+ * Moves waiting batch jobs of the same merchant, round and attempt into the running job
+ * `running`, up to `room` deliveries in all, and answers their delivery ids in order.
+ *
+ * The fan-out adds a job per statement, so a queue that backs up is many small jobs, and a job
+ * costs the worker and PostgreSQL about as much as a delivery (fetched, locked, run, completed).
+ * A job that starts late takes the others waiting behind it instead. The taken jobs are deleted
+ * and their ids appended to the running job's payload in the same statement: if its worker dies
+ * or it fails, graphile-worker runs it again with every delivery it took, with its retries, so
+ * nothing taken is lost. Only jobs no worker holds are taken (`skip locked`, as graphile-worker's
+ * own fetch), without a key or a queue (the fan-out sets neither), due now, from the head of
+ * the queue.
+ *
+ * This writes graphile-worker's job table itself, like platform/jobs/queue.ts; the version is
+ * pinned (package.json). A taken job's trace context goes with it: its deliveries' spans are
+ * the running job's.
+ */
+export async function takeWaitingBatches(db: Queryable, running: RunningBatch, room: number): Promise<string[]> {
+  // As many jobs as fill the room if they are the size of the running one's first payload (the
+  // statements of one merchant in a surge are alike), and two more for smaller ones.
+  const jobsLookedFor = Math.min(JOBS_TAKEN_MAX, Math.ceil(room / Math.max(1, running.deliveries)) + 2);
+  const { rows } = await db.query<{ delivery_ids: string[] }>({
+    name: 'webhooks_take_waiting_batches',
+    text: `with waiting as (
+             select j.id, j.payload
+             from graphile_worker._private_jobs j
+             where j.id in (
+                 -- The queue's head in graphile-worker's own order, read from its index (looking
+                 -- for the merchant's jobs among all waiting ones, PostgreSQL sorted them all).
+                 select id from graphile_worker._private_jobs
+                 where is_available and job_queue_id is null and run_at <= now()
+                 order by priority, run_at
+                 limit ${QUEUE_HEAD_LOOKED_AT})
+               and j.is_available and j.key is null
+               and j.task_id = (select id from graphile_worker._private_tasks where identifier = $2)
+               and j.payload->>'merchant_id' = $3 and (j.payload->>'round')::int = $4 and (j.payload->>'attempt')::int = $5
+             limit $7
+             for update of j skip locked),
+           counted as (
+             select id, sum(json_array_length(payload->'delivery_ids')) over (order by id) as deliveries from waiting),
+           taken as (
+             delete from graphile_worker._private_jobs j using counted c
+             where j.id = c.id and c.deliveries <= $6
+             returning j.id, j.payload),
+           ids as (
+             select coalesce(jsonb_agg(d.id order by t.id, d.n), '[]'::jsonb) as ids
+             from taken t cross join lateral json_array_elements_text(t.payload->'delivery_ids') with ordinality as d (id, n)),
+           grown as (
+             update graphile_worker._private_jobs j
+             set payload = (j.payload::jsonb || jsonb_build_object('delivery_ids', (j.payload::jsonb->'delivery_ids') || ids.ids))::json
+             from ids
+             where j.id = $1 and jsonb_array_length(ids.ids) > 0)
+           select array(select jsonb_array_elements_text(ids)) as delivery_ids from ids`,
+    values: [running.jobId, running.task, running.merchantId, running.round, running.attempt, room, jobsLookedFor],
+  });
+  return rows[0]?.delivery_ids ?? [];
+}

@@ -9,6 +9,7 @@ import { Webhook } from 'standardwebhooks';
 import { key, setupTestContext } from '../../test/helpers.js';
 import { type Received, startReceiver, waitUntil } from '../../test/receiver.js';
 import { COMPRESSED, merchantWithEndpoint, type WebhookMerchant, workerSlot } from '../../test/webhooks-helpers.js';
+import { newId } from '../platform/ids.js';
 import { createMetrics } from '../platform/observability/metrics.js';
 import { type AttemptRecord, readAndRecord } from './delivery-sql.js';
 import { pruneAttempts } from './service.js';
@@ -35,6 +36,10 @@ async function deliveriesOf(merchant: WebhookMerchant, query = '') {
 }
 
 const eventIdOf = (request: Received) => JSON.parse(request.body).id as string;
+
+/** How many deliver_webhooks jobs have run, from the job metrics' exposition. */
+const batchRuns = (exposition: string) =>
+  Number(/floodgate_job_duration_seconds_count\{task="deliver_webhooks",outcome="success"\} (\d+)/.exec(exposition)?.[1] ?? 0);
 
 describe('webhook deliveries', () => {
   test('signed so that standardwebhooks verifies them, and refuses a tampered body, a stale timestamp or a wrong secret', async (context) => {
@@ -258,6 +263,49 @@ describe('webhook deliveries', () => {
       [merchant.merchantId],
     );
     assert.ok(rows.every((row) => row.attempts === 1 && row.logged === 1));
+  });
+
+  test('a backlog: late jobs take the waiting ones beyond the local queue, and each delivery is sent and recorded once', async () => {
+    const receiver = await startReceiver();
+    const merchant = await merchantWithEndpoint(t, receiver.url);
+    // More jobs than the local queue fetches at once (50), all due a second ago, appearing
+    // together at commit: the worker locks the first 50, and those that run take the rest.
+    const statements = 80;
+    const client = await t.pool.connect();
+    try {
+      await client.query('begin');
+      for (let n = 0; n < statements; n++) {
+        await client.query(
+          `insert into events (merchant_id, id, type, object_id, sequence, data, created_at)
+           values ($1, $2, 'payment_intent.created', $3, 1, '{}', now())`,
+          [merchant.merchantId, newId('evt'), newId('pi')],
+        );
+      }
+      await client.query(
+        `update graphile_worker._private_jobs set run_at = now() - interval '1 second' where payload->>'merchant_id' = $1`,
+        [merchant.merchantId],
+      );
+      const runs = () => metrics.registry.getSingleMetricAsString('floodgate_job_duration_seconds');
+      const ranBefore = batchRuns(await runs());
+      await client.query('commit');
+      await waitUntil('every delivery succeeded', async () => {
+        const deliveries = await deliveriesOf(merchant);
+        return deliveries.length === statements && deliveries.every((d) => d.status === 'succeeded');
+      });
+      const ids = receiver.received.map(eventIdOf);
+      assert.equal(ids.length, statements);
+      assert.equal(new Set(ids).size, statements, 'no event twice');
+      await waitUntil('no job is left', async () => {
+        const { rows } = await t.pool.query(`select 1 from graphile_worker._private_jobs where payload->>'merchant_id' = $1`, [
+          merchant.merchantId,
+        ]);
+        return rows.length === 0;
+      });
+      const ran = batchRuns(await runs()) - ranBefore;
+      assert.ok(ran < statements, `${ran} batch jobs ran for ${statements} added`);
+    } finally {
+      client.release();
+    }
   });
 
   test('the coalesced statement: reads answer in the order asked, none for an unknown delivery; an attempt recorded twice in one call counts once; a read beside a record sees the delivery before it', async () => {

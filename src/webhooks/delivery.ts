@@ -15,9 +15,9 @@ import { addJob } from '../platform/jobs/queue.js';
 import { jobSpanAttributes } from '../platform/jobs/runner.js';
 import type { Metrics } from '../platform/observability/metrics.js';
 import { inSpan, SpanKind } from '../platform/observability/tracing.js';
-import { type AttemptRecord, type DeliveryKey, type DeliveryTarget, readAndRecord } from './delivery-sql.js';
+import { type AttemptRecord, type DeliveryKey, type DeliveryTarget, readAndRecord, takeWaitingBatches } from './delivery-sql.js';
 import { type AttemptOutcome, type AttemptResult, outcomeOf, resultLabel, retryDelayMs, signatureHeader, statusAfter } from './domain.js';
-import { DELIVER_TASK, type WebhookSettings } from './service.js';
+import { DELIVER_BATCH_TASK, DELIVER_TASK, DELIVERIES_PER_BATCH_MAX, type WebhookSettings } from './service.js';
 import * as sql from './sql.js';
 import type { Transport } from './transport.js';
 
@@ -121,7 +121,8 @@ export interface DeliveryBatch {
 
 /**
  * One attempt of each delivery of a batch: the deliver_webhooks job's body. A job costs about
- * as much as a delivery's own work, so the fan-out gives a statement's deliveries one job.
+ * as much as a delivery's own work, so the fan-out gives a statement's deliveries one job, and a
+ * job that starts late first takes the waiting jobs of its merchant into itself (takeWaiting).
  *
  * The deliveries are read in one query (one call of the store: other jobs' reads and records
  * share it when there is room) and sent at once; the transport's per-host socket limit
@@ -138,9 +139,11 @@ export interface DeliveryBatch {
  * after a worker's death mid-batch; the run again skips each delivery already recorded (no
  * longer waiting for this attempt) and sends the others again: at-least-once, as for a single job.
  */
-export async function deliverBatch(deps: DeliverDeps, batch: DeliveryBatch, jobId: string): Promise<DeliverResult[]> {
+export async function deliverBatch(deps: DeliverDeps, batch: DeliveryBatch, job: BatchJob): Promise<DeliverResult[]> {
   const { merchant_id, round, attempt } = batch;
-  const jobs = batch.delivery_ids.map((delivery_id): DeliveryJob => ({ merchant_id, delivery_id, round, attempt }));
+  const jobId = job.id;
+  const taken = await takeWaiting(deps, batch, job);
+  const jobs = [...batch.delivery_ids, ...taken].map((delivery_id): DeliveryJob => ({ merchant_id, delivery_id, round, attempt }));
   const targets = await deps.store.targets(jobs.map(keyOf));
   const together = recordTogether(deps.store, jobs.length);
   const settled = await Promise.allSettled(
@@ -154,6 +157,34 @@ export async function deliverBatch(deps: DeliverDeps, batch: DeliveryBatch, jobI
   if (failures.length === 1) throw failures[0];
   if (failures.length > 1) throw new AggregateError(failures, `${failures.length} of ${jobs.length} deliveries failed`);
   return settled.map((result) => (result as PromiseFulfilledResult<DeliverResult>).value);
+}
+
+/** The batch job as graphile-worker runs it: its id, and when it was due. */
+export interface BatchJob {
+  id: string;
+  run_at: Date;
+}
+
+// A batch job that starts this long after it was due finds a queue behind it, and takes the
+// waiting batch jobs of its merchant (takeWaitingBatches). One that starts on time runs alone:
+// when the worker keeps up there is nothing to take, and looking would cost a statement per job.
+// The clocks compared are PostgreSQL's (run_at) and the worker's; a skew between them larger than
+// this only makes every job look, or none.
+const LATE_AFTER_MS = 100;
+
+/** The delivery ids of the waiting batch jobs a late batch job takes into itself; none when it is on time or full. */
+function takeWaiting(deps: DeliverDeps, batch: DeliveryBatch, job: BatchJob): Promise<string[]> {
+  const room = DELIVERIES_PER_BATCH_MAX - batch.delivery_ids.length;
+  if (room <= 0 || Date.now() - job.run_at.getTime() < LATE_AFTER_MS) return Promise.resolve([]);
+  const running = {
+    jobId: job.id,
+    task: DELIVER_BATCH_TASK,
+    merchantId: batch.merchant_id,
+    round: batch.round,
+    attempt: batch.attempt,
+    deliveries: batch.delivery_ids.length,
+  };
+  return takeWaitingBatches(deps.pool, running, room);
 }
 
 /** One delivery of a batch: deliver's steps, its record shared with the batch's when it can be. */

@@ -1,7 +1,8 @@
 /**
  * The jobs webhooks define, for the worker role to run. The fan-out adds deliver_webhooks jobs,
- * each a batch of a statement's deliveries (migrations/011_batched_deliveries.sql); retries and
- * redeliveries are deliver_webhook jobs, one delivery each. Deliveries schedule their own retries
+ * each a batch of a statement's deliveries (migrations/011_batched_deliveries.sql; a job that
+ * starts late takes the waiting ones into itself, see deliverBatch); retries and redeliveries
+ * are deliver_webhook jobs, one delivery each. Deliveries schedule their own retries
  * (a new job per attempt, with its run_at, in the transaction that records the failed one), so
  * graphile-worker's own retries only cover a task that threw: the database was unreachable.
  * Those keep graphile-worker's default of 25 attempts with its exponential backoff, longer than
@@ -71,7 +72,7 @@ export function webhookTasks(deps: WebhookWorkerDeps): TaskList {
         throw new Error(`${DELIVER_BATCH_TASK}: malformed payload ${JSON.stringify(payload)}`);
       }
       const batch: Static<typeof DeliveryBatchPayload> = payload;
-      await deliverBatch(deliverDeps, batch, helpers.job.id);
+      await deliverBatch(deliverDeps, batch, helpers.job);
     },
     [PRUNE_ATTEMPTS_TASK]: async () => {
       const deleted = await pruneAttempts(deps.pool, deps.settings.attemptRetentionDays);
