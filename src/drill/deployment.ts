@@ -60,8 +60,10 @@ async function startOwn(config: Config, options: DrillOptions, openDatabase: Ope
   await mkdir(path.dirname(logFile), { recursive: true });
   const log = createWriteStream(logFile);
   // The same entry point and loader this process was started with (bin/floodgate.js or tsx),
-  // with the flags a server process runs with.
-  const child = spawn(process.execPath, [...SERVER_NODE_FLAGS, ...process.execArgv, process.argv[1] as string, 'start', '--no-demo'], {
+  // with the flags a server process runs with (those `npm run floodgate` gave this one already
+  // come once).
+  const serverFlags = SERVER_NODE_FLAGS.filter((flag) => !process.execArgv.includes(flag));
+  const child = spawn(process.execPath, [...serverFlags, ...process.execArgv, process.argv[1] as string, 'start', '--no-demo'], {
     env: {
       ...process.env,
       ...OWN_START_ENV,

@@ -4,6 +4,7 @@
  */
 import type { EventRow } from '../events/service.js';
 import type { Queryable } from '../platform/db/pool.js';
+import { DELIVER_BATCH_TASK } from './service.js';
 import type { DeliveryStatus } from './sql.js';
 
 /** What a delivery job needs: the delivery's state, where and how to send it, and what. */
@@ -168,7 +169,6 @@ export async function readAndRecord(
 /** The running batch job that takes waiting ones: its id, and what its deliveries wait for. */
 export interface RunningBatch {
   jobId: string;
-  task: string;
   merchantId: string;
   round: number;
   attempt: number;
@@ -235,7 +235,7 @@ export async function takeWaitingBatches(db: Queryable, running: RunningBatch, r
              from ids
              where j.id = $1 and jsonb_array_length(ids.ids) > 0)
            select array(select jsonb_array_elements_text(ids)) as delivery_ids from ids`,
-    values: [running.jobId, running.task, running.merchantId, running.round, running.attempt, room, jobsLookedFor],
+    values: [running.jobId, DELIVER_BATCH_TASK, running.merchantId, running.round, running.attempt, room, jobsLookedFor],
   });
   return rows[0]?.delivery_ids ?? [];
 }

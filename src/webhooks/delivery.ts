@@ -17,7 +17,7 @@ import type { Metrics } from '../platform/observability/metrics.js';
 import { inSpan, SpanKind } from '../platform/observability/tracing.js';
 import { type AttemptRecord, type DeliveryKey, type DeliveryTarget, readAndRecord, takeWaitingBatches } from './delivery-sql.js';
 import { type AttemptOutcome, type AttemptResult, outcomeOf, resultLabel, retryDelayMs, signatureHeader, statusAfter } from './domain.js';
-import { DELIVER_BATCH_TASK, DELIVER_TASK, DELIVERIES_PER_BATCH_MAX, type WebhookSettings } from './service.js';
+import { DELIVER_TASK, DELIVERIES_PER_BATCH_MAX, type WebhookSettings } from './service.js';
 import * as sql from './sql.js';
 import type { Transport } from './transport.js';
 
@@ -139,16 +139,15 @@ export interface DeliveryBatch {
  * after a worker's death mid-batch; the run again skips each delivery already recorded (no
  * longer waiting for this attempt) and sends the others again: at-least-once, as for a single job.
  */
-export async function deliverBatch(deps: DeliverDeps, batch: DeliveryBatch, job: BatchJob): Promise<DeliverResult[]> {
+export async function deliverBatch(deps: DeliverDeps, batch: DeliveryBatch, queued: BatchJob): Promise<DeliverResult[]> {
   const { merchant_id, round, attempt } = batch;
-  const jobId = job.id;
-  const taken = await takeWaiting(deps, batch, job);
+  const taken = await takeWaiting(deps, batch, queued);
   const jobs = [...batch.delivery_ids, ...taken].map((delivery_id): DeliveryJob => ({ merchant_id, delivery_id, round, attempt }));
   const targets = await deps.store.targets(jobs.map(keyOf));
   const together = recordTogether(deps.store, jobs.length);
   const settled = await Promise.allSettled(
     jobs.map((job, n) =>
-      inSpan(`process ${DELIVER_TASK}`, { kind: SpanKind.CONSUMER, attributes: spanAttributes(job, jobId) }, () =>
+      inSpan(`process ${DELIVER_TASK}`, { kind: SpanKind.CONSUMER, attributes: spanAttributes(job, queued.id) }, () =>
         deliverOfBatch(deps, job, targets[n], together),
       ),
     ),
@@ -173,12 +172,11 @@ export interface BatchJob {
 const LATE_AFTER_MS = 100;
 
 /** The delivery ids of the waiting batch jobs a late batch job takes into itself; none when it is on time or full. */
-function takeWaiting(deps: DeliverDeps, batch: DeliveryBatch, job: BatchJob): Promise<string[]> {
+function takeWaiting(deps: DeliverDeps, batch: DeliveryBatch, queued: BatchJob): Promise<string[]> {
   const room = DELIVERIES_PER_BATCH_MAX - batch.delivery_ids.length;
-  if (room <= 0 || Date.now() - job.run_at.getTime() < LATE_AFTER_MS) return Promise.resolve([]);
+  if (room <= 0 || Date.now() - queued.run_at.getTime() < LATE_AFTER_MS) return Promise.resolve([]);
   const running = {
-    jobId: job.id,
-    task: DELIVER_BATCH_TASK,
+    jobId: queued.id,
     merchantId: batch.merchant_id,
     round: batch.round,
     attempt: batch.attempt,
