@@ -339,11 +339,17 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   // The waiting room reads sales through the same cache as the sale page, so PATCH reaches both.
   const lookup = createSaleLookup(deps.pool, saleCache);
   registerQueueRoutes(app, { room, lookup });
-  registerSalesRoutes(app, salesDeps, { cache: saleCache, staleMs: deps.config.cacheStaleMs }, publicUrl, {
-    lanes: fastLanes,
-    principal: authenticate.peek,
-    rateLimit: rateLimit.laneAdmit,
-  });
+  registerSalesRoutes(
+    app,
+    salesDeps,
+    { cache: saleCache, staleMs: deps.config.cacheStaleMs, reuseMs: deps.config.saleReadReuseMs },
+    publicUrl,
+    {
+      lanes: fastLanes,
+      principal: authenticate.peek,
+      rateLimit: rateLimit.laneAdmit,
+    },
+  );
 
   // The hosted sale page (/s/:sale): sessions in Redis when there is one, else PostgreSQL.
   const assets = await loadStaticAssets(path.join(WEB_DIR, 'hosted'), HOSTED_ASSET_FILES, '/assets/hosted');

@@ -30,6 +30,8 @@ export interface Config {
   readonly redisUrl: string | undefined;
   readonly redisKeyPrefix: string;
   readonly cacheStaleMs: number;
+  /** How long the sale page's fast lane serves one lookup of a key and a sale again; 0 looks up every read. */
+  readonly saleReadReuseMs: number;
   /** 0 turns the limit off. */
   readonly rateLimitKeyPerSecond: number;
   /** 0 turns the limit off. */
@@ -172,6 +174,9 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     // The issue's bound on how stale public availability may be; also the lifetime of every
     // cached copy, so it bounds staleness even when an invalidation message is lost.
     cacheStaleMs: int('FLOODGATE_CACHE_STALE_MS', 1_000, 1, 300_000),
+    // Never past a copy's freshness, the key cache's trust or an invalidation (sales/routes.ts,
+    // SaleCache.reuseMs): a longer one only makes a node look up less often.
+    saleReadReuseMs: int('FLOODGATE_SALE_READ_REUSE_MS', 5, 0, 1_000),
     // Above what one node serves, so on one node capacity and shedding bind first; in a
     // cluster it stops one key (a buggy integration) from taking all nodes' capacity. A
     // publishable key carries every buyer of a sale, hence far more than one client needs.

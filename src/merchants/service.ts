@@ -78,11 +78,17 @@ export function createAuthenticator(pool: Pool, ttlMs: number) {
     if (!parsed.ok) return INVALID;
     return lookUp(parsed.hash, cacheKey);
   }
-  /** The principal of a key this node has authenticated lately; undefined for anything else, with no lookup. */
-  function peek(authorization: string | undefined): Principal | undefined {
+  /**
+   * The principal of a key this node has authenticated lately, with how much longer this node
+   * trusts it (ms); undefined for anything else, with no lookup.
+   */
+  function peek(authorization: string | undefined): { principal: Principal; trustedForMs: number } | undefined {
     const presented = authorization && ttlMs > 0 ? bearerKey(authorization) : undefined;
-    const cached = presented === undefined ? undefined : cache.get(hashKeyBase64(presented));
-    return cached?.kind === 'authenticated' ? cached.principal : undefined;
+    const cacheKey = presented === undefined ? undefined : hashKeyBase64(presented);
+    const cached = cacheKey === undefined ? undefined : cache.get(cacheKey);
+    return cached?.kind === 'authenticated'
+      ? { principal: cached.principal, trustedForMs: cache.getRemainingTTL(cacheKey as string) }
+      : undefined;
   }
   async function lookUp(hash: Buffer, cacheKey: string | undefined): Promise<Authentication> {
     const row = await sql.selectActiveKeyByHash(pool, hash);

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { createSaleThroughApi, createTestMerchant, setupTestContext, type TestContext } from '../../test/helpers.js';
 import { buildApp } from '../app.js';
+import { createKey, revokeKey } from '../merchants/service.js';
 import { createShedder } from '../platform/http/shedding.js';
 import { createMetrics } from '../platform/observability/metrics.js';
 
@@ -137,6 +138,67 @@ describe('the sale page fast lane', () => {
     assert.equal((await refused.json()).error.code, 'rate_limited');
     assert.ok(Number(refused.headers.get('retry-after')) >= 1);
     assert.equal(await laneAnswers(t), 29, 'the refusal came from the pipeline');
+  });
+
+  // The lane reuses its last lookup of a key and a sale for repeats of the same read
+  // (FLOODGATE_SALE_READ_REUSE_MS): here for a whole minute, so only its other bounds can end it.
+  const REUSED_FOR_A_MINUTE = { ...KEYS_CACHED, saleReadReuseMs: 60_000 };
+
+  async function readName(t: TestContext, id: string, key: string): Promise<{ status: number; name?: string }> {
+    const response = await fetch(`${t.url}/v1/sales/${id}`, { headers: { authorization: `Bearer ${key}` } });
+    const body = await response.json();
+    return { status: response.status, name: body.name };
+  }
+
+  test('a reused lookup still sees a change made on this node at once', async () => {
+    const t = await setupTestContext({ listen: true, config: REUSED_FOR_A_MINUTE });
+    const { id } = await sale(t);
+    const key = t.merchant.publishableKey;
+    assert.equal((await readName(t, id, key)).name, 'Lane release', 'the pipeline loads the sale');
+    const before = await laneAnswers(t);
+    assert.equal((await readName(t, id, key)).name, 'Lane release');
+    assert.equal((await readName(t, id, key)).name, 'Lane release');
+    assert.equal((await laneAnswers(t)) - before, 2, "both repeats were the lane's");
+    const changed = await t.app.inject({
+      method: 'PATCH',
+      url: `/v1/sales/${id}`,
+      headers: { authorization: `Bearer ${t.merchant.secretKey}` },
+      payload: { name: 'Renamed release' },
+    });
+    assert.equal(changed.statusCode, 200, changed.body);
+    assert.equal((await readName(t, id, key)).name, 'Renamed release', 'the invalidation ended the reuse');
+    assert.equal((await readName(t, id, key)).name, 'Renamed release');
+  });
+
+  test("a reused lookup ends with the sale copy's freshness and with the key's trust", async () => {
+    // Copies fresh for 200 ms, keys trusted for 60 s: the sale's bound ends the reuse.
+    const stale = await setupTestContext({ listen: true, config: { ...REUSED_FOR_A_MINUTE, cacheStaleMs: 200 } });
+    const { id } = await sale(stale);
+    const key = stale.merchant.publishableKey;
+    await readName(stale, id, key);
+    const before = await laneAnswers(stale);
+    assert.equal((await readName(stale, id, key)).name, 'Lane release');
+    assert.equal((await laneAnswers(stale)) - before, 1, "the repeat was the lane's");
+    // Changed behind the cache's back: no invalidation, only the copy's age can show it.
+    await stale.pool.query(`update sales set name = 'Changed in the database' where id = $1`, [id]);
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    assert.equal((await readName(stale, id, key)).name, 'Changed in the database', 'no read outlives its copy');
+
+    // Keys trusted for 200 ms, copies fresh for 60 s: the key's bound ends the reuse.
+    const revoked = await setupTestContext({
+      listen: true,
+      config: { ...REUSED_FOR_A_MINUTE, apiKeyCacheTtlMs: 200, cacheStaleMs: 60_000 },
+    });
+    const other = await sale(revoked);
+    const created = await createKey(revoked.pool, revoked.merchant.id, 'publishable');
+    assert.ok(created.kind === 'created');
+    await readName(revoked, other.id, created.key);
+    const answered = await laneAnswers(revoked);
+    assert.equal((await readName(revoked, other.id, created.key)).status, 200);
+    assert.equal((await laneAnswers(revoked)) - answered, 1, "the repeat was the lane's");
+    await revokeKey(revoked.pool, created.keyId);
+    await new Promise((resolve) => setTimeout(resolve, 400));
+    assert.equal((await readName(revoked, other.id, created.key)).status, 401, 'a revoked key stops within the key cache TTL');
   });
 
   test('a node that would shed the line keeps the lane shut', async () => {

@@ -303,9 +303,9 @@ export type CachedSale = Cached<ReturnType<typeof toApiSale> | null>;
 
 export const saleCacheKey = (merchantId: string, saleId: string) => `${merchantId}:${saleId}`;
 
-/** The sale as this node holds it now, or undefined (nothing is loaded). */
+/** The sale as this node holds it now, with how much longer it stays fresh, or undefined (nothing is loaded). */
 export function peekSale(cache: SaleCache, merchantId: string, saleId: string) {
-  return cache.peek(saleCacheKey(merchantId, saleId));
+  return cache.peekFresh(saleCacheKey(merchantId, saleId));
 }
 
 /** The sale with its availability, stale by at most the cache's bound (FLOODGATE_CACHE_STALE_MS). */

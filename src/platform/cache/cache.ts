@@ -52,6 +52,19 @@ export interface Cache<T> {
   /** This node's copy of key, counted as a first-level hit, or undefined (nothing is loaded or counted). */
   peek(key: string): Cached<T> | undefined;
   /**
+   * peek, with how much longer this node's copy stays fresh: a caller that keeps the copy a
+   * moment (the sale page's fast lane) keeps it no longer than that, and not once `version`
+   * has moved.
+   */
+  peekFresh(key: string): { cached: Cached<T>; freshForMs: number } | undefined;
+  /** Counts a read answered from a copy that peekFresh gave out, as the first-level hit it is. */
+  countHit(): void;
+  /**
+   * Moves whenever this node's copies change (a new copy, or one dropped by an invalidation),
+   * so a copy held outside the cache can tell that it may be out of date.
+   */
+  readonly version: number;
+  /**
    * Drops key on every node; call it after the change has committed. Never rejects: if Redis
    * is unreachable the copies expire within staleMs anyway, and the failure is logged.
    */
@@ -131,6 +144,7 @@ class TwoLevelCache<T> implements Cache<T> {
   private readonly warn: (error: unknown, message: string) => void;
   private readonly now: () => number;
   private unsubscribe: (() => Promise<void>) | undefined;
+  private changes = 0;
   // First-level lookups happen on every read: tallied, and added to the counter when scraped.
   private readonly l1Hits: Tally<'cache' | 'level' | 'outcome'>;
   private readonly l1Misses: Tally<'cache' | 'level' | 'outcome'>;
@@ -181,6 +195,19 @@ class TwoLevelCache<T> implements Cache<T> {
     return hit.l1 as Cached<T>;
   }
 
+  peekFresh(key: string): { cached: Cached<T>; freshForMs: number } | undefined {
+    const cached = this.peek(key);
+    return cached && { cached, freshForMs: this.l1.getRemainingTTL(key) };
+  }
+
+  countHit(): void {
+    this.l1Hits.inc();
+  }
+
+  get version(): number {
+    return this.changes;
+  }
+
   private load(key: string, loader: () => Promise<T>): Promise<Cached<T>> {
     this.l1Misses.inc();
     const joined = this.flights.get(key)?.promise;
@@ -213,6 +240,7 @@ class TwoLevelCache<T> implements Cache<T> {
   }
 
   private drop(key: string): void {
+    this.changes++;
     this.l1.delete(key);
     const flight = this.flights.get(key);
     if (flight) {
@@ -221,6 +249,11 @@ class TwoLevelCache<T> implements Cache<T> {
       flight.stale = true;
       this.flights.delete(key);
     }
+  }
+
+  private keep(key: string, entry: Entry, ttlMs: number): void {
+    this.changes++;
+    this.l1.set(key, entry, { ttl: ttlMs });
   }
 
   private async fill(key: string, loader: () => Promise<T>, flight: Flight): Promise<Cached<T>> {
@@ -232,7 +265,7 @@ class TwoLevelCache<T> implements Cache<T> {
         if (found) {
           const entry = toEntry(found.json);
           // The shared copy's remaining life, so the bound holds from the original load.
-          if (!flight.stale) this.l1.set(key, entry, { ttl: Math.min(found.ttlMs, this.staleMs) });
+          if (!flight.stale) this.keep(key, entry, Math.min(found.ttlMs, this.staleMs));
           return { value: entry.value as T, json: entry.json, etag: entry.etag, level: 'l2' };
         }
       } catch (error) {
@@ -248,7 +281,7 @@ class TwoLevelCache<T> implements Cache<T> {
     // have been read, however long the load took.
     const ttlMs = Math.floor(this.staleMs - (this.now() - startedAt));
     if (ttlMs >= 1 && !flight.stale) {
-      this.l1.set(key, entry, { ttl: ttlMs });
+      this.keep(key, entry, ttlMs);
       if (this.l2) {
         try {
           await this.l2.write(key, json, ttlMs);
