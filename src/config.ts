@@ -174,8 +174,8 @@ export function loadConfig(env: Env = process.env, overrides: Partial<Config> = 
     // The issue's bound on how stale public availability may be; also the lifetime of every
     // cached copy, so it bounds staleness even when an invalidation message is lost.
     cacheStaleMs: int('FLOODGATE_CACHE_STALE_MS', 1_000, 1, 300_000),
-    // Never past a copy's freshness, the key cache's trust or an invalidation (sales/routes.ts,
-    // SaleCache.reuseMs): a longer one only makes a node look up less often.
+    // Never past a copy's freshness, the key cache's trust or an invalidation
+    // (sales/sale-page-lane.ts): a longer one only makes a node look up less often.
     saleReadReuseMs: int('FLOODGATE_SALE_READ_REUSE_MS', 5, 0, 1_000),
     // Above what one node serves, so on one node capacity and shedding bind first; in a
     // cluster it stops one key (a buggy integration) from taking all nodes' capacity. A

@@ -84,11 +84,10 @@ export function createAuthenticator(pool: Pool, ttlMs: number) {
    */
   function peek(authorization: string | undefined): { principal: Principal; trustedForMs: number } | undefined {
     const presented = authorization && ttlMs > 0 ? bearerKey(authorization) : undefined;
-    const cacheKey = presented === undefined ? undefined : hashKeyBase64(presented);
-    const cached = cacheKey === undefined ? undefined : cache.get(cacheKey);
-    return cached?.kind === 'authenticated'
-      ? { principal: cached.principal, trustedForMs: cache.getRemainingTTL(cacheKey as string) }
-      : undefined;
+    if (presented === undefined) return undefined;
+    const cacheKey = hashKeyBase64(presented);
+    const cached = cache.get(cacheKey);
+    return cached?.kind === 'authenticated' ? { principal: cached.principal, trustedForMs: cache.getRemainingTTL(cacheKey) } : undefined;
   }
   async function lookUp(hash: Buffer, cacheKey: string | undefined): Promise<Authentication> {
     const row = await sql.selectActiveKeyByHash(pool, hash);

@@ -1,20 +1,18 @@
 /**
  * The HTTP edge of sales: sales and their items, holds, orders.
  */
-import type { IncomingMessage } from 'node:http';
 import { Type } from '@sinclair/typebox';
 import type { FastifyReply, FastifyRequest } from 'fastify';
 import { isCurrency, maxAmount, SUPPORTED_CURRENCIES } from '../money/currency.js';
 import { cachedAnswer, cachePolicy, sendCached } from '../platform/cache/http.js';
 import { type Principal, principalOf, requestContext } from '../platform/http/context.js';
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
-import type { FastLane } from '../platform/http/fast-lane.js';
-import { NO_RATE_LIMITS } from '../platform/http/rate-limit.js';
 import { type Reply, sendReply } from '../platform/http/reply.js';
 import { errorResponses, IdempotencyHeaders, ListOf, ListQuery } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { ID_PATTERN } from '../platform/ids.js';
 import { LINES_PER_HOLD_MAX } from './domain.js';
+import { SALE_PAGE_ROUTE, type SalePageLane, salePageLane } from './sale-page-lane.js';
 import { CreateSaleBody, Hold, holdId, hostedChanges, Name, Order, orderId, Sale, SaleSettings, saleId, Timestamp } from './schemas.js';
 import * as sales from './service.js';
 
@@ -60,49 +58,14 @@ function forKey(request: FastifyRequest, reply: Reply): Reply {
 export interface SaleCache {
   cache: sales.SaleCache;
   staleMs: number;
-  /**
-   * How long the fast lane serves one lookup of a read again (FLOODGATE_SALE_READ_REUSE_MS).
-   * A surge's reads are one and the same: the same sale page, asked with the same publishable
-   * key, thousands of times a second. Looking the key and the sale up again for each cost the
-   * API about ten microseconds a read on the 2-core machine, though the same lookups time at
-   * about two in a loop (probably the caches that the requests in between leave cold); reusing
-   * the last lookup for the same URL and Authorization header took the read from about 0.7 of
-   * the bare server's rate to about 0.9 (bench/README.md, the sixteenth session). A reuse never
-   * outlives the sale copy's freshness, nor the key cache's trust in the key (so a revoked key
-   * stops within FLOODGATE_API_KEY_CACHE_TTL_MS, as before), nor a change to this node's sale
-   * cache (an invalidation is seen at once). Rate limits and If-None-Match are still decided for each request. 0 looks up every read.
-   */
+  /** How long the fast lane serves one lookup of a read again; 0 looks up every read (sale-page-lane.ts). */
   reuseMs: number;
-}
-
-const SALE_PAGE_ROUTE = '/v1/sales/:id';
-const SALE_PAGE_PREFIX = '/v1/sales/';
-const SALE_ID = new RegExp(ID_PATTERN('sale'));
-
-/** What the sale page's fast lane last looked up, for the next read of the same URL with the same key (SaleCache.reuseMs). */
-interface ReadLookup {
-  url: string;
-  authorization: string;
-  principal: Principal;
-  sale: ApiSale;
-  etag: string;
-  version: number;
-  until: number;
 }
 
 /** Where buyers reach the hosted page of a sale, from the service's public base URL. */
 export const hostedPageUrl = (publicUrl: string, saleId: string) => `${publicUrl.replace(/\/+$/, '')}/s/${encodeURIComponent(saleId)}`;
 
 type ApiSale = ReturnType<typeof sales.toApiSale>;
-
-/** What the sale page's fast lane needs from the edge: where lanes go, and the keys it knows. */
-export interface SalePageLane {
-  lanes: FastLane[];
-  /** The principal of a key this node holds, with how much longer it trusts it (ms). */
-  principal(authorization: string | undefined): { principal: Principal; trustedForMs: number } | undefined;
-  /** The RateLimit-* headers of a read the limits allow and counted, or undefined to decline (rate-limit.ts laneAdmit). */
-  rateLimit(principal: Principal, request: IncomingMessage): Readonly<Record<string, string>> | undefined;
-}
 
 export function registerSalesRoutes(
   app: HttpServer,
@@ -134,55 +97,21 @@ export function registerSalesRoutes(
   // cache to keep.
   const publicPolicy = cachePolicy({ staleMs: cache.staleMs, shared: true, vary: ['Authorization'] });
   const privatePolicy = cachePolicy({ staleMs: cache.staleMs, shared: false, vary: ['Authorization'] });
+  const policyFor = (principal: Principal) => (principal.keyKind === 'publishable' ? publicPolicy : privatePolicy);
   const sendSale = (request: FastifyRequest, reply: FastifyReply, saleId: string, cached: sales.CachedSale): void => {
     if (cached.value === null) throw new ApiError('resource_missing', `No such sale: '${saleId}'`, 'id');
-    const policy = principalOf(request).keyKind === 'publishable' ? publicPolicy : privatePolicy;
-    sendCached(request, reply, publicRead(cached.value, cached.etag), policy);
+    sendCached(request, reply, publicRead(cached.value, cached.etag), policyFor(principalOf(request)));
   };
-  // The lane's last lookup (SaleCache.reuseMs): its URL and Authorization header, the key's
-  // principal and the sale's copy, until when it may serve again, and the sale cache's
-  // version it was read at.
-  let lastLookup: ReadLookup | undefined;
-  const lookUpRead = (url: string, authorization: string | undefined, now: number): ReadLookup | undefined => {
-    const id = url.slice(SALE_PAGE_PREFIX.length);
-    if (!SALE_ID.test(id)) return undefined;
-    const key = fastLane?.principal(authorization);
-    const version = cache.cache.version;
-    const fresh = key && sales.peekSale(cache.cache, key.principal.merchantId, id);
-    if (!key || !fresh || fresh.cached.value === null || authorization === undefined) return undefined;
-    const { value: sale, etag } = fresh.cached;
-    const reuseMs = Math.min(cache.reuseMs, fresh.freshForMs, key.trustedForMs);
-    return { url, authorization, principal: key.principal, sale, etag, version, until: now + reuseMs };
-  };
-  // The crowd's read of a sale this node holds, answered before Fastify's pipeline: the same
-  // bytes and headers the route below sends. Anything else (a key or sale not in this node's
-  // memory, a missing sale, a query string, a body) goes down the full pipeline.
-  fastLane?.lanes.push((request) => {
-    const url = request.url;
-    if (request.method !== 'GET' || !url?.startsWith(SALE_PAGE_PREFIX)) return undefined;
-    if (request.headers['content-length'] !== undefined || request.headers['transfer-encoding'] !== undefined) return undefined;
-    const authorization = request.headers.authorization;
-    const now = performance.now();
-    let lookup = lastLookup;
-    if (
-      !lookup ||
-      lookup.url !== url ||
-      lookup.authorization !== authorization ||
-      now >= lookup.until ||
-      lookup.version !== cache.cache.version
-    ) {
-      lookup = lookUpRead(url, authorization, now);
-      if (!lookup) return undefined;
-      lastLookup = lookup;
-    } else cache.cache.countHit();
-    const { principal, sale, etag } = lookup;
-    // Counted last, once the lane knows it can answer: a declined read is counted by the pipeline.
-    const limits = fastLane.rateLimit(principal, request);
-    if (!limits) return undefined;
-    const policy = principal.keyKind === 'publishable' ? publicPolicy : privatePolicy;
-    const answer = cachedAnswer(request, SALE_PAGE_ROUTE, publicRead(sale, etag), policy);
-    return limits === NO_RATE_LIMITS ? answer : { ...answer, headers: { ...limits, ...answer.headers } };
-  });
+  if (fastLane) {
+    fastLane.lanes.push(
+      salePageLane({
+        cache: cache.cache,
+        reuseMs: cache.reuseMs,
+        edge: fastLane,
+        answer: (request, principal, sale, etag) => cachedAnswer(request, SALE_PAGE_ROUTE, publicRead(sale, etag), policyFor(principal)),
+      }),
+    );
+  }
   const presentReply = (result: Reply): Reply => (result.status === 200 ? { ...result, body: present(result.body as ApiSale) } : result);
 
   app.post(
