@@ -65,8 +65,6 @@ export interface SaleCache {
 /** Where buyers reach the hosted page of a sale, from the service's public base URL. */
 export const hostedPageUrl = (publicUrl: string, saleId: string) => `${publicUrl.replace(/\/+$/, '')}/s/${encodeURIComponent(saleId)}`;
 
-type ApiSale = ReturnType<typeof sales.toApiSale>;
-
 export function registerSalesRoutes(
   app: HttpServer,
   deps: sales.SalesDeps,
@@ -76,14 +74,14 @@ export function registerSalesRoutes(
 ): void {
   // The sale's hosted URL depends on this deployment's public address, so it is added here, at
   // the edge, to stored and cached answers alike.
-  const present = (sale: ApiSale) => ({ ...sale, hosted_url: sale.hosted_page ? hostedPageUrl(publicUrl, sale.id) : null });
+  const present = (sale: sales.ApiSale) => ({ ...sale, hosted_url: sale.hosted_page ? hostedPageUrl(publicUrl, sale.id) : null });
   // The public read's bytes, made once per cached copy of a sale, not once per read: a copy is
   // frozen and shared by every read on this node until it expires, and serializing it again
   // (and encoding the text again) cost a cached read more than its cache lookup. The cached
   // copy is shared with the waiting room; its hosted URL is added here. The URL follows from
   // the sale and this deployment, so the cached ETag still names the answer.
-  const publicReads = new WeakMap<ApiSale, { json: Buffer; etag: string }>();
-  const publicRead = (sale: ApiSale, etag: string) => {
+  const publicReads = new WeakMap<sales.ApiSale, { json: Buffer; etag: string }>();
+  const publicRead = (sale: sales.ApiSale, etag: string) => {
     let read = publicReads.get(sale);
     if (!read) {
       read = { json: Buffer.from(JSON.stringify(present(sale))), etag };
@@ -112,7 +110,8 @@ export function registerSalesRoutes(
       }),
     );
   }
-  const presentReply = (result: Reply): Reply => (result.status === 200 ? { ...result, body: present(result.body as ApiSale) } : result);
+  const presentReply = (result: Reply): Reply =>
+    result.status === 200 ? { ...result, body: present(result.body as sales.ApiSale) } : result;
 
   app.post(
     '/v1/sales',

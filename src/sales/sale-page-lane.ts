@@ -27,8 +27,6 @@ export const SALE_PAGE_ROUTE = '/v1/sales/:id';
 const SALE_PAGE_PREFIX = '/v1/sales/';
 const SALE_ID = new RegExp(ID_PATTERN('sale'));
 
-type ApiSale = ReturnType<typeof sales.toApiSale>;
-
 /** What the sale page's fast lane needs from the edge: where lanes go, and the keys it knows. */
 export interface SalePageLane {
   lanes: FastLane[];
@@ -43,7 +41,7 @@ interface ReadLookup {
   url: string;
   authorization: string;
   principal: Principal;
-  sale: ApiSale;
+  sale: sales.ApiSale;
   etag: string;
   /** The sale cache's version it was read at. */
   version: number;
@@ -60,7 +58,7 @@ export function salePageLane(options: {
   /** How long one lookup serves repeats of its read; 0 looks up every read. */
   reuseMs: number;
   edge: SalePageLane;
-  answer(request: IncomingMessage, principal: Principal, sale: ApiSale, etag: string): LaneAnswer;
+  answer(request: IncomingMessage, principal: Principal, sale: sales.ApiSale, etag: string): LaneAnswer;
 }): FastLane {
   const { cache, reuseMs, edge } = options;
   let lastLookup: ReadLookup | undefined;

@@ -298,14 +298,16 @@ export async function releaseHold(deps: SalesDeps, merchantId: string, id: strin
 }
 
 /** The one cache of sales: the public sale page and the waiting room read it, and a change invalidates it on every node. */
-export type SaleCache = Cache<ReturnType<typeof toApiSale> | null>;
-export type CachedSale = Cached<ReturnType<typeof toApiSale> | null>;
+/** A sale as the API answers it. */
+export type ApiSale = ReturnType<typeof toApiSale>;
+export type SaleCache = Cache<ApiSale | null>;
+export type CachedSale = Cached<ApiSale | null>;
 
 export const saleCacheKey = (merchantId: string, saleId: string) => `${merchantId}:${saleId}`;
 
 /** The sale as this node holds it now, with how much longer it stays fresh, or undefined (nothing is loaded). */
 export function peekSale(cache: SaleCache, merchantId: string, saleId: string) {
-  return cache.peekFresh(saleCacheKey(merchantId, saleId));
+  return cache.peek(saleCacheKey(merchantId, saleId));
 }
 
 /** The sale with its availability, stale by at most the cache's bound (FLOODGATE_CACHE_STALE_MS). */

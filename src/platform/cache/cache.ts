@@ -49,15 +49,14 @@ export interface Cache<T> {
    * from this node's memory costs no turn of the event loop; await the result either way.
    */
   get(key: string, loader: () => Promise<T>): Cached<T> | Promise<Cached<T>>;
-  /** This node's copy of key, counted as a first-level hit, or undefined (nothing is loaded or counted). */
-  peek(key: string): Cached<T> | undefined;
   /**
-   * peek, with how much longer this node's copy stays fresh: a caller that keeps the copy a
+   * This node's copy of key, counted as a first-level hit, with how much longer it stays fresh;
+   * undefined when there is none (nothing is loaded or counted). A caller that keeps the copy a
    * moment (the sale page's fast lane) keeps it no longer than that, and not once `version`
    * has moved.
    */
-  peekFresh(key: string): { cached: Cached<T>; freshForMs: number } | undefined;
-  /** Counts a read answered from a copy that peekFresh gave out, as the first-level hit it is. */
+  peek(key: string): { cached: Cached<T>; freshForMs: number } | undefined;
+  /** Counts a read answered from a copy that peek gave out, as the first-level hit it is. */
   countHit(): void;
   /**
    * Moves whenever this node's copies change (a new copy, or one dropped by an invalidation),
@@ -185,19 +184,20 @@ class TwoLevelCache<T> implements Cache<T> {
     if (key.length === 0 || key.length > CACHE_KEY_CHARS_MAX) {
       return Promise.reject(new assert.AssertionError({ message: `a cache key is 1 to ${CACHE_KEY_CHARS_MAX} characters` }));
     }
-    return this.peek(key) ?? this.load(key, loader);
+    return this.firstLevel(key) ?? this.load(key, loader);
   }
 
-  peek(key: string): Cached<T> | undefined {
+  peek(key: string): { cached: Cached<T>; freshForMs: number } | undefined {
+    const cached = this.firstLevel(key);
+    return cached && { cached, freshForMs: this.l1.getRemainingTTL(key) };
+  }
+
+  /** This node's copy of key, counted as a first-level hit, or undefined. */
+  private firstLevel(key: string): Cached<T> | undefined {
     const hit = this.l1.get(key);
     if (!hit) return undefined;
     this.l1Hits.inc();
     return hit.l1 as Cached<T>;
-  }
-
-  peekFresh(key: string): { cached: Cached<T>; freshForMs: number } | undefined {
-    const cached = this.peek(key);
-    return cached && { cached, freshForMs: this.l1.getRemainingTTL(key) };
   }
 
   countHit(): void {
