@@ -240,6 +240,9 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
     confirmBatcher,
   };
   registerPaymentRoutes(app, paymentDeps);
+  // Payments as other capabilities call them in-process (refunds, orders that confirm, the
+  // hosted page), with answers as the API sends them.
+  const answeringPayments = { ...paymentDeps, present: completionReply };
   registerEventRoutes(app, deps.pool);
   registerLedgerRoutes(app, deps.pool);
   registerProviderWebhookRoutes(app, {
@@ -277,7 +280,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   await registerDashboard(app, {
     pool: deps.pool,
     refunds: {
-      create: (ctx, params) => createRefund({ ...paymentDeps, present: completionReply }, ctx, params),
+      create: (ctx, params) => createRefund(answeringPayments, ctx, params),
       list: (merchantId, paymentIntentId, limit) => listRefunds(deps.pool, { merchantId, paymentIntentId, limit }),
     },
     webhooks: { pool: deps.pool, idempotency: paymentDeps.idempotency, sealer: sealerFor(deps.config.secretsKeys) },
@@ -299,6 +302,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   const salesDeps = {
     pool: deps.pool,
     idempotency: paymentDeps.idempotency,
+    payments: answeringPayments,
     checkAdmission: (token: string, saleId: string, buyerReference: string) => {
       const result = room.checkAdmission(token, saleId, buyerReference);
       return result.kind === 'ok'
@@ -355,8 +359,7 @@ export async function buildApp(deps: AppDeps): Promise<HttpServer> {
   const assets = await loadStaticAssets(path.join(WEB_DIR, 'hosted'), HOSTED_ASSET_FILES, '/assets/hosted');
   registerHostedRoutes(app, {
     sales: salesDeps,
-    // The hosted flow reads payment answers as the API sends them.
-    payments: { ...paymentDeps, present: completionReply },
+    payments: answeringPayments,
     room,
     lookup,
     sessions: deps.sessions ?? (deps.redis ? new RedisSessionStore(deps.redis.client) : new PostgresSessionStore(deps.pool)),

@@ -8,6 +8,8 @@ import { key, type TestMerchant } from './helpers.js';
 
 export interface SaleFlow {
   createSale(items: Array<{ name: string; price: number; stock: number }>, currency?: string): Promise<{ id: string; itemIds: string[] }>;
+  /** Admits and holds `lines`; yields the hold's id. */
+  hold(saleId: string, buyer: string, lines: Array<{ item: string; quantity: number }>): Promise<string>;
   /** Admits, holds `lines` and orders; pays with pm_card_visa unless `pay` is false. */
   buy(
     saleId: string,
@@ -39,7 +41,7 @@ export function saleFlow(app: HttpServer, merchant: TestMerchant): SaleFlow {
       });
       return { id: sale.id, itemIds: sale.items.map((item: { id: string }) => item.id) };
     },
-    async buy(saleId, buyer, lines, pay = true) {
+    async hold(saleId, buyer, lines) {
       const joined = await post(`/v1/sales/${saleId}/queue`, publishable(), { buyer_reference: buyer });
       assert.equal(joined.status, 'admitted', JSON.stringify(joined));
       const hold = await post('/v1/holds', publishable({ 'idempotency-key': key('hold') }), {
@@ -48,13 +50,17 @@ export function saleFlow(app: HttpServer, merchant: TestMerchant): SaleFlow {
         admission_token: joined.admission_token,
         items: lines,
       });
-      const order = await post('/v1/orders', secret({ 'idempotency-key': key('order') }), { hold: hold.id });
+      return hold.id;
+    },
+    async buy(saleId, buyer, lines, pay = true) {
+      const holdId = await this.hold(saleId, buyer, lines);
+      const order = await post('/v1/orders', secret({ 'idempotency-key': key('order') }), { hold: holdId });
       if (pay) {
         await post(`/v1/payment_intents/${order.payment_intent}/confirm`, secret({ 'idempotency-key': key('confirm') }), {
           payment_method: 'pm_card_visa',
         });
       }
-      return { holdId: hold.id, orderId: order.id, intentId: order.payment_intent };
+      return { holdId, orderId: order.id, intentId: order.payment_intent };
     },
   };
 }

@@ -8,8 +8,9 @@ import { nextEventCte } from '../events/service.js';
 import { capturePostingsCte, postingShape } from '../ledger/service.js';
 import type { Queryable } from '../platform/db/pool.js';
 import { finishKeysCte, lockedKeysCte } from '../platform/idempotency/sql.js';
-import { CONFIRMABLE } from './domain.js';
-import type { AttemptRow, PaymentIntentRow } from './sql.js';
+import { newId } from '../platform/ids.js';
+import { CONFIRMABLE, providerKeyFor } from './domain.js';
+import type { AttemptRow, NewIntent, PaymentIntentRow } from './sql.js';
 
 const INTENT_COLUMNS = `p.merchant_id, p.id, p.amount, p.currency, p.status, p.capture_method, p.payment_method, p.provider_reference,
   p.description, p.metadata, p.amount_capturable, p.amount_received, p.amount_refunded, p.last_payment_error,
@@ -74,6 +75,49 @@ export interface StartRow {
 export interface Started {
   intent: PaymentIntentRow;
   attempt: AttemptRow;
+}
+
+/**
+ * A confirm's first phase for an intent created in the same statement (an order batch's that
+ * confirms): the intent with its payment method, processing, and its authorize attempt, as the
+ * statement writes them.
+ */
+export function startedOfNewIntent(created: NewIntent, paymentMethod: string): Started {
+  const attemptId = newId('pa');
+  return {
+    intent: {
+      merchant_id: created.merchantId,
+      id: created.id,
+      amount: created.amount,
+      currency: created.currency,
+      status: 'processing',
+      capture_method: created.captureMethod,
+      payment_method: paymentMethod,
+      provider_reference: null,
+      description: created.description,
+      metadata: created.metadata,
+      amount_capturable: 0,
+      amount_received: 0,
+      amount_refunded: 0,
+      last_payment_error: null,
+      cancellation_reason: null,
+      canceled_at: null,
+      created_at: created.createdAt,
+      updated_at: created.createdAt,
+    },
+    attempt: {
+      merchant_id: created.merchantId,
+      id: attemptId,
+      payment_intent_id: created.id,
+      refund_id: null,
+      operation: 'authorize',
+      amount: created.amount,
+      provider_idempotency_key: providerKeyFor(created.merchantId, attemptId),
+      status: 'started',
+      provider_reference: null,
+      error_code: null,
+    },
+  };
 }
 
 /** One statement for a batch's first phases; yields what it started, by intent id. */

@@ -8,7 +8,16 @@ import { CURRENCY_EXPONENTS, isCurrency, maxAmount, SUPPORTED_CURRENCIES } from 
 import { principalOf, requestContext } from '../platform/http/context.js';
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
 import { errorReply, ok, type Reply, sendReply } from '../platform/http/reply.js';
-import { errorResponses, IdempotencyHeaders, IdParams, ListOf, ListQuery, Metadata, StoredMetadata } from '../platform/http/schemas.js';
+import {
+  errorResponses,
+  IdempotencyHeaders,
+  IdParams,
+  ListOf,
+  ListQuery,
+  Metadata,
+  PaymentMethod,
+  StoredMetadata,
+} from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { ID_PATTERN } from '../platform/ids.js';
 import { CANCELLATION_REASONS, REFUND_REASONS, STATUSES } from './domain.js';
@@ -16,13 +25,6 @@ import type { Completion } from './outcomes.js';
 import * as refunds from './refunds.js';
 import type { PaymentDeps } from './service.js';
 import * as payments from './service.js';
-
-const PaymentMethod = Type.String({
-  minLength: 1,
-  maxLength: 100,
-  description:
-    'A payment method id. Test methods: pm_card_visa, pm_card_declined, pm_card_insufficient_funds, pm_card_timeout, pm_card_capture_declined, pm_card_cancel_declined, pm_card_refund_timeout.',
-});
 
 const Amount = Type.Integer({
   minimum: 1,

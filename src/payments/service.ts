@@ -21,10 +21,12 @@ import * as idempotency from '../platform/idempotency/service.js';
 import { respond } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
 import { type CallDeps, callAndComplete, sendAndCompleteInBatch } from './calls.js';
+import type { Started } from './confirm-batch-sql.js';
 import type { ConfirmBatcher } from './confirm-batches.js';
 import type { IntentCreationBatcher } from './create-batches.js';
 import { CANCELABLE, CONFIRMABLE, initialStatus, providerKeyFor, toApiIntent } from './domain.js';
 
+export { type Started, startedOfNewIntent } from './confirm-batch-sql.js';
 /** The node's batcher of confirms, which the app builds with the batch form of the payment-succeeded reaction. */
 export { ConfirmBatcher, type PaymentsSucceededListener } from './confirm-batches.js';
 export { newIntentsCte } from './create-batches.js';
@@ -174,17 +176,7 @@ export async function confirmPaymentIntent(
 ): Promise<Reply> {
   const batcher = deps.confirmBatcher;
   const started = batcher ? await batcher.start({ ctx, intentId: id, paymentMethod: params.payment_method }) : undefined;
-  if (batcher && started?.kind === 'started') {
-    // The batch wrote this request's first phase: its key is held at authorization_started.
-    const held: HeldKey<ConfirmPoint> = {
-      merchantId: ctx.merchantId,
-      keyKind: ctx.keyKind,
-      key: ctx.idempotencyKey,
-      recoveryPoint: 'authorization_started',
-      resourceId: id,
-    };
-    return idempotency.continueHeld(deps.pool, held, () => sendAndCompleteInBatch(deps, batcher, held, ctx, started, 'started'));
-  }
+  if (started?.kind === 'started') return continueStartedConfirm(deps, ctx, started);
   return idempotency.idempotent<ConfirmPoint>(deps, ctx, async (held) => {
     if (held.recoveryPoint === 'started') {
       held.resourceId = id;
@@ -196,6 +188,27 @@ export async function confirmPaymentIntent(
     assert.equal(held.recoveryPoint, 'authorization_started');
     return callProvider(deps, held, 'authorize', 'started');
   });
+}
+
+/**
+ * The rest of a confirm whose first phase a batch wrote: the confirm batcher's start, or an
+ * order batch that confirms (sales/order-batches.ts). Its key is held at authorization_started,
+ * exactly as the general path leaves it, so a crash from here on resumes the same way.
+ */
+export function continueStartedConfirm(deps: PaymentDeps, ctx: RequestContext, started: Started): Promise<Reply> {
+  const held: HeldKey<ConfirmPoint> = {
+    merchantId: ctx.merchantId,
+    keyKind: ctx.keyKind,
+    key: ctx.idempotencyKey,
+    recoveryPoint: 'authorization_started',
+    resourceId: started.intent.id,
+  };
+  const batcher = deps.confirmBatcher;
+  return idempotency.continueHeld(deps.pool, held, () =>
+    batcher
+      ? sendAndCompleteInBatch(deps, batcher, held, ctx, started, 'started')
+      : callAndComplete(deps, held, started.attempt, 'started'),
+  );
 }
 
 /** Phase: commit an authorization attempt and move the intent to processing. */

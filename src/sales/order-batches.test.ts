@@ -14,7 +14,8 @@ import type { Reply } from '../platform/http/reply.js';
 import { fingerprint } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
 import { OrderCreationBatcher } from './order-batches.js';
-import { createHold, createOrder, releaseHold, type SalesDeps, toApiOrder } from './service.js';
+import { createOrder } from './orders.js';
+import { createHold, releaseHold, type SalesDeps, toApiOrder } from './service.js';
 
 const { url } = await createTestDatabase();
 const pools = [0, 1].map(() => createPool({ connectionString: url, max: 10, statementTimeoutMs: 30_000 }));

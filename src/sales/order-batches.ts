@@ -13,12 +13,21 @@
  * (the existing order, `hold_not_active`, a replay or a refusal). The unique index of one order
  * per hold is the last guard: an order that a concurrent single path wrote after our snapshot
  * fails the batch's statement, and then every request of the batch runs alone.
+ *
+ * An order that confirms (orders.ts) gets the confirm's first phase in the same statement, as
+ * the confirm batcher's start would write it (payments/confirm-batch-sql.ts): the confirm's
+ * key at `authorization_started`, the intent created with its payment method and moved to
+ * processing, its authorize attempt. Its `payment_intent.created` event shows the intent as
+ * created, awaiting confirmation. Should the confirm's key exist already (a client's key
+ * reused after the order's expired), the intent is created unconfirmed and the request
+ * confirms on the general path, which answers for that key.
  */
 import { firstEventCte } from '../events/service.js';
-import { type NewIntent, newIntentsCte, viewOfNewIntent } from '../payments/service.js';
+import { type NewIntent, newIntentsCte, type Started, startedOfNewIntent, viewOfNewIntent } from '../payments/service.js';
 import { type KeyedWrite, keyedBatch } from '../platform/db/keyed-batches.js';
 import { type Pool, type Queryable, withAutocommit } from '../platform/db/pool.js';
-import { finishedKeyCte } from '../platform/idempotency/sql.js';
+import type { RequestContext } from '../platform/http/context.js';
+import { finishedKeyCte, lockedKeysCte } from '../platform/idempotency/sql.js';
 import { newId } from '../platform/ids.js';
 import * as batchSql from './batch-sql.js';
 import type * as sql from './sql.js';
@@ -27,10 +36,15 @@ export interface OrderRequest extends KeyedWrite {
   holdId: string;
   method: string;
   path: string;
+  /** An order that confirms: its payment method, and the confirm's context for the intent's id. */
+  confirm?: { paymentMethod: string; context: (intentId: string) => RequestContext };
 }
 
-/** `reply`: written by the batch with this answer; `single`: run it alone. */
-export type OrderOutcome = { kind: 'created'; body: unknown } | { kind: 'single' };
+/**
+ * `created`: written by the batch with this answer, and for an order that confirms, `started`
+ * when the batch wrote the confirm's first phase too; `single`: run it alone.
+ */
+export type OrderOutcome = { kind: 'created'; body: unknown; started?: Started } | { kind: 'single' };
 
 export interface OrderBatchOptions {
   pool: Pool;
@@ -50,14 +64,18 @@ interface PlannedOrder {
   intent: NewIntent;
   eventId: string;
   body: unknown;
+  /** An order that confirms: the confirm's context and its first phase as the batch writes it. */
+  confirm?: { context: RequestContext; started: Started };
 }
 
 const INSERT_ORDERS_WITH_FINISHED_KEYS = `with req as (
              select * from unnest($1::text[], $2::text[], $3::text[], $4::bytea[], $5::text[], $6::text[], $7::text[],
                $8::text[], $9::text[], $10::text[], $11::bigint[], $12::text[], $13::jsonb[], $14::jsonb[], $15::text[],
-               $16::jsonb[], $17::timestamptz[], $18::text[])
+               $16::jsonb[], $17::timestamptz[], $18::text[], $20::text[], $21::text[], $22::text[], $23::bytea[],
+               $24::text[], $25::text[])
                as r(merchant_id, key_kind, key, fingerprint, method, path, hold_id, order_id, intent_id, sale_id, amount,
-                    currency, body, intent_body, description, metadata, created_at, event_id)),
+                    currency, body, intent_body, description, metadata, created_at, event_id, payment_method, confirm_key,
+                    confirm_path, confirm_fingerprint, attempt_id, provider_key)),
            held as (
              select r.order_id from req r
              join holds h on h.merchant_id = r.merchant_id and h.id = r.hold_id
@@ -80,19 +98,41 @@ const INSERT_ORDERS_WITH_FINISHED_KEYS = `with req as (
              from: 'req r join held using (order_id)',
              returning: 'resource_id',
            })},
+           ${lockedKeysCte({
+             name: 'confirm_key',
+             merchantId: 'r.merchant_id',
+             keyKind: 'r.key_kind',
+             key: 'r.confirm_key',
+             method: "'POST'",
+             path: 'r.confirm_path',
+             fingerprint: 'r.confirm_fingerprint',
+             recoveryPoint: "'authorization_started'",
+             resourceId: 'r.intent_id',
+             ttlHours: '$19',
+             from: 'req r join key on key.resource_id = r.order_id where r.confirm_key is not null',
+             returning: 'resource_id',
+           })},
            ${newIntentsCte({
              merchantId: 'r.merchant_id',
              id: 'r.intent_id',
              amount: 'r.amount',
              currency: 'r.currency',
-             status: "'requires_payment_method'",
+             // Confirming: created with its payment method and moved to processing at once.
+             status: `case when ck.resource_id is not null then 'processing'
+                        when r.payment_method is not null then 'requires_confirmation' else 'requires_payment_method' end`,
              captureMethod: "'automatic'",
-             paymentMethod: 'null',
+             paymentMethod: 'r.payment_method',
              description: 'r.description',
              metadata: 'r.metadata',
              createdAt: 'r.created_at',
-             from: 'req r join key on key.resource_id = r.order_id',
+             from: 'req r join key on key.resource_id = r.order_id left join confirm_key ck on ck.resource_id = r.intent_id',
            })},
+           attempt as (
+             insert into payment_attempts (merchant_id, id, payment_intent_id, refund_id, operation, amount,
+               provider_idempotency_key, status)
+             select r.merchant_id, r.attempt_id, r.intent_id, null, 'authorize', r.amount, r.provider_key, 'started'
+             from req r join confirm_key ck on ck.resource_id = r.intent_id
+             returning payment_intent_id),
            ${firstEventCte({
              merchantId: 'r.merchant_id',
              id: 'r.event_id',
@@ -108,7 +148,8 @@ const INSERT_ORDERS_WITH_FINISHED_KEYS = `with req as (
                r.created_at, r.created_at
              from req r join key on key.resource_id = r.order_id
              returning id)
-           select id from ord`;
+           select o.id, a.payment_intent_id is not null as started
+           from ord o join req r on r.order_id = o.id left join attempt a on a.payment_intent_id = r.intent_id`;
 
 export class OrderCreationBatcher {
   private readonly submitWrite: (request: OrderRequest) => Promise<OrderOutcome>;
@@ -148,20 +189,25 @@ export class OrderCreationBatcher {
     const created =
       writes.length > 0
         ? await withAutocommit(this.options.pool, (client) => insertOrdersWithFinishedKeys(client, writes, this.options.ttlHours))
-        : new Set<string>();
-    return plans.map((plan) => (plan && created.has(plan.order.id) ? { kind: 'created', body: plan.body } : { kind: 'single' }));
+        : new Map<string, boolean>();
+    return plans.map((plan): OrderOutcome => {
+      const started = plan && created.get(plan.order.id);
+      if (!plan || started === undefined) return { kind: 'single' };
+      return { kind: 'created', body: plan.body, started: started ? plan.confirm?.started : undefined };
+    });
   }
 
   private plan(request: OrderRequest, hold: sql.HoldRow, now: Date): PlannedOrder {
     const orderId = newId('ord');
+    const paymentMethod = request.confirm?.paymentMethod ?? null;
     const intent: NewIntent = {
       merchantId: request.merchantId,
       id: newId('pi'),
       amount: hold.amount,
       currency: hold.currency,
-      status: 'requires_payment_method',
+      status: paymentMethod ? 'requires_confirmation' : 'requires_payment_method',
       captureMethod: 'automatic',
-      paymentMethod: null,
+      paymentMethod,
       description: `Order ${orderId}`,
       metadata: { order_id: orderId, hold_id: hold.id, sale_id: hold.sale_id },
       createdAt: now,
@@ -179,14 +225,20 @@ export class OrderCreationBatcher {
       created_at: now,
     };
     const intentView = viewOfNewIntent(intent);
-    return { request, order, intent, eventId: newId('evt'), body: { ...this.options.view(order), payment_intent_object: intentView } };
+    const body = { ...this.options.view(order), payment_intent_object: intentView };
+    return { request, order, intent, eventId: newId('evt'), body, confirm: request.confirm && confirmPlan(request.confirm, intent) };
   }
 }
 
-/** One statement for a batch of orders; yields the ids of the orders it created. */
-async function insertOrdersWithFinishedKeys(db: Queryable, plans: PlannedOrder[], ttlHours: number): Promise<Set<string>> {
+/** The confirm's first phase for an order that confirms: its key's context, the processing intent and its attempt. */
+function confirmPlan(confirm: NonNullable<OrderRequest['confirm']>, created: NewIntent): PlannedOrder['confirm'] {
+  return { context: confirm.context(created.id), started: startedOfNewIntent(created, confirm.paymentMethod) };
+}
+
+/** One statement for a batch of orders; yields the orders it created, by id, and whether it started each one's confirm. */
+async function insertOrdersWithFinishedKeys(db: Queryable, plans: PlannedOrder[], ttlHours: number): Promise<Map<string, boolean>> {
   const column = <T>(pick: (plan: PlannedOrder) => T) => plans.map(pick);
-  const { rows } = await db.query<{ id: string }>({
+  const { rows } = await db.query<{ id: string; started: boolean }>({
     name: 'sales_insert_orders_with_finished_keys',
     text: INSERT_ORDERS_WITH_FINISHED_KEYS,
     values: [
@@ -209,7 +261,13 @@ async function insertOrdersWithFinishedKeys(db: Queryable, plans: PlannedOrder[]
       column((p) => p.intent.createdAt),
       column((p) => p.eventId),
       ttlHours,
+      column((p) => p.intent.paymentMethod),
+      column((p) => p.confirm?.context.idempotencyKey ?? null),
+      column((p) => p.confirm?.context.path ?? null),
+      column((p) => p.confirm?.context.fingerprint ?? null),
+      column((p) => p.confirm?.started.attempt.id ?? null),
+      column((p) => p.confirm?.started.attempt.provider_idempotency_key ?? null),
     ],
   });
-  return new Set(rows.map((row) => row.id));
+  return new Map(rows.map((row) => [row.id, row.started]));
 }

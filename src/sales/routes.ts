@@ -8,10 +8,11 @@ import { cachedAnswer, cachePolicy, sendCached } from '../platform/cache/http.js
 import { type Principal, principalOf, requestContext } from '../platform/http/context.js';
 import { ApiError, foundOr404 } from '../platform/http/errors.js';
 import { type Reply, sendReply } from '../platform/http/reply.js';
-import { errorResponses, IdempotencyHeaders, ListOf, ListQuery } from '../platform/http/schemas.js';
+import { errorResponses, IdempotencyHeaders, ListOf, ListQuery, PaymentMethod } from '../platform/http/schemas.js';
 import type { HttpServer } from '../platform/http/server.js';
 import { ID_PATTERN } from '../platform/ids.js';
 import { LINES_PER_HOLD_MAX } from './domain.js';
+import * as orders from './orders.js';
 import { SALE_PAGE_ROUTE, type SalePageLane, salePageLane } from './sale-page-lane.js';
 import { CreateSaleBody, Hold, holdId, hostedChanges, Name, Order, orderId, Sale, SaleSettings, saleId, Timestamp } from './schemas.js';
 import * as sales from './service.js';
@@ -293,13 +294,25 @@ export function registerSalesRoutes(
     {
       schema: {
         tags: ['orders'],
-        summary: 'Turn a hold into an order with a PaymentIntent to confirm',
+        summary: 'Turn a hold into an order with a PaymentIntent to confirm, or confirm it at once',
+        description:
+          "With confirm: true and a payment_method, the order's PaymentIntent is confirmed in the same request, as " +
+          'POST /v1/payment_intents/:id/confirm would: the answer is the order with payment_intent_object as the ' +
+          "confirm left it (status paid when the payment succeeded), or the confirm's error (a declined card: 402 " +
+          'card_declined), after which the buyer confirms the PaymentIntent again to retry.',
         headers: IdempotencyHeaders,
-        body: Type.Object({ hold: Type.String({ pattern: ID_PATTERN('hold') }) }, { additionalProperties: false }),
+        body: Type.Object(
+          {
+            hold: Type.String({ pattern: ID_PATTERN('hold') }),
+            payment_method: Type.Optional(PaymentMethod),
+            confirm: Type.Optional(Type.Boolean({ description: "Confirm the order's PaymentIntent at once, charging payment_method." })),
+          },
+          { additionalProperties: false },
+        ),
         response: { 200: Order, ...errorResponses },
       },
     },
-    async (request, reply) => sendReply(reply, await sales.createOrder(deps, requestContext(request), request.body)),
+    async (request, reply) => sendReply(reply, await orders.createOrder(deps, requestContext(request), request.body)),
   );
 
   app.get(

@@ -4,7 +4,6 @@
  */
 
 import type { SaleForQueue } from '../admission/service.js';
-import { createIntentInTransaction } from '../payments/service.js';
 import type { Cache, Cached } from '../platform/cache/cache.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { withTransaction } from '../platform/db/pool.js';
@@ -12,7 +11,6 @@ import type { RequestContext } from '../platform/http/context.js';
 import { ApiError } from '../platform/http/errors.js';
 import { page } from '../platform/http/pagination.js';
 import { errorReply, ok, type Reply } from '../platform/http/reply.js';
-import type { IdempotencyOptions } from '../platform/idempotency/service.js';
 import { singlePhase } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
 import {
@@ -26,12 +24,13 @@ import {
 } from './domain.js';
 import type { HoldBatcher } from './hold-batches.js';
 import { endHold, takeHold } from './holds.js';
-import type { OrderCreationBatcher } from './order-batches.js';
+import type { OrderDeps } from './orders.js';
 import * as sql from './sql.js';
 
-export interface SalesDeps {
-  pool: Pool;
-  idempotency: IdempotencyOptions;
+/** Orders live in orders.ts; other capabilities reach them here. */
+export { createOrder, listOrders, retrieveOrder, toApiOrder } from './orders.js';
+
+export interface SalesDeps extends OrderDeps {
   /**
    * Checks an admission token without spending it (signature, sale, buyer, expiry). A token is
    * spent by the hold that commits with its ticket: the database keeps one hold per ticket.
@@ -43,8 +42,6 @@ export interface SalesDeps {
   releaseAdmission: (saleId: string, ticketId: string) => Promise<unknown>;
   /** Allocates concurrent holds of a sale together; absent: every hold is its own transaction. */
   holdBatcher?: HoldBatcher;
-  /** Writes concurrent orders together; absent: every order is its own transaction. */
-  orderBatcher?: OrderCreationBatcher;
 }
 
 export type AdmissionCheck = { ok: true; ticketId: string; expiresAtMs: number } | { ok: false; reason: string };
@@ -106,21 +103,6 @@ export function toApiHold(hold: sql.HoldRow, lines: HoldLine[]) {
     items: lines.map((line) => ({ item: line.item_id, quantity: line.quantity })),
     expires_at: hold.expires_at.toISOString(),
     created: Math.floor(hold.created_at.getTime() / 1000),
-  };
-}
-
-export function toApiOrder(order: sql.OrderRow) {
-  return {
-    id: order.id,
-    object: 'order' as const,
-    sale: order.sale_id,
-    hold: order.hold_id,
-    payment_intent: order.payment_intent_id,
-    amount: order.amount,
-    currency: order.currency,
-    status: order.status,
-    paid_at: order.paid_at ? Math.floor(order.paid_at.getTime() / 1000) : null,
-    created: Math.floor(order.created_at.getTime() / 1000),
   };
 }
 
@@ -335,56 +317,4 @@ export function createSaleLookup(pool: Pool, cache: SaleCache) {
       remainingStock: async () => available,
     };
   };
-}
-
-export async function createOrder(deps: SalesDeps, ctx: RequestContext, params: { hold: string }): Promise<Reply> {
-  if (deps.orderBatcher) {
-    const outcome = await deps.orderBatcher.submit({
-      merchantId: ctx.merchantId,
-      keyKind: ctx.keyKind,
-      key: ctx.idempotencyKey,
-      fingerprint: ctx.fingerprint,
-      method: ctx.method,
-      path: ctx.path,
-      holdId: params.hold,
-    });
-    if (outcome.kind === 'created') return ok(outcome.body);
-  }
-  // Alone: no batcher, or the batch left this request to the path that answers every case.
-  return singlePhase(deps, ctx, async (client) => {
-    const hold = await sql.selectHold(client, ctx.merchantId, params.hold, true);
-    if (!hold) return errorReply(new ApiError('resource_missing', `No such hold: '${params.hold}'`, 'hold'));
-    const existing = await sql.selectOrderByHold(client, ctx.merchantId, hold.id);
-    if (existing) return ok(toApiOrder(existing));
-    if (hold.status !== 'active' || hold.expires_at <= new Date()) {
-      return errorReply(new ApiError('hold_not_active', 'This hold has ended; place a new hold.', 'hold'));
-    }
-    const orderId = newId('ord');
-    const intent = await createIntentInTransaction(client, ctx.merchantId, {
-      amount: hold.amount,
-      currency: hold.currency,
-      description: `Order ${orderId}`,
-      metadata: { order_id: orderId, hold_id: hold.id, sale_id: hold.sale_id },
-    });
-    const order = await sql.insertOrder(client, {
-      merchant_id: ctx.merchantId,
-      id: orderId,
-      sale_id: hold.sale_id,
-      hold_id: hold.id,
-      payment_intent_id: intent.id,
-      amount: hold.amount,
-      currency: hold.currency,
-    });
-    return ok({ ...toApiOrder(order), payment_intent_object: intent });
-  });
-}
-
-export async function retrieveOrder(pool: Pool, merchantId: string, id: string) {
-  const order = await sql.selectOrder(pool, merchantId, id);
-  return order ? toApiOrder(order) : undefined;
-}
-
-export async function listOrders(pool: Pool, query: { merchantId: string; limit: number; startingAfter?: string; saleId?: string }) {
-  const orders = await sql.selectOrders(pool, { ...query, limit: query.limit + 1 });
-  return page(orders.map(toApiOrder), query.limit, '/v1/orders');
 }

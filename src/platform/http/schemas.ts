@@ -66,3 +66,11 @@ export const Metadata = Type.Unsafe<Record<string, string>>({
 
 /** Metadata as stored, in a response: every key is written out, whatever it holds. */
 export const StoredMetadata = Type.Unsafe<Record<string, string>>({ type: 'object', additionalProperties: { type: 'string' } });
+
+/** A payment method's id, as a confirm takes it: payments' own, and an order's that confirms (sales). */
+export const PaymentMethod = Type.String({
+  minLength: 1,
+  maxLength: 100,
+  description:
+    'A payment method id. Test methods: pm_card_visa, pm_card_declined, pm_card_insufficient_funds, pm_card_timeout, pm_card_capture_declined, pm_card_cancel_declined, pm_card_refund_timeout.',
+});

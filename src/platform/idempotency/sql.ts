@@ -49,9 +49,9 @@ export interface FinishedKeyColumns {
   onConflict?: 'skip' | 'fail';
 }
 
-/** A CTE named `key` inserting keys: the one insert the two forms below share. */
-function insertKeysCte(c: { row: string; from?: string; onConflict?: 'skip' | 'fail'; returning?: string }): string {
-  return `key as (
+/** A CTE (named `key` unless told) inserting keys: the one insert the two forms below share. */
+function insertKeysCte(c: { name?: string; row: string; from?: string; onConflict?: 'skip' | 'fail'; returning?: string }): string {
+  return `${c.name ?? 'key'} as (
              insert into idempotency_keys (merchant_id, key_kind, idempotency_key, request_method, request_path,
                request_fingerprint, locked_at, recovery_point, resource_id, response_status, response_body, expires_at)
              ${c.from ? `select ${c.row} from ${c.from}` : `values (${c.row})`}
@@ -86,15 +86,18 @@ export interface LockedKeyColumns {
   /** Rows to insert from, joined as the caller needs. */
   from: string;
   returning: string;
+  /** The CTE's name, `key` unless a statement writes two kinds of key (an order that confirms). */
+  name?: string;
 }
 
 /**
- * A CTE named `key` inserting a batch's new keys already at a recovery point (a batch of first
- * phases done in one statement): one row per key that was new, none for a key that exists,
- * whose request then resolves it alone.
+ * A CTE (named `key` unless told) inserting a batch's new keys already at a recovery point (a
+ * batch of first phases done in one statement): one row per key that was new, none for a key
+ * that exists, whose request then resolves it alone.
  */
 export function lockedKeysCte(c: LockedKeyColumns): string {
   return insertKeysCte({
+    name: c.name,
     from: c.from,
     returning: c.returning,
     row: `${c.merchantId}, ${c.keyKind}, ${c.key}, ${c.method}, ${c.path}, ${c.fingerprint}, now(), ${c.recoveryPoint},
