@@ -1,9 +1,9 @@
 /**
  * A property over two API nodes (two apps, each with its own pool and hold batcher, one
- * database): random concurrent holds of several quantities, releases, expiries, orders,
- * payments, declines and replays. At every observation: available + held + sold = total, sold =
- * the lines of paid orders, nobody over the per-buyer limit, every replay identical, and the
- * audit clean.
+ * database): random concurrent holds of several quantities, releases, expiries, orders (some
+ * confirming in the same request), payments, declines and replays. At every observation:
+ * available + held + sold = total, sold = the lines of paid orders, nobody over the per-buyer
+ * limit, every replay identical, and the audit clean.
  */
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
@@ -31,7 +31,7 @@ type Step =
   | { op: 'hold'; node: number; buyer: number; quantity: number }
   | { op: 'replay'; pick: number }
   | { op: 'release' | 'expire'; pick: number }
-  | { op: 'pay'; pick: number; card: 'pm_card_visa' | 'pm_card_declined' };
+  | { op: 'pay'; pick: number; card: 'pm_card_visa' | 'pm_card_declined'; oneRequest: boolean };
 
 const step: fc.Arbitrary<Step> = fc.oneof(
   fc.record({
@@ -46,6 +46,8 @@ const step: fc.Arbitrary<Step> = fc.oneof(
     op: fc.constant('pay' as const),
     pick: fc.nat(),
     card: fc.constantFrom('pm_card_visa' as const, 'pm_card_declined' as const),
+    // An order that confirms (confirm: true) or an order, then a confirm.
+    oneRequest: fc.boolean(),
   }),
 );
 
@@ -127,9 +129,9 @@ describe('stock across two nodes', () => {
               method: 'POST',
               url: '/v1/orders',
               headers: t.auth({ 'idempotency-key': key('order') }),
-              payload: { hold: holdId },
+              payload: s.oneRequest ? { hold: holdId, payment_method: s.card, confirm: true } : { hold: holdId },
             });
-            if (order.statusCode !== 200) return;
+            if (order.statusCode !== 200 || s.oneRequest) return;
             await t.app.inject({
               method: 'POST',
               url: `/v1/payment_intents/${order.json().payment_intent}/confirm`,
