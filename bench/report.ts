@@ -68,6 +68,8 @@ export interface RunOptions {
   profile: boolean;
   /** The surge section's parts to run (bench/surge.ts). */
   surgeParts: SurgePart[];
+  /** A paid checkout's requests: 2 (an order that confirms) or 3 (order, then confirm). */
+  checkoutRequests: 2 | 3;
 }
 
 export interface SummaryRow {

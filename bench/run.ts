@@ -13,6 +13,8 @@
  *            --profile (writes the server's and the worker's CPU profiles to bench/results/profiles/)
  *            --surge-parts reads|line|holds|checkouts (comma-separated; default all: the surge
  *            section's parts, to profile or time one of them alone)
+ *            --checkout-requests 2|3 (a paid checkout's requests: 2, the default, orders with
+ *            confirm: true; 3 orders, then confirms the PaymentIntent, as before 2026-12-03)
  *
  * See bench/README.md for what each number means.
  */
@@ -86,6 +88,7 @@ function parseOptions(argv: string[]): RunOptions {
       'receiver-delay': { type: 'string' },
       profile: { type: 'boolean', default: false },
       'surge-parts': { type: 'string' },
+      'checkout-requests': { type: 'string' },
     },
   });
   const quick = values.quick ?? false;
@@ -108,10 +111,13 @@ function parseOptions(argv: string[]): RunOptions {
     if (!(SURGE_PARTS as readonly string[]).includes(name))
       throw new Error(`--surge-parts takes ${SURGE_PARTS.join(', ')} (comma-separated); got ${name}`);
   }
+  const checkoutRequests = values['checkout-requests'] === undefined ? 2 : Number(values['checkout-requests']);
+  if (checkoutRequests !== 2 && checkoutRequests !== 3) throw new Error('--checkout-requests takes 2 or 3');
   return {
     quick,
     sections: sections as Section[],
     surgeParts: surgeParts as SurgePart[],
+    checkoutRequests: checkoutRequests as 2 | 3,
     rounds: positive(values.rounds, quick ? 1 : 5, 'rounds'),
     clients: positive(values.clients, CLIENTS_DEFAULT, 'clients'),
     warmupS: quick ? 3 : 5,

@@ -10,9 +10,10 @@
  *   hold   POST /v1/holds, each with one kept admission token, its buyer and a fresh
  *          Idempotency-Key; one unit of one item
  *   checkout  a buyer's whole purchase on one connection: the hold above, then, with the
- *          merchant's secret key, POST /v1/orders on it and POST /v1/payment_intents/:id/confirm
- *          with pm_card_visa; one unit of work ends when the confirm answers `succeeded` (the
- *          order is paid in the same transaction), and its latency covers all three requests
+ *          merchant's secret key, POST /v1/orders on it with confirm: true and pm_card_visa (or,
+ *          with `checkoutRequests` 3, POST /v1/orders and then POST /v1/payment_intents/:id/confirm
+ *          with pm_card_visa); one unit of work ends when the payment answers `succeeded` (the
+ *          order is paid in the same transaction), and its latency covers all its requests
  *
  * Every loop is bounded in requests and time; a hold or checkout phase also ends when the
  * tokens run out.
@@ -37,6 +38,8 @@ export interface SurgeJob {
   authorization: string;
   /** checkout: the merchant's secret key, for the order and the confirm (as the merchant's server sends them). */
   secretAuthorization?: string;
+  /** checkout: 2, an order that confirms (the default); 3, an order and then a confirm. */
+  checkoutRequests?: 2 | 3;
   saleId: string;
   /** hold: the item to hold one unit of. */
   itemId?: string;
@@ -261,7 +264,7 @@ function holdRequests(job: SurgeJob, host: string): () => string | undefined {
   };
 }
 
-/** hold → order → confirm with pm_card_visa, each answer checked before the next request. */
+/** hold → order that confirms with pm_card_visa (or order → confirm), each answer checked before the next request. */
 function checkoutSteps(job: SurgeJob, host: string): () => Step | undefined {
   const hold = holdRequests(job, host);
   const merchant = `Host: 127.0.0.1:${job.port}\r\nAuthorization: ${job.secretAuthorization}\r\nContent-Type: application/json\r\n`;
@@ -274,14 +277,21 @@ function checkoutSteps(job: SurgeJob, host: string): () => Step | undefined {
     request: post(`/v1/payment_intents/${intent}/confirm`, '{"payment_method":"pm_card_visa"}'),
     check: (body) => (body.indexOf(EXPECTED.checkout) >= 0 ? 'ok' : 'unexpected_body'),
   });
-  const order = (holdId: string): Step => ({
-    label: 'order',
-    request: post('/v1/orders', `{"hold":"${holdId}"}`),
-    check: (body) => {
-      const intent = ORDER_INTENT.exec(body.toString('latin1'))?.[1];
-      return intent ? confirm(intent) : 'unexpected_body';
-    },
-  });
+  const order = (holdId: string): Step =>
+    job.checkoutRequests === 3
+      ? {
+          label: 'order',
+          request: post('/v1/orders', `{"hold":"${holdId}"}`),
+          check: (body) => {
+            const intent = ORDER_INTENT.exec(body.toString('latin1'))?.[1];
+            return intent ? confirm(intent) : 'unexpected_body';
+          },
+        }
+      : {
+          label: 'order',
+          request: post('/v1/orders', `{"hold":"${holdId}","payment_method":"pm_card_visa","confirm":true}`),
+          check: (body) => (body.indexOf(EXPECTED.checkout) >= 0 ? 'ok' : 'unexpected_body'),
+        };
   return () => {
     const request = hold();
     if (request === undefined) return undefined;

@@ -147,7 +147,7 @@ export interface SurgeSummary {
     pgbench: { throughput: number; p50Ms: number; p99Ms: number; overloadedRounds: number };
     p99GoalMs: number;
   };
-  /** Paid checkouts (hold, order, confirm) on the hot item, closed loop. */
+  /** Paid checkouts on the hot item, closed loop: hold, then an order that confirms (or order, then confirm: options.checkoutRequests). */
   checkout: {
     /** At the API's best concurrency: the run's connections or the crowd's (the goal's figure). */
     perSecond: number;

@@ -78,6 +78,8 @@ export interface SurgeOptions {
   clients: number;
   profile: boolean;
   profileDir: string;
+  /** A paid checkout's requests: 2, an order that confirms; 3, an order and then a confirm. */
+  checkoutRequests: 2 | 3;
 }
 
 class SurgeLoadGenerator {
@@ -511,7 +513,7 @@ async function checkoutPhase(surge: Surge, round: number, name: SurgePhaseName, 
   const crowdFactor = connections > surge.options.clients ? 2 : 1;
   const wanted = crowdFactor * Math.ceil(expected * (durationS + RECONNECT_S) * TOKEN_HEADROOM);
   await mintTokens(surge, await tokensHeld(surge), Math.max(TOKENS_MIN, wanted));
-  const options = { secretAuthorization: `Bearer ${surge.secretKey}`, connections };
+  const options = { secretAuthorization: `Bearer ${surge.secretKey}`, connections, checkoutRequests: surge.options.checkoutRequests };
   // The pgbench phase closed the server's pool: reopen it (and the provider's sockets) unmeasured.
   await surge.loadgen.run(job(surge, 'checkout', surge.redisApi.port, RECONNECT_S, options));
   await resetHolds(surge);
@@ -541,7 +543,8 @@ async function checkStock(surge: Surge, phase: SurgePhase): Promise<StockCheck> 
   );
   const stock = rows[0];
   assert.ok(stock, 'the hot item exists');
-  const paid = phase.steps?.confirm ?? 0;
+  // The step that answers the payment: the order that confirms, or the confirm after the order.
+  const paid = (surge.options.checkoutRequests === 3 ? phase.steps?.confirm : phase.steps?.order) ?? 0;
   const held = phase.steps?.hold ?? 0;
   // An answer the generator gave up on (a timeout) may still have committed: only then may the
   // database count more than the generator was told, and by no more than that.

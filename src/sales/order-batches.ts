@@ -24,12 +24,14 @@
  */
 import { firstEventCte } from '../events/service.js';
 import { type NewIntent, newIntentsCte, type Started, startedOfNewIntent, viewOfNewIntent } from '../payments/service.js';
+import { GroupCommit } from '../platform/db/group-commit.js';
 import { type KeyedWrite, keyedBatch } from '../platform/db/keyed-batches.js';
 import { type Pool, type Queryable, withAutocommit } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
 import { finishedKeyCte, lockedKeysCte } from '../platform/idempotency/sql.js';
 import { newId } from '../platform/ids.js';
 import * as batchSql from './batch-sql.js';
+import { selectOrdersByIds } from './orders-sql.js';
 import type * as sql from './sql.js';
 
 export interface OrderRequest extends KeyedWrite {
@@ -153,6 +155,7 @@ const INSERT_ORDERS_WITH_FINISHED_KEYS = `with req as (
 
 export class OrderCreationBatcher {
   private readonly submitWrite: (request: OrderRequest) => Promise<OrderOutcome>;
+  private readonly reads: GroupCommit<{ merchantId: string; id: string }, sql.OrderRow | undefined>;
 
   constructor(private readonly options: OrderBatchOptions) {
     this.submitWrite = keyedBatch<OrderRequest, OrderOutcome>({
@@ -161,10 +164,30 @@ export class OrderCreationBatcher {
       single: { kind: 'single' },
       write: (batch) => this.write(batch),
     });
+    // An order that confirms reads its order back once paid, for paid_at: one round trip per
+    // checkout unless the reads go together, as the writes do.
+    this.reads = new GroupCommit({
+      windowMs: 0,
+      batchMax: options.batchMax,
+      maxRunning: options.maxRunning,
+      run: async (_group, batch) => {
+        const orders = await selectOrdersByIds(
+          options.pool,
+          batch.map((order) => order.merchantId),
+          batch.map((order) => order.id),
+        );
+        return batch.map((order) => orders.get(`${order.merchantId}\u0000${order.id}`));
+      },
+    });
   }
 
   submit(request: OrderRequest): Promise<OrderOutcome> {
     return this.submitWrite(request);
+  }
+
+  /** An order as it stands, read together with the others asked for at the same time. */
+  read(merchantId: string, id: string): Promise<sql.OrderRow | undefined> {
+    return this.reads.submit('orders', { merchantId, id });
   }
 
   /** Reads the batch's holds, plans each order, writes the plans in one statement. */

@@ -39,6 +39,16 @@ export async function selectOrder(db: Queryable, merchantId: string, id: string)
   return rows[0];
 }
 
+/** Orders by id, many at once (order-batches.ts reads the orders that confirms paid together); keyed by merchant and id. */
+export async function selectOrdersByIds(db: Queryable, merchantIds: string[], ids: string[]): Promise<Map<string, OrderRow>> {
+  const { rows } = await db.query<OrderRow>({
+    name: 'sales_select_orders_by_ids',
+    text: `select ${ORDER_COLUMNS} from orders where (merchant_id, id) in (select * from unnest($1::text[], $2::text[]))`,
+    values: [merchantIds, ids],
+  });
+  return new Map(rows.map((row) => [`${row.merchant_id}\u0000${row.id}`, row]));
+}
+
 export async function selectOrders(
   db: Queryable,
   query: { merchantId: string; limit: number; startingAfter?: string; saleId?: string },

@@ -126,7 +126,12 @@ async function confirmOrder(
   const intent = confirmed.body as { status: string };
   // A payment that succeeded paid its order in the same transaction; the order's row gives its
   // paid_at, which never changes after, so a replay reads the same answer.
-  const paid = intent.status === 'succeeded' ? await sql.selectOrder(deps.pool, ctx.merchantId, order.id) : undefined;
+  const paid =
+    intent.status !== 'succeeded'
+      ? undefined
+      : deps.orderBatcher
+        ? await deps.orderBatcher.read(ctx.merchantId, order.id)
+        : await sql.selectOrder(deps.pool, ctx.merchantId, order.id);
   const { payment_intent_object: _created, ...asCreated } = order;
   return ok({ ...(paid ? toApiOrder(paid) : asCreated), payment_intent_object: intent });
 }
