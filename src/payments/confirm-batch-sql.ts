@@ -10,7 +10,7 @@ import type { Queryable } from '../platform/db/pool.js';
 import { finishKeysCte, lockedKeysCte } from '../platform/idempotency/sql.js';
 import { newId } from '../platform/ids.js';
 import { CONFIRMABLE, providerKeyFor } from './domain.js';
-import type { AttemptRow, NewIntent, PaymentIntentRow } from './sql.js';
+import { type AttemptRow, type NewIntent, type PaymentIntentRow, rowOfNewIntent } from './sql.js';
 
 const INTENT_COLUMNS = `p.merchant_id, p.id, p.amount, p.currency, p.status, p.capture_method, p.payment_method, p.provider_reference,
   p.description, p.metadata, p.amount_capturable, p.amount_received, p.amount_refunded, p.last_payment_error,
@@ -85,26 +85,7 @@ export interface Started {
 export function startedOfNewIntent(created: NewIntent, paymentMethod: string): Started {
   const attemptId = newId('pa');
   return {
-    intent: {
-      merchant_id: created.merchantId,
-      id: created.id,
-      amount: created.amount,
-      currency: created.currency,
-      status: 'processing',
-      capture_method: created.captureMethod,
-      payment_method: paymentMethod,
-      provider_reference: null,
-      description: created.description,
-      metadata: created.metadata,
-      amount_capturable: 0,
-      amount_received: 0,
-      amount_refunded: 0,
-      last_payment_error: null,
-      cancellation_reason: null,
-      canceled_at: null,
-      created_at: created.createdAt,
-      updated_at: created.createdAt,
-    },
+    intent: { ...rowOfNewIntent(created), status: 'processing', payment_method: paymentMethod },
     attempt: {
       merchant_id: created.merchantId,
       id: attemptId,

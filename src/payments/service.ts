@@ -89,23 +89,7 @@ export async function createPaymentIntent(deps: PaymentDeps, ctx: RequestContext
 
 /** What the API shows for an intent just created, before any payment activity. */
 export function viewOfNewIntent(intent: sql.NewIntent) {
-  return toApiIntent({
-    id: intent.id,
-    amount: intent.amount,
-    currency: intent.currency,
-    status: intent.status,
-    capture_method: intent.captureMethod,
-    payment_method: intent.paymentMethod,
-    description: intent.description,
-    metadata: intent.metadata,
-    amount_capturable: 0,
-    amount_received: 0,
-    amount_refunded: 0,
-    last_payment_error: null,
-    cancellation_reason: null,
-    canceled_at: null,
-    created_at: intent.createdAt,
-  });
+  return toApiIntent(sql.rowOfNewIntent(intent));
 }
 
 /** One round trip: intent, event and finished key in a single statement. */

@@ -37,6 +37,30 @@ export interface NewIntent {
   createdAt: Date;
 }
 
+/** The row a new intent becomes when inserted: nothing paid, captured or refunded yet. */
+export function rowOfNewIntent(intent: NewIntent): PaymentIntentRow {
+  return {
+    merchant_id: intent.merchantId,
+    id: intent.id,
+    amount: intent.amount,
+    currency: intent.currency,
+    status: intent.status,
+    capture_method: intent.captureMethod,
+    payment_method: intent.paymentMethod,
+    provider_reference: null,
+    description: intent.description,
+    metadata: intent.metadata,
+    amount_capturable: 0,
+    amount_received: 0,
+    amount_refunded: 0,
+    last_payment_error: null,
+    cancellation_reason: null,
+    canceled_at: null,
+    created_at: intent.createdAt,
+    updated_at: intent.createdAt,
+  };
+}
+
 const INTENT_COLUMNS = `merchant_id, id, amount, currency, status, capture_method, payment_method, provider_reference,
   description, metadata, amount_capturable, amount_received, amount_refunded, last_payment_error,
   cancellation_reason, canceled_at, created_at, updated_at`;

@@ -31,7 +31,7 @@ import type { RequestContext } from '../platform/http/context.js';
 import { finishedKeyCte, lockedKeysCte } from '../platform/idempotency/sql.js';
 import { newId } from '../platform/ids.js';
 import * as batchSql from './batch-sql.js';
-import { selectOrdersByIds } from './orders-sql.js';
+import { orderOfHold, selectOrdersByIds } from './orders-sql.js';
 import type * as sql from './sql.js';
 
 export interface OrderRequest extends KeyedWrite {
@@ -235,18 +235,7 @@ export class OrderCreationBatcher {
       metadata: { order_id: orderId, hold_id: hold.id, sale_id: hold.sale_id },
       createdAt: now,
     };
-    const order: sql.OrderRow = {
-      merchant_id: request.merchantId,
-      id: orderId,
-      sale_id: hold.sale_id,
-      hold_id: hold.id,
-      payment_intent_id: intent.id,
-      amount: hold.amount,
-      currency: hold.currency,
-      status: 'awaiting_payment',
-      paid_at: null,
-      created_at: now,
-    };
+    const order = orderOfHold(hold, orderId, intent.id, now);
     const intentView = viewOfNewIntent(intent);
     const body = { ...this.options.view(order), payment_intent_object: intentView };
     return { request, order, intent, eventId: newId('evt'), body, confirm: request.confirm && confirmPlan(request.confirm, intent) };

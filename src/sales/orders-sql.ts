@@ -15,6 +15,27 @@ export interface OrderRow {
   created_at: Date;
 }
 
+/** A new order of a hold (what it pays for is the hold's amount), awaiting its payment. */
+export function orderOfHold(
+  hold: Pick<OrderRow, 'merchant_id' | 'sale_id' | 'amount' | 'currency'> & { id: string },
+  orderId: string,
+  intentId: string,
+  now: Date,
+): OrderRow {
+  return {
+    merchant_id: hold.merchant_id,
+    id: orderId,
+    sale_id: hold.sale_id,
+    hold_id: hold.id,
+    payment_intent_id: intentId,
+    amount: hold.amount,
+    currency: hold.currency,
+    status: 'awaiting_payment',
+    paid_at: null,
+    created_at: now,
+  };
+}
+
 const ORDER_COLUMNS = 'merchant_id, id, sale_id, hold_id, payment_intent_id, amount, currency, status, paid_at, created_at';
 
 export async function insertOrder(db: Queryable, order: Omit<OrderRow, 'created_at' | 'paid_at' | 'status'>): Promise<OrderRow> {

@@ -153,15 +153,7 @@ function createOrderAlone(deps: OrderDeps, ctx: RequestContext, holdId: string):
       description: `Order ${orderId}`,
       metadata: { order_id: orderId, hold_id: hold.id, sale_id: hold.sale_id },
     });
-    const order = await sql.insertOrder(client, {
-      merchant_id: ctx.merchantId,
-      id: orderId,
-      sale_id: hold.sale_id,
-      hold_id: hold.id,
-      payment_intent_id: intent.id,
-      amount: hold.amount,
-      currency: hold.currency,
-    });
+    const order = await sql.insertOrder(client, sql.orderOfHold(hold, orderId, intent.id, new Date()));
     return ok({ ...toApiOrder(order), payment_intent_object: intent });
   });
 }
