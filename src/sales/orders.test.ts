@@ -1,7 +1,8 @@
 /**
  * Orders that confirm their payment (`confirm: true` with a `payment_method`): paid in one
- * request, alone and in batches (where the order batch writes the confirm's first phase, and
- * the confirm batcher's start is not used); replays identical; a declined card answered as the
+ * request, in batches (where the order batch writes the confirm's first phase, and the confirm
+ * batcher's start is not used) and with batching off (the order alone, then the confirm's
+ * general path under the derived key); replays identical; a declined card answered as the
  * confirm answers it and retried on the PaymentIntent; bad input refused; and an order batch's
  * confirm that a crash interrupted, resumed by the order's retry and charged once.
  */
@@ -197,5 +198,36 @@ describe('orders that confirm', () => {
     const again = await order(payload, orderKey);
     assert.deepEqual(again.json(), retried.json(), 'and replays from then on');
     assert.deepEqual((await audit(t.pool)).violations, []);
+  });
+});
+
+describe('orders that confirm, with no batches (every request on its general path)', async () => {
+  const alone = await setupTestContext({ config: { orderBatchMax: 1, confirmBatchMax: 1 } });
+  const aloneFlow = saleFlow(alone.app, alone.merchant);
+  const aloneSale = await aloneFlow.createSale([{ name: 'Seat', price: 1200, stock: 10 }]);
+  const aloneLines = [{ item: aloneSale.itemIds[0] as string, quantity: 1 }];
+  const post = (payload: Record<string, unknown>, idempotencyKey: string) =>
+    alone.app.inject({ method: 'POST', url: '/v1/orders', headers: alone.auth({ 'idempotency-key': idempotencyKey }), payload });
+
+  test('the order, then the confirm under the derived key: paid, replayed identically, declined as a confirm is', async () => {
+    const hold = await aloneFlow.hold(aloneSale.id, key('buyer'), aloneLines);
+    const orderKey = key('order');
+    const paid = await post({ hold, payment_method: 'pm_card_visa', confirm: true }, orderKey);
+    assert.equal(paid.statusCode, 200, paid.body);
+    assert.deepEqual([paid.json().status, paid.json().payment_intent_object.status], ['paid', 'succeeded']);
+    assert.deepEqual((await post({ hold, payment_method: 'pm_card_visa', confirm: true }, orderKey)).json(), paid.json());
+    const derived = await alone.pool.query(
+      `select request_path, recovery_point, response_status from idempotency_keys where merchant_id = $1 and idempotency_key = $2`,
+      [alone.merchant.id, `${orderKey} confirm`],
+    );
+    assert.deepEqual(derived.rows, [
+      { request_path: `/v1/payment_intents/${paid.json().payment_intent}/confirm`, recovery_point: 'finished', response_status: 200 },
+    ]);
+
+    const other = await aloneFlow.hold(aloneSale.id, key('buyer'), aloneLines);
+    const declined = await post({ hold: other, payment_method: 'pm_card_declined', confirm: true }, key('order'));
+    assert.equal(declined.statusCode, 402, declined.body);
+    assert.equal(declined.json().error.code, 'card_declined');
+    assert.deepEqual((await audit(alone.pool)).violations, []);
   });
 });
