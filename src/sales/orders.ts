@@ -70,7 +70,7 @@ export async function createOrder(deps: OrderDeps, ctx: RequestContext, params: 
     return errorReply(
       new ApiError(
         'parameter_invalid',
-        'payment_method is used only with confirm: true; to pay later, confirm the order's PaymentIntent.',
+        "payment_method is used only with confirm: true; to pay later, confirm the order's PaymentIntent.",
         'payment_method',
       ),
     );
