@@ -86,18 +86,23 @@ export function startedOfNewIntent(created: NewIntent, paymentMethod: string): S
   const attemptId = newId('pa');
   return {
     intent: { ...rowOfNewIntent(created), status: 'processing', payment_method: paymentMethod },
-    attempt: {
-      merchant_id: created.merchantId,
-      id: attemptId,
-      payment_intent_id: created.id,
-      refund_id: null,
-      operation: 'authorize',
-      amount: created.amount,
-      provider_idempotency_key: providerKeyFor(created.merchantId, attemptId),
-      status: 'started',
-      provider_reference: null,
-      error_code: null,
-    },
+    attempt: openAuthorization(created.merchantId, attemptId, created.id, created.amount, providerKeyFor(created.merchantId, attemptId)),
+  };
+}
+
+/** An authorize attempt as a first phase inserts it: started, nothing known from the provider yet. */
+function openAuthorization(merchantId: string, id: string, intentId: string, amount: number, providerKey: string): AttemptRow {
+  return {
+    merchant_id: merchantId,
+    id,
+    payment_intent_id: intentId,
+    refund_id: null,
+    operation: 'authorize',
+    amount,
+    provider_idempotency_key: providerKey,
+    status: 'started',
+    provider_reference: null,
+    error_code: null,
   };
 }
 
@@ -124,18 +129,7 @@ export async function startAuthorizations(db: Queryable, batch: StartRow[], ttlH
   });
   const started = new Map<string, Started>();
   for (const { attempt_id, attempt_amount, provider_idempotency_key, ...intent } of rows) {
-    const attempt: AttemptRow = {
-      merchant_id: intent.merchant_id,
-      id: attempt_id,
-      payment_intent_id: intent.id,
-      refund_id: null,
-      operation: 'authorize',
-      amount: attempt_amount,
-      provider_idempotency_key,
-      status: 'started',
-      provider_reference: null,
-      error_code: null,
-    };
+    const attempt = openAuthorization(intent.merchant_id, attempt_id, intent.id, attempt_amount, provider_idempotency_key);
     started.set(intent.id, { intent, attempt });
   }
   return started;

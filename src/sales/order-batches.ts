@@ -42,11 +42,17 @@ export interface OrderRequest extends KeyedWrite {
   confirm?: { paymentMethod: string; context: (intentId: string) => RequestContext };
 }
 
+/** An order's confirm whose first phase the batch wrote: the confirm's context and what it started. */
+export interface StartedConfirm {
+  context: RequestContext;
+  started: Started;
+}
+
 /**
- * `created`: written by the batch with this answer, and for an order that confirms, `started`
+ * `created`: written by the batch with this answer, and for an order that confirms, `confirm`
  * when the batch wrote the confirm's first phase too; `single`: run it alone.
  */
-export type OrderOutcome = { kind: 'created'; body: unknown; started?: Started } | { kind: 'single' };
+export type OrderOutcome = { kind: 'created'; body: unknown; confirm?: StartedConfirm } | { kind: 'single' };
 
 export interface OrderBatchOptions {
   pool: Pool;
@@ -67,7 +73,7 @@ interface PlannedOrder {
   eventId: string;
   body: unknown;
   /** An order that confirms: the confirm's context and its first phase as the batch writes it. */
-  confirm?: { context: RequestContext; started: Started };
+  confirm?: StartedConfirm;
 }
 
 const INSERT_ORDERS_WITH_FINISHED_KEYS = `with req as (
@@ -216,7 +222,7 @@ export class OrderCreationBatcher {
     return plans.map((plan): OrderOutcome => {
       const started = plan && created.get(plan.order.id);
       if (!plan || started === undefined) return { kind: 'single' };
-      return { kind: 'created', body: plan.body, started: started ? plan.confirm?.started : undefined };
+      return { kind: 'created', body: plan.body, confirm: started ? plan.confirm : undefined };
     });
   }
 

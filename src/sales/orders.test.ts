@@ -11,7 +11,10 @@ import { describe, test } from 'node:test';
 import { key, setupTestContext } from '../../test/helpers.js';
 import { saleFlow } from '../../test/sale-flow.js';
 import { audit } from '../audit/service.js';
+import { fingerprint } from '../platform/idempotency/service.js';
+import { OrderCreationBatcher } from './order-batches.js';
 import { confirmContext } from './orders.js';
+import { toApiOrder } from './service.js';
 
 const t = await setupTestContext();
 const flow = saleFlow(t.app, t.merchant);
@@ -44,7 +47,7 @@ async function chargesOf(intentId: string) {
   };
 }
 
-/** Count of one phase's confirm batches and the confirms they carried. */
+/** How many confirms the confirm batcher's start phase has carried so far. */
 async function confirmStarts(): Promise<number> {
   const text = (await t.app.inject({ method: 'GET', url: '/metrics' })).body;
   return Number(/^floodgate_confirm_batch_size_sum\{phase="start"\} (\S+)$/m.exec(text)?.[1] ?? 0);
@@ -152,9 +155,6 @@ describe('orders that confirm', () => {
     // What an order batch writes before the provider call, left as a process that died there
     // leaves it: the order's key finished, the confirm's key held at authorization_started, the
     // intent processing and its attempt started. The simulator never saw the call.
-    const { OrderCreationBatcher } = await import('./order-batches.js');
-    const { toApiOrder } = await import('./service.js');
-    const { fingerprint } = await import('../platform/idempotency/service.js');
     const batcher = new OrderCreationBatcher({ pool: t.pool, ttlHours: 24, windowMs: 0, batchMax: 10, maxRunning: 1, view: toApiOrder });
     const orderCtx = {
       merchantId: t.merchant.id,
@@ -175,8 +175,8 @@ describe('orders that confirm', () => {
       confirm: { paymentMethod: 'pm_card_visa', context: (intentId) => confirmContext(orderCtx, intentId, 'pm_card_visa') },
     });
     assert.equal(written.kind, 'created');
-    assert.ok(written.kind === 'created' && written.started, 'the batch started the confirm');
-    const intentId = written.started.intent.id;
+    assert.ok(written.kind === 'created' && written.confirm, 'the batch started the confirm');
+    const intentId = written.confirm.started.intent.id;
     const confirmKey = confirmContext(orderCtx, intentId, 'pm_card_visa').idempotencyKey;
     const keyRow = await t.pool.query(
       `select recovery_point, resource_id, locked_at is not null as locked from idempotency_keys

@@ -12,7 +12,7 @@
  * resumes it where a crash left it (the provider call again under the same provider key).
  * The answer is put together from the two, the same way on every replay.
  */
-import type { PaymentDeps, Started } from '../payments/service.js';
+import type { PaymentDeps } from '../payments/service.js';
 import * as payments from '../payments/service.js';
 import { createIntentInTransaction } from '../payments/service.js';
 import type { Pool } from '../platform/db/pool.js';
@@ -22,7 +22,7 @@ import { page } from '../platform/http/pagination.js';
 import { errorReply, ok, type Reply } from '../platform/http/reply.js';
 import { fingerprint, type IdempotencyOptions, singlePhase } from '../platform/idempotency/service.js';
 import { newId } from '../platform/ids.js';
-import type { OrderCreationBatcher } from './order-batches.js';
+import type { OrderCreationBatcher, StartedConfirm } from './order-batches.js';
 import * as sql from './sql.js';
 
 /** What orders need of the sales capability's dependencies (service.ts's SalesDeps extends it). */
@@ -88,7 +88,7 @@ export async function createOrder(deps: OrderDeps, ctx: RequestContext, params: 
       confirm: paying && { paymentMethod: paying.method, context: (intentId) => confirmContext(ctx, intentId, paying.method) },
     });
     if (outcome.kind === 'created') {
-      return paying ? confirmOrder(deps, paying.deps, ctx, outcome.body as OrderBody, paying.method, outcome.started) : ok(outcome.body);
+      return paying ? confirmOrder(deps, paying.deps, ctx, outcome.body as OrderBody, paying.method, outcome.confirm) : ok(outcome.body);
     }
   }
   // Alone: no batcher, or the batch left this request to the path that answers every case.
@@ -114,14 +114,15 @@ async function confirmOrder(
   ctx: RequestContext,
   order: OrderBody,
   paymentMethod: string,
-  started?: Started,
+  started?: StartedConfirm,
 ): Promise<Reply> {
   // Already paid (an earlier request paid this hold's order): nothing is left to confirm.
   if (order.status === 'paid') return ok(order);
-  const confirmCtx = confirmContext(ctx, order.payment_intent, paymentMethod);
   const confirmed = started
-    ? await payments.continueStartedConfirm(paying, confirmCtx, started)
-    : await payments.confirmPaymentIntent(paying, confirmCtx, order.payment_intent, { payment_method: paymentMethod });
+    ? await payments.continueStartedConfirm(paying, started.context, started.started)
+    : await payments.confirmPaymentIntent(paying, confirmContext(ctx, order.payment_intent, paymentMethod), order.payment_intent, {
+        payment_method: paymentMethod,
+      });
   if (confirmed.status !== 200) return confirmed;
   const intent = confirmed.body as { status: string };
   // A payment that succeeded paid its order in the same transaction; the order's row gives its
