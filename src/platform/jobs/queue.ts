@@ -71,14 +71,18 @@ export function insertJobsSql(job: { task: string; payload: string; runAt: strin
  * graphile-worker's remove_job removes one, for a statement that removes many at once: a job
  * not locked (or whose lock is older than the 4 hours after which graphile-worker frees it) is
  * deleted; one a worker holds now keeps running, without its key and its retries. Each key is
- * probed by itself (`limit 1`: see sales/batch-sql.ts lockStock). Named `<name>_found`, `<name>`
+ * probed by itself (`limit 1`: see sales/batch-sql.ts lockStock), in the default collation: a
+ * key made from our ids (`'expire_hold:' || id`) takes their collation "C", and compared in it
+ * the key could not use graphile-worker's index on key, so every probe scanned the whole job
+ * table (every pending expiry of a surge). Equality is byte equality in both collations, so
+ * the answer is the same. Named `<name>_found`, `<name>`
  * (the deleted) and `<name>_disarmed`; a modifying WITH query runs whether or not it is read.
  */
 export function removeJobsCtes(name: string, keys: string): string {
   return `${name}_found as (
              select j.id, j.locked_at
              from (${keys}) as k
-             cross join lateral (select id, locked_at from graphile_worker._private_jobs where key = k.key limit 1) j),
+             cross join lateral (select id, locked_at from graphile_worker._private_jobs where key = k.key collate "default" limit 1) j),
            ${name} as (
              delete from graphile_worker._private_jobs j using ${name}_found f
              where j.id = f.id and (j.locked_at is null or j.locked_at < now() - interval '4 hours')
