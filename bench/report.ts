@@ -70,6 +70,8 @@ export interface RunOptions {
   surgeParts: SurgePart[];
   /** A paid checkout's requests: 2 (an order that confirms) or 3 (order, then confirm). */
   checkoutRequests: 2 | 3;
+  /** Buyers holding the hot item through each checkout phase, each with a pending expiry job. */
+  holdsPending: number;
 }
 
 export interface SummaryRow {

@@ -15,6 +15,9 @@
  *            section's parts, to profile or time one of them alone)
  *            --checkout-requests 2|3 (a paid checkout's requests: 2, the default, orders with
  *            confirm: true; 3 orders, then confirms the PaymentIntent, as before 2026-12-03)
+ *            --holds-pending N (buyers holding the hot item through each checkout phase, each
+ *            hold with its pending expiry job, as in a surge where most holders are still
+ *            deciding; default 0)
  *
  * See bench/README.md for what each number means.
  */
@@ -73,6 +76,8 @@ const DRAIN_TIMEOUT_MS = 10_000;
 const BACKLOG_SECONDS_MAX = 2;
 // Long enough for the server's pool to open and prepare all its connections.
 const RECONNECT_S = 1;
+// Buyers holding through a checkout phase: a stadium's on-sale, well within the hot item's stock.
+const HOLDS_PENDING_MAX = 1_000_000;
 
 function parseOptions(argv: string[]): RunOptions {
   const { values } = parseArgs({
@@ -89,6 +94,7 @@ function parseOptions(argv: string[]): RunOptions {
       profile: { type: 'boolean', default: false },
       'surge-parts': { type: 'string' },
       'checkout-requests': { type: 'string' },
+      'holds-pending': { type: 'string' },
     },
   });
   const quick = values.quick ?? false;
@@ -113,11 +119,15 @@ function parseOptions(argv: string[]): RunOptions {
   }
   const checkoutRequests = values['checkout-requests'] === undefined ? 2 : Number(values['checkout-requests']);
   if (checkoutRequests !== 2 && checkoutRequests !== 3) throw new Error('--checkout-requests takes 2 or 3');
+  const holdsPending = values['holds-pending'] === undefined ? 0 : Number(values['holds-pending']);
+  if (!Number.isInteger(holdsPending) || holdsPending < 0 || holdsPending > HOLDS_PENDING_MAX)
+    throw new Error(`--holds-pending must be a whole number from 0 to ${HOLDS_PENDING_MAX}`);
   return {
     quick,
     sections: sections as Section[],
     surgeParts: surgeParts as SurgePart[],
     checkoutRequests: checkoutRequests as 2 | 3,
+    holdsPending,
     rounds: positive(values.rounds, quick ? 1 : 5, 'rounds'),
     clients: positive(values.clients, CLIENTS_DEFAULT, 'clients'),
     warmupS: quick ? 3 : 5,

@@ -23,6 +23,7 @@ import type pg from 'pg';
 import { createMerchant } from '../src/merchants/service.js';
 import { createPool } from '../src/platform/db/pool.js';
 import { SERVER_NODE_FLAGS } from '../src/platform/node-flags.js';
+import { EXPIRE_HOLD_TASK } from '../src/sales/holds.js';
 import { BackendCpuSampler } from './backends.js';
 import { CROWD_FACTOR } from './crowd.js';
 import { busyFraction, busyMs, cpuSnapshot, freePort, processCpuMs } from './machine.js';
@@ -80,6 +81,8 @@ export interface SurgeOptions {
   profileDir: string;
   /** A paid checkout's requests: 2, an order that confirms; 3, an order and then a confirm. */
   checkoutRequests: 2 | 3;
+  /** Buyers holding the hot item through each checkout phase, each with a pending expiry job. */
+  holdsPending: number;
 }
 
 class SurgeLoadGenerator {
@@ -517,9 +520,10 @@ async function checkoutPhase(surge: Surge, round: number, name: SurgePhaseName, 
   // The pgbench phase closed the server's pool: reopen it (and the provider's sockets) unmeasured.
   await surge.loadgen.run(job(surge, 'checkout', surge.redisApi.port, RECONNECT_S, options));
   await resetHolds(surge);
+  await seedPendingHolds(surge, surge.options.holdsPending);
   const phase = await loadPhase(surge, round, name, surge.redisApi, 'checkout', options);
   surge.lastCheckoutRate = Math.max(surge.lastCheckoutRate, phase.throughput);
-  phase.stock = await checkStock(surge, phase);
+  phase.stock = await checkStock(surge, phase, surge.options.holdsPending);
   if (phase.stock.problems.length > 0)
     console.error(`  FAILED: ${phase.name} stock counters are not exact: ${phase.stock.problems.join('; ')}`);
   await resetHolds(surge);
@@ -527,11 +531,46 @@ async function checkoutPhase(surge: Surge, round: number, name: SurgePhaseName, 
 }
 
 /**
+ * Buyers holding the hot item who have not paid yet, as a surge has thousands while its
+ * checkouts run: each a hold of one unit for an hour with its line, its allocation and its
+ * pending expiry job, as writeHolds leaves them (without keys or admission tickets, which no
+ * checkout reads). Written in SQL, since the API would spend the phase's tokens on them; then
+ * analyzed, as autovacuum would have by then.
+ */
+async function seedPendingHolds(surge: Surge, count: number): Promise<void> {
+  if (count === 0) return;
+  await surge.adminPool.query(
+    `with item as (
+       select i.merchant_id, i.id, i.sale_id, i.price, s.currency
+       from sale_items i join sales s on s.merchant_id = i.merchant_id and s.id = i.sale_id
+       where i.id = $1),
+     hold as (
+       insert into holds (merchant_id, id, sale_id, buyer_reference, status, amount, currency, expires_at)
+       select item.merchant_id, 'hold_pending' || lpad(n::text, 15, '0'), item.sale_id, 'pending-' || n, 'active',
+              item.price, item.currency, now() + interval '1 hour'
+       from item, generate_series(1, $2::int) n
+       returning merchant_id, id, expires_at),
+     line as (
+       insert into hold_lines (merchant_id, hold_id, item_id, quantity)
+       select hold.merchant_id, hold.id, item.id, 1 from hold, item),
+     expiry as (
+       insert into graphile_worker._private_jobs (task_id, payload, run_at, max_attempts, key)
+       select (select id from graphile_worker._private_tasks where identifier = $3), json_build_object('merchant_id', hold.merchant_id, 'hold_id', hold.id),
+              hold.expires_at, 25, $3 || ':' || hold.id
+       from hold)
+     update sale_items set stock_allocated = stock_allocated + $2 where id = $1`,
+    [surge.hotItem, count, EXPIRE_HOLD_TASK],
+  );
+  await surge.adminPool.query('analyze holds, hold_lines, graphile_worker._private_jobs');
+}
+
+/**
  * The hot item's stock after a checkout phase, from the database, against what the generator
  * was answered. Nothing expired or was released in the phase (holds last an hour), so every
  * hold answered is still held or sold, and the allocation counter is exactly held + sold.
+ * `pending` holds were seeded before the phase and are still held.
  */
-async function checkStock(surge: Surge, phase: SurgePhase): Promise<StockCheck> {
+async function checkStock(surge: Surge, phase: SurgePhase, pending: number): Promise<StockCheck> {
   const { rows } = await surge.adminPool.query<Omit<StockCheck, 'problems'>>(
     `select i.stock_total as total, i.stock_available as available, i.stock_held as held, i.stock_sold as sold,
             s.stock_allocated as allocated,
@@ -545,7 +584,7 @@ async function checkStock(surge: Surge, phase: SurgePhase): Promise<StockCheck> 
   assert.ok(stock, 'the hot item exists');
   // The step that answers the payment: the order that confirms, or the confirm after the order.
   const paid = (surge.options.checkoutRequests === 3 ? phase.steps?.confirm : phase.steps?.order) ?? 0;
-  const held = phase.steps?.hold ?? 0;
+  const held = (phase.steps?.hold ?? 0) + pending;
   // An answer the generator gave up on (a timeout) may still have committed: only then may the
   // database count more than the generator was told, and by no more than that.
   const unanswered = phase.errors.timeout ?? 0;
