@@ -98,7 +98,8 @@ export function crashing(real: Pool, provider: PaymentProvider, plan: CrashPlan)
       if (died && q.text === 'rollback') return client.query('rollback');
       if (died || matches(plan.atQuery, q)) die();
       const result = await (client.query as (...a: unknown[]) => Promise<unknown>)(...args);
-      if (q.text === 'begin') inTransaction = true;
+      // withTransaction may send settings with its BEGIN ('begin; set local ...').
+      if (q.text === 'begin' || q.text?.startsWith('begin;')) inTransaction = true;
       if (q.text === 'commit' || q.text === 'rollback') inTransaction = false;
       if (matches(plan.afterCommitOf, q)) dieAtCommit = true;
       // A lone statement on a client (withAutocommit) commits as it returns.

@@ -158,7 +158,8 @@ export class ConfirmBatcher {
     const calls = batch.filter((_, index) => firsts[index]);
     let replies: Map<string, Reply>;
     try {
-      replies = await withTransaction(this.options.pool, (client) => this.completeTogether(client, calls));
+      // Intents, attempts, keys, orders, holds and expiry jobs, each found by its key.
+      replies = await withTransaction(this.options.pool, (client) => this.completeTogether(client, calls), { keyedLookups: true });
     } catch (error) {
       // As the start: a commit maybe lost in a failover is acknowledged to no one.
       if (error instanceof SyncReplicationCanceledError) throw error;

@@ -126,3 +126,44 @@ test('a session plans its statements again once its plans are old, at the sizes 
     await refreshing.end();
   }
 });
+
+test('a transaction of keyed lookups plans its statements by key even on an empty table, and keeps that plan as it grows', async () => {
+  await pool.query('create table keyed (k text primary key, n int not null); analyze keyed');
+  const keyedPool = createPool({ connectionString: url, max: 1, statementTimeoutMs: 30_000 });
+  const bump = {
+    name: 'pool_test_keyed_bump',
+    text: 'update keyed g set n = g.n + 1 from unnest($1::text[]) as r(k) where g.k = r.k',
+    values: [['k1', 'k2']],
+  };
+  const plan = async (client: pg.PoolClient) =>
+    (await client.query<{ 'QUERY PLAN': string }>(`explain execute pool_test_keyed_bump('{k1,k2}')`)).rows
+      .map((row) => row['QUERY PLAN'])
+      .join('\n');
+  try {
+    // Planned on the empty table, inside the transaction.
+    const first = await withTransaction(
+      keyedPool,
+      async (client) => {
+        await client.query(bump);
+        const { rows } = await client.query<{ enable_seqscan: string }>('show enable_seqscan');
+        return { plan: await plan(client as pg.PoolClient), seqscan: rows[0]?.enable_seqscan };
+      },
+      { keyedLookups: true },
+    );
+    assert.equal(first.seqscan, 'off');
+    assert.match(first.plan, /Index Scan using keyed_pkey/);
+    // The setting ends with the transaction; the plan is kept, and serves the grown table by key.
+    await keyedPool.query(`insert into keyed select 'k' || i, 0 from generate_series(1, 50000) i`);
+    const client = await keyedPool.connect();
+    try {
+      assert.equal((await client.query<{ enable_seqscan: string }>('show enable_seqscan')).rows[0]?.enable_seqscan, 'on');
+      const { rowCount } = await client.query(bump);
+      assert.equal(rowCount, 2);
+      assert.match(await plan(client), /Index Scan using keyed_pkey/);
+    } finally {
+      client.release();
+    }
+  } finally {
+    await keyedPool.end();
+  }
+});

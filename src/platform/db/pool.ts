@@ -92,16 +92,25 @@ export function createPool(options: PoolOptions): Pool {
   return pool;
 }
 
+export interface TransactionOptions {
+  /** false: the commit does not wait for its WAL flush (a hold batch's; see hold-batches.ts). */
+  synchronousCommit?: boolean;
+  /**
+   * Plan the transaction's statements without sequential scans (`enable_seqscan = off`), for a
+   * batch whose every lookup is by key. Its plans are kept (see createPool), and a plan made
+   * while a table was near empty (a new deployment's first sale, or the bench's phases, which
+   * start on truncated tables) scans that table whole on every batch while the surge grows it,
+   * until the plan is refreshed. A table no index can serve is still scanned.
+   */
+  keyedLookups?: boolean;
+}
+
 /**
  * Runs fn inside one transaction on one pooled connection. Commits when fn returns, rolls back
  * when it throws. Never call out over the network from fn: the transaction would be held open
  * for as long as the remote side takes.
  */
-export async function withTransaction<T>(
-  pool: Pool,
-  fn: (client: Client) => Promise<T>,
-  options: { synchronousCommit?: boolean } = {},
-): Promise<T> {
+export async function withTransaction<T>(pool: Pool, fn: (client: Client) => Promise<T>, options: TransactionOptions = {}): Promise<T> {
   const client = await pool.connect();
   let suspect = false;
   try {
@@ -111,7 +120,11 @@ export async function withTransaction<T>(
     // statement's. A BEGIN fails only on a session that cannot run statements either (a broken
     // connection, a transaction left aborted), so the first statement fails with it and fn
     // never goes on outside a transaction.
-    const begun = client.query(options.synchronousCommit === false ? 'begin; set local synchronous_commit = off' : 'begin');
+    const settings = [
+      options.synchronousCommit === false ? 'set local synchronous_commit = off' : undefined,
+      options.keyedLookups ? 'set local enable_seqscan = off' : undefined,
+    ].filter((setting) => setting !== undefined);
+    const begun = client.query(['begin', ...settings].join('; '));
     begun.catch(() => {});
     // With tracing on, jobs that database triggers add in this transaction continue its trace
     // (see migrations/008): one more statement per transaction, only then.
@@ -151,7 +164,7 @@ export async function withTransaction<T>(
 export async function withTransactionEndingIn<T, Last>(
   pool: Pool,
   fn: (client: Client) => Promise<{ value: T; last: Promise<Last> }>,
-  options: { synchronousCommit?: boolean } = {},
+  options: TransactionOptions = {},
 ): Promise<{ value: T; last: Last }> {
   const { value, last } = await withTransaction(
     pool,
