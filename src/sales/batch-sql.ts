@@ -195,13 +195,14 @@ export async function writeHolds(
 
 /**
  * The holds of a batch of orders (order-batches.ts), by `merchant\u0000hold`, read without a
- * lock: the batch's write re-checks each under its row lock.
+ * lock: the batch's write re-checks each under its row lock. Each is probed by its key (see
+ * lockStock): as a join, the plan kept from a phase's start read every hold on each batch.
  */
 export async function selectHoldsByIds(db: Queryable, merchantIds: string[], holdIds: string[]): Promise<Map<string, HoldRow>> {
   const { rows } = await db.query<HoldRow>({
     name: 'sales_batch_select_holds',
-    text: `select ${HOLD_COLUMNS} from holds
-           where (merchant_id, id) in (select * from unnest($1::text[], $2::text[]))`,
+    text: `select h.* from unnest($1::text[], $2::text[]) as r(merchant_id, id)
+           cross join lateral (select ${HOLD_COLUMNS} from holds where merchant_id = r.merchant_id and id = r.id limit 1) h`,
     values: [merchantIds, holdIds],
   });
   return new Map(rows.map((row) => [`${row.merchant_id}\u0000${row.id}`, row]));
