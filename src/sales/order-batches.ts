@@ -84,13 +84,17 @@ const INSERT_ORDERS_WITH_FINISHED_KEYS = `with req as (
                as r(merchant_id, key_kind, key, fingerprint, method, path, hold_id, order_id, intent_id, sale_id, amount,
                     currency, body, intent_body, description, metadata, created_at, event_id, payment_method, confirm_key,
                     confirm_path, confirm_fingerprint, attempt_id, provider_key)),
+           -- Each hold probed by its key and locked (see batch-sql.ts lockStock): as a join, the
+           -- plan kept from a near-empty table read every active hold on each batch.
            held as (
              select r.order_id from req r
-             join holds h on h.merchant_id = r.merchant_id and h.id = r.hold_id
-             where h.status = 'active' and h.expires_at > r.created_at and h.amount = r.amount
-               and h.currency = r.currency and h.sale_id = r.sale_id
-               and not exists (select 1 from orders o where o.merchant_id = h.merchant_id and o.hold_id = h.id)
-             for update of h),
+             cross join lateral (
+               select h.merchant_id, h.id from holds h
+               where h.merchant_id = r.merchant_id and h.id = r.hold_id and h.status = 'active' and h.expires_at > r.created_at
+                 and h.amount = r.amount and h.currency = r.currency and h.sale_id = r.sale_id
+               limit 1
+               for update) h
+             where not exists (select 1 from orders o where o.merchant_id = h.merchant_id and o.hold_id = h.id)),
            ${finishedKeyCte({
              merchantId: 'r.merchant_id',
              keyKind: 'r.key_kind',
