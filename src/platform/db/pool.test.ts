@@ -87,18 +87,20 @@ test("a pool's sessions plan a prepared statement once, however its values chang
   }
 });
 
-test('a session plans its statements again once its plans are old, at the sizes the tables have grown to', async () => {
-  await pool.query('create table growing (k text primary key, n int not null); analyze growing');
-  const refreshing = createPool({ connectionString: url, max: 1, statementTimeoutMs: 30_000, planRefreshMs: 100 });
-  const bump = {
-    name: 'pool_test_bump',
-    text: 'update growing g set n = g.n + 1 from unnest($1::text[]) as r(k) where g.k = r.k',
-    values: [['k1', 'k2']],
+/** An empty, analyzed table of keys; a named statement that bumps two of its rows by key; a session's plan of it. */
+async function keyedTable(table: string) {
+  await pool.query(`create table ${table} (k text primary key, n int not null); analyze ${table}`);
+  const name = `pool_test_bump_${table}`;
+  return {
+    bump: { name, text: `update ${table} g set n = g.n + 1 from unnest($1::text[]) as r(k) where g.k = r.k`, values: [['k1', 'k2']] },
+    plan: async (client: pg.PoolClient) =>
+      (await client.query<{ 'QUERY PLAN': string }>(`explain execute ${name}('{k1,k2}')`)).rows.map((row) => row['QUERY PLAN']).join('\n'),
   };
-  const plan = async (client: pg.PoolClient) =>
-    (await client.query<{ 'QUERY PLAN': string }>(`explain execute pool_test_bump('{k1,k2}')`)).rows
-      .map((row) => row['QUERY PLAN'])
-      .join('\n');
+}
+
+test('a session plans its statements again once its plans are old, at the sizes the tables have grown to', async () => {
+  const { bump, plan } = await keyedTable('growing');
+  const refreshing = createPool({ connectionString: url, max: 1, statementTimeoutMs: 30_000, planRefreshMs: 100 });
   try {
     const client = await refreshing.connect();
     try {
@@ -128,17 +130,8 @@ test('a session plans its statements again once its plans are old, at the sizes 
 });
 
 test('a transaction of keyed lookups plans its statements by key even on an empty table, and keeps that plan as it grows', async () => {
-  await pool.query('create table keyed (k text primary key, n int not null); analyze keyed');
+  const { bump, plan } = await keyedTable('keyed');
   const keyedPool = createPool({ connectionString: url, max: 1, statementTimeoutMs: 30_000 });
-  const bump = {
-    name: 'pool_test_keyed_bump',
-    text: 'update keyed g set n = g.n + 1 from unnest($1::text[]) as r(k) where g.k = r.k',
-    values: [['k1', 'k2']],
-  };
-  const plan = async (client: pg.PoolClient) =>
-    (await client.query<{ 'QUERY PLAN': string }>(`explain execute pool_test_keyed_bump('{k1,k2}')`)).rows
-      .map((row) => row['QUERY PLAN'])
-      .join('\n');
   try {
     // Planned on the empty table, inside the transaction.
     const first = await withTransaction(
