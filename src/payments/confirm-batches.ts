@@ -23,6 +23,7 @@
  */
 import assert from 'node:assert/strict';
 import { isPostableAmount } from '../ledger/service.js';
+import { scopedKey } from '../platform/db/by-ids.js';
 import { GroupCommit } from '../platform/db/group-commit.js';
 import { type KeyedWrite, keyedBatch } from '../platform/db/keyed-batches.js';
 import { type Client, type Pool, SyncReplicationCanceledError, withAutocommit, withTransaction } from '../platform/db/pool.js';
@@ -120,7 +121,7 @@ export class ConfirmBatcher {
     const intents = new Set<string>();
     const rows = batch.map((request): StartRow | undefined => {
       const { ctx } = request;
-      const intent = `${ctx.merchantId}\u0000${request.intentId}`;
+      const intent = scopedKey(ctx.merchantId, request.intentId);
       if (intents.has(intent)) return undefined;
       intents.add(intent);
       const attemptId = newId('pa');
@@ -150,7 +151,7 @@ export class ConfirmBatcher {
   private async runCompletions(batch: CapturedCall[]): Promise<CompleteOutcome[]> {
     const intents = new Set<string>();
     const firsts = batch.map((call) => {
-      const intent = `${call.intent.merchant_id}\u0000${call.intent.id}`;
+      const intent = scopedKey(call.intent.merchant_id, call.intent.id);
       if (intents.has(intent)) return false;
       intents.add(intent);
       return true;

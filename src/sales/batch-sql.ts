@@ -4,6 +4,7 @@
  * openBatch and lockStock together, then writeHolds with the commit (the pool pipelines: two
  * round trips; and a credit of returns when some wait).
  */
+import { selectByScopedIds } from '../platform/db/by-ids.js';
 import type { Queryable } from '../platform/db/pool.js';
 import { existingKeysSql, type FinishedKeys, finishedKeysCte } from '../platform/idempotency/sql.js';
 import { insertJobsSql, removeJobsCtes } from '../platform/jobs/queue.js';
@@ -194,18 +195,11 @@ export async function writeHolds(
 }
 
 /**
- * The holds of a batch of orders (order-batches.ts), by `merchant\u0000hold`, read without a
- * lock: the batch's write re-checks each under its row lock. Each is probed by its key (see
- * lockStock): as a join, the plan kept from a phase's start read every hold on each batch.
+ * The holds of a batch of orders (order-batches.ts), by scopedKey, read without a lock: the
+ * batch's write re-checks each under its row lock.
  */
-export async function selectHoldsByIds(db: Queryable, merchantIds: string[], holdIds: string[]): Promise<Map<string, HoldRow>> {
-  const { rows } = await db.query<HoldRow>({
-    name: 'sales_batch_select_holds',
-    text: `select h.* from unnest($1::text[], $2::text[]) as r(merchant_id, id)
-           cross join lateral (select ${HOLD_COLUMNS} from holds where merchant_id = r.merchant_id and id = r.id limit 1) h`,
-    values: [merchantIds, holdIds],
-  });
-  return new Map(rows.map((row) => [`${row.merchant_id}\u0000${row.id}`, row]));
+export function selectHoldsByIds(db: Queryable, merchantIds: string[], holdIds: string[]): Promise<Map<string, HoldRow>> {
+  return selectByScopedIds(db, { name: 'sales_batch_select_holds', table: 'holds', columns: HOLD_COLUMNS }, merchantIds, holdIds);
 }
 
 /**

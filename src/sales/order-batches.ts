@@ -24,6 +24,7 @@
  */
 import { firstEventCte } from '../events/service.js';
 import { type NewIntent, newIntentsCte, type Started, startedOfNewIntent, viewOfNewIntent } from '../payments/service.js';
+import { scopedKey } from '../platform/db/by-ids.js';
 import { GroupCommit } from '../platform/db/group-commit.js';
 import { type KeyedWrite, keyedBatch } from '../platform/db/keyed-batches.js';
 import { type Pool, type Queryable, withAutocommit } from '../platform/db/pool.js';
@@ -186,7 +187,7 @@ export class OrderCreationBatcher {
           batch.map((order) => order.merchantId),
           batch.map((order) => order.id),
         );
-        return batch.map((order) => orders.get(`${order.merchantId}\u0000${order.id}`));
+        return batch.map((order) => orders.get(scopedKey(order.merchantId, order.id)));
       },
     });
   }
@@ -210,7 +211,7 @@ export class OrderCreationBatcher {
     const now = new Date();
     const ordered = new Set<string>();
     const plans = batch.map((request) => {
-      const scoped = `${request.merchantId}\u0000${request.holdId}`;
+      const scoped = scopedKey(request.merchantId, request.holdId);
       const hold = holds.get(scoped);
       // Missing, ended or expired: the single path gives the answer (or finds an existing order).
       // A second request for one hold runs alone after the batch and finds the batch's order.

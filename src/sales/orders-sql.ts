@@ -1,4 +1,5 @@
 /** The orders of sales: one per hold, paid by its PaymentIntent (sql.ts re-exports these). */
+import { selectByScopedIds } from '../platform/db/by-ids.js';
 import type { Queryable } from '../platform/db/pool.js';
 import type { OrderStatus } from './domain.js';
 
@@ -60,19 +61,9 @@ export async function selectOrder(db: Queryable, merchantId: string, id: string)
   return rows[0];
 }
 
-/**
- * Orders by id, many at once (order-batches.ts reads the orders that confirms paid together);
- * keyed by merchant and id. Each is probed by its key (see batch-sql.ts lockStock): as a join,
- * the plan kept from a phase's start read every order on each batch.
- */
-export async function selectOrdersByIds(db: Queryable, merchantIds: string[], ids: string[]): Promise<Map<string, OrderRow>> {
-  const { rows } = await db.query<OrderRow>({
-    name: 'sales_select_orders_by_ids',
-    text: `select o.* from unnest($1::text[], $2::text[]) as r(merchant_id, id)
-           cross join lateral (select ${ORDER_COLUMNS} from orders where merchant_id = r.merchant_id and id = r.id limit 1) o`,
-    values: [merchantIds, ids],
-  });
-  return new Map(rows.map((row) => [`${row.merchant_id}\u0000${row.id}`, row]));
+/** Orders by id, many at once (order-batches.ts reads the orders that confirms paid together), by scopedKey. */
+export function selectOrdersByIds(db: Queryable, merchantIds: string[], ids: string[]): Promise<Map<string, OrderRow>> {
+  return selectByScopedIds(db, { name: 'sales_select_orders_by_ids', table: 'orders', columns: ORDER_COLUMNS }, merchantIds, ids);
 }
 
 export async function selectOrders(
