@@ -29,6 +29,8 @@ export interface Answer {
   status: number;
   body: Record<string, unknown>;
   retryAfterSeconds?: number;
+  /** Cache-Control max-age: a cached read may be up to this much (rounded down) behind the source. */
+  maxAgeSeconds?: number;
 }
 
 const LINE_KINDS: ReadonlySet<RequestKind> = new Set(['join', 'poll', 'read']);
@@ -145,7 +147,13 @@ export class DrillClient {
             const code = status >= 400 ? ((body.error as { code?: string } | undefined)?.code ?? `http_${status}`) : undefined;
             record(status, code);
             const retryAfter = Number(response.headers['retry-after']);
-            resolve({ status, body, retryAfterSeconds: Number.isFinite(retryAfter) && retryAfter >= 0 ? retryAfter : undefined });
+            const maxAge = Number(/max-age=(\d+)/.exec(String(response.headers['cache-control'] ?? ''))?.[1]);
+            resolve({
+              status,
+              body,
+              retryAfterSeconds: Number.isFinite(retryAfter) && retryAfter >= 0 ? retryAfter : undefined,
+              maxAgeSeconds: Number.isFinite(maxAge) ? maxAge : undefined,
+            });
           });
           response.on('error', (error: NodeJS.ErrnoException) => {
             record(0, error.code ?? 'response_error');
