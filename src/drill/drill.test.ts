@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { test } from 'node:test';
 import type { BuyerResult } from './buyer.js';
 import { chooseCard } from './buyer.js';
-import type { RequestRecord } from './client.js';
+import { DrillClient, type RequestRecord } from './client.js';
 import { DrillOptionError, parseDrillOptions } from './options.js';
+import { checkInvariants } from './run.js';
 import { percentiles, perSecond } from './stats.js';
 import { computeVerdict, formatVerdict, type InvariantChecks } from './verdict.js';
 
@@ -91,4 +94,38 @@ test('stats and card mix', () => {
   assert.equal(chooseCard(0.85), 'pm_card_declined');
   assert.equal(chooseCard(0.9), 'pm_card_insufficient_funds');
   assert.equal(chooseCard(0.95), 'pm_card_timeout');
+});
+
+test('the sold check reads the sale page again once its cache bound has passed, not a copy older than the last payment', async () => {
+  // A target whose sale page is a cached copy from before the last paid order until a second has passed.
+  const paid = 3;
+  const startedAt = Date.now();
+  const saleReads: number[] = [];
+  const server = http.createServer((request, response) => {
+    const send = (body: unknown, headers: Record<string, string> = {}) => {
+      response.writeHead(200, { 'content-type': 'application/json', ...headers });
+      response.end(JSON.stringify(body));
+    };
+    if (request.url?.startsWith('/v1/sales/')) {
+      saleReads.push(Date.now() - startedAt);
+      const sold = Date.now() - startedAt < 1_000 ? paid - 1 : paid;
+      return send({ items: [{ stock: { total: 10, sold } }] }, { 'cache-control': 'private, max-age=0' });
+    }
+    const orders = Array.from({ length: paid }, (_, i) => ({ id: `ord_${i}`, status: 'paid' }));
+    send({ data: [...orders, { id: 'ord_x', status: 'canceled' }], has_more: false });
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const client = new DrillClient(url, { socketsMax: 2 });
+  try {
+    const deployment = { url, secretKey: 'sk_test', buyerKey: 'sk_test', close: async () => {} };
+    const checks = await checkInvariants(client, deployment, { id: 'sale_1' }, 10, 0);
+    assert.deepEqual({ sold: checks.soldUnits, paid: checks.paidOrders }, { sold: 3, paid: 3 });
+    assert.equal(saleReads.length, 2);
+    assert.ok((saleReads[1] ?? 0) >= 1_000, `read again after the bound, at ${saleReads[1]} ms`);
+  } finally {
+    client.close();
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  }
 });

@@ -232,10 +232,10 @@ async function merchantOf(pool: Pool, secretKey: string): Promise<string | undef
   return result.kind === 'authenticated' ? result.principal.merchantId : undefined;
 }
 
-async function checkInvariants(
+export async function checkInvariants(
   client: DrillClient,
   deployment: Deployment,
-  sale: Sale,
+  sale: Pick<Sale, 'id'>,
   stock: number,
   notFinal: number,
 ): Promise<InvariantChecks> {
