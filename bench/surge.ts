@@ -22,6 +22,7 @@ import { Redis } from 'ioredis';
 import type pg from 'pg';
 import { createMerchant } from '../src/merchants/service.js';
 import { createPool } from '../src/platform/db/pool.js';
+import { insertJobsSql } from '../src/platform/jobs/queue.js';
 import { SERVER_NODE_FLAGS } from '../src/platform/node-flags.js';
 import { EXPIRE_HOLD_TASK } from '../src/sales/holds.js';
 import { BackendCpuSampler } from './backends.js';
@@ -554,10 +555,13 @@ async function seedPendingHolds(surge: Surge, count: number): Promise<void> {
        insert into hold_lines (merchant_id, hold_id, item_id, quantity)
        select hold.merchant_id, hold.id, item.id, 1 from hold, item),
      expiry as (
-       insert into graphile_worker._private_jobs (task_id, payload, run_at, max_attempts, key)
-       select (select id from graphile_worker._private_tasks where identifier = $3), json_build_object('merchant_id', hold.merchant_id, 'hold_id', hold.id),
-              hold.expires_at, 25, $3 || ':' || hold.id
-       from hold)
+       ${insertJobsSql({
+         task: '$3::text',
+         payload: "json_build_object('merchant_id', hold.merchant_id, 'hold_id', hold.id)",
+         runAt: 'hold.expires_at',
+         key: "$3 || ':' || hold.id",
+         from: 'from hold',
+       })})
      update sale_items set stock_allocated = stock_allocated + $2 where id = $1`,
     [surge.hotItem, count, EXPIRE_HOLD_TASK],
   );

@@ -22,6 +22,7 @@ import {
   startAuthorizations,
 } from '../src/payments/confirm-batch-sql.js';
 import type { Queryable } from '../src/platform/db/pool.js';
+import { insertJobsSql } from '../src/platform/jobs/queue.js';
 import { convertPaidHolds, lockStock, openBatch, selectHoldsByIds, writeHolds } from '../src/sales/batch-sql.js';
 import { EXPIRE_HOLD_TASK, RELEASE_ADMISSION_TASK } from '../src/sales/holds.js';
 import { selectOrdersByIds } from '../src/sales/orders-sql.js';
@@ -57,10 +58,13 @@ await pool.query(`
   insert into hold_lines (merchant_id, hold_id, item_id, quantity)
     select '${MERCHANT}', 'hold_' || lpad(n::text, 22, '0'), '${ITEM}', 1 from generate_series(1, ${HOLDS_PENDING + HOLDS_PAID}) n;
   insert into graphile_worker._private_tasks (identifier) values ('${EXPIRE_HOLD_TASK}') on conflict do nothing;
-  insert into graphile_worker._private_jobs (task_id, payload, run_at, max_attempts, key)
-    select (select id from graphile_worker._private_tasks where identifier = '${EXPIRE_HOLD_TASK}'), '{}',
-           now() + interval '10 minutes', 25, '${EXPIRE_HOLD_TASK}:hold_' || lpad(n::text, 22, '0')
-    from generate_series(1, ${HOLDS_PENDING}) n;
+  ${insertJobsSql({
+    task: `'${EXPIRE_HOLD_TASK}'`,
+    payload: "'{}'",
+    runAt: "now() + interval '10 minutes'",
+    key: `'${EXPIRE_HOLD_TASK}:hold_' || lpad(n::text, 22, '0')`,
+    from: `from generate_series(1, ${HOLDS_PENDING}) n`,
+  })};
   insert into payment_intents (merchant_id, id, amount, currency, status, capture_method, created_at, updated_at)
     select '${MERCHANT}', 'pi_' || lpad(n::text, 22, '0'), 500, 'usd',
            case when n <= ${HOLDS_PENDING} then 'requires_payment_method' else 'succeeded' end, 'automatic', now(), now()

@@ -105,6 +105,14 @@ export interface TransactionOptions {
   keyedLookups?: boolean;
 }
 
+/** BEGIN with the transaction's settings, sent as one query (no round trip of their own). */
+function beginStatement(options: TransactionOptions): string {
+  let text = 'begin';
+  if (options.synchronousCommit === false) text += '; set local synchronous_commit = off';
+  if (options.keyedLookups) text += '; set local enable_seqscan = off';
+  return text;
+}
+
 /**
  * Runs fn inside one transaction on one pooled connection. Commits when fn returns, rolls back
  * when it throws. Never call out over the network from fn: the transaction would be held open
@@ -120,11 +128,7 @@ export async function withTransaction<T>(pool: Pool, fn: (client: Client) => Pro
     // statement's. A BEGIN fails only on a session that cannot run statements either (a broken
     // connection, a transaction left aborted), so the first statement fails with it and fn
     // never goes on outside a transaction.
-    const settings = [
-      options.synchronousCommit === false ? 'set local synchronous_commit = off' : undefined,
-      options.keyedLookups ? 'set local enable_seqscan = off' : undefined,
-    ].filter((setting) => setting !== undefined);
-    const begun = client.query(['begin', ...settings].join('; '));
+    const begun = client.query(beginStatement(options));
     begun.catch(() => {});
     // With tracing on, jobs that database triggers add in this transaction continue its trace
     // (see migrations/008): one more statement per transaction, only then.
