@@ -26,7 +26,7 @@ import { insertJobsSql } from '../src/platform/jobs/queue.js';
 import { SERVER_NODE_FLAGS } from '../src/platform/node-flags.js';
 import { EXPIRE_HOLD_TASK } from '../src/sales/holds.js';
 import { BackendCpuSampler } from './backends.js';
-import { CROWD_FACTOR } from './crowd.js';
+import { CROWD_FACTOR, SURGE_CROWD_FACTOR } from './crowd.js';
 import { busyFraction, busyMs, cpuSnapshot, freePort, processCpuMs } from './machine.js';
 import { runPgbench } from './pgbench.js';
 import { PHASE_WINDOWS_FILE, type PhaseWindow } from './profile-summary.js';
@@ -422,30 +422,22 @@ async function holdPhases(surge: Surge, round: number, tokensLeft: number): Prom
   const expected = surge.lastHoldRate || HOLD_RATE_GUESS;
   const wanted = Math.max(TOKENS_MIN, Math.ceil(expected * (durationS + RECONNECT_S) * TOKEN_HEADROOM));
   await mintTokens(surge, tokensLeft, wanted);
-  // The server's pool was closed for pgbench; reopen and re-prepare before the clock starts.
-  await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, RECONNECT_S));
-  await resetHolds(surge);
-  const apiPhase = await loadPhase(surge, round, 'hold_api', surge.redisApi, 'hold');
-  // The warm-up's rate too: it sizes the next phase's tokens, nothing it measures.
-  surge.lastHoldRate = Math.max(surge.lastHoldRate, apiPhase.throughput);
+  const apiPhase = await apiHoldPhase(surge, round, 'hold_api', surge.options.clients);
   const pgPhase = await pgbenchHoldPhase(surge, round, 'hold_pgbench');
   // Each side's max again with a crowd of connections (crowd.ts): a closed loop of
   // `clients` buyers leaves the API's batches waiting to fill with cores to spare.
   const crowd = surge.options.clients * CROWD_FACTOR;
   // A crowd may take more holds: twice the tokens (the joins that mint them are quick).
-  await mintTokens(
-    surge,
-    await tokensHeld(surge),
-    2 * Math.max(wanted, Math.ceil(surge.lastHoldRate * (durationS + RECONNECT_S) * TOKEN_HEADROOM)),
-  );
-  await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, RECONNECT_S, { connections: crowd }));
-  await resetHolds(surge);
-  const apiCrowdPhase = await loadPhase(surge, round, 'hold_api_crowd', surge.redisApi, 'hold', { connections: crowd });
-  surge.lastHoldRate = Math.max(surge.lastHoldRate, apiCrowdPhase.throughput);
+  const crowdTokens = () => 2 * Math.max(wanted, Math.ceil(surge.lastHoldRate * (durationS + RECONNECT_S) * TOKEN_HEADROOM));
+  await mintTokens(surge, await tokensHeld(surge), crowdTokens());
+  const apiCrowdPhase = await apiHoldPhase(surge, round, 'hold_api_crowd', crowd);
   const pgCrowdPhase = await pgbenchHoldPhase(surge, round, 'hold_pgbench_crowd', undefined, crowd);
+  // And the API alone with a surge's crowd (crowd.ts: pgbench only slows down with more clients).
+  await mintTokens(surge, await tokensHeld(surge), crowdTokens());
+  const apiSurgePhase = await apiHoldPhase(surge, round, 'hold_api_surge', surge.options.clients * SURGE_CROWD_FACTOR);
   // Both sides get the same offered load: a share of what the API itself did this round at its
   // best, over the connections it did it with.
-  const best = apiCrowdPhase.throughput > apiPhase.throughput ? apiCrowdPhase : apiPhase;
+  const best = [apiCrowdPhase, apiSurgePhase].reduce((top, phase) => (phase.throughput > top.throughput ? phase : top), apiPhase);
   const rate = Math.max(1, Math.round(best.throughput * RATE_FRACTION));
   await mintTokens(surge, await tokensHeld(surge), Math.ceil((best.throughput * RECONNECT_S + rate * durationS) * TOKEN_HEADROOM));
   await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, RECONNECT_S, { connections: best.clients }));
@@ -458,7 +450,18 @@ async function holdPhases(surge: Surge, round: number, tokensLeft: number): Prom
     requestsMax: Math.ceil(rate * durationS * TOKEN_HEADROOM),
   });
   const pgRatePhase = await pgbenchHoldPhase(surge, round, 'hold_pgbench_rate', rate);
-  return [apiPhase, pgPhase, apiCrowdPhase, pgCrowdPhase, apiRatePhase, pgRatePhase];
+  return [apiPhase, pgPhase, apiCrowdPhase, pgCrowdPhase, apiSurgePhase, apiRatePhase, pgRatePhase];
+}
+
+/** The API taking holds as fast as `connections` closed-loop buyers let it, from full stock. */
+async function apiHoldPhase(surge: Surge, round: number, name: SurgePhaseName, connections: number): Promise<SurgePhase> {
+  // The server's pool was closed for pgbench; reopen and re-prepare before the clock starts.
+  await surge.loadgen.run(job(surge, 'hold', surge.redisApi.port, RECONNECT_S, { connections }));
+  await resetHolds(surge);
+  const phase = await loadPhase(surge, round, name, surge.redisApi, 'hold', { connections });
+  // The warm-up's rate too: it sizes the next phase's tokens, nothing it measures.
+  surge.lastHoldRate = Math.max(surge.lastHoldRate, phase.throughput);
+  return phase;
 }
 
 /** pgbench running the captured hold SQL on the hot item: as fast as it can, or at `rate` (-R). */
@@ -498,15 +501,15 @@ async function pgbenchHoldPhase(
 
 /**
  * Paid checkouts on the hot item, closed loop: each connection runs one buyer's hold, order and
- * confirm after another, at the run's connections and again with a crowd of them (crowd.ts: a
+ * confirm after another, at the run's connections and again with two crowds of them (crowd.ts: a
  * surge has far more buyers in flight than 20, and each step's batches fill with them). After
  * each phase the stock must add up exactly, or the phase fails.
  */
 async function checkoutPhases(surge: Surge, round: number): Promise<SurgePhase[]> {
-  const crowd = surge.options.clients * CROWD_FACTOR;
   return [
     await checkoutPhase(surge, round, 'checkout_api', surge.options.clients),
-    await checkoutPhase(surge, round, 'checkout_api_crowd', crowd),
+    await checkoutPhase(surge, round, 'checkout_api_crowd', surge.options.clients * CROWD_FACTOR),
+    await checkoutPhase(surge, round, 'checkout_api_surge', surge.options.clients * SURGE_CROWD_FACTOR),
   ];
 }
 
