@@ -6,6 +6,7 @@
  */
 import { nextEventCte } from '../events/service.js';
 import { capturePostingsCte, postingShape } from '../ledger/service.js';
+import { jsonbArray } from '../platform/db/params.js';
 import type { Queryable } from '../platform/db/pool.js';
 import { finishKeysCte, lockedKeysCte } from '../platform/idempotency/sql.js';
 import { newId } from '../platform/ids.js';
@@ -252,14 +253,14 @@ export async function recordSucceeded(db: Queryable, batch: RecordRow[], created
       batch.map((r) => r.merchantId),
       batch.map((r) => r.intentId),
       batch.map((r) => r.eventId),
-      batch.map((r) => JSON.stringify(r.view)),
+      jsonbArray(batch.map((r) => r.view)),
       batch.map((r) => r.ledgerTransactionId),
       batch.map((r) => r.currency),
       batch.map((r) => r.amount),
       batch.map((r) => r.keyKind),
       batch.map((r) => r.key),
       batch.map((r) => r.status),
-      batch.map((r) => JSON.stringify(r.body)),
+      jsonbArray(batch.map((r) => r.body)),
       createdAt,
       CAPTURE.accounts,
       CAPTURE.signs,

@@ -16,6 +16,7 @@
  */
 import { firstEventCte } from '../events/service.js';
 import { type KeyedWrite, keyedBatch } from '../platform/db/keyed-batches.js';
+import { jsonbArray } from '../platform/db/params.js';
 import { type Pool, type Queryable, withAutocommit } from '../platform/db/pool.js';
 import { finishedKeyCte } from '../platform/idempotency/sql.js';
 import type { NewIntent } from './sql.js';
@@ -143,14 +144,14 @@ export async function insertIntentsWithFinishedKeys(db: Queryable, batch: Intent
       column((c) => c.key),
       column((c) => c.fingerprint),
       column((c) => c.intent.id),
-      column((c) => JSON.stringify(c.responseBody)),
+      jsonbArray(column((c) => c.responseBody)),
       column((c) => c.intent.amount),
       column((c) => c.intent.currency),
       column((c) => c.intent.status),
       column((c) => c.intent.captureMethod),
       column((c) => c.intent.paymentMethod),
       column((c) => c.intent.description),
-      column((c) => JSON.stringify(c.intent.metadata)),
+      jsonbArray(column((c) => c.intent.metadata)),
       column((c) => c.eventId),
       column((c) => c.intent.createdAt),
       ttlHours,

@@ -27,6 +27,7 @@ import { type NewIntent, newIntentsCte, type Started, startedOfNewIntent, viewOf
 import { scopedKey } from '../platform/db/by-ids.js';
 import { GroupCommit } from '../platform/db/group-commit.js';
 import { type KeyedWrite, keyedBatch } from '../platform/db/keyed-batches.js';
+import { jsonbArray } from '../platform/db/params.js';
 import { type Pool, type Queryable, withAutocommit } from '../platform/db/pool.js';
 import type { RequestContext } from '../platform/http/context.js';
 import { finishedKeyCte, lockedKeysCte } from '../platform/idempotency/sql.js';
@@ -277,10 +278,10 @@ async function insertOrdersWithFinishedKeys(db: Queryable, plans: PlannedOrder[]
       column((p) => p.order.sale_id),
       column((p) => p.order.amount),
       column((p) => p.order.currency),
-      column((p) => JSON.stringify(p.body)),
-      column((p) => JSON.stringify((p.body as { payment_intent_object: unknown }).payment_intent_object)),
+      jsonbArray(column((p) => p.body)),
+      jsonbArray(column((p) => (p.body as { payment_intent_object: unknown }).payment_intent_object)),
       column((p) => p.intent.description),
-      column((p) => JSON.stringify(p.intent.metadata)),
+      jsonbArray(column((p) => p.intent.metadata)),
       column((p) => p.intent.createdAt),
       column((p) => p.eventId),
       ttlHours,

@@ -1,3 +1,4 @@
+import { jsonbArray } from '../db/params.js';
 import type { Queryable } from '../db/pool.js';
 
 /** A key is named by its merchant, the kind of API key that sent it, and the client's string. */
@@ -262,7 +263,7 @@ export function finishedKeysCte(batch: FinishedKeys, first: number): { cte: stri
       stored.map((key) => key.key),
       stored.map((key) => key.fingerprint),
       stored.map((key) => key.status),
-      stored.map((key) => JSON.stringify(key.body)),
+      jsonbArray(stored.map((key) => key.body)),
     ],
   };
 }
