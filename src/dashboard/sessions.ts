@@ -3,7 +3,8 @@
  * (single-node mode keeps them in the database, so a restart does not sign everyone out).
  * The cookie holds a random token; only its SHA-256 is stored.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
+import { sha256 } from '../platform/crypto/sha256.js';
 import type { Pool } from '../platform/db/pool.js';
 import type { RedisConnections } from '../platform/redis/client.js';
 import * as sql from './sql.js';
@@ -26,7 +27,7 @@ export interface SessionStore {
 const TOKEN = /^[A-Za-z0-9_-]{43}$/;
 const EXPIRED_SWEEP_BATCH = 100;
 
-const hashOf = (token: string) => createHash('sha256').update(token).digest();
+const hashOf = (token: string) => sha256(token);
 
 function newSession(session: Omit<Session, 'csrfToken' | 'expiresAt'>, ttlSeconds: number) {
   return {

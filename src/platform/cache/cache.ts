@@ -14,10 +14,10 @@
  * In single-node mode the same interface runs on the LRU alone.
  */
 import assert from 'node:assert/strict';
-import { createHash } from 'node:crypto';
 import type { FastifyBaseLogger } from 'fastify';
 import { LRUCache } from 'lru-cache';
 import type { Registry } from 'prom-client';
+import { sha256 } from '../crypto/sha256.js';
 import { registeredCounter, Tally } from '../observability/registered.js';
 import type { RedisConnections } from '../redis/client.js';
 
@@ -329,7 +329,7 @@ export function invalidationChannel(name: string): string {
 }
 
 function toEntry(json: string): Entry {
-  const etag = `"${createHash('sha256').update(json).digest('base64url')}"`;
+  const etag = `"${sha256(json, 'base64url')}"`;
   const value = deepFreeze(JSON.parse(json));
   return { value, json, etag, l1: Object.freeze({ value, json, etag, level: 'l1' as const }) };
 }

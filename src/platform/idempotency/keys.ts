@@ -2,7 +2,8 @@
  * The pure rules of idempotency keys: which keys are valid, the key a request without one
  * runs under, and the fingerprint that tells the same request from another.
  */
-import { createHash, randomUUID } from 'node:crypto';
+import { randomUUID } from 'node:crypto';
+import { sha256 } from '../crypto/sha256.js';
 
 // The longest key the draft's implementers commonly accept, and our column's check.
 export const IDEMPOTENCY_KEY_LENGTH_MAX = 255;
@@ -18,9 +19,7 @@ export function generatedKey(): string {
 }
 
 export function fingerprint(method: string, path: string, body: unknown): Buffer {
-  return createHash('sha256')
-    .update(`${method} ${path}\n${canonicalJson(body ?? null)}`)
-    .digest();
+  return sha256(`${method} ${path}\n${canonicalJson(body ?? null)}`);
 }
 
 /** JSON with object keys sorted, so the same body always has the same fingerprint. */
