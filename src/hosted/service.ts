@@ -5,11 +5,12 @@
  * reload or a second tab repeats a step's answer instead of repeating the step: one hold per
  * admission, one order per hold, one charge per payment attempt.
  */
-import { createHash } from 'node:crypto';
+
 import { LRUCache } from 'lru-cache';
 import type { QueueView, SaleForQueue, WaitingRoom } from '../admission/service.js';
 import type { PaymentDeps } from '../payments/service.js';
 import * as payments from '../payments/service.js';
+import { sha256 } from '../platform/crypto/sha256.js';
 import type { RequestContext } from '../platform/http/context.js';
 import type { Reply } from '../platform/http/reply.js';
 import { fingerprint } from '../platform/idempotency/keys.js';
@@ -52,9 +53,7 @@ export function createHostedSaleReader(pool: SalesDeps['pool'], staleMs: number)
 
 /** An idempotency key for one step of one session: the same step repeated gets the same key. */
 export function sessionKey(session: BuyerSession, step: string, ...parts: (string | number)[]): string {
-  const digest = createHash('sha256')
-    .update([session.id, step, ...parts].join('\n'))
-    .digest('base64url');
+  const digest = sha256([session.id, step, ...parts].join('\n'), 'base64url');
   return `hosted_${step}_${digest.slice(0, 40)}`;
 }
 

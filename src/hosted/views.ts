@@ -4,8 +4,9 @@
  * one inline <style> carries the merchant's colour and is allowed by its hash. The script reads
  * what it needs from data- attributes.
  */
-import { createHash } from 'node:crypto';
+
 import { formatAmount, isCurrency } from '../money/currency.js';
+import { sha256 } from '../platform/crypto/sha256.js';
 import type { StaticAsset } from '../platform/http/static-assets.js';
 import { format, type Strings } from './strings/en.js';
 
@@ -74,7 +75,7 @@ export function layout(page: Layout): Page {
   const { t, sale, assets } = page;
   const accent = sale.branding.color ?? DEFAULT_ACCENT;
   const style = `:root{--accent:${accent};--on-accent:${textColourOn(accent)}}`;
-  const styleHash = `'sha256-${createHash('sha256').update(style).digest('base64')}'`;
+  const styleHash = `'sha256-${sha256(style, 'base64')}'`;
   const seller = sale.branding.name ?? sale.name;
   const data = Object.entries(page.data ?? {})
     .map(([key, value]) => ` data-${key}="${esc(value)}"`)

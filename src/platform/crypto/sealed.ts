@@ -5,7 +5,8 @@
  * clear. Several keys may be configured: the first seals, all open, so keys can be rotated
  * (see the README's "Secrets at rest").
  */
-import { createCipheriv, createDecipheriv, createHash, randomBytes } from 'node:crypto';
+import { createCipheriv, createDecipheriv, randomBytes } from 'node:crypto';
+import { sha256 } from './sha256.js';
 
 const PREFIX = 'sealed:v1:';
 const KEY_BYTES = 32;
@@ -93,7 +94,7 @@ export function rememberingOpened(sealer: Sealer, entriesMax: number): Sealer {
 
 /** A short public name for a key, stored with what it sealed: a SHA-256 prefix, not the key. */
 function keyId(key: Buffer): string {
-  return createHash('sha256').update(key).digest('hex').slice(0, 8);
+  return sha256(key, 'hex').slice(0, 8);
 }
 
 /**
@@ -101,7 +102,7 @@ function keyId(key: Buffer): string {
  * published here, so it protects nothing: development only. `floodgate api` and `floodgate
  * worker` refuse to start without FLOODGATE_SECRETS_KEYS.
  */
-export const DEV_SECRETS_KEY = createHash('sha256').update('floodgate development secrets key: not secret').digest('base64');
+export const DEV_SECRETS_KEY = sha256('floodgate development secrets key: not secret', 'base64');
 
 /** The sealer for FLOODGATE_SECRETS_KEYS, or for the development key when it is unset. */
 export function sealerFor(secretsKeys: string | undefined): Sealer {

@@ -8,5 +8,6 @@ test("sha256 is createHash's digest, as bytes and in each text encoding", () => 
     const expected = createHash('sha256').update(data).digest();
     assert.deepEqual(sha256(data), expected);
     for (const encoding of ['base64', 'base64url', 'hex'] as const) assert.equal(sha256(data, encoding), expected.toString(encoding));
+    assert.deepEqual(sha256(Buffer.from(data)), expected);
   }
 });

@@ -12,12 +12,13 @@
  * reach (`relocateDir`), and the log says so.
  */
 import { execFile, spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { chown, cp, mkdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import { sha256 } from '../crypto/sha256.js';
 
 export interface EmbeddedDatabase {
   connectionString: string;
@@ -328,7 +329,7 @@ async function answers(connectionString: string): Promise<boolean> {
 }
 
 function digest(value: string): string {
-  return createHash('sha256').update(path.resolve(value)).digest('hex').slice(0, 16);
+  return sha256(path.resolve(value), 'hex').slice(0, 16);
 }
 
 function tail(output: string): string {

@@ -4,11 +4,12 @@
  * and compressed once at start (they are small: a page's script and style sheet), and served
  * gzip- or brotli-encoded when the browser accepts it.
  */
-import { createHash } from 'node:crypto';
+
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { brotliCompressSync, constants, gzipSync } from 'node:zlib';
 import type { FastifyInstance } from 'fastify';
+import { sha256 } from '../crypto/sha256.js';
 
 export interface StaticAsset {
   /** The file's name as given, e.g. `hosted.js`. */
@@ -40,7 +41,7 @@ export async function loadStaticAssets(dir: string, files: string[], prefix: str
     const ext = path.extname(name);
     const type = TYPES[ext];
     if (!type) throw new Error(`no content type for static file ${name}`);
-    const hash = createHash('sha256').update(body).digest();
+    const hash = sha256(body);
     const stem = name.slice(0, -ext.length);
     assets.set(name, {
       name,
