@@ -204,28 +204,20 @@ const JOBS_TAKEN_MAX = 64;
  * pinned (package.json). A taken job's trace context goes with it: its deliveries' spans are
  * the running job's.
  *
- * The queue's head is read in index order, whatever the table's statistics say (see
- * HEAD_IN_INDEX_ORDER), in a transaction of its own so that the setting ends with it.
+ * The queue's head is read in index order, with index scans only, whatever the table's
+ * statistics say. A queue table's statistics are those of whenever it was last analyzed, often
+ * near empty; a surge then fills it. Expecting a few rows, the planner read the head through a
+ * bitmap of graphile-worker's index and sorted it. A bitmap scan, unlike a plain index scan,
+ * never marks the index entries of deleted jobs dead, so every take visited every job finished
+ * or taken since the table was last vacuumed, again and again as the drain went on: in quick
+ * drains of 5,000 deliveries a take cost 55 and 82 ms on average, and PostgreSQL 244 and 284 µs
+ * of CPU per delivery; read in index order (the same runs with this setting), 1.5 and 2.0 ms,
+ * and 99 and 109 µs (bench/README.md, the twenty-third session). Every other lookup of the
+ * statement is by key.
  */
 export function takeWaitingBatches(pool: Pool, running: RunningBatch, room: number): Promise<string[]> {
-  return withTransaction(pool, async (client) => {
-    await client.query(HEAD_IN_INDEX_ORDER);
-    return takeFromHead(client, running, room);
-  });
+  return withTransaction(pool, (client) => takeFromHead(client, running, room), { indexScansOnly: true });
 }
-
-/**
- * The planner settings a take runs with: index scans only. A queue table's statistics are
- * those of whenever it was last analyzed, often near empty; a surge then fills it. Expecting a
- * few rows, the planner read the head through a bitmap of graphile-worker's index and sorted
- * it. A bitmap scan, unlike a plain index scan, never marks the index entries of deleted jobs
- * dead, so every take visited every job finished or taken since the table was last vacuumed,
- * again and again as the drain went on: in quick drains of 5,000 deliveries a take cost 55 and
- * 82 ms on average, and PostgreSQL 244 and 284 µs of CPU per delivery; read in index order
- * (the same runs with this setting), 1.5 and 2.0 ms, and 99 and 109 µs (bench/README.md, the
- * twenty-third session). Every other lookup of the statement is by key.
- */
-const HEAD_IN_INDEX_ORDER = `select set_config('enable_bitmapscan', 'off', true), set_config('enable_seqscan', 'off', true)`;
 
 async function takeFromHead(db: Queryable, running: RunningBatch, room: number): Promise<string[]> {
   // As many jobs as fill the room if they are the size of the running one's first payload (the

@@ -103,13 +103,21 @@ export interface TransactionOptions {
    * until the plan is refreshed. A table no index can serve is still scanned.
    */
   keyedLookups?: boolean;
+  /**
+   * Plan the transaction's statements with index scans only: no sequential and no bitmap scans
+   * (`enable_seqscan`, `enable_bitmapscan` off), for a statement that must read a queue's head
+   * in index order whatever the table's statistics say (see webhooks/delivery-sql.ts
+   * takeWaitingBatches). Implies keyedLookups.
+   */
+  indexScansOnly?: boolean;
 }
 
 /** BEGIN with the transaction's settings, sent as one query (no round trip of their own). */
 function beginStatement(options: TransactionOptions): string {
   let text = 'begin';
   if (options.synchronousCommit === false) text += '; set local synchronous_commit = off';
-  if (options.keyedLookups) text += '; set local enable_seqscan = off';
+  if (options.keyedLookups || options.indexScansOnly) text += '; set local enable_seqscan = off';
+  if (options.indexScansOnly) text += '; set local enable_bitmapscan = off';
   return text;
 }
 
