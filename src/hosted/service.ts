@@ -5,7 +5,6 @@
  * reload or a second tab repeats a step's answer instead of repeating the step: one hold per
  * admission, one order per hold, one charge per payment attempt.
  */
-
 import { LRUCache } from 'lru-cache';
 import type { QueueView, SaleForQueue, WaitingRoom } from '../admission/service.js';
 import type { PaymentDeps } from '../payments/service.js';

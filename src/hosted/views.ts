@@ -4,7 +4,6 @@
  * one inline <style> carries the merchant's colour and is allowed by its hash. The script reads
  * what it needs from data- attributes.
  */
-
 import { formatAmount, isCurrency } from '../money/currency.js';
 import { sha256 } from '../platform/crypto/sha256.js';
 import type { StaticAsset } from '../platform/http/static-assets.js';

@@ -4,7 +4,6 @@
  * and compressed once at start (they are small: a page's script and style sheet), and served
  * gzip- or brotli-encoded when the browser accepts it.
  */
-
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { brotliCompressSync, constants, gzipSync } from 'node:zlib';
