@@ -19,6 +19,7 @@
 import { performance } from 'node:perf_hooks';
 import { BrokenCircuitError, CircuitState, CountBreaker, circuitBreaker, handleType } from 'cockatiel';
 import { Pool } from 'undici';
+import { exchange } from '../platform/http/exchange.js';
 import { inSpan, SpanKind, traceCarrier } from '../platform/observability/tracing.js';
 import type { AuthorizeRequest, PaymentProvider, ProviderCharge, ProviderOperation, ProviderOutcome, ProviderRefund } from './provider.js';
 
@@ -94,7 +95,7 @@ export class HttpProvider implements PaymentProvider {
       }),
     });
     this.halfOpenSeconds = Math.max(1, Math.ceil(options.halfOpenMs / 1000));
-    // Our own deadline covers the whole exchange (fetchInSpan); undici's would end it with errors of its own.
+    // Our own deadline covers the whole exchange (platform/http/exchange.ts); undici's would end it with errors of its own.
     this.connections = new Pool(new URL(options.baseUrl).origin, { connections: SOCKETS_MAX, headersTimeout: 0, bodyTimeout: 0 });
   }
 
@@ -196,66 +197,35 @@ export class HttpProvider implements PaymentProvider {
   }
 
   /**
-   * One HTTP exchange on the provider's kept-alive connections, through undici's dispatcher. Not
+   * One HTTP exchange on the provider's kept-alive connections (platform/http/exchange.ts). Not
    * fetch: a checkout pays through here, and fetch's streams cost about 200 µs more CPU per call.
-   * Not node:http either: a POST cost the caller about 100 µs of CPU there against about 35 µs
-   * here (bench/README.md, the twenty-third session), on the path every checkout takes.
    */
-  private fetchInSpan(method: 'GET' | 'POST', url: URL, idempotencyKey: string | undefined, body: unknown): Promise<RawResponse> {
+  private async fetchInSpan(method: 'GET' | 'POST', url: URL, idempotencyKey: string | undefined, body: unknown): Promise<RawResponse> {
     const payload = body === undefined ? null : JSON.stringify(body);
     const headers: Record<string, string> = { accept: 'application/json', ...traceCarrier() };
     if (idempotencyKey) headers['idempotency-key'] = idempotencyKey;
     if (payload !== null) headers['content-type'] = 'application/json';
     const { timeoutMs } = this.options;
-    return new Promise((resolve, reject) => {
-      let timedOut = false;
-      let abort: ((reason: Error) => void) | undefined;
-      let status = 0;
-      const chunks: Buffer[] = [];
-      let bytes = 0;
-      const timer = setTimeout(() => {
-        timedOut = true;
-        abort?.(new Error(`provider timed out after ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.connections.dispatch(
-        { path: `${url.pathname}${url.search}`, method, headers, body: payload },
-        {
-          onConnect(abortRequest) {
-            abort = abortRequest;
-            if (timedOut) abortRequest(new Error(`provider timed out after ${timeoutMs} ms`));
-          },
-          onHeaders(statusCode) {
-            // 1xx answers are informational: the final status follows.
-            if (statusCode >= 200) status = statusCode;
-            return true;
-          },
-          onData(chunk) {
-            bytes += chunk.length;
-            chunks.push(chunk);
-            if (bytes > RESPONSE_BYTES_MAX) abort?.(new Error(`provider answered more than ${RESPONSE_BYTES_MAX} bytes`));
-            return true;
-          },
-          onComplete() {
-            clearTimeout(timer);
-            let parsed: Record<string, unknown>;
-            try {
-              parsed = JSON.parse(Buffer.concat(chunks).toString('utf8')) as Record<string, unknown>;
-            } catch {
-              reject(new TransportError(`provider answered ${status} with a body that is not JSON`, false));
-              return;
-            }
-            if (status >= 500) reject(new TransportError(`provider answered ${status}`, false));
-            else if (status >= 300 && status < 400) reject(new TransportError(`provider answered a redirect (${status})`, false));
-            else resolve({ status, body: parsed });
-          },
-          onError(error: NodeJS.ErrnoException) {
-            clearTimeout(timer);
-            if (timedOut) reject(new TransportError(`provider timed out after ${timeoutMs} ms`, false));
-            else reject(new TransportError(`provider unreachable (${error.code || error.message})`, NOT_SENT_CODES.has(error.code ?? '')));
-          },
-        },
-      );
-    });
+    const end = await exchange(
+      this.connections,
+      { path: `${url.pathname}${url.search}`, method, headers, body: payload },
+      { timeoutMs, answerBytesMax: RESPONSE_BYTES_MAX, keepAnswer: true },
+    );
+    if (end.kind === 'failed') {
+      if (end.timedOut) throw new TransportError(`provider timed out after ${timeoutMs} ms`, false);
+      const { error } = end;
+      throw new TransportError(`provider unreachable (${error.code || error.message})`, NOT_SENT_CODES.has(error.code ?? ''));
+    }
+    const { status } = end;
+    let parsed: Record<string, unknown>;
+    try {
+      parsed = JSON.parse(end.body.toString('utf8')) as Record<string, unknown>;
+    } catch {
+      throw new TransportError(`provider answered ${status} with a body that is not JSON`, false);
+    }
+    if (status >= 500) throw new TransportError(`provider answered ${status}`, false);
+    if (status >= 300 && status < 400) throw new TransportError(`provider answered a redirect (${status})`, false);
+    return { status, body: parsed };
   }
 }
 

@@ -11,6 +11,7 @@
 import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from 'node:dns';
 import { isIP } from 'node:net';
 import { Agent } from 'undici';
+import { describeError, exchange } from '../platform/http/exchange.js';
 import { type AddressVerdict, classifyAddress, REASON_TEXT } from './addresses.js';
 import type { AttemptResult } from './domain.js';
 
@@ -114,18 +115,15 @@ type Target = { kind: 'ok'; origin: string; path: string } | { kind: 'refused'; 
 const TARGETS_MAX = 10_000;
 
 /**
- * An HTTP client for deliveries: undici's dispatcher, keep-alive connections per receiver, whose
- * every connection checks the addresses it connects to.
- *
- * undici rather than node:http: on this machine a POST of a delivery's size cost the sending
- * process about 100 µs of CPU with node:http's keep-alive agent and about 35 µs through undici's
- * dispatch, at 16 and at 100 requests in flight (bench/README.md, the twenty-third session),
- * and the HTTP request was the largest part of a delivery's cost to the worker.
+ * An HTTP client for deliveries: undici's dispatcher (see platform/http/exchange.ts), keep-alive
+ * connections per receiver, whose every connection checks the addresses it connects to. The
+ * HTTP request was the largest part of a delivery's cost to the worker, and through undici it
+ * costs about 0.4 of what it did through node:http (bench/README.md, the twenty-third session).
  */
 export function createTransport(options: { timeoutMs: number; allowPrivate: boolean; userAgent: string }): Transport {
   const agent = new Agent({
     connections: SOCKETS_PER_HOST_MAX,
-    // Our own deadline covers the whole exchange (post); undici's would end it with errors of its own.
+    // Our own deadline covers the whole exchange (platform/http/exchange.ts); undici's would end it with errors of its own.
     headersTimeout: 0,
     bodyTimeout: 0,
     ...(options.allowPrivate ? {} : { connect: { lookup: guardedLookup } }),
@@ -169,57 +167,24 @@ function post(
   const elapsedMs = () => Number((process.hrtime.bigint() - started) / 1_000_000n);
   if (target.kind === 'refused') return Promise.resolve({ kind: 'error', error: target.error, timedOut: false, durationMs: elapsedMs() });
   return new Promise((resolve) => {
-    let settled = false;
-    let abort: ((reason?: Error) => void) | undefined;
-    let bytes = 0;
-    const finish = (result: AttemptResult) => {
-      if (settled) return;
-      settled = true;
-      resolve(result);
+    // The attempt's result is the status, once it arrives; the answer's body is then read and
+    // dropped under the same deadline, and nothing that happens to it changes the result.
+    const request = {
+      origin: target.origin,
+      path: target.path,
+      method: 'POST' as const,
+      headers: { ...headers, 'content-type': 'application/json', 'user-agent': options.userAgent },
+      body,
     };
-    // One deadline for the whole exchange; reading the answer's body counts too, so a receiver
-    // that trickles it cannot hold the connection.
-    const timer = setTimeout(() => {
-      finish({ kind: 'error', error: `no response within ${options.timeoutMs} ms`, timedOut: true, durationMs: elapsedMs() });
-      abort?.(new Error('webhook delivery timed out'));
-    }, options.timeoutMs);
-    agent.dispatch(
-      {
-        origin: target.origin,
-        path: target.path,
-        method: 'POST',
-        headers: { ...headers, 'content-type': 'application/json', 'user-agent': options.userAgent },
-        body,
-      },
-      {
-        onConnect(abortRequest) {
-          abort = abortRequest;
-          if (settled) abortRequest(new Error('webhook delivery timed out'));
-        },
-        onHeaders(statusCode) {
-          // 1xx answers are informational: the final status follows.
-          if (statusCode >= 200) finish({ kind: 'response', statusCode, durationMs: elapsedMs() });
-          return true;
-        },
-        // Only the status matters: the answer is read and dropped so the connection can be
-        // reused, and a long one closes it instead.
-        onData(chunk) {
-          bytes += chunk.length;
-          if (bytes > RESPONSE_BYTES_MAX) abort?.(new Error('webhook answer too long'));
-          return true;
-        },
-        onComplete() {
-          clearTimeout(timer);
-        },
-        onError(error: NodeJS.ErrnoException) {
-          clearTimeout(timer);
-          finish({
-            kind: 'error',
-            error: error.code ? `${error.code}: ${error.message}` : error.message,
-            timedOut: false,
-            durationMs: elapsedMs(),
-          });
-        },
+    const onStatus = (statusCode: number) => resolve({ kind: 'response', statusCode, durationMs: elapsedMs() });
+    exchange(agent, request, { timeoutMs: options.timeoutMs, answerBytesMax: RESPONSE_BYTES_MAX, keepAnswer: false, onStatus }).then(
+      (end) => {
+        if (end.kind !== 'failed') return;
+        resolve(
+          end.timedOut
+            ? { kind: 'error', error: `no response within ${options.timeoutMs} ms`, timedOut: true, durationMs: elapsedMs() }
+            : { kind: 'error', error: describeError(end.error), timedOut: false, durationMs: elapsedMs() },
+        );
       },
     );
   });
