@@ -160,3 +160,13 @@ test('a transaction of keyed lookups plans its statements by key even on an empt
     await keyedPool.end();
   }
 });
+
+test('every pooled session keeps its plans and never JIT-compiles a statement', async () => {
+  const settings = await pool.query<{ name: string; setting: string }>(
+    `select name, setting from pg_settings where name in ('plan_cache_mode', 'jit') order by name`,
+  );
+  assert.deepEqual(settings.rows, [
+    { name: 'jit', setting: 'off' },
+    { name: 'plan_cache_mode', setting: 'force_generic_plan' },
+  ]);
+});

@@ -42,7 +42,14 @@ export interface PoolOptions {
  * plans`: the prepared statements stay) once they are PLAN_REFRESH_MS old, on the first use
  * after that, and plans each statement again when it next runs.
  */
-const SESSION_OPTIONS = ['-c plan_cache_mode=force_generic_plan', process.env.PGOPTIONS].filter(Boolean).join(' ');
+/**
+ * And no JIT compilation. PostgreSQL compiles a statement whose plan's estimated cost passes
+ * `jit_above_cost` (100,000), on every execution, and a kept plan keeps that decision. None of
+ * our statements runs long enough to gain from it, and the one that passed the mark, the stock
+ * gauge's read of every hold line of a sale's items (src/sales/metrics.ts), took 82 ms a scrape,
+ * 76 of them compiling, and 9.9 ms without (bench/README.md, the twenty-fourth session).
+ */
+const SESSION_OPTIONS = ['-c plan_cache_mode=force_generic_plan -c jit=off', process.env.PGOPTIONS].filter(Boolean).join(' ');
 
 /**
  * Ten seconds: at the 600 checkouts a second the 2-core machine carries, `idempotency_keys`
