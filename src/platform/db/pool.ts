@@ -41,8 +41,7 @@ export interface PoolOptions {
  * table held 50,000 rows, 0.23 ms planned again. So each session drops its plans (`discard
  * plans`: the prepared statements stay) once they are PLAN_REFRESH_MS old, on the first use
  * after that, and plans each statement again when it next runs.
- */
-/**
+ *
  * And no JIT compilation. PostgreSQL compiles a statement whose plan's estimated cost passes
  * `jit_above_cost` (100,000), on every execution, and a kept plan keeps that decision. None of
  * our statements runs long enough to gain from it, and the one that passed the mark, the stock
