@@ -27,6 +27,7 @@ import { convertPaidHolds, lockStock, openBatch, selectHoldsByIds, writeHolds } 
 import { EXPIRE_HOLD_TASK, RELEASE_ADMISSION_TASK } from '../src/sales/holds.js';
 import { selectOrdersByIds } from '../src/sales/orders-sql.js';
 import { createTestDatabase } from './helpers.js';
+import { type PlanNode, planNodes, planOf } from './plans.js';
 
 const { pool } = await createTestDatabase();
 
@@ -86,21 +87,16 @@ await pool.query(`
     from generate_series(1, ${3 * HOLDS_PAID}) n;
   analyze;`);
 
-interface PlanNode {
-  'Node Type': string;
-  'Relation Name'?: string;
-  'Index Name'?: string;
-  Plans?: PlanNode[];
-}
-
 function seqScans(node: PlanNode): string[] {
-  const own = node['Node Type'] === 'Seq Scan' && node['Relation Name'] ? [node['Relation Name']] : [];
-  return [...own, ...(node.Plans ?? []).flatMap(seqScans)];
+  return planNodes(node)
+    .filter((child) => child['Node Type'] === 'Seq Scan' && child['Relation Name'])
+    .map((child) => child['Relation Name'] as string);
 }
 
 function indexesOn(node: PlanNode, relation: string): string[] {
-  const own = node['Relation Name'] === relation && node['Index Name'] ? [node['Index Name']] : [];
-  return [...own, ...(node.Plans ?? []).flatMap((child) => indexesOn(child, relation))];
+  return planNodes(node)
+    .filter((child) => child['Relation Name'] === relation && child['Index Name'])
+    .map((child) => child['Index Name'] as string);
 }
 
 async function largeTables(): Promise<Set<string>> {
@@ -110,29 +106,6 @@ async function largeTables(): Promise<Set<string>> {
     [LARGE_TABLE_ROWS],
   );
   return new Set(rows.map((row) => row.relname));
-}
-
-/** What a statement was sent with; the function that sent it is stopped there. */
-class Caught {
-  constructor(readonly sent: { text: string; values: unknown[] }) {}
-}
-
-/** The plan of the one statement `send` makes, caught instead of run. */
-async function planOf(send: (db: Queryable) => Promise<unknown>): Promise<PlanNode> {
-  const catcher = {
-    query: async (config: { text: string; values: unknown[] }) => {
-      throw new Caught(config);
-    },
-  } as unknown as Queryable;
-  const caught = await send(catcher).then(
-    () => assert.fail('the function sent no statement'),
-    (error: unknown) => (error instanceof Caught ? error.sent : assert.fail(String(error))),
-  );
-  const { rows } = await pool.query<{ 'QUERY PLAN': [{ Plan: PlanNode }] }>({
-    text: `explain (format json) ${caught.text}`,
-    values: caught.values,
-  });
-  return rows[0]?.['QUERY PLAN'][0].Plan as PlanNode;
 }
 
 // A batch of the surge's requests, spread over the tables.
@@ -295,7 +268,7 @@ describe('the surge batch statements on surge-sized tables', () => {
 
   for (const [name, send] of statements) {
     test(`${name}: no large table is scanned`, async () => {
-      const [plan, large] = await Promise.all([planOf(send), largeTables()]);
+      const [plan, large] = await Promise.all([planOf(pool, send), largeTables()]);
       assert.deepEqual(
         seqScans(plan).filter((table) => large.has(table)),
         [],
@@ -305,7 +278,10 @@ describe('the surge batch statements on surge-sized tables', () => {
   }
 
   test("each paid hold's expiry job is found through graphile-worker's index on key", async () => {
-    const plan = await planOf(statements.find(([name]) => name.includes('convertPaidHolds'))?.[1] as (db: Queryable) => Promise<unknown>);
+    const plan = await planOf(
+      pool,
+      statements.find(([name]) => name.includes('convertPaidHolds'))?.[1] as (db: Queryable) => Promise<unknown>,
+    );
     const { rows } = await pool.query<{ indexname: string }>(
       `select indexname from pg_indexes where schemaname = 'graphile_worker' and tablename = '_private_jobs' and indexdef like '%(key)'`,
     );

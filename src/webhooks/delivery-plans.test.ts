@@ -15,7 +15,8 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createTestDatabase } from '../../test/helpers.js';
-import type { Client, Pool, Queryable } from '../platform/db/pool.js';
+import { explain, type PlanNode, planOf, scansOf } from '../../test/plans.js';
+import type { Client, Pool } from '../platform/db/pool.js';
 import { insertJobsSql } from '../platform/jobs/queue.js';
 import { migrateJobs } from '../platform/jobs/runner.js';
 import { readAndRecord, takeWaitingBatches } from './delivery-sql.js';
@@ -27,22 +28,6 @@ await migrateJobs(pool, [DELIVER_BATCH_TASK]);
 const MERCHANT = 'acct_takeplan00000000000000';
 const QUEUED = 3_000;
 const FINISHED = 2_000;
-
-interface PlanNode {
-  'Node Type': string;
-  'Relation Name'?: string;
-  'Index Name'?: string;
-  Plans?: PlanNode[];
-}
-
-/** The scans of a table in a plan: node type and index. */
-function scansOf(node: PlanNode, relation: string): string[] {
-  const own =
-    node['Relation Name'] === relation && node['Node Type'].endsWith('Scan')
-      ? [`${node['Node Type']} ${node['Index Name'] ?? ''}`.trim()]
-      : [];
-  return [...own, ...(node.Plans ?? []).flatMap((child) => scansOf(child, relation))];
-}
 
 const jobTableScans = (node: PlanNode) => scansOf(node, '_private_jobs');
 
@@ -64,11 +49,7 @@ function explainingTakes(sent: SentTake[]): Pool {
         return async (config: unknown, ...rest: unknown[]) => {
           const statement = config as { name?: string; text: string; values: unknown[] };
           if (statement?.name === 'webhooks_take_waiting_batches') {
-            const { rows } = await target.query<{ 'QUERY PLAN': [{ Plan: PlanNode }] }>({
-              text: `explain (format json) ${statement.text}`,
-              values: statement.values,
-            });
-            sent.push({ text: statement.text, values: statement.values, plan: rows[0]?.['QUERY PLAN'][0].Plan as PlanNode });
+            sent.push({ text: statement.text, values: statement.values, plan: await explain(target, statement) });
           }
           return (target.query as (...args: unknown[]) => unknown)(config, ...rest);
         };
@@ -117,11 +98,7 @@ test("a take reads the queue's head in index order when the statistics say the q
   for (const scan of scans) assert.match(scan, /^Index (Only )?Scan /, `the take scanned the job table by ${scan}`);
 
   // Outside the take's settings the planner, believing the table empty, reads it otherwise.
-  const { rows } = await pool.query<{ 'QUERY PLAN': [{ Plan: PlanNode }] }>({
-    text: `explain (format json) ${take.text}`,
-    values: take.values,
-  });
-  const unsettled = jobTableScans(rows[0]?.['QUERY PLAN'][0].Plan as PlanNode);
+  const unsettled = jobTableScans(await explain(pool, take));
   assert.ok(
     unsettled.some((scan) => !/^Index (Only )?Scan /.test(scan)),
     `without the settings the plan read the job table by ${unsettled.join(', ')}: this test no longer shows what it is for`,
@@ -153,7 +130,7 @@ test("a delivery's read finds its event by the event's key when the merchant has
     from generate_series(1, 3000) n`);
   const keys = [7, 1500, 2999].map((n) => ({ merchantId: merchant, deliveryId: `wd_plans${String(n).padStart(18, '0')}` }));
 
-  const plan = await planOf((db) => readAndRecord(db, keys, []));
+  const plan = await planOf(pool, (db) => readAndRecord(db, keys, []));
   const scans = scansOf(plan, 'events');
   assert.deepEqual(scans, ['Index Scan events_pkey'], JSON.stringify(plan));
   const { targets } = await readAndRecord(pool, keys, []);
@@ -162,21 +139,3 @@ test("a delivery's read finds its event by the event's key when the merchant has
     [7, 1500, 2999].map((n) => `evt_surge${String(n).padStart(17, '0')}`),
   );
 });
-
-/** The plan of the one statement `send` makes, caught instead of run (as test/hot-path-plans.test.ts). */
-async function planOf(send: (db: Queryable) => Promise<unknown>): Promise<PlanNode> {
-  let sent: { text: string; values: unknown[] } | undefined;
-  const catcher = {
-    query: async (config: { text: string; values: unknown[] }) => {
-      sent = config;
-      throw new Error('caught');
-    },
-  } as unknown as Queryable;
-  await send(catcher).catch(() => {});
-  assert.ok(sent, 'the function sent a statement');
-  const { rows } = await pool.query<{ 'QUERY PLAN': [{ Plan: PlanNode }] }>({
-    text: `explain (format json) ${sent.text}`,
-    values: sent.values,
-  });
-  return rows[0]?.['QUERY PLAN'][0].Plan as PlanNode;
-}
