@@ -35,6 +35,31 @@ async function deliveriesOf(merchant: WebhookMerchant, query = '') {
   }[];
 }
 
+/**
+ * A merchant with `count` pending deliveries inserted by hand. Their events are made while the
+ * endpoint is disabled, so they get no delivery and no job from the fan-out; the deliveries
+ * inserted here have no job either, so the running worker leaves them alone.
+ */
+async function deliveriesWithoutJobs(count: number) {
+  const receiver = await startReceiver();
+  const merchant = await merchantWithEndpoint(t, receiver.url);
+  const setEndpoint = (status: string) =>
+    t.pool.query('update webhook_endpoints set status = $2 where merchant_id = $1', [merchant.merchantId, status]);
+  await setEndpoint('disabled');
+  const intents: string[] = [];
+  for (let made = 0; made < count; made++) intents.push(await createIntent(merchant));
+  await setEndpoint('enabled');
+  const { rows: inserted } = await t.pool.query<{ id: string; event_id: string; object_id: string }>(
+    `insert into webhook_deliveries (merchant_id, id, endpoint_id, event_id, status, next_attempt_at, created_at, updated_at)
+     select merchant_id, webhook_delivery_id(id, $2), $2, id, 'pending', now(), now(), now() from events
+     where merchant_id = $1 and object_id = any($3)
+     returning id, event_id, (select object_id from events where merchant_id = $1 and id = event_id)`,
+    [merchant.merchantId, merchant.endpoint.id, intents],
+  );
+  assert.equal(inserted.length, count);
+  return { merchant, inserted };
+}
+
 const eventIdOf = (request: Received) => JSON.parse(request.body).id as string;
 
 /** How many deliver_webhooks jobs have run, from the job metrics' exposition. */
@@ -310,23 +335,7 @@ describe('webhook deliveries', () => {
   });
 
   test('the coalesced statement: reads answer in the order asked, none for an unknown delivery; an attempt recorded twice in one call counts once; a read beside a record sees the delivery before it', async () => {
-    const receiver = await startReceiver();
-    const merchant = await merchantWithEndpoint(t, receiver.url);
-    const setEndpoint = (status: string) =>
-      t.pool.query('update webhook_endpoints set status = $2 where merchant_id = $1', [merchant.merchantId, status]);
-    // Events made while the endpoint is disabled get no delivery and no job; the deliveries
-    // inserted here by hand then have no job either, so the running worker leaves them alone.
-    await setEndpoint('disabled');
-    const intents = [await createIntent(merchant), await createIntent(merchant)];
-    await setEndpoint('enabled');
-    const { rows: inserted } = await t.pool.query<{ id: string; event_id: string; object_id: string }>(
-      `insert into webhook_deliveries (merchant_id, id, endpoint_id, event_id, status, next_attempt_at, created_at, updated_at)
-       select merchant_id, webhook_delivery_id(id, $2), $2, id, 'pending', now(), now(), now() from events
-       where merchant_id = $1 and object_id = any($3)
-       returning id, event_id, (select object_id from events where merchant_id = $1 and id = event_id)`,
-      [merchant.merchantId, merchant.endpoint.id, intents],
-    );
-    assert.equal(inserted.length, 2);
+    const { merchant, inserted } = await deliveriesWithoutJobs(2);
     const [first, second] = inserted as [(typeof inserted)[0], (typeof inserted)[0]];
     const known = { merchantId: merchant.merchantId, deliveryId: first.id };
     const unknown = { merchantId: merchant.merchantId, deliveryId: 'wd_00000000000000000000' };
@@ -366,6 +375,58 @@ describe('webhook deliveries', () => {
     assert.equal(both.targets[0]?.status, 'pending');
     assert.equal(both.targets[0]?.attempts, 0);
     assert.equal((await merchant.get(`/v1/webhook_deliveries/${second.id}`)).status, 'dead');
+  });
+
+  test("a delivery's successful record is a HOT update; giving it up is not, and lists it among the dead", async () => {
+    const { merchant, inserted } = await deliveriesWithoutJobs(2);
+    const [delivered, givenUp] = inserted as [(typeof inserted)[0], (typeof inserted)[0]];
+    const attempt = (deliveryId: string, status: 'succeeded' | 'dead'): AttemptRecord => ({
+      merchantId: merchant.merchantId,
+      deliveryId,
+      round: 1,
+      attempt: 1,
+      status,
+      nextAttemptAt: null,
+      statusCode: status === 'succeeded' ? 200 : 500,
+      error: null,
+      durationMs: 3,
+      attemptedAt: new Date(),
+    });
+    // The record's updates of the table, and how many of them wrote no index entry. The session's
+    // counts may still hold its earlier transactions' (they are reported when it next idles), so
+    // the record's own are the difference across it, inside one transaction.
+    const recordCounted = async (record: AttemptRecord) => {
+      const client = await t.pool.connect();
+      const counts = async () =>
+        (
+          await client.query<{ updates: number; hot: number }>(
+            `select n_tup_upd::int as updates, n_tup_hot_upd::int as hot from pg_stat_xact_user_tables
+             where relid = 'webhook_deliveries'::regclass`,
+          )
+        ).rows[0] ?? { updates: 0, hot: 0 };
+      try {
+        await client.query('begin');
+        const before = await counts();
+        assert.deepEqual((await readAndRecord(client, [], [record])).recorded, [true]);
+        const after = await counts();
+        await client.query('commit');
+        return { updates: after.updates - before.updates, hot: after.hot - before.hot };
+      } finally {
+        client.release();
+      }
+    };
+    // No index names what a success changes (migrations/013_hot_delivery_records.sql).
+    assert.deepEqual(await recordCounted(attempt(delivered.id, 'succeeded')), { updates: 1, hot: 1 });
+    // Giving up sets `undelivered`, which the dead letters' index names.
+    assert.deepEqual(await recordCounted(attempt(givenUp.id, 'dead')), { updates: 1, hot: 0 });
+    assert.deepEqual(
+      (await deliveriesOf(merchant, '&status=dead')).map((delivery) => delivery.id),
+      [givenUp.id],
+    );
+    assert.deepEqual(
+      (await deliveriesOf(merchant, '&status=succeeded')).map((delivery) => delivery.id),
+      [delivered.id],
+    );
   });
 
   test('each event carries its object sequence number', async () => {

@@ -8,6 +8,8 @@ import type { Queryable } from '../platform/db/pool.js';
 /** The values of webhook_deliveries.status (its check constraint in migrations/002_webhooks.sql). */
 export const DELIVERY_STATUSES = ['pending', 'succeeded', 'dead', 'canceled'] as const;
 export type DeliveryStatus = (typeof DELIVERY_STATUSES)[number];
+/** The statuses that webhook_deliveries.undelivered repeats (migrations/013_hot_delivery_records.sql). */
+const UNDELIVERED: ReadonlySet<string> = new Set<DeliveryStatus>(['dead', 'canceled']);
 
 export interface EndpointRow {
   merchant_id: string;
@@ -137,9 +139,12 @@ export async function selectDeliveries(
   db: Queryable,
   query: { merchantId: string; limit: number; startingAfter?: string; status?: string; endpointId?: string; eventId?: string },
 ): Promise<DeliveryRow[]> {
+  // The deliveries given up (dead, canceled) are found through their own partial index; the
+  // others by walking the primary key newest first (migrations/013_hot_delivery_records.sql).
+  const byStatus = query.status && UNDELIVERED.has(query.status) ? 'undelivered = $3' : 'status = $3';
   const { rows } = await db.query<DeliveryRow>(
     `select ${DELIVERY_COLUMNS} from webhook_deliveries
-     where merchant_id = $1 and ($2::text is null or id < $2) and ($3::text is null or status = $3)
+     where merchant_id = $1 and ($2::text is null or id < $2) and ($3::text is null or ${byStatus})
        and ($4::text is null or endpoint_id = $4) and ($5::text is null or event_id = $5)
      order by id desc limit $6`,
     [query.merchantId, query.startingAfter ?? null, query.status ?? null, query.endpointId ?? null, query.eventId ?? null, query.limit],
