@@ -65,6 +65,7 @@ async function createIntent(merchant: WebhookMerchant): Promise<void> {
   assert.equal(response.statusCode, 200, response.body);
 }
 
+/** The merchant's deliveries; `logged` counts the attempts their log shows (the last one, on the delivery, and those it superseded). */
 async function deliveries(merchantId: string) {
   const { rows } = await t.pool.query<{
     id: string;
@@ -77,7 +78,8 @@ async function deliveries(merchantId: string) {
     logged: number;
   }>(
     `select d.id, d.endpoint_id, d.status, d.attempts, d.next_attempt_at, d.last_attempt_at, d.last_error,
-       (select count(*)::int from webhook_delivery_attempts a where a.merchant_id = d.merchant_id and a.delivery_id = d.id) as logged
+       (select count(*)::int from webhook_delivery_attempts a where a.merchant_id = d.merchant_id and a.delivery_id = d.id)
+         + (d.attempts > 0)::int as logged
      from webhook_deliveries d where d.merchant_id = $1 order by d.id`,
     [merchantId],
   );

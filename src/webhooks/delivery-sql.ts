@@ -85,18 +85,25 @@ export async function readAndRecord(
                                   (select $11::int[]), (select $12::timestamptz[])) with ordinality
                as i (merchant_id, delivery_id, round, attempt, status, next_attempt_at, status_code, error, duration_ms,
                      attempted_at, n)),
+           -- The attempt recorded becomes the delivery's last; the one it supersedes (\`prior\`, the
+           -- row as this statement's snapshot has it) moves to the log
+           -- (migrations/014_last_attempt_on_the_delivery.sql). A first attempt supersedes none.
            delivery as (
              update webhook_deliveries d
              set status = i.status, attempts = i.attempt, next_attempt_at = i.next_attempt_at, last_attempt_at = i.attempted_at,
                  last_status_code = i.status_code, last_error = i.error, last_duration_ms = i.duration_ms, updated_at = now()
              from input i
+             join webhook_deliveries prior on prior.merchant_id = i.merchant_id and prior.id = i.delivery_id
              where d.merchant_id = i.merchant_id and d.id = i.delivery_id and d.status = 'pending' and d.round = i.round
                and d.attempts = i.attempt - 1
-             returning i.*),
+             returning i.n, prior.merchant_id, prior.id as delivery_id, prior.round, prior.attempts as attempt,
+               prior.last_status_code as status_code, prior.last_error as error, prior.last_duration_ms as duration_ms,
+               prior.last_attempt_at as attempted_at),
            -- A data-modifying WITH runs to completion whether or not the query reads it.
            logged as (
              insert into webhook_delivery_attempts (merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at)
-             select merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at from delivery)
+             select merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at from delivery
+             where attempt > 0)
            -- One row at least, for the records' answer, however few targets; the answer rides on
            -- one row only (node-postgres parses an array in JavaScript, character by character,
            -- and a call of a hundred records and a hundred reads sent it a hundred times).

@@ -178,7 +178,13 @@ describe('webhook deliveries', () => {
     assert.equal(replayed.headers['idempotent-replayed'], 'true');
     assert.equal((await deliveriesOf(merchant))[0]?.round, 2);
     const detail = await merchant.get(`/v1/webhook_deliveries/${delivery.id}`);
-    assert.equal(detail.attempt_log.length, COMPRESSED.maxAttempts + 1);
+    // The second round's success, then every attempt of the first, newest first: the round the
+    // redelivery ended left its last attempt in the log.
+    assert.deepEqual(
+      detail.attempt_log.map((attempt: { round: number; attempt: number }) => [attempt.round, attempt.attempt]),
+      [[2, 1], ...Array.from({ length: COMPRESSED.maxAttempts }, (_, index) => [1, COMPRESSED.maxAttempts - index])],
+    );
+    assert.equal(detail.attempt_log[0].status_code, 200);
     assert.ok(detail.attempt_log.every((attempt: { duration_ms: number }) => attempt.duration_ms >= 0));
 
     const missing = await merchant.post('/v1/events/evt_0000000000000000000000/redeliver', undefined);
@@ -243,29 +249,40 @@ describe('webhook deliveries', () => {
     assert.equal(missing.statusCode, 404);
   });
 
-  test('delivery attempts older than the retention are deleted by the prune job; the deliveries stay', async () => {
-    const receiver = await startReceiver();
+  test('logged delivery attempts older than the retention are deleted by the prune job; the deliveries stay, with their last attempt', async () => {
+    // The first attempt fails and the second succeeds: the failure is logged, superseded.
+    let answered = 0;
+    const receiver = await startReceiver({ answer: () => (answered++ === 0 ? 503 : 200) });
     const merchant = await merchantWithEndpoint(t, receiver.url);
     await createIntent(merchant);
     await waitUntil('delivered', async () => (await deliveriesOf(merchant)).some((d) => d.status === 'succeeded'));
     const [delivery] = await deliveriesOf(merchant);
     assert.ok(delivery);
-    const attempts = () =>
+    const logged = () =>
       t.pool
         .query<{ n: number }>('select count(*)::int as n from webhook_delivery_attempts where merchant_id = $1', [merchant.merchantId])
         .then(({ rows }) => rows[0]?.n);
-    assert.equal(await attempts(), 1);
+    const shown = async () =>
+      (await merchant.get(`/v1/webhook_deliveries/${delivery.id}`)).attempt_log.map((attempt: { attempt: number; status_code: number }) => [
+        attempt.attempt,
+        attempt.status_code,
+      ]);
+    assert.equal(await logged(), 1);
+    assert.deepEqual(await shown(), [
+      [2, 200],
+      [1, 503],
+    ]);
     // Within the retention: kept.
     assert.equal(await pruneAttempts(t.pool, 30), 0);
-    assert.equal(await attempts(), 1);
+    assert.equal(await logged(), 1);
     await t.pool.query(`update webhook_delivery_attempts set attempted_at = now() - interval '31 days' where merchant_id = $1`, [
       merchant.merchantId,
     ]);
     assert.ok((await pruneAttempts(t.pool, 30)) >= 1);
-    assert.equal(await attempts(), 0);
+    assert.equal(await logged(), 0);
     const kept = await merchant.get(`/v1/webhook_deliveries/${delivery.id}`);
     assert.equal(kept.status, 'succeeded');
-    assert.deepEqual(kept.attempt_log, []);
+    assert.deepEqual(await shown(), [[2, 200]]);
   });
 
   test('many deliveries at once (reads and records coalesced across jobs): each sent and recorded once', async () => {
@@ -288,7 +305,8 @@ describe('webhook deliveries', () => {
        from webhook_deliveries d where d.merchant_id = $1`,
       [merchant.merchantId],
     );
-    assert.ok(rows.every((row) => row.attempts === 1 && row.logged === 1));
+    // Each one attempt, on the delivery itself: a first attempt supersedes none, so none is logged.
+    assert.ok(rows.every((row) => row.attempts === 1 && row.logged === 0));
   });
 
   test('a backlog: late jobs take the waiting ones beyond the local queue, and each delivery is sent and recorded once', async () => {

@@ -161,12 +161,20 @@ export async function selectDelivery(db: Queryable, merchantId: string, id: stri
   return rows[0];
 }
 
-/** The latest attempts of a delivery, newest first. */
+/**
+ * The latest attempts of a delivery, newest first: its last one, on the delivery itself, then
+ * those it superseded, from the log (migrations/014_last_attempt_on_the_delivery.sql).
+ */
 export async function selectAttempts(db: Queryable, merchantId: string, deliveryId: string, limit: number): Promise<AttemptRow[]> {
   const { rows } = await db.query<AttemptRow>({
     name: 'webhooks_select_attempts',
-    text: `select round, attempt, status_code, error, duration_ms, attempted_at from webhook_delivery_attempts
-           where merchant_id = $1 and delivery_id = $2
+    text: `select round, attempt, status_code, error, duration_ms, attempted_at from (
+             select round, attempts as attempt, last_status_code as status_code, last_error as error,
+               last_duration_ms as duration_ms, last_attempt_at as attempted_at
+             from webhook_deliveries where merchant_id = $1 and id = $2 and attempts > 0
+             union all
+             select round, attempt, status_code, error, duration_ms, attempted_at from webhook_delivery_attempts
+             where merchant_id = $1 and delivery_id = $2) attempt
            order by round desc, attempt desc limit $3`,
     values: [merchantId, deliveryId, limit],
   });
@@ -198,7 +206,15 @@ export async function requeueEvent(
              from targets
              where delivery.merchant_id = $1 and delivery.event_id = $2 and delivery.endpoint_id = targets.id
                and delivery.status <> 'pending'
-             returning delivery.id, delivery.round)
+             returning delivery.id, delivery.round),
+           -- The round a redelivery ends leaves its last attempt in the log (\`ended\` is the row
+           -- as this statement's snapshot has it, before the reset).
+           moved as (
+             insert into webhook_delivery_attempts (merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at)
+             select ended.merchant_id, ended.id, ended.round, ended.attempts, ended.last_status_code, ended.last_error,
+               ended.last_duration_ms, ended.last_attempt_at
+             from reset join webhook_deliveries ended on ended.merchant_id = $1 and ended.id = reset.id
+             where ended.attempts > 0)
            select id, round from created union all select id, round from reset`,
     values: [event.merchantId, event.id, event.type],
   });
@@ -219,8 +235,8 @@ export async function enableEndpoint(db: Queryable, merchantId: string, id: stri
 }
 
 /**
- * Deletes up to `batchSize` delivery attempts older than `retentionDays`; returns how many. The
- * deliveries themselves (their status and last attempt) stay.
+ * Deletes up to `batchSize` logged delivery attempts older than `retentionDays`; returns how
+ * many. The deliveries themselves (their status and last attempt) stay.
  */
 export async function deleteOldAttempts(db: Queryable, retentionDays: number, batchSize: number): Promise<number> {
   const { rowCount } = await db.query({

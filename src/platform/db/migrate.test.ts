@@ -107,3 +107,37 @@ describe('readMigrations', () => {
     await assert.rejects(readMigrations(dir), /"2-Second\.sql" must look like 001_name\.sql/);
   });
 });
+
+describe('data migrations', () => {
+  test('014 leaves in the attempt log only the attempts a later one superseded', async () => {
+    const { pool } = await emptyDatabase(0);
+    const before = (await readMigrations()).filter((migration) => migration.version < 14);
+    await migrate(pool, await migrationsDir(Object.fromEntries(before.map((migration) => [migration.name, migration.sql]))));
+    // As 013 left them: every attempt logged, the last one also on its delivery. The events'
+    // fan-out trigger is off (graphile-worker's schema, which it calls, is not installed here).
+    await pool.query(`alter table events disable trigger user;
+      insert into merchants (merchant_id, name) values ('acct_m', 'm');
+      insert into webhook_endpoints (merchant_id, id, url, enabled_events, status, secret, created_at, updated_at)
+        values ('acct_m', 'we_1', 'https://1.1.1.1/', '{*}', 'enabled', 'whsec_AAAA', now(), now());
+      insert into events (merchant_id, id, type, object_id, data, created_at, sequence)
+        select 'acct_m', 'evt_' || n, 'payment_intent.created', 'pi_' || n, '{}', now(), 1 from generate_series(1, 3) n;
+      insert into webhook_deliveries (merchant_id, id, endpoint_id, event_id, status, round, attempts, last_attempt_at,
+          last_status_code, last_duration_ms, created_at, updated_at)
+        values ('acct_m', 'wd_once', 'we_1', 'evt_1', 'succeeded', 1, 1, now(), 200, 3, now(), now()),
+               ('acct_m', 'wd_retried', 'we_1', 'evt_2', 'succeeded', 1, 2, now(), 200, 3, now(), now()),
+               ('acct_m', 'wd_redelivered', 'we_1', 'evt_3', 'pending', 2, 0, now(), 200, 3, now(), now());
+      insert into webhook_delivery_attempts (merchant_id, delivery_id, round, attempt, status_code, duration_ms, attempted_at)
+        values ('acct_m', 'wd_once', 1, 1, 200, 3, now()),
+               ('acct_m', 'wd_retried', 1, 1, 503, 3, now()), ('acct_m', 'wd_retried', 1, 2, 200, 3, now()),
+               ('acct_m', 'wd_redelivered', 1, 1, 200, 3, now());`);
+    assert.deepEqual(await migrate(pool), ['014_last_attempt_on_the_delivery.sql']);
+    const { rows } = await pool.query<{ delivery_id: string; round: number; attempt: number }>(
+      'select delivery_id, round, attempt from webhook_delivery_attempts order by delivery_id, round, attempt',
+    );
+    // A redelivered round's last attempt is no longer on its delivery: it stays logged.
+    assert.deepEqual(rows, [
+      { delivery_id: 'wd_redelivered', round: 1, attempt: 1 },
+      { delivery_id: 'wd_retried', round: 1, attempt: 1 },
+    ]);
+  });
+});
