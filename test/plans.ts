@@ -41,8 +41,9 @@ class Caught {
 /** The plan of the one statement `send` makes, caught instead of run, explained on `db`. */
 export async function planOf(db: Queryable, send: (caught: Queryable) => Promise<unknown>): Promise<PlanNode> {
   const catcher = {
-    query: async (config: { text: string; values: unknown[] }) => {
-      throw new Caught(config);
+    // A statement comes as a config object, or as its text and values.
+    query: async (config: string | { text: string; values: unknown[] }, values: unknown[] = []) => {
+      throw new Caught(typeof config === 'string' ? { text: config, values } : config);
     },
   } as unknown as Queryable;
   const caught = await send(catcher).then(

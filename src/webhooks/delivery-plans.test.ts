@@ -15,12 +15,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { createTestDatabase } from '../../test/helpers.js';
-import { explain, type PlanNode, planOf, scansOf } from '../../test/plans.js';
+import { explain, type PlanNode, planNodes, planOf, scansOf } from '../../test/plans.js';
 import type { Client, Pool } from '../platform/db/pool.js';
 import { insertJobsSql } from '../platform/jobs/queue.js';
 import { migrateJobs } from '../platform/jobs/runner.js';
 import { readAndRecord, takeWaitingBatches } from './delivery-sql.js';
 import { DELIVER_BATCH_TASK } from './service.js';
+import { selectDeliveries } from './sql.js';
 
 const { pool } = await createTestDatabase();
 await migrateJobs(pool, [DELIVER_BATCH_TASK]);
@@ -138,4 +139,41 @@ test("a delivery's read finds its event by the event's key when the merchant has
     targets.map((target) => target?.event?.id),
     [7, 1500, 2999].map((n) => `evt_surge${String(n).padStart(17, '0')}`),
   );
+});
+
+// The listing by status has no index on status (a success's record would then write an entry
+// in every index: migrations/013_hot_delivery_records.sql). The dead letters, a few among a
+// merchant's many delivered, are read through the partial index of the deliveries given up;
+// the delivered, most of them, walking the primary key newest first.
+test('the dead letters are listed through their own index, the delivered by the primary key', async () => {
+  const merchant = 'acct_plans000000000000000002';
+  const total = 3000;
+  const dead = [10, 1200, 2500];
+  await pool.query(`insert into events (merchant_id, id, type, object_id, data, created_at, sequence)
+    select '${merchant}', 'evt_dl' || lpad(n::text, 20, '0'), 'payment_intent.created', 'pi_dl' || n, '{}', now(), 1
+    from generate_series(1, ${total}) n`);
+  await pool.query(`insert into webhook_endpoints (merchant_id, id, url, enabled_events, status, secret, created_at, updated_at)
+    values ('${merchant}', 'we_dl', 'https://example.com/hook', '{*}', 'enabled', 'whsec_AAAA', now(), now())`);
+  await pool.query(
+    `insert into webhook_deliveries (merchant_id, id, endpoint_id, event_id, status, attempts, created_at, updated_at)
+     select '${merchant}', 'wd_dl' || lpad(n::text, 20, '0'), 'we_dl', 'evt_dl' || lpad(n::text, 20, '0'),
+       case when n = any($1::int[]) then 'dead' else 'succeeded' end, 1, now(), now()
+     from generate_series(1, ${total}) n`,
+    [dead],
+  );
+  await pool.query('analyze webhook_deliveries');
+  const indexesRead = (plan: PlanNode) => planNodes(plan).flatMap((node) => node['Index Name'] ?? []);
+
+  const deadLetters = { merchantId: merchant, status: 'dead', limit: 11 };
+  const deadPlan = await planOf(pool, (db) => selectDeliveries(db, deadLetters));
+  assert.deepEqual(indexesRead(deadPlan), ['webhook_deliveries_undelivered'], JSON.stringify(deadPlan));
+  assert.deepEqual(
+    (await selectDeliveries(pool, deadLetters)).map((delivery) => delivery.id),
+    [...dead].reverse().map((n) => `wd_dl${String(n).padStart(20, '0')}`),
+  );
+
+  const delivered = { merchantId: merchant, status: 'succeeded', limit: 11 };
+  const deliveredPlan = await planOf(pool, (db) => selectDeliveries(db, delivered));
+  assert.deepEqual(scansOf(deliveredPlan, 'webhook_deliveries'), ['Index Scan webhook_deliveries_pkey'], JSON.stringify(deliveredPlan));
+  assert.equal((await selectDeliveries(pool, delivered)).length, 11);
 });
