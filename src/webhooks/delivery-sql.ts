@@ -99,11 +99,14 @@ export async function readAndRecord(
              returning i.n, prior.merchant_id, prior.id as delivery_id, prior.round, prior.attempts as attempt,
                prior.last_status_code as status_code, prior.last_error as error, prior.last_duration_ms as duration_ms,
                prior.last_attempt_at as attempted_at),
-           -- A data-modifying WITH runs to completion whether or not the query reads it.
+           -- A data-modifying WITH runs to completion whether or not the query reads it. An
+           -- attempt already logged (by a worker from before 014, which logged every attempt)
+           -- stays as it is.
            logged as (
              insert into webhook_delivery_attempts (merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at)
              select merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at from delivery
-             where attempt > 0)
+             where attempt > 0
+             on conflict do nothing)
            -- One row at least, for the records' answer, however few targets; the answer rides on
            -- one row only (node-postgres parses an array in JavaScript, character by character,
            -- and a call of a hundred records and a hundred reads sent it a hundred times).

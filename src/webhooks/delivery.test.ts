@@ -447,6 +447,42 @@ describe('webhook deliveries', () => {
     );
   });
 
+  test('a last attempt that a worker from before migration 014 also logged: the next record keeps it, and the log shows it once', async () => {
+    const { merchant, inserted } = await deliveriesWithoutJobs(1);
+    const [delivery] = inserted as [(typeof inserted)[0]];
+    const record = (attempt: number, statusCode: number): AttemptRecord => ({
+      merchantId: merchant.merchantId,
+      deliveryId: delivery.id,
+      round: 1,
+      attempt,
+      status: statusCode === 200 ? 'succeeded' : 'pending',
+      nextAttemptAt: statusCode === 200 ? null : new Date(),
+      statusCode,
+      error: null,
+      durationMs: 3,
+      attemptedAt: new Date(),
+    });
+    assert.deepEqual((await readAndRecord(t.pool, [], [record(1, 503)])).recorded, [true]);
+    // What the older worker wrote beside its record: the attempt in the log too.
+    await t.pool.query(
+      `insert into webhook_delivery_attempts (merchant_id, delivery_id, round, attempt, status_code, error, duration_ms, attempted_at)
+       select merchant_id, id, round, attempts, last_status_code, last_error, last_duration_ms, last_attempt_at
+       from webhook_deliveries where merchant_id = $1 and id = $2`,
+      [merchant.merchantId, delivery.id],
+    );
+    const shown = async () =>
+      (await merchant.get(`/v1/webhook_deliveries/${delivery.id}`)).attempt_log.map((attempt: { attempt: number; status_code: number }) => [
+        attempt.attempt,
+        attempt.status_code,
+      ]);
+    assert.deepEqual(await shown(), [[1, 503]]);
+    assert.deepEqual((await readAndRecord(t.pool, [], [record(2, 200)])).recorded, [true]);
+    assert.deepEqual(await shown(), [
+      [2, 200],
+      [1, 503],
+    ]);
+  });
+
   test('each event carries its object sequence number', async () => {
     const receiver = await startReceiver();
     const merchant = await merchantWithEndpoint(t, receiver.url);

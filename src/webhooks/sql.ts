@@ -163,7 +163,8 @@ export async function selectDelivery(db: Queryable, merchantId: string, id: stri
 
 /**
  * The latest attempts of a delivery, newest first: its last one, on the delivery itself, then
- * those it superseded, from the log (migrations/014_last_attempt_on_the_delivery.sql).
+ * those it superseded, from the log (migrations/014_last_attempt_on_the_delivery.sql). A worker
+ * from before 014 logged the last one too, with the same figures: `union` shows it once.
  */
 export async function selectAttempts(db: Queryable, merchantId: string, deliveryId: string, limit: number): Promise<AttemptRow[]> {
   const { rows } = await db.query<AttemptRow>({
@@ -172,7 +173,7 @@ export async function selectAttempts(db: Queryable, merchantId: string, delivery
              select round, attempts as attempt, last_status_code as status_code, last_error as error,
                last_duration_ms as duration_ms, last_attempt_at as attempted_at
              from webhook_deliveries where merchant_id = $1 and id = $2 and attempts > 0
-             union all
+             union
              select round, attempt, status_code, error, duration_ms, attempted_at from webhook_delivery_attempts
              where merchant_id = $1 and delivery_id = $2) attempt
            order by round desc, attempt desc limit $3`,
@@ -214,7 +215,8 @@ export async function requeueEvent(
              select ended.merchant_id, ended.id, ended.round, ended.attempts, ended.last_status_code, ended.last_error,
                ended.last_duration_ms, ended.last_attempt_at
              from reset join webhook_deliveries ended on ended.merchant_id = $1 and ended.id = reset.id
-             where ended.attempts > 0)
+             where ended.attempts > 0
+             on conflict do nothing)
            select id, round from created union all select id, round from reset`,
     values: [event.merchantId, event.id, event.type],
   });
