@@ -62,6 +62,28 @@ async function deliveriesWithoutJobs(count: number) {
 
 const eventIdOf = (request: Received) => JSON.parse(request.body).id as string;
 
+/** One attempt of a delivery as a worker records it: the first, succeeded with a 200, unless told. */
+function attemptRecord(key: { merchantId: string; deliveryId: string }, fields: Partial<AttemptRecord> = {}): AttemptRecord {
+  return {
+    ...key,
+    round: 1,
+    attempt: 1,
+    status: 'succeeded',
+    nextAttemptAt: null,
+    statusCode: 200,
+    error: null,
+    durationMs: 3,
+    attemptedAt: new Date(),
+    ...fields,
+  };
+}
+
+/** A delivery's attempt log as the API shows it: [attempt, status code], newest first. */
+async function attemptLogOf(merchant: WebhookMerchant, deliveryId: string): Promise<[number, number][]> {
+  const detail = await merchant.get(`/v1/webhook_deliveries/${deliveryId}`);
+  return detail.attempt_log.map((attempt: { attempt: number; status_code: number }) => [attempt.attempt, attempt.status_code]);
+}
+
 /** How many deliver_webhooks jobs have run, from the job metrics' exposition. */
 const batchRuns = (exposition: string) =>
   Number(/floodgate_job_duration_seconds_count\{task="deliver_webhooks",outcome="success"\} (\d+)/.exec(exposition)?.[1] ?? 0);
@@ -262,11 +284,7 @@ describe('webhook deliveries', () => {
       t.pool
         .query<{ n: number }>('select count(*)::int as n from webhook_delivery_attempts where merchant_id = $1', [merchant.merchantId])
         .then(({ rows }) => rows[0]?.n);
-    const shown = async () =>
-      (await merchant.get(`/v1/webhook_deliveries/${delivery.id}`)).attempt_log.map((attempt: { attempt: number; status_code: number }) => [
-        attempt.attempt,
-        attempt.status_code,
-      ]);
+    const shown = () => attemptLogOf(merchant, delivery.id);
     assert.equal(await logged(), 1);
     assert.deepEqual(await shown(), [
       [2, 200],
@@ -366,17 +384,7 @@ describe('webhook deliveries', () => {
     assert.equal(targets[1]?.event?.object_id, first.object_id);
     assert.deepEqual(targets[2], targets[1]);
 
-    const attempt: AttemptRecord = {
-      ...known,
-      round: 1,
-      attempt: 1,
-      status: 'succeeded',
-      nextAttemptAt: null,
-      statusCode: 200,
-      error: null,
-      durationMs: 3,
-      attemptedAt: new Date(),
-    };
+    const attempt = attemptRecord(known);
     const { recorded } = await readAndRecord(t.pool, [], [attempt, { ...attempt, ...unknown }, attempt]);
     assert.equal(recorded[1], false);
     assert.deepEqual([recorded[0], recorded[2]].sort(), [false, true]);
@@ -398,18 +406,8 @@ describe('webhook deliveries', () => {
   test("a delivery's successful record is a HOT update; giving it up is not, and lists it among the dead", async () => {
     const { merchant, inserted } = await deliveriesWithoutJobs(2);
     const [delivered, givenUp] = inserted as [(typeof inserted)[0], (typeof inserted)[0]];
-    const attempt = (deliveryId: string, status: 'succeeded' | 'dead'): AttemptRecord => ({
-      merchantId: merchant.merchantId,
-      deliveryId,
-      round: 1,
-      attempt: 1,
-      status,
-      nextAttemptAt: null,
-      statusCode: status === 'succeeded' ? 200 : 500,
-      error: null,
-      durationMs: 3,
-      attemptedAt: new Date(),
-    });
+    const attempt = (deliveryId: string, status: 'succeeded' | 'dead') =>
+      attemptRecord({ merchantId: merchant.merchantId, deliveryId }, { status, statusCode: status === 'succeeded' ? 200 : 500 });
     // The record's updates of the table, and how many of them wrote no index entry. The session's
     // counts may still hold its earlier transactions' (they are reported when it next idles), so
     // the record's own are the difference across it, inside one transaction.
@@ -450,18 +448,11 @@ describe('webhook deliveries', () => {
   test('a last attempt that a worker from before migration 014 also logged: the next record keeps it, and the log shows it once', async () => {
     const { merchant, inserted } = await deliveriesWithoutJobs(1);
     const [delivery] = inserted as [(typeof inserted)[0]];
-    const record = (attempt: number, statusCode: number): AttemptRecord => ({
-      merchantId: merchant.merchantId,
-      deliveryId: delivery.id,
-      round: 1,
-      attempt,
-      status: statusCode === 200 ? 'succeeded' : 'pending',
-      nextAttemptAt: statusCode === 200 ? null : new Date(),
-      statusCode,
-      error: null,
-      durationMs: 3,
-      attemptedAt: new Date(),
-    });
+    const record = (attempt: number, statusCode: number) =>
+      attemptRecord(
+        { merchantId: merchant.merchantId, deliveryId: delivery.id },
+        statusCode === 200 ? { attempt, statusCode } : { attempt, statusCode, status: 'pending', nextAttemptAt: new Date() },
+      );
     assert.deepEqual((await readAndRecord(t.pool, [], [record(1, 503)])).recorded, [true]);
     // What the older worker wrote beside its record: the attempt in the log too.
     await t.pool.query(
@@ -470,11 +461,7 @@ describe('webhook deliveries', () => {
        from webhook_deliveries where merchant_id = $1 and id = $2`,
       [merchant.merchantId, delivery.id],
     );
-    const shown = async () =>
-      (await merchant.get(`/v1/webhook_deliveries/${delivery.id}`)).attempt_log.map((attempt: { attempt: number; status_code: number }) => [
-        attempt.attempt,
-        attempt.status_code,
-      ]);
+    const shown = () => attemptLogOf(merchant, delivery.id);
     assert.deepEqual(await shown(), [[1, 503]]);
     assert.deepEqual((await readAndRecord(t.pool, [], [record(2, 200)])).recorded, [true]);
     assert.deepEqual(await shown(), [
