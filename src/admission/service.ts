@@ -244,7 +244,9 @@ export class WaitingRoom {
     const view = describeTicket(sale, ticketId, state, outcome, nowMs, this.pollMaxSeconds);
     if (view?.status !== 'admitted' || state.kind !== 'admitted') return view;
     const claims = { saleId: sale.id, ticketId, buyerDigest: state.buyerDigest, expiresAtMs: state.tokenExpiresAtMs };
-    return { ...view, admissionToken: signAdmissionToken(this.keys, claims) };
+    // Set on the view describeTicket just made, not spread into a copy (see describeTicket).
+    view.admissionToken = signAdmissionToken(this.keys, claims);
+    return view;
   }
 
   private observe(sale: SaleForQueue, outcome: StepOutcome, nowMs: number): void {
