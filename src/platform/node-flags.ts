@@ -15,12 +15,12 @@
  *
  * `--no-allocation-site-pretenuring`: V8 watches how many objects of each allocation site
  * survive a young collection and, past a threshold, allocates that site's objects straight in
- * the old generation. A surge's requests trip it: the site's objects then die in the old
- * generation, where only a full collection frees them, and until then they keep the young
- * objects they point to alive through every young collection, which copies and then promotes
- * those too. In the bench's hold phases each young collection promoted 1.45 MB and paused the
- * API for a median of 9 ms; without pretenuring, 0.10 MB and 5 ms, and the hold p99 at 60% of
- * max fell with it (bench/README.md, the twenty-sixth session). Node refuses this flag in
+ * the old generation. Such objects die in the old generation, where only a full collection
+ * frees them, and until then they keep the young objects they point to alive through every
+ * young collection, which copies and then promotes those too. In the bench's hold phases each
+ * young collection promoted 1.45 MB and paused the API for a median of 9 ms; without
+ * pretenuring, 0.10 MB and 5 ms (bench/README.md, the twenty-sixth session; the hold p99's own
+ * gain was within the machine's swings in two pairs of full runs). Node refuses this flag in
  * NODE_OPTIONS: it goes on the command line only.
  */
 export const SERVER_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=64', '--no-allocation-site-pretenuring'];
