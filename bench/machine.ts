@@ -4,7 +4,7 @@
  * a free port.
  */
 import { execFileSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 
@@ -37,6 +37,81 @@ export function processWrites(pid: number | undefined): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** A process as /proc/<pid>/stat shows it: its parent, its command, its CPU and its reaped children's, in ms. */
+export interface ProcessCpu {
+  ppid: number;
+  command: string;
+  ms: number;
+}
+
+/**
+ * Every live process's CPU, by pid. A process's figure includes the children it has reaped
+ * (cutime, cstime), so one that starts and ends between two tables still shows, in its parent.
+ */
+export function processTable(): Map<number, ProcessCpu> {
+  const table = new Map<number, ProcessCpu>();
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const close = stat.lastIndexOf(')');
+      // Fields from 3 on follow the command; ppid is field 4, utime to cstime fields 14 to 17.
+      const fields = stat.slice(close + 2).split(' ');
+      const ticks = Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
+      table.set(Number(entry), {
+        ppid: Number(fields[1]),
+        command: stat.slice(stat.indexOf('(') + 1, close),
+        ms: (ticks * 1000) / TICKS_PER_SECOND,
+      });
+    } catch {
+      // Exited while the table was read: its parent's reaped-children time will hold its CPU.
+    }
+  }
+  return table;
+}
+
+// Processes that serve the bench though they are not its children: the machine's PostgreSQL
+// (backends, WAL writer, checkpointer) and Redis.
+const SERVING_COMMANDS = new Set(['postgres', 'redis-server']);
+// The kernel's own threads descend from kthreadd (pid 2); their CPU is mostly the loopback
+// traffic and page faults of the bench's processes.
+const KTHREADD = 2;
+
+/**
+ * The CPU that processes outside the bench used between two tables, summed by command and
+ * largest first: everything but the bench's own process tree (`benchPid` and its descendants),
+ * PostgreSQL, Redis and the kernel's threads. On a shared machine these are the neighbours
+ * that take a core from a phase (this one's RabbitMQ starts an Erlang VM every minute).
+ */
+export function outsideCpu(
+  before: Map<number, ProcessCpu>,
+  after: Map<number, ProcessCpu>,
+  benchPid: number,
+): { command: string; ms: number }[] {
+  const ours = new Map<number, boolean>();
+  const isOurs = (pid: number): boolean => {
+    const known = ours.get(pid);
+    if (known !== undefined) return known;
+    const entry = after.get(pid) ?? before.get(pid);
+    // Marked before the walk up, so a parent loop in a torn table ends.
+    ours.set(pid, false);
+    const result =
+      pid === benchPid ||
+      pid === KTHREADD ||
+      (entry !== undefined && (SERVING_COMMANDS.has(entry.command) || (entry.ppid > 1 && isOurs(entry.ppid))));
+    ours.set(pid, result);
+    return result;
+  };
+  const byCommand = new Map<string, number>();
+  for (const [pid, entry] of after) {
+    // A pid seen only now started during the window: all its CPU is the window's.
+    const used = entry.ms - (before.get(pid)?.ms ?? 0);
+    if (used <= 0 || isOurs(pid)) continue;
+    byCommand.set(entry.command, (byCommand.get(entry.command) ?? 0) + used);
+  }
+  return [...byCommand].map(([command, ms]) => ({ command, ms: Math.round(ms) })).sort((a, b) => b.ms - a.ms);
 }
 
 export interface CpuSnapshot {

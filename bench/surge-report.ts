@@ -19,6 +19,9 @@ const NOISY_OTHER_CORES = 0.25;
 // checkouts per second on the 2-core machine.
 const HOLD_P99_AT_RATE_GOAL_MS = 50;
 const CHECKOUTS_PER_SECOND_GOAL = 1_000;
+// A phase in which processes outside the bench used this much CPU lost a core to them for a
+// tenth of a second or more: enough to queue an open-loop phase's arrivals and set its p99.
+const DISTURBED_OUTSIDE_MS = 100;
 const CHECKOUT_LATENCY_ROW = '  p50 / p99 per checkout (ms)';
 const CHECKOUT_CROWD_LATENCY_ROW = '  p50 / p99, crowd (ms)';
 const CHECKOUT_SURGE_LATENCY_ROW = '  p50 / p99, surge crowd (ms)';
@@ -86,6 +89,8 @@ export interface SurgePhase {
     /** The provider simulator's process; NaN in phases that do not pay. */
     providerUsPerTx: number;
     otherCores: number;
+    /** Processes outside the bench that used CPU during the phase, by command (machine.ts outsideCpu); absent in older records. */
+    outside?: { command: string; ms: number }[];
   };
 }
 
@@ -107,10 +112,14 @@ export function phaseLine(phase: SurgePhase): string {
     `p50=${num(phase.latency.p50Ms)} p99=${num(phase.latency.p99Ms)} ms | cpu µs/req: client ${phase.cpu.clientUsPerTx} ` +
     `server ${phase.cpu.serverUsPerTx} db ${phase.cpu.backendsUsPerTx} redis ${num(phase.cpu.redisUsPerTx)}${provider} | machine ` +
     `${Math.round(phase.cpu.machineBusy * 100)}% busy, others ${phase.cpu.otherCores} cores` +
+    `${phase.cpu.outside?.length ? ` (outside the bench: ${outsideText(phase)})` : ''}` +
     `${stepP50s ? ` | step p50 ms: ${stepP50s}` : ''}` +
     `${phase.laneShare === undefined ? '' : ` | fast lane ${Math.round(phase.laneShare * 1000) / 10}%`}${batchesText(phase.batchMeans)}${phase.tokensRanOut ? ' | tokens ran out' : ''}${errors ? ` | errors: ${errors}` : ''}`
   );
 }
+
+const outsideMs = (phase: SurgePhase) => (phase.cpu.outside ?? []).reduce((sum, entry) => sum + entry.ms, 0);
+const outsideText = (phase: SurgePhase) => (phase.cpu.outside ?? []).map((entry) => `${entry.command} ${entry.ms} ms`).join(', ');
 
 /** ` | batches of 15.7` for one batched step, ` | batches: hold 9.1 order 8.0 ...` for several. */
 function batchesText(means: Record<string, number> | undefined): string {
@@ -149,6 +158,13 @@ export interface SurgeSummary {
     api: { throughput: number; p50Ms: number; p99Ms: number; overloadedRounds: number };
     pgbench: { throughput: number; p50Ms: number; p99Ms: number; overloadedRounds: number };
     p99GoalMs: number;
+    /**
+     * The API's rate phases in which processes outside the bench used DISTURBED_OUTSIDE_MS of
+     * CPU or more, and the median p99 of the others (NaN when every round was disturbed). The
+     * goal is judged on every round; this says how much of a miss the machine's neighbours made.
+     */
+    disturbed: { round: number; p99Ms: number; outside: string }[];
+    undisturbedP99Ms: number;
   };
   /** Paid checkouts on the hot item, closed loop: hold, then an order that confirms (or order, then confirm: options.checkoutRequests). */
   checkout: {
@@ -222,6 +238,7 @@ export function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSumma
     const total = client + server + db + (Number.isFinite(redis) ? redis : 0) + (Number.isFinite(provider) ? provider : 0);
     return { metric, client, server, db, redis, provider, total };
   };
+  const ratePhases = measuredPhases.filter((phase) => phase.name === 'hold_api_rate');
   const atRate = (name: SurgePhaseName) => ({
     throughput: median(values(name, throughput)),
     p50Ms: median(values(name, p50)),
@@ -304,6 +321,10 @@ export function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSumma
       api: atRate('hold_api_rate'),
       pgbench: atRate('hold_pgbench_rate'),
       p99GoalMs: HOLD_P99_AT_RATE_GOAL_MS,
+      disturbed: ratePhases
+        .filter((phase) => outsideMs(phase) >= DISTURBED_OUTSIDE_MS)
+        .map((phase) => ({ round: phase.round, p99Ms: phase.latency.p99Ms, outside: outsideText(phase) })),
+      undisturbedP99Ms: median(ratePhases.filter((phase) => outsideMs(phase) < DISTURBED_OUTSIDE_MS).map(p99)),
     },
     checkout: {
       perSecond: checkoutsAt(checkoutBest),
@@ -384,6 +405,13 @@ export function formatSurgeTable(
     lines.push(`noisy: other processes used ${summary.otherCores} cores (median over phases); ${goalLine} (unreliable)`);
     lines.push(`${hotItemLine} (unreliable)`);
   } else lines.push(goalLine, hotItemLine);
+  if (holdAtRate.disturbed.length > 0) {
+    const rounds = holdAtRate.disturbed.map((phase) => `round ${phase.round} (p99 ${num(phase.p99Ms)} ms; ${phase.outside})`).join(', ');
+    lines.push(
+      `  processes outside the bench took CPU from the hold @ 60% phase of ${rounds}; ` +
+        `p99 of the other rounds: ${Number.isFinite(holdAtRate.undisturbedP99Ms) ? `${num(holdAtRate.undisturbedP99Ms)} ms` : 'none'}`,
+    );
+  }
   for (const failure of summary.failures) lines.push(`FAILED: stock counters not exact, ${failure}`);
   return lines.join('\n');
 }

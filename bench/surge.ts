@@ -27,7 +27,7 @@ import { SERVER_NODE_FLAGS } from '../src/platform/node-flags.js';
 import { EXPIRE_HOLD_TASK } from '../src/sales/holds.js';
 import { BackendCpuSampler } from './backends.js';
 import { CROWD_FACTOR, SURGE_CROWD_FACTOR } from './crowd.js';
-import { busyFraction, busyMs, cpuSnapshot, freePort, processCpuMs } from './machine.js';
+import { busyFraction, busyMs, cpuSnapshot, freePort, outsideCpu, processCpuMs, processTable } from './machine.js';
 import { runPgbench } from './pgbench.js';
 import { PHASE_WINDOWS_FILE, type PhaseWindow } from './profile-summary.js';
 import { type ApiServer, type BenchDatabase, type SimulatorProcess, startApiServer, startSimulatorProcess } from './setup.js';
@@ -69,6 +69,9 @@ const BACKLOG_SECONDS_MAX = 2;
 const SCHEDULE_KEPT_MIN = 0.9;
 // Long enough for the server's pool to open and prepare all its connections (after pgbench).
 const RECONNECT_S = 1;
+// A phase lists the processes outside the bench that used at least this much CPU during it (a
+// machine's background services use a few ms a second; a neighbour's burst, hundreds).
+const OUTSIDE_LISTED_MS = 20;
 
 /** The surge benchmark's parts; `--surge-parts` runs some of them (a profile of one part, say). */
 export const SURGE_PARTS = ['reads', 'line', 'holds', 'checkouts'] as const;
@@ -215,6 +218,7 @@ async function measured<T extends { ok: number; cpuMs: number }>(
   paysThroughProvider = false,
 ): Promise<{ result: T; cpu: SurgePhase['cpu'] }> {
   await surge.sampler.start();
+  const processesBefore = processTable();
   const machineBefore = cpuSnapshot();
   const serverBefore = processCpuMs(serverPid) ?? 0;
   const redisBefore = processCpuMs(surge.redisPid) ?? 0;
@@ -228,6 +232,7 @@ async function measured<T extends { ok: number; cpuMs: number }>(
   // but reported only where the phase pays through it.
   const providerMs = (processCpuMs(surge.simulator.pid) ?? 0) - providerBefore;
   const machineAfter = cpuSnapshot();
+  const outside = outsideCpu(processesBefore, processTable(), process.pid).filter((entry) => entry.ms >= OUTSIDE_LISTED_MS);
   const backendsMs = await surge.sampler.stop();
   const otherMs = busyMs(machineBefore, machineAfter) - result.cpuMs - serverMs - backendsMs - redisMs - providerMs;
   return {
@@ -240,6 +245,7 @@ async function measured<T extends { ok: number; cpuMs: number }>(
       redisUsPerTx: surge.redisPid === undefined ? Number.NaN : perTx(redisMs, result.ok),
       providerUsPerTx: paysThroughProvider ? perTx(providerMs, result.ok) : Number.NaN,
       otherCores: Math.round((Math.max(otherMs, 0) / elapsedMs) * 100) / 100,
+      outside,
     },
   };
 }

@@ -1,0 +1,101 @@
+/**
+ * The bench's account of CPU used outside it (bench/machine.ts outsideCpu): the neighbours that
+ * take a core from a surge phase are named, and nothing of the bench's own is blamed on them.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { describe, test } from 'node:test';
+import { outsideCpu, type ProcessCpu, processTable } from '../bench/machine.js';
+
+const BENCH = 1000;
+
+function table(entries: Array<[pid: number, ppid: number, command: string, ms: number]>): Map<number, ProcessCpu> {
+  return new Map(entries.map(([pid, ppid, command, ms]) => [pid, { ppid, command, ms }]));
+}
+
+describe('outsideCpu', () => {
+  test("names the neighbours' CPU by command and leaves out the bench's tree, PostgreSQL, Redis and the kernel's threads", () => {
+    const before = table([
+      [1, 0, 'init', 0],
+      [2, 0, 'kthreadd', 0],
+      [BENCH, 900, 'node', 500],
+      [900, 1, 'bash', 10],
+      [1001, BENCH, 'node', 200], // the API, a child of the bench
+      [1002, 1001, 'node', 50], // and a grandchild
+      [300, 1, 'postgres', 1_000],
+      [301, 300, 'postgres', 100],
+      [400, 1, 'redis-server', 100],
+      [20, 2, 'kworker/0:1', 5],
+      [2989, 1, 'beam.smp', 31_000],
+      [3008, 2989, 'erl_child_setup', 0],
+      [500, 1, 'mariadbd', 700],
+    ]);
+    const after = table([
+      [1, 0, 'init', 0],
+      [2, 0, 'kthreadd', 0],
+      [BENCH, 900, 'node', 900],
+      [900, 1, 'bash', 10],
+      [1001, BENCH, 'node', 5_200],
+      [1002, 1001, 'node', 150],
+      [1003, BENCH, 'pgbench', 80], // started during the window
+      [300, 1, 'postgres', 1_400],
+      [301, 300, 'postgres', 3_100],
+      [400, 1, 'redis-server', 400],
+      [20, 2, 'kworker/0:1', 300],
+      [2989, 1, 'beam.smp', 31_040],
+      // An Erlang VM that started and ended within the window: its parent reaped it.
+      [3008, 2989, 'erl_child_setup', 290],
+      [500, 1, 'mariadbd', 720],
+      [600, 1, 'python3', 30], // started during the window, outside the bench
+    ]);
+    assert.deepEqual(outsideCpu(before, after, BENCH), [
+      { command: 'erl_child_setup', ms: 290 },
+      { command: 'beam.smp', ms: 40 },
+      { command: 'python3', ms: 30 },
+      { command: 'mariadbd', ms: 20 },
+    ]);
+  });
+
+  test('a parent loop in a torn table ends, and the processes in it count as outside', () => {
+    const before = table([
+      [10, 11, 'a', 0],
+      [11, 10, 'b', 0],
+    ]);
+    const after = table([
+      [10, 11, 'a', 5],
+      [11, 10, 'b', 7],
+    ]);
+    assert.deepEqual(outsideCpu(before, after, BENCH), [
+      { command: 'b', ms: 7 },
+      { command: 'a', ms: 5 },
+    ]);
+  });
+
+  test("a process outside the bench's tree that burns CPU is named from /proc", async () => {
+    // Detached into a session of its own and reparented: it is not our child once its
+    // short-lived parent has exited, as a neighbour's process is not.
+    const script =
+      "const c = require('node:child_process').spawn(process.execPath, ['-e', 'const end = Date.now() + 400; while (Date.now() < end);'], { detached: true, stdio: 'ignore' }); console.log(c.pid); process.exit(0);";
+    const before = processTable();
+    const launcher = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    launcher.stdout.on('data', (chunk) => {
+      out += chunk;
+    });
+    await new Promise((resolve) => launcher.once('exit', resolve));
+    const burner = Number(out.trim());
+    assert.ok(burner > 0, 'the launcher printed its child');
+    // While the burner runs: it is live, its parent gone, so its ancestry does not reach us.
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const after = processTable();
+    const entry = after.get(burner);
+    assert.ok(entry, 'the burner is still running');
+    assert.notEqual(entry.ppid, process.pid);
+    const outside = outsideCpu(before, after, process.pid);
+    const node = outside.find((line) => line.command === entry.command);
+    assert.ok(node && node.ms >= 100, `the burner's CPU is outside the bench: ${JSON.stringify(outside)}`);
+    // The same table read with the burner counted as ours blames nobody for it.
+    const asOurs = outsideCpu(before, after, burner);
+    assert.ok((asOurs.find((line) => line.command === entry.command)?.ms ?? 0) < node.ms);
+  });
+});
