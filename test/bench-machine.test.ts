@@ -1,11 +1,13 @@
 /**
  * The bench's account of CPU used outside it (bench/machine.ts outsideCpu): the neighbours that
- * take a core from a surge phase are named, and nothing of the bench's own is blamed on them.
+ * take a core from a surge phase are named, nothing of the bench's own is blamed on them, and
+ * the surge summary names the rate phases they disturbed (bench/surge-report.ts).
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { describe, test } from 'node:test';
 import { outsideCpu, type ProcessCpu, processTable } from '../bench/machine.js';
+import { formatSurgeTable, type SurgePhase, summarizeSurge } from '../bench/surge-report.js';
 
 const BENCH = 1000;
 
@@ -97,5 +99,59 @@ describe('outsideCpu', () => {
     // The same table read with the burner counted as ours blames nobody for it.
     const asOurs = outsideCpu(before, after, burner);
     assert.ok((asOurs.find((line) => line.command === entry.command)?.ms ?? 0) < node.ms);
+  });
+});
+
+describe('the surge summary', () => {
+  const ratePhase = (round: number, p99Ms: number, outside: { command: string; ms: number }[]): SurgePhase => ({
+    round,
+    name: 'hold_api_rate',
+    clients: 120,
+    durationS: 5,
+    rate: 3_000,
+    overloaded: false,
+    throughput: 3_000,
+    latency: { count: 15_000, meanMs: 8, p50Ms: 7, p90Ms: 12, p99Ms, p999Ms: p99Ms, maxMs: p99Ms },
+    errors: {},
+    cpu: {
+      machineBusy: 0.7,
+      clientUsPerTx: 80,
+      serverUsPerTx: 180,
+      backendsUsPerTx: 110,
+      redisUsPerTx: 25,
+      providerUsPerTx: Number.NaN,
+      otherCores: 0.1,
+      outside,
+    },
+  });
+  const background = [
+    { command: 'process_api', ms: 70 },
+    { command: 'beam.smp', ms: 30 },
+  ];
+
+  test("names the rate phases in which one command outside the bench took 100 ms or more, and gives the others' p99", () => {
+    const phases = [
+      ratePhase(0, 300, [{ command: 'erl_child_setup', ms: 300 }]), // the warm-up: never judged
+      ratePhase(1, 36, background), // 100 ms in all, no single command near it
+      ratePhase(2, 63, [{ command: 'erl_child_setup', ms: 280 }, ...background]),
+      ratePhase(3, 40, []),
+    ];
+    const { holdAtRate } = summarizeSurge(phases, 3);
+    assert.equal(holdAtRate.api.p99Ms, 40, 'the goal still reads every round');
+    assert.deepEqual(holdAtRate.disturbed, [{ round: 2, p99Ms: 63, outside: 'erl_child_setup 280 ms, process_api 70 ms, beam.smp 30 ms' }]);
+    assert.equal(holdAtRate.undisturbedP99Ms, 38);
+    const table = formatSurgeTable(summarizeSurge(phases, 3), { quick: false, rounds: 3, durationS: 5, clients: 20 });
+    assert.match(
+      table,
+      /took CPU from the hold @ 60% phase of round 2 \(p99 63 ms; erl_child_setup 280 ms.*p99 of the other rounds: 38 ms/,
+    );
+  });
+
+  test('says nothing of neighbours when none took a core, and reads records made before the list existed', () => {
+    const old = ratePhase(1, 45, []);
+    delete old.cpu.outside;
+    const { holdAtRate } = summarizeSurge([old, ratePhase(2, 41, background)], 2);
+    assert.deepEqual(holdAtRate.disturbed, []);
+    assert.equal(holdAtRate.undisturbedP99Ms, 43);
   });
 });
