@@ -11,17 +11,27 @@ import os from 'node:os';
 // Linux reports process CPU in clock ticks; 100 per second on every common kernel build.
 const TICKS_PER_SECOND = 100;
 
-/** User plus system CPU time of a live process, in ms; undefined once it has exited. */
-export function processCpuMs(pid: number | undefined): number | undefined {
-  if (pid === undefined) return undefined;
+/**
+ * A live process's /proc/<pid>/stat: its command, and the fields after it (index 0 is field 3,
+ * the state; 1 the ppid; 11 to 14 utime, stime, cutime, cstime); undefined once it has exited.
+ */
+function readStat(pid: number | string): { command: string; fields: string[] } | undefined {
   try {
-    // The command name (field 2) may contain spaces; the fields we want follow its ')'.
+    // The command (field 2) may contain spaces and parentheses; the other fields follow its last ')'.
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    return ((Number(fields[11]) + Number(fields[12])) * 1000) / TICKS_PER_SECOND;
+    const close = stat.lastIndexOf(')');
+    return { command: stat.slice(stat.indexOf('(') + 1, close), fields: stat.slice(close + 2).split(' ') };
   } catch {
     return undefined;
   }
+}
+
+const ticksToMs = (...ticks: (string | undefined)[]) => (ticks.reduce((sum, tick) => sum + Number(tick), 0) * 1000) / TICKS_PER_SECOND;
+
+/** User plus system CPU time of a live process, in ms; undefined once it has exited. */
+export function processCpuMs(pid: number | undefined): number | undefined {
+  const stat = pid === undefined ? undefined : readStat(pid);
+  return stat && ticksToMs(stat.fields[11], stat.fields[12]);
 }
 
 /**
@@ -54,20 +64,11 @@ export function processTable(): Map<number, ProcessCpu> {
   const table = new Map<number, ProcessCpu>();
   for (const entry of readdirSync('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const close = stat.lastIndexOf(')');
-      // Fields from 3 on follow the command; ppid is field 4, utime to cstime fields 14 to 17.
-      const fields = stat.slice(close + 2).split(' ');
-      const ticks = Number(fields[11]) + Number(fields[12]) + Number(fields[13]) + Number(fields[14]);
-      table.set(Number(entry), {
-        ppid: Number(fields[1]),
-        command: stat.slice(stat.indexOf('(') + 1, close),
-        ms: (ticks * 1000) / TICKS_PER_SECOND,
-      });
-    } catch {
-      // Exited while the table was read: its parent's reaped-children time will hold its CPU.
-    }
+    // One that exited while the table was read is missing: its parent's reaped-children time holds its CPU.
+    const stat = readStat(entry);
+    if (!stat) continue;
+    const { command, fields } = stat;
+    table.set(Number(entry), { ppid: Number(fields[1]), command, ms: ticksToMs(fields[11], fields[12], fields[13], fields[14]) });
   }
   return table;
 }

@@ -119,7 +119,8 @@ export function phaseLine(phase: SurgePhase): string {
   );
 }
 
-const largestOutsideMs = (phase: SurgePhase) => Math.max(0, ...(phase.cpu.outside ?? []).map((entry) => entry.ms));
+/** A phase in which one command outside the bench took DISTURBED_OUTSIDE_MS of CPU or more. */
+const disturbedFromOutside = (phase: SurgePhase) => (phase.cpu.outside ?? []).some((entry) => entry.ms >= DISTURBED_OUTSIDE_MS);
 const outsideText = (phase: SurgePhase) => (phase.cpu.outside ?? []).map((entry) => `${entry.command} ${entry.ms} ms`).join(', ');
 
 /** ` | batches of 15.7` for one batched step, ` | batches: hold 9.1 order 8.0 ...` for several. */
@@ -323,9 +324,9 @@ export function summarizeSurge(phases: SurgePhase[], rounds: number): SurgeSumma
       pgbench: atRate('hold_pgbench_rate'),
       p99GoalMs: HOLD_P99_AT_RATE_GOAL_MS,
       disturbed: ratePhases
-        .filter((phase) => largestOutsideMs(phase) >= DISTURBED_OUTSIDE_MS)
+        .filter(disturbedFromOutside)
         .map((phase) => ({ round: phase.round, p99Ms: phase.latency.p99Ms, outside: outsideText(phase) })),
-      undisturbedP99Ms: median(ratePhases.filter((phase) => largestOutsideMs(phase) < DISTURBED_OUTSIDE_MS).map(p99)),
+      undisturbedP99Ms: median(ratePhases.filter((phase) => !disturbedFromOutside(phase)).map(p99)),
     },
     checkout: {
       perSecond: checkoutsAt(checkoutBest),
