@@ -4,7 +4,7 @@
 import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { best, CROWD_FACTOR } from './crowd.js';
-import type { MachineInfo } from './machine.js';
+import { faultCostText, type MachineInfo } from './machine.js';
 import type { LatencySummary } from './stats.js';
 import { median, round } from './stats.js';
 import type { SurgePart } from './surge.js';
@@ -38,6 +38,12 @@ export interface PhaseResult {
     clientUsPerTx: number;
     serverUsPerTx: number;
     backendsUsPerTx: number;
+    /**
+     * The API server's minor page faults per successful request (absent for pgbench's side and
+     * in records made before they were counted): memory it had to map, each fault costing the
+     * machine's pageFaultUs of CPU inside serverUsPerTx.
+     */
+    serverFaultsPerTx?: number;
     /** Cores used by everything else during the phase; high values mean a noisy measurement. */
     otherCores: number;
   };
@@ -166,7 +172,7 @@ export function formatTable(summary: Summary, machine: MachineInfo, options: Run
   const rates = phases.filter((phase) => phase.side === 'api' && phase.kind === 'rate').map((phase) => phase.rate);
   const lines = [
     `machine: ${machine.cores} cores (${machine.cpuModel}), node ${machine.node}, PostgreSQL ${machine.postgres}, ` +
-      `${machine.pgbench}, load average at start ${machine.loadAverage.join(' ')}`,
+      `${machine.pgbench}, load average at start ${machine.loadAverage.join(' ')}${faultCostText(machine)}`,
     `${options.quick ? 'quick' : 'full'} run: ${options.rounds} round(s), medians shown; each phase ${options.maxS} s at max, ` +
       `${options.rateS} s at fixed rate, ${options.singleS} s with 1 client; ${options.warmupS} s HTTP warm-up`,
     `concurrency ${options.clients} (HTTP keep-alive connections = server pool size = pgbench clients; ` +
@@ -212,7 +218,7 @@ export function formatPhase(phase: PhaseResult): string {
     `  ${phase.round === 0 ? 'warm-up' : `round ${phase.round}`} ${pad(phase.side, 7)} ${pad(phase.kind, 6)} c=${pad(String(phase.clients), 3)}` +
     `${phase.rate ? ` rate=${phase.rate}` : ''} ${phase.throughput}/s p50=${num(phase.latency.p50Ms)} ` +
     `p99=${num(phase.latency.p99Ms)} ms | cpu µs/tx: client ${phase.cpu.clientUsPerTx} server ${phase.cpu.serverUsPerTx} ` +
-    `db ${phase.cpu.backendsUsPerTx} | machine ${Math.round(phase.cpu.machineBusy * 100)}% busy, others ${phase.cpu.otherCores} cores` +
+    `db ${phase.cpu.backendsUsPerTx}${phase.cpu.serverFaultsPerTx === undefined ? '' : ` | faults/tx ${phase.cpu.serverFaultsPerTx}`} | machine ${Math.round(phase.cpu.machineBusy * 100)}% busy, others ${phase.cpu.otherCores} cores` +
     `${errors ? ` | errors: ${errors}` : ''}${phase.overloaded ? ' OVERLOADED' : ''}`
   );
 }

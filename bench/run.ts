@@ -29,7 +29,7 @@ import { loadConfig } from '../src/config.js';
 import { BackendCpuSampler } from './backends.js';
 import { CROWD_FACTOR } from './crowd.js';
 import { LoadGenerator, type LoadResult } from './loadgen.js';
-import { busyFraction, busyMs, cpuSnapshot, machineInfo, processCpuMs } from './machine.js';
+import { busyFraction, busyMs, cpuSnapshot, faultCostText, faultsPer, machineInfo, processCpuMs, processMinorFaults } from './machine.js';
 import { runPgbench } from './pgbench.js';
 import { Receiver } from './receiver.js';
 import {
@@ -171,6 +171,8 @@ interface PhaseCpu {
   machineBusy: number;
   machineMs: number;
   serverMs: number;
+  /** Minor page faults the API server took. */
+  serverFaults: number;
   backendsMs: number;
   elapsedMs: number;
 }
@@ -181,10 +183,12 @@ async function measured<T>(bench: Bench, run: () => Promise<T>): Promise<{ resul
   await bench.sampler.start();
   const machineBefore = cpuSnapshot();
   const serverBefore = processCpuMs(bench.server.pid) ?? 0;
+  const serverFaultsBefore = processMinorFaults(bench.server.pid) ?? 0;
   const startedAt = performance.now();
   const result = await run();
   const elapsedMs = performance.now() - startedAt;
   const serverMs = (processCpuMs(bench.server.pid) ?? 0) - serverBefore;
+  const serverFaults = (processMinorFaults(bench.server.pid) ?? 0) - serverFaultsBefore;
   const machineAfter = cpuSnapshot();
   const backendsMs = await bench.sampler.stop();
   return {
@@ -193,6 +197,7 @@ async function measured<T>(bench: Bench, run: () => Promise<T>): Promise<{ resul
       machineBusy: busyFraction(machineBefore, machineAfter),
       machineMs: busyMs(machineBefore, machineAfter),
       serverMs,
+      serverFaults,
       backendsMs,
       elapsedMs,
     },
@@ -234,7 +239,7 @@ async function apiPhase(bench: Bench, round: number, kind: PhaseKind, clients: n
     errors: result.errors,
     rows: await countRows(bench),
     overloaded: result.overloaded,
-    cpu: cpuReport(cpu, result.ok, { clientMs: result.cpuMs, serverMs: cpu.serverMs }),
+    cpu: cpuReport(cpu, result.ok, { clientMs: result.cpuMs, serverMs: cpu.serverMs, serverFaults: cpu.serverFaults }),
   };
   return report(phase, result.ok);
 }
@@ -265,13 +270,18 @@ async function pgbenchPhase(bench: Bench, round: number, kind: PhaseKind, client
  * CPU per transaction for each party, and how many cores everything else used meanwhile:
  * other developers' processes, PostgreSQL's background writers, the kernel's own threads.
  */
-function cpuReport(cpu: PhaseCpu, transactions: number, own: { clientMs: number; serverMs: number }): PhaseResult['cpu'] {
+function cpuReport(
+  cpu: PhaseCpu,
+  transactions: number,
+  own: { clientMs: number; serverMs: number; serverFaults?: number },
+): PhaseResult['cpu'] {
   const otherMs = cpu.machineMs - own.clientMs - own.serverMs - cpu.backendsMs;
   return {
     machineBusy: cpu.machineBusy,
     clientUsPerTx: perTx(own.clientMs, transactions),
     serverUsPerTx: perTx(own.serverMs, transactions),
     backendsUsPerTx: perTx(cpu.backendsMs, transactions),
+    ...(own.serverFaults === undefined ? {} : { serverFaultsPerTx: faultsPer(own.serverFaults, transactions) }),
     otherCores: Math.round((Math.max(otherMs, 0) / cpu.elapsedMs) * 100) / 100,
   };
 }
@@ -376,7 +386,9 @@ async function main(): Promise<number> {
     const db = await createBenchDatabase(ADMIN_URL);
     cleanups.push(() => db.drop());
     const machine = machineInfo(db.postgresVersion);
-    console.log(`bench database ${db.name}; ${machine.cores} cores, node ${machine.node}, PostgreSQL ${machine.postgres}`);
+    console.log(
+      `bench database ${db.name}; ${machine.cores} cores, node ${machine.node}, PostgreSQL ${machine.postgres}${faultCostText(machine)}`,
+    );
     const surge = options.sections.includes('surge')
       ? await runSurge(db, { ...options, parts: new Set(options.surgeParts), profileDir: PROFILE_DIR })
       : undefined;
@@ -442,7 +454,10 @@ async function main(): Promise<number> {
     const summary = payments ? summarize(phases, options.rounds) : undefined;
     if (surge) console.log(`\n${surge.table}`);
     if (summary) console.log(`\n${formatTable(summary, machine, options, phases)}`);
-    else console.log(`\nmachine: ${machine.cores} cores (${machine.cpuModel}), node ${machine.node}, PostgreSQL ${machine.postgres}`);
+    else
+      console.log(
+        `\nmachine: ${machine.cores} cores (${machine.cpuModel}), node ${machine.node}, PostgreSQL ${machine.postgres}${faultCostText(machine)}`,
+      );
     let workerSummary: WorkerSummary | undefined;
     if (ctx) {
       const apiMax = phases.filter((phase) => phase.side === 'api' && phase.kind === 'max');

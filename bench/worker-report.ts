@@ -45,6 +45,8 @@ export interface WorkerSummary {
   deliveryPerPaymentCpu: number;
   /** The worker's write system calls per job and per delivery (see WorkerCpu). */
   writes: { job: number; delivery: number };
+  /** Minor page faults per unit: the API's per payment (the max phases), the worker's per job and per delivery. */
+  faults: { payment: number; job: number; delivery: number };
   otherCores: number;
   goalRatio: number;
 }
@@ -148,6 +150,11 @@ export function summarizeWorker(
       2,
     ),
     writes: { job: jobCpu((c) => c.workerWritesPerJob), delivery: deliveryCpu((c) => c.workerWritesPerJob) },
+    faults: {
+      payment: median(apiMax.flatMap((phase) => (phase.cpu.serverFaultsPerTx === undefined ? [] : [phase.cpu.serverFaultsPerTx]))),
+      job: jobCpu((c) => c.workerFaultsPerJob),
+      delivery: deliveryCpu((c) => c.workerFaultsPerJob),
+    },
     otherCores: round(median([...jobs.map((phase) => phase.cpu.otherCores), ...webhooks.map((phase) => phase.cpu.otherCores)]), 2),
     goalRatio: DELIVERY_GOAL_RATIO,
   };
@@ -186,6 +193,7 @@ export function formatWorkerTable(
     `${pad('deliveries/s ÷ payments/s if CPU-bound', 51)} ${ratio(summary.cpuBoundDeliveryRatio)}`,
     `${pad(`delivery CPU ÷ payment CPU (goal <= ${DELIVERY_CPU_GOAL_RATIO.toFixed(2)})`, 51)} ${ratio(summary.deliveryPerPaymentCpu)}`,
     `${pad("worker's write syscalls (≈ round trips)", 32)} ${pad('-', 9)} ${pad(num(summary.writes.job), 9)} ${num(summary.writes.delivery)}`,
+    `${pad('page faults (API; worker)', 32)} ${pad(num(summary.faults.payment), 9)} ${pad(num(summary.faults.job), 9)} ${num(summary.faults.delivery)}`,
   ];
   if (sustained) lines.push('', ...formatSustained(sustained));
   const goal = summary.goalRatio.toFixed(2);
@@ -254,6 +262,6 @@ export function formatWebhooksPhase(phase: WebhooksPhaseResult): string {
 function cpuLine(cpu: WorkerCpu, unit: string): string {
   return (
     `cpu µs/${unit}: worker ${cpu.workerUsPerJob}${cpu.receiverUsPerJob ? ` receiver ${cpu.receiverUsPerJob}` : ''} ` +
-    `db ${cpu.backendsUsPerJob} | writes/${unit} ${cpu.workerWritesPerJob} | machine ${Math.round(cpu.machineBusy * 100)}% busy, others ${cpu.otherCores} cores`
+    `db ${cpu.backendsUsPerJob} | writes/${unit} ${cpu.workerWritesPerJob} faults/${unit} ${cpu.workerFaultsPerJob} | machine ${Math.round(cpu.machineBusy * 100)}% busy, others ${cpu.otherCores} cores`
   );
 }

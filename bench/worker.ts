@@ -22,7 +22,7 @@ import { CLEANUP_TASK } from '../src/platform/idempotency/jobs.js';
 import { DELIVER_BATCH_TASK, DELIVER_TASK } from '../src/webhooks/service.js';
 import type { BackendCpuSampler } from './backends.js';
 import type { LoadGenerator } from './loadgen.js';
-import { busyFraction, busyMs, cpuSnapshot, processCpuMs, processWrites } from './machine.js';
+import { busyFraction, busyMs, cpuSnapshot, faultsPer, processCpuMs, processMinorFaults, processWrites } from './machine.js';
 import type { Receiver } from './receiver.js';
 import type { ApiServer, BenchDatabase, WorkerProcess } from './setup.js';
 import { type LatencySummary, round, summarize } from './stats.js';
@@ -87,6 +87,12 @@ export interface WorkerCpu {
    * do not move it, so it shows a change in round trips even on a noisy machine.
    */
   workerWritesPerJob: number;
+  /**
+   * Minor page faults of the worker per job (delivery): memory its heap had to map again, each
+   * costing the machine's pageFaultUs of CPU inside workerUsPerJob. Like writes, other processes
+   * do not move it.
+   */
+  workerFaultsPerJob: number;
 }
 
 export interface JobsPhaseResult {
@@ -154,6 +160,7 @@ class CpuWindow {
     private readonly workerMs: number,
     private readonly receiverMs: number,
     private readonly workerWrites: number,
+    private readonly workerFaults: number,
     private readonly startedAt: number,
   ) {}
 
@@ -165,6 +172,7 @@ class CpuWindow {
       processCpuMs(ctx.worker.pid) ?? 0,
       processCpuMs(ctx.receiver.pid) ?? 0,
       processWrites(ctx.worker.pid) ?? 0,
+      processMinorFaults(ctx.worker.pid) ?? 0,
       performance.now(),
     );
   }
@@ -174,6 +182,7 @@ class CpuWindow {
     const workerMs = (processCpuMs(this.ctx.worker.pid) ?? 0) - this.workerMs;
     const receiverMs = (processCpuMs(this.ctx.receiver.pid) ?? 0) - this.receiverMs;
     const workerWrites = (processWrites(this.ctx.worker.pid) ?? 0) - this.workerWrites;
+    const workerFaults = (processMinorFaults(this.ctx.worker.pid) ?? 0) - this.workerFaults;
     const machine = cpuSnapshot();
     const backendsMs = await this.ctx.sampler.stop();
     const otherMs = busyMs(this.machine, machine) - workerMs - receiverMs - backendsMs;
@@ -185,6 +194,7 @@ class CpuWindow {
       backendsUsPerJob: per(backendsMs),
       otherCores: round(Math.max(otherMs, 0) / elapsedMs, 2),
       workerWritesPerJob: round(workerWrites / Math.max(units, 1), 1),
+      workerFaultsPerJob: faultsPer(workerFaults, units),
     };
   }
 }

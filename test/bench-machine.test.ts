@@ -1,15 +1,25 @@
 /**
  * The bench's account of CPU used outside it (bench/machine.ts outsideCpu): the neighbours that
  * take a core from a surge phase are named, nothing of the bench's own is blamed on them, and
- * the surge summary names the rate phases they disturbed (bench/surge-report.ts).
+ * the surge summary names the rate phases they disturbed (bench/surge-report.ts). And its count
+ * of a process's page faults, with what one costs on this machine.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
-import { outsideCpu, type ProcessCpu, processTable } from '../bench/machine.js';
+import { faultsPer, outsideCpu, type ProcessCpu, pageFaultUs, processMinorFaults, processTable } from '../bench/machine.js';
 import { formatSurgeTable, type SurgePhase, summarizeSurge } from '../bench/surge-report.js';
 
 const BENCH = 1000;
+
+function readIfThere(file: string): string {
+  try {
+    return readFileSync(file, 'utf8');
+  } catch {
+    return '';
+  }
+}
 
 function table(entries: Array<[pid: number, ppid: number, command: string, ms: number]>): Map<number, ProcessCpu> {
   return new Map(entries.map(([pid, ppid, command, ms]) => [pid, { ppid, command, ms }]));
@@ -107,6 +117,30 @@ describe('outsideCpu', () => {
     } finally {
       process.kill(burner, 'SIGKILL');
     }
+  });
+});
+
+describe('page faults', () => {
+  test("a process's minor faults grow by about a page's worth when it touches fresh memory", () => {
+    const before = processMinorFaults(process.pid);
+    assert.ok(before !== undefined && before > 0, `read ${before} faults of this process`);
+    const bytes = 16 * 1024 * 1024;
+    const pages = new Uint8Array(new ArrayBuffer(bytes));
+    for (let at = 0; at < bytes; at += 4096) pages[at] = 1;
+    const taken = (processMinorFaults(process.pid) ?? 0) - before;
+    // One fault per 4 KB page touched (a test process does little else meanwhile), unless the
+    // kernel maps every anonymous region in 2 MB pages (transparent huge pages "always").
+    const hugePagesAlways = /\[always\]/.test(readIfThere('/sys/kernel/mm/transparent_hugepage/enabled'));
+    const least = hugePagesAlways ? bytes / (2 * 1024 * 1024) : bytes / 4096 / 8;
+    assert.ok(taken >= least && taken <= (bytes / 4096) * 2, `${taken} faults for ${bytes / 4096} fresh pages`);
+    assert.equal(processMinorFaults(2 ** 22 + 1), undefined, 'no figure for a pid that does not exist');
+  });
+
+  test('the machine reports what one fault costs, and faults per unit round to two decimals', () => {
+    const us = pageFaultUs();
+    assert.ok(Number.isFinite(us) && us > 0 && us < 1_000, `a page fault costs ${us} µs`);
+    assert.equal(faultsPer(2_345, 1_000), 2.35);
+    assert.equal(faultsPer(7, 0), 7, 'no units counts as one');
   });
 });
 
