@@ -22,5 +22,22 @@
  * pretenuring, 0.10 MB and 5 ms (bench/README.md, the twenty-sixth session; the hold p99's own
  * gain was within the machine's swings in two pairs of full runs). Node refuses this flag in
  * NODE_OPTIONS: it goes on the command line only.
+ *
+ * `--min-semi-space-size=64` and `--no-memory-reducer`: the young generation stays at its full
+ * size, and the heap is not shrunk when the process goes quiet. A sale opens after a lull, and by
+ * default V8 gives back what the process grew to during the lull (the memory reducer, about 8 to
+ * 50 s after allocation slows; the first young collection after a lull shrinks the young
+ * generation too), so the surge's first seconds map the same memory again: one page fault per
+ * 4 KB, about 11 µs each on the VMs the bench runs on. A worker draining a backlog after a lull
+ * took 2.4 faults per delivery (median of five rounds) and 1.26 with these flags, and its CPU per
+ * delivery fell to match (bench/README.md, the twenty-eighth session). The price is memory the
+ * process keeps through a lull: the young generation's 128 MB once touched, and the old
+ * generation at its last peak (320-350 MB a process in the bench; the Kubernetes manifests
+ * request 384 Mi). Node refuses both in NODE_OPTIONS.
  */
-export const SERVER_NODE_FLAGS: readonly string[] = ['--max-semi-space-size=64', '--no-allocation-site-pretenuring'];
+export const SERVER_NODE_FLAGS: readonly string[] = [
+  '--max-semi-space-size=64',
+  '--min-semi-space-size=64',
+  '--no-memory-reducer',
+  '--no-allocation-site-pretenuring',
+];
