@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
+import { median, round } from './stats.js';
 
 // Linux reports process CPU in clock ticks; 100 per second on every common kernel build.
 const TICKS_PER_SECOND = 100;
@@ -55,48 +56,34 @@ export function processMinorFaults(pid: number | undefined): number | undefined 
   return stat && Number(stat.fields[7]);
 }
 
-/** Faults per unit of work, to two decimals (a unit takes a few at most). */
-export function faultsPer(faults: number, units: number): number {
-  return Math.round((faults / Math.max(units, 1)) * 100) / 100;
-}
+// Each probe touches this much fresh memory, one byte per 4 KB page: one minor fault a page.
+const FAULT_PROBE_BYTES = 64 * 1024 * 1024;
+const PAGE_BYTES = 4096;
 
-// Touched once per 4 KB page: each touch of a fresh page is one minor fault.
-const FAULT_PROBE_SCRIPT = `
-const { readFileSync } = require('node:fs');
-const faults = () => Number(readFileSync('/proc/self/stat', 'utf8').split(') ')[1].split(' ')[7]);
-const bytes = 64 * 1024 * 1024;
-const costs = [];
-for (let n = 0; n < 3; n++) {
-  // A zero-filled buffer this large is mapped fresh and not written: every page is still untouched.
-  const pages = new Uint8Array(new ArrayBuffer(bytes));
-  const before = faults();
+/** One try of pageFaultUs: µs per fault, or NaN when touching fresh memory took no fault. */
+function faultProbe(): number {
+  // A zero-filled buffer this large is mapped fresh and not written: every page is untouched.
+  const pages = new Uint8Array(new ArrayBuffer(FAULT_PROBE_BYTES));
+  const before = processMinorFaults(process.pid) ?? 0;
   let started = process.hrtime.bigint();
-  for (let at = 0; at < bytes; at += 4096) pages[at] = 1;
+  for (let at = 0; at < FAULT_PROBE_BYTES; at += PAGE_BYTES) pages[at] = 1;
   const firstNs = Number(process.hrtime.bigint() - started);
-  const taken = faults() - before;
+  const taken = (processMinorFaults(process.pid) ?? 0) - before;
   started = process.hrtime.bigint();
-  for (let at = 0; at < bytes; at += 4096) pages[at] = 2;
+  for (let at = 0; at < FAULT_PROBE_BYTES; at += PAGE_BYTES) pages[at] = 2;
   const againNs = Number(process.hrtime.bigint() - started);
-  if (taken > 0) costs.push((firstNs - againNs) / taken / 1000);
+  return taken > 0 ? (firstNs - againNs) / taken / 1000 : Number.NaN;
 }
-costs.sort((a, b) => a - b);
-process.stdout.write(String(costs[1] ?? costs[0] ?? Number.NaN));
-`;
 
 /**
- * What one minor page fault costs on this machine, in µs: a child process touches 64 MB of fresh
+ * What one minor page fault costs on this machine, in µs: the bench touches 64 MB of fresh
  * pages, then the same pages again, and the difference is divided by the faults it took (the
- * median of three tries). A process's faults times this is CPU it spent on the kernel and the
- * hypervisor mapping memory: about 0.1–0.3 µs a fault on bare metal, far more in some VMs.
- * NaN when the probe could not run.
+ * median of three tries, about half a second in all on a VM that charges 11 µs a fault). A
+ * process's faults times this is CPU it spent on the kernel and the hypervisor mapping memory:
+ * about 0.1–0.3 µs a fault on bare metal, far more in some VMs. NaN when no try took a fault.
  */
 export function pageFaultUs(): number {
-  try {
-    const us = Number(execFileSync(process.execPath, ['-e', FAULT_PROBE_SCRIPT], { encoding: 'utf8', timeout: 30_000 }));
-    return Number.isFinite(us) ? Math.round(us * 100) / 100 : Number.NaN;
-  } catch {
-    return Number.NaN;
-  }
+  return round(median([faultProbe(), faultProbe(), faultProbe()]), 2);
 }
 
 /** A process as /proc/<pid>/stat shows it: its parent, its command, its CPU and its reaped children's, in ms. */
@@ -206,7 +193,7 @@ export interface MachineInfo {
 
 /** ", a page fault costs N µs" for a machine's description; empty when it was not measured. */
 export function faultCostText(machine: MachineInfo): string {
-  return machine.pageFaultUs !== undefined && Number.isFinite(machine.pageFaultUs) ? `, a page fault costs ${machine.pageFaultUs} µs` : '';
+  return Number.isFinite(machine.pageFaultUs) ? `, a page fault costs ${machine.pageFaultUs} µs` : '';
 }
 
 export function machineInfo(postgresVersion: string): MachineInfo {

@@ -29,7 +29,7 @@ import { loadConfig } from '../src/config.js';
 import { BackendCpuSampler } from './backends.js';
 import { CROWD_FACTOR } from './crowd.js';
 import { LoadGenerator, type LoadResult } from './loadgen.js';
-import { busyFraction, busyMs, cpuSnapshot, faultCostText, faultsPer, machineInfo, processCpuMs, processMinorFaults } from './machine.js';
+import { busyFraction, busyMs, cpuSnapshot, faultCostText, machineInfo, processCpuMs, processMinorFaults } from './machine.js';
 import { runPgbench } from './pgbench.js';
 import { Receiver } from './receiver.js';
 import {
@@ -45,7 +45,7 @@ import {
 } from './report.js';
 import { type ApiServer, type BenchDatabase, createBenchDatabase, startApiServer, startWorkerProcess } from './setup.js';
 import { buildPgbenchScript, type PgbenchScript } from './statement.js';
-import { median } from './stats.js';
+import { median, round } from './stats.js';
 import { runSurge, SURGE_PARTS, type SurgePart, type SurgeRecord } from './surge.js';
 import {
   dropQueuedDeliveries,
@@ -281,7 +281,7 @@ function cpuReport(
     clientUsPerTx: perTx(own.clientMs, transactions),
     serverUsPerTx: perTx(own.serverMs, transactions),
     backendsUsPerTx: perTx(cpu.backendsMs, transactions),
-    ...(own.serverFaults === undefined ? {} : { serverFaultsPerTx: faultsPer(own.serverFaults, transactions) }),
+    ...(own.serverFaults === undefined ? {} : { serverFaultsPerTx: round(own.serverFaults / Math.max(transactions, 1), 2) }),
     otherCores: Math.round((Math.max(otherMs, 0) / cpu.elapsedMs) * 100) / 100,
   };
 }

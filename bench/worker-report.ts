@@ -151,7 +151,8 @@ export function summarizeWorker(
     ),
     writes: { job: jobCpu((c) => c.workerWritesPerJob), delivery: deliveryCpu((c) => c.workerWritesPerJob) },
     faults: {
-      payment: median(apiMax.flatMap((phase) => (phase.cpu.serverFaultsPerTx === undefined ? [] : [phase.cpu.serverFaultsPerTx]))),
+      // median() skips the phases without a count (NaN).
+      payment: median(apiMax.map((phase) => phase.cpu.serverFaultsPerTx ?? Number.NaN)),
       job: jobCpu((c) => c.workerFaultsPerJob),
       delivery: deliveryCpu((c) => c.workerFaultsPerJob),
     },

@@ -22,7 +22,7 @@ import { CLEANUP_TASK } from '../src/platform/idempotency/jobs.js';
 import { DELIVER_BATCH_TASK, DELIVER_TASK } from '../src/webhooks/service.js';
 import type { BackendCpuSampler } from './backends.js';
 import type { LoadGenerator } from './loadgen.js';
-import { busyFraction, busyMs, cpuSnapshot, faultsPer, processCpuMs, processMinorFaults, processWrites } from './machine.js';
+import { busyFraction, busyMs, cpuSnapshot, processCpuMs, processMinorFaults, processWrites } from './machine.js';
 import type { Receiver } from './receiver.js';
 import type { ApiServer, BenchDatabase, WorkerProcess } from './setup.js';
 import { type LatencySummary, round, summarize } from './stats.js';
@@ -194,7 +194,7 @@ class CpuWindow {
       backendsUsPerJob: per(backendsMs),
       otherCores: round(Math.max(otherMs, 0) / elapsedMs, 2),
       workerWritesPerJob: round(workerWrites / Math.max(units, 1), 1),
-      workerFaultsPerJob: faultsPer(workerFaults, units),
+      workerFaultsPerJob: round(workerFaults / Math.max(units, 1), 2),
     };
   }
 }
