@@ -80,7 +80,8 @@ function faultProbe(): number {
  * pages, then the same pages again, and the difference is divided by the faults it took (the
  * median of three tries, about half a second in all on a VM that charges 11 µs a fault). A
  * process's faults times this is CPU it spent on the kernel and the hypervisor mapping memory:
- * about 0.1–0.3 µs a fault on bare metal, far more in some VMs. NaN when no try took a fault.
+ * commonly put at 0.1–0.3 µs a fault on bare metal (not measured here), about 11 µs on the PVM
+ * machines the bench has run on. NaN when no try took a fault.
  */
 export function pageFaultUs(): number {
   return round(median([faultProbe(), faultProbe(), faultProbe()]), 2);
