@@ -3,9 +3,11 @@
  */
 import { parseArgs } from 'node:util';
 import { ConfigError, loadConfig } from '../config.js';
+import { keepNextTickFast } from '../platform/next-tick-shape.js';
 import { ROLES } from './commands.js';
 
-// The roles whose work is traced when OTEL_EXPORTER_OTLP_ENDPOINT is set.
+// The long-running roles: their work is traced when OTEL_EXPORTER_OTLP_ENDPOINT is set, and
+// they keep nextTick fast through full collections (platform/next-tick-shape.ts).
 const SERVING_ROLES = new Set(['start', 'api', 'worker']);
 
 const USAGE = `Usage: floodgate <command> [options]
@@ -88,6 +90,7 @@ async function main(argv: string[]): Promise<number> {
     return 2;
   }
   const config = loadConfig();
+  if (SERVING_ROLES.has(command)) keepNextTickFast();
   // Tracing starts before any role serves, so the first request is traced too.
   if (config.otelEndpoint && SERVING_ROLES.has(command)) {
     const { startTracing } = await import('../platform/observability/tracing-sdk.js');
