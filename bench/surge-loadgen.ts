@@ -255,7 +255,8 @@ function holdRequests(job: SurgeJob, host: string): () => string | undefined {
   const head = `POST /v1/holds HTTP/1.1\r\n${host}Content-Type: application/json\r\nIdempotency-Key: `;
   const runTag = `${process.pid}-${Date.now()}`;
   return () => {
-    const admission = list.shift();
+    // From the end: shift() moves every token left after it, and a list holds 100,000s of them.
+    const admission = list.pop();
     if (!admission) return undefined;
     const body =
       `{"sale":"${job.saleId}","buyer_reference":"${admission.buyer}","admission_token":"${admission.token}",` +
