@@ -1,7 +1,8 @@
 /**
  * The mechanism, checked on V8's own hidden classes rather than on timings: with one queued
- * object kept, a nextTick queued after several full collections still gets the kept object's
- * map; without it, V8 has made a new map by then. Each case runs in a child process, where
+ * object kept, nextTicks queued after several full collections still get the kept object's
+ * map. (Without one, a small program's nextTick fell to V8's slow path after three to five:
+ * bench/README.md, the twenty-ninth session.) The map check runs in a child process, where
  * `%HaveSameMap` (--allow-natives-syntax) and `gc()` (--expose-gc) are available.
  */
 import assert from 'node:assert/strict';

@@ -11,8 +11,8 @@
  * server answers each request with about six nextTicks (its streams' end, close and write
  * callbacks): perf put 12% of the API's CPU in cached sale reads in those runtime calls, where a
  * bare Fastify server, with few full collections, paid none. Keeping one object took the read
- * from 0.77–0.81 of the bare server's rate to 0.92–0.97 (bench/README.md, the twenty-ninth
- * session).
+ * from 0.77–0.83 of the bare server's rate to 0.88–0.92 in alternated runs (bench/README.md, the
+ * twenty-ninth session).
  *
  * One queued object kept alive keeps its map, and through it the whole chain: async_hooks hands
  * it over once, as the resource of the first TickObject queued while a hook is on. The hook is
