@@ -28,7 +28,8 @@
  * default V8 gives back what the process grew to during the lull (the memory reducer, about 8 to
  * 50 s after allocation slows; the first young collection after a lull shrinks the young
  * generation too), so the surge's first seconds map the same memory again: one page fault per
- * 4 KB, about 11 µs each on the VMs the bench runs on. A worker draining a backlog after a lull
+ * 4 KB, about 11 µs each on the VMs of the twenty-eighth session's runs (1.4-1.6 µs on the
+ * twenty-ninth's). A worker draining a backlog after a lull
  * took 2.4 faults per delivery (median of five rounds) and 1.26 with these flags, and its CPU per
  * delivery fell to match (bench/README.md, the twenty-eighth session). The price is memory the
  * process keeps through a lull: the young generation's 128 MB once touched, and the old
